@@ -1,0 +1,64 @@
+"""Writes the sandbox's seccomp filter (classic BPF, native arch) to stdout.
+
+Runs on the host, once at server start, with Debian's python3-seccomp (libseccomp 2.5).
+Policy: default allow, deny the listed kernel surface (a deny-list keeps numpy, threads,
+subprocess and multiprocessing working). The reasons for each entry are in
+docs/security.md and ../shared/docs/sandboxing.md section 2.3. libseccomp's default
+bad-arch action kills i386/x32 syscalls (no extra arches are added on purpose).
+"""
+import errno
+import socket
+import sys
+
+import seccomp
+
+f = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
+EPERM = seccomp.ERRNO(errno.EPERM)
+
+
+def deny(name, action=EPERM, *args):
+    try:
+        f.add_rule(action, name, *args)
+    except (RuntimeError, ValueError, OSError):
+        pass  # syscall unknown to this libseccomp/arch: nothing to block
+
+
+for name in (
+    # debugging other processes (ptrace of the sandbox's init could cancel PDEATHSIG)
+    "ptrace", "process_vm_readv", "process_vm_writev", "kcmp",
+    # namespaces and mounts
+    "unshare", "setns", "mount", "umount", "umount2", "pivot_root", "chroot",
+    "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr",
+    # keyrings are per host uid, shared across namespaces
+    "keyctl", "add_key", "request_key",
+    # io_uring bypasses argument filters
+    "io_uring_setup", "io_uring_enter", "io_uring_register",
+    # exploit primitives and information leaks
+    "bpf", "userfaultfd", "perf_event_open", "fanotify_init", "name_to_handle_at",
+    "open_by_handle_at", "lookup_dcookie",
+    # host-level operations
+    "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module", "reboot",
+    "swapon", "swapoff", "syslog", "acct", "quotactl", "settimeofday", "clock_settime",
+    "clock_adjtime", "adjtimex", "iopl", "ioperm", "uselib", "modify_ldt", "vhangup",
+    # NUMA and page migration
+    "mbind", "move_pages", "migrate_pages", "set_mempolicy", "get_mempolicy",
+):
+    deny(name)
+
+# clone3 passes its flags in a struct seccomp cannot read: ENOSYS makes glibc use clone.
+deny("clone3", seccomp.ERRNO(errno.ENOSYS))
+# clone with any CLONE_NEW* bit (NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET, NEWTIME)
+for bit in (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000, 0x00000080):
+    deny("clone", EPERM, seccomp.Arg(0, seccomp.MASKED_EQ, bit, bit))
+# terminal injection (compare the low 32 bits only: CVE-2019-10063)
+for req in (0x5412, 0x541C):  # TIOCSTI, TIOCLINUX
+    deny("ioctl", EPERM, seccomp.Arg(1, seccomp.MASKED_EQ, 0xFFFFFFFF, req))
+# personality other than the default
+deny("personality", EPERM, seccomp.Arg(0, seccomp.NE, 0))
+# sockets: only unix, inet and inet6 (no netlink, packet, vsock, alg, ...)
+for domain in range(0, 64):
+    if domain not in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6):
+        deny("socket", seccomp.ERRNO(errno.EAFNOSUPPORT), seccomp.Arg(0, seccomp.EQ, domain))
+deny("socket", seccomp.ERRNO(errno.EAFNOSUPPORT), seccomp.Arg(0, seccomp.GE, 64))
+
+f.export_bpf(sys.stdout.buffer)

@@ -1,0 +1,370 @@
+"""The session interpreter's driver: runs inside the sandbox, one per session.
+
+Wire format (control channel, see src/runner/frame-codec.ts for the other side):
+  every frame is  u32 big-endian body length | u8 kind | body
+  server -> driver on fd 3:
+    b'E' exec      JSON {"id", "code", "max_output_bytes"}
+    b'I' interrupt JSON {"id"}                 (KeyboardInterrupt in the running cell)
+    b'U' tool reply JSON {"call_id", "ok", "content" | "error"}
+  driver -> server on fd 4:
+    b'H' hello     JSON {"pid", "preloaded": [...], "preload_errors": {...}}
+    b'O' / b'R'    raw stdout / stderr bytes of the running cell
+    b'T' tool call JSON {"call_id", "name", "input"}
+    b'D' done      JSON {"id", "return_code", "limit", "stdout_dropped", "stderr_dropped",
+                         "killed_children"}
+
+Invariants:
+  - Code never arrives on stdin (which is /dev/null) or any stream a program's output
+    shares: stdout/stderr of a cell are fresh pipes made for that cell and read only by
+    the relay thread, which frames them on fd 4. A program that prints a sentinel or
+    fake JSON only produces bytes in its own O/R frames.
+  - Output written after a cell ended (a background child of that cell) never reaches a
+    later cell: the cell's pipes are drained and closed at the cell's end, so late
+    writers get EPIPE.
+  - Per stream, at most max_output_bytes are forwarded; the rest is counted, not sent.
+  - The control fds are moved to high, close-on-exec descriptors, so processes the code
+    starts never inherit them.
+Known limit: user code runs in this very process, so with deliberate effort (gc,
+/proc/self/fd) it can reach the driver's own objects and descriptors. That lets a
+session lie to the server about its own results, nothing more: the sandbox, not the
+driver, is the security boundary, and the server validates every frame it receives.
+"""
+
+import json
+import os
+import select
+import signal
+import struct
+import sys
+import threading
+import traceback
+
+CONTROL_IN, CONTROL_OUT = 3, 4
+MAX_FRAME = 64 << 20  # frames from the server: code (<= 16 MiB) and tool replies
+CHUNK = 64 * 1024
+
+
+def _move_fd_high(fd, at):
+    """Moves a driver fd out of the low numbers programs commonly use, close-on-exec,
+    staying under RLIMIT_NOFILE."""
+    import fcntl
+    import resource
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY:
+        at = max(5, min(at, soft - 16))
+    new = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, at)
+    os.close(fd)
+    return new
+
+
+class Channel:
+    def __init__(self, rfd, wfd):
+        self.rfd, self.wfd = rfd, wfd
+        self.wlock = threading.Lock()
+
+    def send(self, kind, body):
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body, separators=(",", ":")).encode()
+        frame = struct.pack(">IB", len(body), kind) + body
+        with self.wlock:
+            view = memoryview(frame)
+            while view:
+                n = os.write(self.wfd, view)
+                view = view[n:]
+
+    def _read_exact(self, n):
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = os.read(self.rfd, n - len(buf))
+            if not chunk:
+                raise EOFError
+            buf += chunk
+        return bytes(buf)
+
+    def recv(self):
+        head = self._read_exact(5)
+        length, kind = struct.unpack(">IB", head)
+        if length > MAX_FRAME:
+            raise ValueError("frame too large")
+        return kind, self._read_exact(length)
+
+
+class Cell:
+    """One running exec: its output pipes and byte accounting."""
+
+    def __init__(self, cell_id, max_output_bytes):
+        self.id = cell_id
+        self.max = max_output_bytes
+        self.sent = {1: 0, 2: 0}
+        self.dropped = {1: 0, 2: 0}
+        self.out_r, self.out_w = os.pipe2(os.O_CLOEXEC)
+        self.err_r, self.err_w = os.pipe2(os.O_CLOEXEC)
+        for fd in (self.out_r, self.err_r):
+            os.set_blocking(fd, False)
+        self.finished = threading.Event()
+        self.interrupted = False
+
+
+class Driver:
+    def __init__(self):
+        self.chan = Channel(_move_fd_high(CONTROL_IN, 200), _move_fd_high(CONTROL_OUT, 200))
+        self.null_fd = _move_fd_high(os.open(os.devnull, os.O_RDWR), 200)
+        self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC)
+        self.requests = []
+        self.req_cv = threading.Condition()
+        self.tool_replies = {}
+        self.tool_cv = threading.Condition()
+        self.cell = None
+        self.in_user_code = False
+        signal.signal(signal.SIGINT, self.on_sigint)
+        self.stdout_obj = sys.stdout
+        self.stderr_obj = sys.stderr
+        # User code gets a module of its own as __main__ (pickle and multiprocessing look
+        # functions up there); the driver stays reachable as _sandbox_driver.
+        import types
+        main = types.ModuleType("__main__")
+        main.__dict__["__builtins__"] = __builtins__
+        sys.modules["__main__"] = main
+        self.namespace = main.__dict__
+        os.dup2(self.null_fd, 0)
+        os.dup2(self.null_fd, 1)
+        os.dup2(self.null_fd, 2)
+
+    def on_sigint(self, signum, frame):
+        # A late interrupt (the cell already returned) must not hit the driver itself.
+        if self.in_user_code:
+            raise KeyboardInterrupt
+
+    # ---- relay thread: sole reader of the control channel and of cell pipes ----
+    def relay(self):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        while True:
+            cell = self.cell
+            fds = [self.chan.rfd, self.wake_r]
+            if cell is not None:
+                fds += [cell.out_r, cell.err_r]
+            try:
+                ready, _, _ = select.select(fds, [], [])
+            except InterruptedError:
+                continue
+            if self.chan.rfd in ready:
+                try:
+                    kind, body = self.chan.recv()
+                except (EOFError, OSError, ValueError):
+                    os._exit(0)  # the server went away or spoke garbage: nothing to serve
+                self.dispatch(kind, body)
+            if self.wake_r in ready:
+                # b"c": a cell started (select on its pipes); b"f": the cell's code returned.
+                if b"f" in os.read(self.wake_r, 64) and self.cell is not None:
+                    self.finish_cell(self.cell)
+                    continue
+            if cell is not None and self.cell is cell:
+                if cell.out_r in ready:
+                    self.pump(cell, cell.out_r, 1)
+                if cell.err_r in ready:
+                    self.pump(cell, cell.err_r, 2)
+
+    def dispatch(self, kind, body):
+        msg = json.loads(body)
+        if kind == ord("E"):
+            with self.req_cv:
+                self.requests.append(msg)
+                self.req_cv.notify()
+        elif kind == ord("I"):
+            cell = self.cell
+            if cell is not None and cell.id == msg.get("id"):
+                cell.interrupted = True  # also stop what the timed-out code started
+                os.kill(os.getpid(), signal.SIGINT)
+        elif kind == ord("U"):
+            with self.tool_cv:
+                self.tool_replies[msg["call_id"]] = msg
+                self.tool_cv.notify_all()
+
+    def pump(self, cell, fd, stream, max_reads=16):
+        """Forward what the pipe holds now, at most max_reads chunks, so that a flood
+        never keeps the relay from reading the control channel (interrupts)."""
+        for _ in range(max_reads):
+            try:
+                data = os.read(fd, CHUNK)
+            except BlockingIOError:
+                return True
+            if not data:
+                return False
+            room = cell.max - cell.sent[stream]
+            if room > 0:
+                part = data[:room]
+                cell.sent[stream] += len(part)
+                self.chan.send(ord("O") if stream == 1 else ord("R"), part)
+                data = data[room:]
+            cell.dropped[stream] += len(data)
+        return True
+
+    def finish_cell(self, cell):
+        # The cell's code has returned and the main thread has pointed fds 1/2 back at
+        # /dev/null and closed its write ends; whatever is in the pipes now belongs to
+        # this cell. Late writers (background children) find the pipes closed.
+        # Bounded: a background child that keeps writing must not hold the cell open.
+        self.pump(cell, cell.out_r, 1, 256)
+        self.pump(cell, cell.err_r, 2, 256)
+        os.close(cell.out_r)
+        os.close(cell.err_r)
+        self.cell = None
+        cell.finished.set()
+
+    # ---- main thread: runs the code ----
+    def next_request(self):
+        with self.req_cv:
+            while not self.requests:
+                self.req_cv.wait()
+            return self.requests.pop(0)
+
+    def run_forever(self):
+        sys.path.insert(0, "/opt/session-lib")
+        threading.Thread(target=self.relay, name="relay", daemon=True).start()
+        preloaded, errors = preload()
+        self.chan.send(ord("H"), {"pid": os.getpid(), "preloaded": preloaded, "preload_errors": errors})
+        while True:
+            req = self.next_request()
+            self.execute(req)
+
+    def execute(self, req):
+        cell = Cell(req["id"], int(req.get("max_output_bytes", 1 << 20)))
+        sys.stdout.flush() if sys.stdout else None
+        os.dup2(cell.out_w, 1)
+        os.dup2(cell.err_w, 2)
+        os.close(cell.out_w)
+        os.close(cell.err_w)
+        if self.stdout_obj.closed or self.stderr_obj.closed:
+            self.stdout_obj, self.stderr_obj = _text_stream(1), _text_stream(2)
+        sys.stdout, sys.stderr = self.stdout_obj, self.stderr_obj
+        self.cell = cell
+        os.write(self.wake_w, b"c")  # let the relay start selecting on the new pipes
+        return_code, limit = 0, None
+        try:
+            return_code, limit = self.run_code(req["code"])
+        finally:
+            for stream in (sys.stdout, sys.stderr, self.stdout_obj, self.stderr_obj):
+                try:
+                    if stream is not None:
+                        stream.flush()
+                except Exception:
+                    pass
+            os.dup2(self.null_fd, 1)
+            os.dup2(self.null_fd, 2)
+            killed = 0
+            if req.get("kill_children") or cell.interrupted:
+                killed = kill_other_processes()
+            os.write(self.wake_w, b"f")
+            cell.finished.wait()
+            self.chan.send(ord("D"), {
+                "id": cell.id, "return_code": return_code, "limit": limit,
+                "stdout_dropped": cell.dropped[1], "stderr_dropped": cell.dropped[2],
+                "killed_children": killed,
+            })
+
+    def run_code(self, code):
+        """Returns (return_code, limit). Mirrors the reference REPL: exec in one
+        persistent namespace; the value of a trailing expression is not echoed."""
+        try:
+            compiled = compile(code, "<cell>", "exec")
+        except (SyntaxError, ValueError, OverflowError):
+            print_user_traceback(*sys.exc_info())
+            return 1, None
+        try:
+            self.in_user_code = True
+            try:
+                exec(compiled, self.namespace)
+            finally:
+                self.in_user_code = False
+            return 0, None
+        except SystemExit as e:
+            code_ = e.code
+            if code_ is None:
+                return 0, None
+            if isinstance(code_, int):
+                return code_ & 0xFF if code_ >= 0 else 1, None
+            print(code_, file=sys.stderr)
+            return 1, None
+        except KeyboardInterrupt:
+            print_user_traceback(*sys.exc_info())
+            return 130, "interrupted"
+        except MemoryError:
+            print_user_traceback(*sys.exc_info())
+            return 1, "memory"
+        except BaseException:
+            print_user_traceback(*sys.exc_info())
+            return 1, None
+        finally:
+            try:
+                sys.stdout.flush()
+            except Exception:
+                pass
+
+    # ---- programmatic tools: called from _platform_tools in the main thread ----
+    def call_tool(self, name, payload, timeout_seconds):
+        import uuid
+        call_id = uuid.uuid4().hex
+        self.chan.send(ord("T"), {"call_id": call_id, "name": name, "input": payload})
+        with self.tool_cv:
+            ok = self.tool_cv.wait_for(lambda: call_id in self.tool_replies, timeout=timeout_seconds)
+            if not ok:
+                return {"ok": False, "error": f"tool {name!r} timed out after {timeout_seconds}s"}
+            return self.tool_replies.pop(call_id)
+
+
+def print_user_traceback(etype, value, tb):
+    """The traceback without the driver's own frames: the user sees their code only."""
+    try:
+        te = traceback.TracebackException(etype, value, tb, compact=True)
+        te.stack = traceback.StackSummary.from_list([f for f in te.stack if f.filename != __file__])
+        sys.stderr.write("".join(te.format()))
+    except Exception:
+        traceback.print_exception(etype, value, tb)
+
+
+def _text_stream(fd):
+    import io
+    return io.TextIOWrapper(io.FileIO(fd, "w", closefd=False), encoding="utf-8",
+                            errors="backslashreplace", write_through=True)
+
+
+def kill_other_processes():
+    """SIGKILL every process of this sandbox but init (pid 1) and ourselves: what a
+    timed-out cell left running. kill(-1) skips both by definition."""
+    count = 0
+    for _ in range(50):
+        others = [p for p in os.listdir("/proc") if p.isdigit() and p not in ("1", str(os.getpid()))]
+        if not others:
+            break
+        count = max(count, len(others))
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except ProcessLookupError:
+            break
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        except ChildProcessError:
+            pass
+    return count
+
+
+def preload():
+    names = [n for n in os.environ.get("SANDBOX_PRELOAD", "").split(",") if n.strip()]
+    done, errors = [], {}
+    for name in names:
+        try:
+            __import__(name.strip())
+            done.append(name.strip())
+        except BaseException as e:  # a missing module must not stop the session
+            errors[name.strip()] = f"{type(e).__name__}: {e}"
+    os.environ.pop("SANDBOX_PRELOAD", None)
+    return done, errors
+
+
+DRIVER = None
+
+if __name__ == "__main__":
+    sys.modules["_sandbox_driver"] = sys.modules[__name__]
+    DRIVER = Driver()
+    DRIVER.run_forever()

@@ -1,0 +1,122 @@
+/**
+ * Every setting of the server in one schema: bounds, default, description, unit in the
+ * name. `loadConfig(env)` is the only reader of the environment's values; it validates
+ * everything at once and reports every problem, then freezes the result.
+ *
+ * The `SANDBOX_*` names and meanings that the Python reference image already uses are
+ * kept as they are, so existing deployments carry over unchanged.
+ */
+import Type, { type Static } from 'typebox';
+import Value from 'typebox/value';
+
+const MiB = 1024 * 1024;
+
+const int = (env: string, def: number, min: number, max: number, description: string) => ({
+  env,
+  schema: Type.Integer({ default: def, minimum: min, maximum: max, description: `${description} (${env})` }),
+});
+const str = (env: string, def: string, description: string) => ({
+  env,
+  schema: Type.String({ default: def, minLength: 1, description: `${description} (${env})` }),
+});
+
+/** Setting key -> environment variable and schema. */
+const SETTINGS = {
+  port: int('PORT', 8080, 0, 65535, 'TCP port to listen on'),
+  host: str('HOST', '0.0.0.0', 'Address to listen on'),
+  sessionsRoot: str('SANDBOX_SESSIONS_ROOT', '/var/sandbox/sessions', 'Folder holding one private folder per session'),
+  idleTimeoutSeconds: int('SANDBOX_SESSION_IDLE_TIMEOUT', 900, 1, 30 * 24 * 3600, 'Ceiling and default of a session idle timeout, seconds'),
+  maxLifetimeSeconds: int('SANDBOX_SESSION_MAX_LIFETIME', 7200, 1, 30 * 24 * 3600, 'Ceiling and default of a session lifetime, seconds'),
+  gcIntervalSeconds: int('SANDBOX_SESSION_GC_INTERVAL', 30, 1, 3600, 'How often expired sessions are reaped, seconds'),
+  maxSessions: int('SANDBOX_MAX_SESSIONS', 256, 1, 10000, 'Live sessions at most (warm-pool members count too)'),
+  memoryMb: int('SANDBOX_RUNNER_MEMORY_MB', 1536, 64, 1024 * 1024, 'Memory per session, MiB'),
+  cpuSeconds: int('SANDBOX_RUNNER_CPU_SECONDS', 120, 1, 1_000_000, 'CPU time per process, seconds'),
+  fileSizeMb: int('SANDBOX_RUNNER_FSIZE_MB', 256, 1, 1024 * 1024, 'Largest file a program may write, MiB'),
+  maxOpenFiles: int('SANDBOX_RUNNER_NOFILE', 256, 16, 1 << 20, 'Open files per process'),
+  maxOutputBytes: int('SANDBOX_RUNNER_MAX_OUTPUT_BYTES', MiB, 1024, 64 * MiB, 'Output kept per stream per call, bytes'),
+  maxTimeoutSeconds: int('SANDBOX_RUNNER_WALL_CLOCK_SECONDS', 120, 1, 24 * 3600, 'Ceiling of a call timeout, seconds'),
+  defaultTimeoutSeconds: int('SANDBOX_DEFAULT_TIMEOUT_SECONDS', 30, 1, 24 * 3600, 'Timeout of a call that names none, seconds'),
+  maxProcesses: int('SANDBOX_RUNNER_NPROC', 256, 8, 100_000, 'Processes per session'),
+  workspaceMb: int('SANDBOX_WORKSPACE_MB', 1024, 1, 1024 * 1024, 'Disk per session (workspace and /tmp together), MiB'),
+  shmMb: int('SANDBOX_SHM_MB', 64, 1, 64 * 1024, 'Size of the private /dev/shm of a sandbox, MiB'),
+  maxUploadBytes: int('SANDBOX_MAX_UPLOAD_BYTES', 100 * MiB, 1, 64 * 1024 * MiB, 'Largest upload, bytes'),
+  maxDownloadBytes: int('SANDBOX_MAX_DOWNLOAD_BYTES', 1024 * MiB, 1, 1024 * 1024 * MiB, 'Largest file served by a download, bytes'),
+  maxCodeBytes: int('SANDBOX_MAX_CODE_BYTES', 200_000, 1, 16 * MiB, 'Largest code or command of one call, bytes'),
+  execQueueMax: int('SANDBOX_EXEC_QUEUE_MAX', 8, 0, 1000, 'Calls waiting behind the running one in a session before 429'),
+  interruptGraceMs: int('SANDBOX_INTERRUPT_GRACE_MS', 2000, 100, 60_000, 'After a timeout interrupt, how long the interpreter gets to stop, ms'),
+  shutdownGraceSeconds: int('SANDBOX_SHUTDOWN_GRACE_SECONDS', 10, 0, 3600, 'On SIGTERM, how long in-flight calls may finish, seconds'),
+  isolation: {
+    env: 'SANDBOX_ISOLATION',
+    schema: Type.Union([Type.Literal('auto'), Type.Literal('bwrap')], {
+      default: 'auto',
+      description: 'Isolation mode: auto (the full bubblewrap sandbox; refuse to start where it does not work) or bwrap (SANDBOX_ISOLATION)',
+    }),
+  },
+  sandboxUidBase: int('SANDBOX_UID_BASE', 200_000, 1000, 4_000_000_000, 'When the server runs as root: first host uid of the per-session uids'),
+  warmPoolSize: int('SANDBOX_WARM_POOL_SIZE', 2, 0, 1000, 'Ready sandboxes kept waiting for POST /sessions'),
+  preloadModules: str('SANDBOX_PRELOAD_MODULES', 'numpy,pandas,matplotlib', 'Modules imported before a session is handed out, comma-separated ("-" for none)'),
+  pythonPath: str('SANDBOX_PYTHON', '/usr/bin/python3', 'Python interpreter run inside the sandbox'),
+  logLevel: {
+    env: 'SANDBOX_LOG_LEVEL',
+    schema: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)), {
+      default: 'info',
+      description: 'Log level (SANDBOX_LOG_LEVEL)',
+    }),
+  },
+} as const;
+
+type SettingKey = keyof typeof SETTINGS;
+export type Config = { readonly [K in SettingKey]: Static<(typeof SETTINGS)[K]['schema']> };
+
+const SCHEMA = Type.Object(
+  Object.fromEntries(Object.entries(SETTINGS).map(([k, v]) => [k, v.schema])) as { [K in SettingKey]: (typeof SETTINGS)[K]['schema'] },
+);
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`invalid configuration:\n  ${problems.join('\n  ')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+/** Validates every setting at once; throws ConfigError listing all problems. */
+export function loadConfig(env: Record<string, string | undefined>, overrides: Partial<Config> = {}): Config {
+  const raw: Record<string, unknown> = {};
+  const problems: string[] = [];
+  for (const [key, { env: name, schema }] of Object.entries(SETTINGS)) {
+    const text = env[name];
+    if (text === undefined || text === '') continue;
+    const isInt = (schema as { type?: string }).type === 'integer';
+    if (isInt && !/^\s*-?\d+\s*$/.test(text)) {
+      problems.push(`${name}=${JSON.stringify(text)}: must be an integer`);
+      continue;
+    }
+    raw[key] = isInt ? Number(text) : text.trim();
+  }
+  Object.assign(raw, overrides);
+  const value = Value.Default(SCHEMA, raw) as Record<string, unknown>;
+  for (const error of Value.Errors(SCHEMA, value)) {
+    const key = error.instancePath.replace(/^\//, '') as SettingKey;
+    const setting = SETTINGS[key];
+    const name = setting?.env ?? key;
+    problems.push(`${name}=${JSON.stringify(value[key])}: ${error.message}`);
+  }
+  if (problems.length > 0) throw new ConfigError([...new Set(problems)]);
+  const config = value as Config;
+  if (config.defaultTimeoutSeconds > config.maxTimeoutSeconds) {
+    throw new ConfigError([`SANDBOX_DEFAULT_TIMEOUT_SECONDS (${config.defaultTimeoutSeconds}) exceeds SANDBOX_RUNNER_WALL_CLOCK_SECONDS (${config.maxTimeoutSeconds})`]);
+  }
+  return Object.freeze(config);
+}
+
+/** The settings table, for the README and `--help`. */
+export function describeSettings(): { env: string; default: unknown; description: string }[] {
+  return Object.values(SETTINGS).map((s) => {
+    const schema = s.schema as { default?: unknown; description?: string };
+    return { env: s.env, default: schema.default, description: schema.description ?? '' };
+  });
+}
+
+export function preloadList(config: Config): string[] {
+  return config.preloadModules === '-' ? [] : config.preloadModules.split(',').map((s) => s.trim()).filter(Boolean);
+}

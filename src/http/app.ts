@@ -1,0 +1,133 @@
+/**
+ * buildApp(deps): the Fastify instance with every route, the one error handler, the
+ * access log and the OpenAPI document. It never listens (main.ts does), so tests can
+ * use it directly.
+ *
+ * Error bodies: {"detail": <string | list>, "code": <stable SBX_* code>}; no stack
+ * traces, host paths or secrets. Schema validation failures are 422 with a FastAPI-style
+ * detail list, as the reference answers.
+ */
+import Fastify, { LogController, type FastifyError, type FastifyInstance } from 'fastify';
+import multipart from '@fastify/multipart';
+import swagger from '@fastify/swagger';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import type { Config } from '../config.js';
+import { isSandboxError, SandboxError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { SessionManager } from '../sessions/manager.js';
+import type { ExecService } from '../sessions/exec.js';
+import { registerSessionRoutes } from './routes/sessions.js';
+import { registerExecRoutes } from './routes/exec.js';
+import { registerFileRoutes } from './routes/files.js';
+import { registerToolRoutes } from './routes/tools.js';
+import { registerHealthRoutes, type IsolationInfo } from './routes/health.js';
+
+export interface AppDeps {
+  config: Config;
+  log: Logger;
+  sessions: SessionManager;
+  exec: ExecService;
+  isolation: IsolationInfo;
+  version: string;
+}
+
+export type App = FastifyInstance<any, any, any, Logger, TypeBoxTypeProvider>;
+
+const MiB = 1024 * 1024;
+
+export async function buildApp(deps: AppDeps): Promise<App> {
+  const app = Fastify({
+    loggerInstance: deps.log,
+    logController: new LogController({ disableRequestLogging: true }),
+    bodyLimit: Math.max(MiB, deps.config.maxCodeBytes * 8 + 64 * 1024),
+    routerOptions: { maxParamLength: 200 },
+    return503OnClosing: true,
+    forceCloseConnections: 'idle',
+    ajv: { customOptions: { coerceTypes: 'array', removeAdditional: false, allErrors: true } },
+  }).withTypeProvider<TypeBoxTypeProvider>();
+
+  // An empty JSON body means "no body" (the reference accepts POST /sessions with none).
+  app.removeContentTypeParser('application/json');
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (_req, body, done) => {
+    const text = typeof body === 'string' ? body : body.toString('utf8');
+    if (text.trim() === '') return done(null, undefined);
+    try {
+      done(null, JSON.parse(text));
+    } catch (e) {
+      const err = new SandboxError('SBX_VALIDATION', [{ type: 'json_invalid', loc: ['body'], msg: 'JSON decode error', input: {}, ctx: { error: (e as Error).message } }]);
+      done(err as unknown as Error, undefined);
+    }
+  });
+
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: {
+        title: 'otari-sandbox-container',
+        version: deps.version,
+        description: 'Code-execution sandbox server: a conforming backend of the Otari code-execution contract v1, with per-session isolation.',
+      },
+    },
+  });
+  await app.register(multipart, {
+    limits: { fileSize: deps.config.maxUploadBytes, files: 1, fields: 16, fieldSize: 64 * 1024, parts: 20, headerPairs: 200 },
+  });
+
+  app.addHook('onResponse', async (req, reply) => {
+    const params = req.params as { id?: string } | undefined;
+    req.log.info(
+      {
+        method: req.method,
+        path: req.routeOptions.url ?? req.url.split('?')[0],
+        url: req.url.length > 512 ? `${req.url.slice(0, 512)}…` : req.url,
+        status: reply.statusCode,
+        duration_ms: Math.round(reply.elapsedTime * 100) / 100,
+        session_id: params?.id,
+      },
+      'request',
+    );
+  });
+
+  app.setNotFoundHandler((_req, reply) => {
+    void reply.code(404).send({ detail: 'Not Found', code: 'SBX_NOT_FOUND' });
+  });
+
+  app.setErrorHandler((error: FastifyError | SandboxError, req, reply) => {
+    if (isSandboxError(error)) {
+      for (const [k, v] of Object.entries(error.headers)) void reply.header(k, v);
+      return reply.code(error.status).send({ detail: error.detail, code: error.code });
+    }
+    const fe = error as FastifyError & { validation?: { keyword: string; instancePath: string; message?: string; params: Record<string, unknown> }[]; validationContext?: string };
+    if (fe.validation) {
+      const where = fe.validationContext === 'querystring' ? 'query' : fe.validationContext === 'params' ? 'path' : (fe.validationContext ?? 'body');
+      const detail = fe.validation.map((v) => {
+        const missing = v.keyword === 'required' ? String(v.params.missingProperty ?? '') : null;
+        const loc = [where, ...v.instancePath.split('/').filter(Boolean), ...(missing ? [missing] : [])];
+        return { type: missing !== null ? 'missing' : v.keyword, loc, msg: missing !== null ? 'Field required' : (v.message ?? 'invalid'), input: null };
+      });
+      return reply.code(422).send({ detail, code: 'SBX_VALIDATION' });
+    }
+    if (fe.code === 'FST_REQ_FILE_TOO_LARGE' || fe.code === 'FST_FILES_LIMIT' || fe.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
+      return reply.code(413).send({ detail: fe.code === 'FST_ERR_CTP_BODY_TOO_LARGE' ? 'request body too large' : uploadTooLarge(deps.config.maxUploadBytes), code: 'SBX_FILE_TOO_LARGE' });
+    }
+    const status = typeof fe.statusCode === 'number' && fe.statusCode >= 400 && fe.statusCode < 500 ? fe.statusCode : 500;
+    if (status === 500) {
+      req.log.error({ err: { message: fe.message, code: fe.code, stack: fe.stack } }, 'unhandled error');
+      return reply.code(500).send({ detail: 'Internal Server Error', code: 'SBX_INTERNAL' });
+    }
+    return reply.code(status).send({ detail: fe.message, code: fe.code ?? 'SBX_BAD_REQUEST' });
+  });
+
+  registerHealthRoutes(app, deps);
+  registerSessionRoutes(app, deps);
+  registerExecRoutes(app, deps);
+  registerFileRoutes(app, deps);
+  registerToolRoutes(app, deps);
+
+  app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+  return app;
+}
+
+export function uploadTooLarge(maxUploadBytes: number): string {
+  return maxUploadBytes % MiB === 0 ? `file exceeds ${maxUploadBytes / MiB} MB limit` : `file exceeds ${maxUploadBytes} byte limit`;
+}

@@ -1,0 +1,83 @@
+/** Schemas shared by the routes: they validate requests and generate /openapi.json. */
+import Type from 'typebox';
+
+export const SessionParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 64, description: 'Session id (sbx_…)' }) });
+
+export const ErrorBody = Type.Object(
+  {
+    detail: Type.Union([Type.String(), Type.Array(Type.Unknown())]),
+    code: Type.String({ description: 'Stable machine code, e.g. SBX_SESSION_NOT_FOUND' }),
+  },
+  { description: 'Error' },
+);
+
+export const SessionHandle = Type.Object({
+  session_id: Type.String(),
+  created_at: Type.Number({ description: 'POSIX seconds' }),
+  last_activity_at: Type.Number({ description: 'POSIX seconds' }),
+  idle_timeout_seconds: Type.Integer(),
+  max_lifetime_seconds: Type.Integer(),
+});
+
+const NullableInt = Type.Union([Type.Integer({ minimum: 1 }), Type.Null()]);
+export const CreateSessionBody = Type.Union([
+  Type.Null(),
+  Type.Object(
+    {
+      idle_timeout_seconds: Type.Optional(NullableInt),
+      max_lifetime_seconds: Type.Optional(NullableInt),
+    },
+    { additionalProperties: true, description: 'Lifetime hints; values above the server ceilings are clamped' },
+  ),
+]);
+
+export const ExecBody = Type.Object(
+  {
+    tool: Type.String({ description: 'code_execution | bash_code_execution | text_editor_code_execution' }),
+    input: Type.Object({}, { additionalProperties: true, description: 'code_execution: {code}; bash_code_execution: {command}; text_editor_code_execution: {command, path, file_text?, old_str?, new_str?, insert_line?, view_range?}' }),
+    timeout_seconds: Type.Optional(Type.Integer({ minimum: 1, description: 'Default 30; clamped to SANDBOX_RUNNER_WALL_CLOCK_SECONDS' })),
+    tool_use_id: Type.Optional(Type.Union([Type.String(), Type.Null()])),
+  },
+  { additionalProperties: true },
+);
+
+const LimitKind = Type.Union([
+  Type.Literal('wall_clock'),
+  Type.Literal('memory'),
+  Type.Literal('cpu'),
+  Type.Literal('output_bytes'),
+  Type.Literal('file_size'),
+  Type.Literal('processes'),
+  Type.Literal('disk'),
+]);
+
+export const ExecResponse = Type.Object({
+  tool_use_id: Type.String(),
+  result_block: Type.Object({
+    type: Type.String(),
+    tool_use_id: Type.String(),
+    content: Type.Object(
+      {
+        type: Type.Literal('code_execution_result'),
+        stdout: Type.String(),
+        stderr: Type.String(),
+        return_code: Type.Integer(),
+        content: Type.Array(Type.Object({ type: Type.String(), file_id: Type.String(), filename: Type.String() }, { additionalProperties: true })),
+      },
+      { additionalProperties: true },
+    ),
+  }),
+  execution_time_ms: Type.Integer(),
+  limit_exceeded: Type.Union([LimitKind, Type.Null()], { description: 'extension: which limit fired' }),
+  interpreter_restarted: Type.Boolean({ description: 'extension: the interpreter was restarted and its state lost' }),
+  stdout_dropped_bytes: Type.Integer({ description: 'extension' }),
+  stderr_dropped_bytes: Type.Integer({ description: 'extension' }),
+});
+
+export const FileEntry = Type.Object({
+  path: Type.String(),
+  size_bytes: Type.Integer(),
+  mime_type: Type.Union([Type.String(), Type.Null()]),
+  modified_at: Type.Number(),
+  is_dir: Type.Optional(Type.Boolean()),
+});

@@ -1,0 +1,166 @@
+/**
+ * The only file that reads the environment, listens, handles signals and exits.
+ * Start-up: validate the configuration (all problems at once), sweep what a killed
+ * predecessor left, build the seccomp filter, prove the sandbox holds (fail closed),
+ * then serve. SIGTERM/SIGINT: stop accepting, let in-flight calls finish until
+ * SANDBOX_SHUTDOWN_GRACE_SECONDS, destroy every session, exit.
+ */
+import { promises as fsp, readFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
+import { loadConfig, ConfigError, type Config } from './config.js';
+import { createLogger, type Logger } from './log.js';
+import { Launcher } from './sandbox/launcher.js';
+import { UidAllocator, killUid, pidsOfUids } from './sandbox/uids.js';
+import { buildSeccompFilter, probeSandbox, sweepSessionsRoot, PreflightError, FIX_HINT } from './sandbox/preflight.js';
+import { removeTree } from './sessions/box.js';
+import { SessionManager } from './sessions/manager.js';
+import { ExecService } from './sessions/exec.js';
+import { buildApp } from './http/app.js';
+import type { IsolationInfo } from './http/routes/health.js';
+
+const here = (rel: string) => fileURLToPath(new URL(rel, import.meta.url));
+const DRIVER_DIR = here('../../sandbox-python');
+const SECCOMP_GEN = here('../../sandbox-host/seccomp-gen.py');
+const VERSION = (JSON.parse(readFileSync(here('../../package.json'), 'utf8')) as { version: string }).version;
+
+async function prepareIsolation(config: Config, log: Logger, launcher: Launcher, uids: UidAllocator, privileged: boolean): Promise<IsolationInfo> {
+  const dir = `${config.sessionsRoot}/probe_${randomBytes(6).toString('hex')}`;
+  const uid = privileged ? uids.allocate() : undefined;
+  try {
+    for (const d of [dir, `${dir}/workspace`, `${dir}/tmp`, `${dir}/lib`]) await fsp.mkdir(d, { mode: 0o711 });
+    if (uid !== undefined) for (const d of [`${dir}/workspace`, `${dir}/tmp`]) await fsp.chown(d, uid, uid);
+    const { protections } = await probeSandbox(
+      launcher,
+      { workspaceDir: `${dir}/workspace`, tmpDir: `${dir}/tmp`, libDir: `${dir}/lib`, driverDir: DRIVER_DIR, shmBytes: config.shmMb * 1024 * 1024 },
+      { uid, gid: uid },
+      { addressSpaceBytes: config.memoryMb * 1024 * 1024, cpuSeconds: 10, fileSizeBytes: 1 << 20, openFiles: 64, processes: 16 },
+      config.sessionsRoot,
+      config.pythonPath,
+    );
+    if (privileged) protections.push('distinct unprivileged host uid per session', 'disk quota per session (tmpfs)');
+    return {
+      mode: 'bwrap',
+      protections,
+      uid_per_session: privileged,
+      disk_quota: privileged ? `tmpfs of ${config.workspaceMb} MiB per session` : 'none (needs root for the per-session tmpfs; RLIMIT_FSIZE still caps each file)',
+      memory_limit: `RLIMIT_AS ${config.memoryMb} MiB per process`,
+    };
+  } finally {
+    if (uid !== undefined) {
+      await killUid(uid);
+      uids.release(uid);
+    }
+    await removeTree(dir).catch((e: unknown) => log.warn({ err: String(e) }, 'could not remove the probe folder'));
+  }
+}
+
+/**
+ * One server per sessions root: the start-up sweep removes every box folder it finds,
+ * which must never hit the boxes of a server that is still running.
+ */
+async function claimSessionsRoot(root: string): Promise<void> {
+  const file = `${root}/.server.pid`;
+  const previous = Number((await fsp.readFile(file, 'utf8').catch(() => '')).trim());
+  if (previous > 0 && previous !== process.pid) {
+    const cmdline = await fsp.readFile(`/proc/${previous}/cmdline`, 'utf8').catch(() => '');
+    if (cmdline.includes('main.js')) {
+      process.stderr.write(`otari-sandbox-container: another server (pid ${previous}) is using SANDBOX_SESSIONS_ROOT=${root}; stop it or choose another folder\n`);
+      process.exit(1);
+    }
+  }
+  await fsp.writeFile(file, `${process.pid}\n`);
+}
+
+async function main(): Promise<void> {
+  let config: Config;
+  try {
+    config = loadConfig(process.env);
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      process.stderr.write(`otari-sandbox-container: ${e.message}\n`);
+      process.exit(1);
+    }
+    throw e;
+  }
+  const log = createLogger(config.logLevel);
+  const privileged = process.getuid?.() === 0;
+  await fsp.mkdir(config.sessionsRoot, { recursive: true, mode: 0o711 });
+  await fsp.chmod(config.sessionsRoot, 0o711);
+  const uids = new UidAllocator(config.sandboxUidBase, config.maxSessions + config.warmPoolSize + 8);
+
+  await claimSessionsRoot(config.sessionsRoot);
+  // What a SIGKILLed predecessor left: processes of our uids, folders, mounts.
+  if (privileged) {
+    const { first, last } = uids.range();
+    for (const uid of (await pidsOfUids(first, last)).keys()) await killUid(uid);
+  }
+  const swept = await sweepSessionsRoot(config.sessionsRoot, privileged, removeTree);
+  if (swept > 0) log.warn({ folders: swept }, 'removed session folders left by an earlier run');
+
+  let isolation: IsolationInfo;
+  let launcher: Launcher;
+  try {
+    const seccompBpf = await buildSeccompFilter('/usr/bin/python3', SECCOMP_GEN);
+    launcher = new Launcher({ seccompBpf, driverDir: DRIVER_DIR });
+    isolation = await prepareIsolation(config, log, launcher, uids, privileged);
+  } catch (e) {
+    const message = e instanceof PreflightError ? e.message : String((e as Error)?.stack ?? e);
+    log.fatal({ err: message }, 'the sandbox does not work here; refusing to start');
+    process.stderr.write(`otari-sandbox-container: refusing to start: ${message}\n${FIX_HINT}\n`);
+    process.exit(1);
+  }
+  log.info({ isolation }, `isolation mode: ${isolation.mode}`);
+
+  const sessions = new SessionManager(
+    config,
+    { config, launcher, uids, privileged, driverHostDir: DRIVER_DIR },
+    log,
+    () => {
+      if (!privileged) return {};
+      const uid = uids.allocate();
+      return { uid, gid: uid };
+    },
+  );
+  const exec = new ExecService(config, sessions);
+  const app = await buildApp({ config, log, sessions, exec, isolation, version: VERSION });
+  await app.listen({ port: config.port, host: config.host });
+  sessions.start();
+
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'shutting down');
+    const hardStop = setTimeout(() => {
+      log.error('shutdown deadline passed; exiting');
+      process.exit(1);
+    }, (config.shutdownGraceSeconds + 20) * 1000);
+    hardStop.unref();
+    const closing = app.close();
+    sessions
+      .shutdown(config.shutdownGraceSeconds * 1000)
+      .then(() => {
+        // Every session is gone, so no call is still useful: cut what is left.
+        app.server.closeAllConnections();
+        return closing;
+      })
+      .then(
+        () => {
+          log.info('stopped');
+          process.exit(0);
+        },
+        (e: unknown) => {
+          log.error({ err: String(e) }, 'shutdown failed');
+          process.exit(1);
+        },
+      );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
+
+main().catch((e: unknown) => {
+  process.stderr.write(`otari-sandbox-container: ${String((e as Error)?.stack ?? e)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,328 @@
+/**
+ * Client of one session interpreter (sandbox-python/driver.py running in a sandbox).
+ *
+ * Protocol: frames (frame-codec.ts) on the driver's fds 3 (to it) and 4 (from it);
+ * see the driver's docstring for the kinds. One exec at a time (the session queues).
+ *
+ * Timeout policy: at the deadline an interrupt frame raises KeyboardInterrupt in the
+ * cell and the driver kills whatever the cell started; the interpreter and its
+ * variables stay. If the cell has not finished `interruptGraceMs` later (C code that
+ * never checks signals, SIGINT ignored), the whole sandbox is killed: state is lost
+ * and the session starts a fresh interpreter. A response therefore always arrives by
+ * timeout + grace + a kill.
+ *
+ * Every byte the driver sends is bounded: frames by maxFrameBytes, output by the
+ * per-stream cap (CappedBuffer), diagnostics by DIAG_BYTES.
+ */
+import { encodeFrame, FrameDecoder, type Frame } from './frame-codec.js';
+import { CappedBuffer } from './output.js';
+import type { Launcher, SandboxedProcess, LaunchOptions, ExitInfo } from '../sandbox/launcher.js';
+import { SandboxError } from '../errors.js';
+
+export type LimitKind = 'wall_clock' | 'memory' | 'cpu' | 'output_bytes' | 'file_size' | 'processes' | 'disk';
+
+export interface ToolCall {
+  callId: string;
+  name: string;
+  input: unknown;
+}
+export type ToolReply = { ok: true; content: unknown } | { ok: false; error: string };
+
+export interface ExecRequest {
+  code: string;
+  timeoutMs: number;
+  maxOutputBytes: number;
+  onToolCall?: (call: ToolCall) => Promise<ToolReply>;
+  /** Receives output chunks as they arrive (for streaming); optional. */
+  onOutput?: (stream: 'stdout' | 'stderr', chunk: Buffer) => void;
+}
+
+export interface ExecOutcome {
+  stdout: CappedBuffer;
+  stderr: CappedBuffer;
+  returnCode: number;
+  limit: LimitKind | null;
+  /** Plain-English lines the server adds to stderr (which limit fired, state kept or lost). */
+  notes: string[];
+  /** The interpreter died during this call; its variables are gone. */
+  stateLost: boolean;
+  /** Bytes the driver itself dropped past the cap (not sent to us). */
+  droppedByDriver: { stdout: number; stderr: number };
+  durationMs: number;
+}
+
+const MAX_FRAME_BYTES = 2 * 1024 * 1024;
+const DIAG_BYTES = 8192;
+
+interface Pending {
+  id: number;
+  req: ExecRequest;
+  stdout: CappedBuffer;
+  stderr: CappedBuffer;
+  interrupted: boolean;
+  resolve: (o: ExecOutcome) => void;
+  timers: NodeJS.Timeout[];
+  started: number;
+}
+
+export interface InterpreterOptions {
+  launcher: Launcher;
+  launch: Omit<LaunchOptions, 'argv' | 'controlChannel'>;
+  pythonPath: string;
+  driverPath: string;
+  interruptGraceMs: number;
+  startTimeoutMs: number;
+  /** Tells whether a death was the memory limit (a cgroup OOM kill); optional. */
+  wasOomKilled?: () => boolean;
+  cpuSeconds: number;
+  memoryMb: number;
+}
+
+export class Interpreter {
+  private proc: SandboxedProcess | null = null;
+  private decoder = new FrameDecoder(MAX_FRAME_BYTES);
+  private pending: Pending | null = null;
+  private nextId = 1;
+  private diag = '';
+  private dead = false;
+  private ready: Promise<void> | null = null;
+  private exitInfo: ExitInfo | null = null;
+  preloaded: string[] = [];
+
+  constructor(private readonly opts: InterpreterOptions) {}
+
+  get alive(): boolean {
+    return !this.dead && this.proc !== null && this.proc.alive;
+  }
+
+  get hostPid(): number | undefined {
+    return this.proc?.pid;
+  }
+
+  /** Launches the sandbox and waits for the driver's hello (after its pre-imports). */
+  start(): Promise<void> {
+    if (this.ready) return this.ready;
+    const proc = this.opts.launcher.launch({
+      ...this.opts.launch,
+      argv: [this.opts.pythonPath, '-I', '-u', '-X', 'faulthandler', this.opts.driverPath],
+      controlChannel: true,
+    });
+    this.proc = proc;
+    const onDiag = (d: Buffer) => {
+      if (this.diag.length < DIAG_BYTES) this.diag += d.toString('utf8').slice(0, DIAG_BYTES - this.diag.length);
+    };
+    proc.stdout.on('data', onDiag);
+    proc.stderr.on('data', onDiag);
+    this.ready = new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        reject(new SandboxError('SBX_SANDBOX_FAILED', 'the sandbox did not start in time'));
+        void this.kill();
+      }, this.opts.startTimeoutMs);
+      this.onHello = (hello) => {
+        clearTimeout(timer);
+        this.preloaded = Array.isArray(hello.preloaded) ? (hello.preloaded as string[]) : [];
+        resolve();
+      };
+      proc.exited.then((info) => {
+        clearTimeout(timer);
+        reject(new SandboxError('SBX_SANDBOX_FAILED', `the sandbox exited while starting (status ${info.exitCode})${this.diag ? `: ${this.diag.trim().split('\n').slice(-3).join(' | ')}` : ''}`));
+      }, () => {});
+    });
+    this.ready.catch(() => {});
+    proc.controlOut?.on('data', (chunk: Buffer) => this.onData(chunk));
+    proc.exited.then((info) => this.onExit(info), () => {});
+    return this.ready;
+  }
+
+  private onHello: ((hello: Record<string, unknown>) => void) | null = null;
+
+  exec(req: ExecRequest): Promise<ExecOutcome> {
+    if (!this.alive || this.pending) throw new SandboxError('SBX_INTERNAL', 'interpreter not ready');
+    const id = this.nextId++;
+    return new Promise<ExecOutcome>((resolve) => {
+      const p: Pending = {
+        id,
+        req,
+        stdout: new CappedBuffer(req.maxOutputBytes),
+        stderr: new CappedBuffer(req.maxOutputBytes),
+        interrupted: false,
+        resolve,
+        timers: [],
+        started: performance.now(),
+      };
+      this.pending = p;
+      p.timers.push(
+        setTimeout(() => {
+          p.interrupted = true;
+          this.send('I', { id });
+          p.timers.push(setTimeout(() => this.failPending(p, 'grace'), this.opts.interruptGraceMs));
+        }, req.timeoutMs),
+      );
+      this.send('E', { id, code: req.code, max_output_bytes: req.maxOutputBytes });
+    });
+  }
+
+  private send(kind: string, body: object): void {
+    const s = this.proc?.controlIn;
+    if (s && !s.destroyed && s.writable) s.write(encodeFrame(kind, body));
+  }
+
+  private onData(chunk: Buffer): void {
+    let frames: Frame[];
+    try {
+      frames = this.decoder.push(chunk);
+    } catch (e) {
+      this.protocolError(`malformed frame from the interpreter: ${(e as Error).message}`);
+      return;
+    }
+    for (const f of frames) this.onFrame(f);
+  }
+
+  private onFrame(f: Frame): void {
+    const p = this.pending;
+    switch (f.kind) {
+      case 'O':
+        if (p) {
+          p.stdout.push(f.body);
+          p.req.onOutput?.('stdout', f.body);
+        }
+        return;
+      case 'R':
+        if (p) {
+          p.stderr.push(f.body);
+          p.req.onOutput?.('stderr', f.body);
+        }
+        return;
+      case 'H':
+        this.onHello?.(parseJson(f.body) ?? {});
+        this.onHello = null;
+        return;
+      case 'T': {
+        const msg = parseJson(f.body);
+        if (!p || !msg || typeof msg.call_id !== 'string' || typeof msg.name !== 'string') return;
+        const callId = msg.call_id;
+        const handler = p.req.onToolCall;
+        const reply = handler ? handler({ callId, name: msg.name, input: msg.input }) : Promise.resolve<ToolReply>({ ok: false, error: 'no tools are registered in this session' });
+        reply
+          .catch((e: unknown): ToolReply => ({ ok: false, error: String((e as Error)?.message ?? e) }))
+          .then((r) => this.send('U', { call_id: callId, ...r }), () => {});
+        return;
+      }
+      case 'D': {
+        const msg = parseJson(f.body);
+        if (!p || !msg || msg.id !== p.id) return;
+        this.settle(p, msg);
+        return;
+      }
+      default:
+        this.protocolError(`unknown frame kind ${JSON.stringify(f.kind)} from the interpreter`);
+    }
+  }
+
+  private settle(p: Pending, msg: Record<string, unknown>): void {
+    const notes: string[] = [];
+    let limit: LimitKind | null = null;
+    let returnCode = typeof msg.return_code === 'number' ? msg.return_code : 1;
+    if (p.interrupted) {
+      limit = 'wall_clock';
+      returnCode = -1;
+      notes.push(`runner: execution timed out after ${fmtSeconds(p.req.timeoutMs, false)}s (wall-clock limit); the code was interrupted and the processes it started were stopped; interpreter state was kept`);
+    } else if (msg.limit === 'memory') {
+      limit = 'memory';
+      notes.push(`runner: memory limit reached (${this.opts.memoryMb} MiB, SANDBOX_RUNNER_MEMORY_MB): MemoryError was raised; interpreter state was kept`);
+    }
+    this.finish(p, { returnCode, limit, notes, stateLost: false, droppedByDriver: { stdout: num(msg.stdout_dropped), stderr: num(msg.stderr_dropped) } });
+  }
+
+  private finish(p: Pending, o: Pick<ExecOutcome, 'returnCode' | 'limit' | 'notes' | 'stateLost' | 'droppedByDriver'>): void {
+    if (this.pending !== p) return;
+    this.pending = null;
+    for (const t of p.timers) clearTimeout(t);
+    p.resolve({ stdout: p.stdout, stderr: p.stderr, durationMs: performance.now() - p.started, ...o });
+  }
+
+  /** The cell would not stop after an interrupt: kill the sandbox. */
+  private failPending(p: Pending, why: 'grace'): void {
+    if (this.pending !== p || why !== 'grace') return;
+    this.finish(p, {
+      returnCode: -1,
+      limit: 'wall_clock',
+      notes: [`runner: execution timed out after ${fmtSeconds(p.req.timeoutMs, false)}s (wall-clock limit) and did not stop when interrupted; the interpreter was restarted and its state was lost`],
+      stateLost: true,
+      droppedByDriver: { stdout: 0, stderr: 0 },
+    });
+    void this.kill();
+  }
+
+  private protocolError(message: string): void {
+    const p = this.pending;
+    if (p) {
+      this.finish(p, { returnCode: -1, limit: null, notes: [`runner: ${message}; the interpreter was restarted and its state was lost`], stateLost: true, droppedByDriver: { stdout: 0, stderr: 0 } });
+    }
+    void this.kill();
+  }
+
+  private onExit(info: ExitInfo): void {
+    this.dead = true;
+    this.exitInfo = info;
+    const p = this.pending;
+    if (!p) return;
+    // Let the last frames already in the pipe arrive before reporting.
+    const out = this.proc?.controlOut;
+    const report = () => {
+      const { limit, text } = this.describeDeath(info);
+      this.finish(p, { returnCode: -1, limit, notes: [text], stateLost: true, droppedByDriver: { stdout: 0, stderr: 0 } });
+      this.proc?.destroyStreams();
+    };
+    if (out && !out.readableEnded) {
+      const t = setTimeout(report, 200);
+      out.once('end', () => {
+        clearTimeout(t);
+        report();
+      });
+    } else report();
+  }
+
+  private describeDeath(info: ExitInfo): { limit: LimitKind | null; text: string } {
+    const lost = 'the interpreter was restarted and its state was lost';
+    const sig = info.exitCode > 128 ? info.exitCode - 128 : 0;
+    if (this.opts.wasOomKilled?.()) return { limit: 'memory', text: `runner: killed by sandbox limit (memory: ${this.opts.memoryMb} MiB, SANDBOX_RUNNER_MEMORY_MB); ${lost}` };
+    if (sig === 24) return { limit: 'cpu', text: `runner: killed by sandbox limit (cpu: ${this.opts.cpuSeconds} CPU seconds per process, SANDBOX_RUNNER_CPU_SECONDS); ${lost}` };
+    if (sig === 25) return { limit: 'file_size', text: `runner: killed by sandbox limit (file_size); ${lost}` };
+    if (sig > 0) return { limit: null, text: `runner: process exited unexpectedly (signal ${sig}${signalName(sig)}); ${lost}` };
+    return { limit: null, text: `runner: process exited unexpectedly (status ${info.exitCode}); ${lost}` };
+  }
+
+  get lastExit(): ExitInfo | null {
+    return this.exitInfo;
+  }
+
+  async kill(): Promise<void> {
+    this.dead = true;
+    await this.proc?.kill();
+  }
+}
+
+function parseJson(body: Buffer): Record<string, unknown> | null {
+  try {
+    const v: unknown = JSON.parse(body.toString('utf8'));
+    return typeof v === 'object' && v !== null ? (v as Record<string, unknown>) : null;
+  } catch {
+    return null;
+  }
+}
+
+function num(v: unknown): number {
+  return typeof v === 'number' && Number.isFinite(v) ? v : 0;
+}
+
+export function fmtSeconds(ms: number, withUnit = true): string {
+  const s = Number.isInteger(ms / 1000) ? String(ms / 1000) : (ms / 1000).toFixed(1);
+  return withUnit ? `${s} seconds` : s;
+}
+
+const SIGNAL_NAMES: Record<number, string> = { 9: 'SIGKILL', 6: 'SIGABRT', 7: 'SIGBUS', 8: 'SIGFPE', 11: 'SIGSEGV', 15: 'SIGTERM', 25: 'SIGXFSZ', 31: 'SIGSYS' };
+function signalName(n: number): string {
+  const name = SIGNAL_NAMES[n];
+  return name ? `, ${name}` : '';
+}

@@ -1,0 +1,66 @@
+/**
+ * Per-box host uids. When the server runs as root, each box runs as its own
+ * unprivileged host uid (base + slot), never as root: a process that escaped its
+ * namespaces would still be a distinct nobody that owns none of the other sessions'
+ * files. It also gives a kill that nothing escapes: every process of that uid.
+ * Without root every box runs as the server's uid and this allocator is not used.
+ */
+import { promises as fsp } from 'node:fs';
+import { execFile } from 'node:child_process';
+
+export class UidAllocator {
+  private free: number[] = [];
+  private next: number;
+
+  constructor(private readonly base: number, private readonly count: number) {
+    this.next = base;
+  }
+
+  allocate(): number {
+    const reused = this.free.pop();
+    if (reused !== undefined) return reused;
+    if (this.next >= this.base + this.count) throw new Error('no free sandbox uid');
+    return this.next++;
+  }
+
+  release(uid: number): void {
+    if (uid >= this.base && uid < this.base + this.count && !this.free.includes(uid)) this.free.push(uid);
+  }
+
+  /** Every uid this allocator may hand out, for the start-up sweep. */
+  range(): { first: number; last: number } {
+    return { first: this.base, last: this.base + this.count - 1 };
+  }
+}
+
+/** Host pids whose owner is in [first, last]. */
+export async function pidsOfUids(first: number, last: number): Promise<Map<number, number[]>> {
+  const byUid = new Map<number, number[]>();
+  const names = await fsp.readdir('/proc');
+  await Promise.all(
+    names.map(async (n) => {
+      if (!/^\d+$/.test(n)) return;
+      const st = await fsp.stat(`/proc/${n}`).catch(() => null);
+      if (!st || st.uid < first || st.uid > last) return;
+      const list = byUid.get(st.uid) ?? [];
+      list.push(Number(n));
+      byUid.set(st.uid, list);
+    }),
+  );
+  return byUid;
+}
+
+/** SIGKILL every process of `uid` (kill(-1) run as that uid), until none is left. */
+export async function killUid(uid: number): Promise<number> {
+  let seen = 0;
+  for (let round = 0; round < 50; round++) {
+    const pids = (await pidsOfUids(uid, uid)).get(uid) ?? [];
+    if (pids.length === 0) return seen;
+    seen = Math.max(seen, pids.length);
+    await new Promise<void>((resolve) => {
+      execFile('/bin/kill', ['-9', '-1'], { uid, gid: uid, env: { PATH: '/usr/bin:/bin' } }, () => resolve());
+    });
+    await new Promise((r) => setTimeout(r, round < 5 ? 5 : 50));
+  }
+  return seen;
+}

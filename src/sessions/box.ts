@@ -1,0 +1,284 @@
+/**
+ * A box is everything one session owns on the host: its folder, its host uid, its
+ * interpreter sandbox, and the bash sandboxes of its running commands. Boxes are made
+ * ahead of time by the warm pool and handed to sessions; a box is used by one session
+ * only and destroyed with it.
+ *
+ * Host layout of a box (folder names are random, never the session id):
+ *   <sessionsRoot>/<name>/            0711 root; when we are root, a size-capped tmpfs
+ *     workspace/   -> /workspace      owned by the box uid
+ *     tmp/         -> /tmp            owned by the box uid
+ *     lib/         -> /opt/session-lib (read-only inside; _platform_tools.py)
+ *     staging/                        uploads land here first, then rename() in
+ * The tmpfs gives each session a hard disk quota (ENOSPC) that counts the workspace and
+ * /tmp together, and makes deletion one umount.
+ */
+import { promises as fsp } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import type { Config } from '../config.js';
+import { preloadList } from '../config.js';
+import type { Launcher, SandboxedProcess } from '../sandbox/launcher.js';
+import type { ResourceLimits } from '../sandbox/bwrap-args.js';
+import { DRIVER_DIR } from '../sandbox/bwrap-args.js';
+import { Interpreter, fmtSeconds, type ExecOutcome, type LimitKind } from '../runner/interpreter.js';
+import { CappedBuffer } from '../runner/output.js';
+import { WorkspaceFs } from '../files/workspace-fs.js';
+import type { UidAllocator } from '../sandbox/uids.js';
+import { killUid } from '../sandbox/uids.js';
+import { SandboxError } from '../errors.js';
+
+const execFileP = promisify(execFile);
+const MiB = 1024 * 1024;
+/** Longest bash command passed in argv (the kernel's MAX_ARG_STRLEN is 128 KiB). */
+const ARGV_COMMAND_MAX = 100_000;
+
+export interface BoxDeps {
+  config: Config;
+  launcher: Launcher;
+  uids: UidAllocator;
+  /** Server runs as root: per-box uid and tmpfs quota. */
+  privileged: boolean;
+  driverHostDir: string;
+}
+
+export interface BashOutcome {
+  stdout: CappedBuffer;
+  stderr: CappedBuffer;
+  returnCode: number;
+  limit: LimitKind | null;
+  notes: string[];
+  durationMs: number;
+}
+
+export class Box {
+  readonly name: string;
+  readonly dir: string;
+  readonly workspaceDir: string;
+  readonly tmpDir: string;
+  readonly libDir: string;
+  readonly stagingDir: string;
+  readonly fs: WorkspaceFs;
+  interpreter: Interpreter;
+  private readonly bash = new Set<SandboxedProcess>();
+  private destroyed = false;
+  private mounted = false;
+
+  constructor(private readonly deps: BoxDeps, readonly uid: number | undefined, readonly gid: number | undefined) {
+    this.name = `box_${randomBytes(12).toString('hex')}`;
+    this.dir = `${deps.config.sessionsRoot}/${this.name}`;
+    this.workspaceDir = `${this.dir}/workspace`;
+    this.tmpDir = `${this.dir}/tmp`;
+    this.libDir = `${this.dir}/lib`;
+    this.stagingDir = `${this.dir}/staging`;
+    this.fs = new WorkspaceFs(this.workspaceDir, uid !== undefined && gid !== undefined ? { uid, gid } : null, this.stagingDir);
+    this.interpreter = this.newInterpreter();
+  }
+
+  get limits(): ResourceLimits {
+    const c = this.deps.config;
+    return {
+      addressSpaceBytes: c.memoryMb * MiB,
+      cpuSeconds: c.cpuSeconds,
+      fileSizeBytes: c.fileSizeMb * MiB,
+      openFiles: c.maxOpenFiles,
+      processes: c.maxProcesses,
+    };
+  }
+
+  private layout() {
+    return { workspaceDir: this.workspaceDir, tmpDir: this.tmpDir, driverDir: this.deps.driverHostDir, libDir: this.libDir, shmBytes: this.deps.config.shmMb * MiB };
+  }
+
+  private newInterpreter(): Interpreter {
+    const c = this.deps.config;
+    return new Interpreter({
+      launcher: this.deps.launcher,
+      launch: {
+        layout: this.layout(),
+        identity: { uid: this.uid, gid: this.gid },
+        limits: this.limits,
+        env: { SANDBOX_PRELOAD: preloadList(c).join(',') },
+      },
+      pythonPath: c.pythonPath,
+      driverPath: `${DRIVER_DIR}/driver.py`,
+      interruptGraceMs: c.interruptGraceMs,
+      startTimeoutMs: 60_000,
+      cpuSeconds: c.cpuSeconds,
+      memoryMb: c.memoryMb,
+    });
+  }
+
+  /** Makes the folders and starts the interpreter; resolves when it is ready. */
+  async prepare(): Promise<void> {
+    const { config } = this.deps;
+    await fsp.mkdir(this.dir, { mode: 0o711 });
+    if (this.deps.privileged) {
+      await execFileP('/usr/bin/mount', ['-t', 'tmpfs', '-o', `size=${config.workspaceMb}m,mode=0711,nosuid,nodev`, 'sbx-workspace', this.dir]);
+      this.mounted = true;
+    }
+    for (const d of [this.workspaceDir, this.tmpDir]) {
+      await fsp.mkdir(d, { mode: 0o700 });
+      if (this.uid !== undefined && this.gid !== undefined) await fsp.chown(d, this.uid, this.gid);
+    }
+    await fsp.chmod(this.tmpDir, 0o700);
+    await fsp.mkdir(this.libDir, { mode: 0o755 });
+    await fsp.mkdir(this.stagingDir, { mode: 0o700 });
+    await this.interpreter.start();
+  }
+
+  private restarting: Promise<void> | null = null;
+
+  /** Starts a fresh interpreter after a crash, a kill or a limit (variables are gone);
+   * concurrent callers share one restart. */
+  restartInterpreter(): Promise<void> {
+    if (this.restarting) return this.restarting;
+    const run = async () => {
+      await this.interpreter.kill();
+      if (this.destroyed) throw new SandboxError('SBX_SESSION_NOT_FOUND', 'session is gone');
+      this.interpreter = this.newInterpreter();
+      await this.interpreter.start();
+    };
+    this.restarting = run().finally(() => {
+      this.restarting = null;
+    });
+    return this.restarting;
+  }
+
+  /** Waits for a restart under way, or makes one if the interpreter is dead. */
+  async ensureInterpreter(): Promise<boolean> {
+    if (this.restarting) {
+      await this.restarting;
+      return true;
+    }
+    if (this.interpreter.alive) return false;
+    await this.restartInterpreter();
+    return true;
+  }
+
+  async runBash(command: string, timeoutMs: number, maxOutputBytes: number): Promise<BashOutcome> {
+    if (this.destroyed) throw new SandboxError('SBX_SESSION_NOT_FOUND', 'session is gone');
+    const started = performance.now();
+    const long = Buffer.byteLength(command) > ARGV_COMMAND_MAX;
+    const proc = this.deps.launcher.launch({
+      layout: this.layout(),
+      identity: { uid: this.uid, gid: this.gid },
+      limits: this.limits,
+      argv: long ? ['/bin/bash', '--noprofile', '--norc', '/dev/fd/3'] : ['/bin/bash', '--noprofile', '--norc', '-c', command],
+      fd3Data: long ? Buffer.from(command, 'utf8') : undefined,
+    });
+    this.bash.add(proc);
+    const stdout = new CappedBuffer(maxOutputBytes);
+    const stderr = new CappedBuffer(maxOutputBytes);
+    proc.stdout.on('data', (c: Buffer) => stdout.push(c));
+    proc.stderr.on('data', (c: Buffer) => stderr.push(c));
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      void proc.kill();
+    }, timeoutMs);
+    const info = await proc.exited;
+    clearTimeout(timer);
+    // The pid namespace died with bash, so every writer is gone: the pipes end at once.
+    await Promise.all([ended(proc.stdout), ended(proc.stderr)]);
+    proc.destroyStreams();
+    this.bash.delete(proc);
+    const notes: string[] = [];
+    let limit: LimitKind | null = null;
+    let returnCode = info.exitCode;
+    if (timedOut) {
+      limit = 'wall_clock';
+      returnCode = -1;
+      notes.push(`bash: command timed out after ${fmtSeconds(timeoutMs, false)}s (wall-clock limit); the command and every process it started were killed`);
+    } else {
+      limit = detectLimit(info.exitCode, stderr.text());
+      if (limit) notes.push(`bash: ${describeLimit(limit, this.deps.config)}`);
+    }
+    return { stdout, stderr, returnCode, limit, notes, durationMs: performance.now() - started };
+  }
+
+  /** Kills every process of the box and removes its folder. Idempotent. */
+  async destroy(): Promise<void> {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    await Promise.all([this.interpreter.kill(), ...[...this.bash].map((p) => p.kill())]);
+    if (this.uid !== undefined && this.deps.privileged) await killUid(this.uid);
+    if (this.mounted) await execFileP('/usr/bin/umount', ['-l', this.dir]).catch(() => {});
+    await removeTree(this.dir);
+    if (this.uid !== undefined) this.deps.uids.release(this.uid);
+  }
+}
+
+function ended(s: NodeJS.ReadableStream & { readableEnded?: boolean; destroyed?: boolean }): Promise<void> {
+  if (s.readableEnded || s.destroyed) return Promise.resolve();
+  return new Promise((resolve) => {
+    const t = setTimeout(resolve, 500);
+    const done = () => {
+      clearTimeout(t);
+      resolve();
+    };
+    s.once('end', done);
+    s.once('close', done);
+    s.once('error', done);
+  });
+}
+
+/** Which limit a finished program ran into, from its exit status and stderr. */
+export function detectLimit(exitCode: number, stderr: string): LimitKind | null {
+  if (exitCode === 128 + 25 || /File too large|\[Errno 27\]/.test(stderr)) return 'file_size';
+  if (exitCode === 128 + 24) return 'cpu';
+  if (/No space left on device|\[Errno 28\]|Disk quota exceeded/.test(stderr)) return 'disk';
+  if (/fork: (retry: )?Resource temporarily unavailable|BlockingIOError: \[Errno 11\]|can't start new thread/.test(stderr)) return 'processes';
+  if (/MemoryError|Cannot allocate memory|std::bad_alloc/.test(stderr)) return 'memory';
+  return null;
+}
+
+export function describeLimit(limit: LimitKind, c: Config): string {
+  switch (limit) {
+    case 'file_size':
+      return `a limit was reached: file size (${c.fileSizeMb} MiB per file, SANDBOX_RUNNER_FSIZE_MB)`;
+    case 'cpu':
+      return `a limit was reached: CPU time (${c.cpuSeconds} CPU seconds per process, SANDBOX_RUNNER_CPU_SECONDS)`;
+    case 'disk':
+      return `a limit was reached: disk space (${c.workspaceMb} MiB for the workspace and /tmp together, SANDBOX_WORKSPACE_MB)`;
+    case 'processes':
+      return `a limit was reached: processes (${c.maxProcesses} per sandbox, SANDBOX_RUNNER_NPROC)`;
+    case 'memory':
+      return `a limit was reached: memory (${c.memoryMb} MiB, SANDBOX_RUNNER_MEMORY_MB)`;
+    case 'output_bytes':
+      return `a limit was reached: output (${c.maxOutputBytes} bytes per stream, SANDBOX_RUNNER_MAX_OUTPUT_BYTES)`;
+    case 'wall_clock':
+      return 'a limit was reached: wall-clock time';
+    default: {
+      const never: never = limit;
+      return String(never);
+    }
+  }
+}
+
+/**
+ * rm -rf that also works when sandboxed code made things unreadable (chmod -R 000):
+ * on EACCES, give the owner rwx back while walking, then retry.
+ */
+export async function removeTree(dir: string): Promise<void> {
+  try {
+    await fsp.rm(dir, { recursive: true, force: true, maxRetries: 2 });
+    return;
+  } catch (e) {
+    if (!['EACCES', 'EPERM', 'ENOTEMPTY'].includes((e as NodeJS.ErrnoException).code ?? '')) throw e;
+  }
+  const fix = async (d: string): Promise<void> => {
+    await fsp.chmod(d, 0o700).catch(() => {});
+    const names = await fsp.readdir(d).catch(() => [] as string[]);
+    for (const n of names) {
+      const p = `${d}/${n}`;
+      const st = await fsp.lstat(p).catch(() => null);
+      if (st?.isDirectory()) await fix(p);
+    }
+  };
+  await fix(dir);
+  await fsp.rm(dir, { recursive: true, force: true, maxRetries: 2 });
+}
+
+export type { ExecOutcome };

@@ -1,0 +1,139 @@
+/**
+ * POST /sessions/{id}/exec: validates the tool input, runs the call in the session's
+ * queue, and shapes the result (tools/result.ts). Python's stdout and stderr lose one
+ * trailing newline (as the reference does, clients compare exact strings); bash output
+ * is returned as written. A stream over the cap ends with the reference's truncation
+ * marker. Any limit adds one plain-English line to stderr and sets limit_exceeded.
+ */
+import { randomBytes } from 'node:crypto';
+import Type from 'typebox';
+import Value from 'typebox/value';
+import type { Config } from '../config.js';
+import { SandboxError } from '../errors.js';
+import type { SessionManager } from './manager.js';
+import type { Session } from './session.js';
+import { detectLimit, describeLimit } from './box.js';
+import { TextEditor, type EditorInput } from '../tools/text-editor.js';
+import { buildResponse, truncationMarker, appendNotes, stripOneNewline, type ExecResponse, type ToolName, type ToolRun } from '../tools/result.js';
+import { callRouter } from '../tools/platform-tools.js';
+import type { CappedBuffer } from '../runner/output.js';
+import type { LimitKind } from '../runner/interpreter.js';
+
+export const TOOL_NAMES = ['code_execution', 'bash_code_execution', 'text_editor_code_execution'] as const;
+
+export function toolInputSchemas(maxCodeBytes: number) {
+  return {
+    code_execution: Type.Object({ code: Type.String({ minLength: 1, maxLength: maxCodeBytes }) }),
+    bash_code_execution: Type.Object({ command: Type.String({ minLength: 1, maxLength: maxCodeBytes }) }),
+    text_editor_code_execution: Type.Object({
+      command: Type.Union(['view', 'create', 'str_replace', 'insert', 'undo_edit'].map((c) => Type.Literal(c))),
+      path: Type.String(),
+      file_text: Type.Optional(Type.Union([Type.String(), Type.Null()])),
+      old_str: Type.Optional(Type.Union([Type.String(), Type.Null()])),
+      new_str: Type.Optional(Type.Union([Type.String(), Type.Null()])),
+      insert_line: Type.Optional(Type.Union([Type.Integer(), Type.Null()])),
+      view_range: Type.Optional(Type.Union([Type.Array(Type.Integer()), Type.Null()])),
+    }),
+  };
+}
+
+export interface ExecBody {
+  tool: string;
+  input: Record<string, unknown>;
+  timeout_seconds?: number;
+  tool_use_id?: string | null;
+}
+
+export class ExecService {
+  private readonly schemas: ReturnType<typeof toolInputSchemas>;
+
+  constructor(private readonly config: Config, private readonly sessions: SessionManager) {
+    this.schemas = toolInputSchemas(config.maxCodeBytes);
+  }
+
+  async exec(sessionId: string, body: ExecBody): Promise<ExecResponse> {
+    if (!(TOOL_NAMES as readonly string[]).includes(body.tool)) {
+      throw new SandboxError('SBX_UNKNOWN_TOOL', `unknown tool: ${body.tool}; expected one of ${TOOL_NAMES.join(', ')}`);
+    }
+    const tool = body.tool as ToolName;
+    const session = this.sessions.get(sessionId);
+    session.touch();
+    const toolUseId = body.tool_use_id || `srvtoolu_${randomBytes(12).toString('hex')}`;
+    const started = performance.now();
+    this.validate(tool, body.input);
+    const timeoutMs = Math.min(body.timeout_seconds ?? this.config.defaultTimeoutSeconds, this.config.maxTimeoutSeconds) * 1000;
+    const run = await session.serialize(this.config.execQueueMax, () => this.run(session, tool, body.input, timeoutMs));
+    return buildResponse(tool, toolUseId, run, performance.now() - started);
+  }
+
+  private validate(tool: ToolName, input: Record<string, unknown>): void {
+    const schema = this.schemas[tool];
+    if (Value.Check(schema, input)) return;
+    const detail = [...Value.Errors(schema, input)].slice(0, 20).map((e) => ({
+      type: e.keyword,
+      loc: e.instancePath === '' ? [] : e.instancePath.slice(1).split('/'),
+      msg: e.keyword === 'required' ? `Field required: ${String((e.params as { requiredProperties?: string[] }).requiredProperties?.join(', ') ?? '')}` : e.message,
+      input: e.instancePath === '' ? input : Value.Pointer.Get(input, e.instancePath),
+    }));
+    throw new SandboxError('SBX_VALIDATION', detail);
+  }
+
+  private async run(session: Session, tool: ToolName, input: Record<string, unknown>, timeoutMs: number): Promise<ToolRun> {
+    switch (tool) {
+      case 'code_execution':
+        return this.runCode(session, input.code as string, timeoutMs);
+      case 'bash_code_execution':
+        return this.runBash(session, input.command as string, timeoutMs);
+      case 'text_editor_code_execution': {
+        const r = await new TextEditor(session.box.fs, session.undo).run(input as unknown as EditorInput);
+        return { stdout: r.stdout, stderr: r.stderr, returnCode: r.return_code, details: r.details, limit: null, interpreterRestarted: false, stdoutDroppedBytes: 0, stderrDroppedBytes: 0 };
+      }
+      default: {
+        const never: never = tool;
+        throw new SandboxError('SBX_UNKNOWN_TOOL', `unknown tool: ${String(never)}`);
+      }
+    }
+  }
+
+  private async runCode(session: Session, code: string, timeoutMs: number): Promise<ToolRun> {
+    const box = session.box;
+    await box.ensureInterpreter();
+    const tools = session.tools;
+    const outcome = await box.interpreter.exec({
+      code,
+      timeoutMs,
+      maxOutputBytes: this.config.maxOutputBytes,
+      onToolCall: tools ? (call) => callRouter(tools, call) : undefined,
+    });
+    if (outcome.stateLost) box.restartInterpreter().catch(() => {}); // ready for the next call
+    const stdoutDropped = outcome.stdout.dropped + outcome.droppedByDriver.stdout;
+    const stderrDropped = outcome.stderr.dropped + outcome.droppedByDriver.stderr;
+    const stdout = stripOneNewline(outcome.stdout.text()) + (stdoutDropped > 0 ? truncationMarker(stdoutDropped) : '');
+    let stderr = stripOneNewline(outcome.stderr.text()) + (stderrDropped > 0 ? truncationMarker(stderrDropped) : '');
+    const { limit, notes } = this.classify(outcome.limit, outcome.returnCode, outcome.stderr, outcome.notes, stdoutDropped + stderrDropped);
+    stderr = appendNotes(stderr, notes);
+    return { stdout, stderr, returnCode: outcome.returnCode, limit, interpreterRestarted: outcome.stateLost, stdoutDroppedBytes: stdoutDropped, stderrDroppedBytes: stderrDropped };
+  }
+
+  private async runBash(session: Session, command: string, timeoutMs: number): Promise<ToolRun> {
+    const o = await session.box.runBash(command, timeoutMs, this.config.maxOutputBytes);
+    const stdout = o.stdout.text() + (o.stdout.dropped > 0 ? truncationMarker(o.stdout.dropped) : '');
+    let stderr = o.stderr.text() + (o.stderr.dropped > 0 ? truncationMarker(o.stderr.dropped) : '');
+    const dropped = o.stdout.dropped + o.stderr.dropped;
+    const { limit, notes } = this.classify(o.limit, o.returnCode, null, o.notes, dropped);
+    stderr = appendNotes(stderr, notes);
+    return { stdout, stderr, returnCode: o.returnCode, limit, interpreterRestarted: false, stdoutDroppedBytes: o.stdout.dropped, stderrDroppedBytes: o.stderr.dropped };
+  }
+
+  /** The limit to report: the one the runner saw, else one the program's failure shows,
+   * else the output cap if bytes were dropped. */
+  private classify(limit: LimitKind | null, returnCode: number, stderr: CappedBuffer | null, notes: string[], droppedBytes: number): { limit: LimitKind | null; notes: string[] } {
+    if (limit) return { limit, notes };
+    if (stderr && returnCode !== 0) {
+      const seen = detectLimit(returnCode, stderr.text());
+      if (seen) return { limit: seen, notes: [...notes, `runner: ${describeLimit(seen, this.config)}`] };
+    }
+    if (droppedBytes > 0) return { limit: 'output_bytes', notes };
+    return { limit: null, notes };
+  }
+}

@@ -1,0 +1,157 @@
+/**
+ * Session manager: create / get / destroy / reap, capacity, the warm pool, shutdown.
+ *
+ * Capacity: live sessions + pooled boxes + boxes being made never exceed
+ * maxSessions; the pool only refills into room that sessions do not use. A create with
+ * no room is refused with 503 and a Retry-After.
+ *
+ * Warm pool: boxes whose interpreter is already running (and has imported the
+ * preload modules). A create takes one (each box is handed out once: it leaves the
+ * pool array synchronously) and a refill starts in the background. A pooled box has
+ * never run user code, so a session cannot tell it from a fresh one.
+ */
+import type { Config } from '../config.js';
+import { SandboxError } from '../errors.js';
+import { Box, type BoxDeps } from './box.js';
+import { Session, newSessionId } from './session.js';
+import type { Logger } from '../log.js';
+
+export interface CreateOptions {
+  idleTimeoutSeconds?: number;
+  maxLifetimeSeconds?: number;
+}
+
+export class SessionManager {
+  private readonly sessions = new Map<string, Session>();
+  private readonly pool: Box[] = [];
+  private making = 0;
+  private gcTimer: NodeJS.Timeout | null = null;
+  private closing = false;
+  private poolFailures = 0;
+
+  constructor(
+    private readonly config: Config,
+    private readonly boxDeps: BoxDeps,
+    private readonly log: Logger,
+    private readonly uidFor: () => { uid?: number; gid?: number },
+  ) {}
+
+  start(): void {
+    this.gcTimer = setInterval(() => void this.reap(), this.config.gcIntervalSeconds * 1000);
+    this.gcTimer.unref();
+    this.refill();
+  }
+
+  get count(): number {
+    return this.sessions.size;
+  }
+
+  poolState(): { target: number; ready: number; starting: number } {
+    return { target: this.config.warmPoolSize, ready: this.pool.length, starting: this.making };
+  }
+
+  private get used(): number {
+    return this.sessions.size + this.pool.length + this.making;
+  }
+
+  /** Keeps the pool at its target size within the capacity left over by sessions. */
+  private refill(): void {
+    while (!this.closing && this.pool.length + this.making < this.config.warmPoolSize && this.used < this.config.maxSessions && this.poolFailures < 5) {
+      this.making++;
+      this.makeBox().then(
+        (box) => {
+          this.making--;
+          this.poolFailures = 0;
+          if (this.closing) void box.destroy();
+          else this.pool.push(box);
+        },
+        (e: unknown) => {
+          this.making--;
+          this.poolFailures++;
+          this.log.error({ err: String((e as Error)?.message ?? e) }, 'warm pool: could not prepare a sandbox');
+          setTimeout(() => this.refill(), 1000).unref();
+        },
+      );
+    }
+  }
+
+  private async makeBox(): Promise<Box> {
+    const { uid, gid } = this.uidFor();
+    const box = new Box(this.boxDeps, uid, gid);
+    try {
+      await box.prepare();
+      return box;
+    } catch (e) {
+      await box.destroy().catch(() => {});
+      throw e;
+    }
+  }
+
+  async create(opts: CreateOptions): Promise<Session> {
+    if (this.closing) throw new SandboxError('SBX_SHUTTING_DOWN', 'server is shutting down', { headers: { 'retry-after': '5' } });
+    let box = this.pool.shift();
+    if (!box) {
+      if (this.used >= this.config.maxSessions) {
+        throw new SandboxError('SBX_AT_CAPACITY', `sandbox holds ${this.sessions.size} sessions (max=${this.config.maxSessions})`, { headers: { 'retry-after': String(Math.min(60, this.config.gcIntervalSeconds)) } });
+      }
+      this.making++;
+      try {
+        box = await this.makeBox();
+      } finally {
+        this.making--;
+      }
+    }
+    // Lifetime hints are clamped to the server's ceilings, never refused.
+    const maxLifetime = Math.min(opts.maxLifetimeSeconds ?? this.config.maxLifetimeSeconds, this.config.maxLifetimeSeconds);
+    const idle = Math.min(opts.idleTimeoutSeconds ?? this.config.idleTimeoutSeconds, this.config.idleTimeoutSeconds);
+    const session = new Session(newSessionId(), box, idle, maxLifetime);
+    this.sessions.set(session.id, session);
+    this.refill();
+    return session;
+  }
+
+  get(id: string): Session {
+    const s = this.sessions.get(id);
+    if (!s) throw new SandboxError('SBX_SESSION_NOT_FOUND', `session not found: ${id}`);
+    return s;
+  }
+
+  /** Idempotent; kills every process of the session and removes its folder. */
+  async destroy(id: string): Promise<boolean> {
+    const s = this.sessions.get(id);
+    if (!s) return false;
+    this.sessions.delete(id);
+    s.closed = true;
+    try {
+      await s.box.destroy();
+    } catch (e) {
+      this.log.error({ session_id: id, err: String((e as Error)?.message ?? e) }, 'session cleanup failed');
+    }
+    this.refill();
+    return true;
+  }
+
+  async reap(): Promise<number> {
+    const now = Date.now() / 1000;
+    const victims = [...this.sessions.values()].filter((s) => s.expired(now));
+    await Promise.all(victims.map((s) => this.destroy(s.id)));
+    if (victims.length > 0) this.log.info({ reaped: victims.map((s) => s.id) }, 'reaped expired sessions');
+    return victims.length;
+  }
+
+  /** Stop taking work; let in-flight calls finish until the deadline; destroy everything. */
+  async shutdown(graceMs: number): Promise<void> {
+    this.closing = true;
+    if (this.gcTimer) clearInterval(this.gcTimer);
+    const inflight = Promise.all([...this.sessions.values()].map((s) => s.drained()));
+    await Promise.race([inflight, new Promise((r) => setTimeout(r, graceMs).unref())]);
+    const boxes = [...this.sessions.values()].map((s) => s.box);
+    for (const s of this.sessions.values()) s.closed = true;
+    this.sessions.clear();
+    boxes.push(...this.pool.splice(0));
+    await Promise.all(boxes.map((b) => b.destroy().catch(() => {})));
+    // Boxes still being made are destroyed by refill's callback when they land.
+    const deadline = Date.now() + 10_000;
+    while (this.making > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  }
+}

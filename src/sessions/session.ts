@@ -1,0 +1,98 @@
+/**
+ * One session: its handle fields, its box, its undo history and registered tools, and
+ * the queue that runs its calls one at a time (outputs never mix). At most `queueMax`
+ * calls wait behind the running one; past that a call is refused with 429.
+ */
+import { randomBytes } from 'node:crypto';
+import { SandboxError } from '../errors.js';
+import { UndoHistory } from '../tools/text-editor.js';
+import type { Box } from './box.js';
+
+export interface ToolRegistration {
+  callbackUrl: string;
+  token: string;
+  names: Set<string>;
+  timeoutSeconds: number;
+}
+
+export interface SessionHandle {
+  session_id: string;
+  created_at: number;
+  last_activity_at: number;
+  idle_timeout_seconds: number;
+  max_lifetime_seconds: number;
+}
+
+export function newSessionId(): string {
+  return `sbx_${randomBytes(12).toString('hex')}`;
+}
+
+export class Session {
+  readonly createdAt = Date.now() / 1000;
+  lastActivityAt = this.createdAt;
+  readonly undo = new UndoHistory();
+  tools: ToolRegistration | null = null;
+  private tail: Promise<unknown> = Promise.resolve();
+  private queued = 0;
+  private active = 0;
+  closed = false;
+
+  constructor(
+    readonly id: string,
+    readonly box: Box,
+    readonly idleTimeoutSeconds: number,
+    readonly maxLifetimeSeconds: number,
+  ) {}
+
+  touch(): void {
+    this.lastActivityAt = Date.now() / 1000;
+  }
+
+  get busy(): boolean {
+    return this.active > 0 || this.queued > 0;
+  }
+
+  handle(): SessionHandle {
+    return {
+      session_id: this.id,
+      created_at: this.createdAt,
+      last_activity_at: this.lastActivityAt,
+      idle_timeout_seconds: this.idleTimeoutSeconds,
+      max_lifetime_seconds: this.maxLifetimeSeconds,
+    };
+  }
+
+  /** Reclaim when idle too long or too old. A running call counts as activity. */
+  expired(nowSeconds: number): boolean {
+    if (nowSeconds - this.createdAt > this.maxLifetimeSeconds) return true;
+    return !this.busy && nowSeconds - this.lastActivityAt > this.idleTimeoutSeconds;
+  }
+
+  /** Runs fn after every call queued before it; refuses past the queue bound. */
+  serialize<T>(queueMax: number, fn: () => Promise<T>): Promise<T> {
+    if (this.closed) return Promise.reject(new SandboxError('SBX_SESSION_NOT_FOUND', `session not found: ${this.id}`));
+    if (this.active + this.queued > queueMax) {
+      return Promise.reject(new SandboxError('SBX_SESSION_BUSY', `session ${this.id} already has ${this.active + this.queued} calls running or waiting (SANDBOX_EXEC_QUEUE_MAX=${queueMax}); retry when one finishes`, { headers: { 'retry-after': '1' } }));
+    }
+    this.queued++;
+    const run = async (): Promise<T> => {
+      this.queued--;
+      this.active++;
+      try {
+        if (this.closed) throw new SandboxError('SBX_SESSION_NOT_FOUND', `session not found: ${this.id}`);
+        return await fn();
+      } finally {
+        this.active--;
+        this.touch();
+      }
+    };
+    const result = this.tail.then(run, run);
+    this.tail = result.catch(() => {});
+    return result;
+  }
+
+  /** Resolves when every queued call has settled. */
+  drained(): Promise<unknown> {
+    return this.tail;
+  }
+}
