@@ -1,0 +1,162 @@
+/**
+ * Test harness: starts the real server (dist/src/main.js) as a child process on an
+ * ephemeral port with its own sessions root and its own range of sandbox uids, and
+ * gives small HTTP helpers. Every test file starts its own server; stop() is
+ * registered before the work (t.after / after) so nothing is left behind.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { fileURLToPath } from 'node:url';
+
+export const MAIN = fileURLToPath(new URL('../../src/main.js', import.meta.url));
+
+export interface TestServer {
+  url: string;
+  proc: ChildProcess;
+  root: string;
+  sessionsRoot: string;
+  uidBase: number;
+  logs(): string;
+  /** SIGTERM (or the given signal), wait for exit, remove the root. */
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+}
+
+export async function startServer(env: Record<string, string> = {}): Promise<TestServer> {
+  const root = await mkdtemp(`${tmpdir()}/sbx-test-`);
+  const sessionsRoot = `${root}/sessions`;
+  // A distinct uid range per server, so parallel test files never sweep each other.
+  const uidBase = 300_000 + Math.floor(Math.random() * 2_000) * 1_000;
+  const proc = spawn(process.execPath, [MAIN], {
+    env: {
+      PATH: '/usr/bin:/bin',
+      PORT: '0',
+      HOST: '127.0.0.1',
+      SANDBOX_SESSIONS_ROOT: sessionsRoot,
+      SANDBOX_UID_BASE: String(uidBase),
+      SANDBOX_WARM_POOL_SIZE: '1',
+      SANDBOX_PRELOAD_MODULES: '-',
+      SANDBOX_SHUTDOWN_GRACE_SECONDS: '2',
+      SANDBOX_MAX_SESSIONS: '32',
+      ...env,
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  proc.stdout!.on('data', (d: Buffer) => (out += d.toString('utf8')));
+  proc.stderr!.on('data', (d: Buffer) => (out += d.toString('utf8')));
+  const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
+  const url = await new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`server did not start:\n${out}`)), 60_000);
+    const onData = () => {
+      const m = /Server listening at (http:\/\/127\.0\.0\.1:\d+)/.exec(out);
+      if (m) {
+        clearTimeout(timer);
+        proc.stdout!.off('data', onData);
+        resolve(m[1]!);
+      }
+    };
+    proc.stdout!.on('data', onData);
+    void exited.then((code) => {
+      clearTimeout(timer);
+      reject(new Error(`server exited with ${code}:\n${out}`));
+    });
+  });
+  let stopped: Promise<number | null> | null = null;
+  return {
+    url,
+    proc,
+    root,
+    sessionsRoot,
+    uidBase,
+    logs: () => out,
+    stop(signal: NodeJS.Signals = 'SIGTERM') {
+      if (!stopped) {
+        stopped = (async () => {
+          if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
+          const code = await exited;
+          await rm(root, { recursive: true, force: true }).catch(() => {});
+          return code;
+        })();
+      }
+      return stopped;
+    },
+  };
+}
+
+export interface JsonResponse<T = any> {
+  status: number;
+  headers: Headers;
+  body: T;
+}
+
+export async function api<T = any>(server: { url: string }, method: string, path: string, body?: unknown): Promise<JsonResponse<T>> {
+  const res = await fetch(`${server.url}${path}`, {
+    method,
+    headers: body === undefined ? {} : { 'content-type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await res.text();
+  let parsed: unknown = text;
+  try {
+    parsed = text === '' ? null : JSON.parse(text);
+  } catch {
+    /* not JSON: keep the text */
+  }
+  return { status: res.status, headers: res.headers, body: parsed as T };
+}
+
+export async function createSession(server: { url: string }, body: unknown = {}): Promise<string> {
+  const r = await api<{ session_id: string }>(server, 'POST', '/sessions', body);
+  if (r.status !== 201) throw new Error(`create failed: ${r.status} ${JSON.stringify(r.body)}`);
+  return r.body.session_id;
+}
+
+export interface ExecResult {
+  status: number;
+  stdout: string;
+  stderr: string;
+  return_code: number;
+  limit_exceeded: string | null;
+  interpreter_restarted: boolean;
+  body: any;
+}
+
+export async function exec(server: { url: string }, sessionId: string, tool: string, input: Record<string, unknown>, extra: Record<string, unknown> = {}): Promise<ExecResult> {
+  const r = await api(server, 'POST', `/sessions/${sessionId}/exec`, { tool, input, ...extra });
+  const content = r.body?.result_block?.content ?? {};
+  return {
+    status: r.status,
+    stdout: content.stdout,
+    stderr: content.stderr,
+    return_code: content.return_code,
+    limit_exceeded: r.body?.limit_exceeded ?? null,
+    interpreter_restarted: r.body?.interpreter_restarted ?? false,
+    body: r.body,
+  };
+}
+
+export const py = (server: { url: string }, id: string, code: string, extra: Record<string, unknown> = {}) => exec(server, id, 'code_execution', { code }, extra);
+export const sh = (server: { url: string }, id: string, command: string, extra: Record<string, unknown> = {}) => exec(server, id, 'bash_code_execution', { command }, extra);
+
+/** Host pids whose command line contains `marker` (for leftover-process checks). */
+export async function pidsWithMarker(marker: string): Promise<number[]> {
+  const { readdir, readFile } = await import('node:fs/promises');
+  const pids: number[] = [];
+  for (const n of await readdir('/proc')) {
+    if (!/^\d+$/.test(n)) continue;
+    const cmd = await readFile(`/proc/${n}/cmdline`, 'utf8').catch(() => '');
+    if (cmd.includes(marker)) pids.push(Number(n));
+  }
+  return pids;
+}
+
+/** Polls until check() is true or the time is up; returns the last value. */
+export async function waitFor(check: () => Promise<boolean> | boolean, timeoutMs = 5000, stepMs = 50): Promise<boolean> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    if (await check()) return true;
+    if (Date.now() > end) return false;
+    await new Promise((r) => setTimeout(r, stepMs));
+  }
+}

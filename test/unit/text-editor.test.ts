@@ -1,0 +1,160 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { TextEditor, UndoHistory, type EditorFs } from '../../src/tools/text-editor.js';
+import type { ResolvedPath } from '../../src/files/paths.js';
+
+/** An in-memory workspace: files by relative path; folders implied by file paths. */
+class MemFs implements EditorFs {
+  files = new Map<string, string>();
+  async kind(p: ResolvedPath) {
+    if (p.rel === '.') return 'dir' as const;
+    if (this.files.has(p.rel)) return 'file' as const;
+    for (const k of this.files.keys()) if (k.startsWith(`${p.rel}/`)) return 'dir' as const;
+    return null;
+  }
+  async readFile(p: ResolvedPath) {
+    return Buffer.from(this.files.get(p.rel) ?? '', 'utf8');
+  }
+  async writeFile(p: ResolvedPath, _d: string, data: string) {
+    this.files.set(p.rel, data);
+  }
+  async tree(p: ResolvedPath) {
+    const prefix = p.rel === '.' ? '' : `${p.rel}/`;
+    const out = new Set<string>();
+    for (const k of this.files.keys()) {
+      if (!k.startsWith(prefix)) continue;
+      const parts = k.slice(prefix.length).split('/');
+      for (let i = 1; i <= Math.min(2, parts.length); i++) out.add(parts.slice(0, i).join('/'));
+    }
+    return [...out].sort();
+  }
+}
+
+const setup = () => {
+  const fs = new MemFs();
+  return { fs, ed: new TextEditor(fs, new UndoHistory()) };
+};
+
+test('create writes a new file and reports is_file_update false', async () => {
+  const { fs, ed } = setup();
+  const r = await ed.run({ command: 'create', path: 'notes/a.txt', file_text: 'hello\n' });
+  assert.equal(r.return_code, 0);
+  assert.equal(r.stdout, 'File created: notes/a.txt\n');
+  assert.equal(r.details.is_file_update, false);
+  assert.equal(fs.files.get('notes/a.txt'), 'hello\n');
+});
+
+test('create over an existing file overwrites, reports it, and can be undone', async () => {
+  const { fs, ed } = setup();
+  fs.files.set('a.txt', 'old\n');
+  const r = await ed.run({ command: 'create', path: '/workspace/a.txt', file_text: 'new\n' });
+  assert.equal(r.details.is_file_update, true);
+  assert.equal(fs.files.get('a.txt'), 'new\n');
+  const u = await ed.run({ command: 'undo_edit', path: 'a.txt' });
+  assert.equal(u.stdout, 'Reverted a.txt\n');
+  assert.equal(fs.files.get('a.txt'), 'old\n');
+});
+
+test('create without file_text is an invalid input error', async () => {
+  const { ed } = setup();
+  const r = await ed.run({ command: 'create', path: 'a.txt' });
+  assert.equal(r.return_code, 1);
+  assert.equal(r.stderr, 'text_editor: create requires file_text\n');
+  assert.equal(r.details.error_code, 'invalid_tool_input');
+});
+
+test('view returns the text and line counts; view_range is 1-based inclusive, -1 to the end', async () => {
+  const { fs, ed } = setup();
+  fs.files.set('f.txt', 'l1\r\nl2\nl3\nl4\nl5\n');
+  const all = await ed.run({ command: 'view', path: 'f.txt' });
+  assert.equal(all.stdout, 'l1\nl2\nl3\nl4\nl5\n');
+  assert.deepEqual(all.details, { file_type: 'text', num_lines: 5, start_line: 1, total_lines: 5 });
+  const mid = await ed.run({ command: 'view', path: 'f.txt', view_range: [2, 4] });
+  assert.equal(mid.stdout, 'l2\nl3\nl4');
+  assert.equal(mid.details.num_lines, 3);
+  assert.equal(mid.details.start_line, 2);
+  const tail = await ed.run({ command: 'view', path: 'f.txt', view_range: [4, -1] });
+  assert.equal(tail.stdout, 'l4\nl5');
+});
+
+test('view of a folder lists two levels', async () => {
+  const { fs, ed } = setup();
+  fs.files.set('a.txt', '');
+  fs.files.set('sub/b.txt', '');
+  fs.files.set('sub/deep/c.txt', '');
+  const r = await ed.run({ command: 'view', path: '.' });
+  assert.equal(r.stdout, 'a.txt\nsub\nsub/b.txt\nsub/deep\n');
+});
+
+test('view of a missing file is file_not_found', async () => {
+  const { ed } = setup();
+  const r = await ed.run({ command: 'view', path: 'nope.txt' });
+  assert.equal(r.stderr, 'text_editor: file not found: nope.txt\n');
+  assert.equal(r.details.error_code, 'file_not_found');
+});
+
+test('str_replace replaces a unique match and returns the diff hunk', async () => {
+  const { fs, ed } = setup();
+  fs.files.set('f.py', 'a = 1\nb = 2\nc = 3\n');
+  const r = await ed.run({ command: 'str_replace', path: 'f.py', old_str: 'b = 2', new_str: 'b = 20\nbb = 21' });
+  assert.equal(r.stdout, 'Edited f.py\n');
+  assert.equal(fs.files.get('f.py'), 'a = 1\nb = 20\nbb = 21\nc = 3\n');
+  assert.deepEqual(r.details.lines, [' a = 1', '-b = 2', '+b = 20', '+bb = 21', ' c = 3']);
+  assert.equal(r.details.old_start, 1);
+  assert.equal(r.details.old_lines, 3);
+  assert.equal(r.details.new_lines, 4);
+});
+
+test('str_replace with several matches names how many and where', async () => {
+  const { fs, ed } = setup();
+  fs.files.set('f.txt', 'x\ny\nx\nz\nx\n');
+  const r = await ed.run({ command: 'str_replace', path: 'f.txt', old_str: 'x', new_str: 'w' });
+  assert.equal(r.return_code, 1);
+  assert.equal(r.stderr, 'text_editor: old_str matched 3 times in f.txt (lines 1, 3, 5); must be unique\n');
+  assert.equal(fs.files.get('f.txt'), 'x\ny\nx\nz\nx\n');
+});
+
+test('str_replace with no match says so', async () => {
+  const { fs, ed } = setup();
+  fs.files.set('f.txt', 'abc\n');
+  const r = await ed.run({ command: 'str_replace', path: 'f.txt', old_str: 'zzz', new_str: 'y' });
+  assert.equal(r.stderr, 'text_editor: old_str not found in f.txt\n');
+});
+
+test('insert at 0, in the middle and at the end; out of range is an error', async () => {
+  const { fs, ed } = setup();
+  fs.files.set('f.txt', 'line1\nline2\n');
+  await ed.run({ command: 'insert', path: 'f.txt', insert_line: 1, new_str: 'inserted' });
+  assert.equal(fs.files.get('f.txt'), 'line1\ninserted\nline2\n');
+  await ed.run({ command: 'insert', path: 'f.txt', insert_line: 0, new_str: 'top\n' });
+  assert.equal(fs.files.get('f.txt'), 'top\nline1\ninserted\nline2\n');
+  fs.files.set('g.txt', 'no-newline');
+  await ed.run({ command: 'insert', path: 'g.txt', insert_line: 1, new_str: 'after' });
+  assert.equal(fs.files.get('g.txt'), 'no-newline\nafter\n');
+  const bad = await ed.run({ command: 'insert', path: 'f.txt', insert_line: 99, new_str: 'x' });
+  assert.equal(bad.return_code, 1);
+  assert.match(bad.stderr, /insert_line 99 out of range for f\.txt/);
+});
+
+test('undo history is per file and stacks', async () => {
+  const { fs, ed } = setup();
+  fs.files.set('a.txt', 'v1\n');
+  fs.files.set('b.txt', 'b1\n');
+  await ed.run({ command: 'str_replace', path: 'a.txt', old_str: 'v1', new_str: 'v2' });
+  await ed.run({ command: 'str_replace', path: 'a.txt', old_str: 'v2', new_str: 'v3' });
+  await ed.run({ command: 'str_replace', path: 'b.txt', old_str: 'b1', new_str: 'b2' });
+  await ed.run({ command: 'undo_edit', path: 'a.txt' });
+  assert.equal(fs.files.get('a.txt'), 'v2\n');
+  await ed.run({ command: 'undo_edit', path: 'a.txt' });
+  assert.equal(fs.files.get('a.txt'), 'v1\n');
+  const none = await ed.run({ command: 'undo_edit', path: 'a.txt' });
+  assert.equal(none.stderr, 'text_editor: no edits to undo for a.txt\n');
+  assert.equal(fs.files.get('b.txt'), 'b2\n');
+});
+
+test('paths outside the workspace are refused as editor errors', async () => {
+  const { ed } = setup();
+  const r = await ed.run({ command: 'view', path: '../../etc/passwd' });
+  assert.equal(r.return_code, 1);
+  assert.equal(r.stderr, 'text_editor: path escapes workspace: ../../etc/passwd\n');
+});
