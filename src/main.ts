@@ -14,6 +14,7 @@ import { Launcher } from './sandbox/launcher.js';
 import { UidAllocator, killUid, pidsOfUids } from './sandbox/uids.js';
 import { buildSeccompFilter, probeSandbox, sweepSessionsRoot, PreflightError, FIX_HINT } from './sandbox/preflight.js';
 import { removeTree } from './sessions/box.js';
+import { detectCgroups } from './sandbox/cgroups.js';
 import { SessionManager } from './sessions/manager.js';
 import { ExecService } from './sessions/exec.js';
 import { buildApp } from './http/app.js';
@@ -110,11 +111,15 @@ async function main(): Promise<void> {
     process.stderr.write(`otari-sandbox-container: refusing to start: ${message}\n${FIX_HINT}\n`);
     process.exit(1);
   }
-  log.info({ isolation }, `isolation mode: ${isolation.mode}`);
 
+  const cgroups = await detectCgroups(privileged);
+  if (cgroups) await cgroups.sweep();
+  isolation.memory_limit = cgroups ? `${cgroups.describe}, and RLIMIT_AS ${config.memoryMb} MiB per process` : `RLIMIT_AS ${config.memoryMb} MiB per process (no writable cgroup: no per-session total)`;
+  if (cgroups) isolation.protections.push('memory limit per session (cgroup)');
+  log.info({ isolation }, `isolation mode: ${isolation.mode}`);
   const sessions = new SessionManager(
     config,
-    { config, launcher, uids, privileged, driverHostDir: DRIVER_DIR },
+    { config, launcher, cgroups, uids, privileged, driverHostDir: DRIVER_DIR },
     log,
     () => {
       if (!privileged) return {};

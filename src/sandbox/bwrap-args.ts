@@ -76,6 +76,9 @@ export function sandboxEnv(extra: Record<string, string> = {}): Record<string, s
     PYTHONDONTWRITEBYTECODE: '1',
     MPLBACKEND: 'Agg',
     MPLCONFIGDIR: '/tmp/.matplotlib',
+    // Caches and configs of libraries go to /tmp, so they never show up as produced files.
+    XDG_CACHE_HOME: '/tmp/.cache',
+    XDG_CONFIG_HOME: '/tmp/.config',
     // Pinned thread pools keep address-space reservations (OpenBLAS per-thread buffers,
     // glibc arenas) small, so the address-space limit does not break `import numpy`.
     OPENBLAS_NUM_THREADS: '2',

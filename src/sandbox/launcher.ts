@@ -36,6 +36,8 @@ export interface LaunchOptions {
   env?: Record<string, string>;
   /** Give the program a control channel on fds 3 (in) and 4 (out). */
   controlChannel?: boolean;
+  /** Join this cgroup (its cgroup.procs file) before bwrap starts anything. */
+  cgroupProcsFile?: string;
   /** Bytes the program can read from fd 3 (a script too long for argv); exclusive with controlChannel. */
   fd3Data?: Buffer;
 }
@@ -140,7 +142,11 @@ export class Launcher {
     const command = ['--', ...prlimitPrefix(opts.limits), ...opts.argv];
     const ctl = opts.controlChannel === true;
     const stdio: ('pipe' | 'ignore')[] = ['ignore', 'pipe', 'pipe', ctl || opts.fd3Data ? 'pipe' : 'ignore', ctl ? 'pipe' : 'ignore', 'pipe', 'pipe', 'pipe', 'pipe', 'pipe'];
-    const child = spawn('/usr/bin/bwrap', ['--args', String(FD.args), ...command], {
+    const bwrapArgv = ['/usr/bin/bwrap', '--args', String(FD.args), ...command];
+    // With a cgroup, a one-line wrapper joins it and execs bwrap (same pid), so no
+    // process of the sandbox ever runs outside the cgroup.
+    const [file, ...args] = opts.cgroupProcsFile ? ['/bin/sh', '-c', 'echo $$ > "$0" && exec "$@"', opts.cgroupProcsFile, ...bwrapArgv] : bwrapArgv;
+    const child = spawn(file!, args, {
       stdio,
       // bwrap's own environment is what /proc/1/environ shows inside: keep it minimal.
       env: { PATH: '/usr/bin:/bin' },

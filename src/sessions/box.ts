@@ -28,6 +28,7 @@ import { WorkspaceFs } from '../files/workspace-fs.js';
 import type { UidAllocator } from '../sandbox/uids.js';
 import { killUid } from '../sandbox/uids.js';
 import { SandboxError } from '../errors.js';
+import type { Cgroups, CgroupLeaf } from '../sandbox/cgroups.js';
 
 const execFileP = promisify(execFile);
 const MiB = 1024 * 1024;
@@ -37,6 +38,7 @@ const ARGV_COMMAND_MAX = 100_000;
 export interface BoxDeps {
   config: Config;
   launcher: Launcher;
+  cgroups: Cgroups | null;
   uids: UidAllocator;
   /** Server runs as root: per-box uid and tmpfs quota. */
   privileged: boolean;
@@ -64,6 +66,8 @@ export class Box {
   private readonly bash = new Set<SandboxedProcess>();
   private destroyed = false;
   private mounted = false;
+  private cgroup: CgroupLeaf | null = null;
+  private oomSeen = 0;
 
   constructor(private readonly deps: BoxDeps, readonly uid: number | undefined, readonly gid: number | undefined) {
     this.name = `box_${randomBytes(12).toString('hex')}`;
@@ -91,6 +95,14 @@ export class Box {
     return { workspaceDir: this.workspaceDir, tmpDir: this.tmpDir, driverDir: this.deps.driverHostDir, libDir: this.libDir, shmBytes: this.deps.config.shmMb * MiB };
   }
 
+  /** True once per new OOM kill in the box's cgroup (any of its processes). */
+  consumeOomKill(): boolean {
+    const n = this.cgroup?.oomKills() ?? 0;
+    const hit = n > this.oomSeen;
+    this.oomSeen = n;
+    return hit;
+  }
+
   private newInterpreter(): Interpreter {
     const c = this.deps.config;
     return new Interpreter({
@@ -100,7 +112,9 @@ export class Box {
         identity: { uid: this.uid, gid: this.gid },
         limits: this.limits,
         env: { SANDBOX_PRELOAD: preloadList(c).join(',') },
+        cgroupProcsFile: this.cgroup?.procsFile,
       },
+      wasOomKilled: () => this.consumeOomKill(),
       pythonPath: c.pythonPath,
       driverPath: `${DRIVER_DIR}/driver.py`,
       interruptGraceMs: c.interruptGraceMs,
@@ -125,6 +139,12 @@ export class Box {
     await fsp.chmod(this.tmpDir, 0o700);
     await fsp.mkdir(this.libDir, { mode: 0o755 });
     await fsp.mkdir(this.stagingDir, { mode: 0o700 });
+    if (this.deps.cgroups) {
+      // tmpfs pages are charged to the writer's cgroup: the limit covers them too.
+      const limit = (config.memoryMb + config.workspaceMb + config.shmMb) * MiB;
+      this.cgroup = await this.deps.cgroups.create(this.name, this.uid, limit);
+      this.interpreter = this.newInterpreter();
+    }
     await this.interpreter.start();
   }
 
@@ -167,6 +187,7 @@ export class Box {
       limits: this.limits,
       argv: long ? ['/bin/bash', '--noprofile', '--norc', '/dev/fd/3'] : ['/bin/bash', '--noprofile', '--norc', '-c', command],
       fd3Data: long ? Buffer.from(command, 'utf8') : undefined,
+      cgroupProcsFile: this.cgroup?.procsFile,
     });
     this.bash.add(proc);
     const stdout = new CappedBuffer(maxOutputBytes);
@@ -191,6 +212,9 @@ export class Box {
       limit = 'wall_clock';
       returnCode = -1;
       notes.push(`bash: command timed out after ${fmtSeconds(timeoutMs, false)}s (wall-clock limit); the command and every process it started were killed`);
+    } else if (this.consumeOomKill()) {
+      limit = 'memory';
+      notes.push(`bash: a process was killed by the sandbox memory limit (${this.deps.config.memoryMb} MiB, SANDBOX_RUNNER_MEMORY_MB)`);
     } else {
       limit = detectLimit(info.exitCode, stderr.text());
       if (limit) notes.push(`bash: ${describeLimit(limit, this.deps.config)}`);
@@ -204,6 +228,7 @@ export class Box {
     this.destroyed = true;
     await Promise.all([this.interpreter.kill(), ...[...this.bash].map((p) => p.kill())]);
     if (this.uid !== undefined && this.deps.privileged) await killUid(this.uid);
+    await this.cgroup?.remove();
     if (this.mounted) await execFileP('/usr/bin/umount', ['-l', this.dir]).catch(() => {});
     await removeTree(this.dir);
     if (this.uid !== undefined) this.deps.uids.release(this.uid);

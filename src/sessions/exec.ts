@@ -110,7 +110,11 @@ export class ExecService {
     const stderrDropped = outcome.stderr.dropped + outcome.droppedByDriver.stderr;
     const stdout = stripOneNewline(outcome.stdout.text()) + (stdoutDropped > 0 ? truncationMarker(stdoutDropped) : '');
     let stderr = stripOneNewline(outcome.stderr.text()) + (stderrDropped > 0 ? truncationMarker(stderrDropped) : '');
-    const { limit, notes } = this.classify(outcome.limit, outcome.returnCode, outcome.stderr, outcome.notes, stdoutDropped + stderrDropped);
+    let { limit, notes } = this.classify(outcome.limit, outcome.returnCode, outcome.stderr, outcome.notes, stdoutDropped + stderrDropped);
+    if ((limit === null || limit === 'output_bytes') && box.consumeOomKill()) {
+      limit = 'memory';
+      notes = [...notes, `runner: a process was killed by the sandbox memory limit (${this.config.memoryMb} MiB, SANDBOX_RUNNER_MEMORY_MB); interpreter state was kept`];
+    }
     stderr = appendNotes(stderr, notes);
     return { stdout, stderr, returnCode: outcome.returnCode, limit, interpreterRestarted: outcome.stateLost, stdoutDroppedBytes: stdoutDropped, stderrDroppedBytes: stderrDropped };
   }
@@ -133,7 +137,7 @@ export class ExecService {
       const seen = detectLimit(returnCode, stderr.text());
       if (seen) return { limit: seen, notes: [...notes, `runner: ${describeLimit(seen, this.config)}`] };
     }
-    if (droppedBytes > 0) return { limit: 'output_bytes', notes };
+    if (droppedBytes > 0) return { limit: 'output_bytes', notes: [...notes, `runner: ${describeLimit('output_bytes', this.config)}; ${droppedBytes} bytes were dropped`] };
     return { limit: null, notes };
   }
 }

@@ -1,0 +1,150 @@
+/**
+ * Per-session memory cgroups, where the machine lets us make them.
+ *
+ * Detection, never assumption (sandboxing.md 4.3): cgroup v2 with the memory controller
+ * in a subtree we may write (root, or a delegated subtree), else cgroup v1's memory
+ * hierarchy when we are root, else none (RLIMIT_AS per process stays the only memory
+ * bound, and /health says so).
+ *
+ * A leaf per box: memory limit = memory + the box's tmpfs quota + its /dev/shm, since
+ * tmpfs pages are charged to the cgroup of the process that writes them; swap 0 where
+ * the kernel lets us say so; v2 also kills the whole group on OOM. Every sandbox of the
+ * box (interpreter and bash commands) joins the leaf before bwrap forks, through a
+ * one-line shell wrapper that writes its own pid to cgroup.procs and execs bwrap.
+ */
+import { existsSync, promises as fsp, readFileSync } from 'node:fs';
+
+export interface CgroupLeaf {
+  /** The file a process writes its pid to, to join. */
+  procsFile: string;
+  /** OOM kills in this leaf so far. */
+  oomKills(): number;
+  remove(): Promise<void>;
+}
+
+export interface Cgroups {
+  version: 'v1' | 'v2';
+  describe: string;
+  /** Removes leaves (box_*) an earlier run left; their processes must be dead. */
+  sweep(): Promise<number>;
+  create(name: string, uid: number | undefined, limitBytes: number): Promise<CgroupLeaf>;
+}
+
+function ownPath(controllerLine: (fields: string[]) => boolean): string | null {
+  const text = readFileSync('/proc/self/cgroup', 'utf8');
+  for (const line of text.split('\n')) {
+    const fields = line.split(':');
+    if (fields.length >= 3 && controllerLine(fields)) return fields.slice(2).join(':');
+  }
+  return null;
+}
+
+function counter(file: string, key: string): number {
+  try {
+    const m = new RegExp(`^${key} (\\d+)$`, 'm').exec(readFileSync(file, 'utf8'));
+    return m ? Number(m[1]) : 0;
+  } catch {
+    return 0;
+  }
+}
+
+async function tryWrite(file: string, value: string): Promise<boolean> {
+  try {
+    await fsp.writeFile(file, value);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function removeLeaf(dir: string): Promise<void> {
+  // A cgroup can only be removed once empty; its processes are being killed by the
+  // caller, so retry briefly.
+  for (let i = 0; i < 50; i++) {
+    try {
+      await fsp.rmdir(dir);
+      return;
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') return;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+}
+
+async function sweepLeaves(base: string): Promise<number> {
+  const names = await fsp.readdir(base).catch(() => [] as string[]);
+  const stale = names.filter((n) => n.startsWith('box_'));
+  await Promise.all(stale.map((n) => removeLeaf(`${base}/${n}`)));
+  return stale.length;
+}
+
+async function detectV2(privileged: boolean): Promise<Cgroups | null> {
+  const mount = existsSync('/sys/fs/cgroup/cgroup.controllers') ? '/sys/fs/cgroup' : existsSync('/sys/fs/cgroup/unified/cgroup.controllers') ? '/sys/fs/cgroup/unified' : null;
+  if (!mount) return null;
+  const own = ownPath((f) => f[0] === '0' && f[1] === '');
+  if (own === null) return null;
+  const base = `${mount}${own === '/' ? '' : own}`;
+  const controllers = await fsp.readFile(`${base}/cgroup.controllers`, 'utf8').catch(() => '');
+  if (!controllers.split(/\s+/).includes('memory')) return null;
+  // v2's no-internal-process rule: move ourselves into a leaf before giving
+  // controllers to children.
+  const serverLeaf = `${base}/server`;
+  try {
+    await fsp.mkdir(serverLeaf, { recursive: true });
+    await fsp.writeFile(`${serverLeaf}/cgroup.procs`, String(process.pid));
+    await fsp.writeFile(`${base}/cgroup.subtree_control`, '+memory');
+  } catch {
+    return null;
+  }
+  void privileged;
+  return {
+    version: 'v2',
+    describe: `cgroup v2 memory.max per session (${base})`,
+    sweep: () => sweepLeaves(base),
+    async create(name, uid, limitBytes) {
+      const dir = `${base}/${name}`;
+      await fsp.mkdir(dir);
+      await fsp.writeFile(`${dir}/memory.max`, String(limitBytes));
+      await tryWrite(`${dir}/memory.swap.max`, '0');
+      await tryWrite(`${dir}/memory.oom.group`, '1');
+      if (uid !== undefined) await fsp.chown(`${dir}/cgroup.procs`, uid, uid);
+      return { procsFile: `${dir}/cgroup.procs`, oomKills: () => counter(`${dir}/memory.events`, 'oom_kill'), remove: () => removeLeaf(dir) };
+    },
+  };
+}
+
+async function detectV1(privileged: boolean): Promise<Cgroups | null> {
+  if (!privileged || !existsSync('/sys/fs/cgroup/memory/memory.limit_in_bytes')) return null;
+  const own = ownPath((f) => f[1]!.split(',').includes('memory'));
+  if (own === null) return null;
+  const base = `/sys/fs/cgroup/memory${own === '/' ? '' : own}`;
+  const probe = `${base}/otari-probe-${process.pid}`;
+  try {
+    await fsp.mkdir(probe);
+    await fsp.rmdir(probe);
+  } catch {
+    return null;
+  }
+  return {
+    version: 'v1',
+    describe: `cgroup v1 memory.limit_in_bytes per session (${base})`,
+    sweep: () => sweepLeaves(base),
+    async create(name, uid, limitBytes) {
+      const dir = `${base}/${name}`;
+      await fsp.mkdir(dir);
+      await fsp.writeFile(`${dir}/memory.limit_in_bytes`, String(limitBytes));
+      await tryWrite(`${dir}/memory.memsw.limit_in_bytes`, String(limitBytes));
+      await tryWrite(`${dir}/memory.swappiness`, '0');
+      if (uid !== undefined) {
+        await fsp.chown(`${dir}/cgroup.procs`, uid, uid);
+        await fsp.chown(`${dir}/tasks`, uid, uid).catch(() => {});
+      }
+      return { procsFile: `${dir}/cgroup.procs`, oomKills: () => counter(`${dir}/memory.oom_control`, 'oom_kill'), remove: () => removeLeaf(dir) };
+    },
+  };
+}
+
+export async function detectCgroups(privileged: boolean): Promise<Cgroups | null> {
+  return (await detectV2(privileged)) ?? (await detectV1(privileged));
+}
