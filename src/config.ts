@@ -41,7 +41,7 @@ const SETTINGS = {
   shmMb: int('SANDBOX_SHM_MB', 64, 1, 64 * 1024, 'Size of the private /dev/shm of a sandbox, MiB'),
   maxUploadBytes: int('SANDBOX_MAX_UPLOAD_BYTES', 100 * MiB, 1, 64 * 1024 * MiB, 'Largest upload, bytes'),
   maxDownloadBytes: int('SANDBOX_MAX_DOWNLOAD_BYTES', 1024 * MiB, 1, 1024 * 1024 * MiB, 'Largest file served by a download, bytes'),
-  maxCodeBytes: int('SANDBOX_MAX_CODE_BYTES', 200_000, 1, 16 * MiB, 'Largest code or command of one call, bytes'),
+  maxCodeChars: int('SANDBOX_MAX_CODE_CHARS', 200_000, 1, 16 * MiB, 'Longest code or command of one call, characters'),
   execQueueMax: int('SANDBOX_EXEC_QUEUE_MAX', 8, 0, 1000, 'Calls waiting behind the running one in a session before 429'),
   interruptGraceMs: int('SANDBOX_INTERRUPT_GRACE_MS', 2000, 100, 60_000, 'After a timeout interrupt, how long the interpreter gets to stop, ms'),
   shutdownGraceSeconds: int('SANDBOX_SHUTDOWN_GRACE_SECONDS', 10, 0, 3600, 'On SIGTERM, how long in-flight calls may finish, seconds'),

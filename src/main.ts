@@ -8,6 +8,8 @@
 import { promises as fsp, readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { loadConfig, ConfigError, type Config } from './config.js';
 import { createLogger, type Logger } from './log.js';
 import { Launcher } from './sandbox/launcher.js';
@@ -20,12 +22,28 @@ import { ExecService } from './sessions/exec.js';
 import { buildApp } from './http/app.js';
 import type { IsolationInfo } from './http/routes/health.js';
 
+const execFileP = promisify(execFile);
 const here = (rel: string) => fileURLToPath(new URL(rel, import.meta.url));
 const DRIVER_DIR = here('../../sandbox-python');
 const SECCOMP_GEN = here('../../sandbox-host/seccomp-gen.py');
 const VERSION = (JSON.parse(readFileSync(here('../../package.json'), 'utf8')) as { version: string }).version;
 
-async function prepareIsolation(config: Config, log: Logger, launcher: Launcher, uids: UidAllocator, privileged: boolean): Promise<IsolationInfo> {
+/** Can we mount a size-capped tmpfs per session? (root with CAP_SYS_ADMIN) */
+async function canMountTmpfs(root: string): Promise<boolean> {
+  const dir = `${root}/probe_mount_${randomBytes(4).toString('hex')}`;
+  await fsp.mkdir(dir);
+  try {
+    await execFileP('/usr/bin/mount', ['-t', 'tmpfs', '-o', 'size=1m', 'sbx-probe', dir]);
+    await execFileP('/usr/bin/umount', [dir]);
+    return true;
+  } catch {
+    return false;
+  } finally {
+    await fsp.rmdir(dir).catch(() => {});
+  }
+}
+
+async function prepareIsolation(config: Config, log: Logger, launcher: Launcher, uids: UidAllocator, privileged: boolean, tmpfsQuota: boolean): Promise<IsolationInfo> {
   const dir = `${config.sessionsRoot}/probe_${randomBytes(6).toString('hex')}`;
   const uid = privileged ? uids.allocate() : undefined;
   try {
@@ -39,12 +57,13 @@ async function prepareIsolation(config: Config, log: Logger, launcher: Launcher,
       config.sessionsRoot,
       config.pythonPath,
     );
-    if (privileged) protections.push('distinct unprivileged host uid per session', 'disk quota per session (tmpfs)');
+    if (privileged) protections.push('distinct unprivileged host uid per session');
+    if (tmpfsQuota) protections.push('disk quota per session (tmpfs)');
     return {
       mode: 'bwrap',
       protections,
       uid_per_session: privileged,
-      disk_quota: privileged ? `tmpfs of ${config.workspaceMb} MiB per session` : 'none (needs root for the per-session tmpfs; RLIMIT_FSIZE still caps each file)',
+      disk_quota: tmpfsQuota ? `tmpfs of ${config.workspaceMb} MiB per session` : 'none per session (mounting a tmpfs needs root with CAP_SYS_ADMIN); RLIMIT_FSIZE still caps each file',
       memory_limit: `RLIMIT_AS ${config.memoryMb} MiB per process`,
     };
   } finally {
@@ -99,12 +118,13 @@ async function main(): Promise<void> {
   const swept = await sweepSessionsRoot(config.sessionsRoot, privileged, removeTree);
   if (swept > 0) log.warn({ folders: swept }, 'removed session folders left by an earlier run');
 
+  const tmpfsQuota = privileged && (await canMountTmpfs(config.sessionsRoot));
   let isolation: IsolationInfo;
   let launcher: Launcher;
   try {
     const seccompBpf = await buildSeccompFilter('/usr/bin/python3', SECCOMP_GEN);
     launcher = new Launcher({ seccompBpf, driverDir: DRIVER_DIR });
-    isolation = await prepareIsolation(config, log, launcher, uids, privileged);
+    isolation = await prepareIsolation(config, log, launcher, uids, privileged, tmpfsQuota);
   } catch (e) {
     const message = e instanceof PreflightError ? e.message : String((e as Error)?.stack ?? e);
     log.fatal({ err: message }, 'the sandbox does not work here; refusing to start');
@@ -119,7 +139,7 @@ async function main(): Promise<void> {
   log.info({ isolation }, `isolation mode: ${isolation.mode}`);
   const sessions = new SessionManager(
     config,
-    { config, launcher, cgroups, uids, privileged, driverHostDir: DRIVER_DIR },
+    { config, launcher, cgroups, uids, privileged, tmpfsQuota, driverHostDir: DRIVER_DIR },
     log,
     () => {
       if (!privileged) return {};

@@ -39,7 +39,7 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   const app = Fastify({
     loggerInstance: deps.log,
     logController: new LogController({ disableRequestLogging: true }),
-    bodyLimit: Math.max(MiB, deps.config.maxCodeBytes * 8 + 64 * 1024),
+    bodyLimit: Math.max(MiB, deps.config.maxCodeChars * 8 + 64 * 1024),
     routerOptions: { maxParamLength: 200 },
     return503OnClosing: true,
     forceCloseConnections: 'idle',

@@ -40,8 +40,10 @@ export interface BoxDeps {
   launcher: Launcher;
   cgroups: Cgroups | null;
   uids: UidAllocator;
-  /** Server runs as root: per-box uid and tmpfs quota. */
+  /** Server runs as root: per-box uid and kill-by-uid. */
   privileged: boolean;
+  /** A size-capped tmpfs can be mounted per box (root with CAP_SYS_ADMIN). */
+  tmpfsQuota: boolean;
   driverHostDir: string;
 }
 
@@ -128,7 +130,7 @@ export class Box {
   async prepare(): Promise<void> {
     const { config } = this.deps;
     await fsp.mkdir(this.dir, { mode: 0o711 });
-    if (this.deps.privileged) {
+    if (this.deps.tmpfsQuota) {
       await execFileP('/usr/bin/mount', ['-t', 'tmpfs', '-o', `size=${config.workspaceMb}m,mode=0711,nosuid,nodev`, 'sbx-workspace', this.dir]);
       this.mounted = true;
     }

@@ -21,10 +21,10 @@ import type { LimitKind } from '../runner/interpreter.js';
 
 export const TOOL_NAMES = ['code_execution', 'bash_code_execution', 'text_editor_code_execution'] as const;
 
-export function toolInputSchemas(maxCodeBytes: number) {
+export function toolInputSchemas(maxCodeChars: number) {
   return {
-    code_execution: Type.Object({ code: Type.String({ minLength: 1, maxLength: maxCodeBytes }) }),
-    bash_code_execution: Type.Object({ command: Type.String({ minLength: 1, maxLength: maxCodeBytes }) }),
+    code_execution: Type.Object({ code: Type.String({ minLength: 1, maxLength: maxCodeChars }) }),
+    bash_code_execution: Type.Object({ command: Type.String({ minLength: 1, maxLength: maxCodeChars }) }),
     text_editor_code_execution: Type.Object({
       command: Type.Union(['view', 'create', 'str_replace', 'insert', 'undo_edit'].map((c) => Type.Literal(c))),
       path: Type.String(),
@@ -48,7 +48,7 @@ export class ExecService {
   private readonly schemas: ReturnType<typeof toolInputSchemas>;
 
   constructor(private readonly config: Config, private readonly sessions: SessionManager) {
-    this.schemas = toolInputSchemas(config.maxCodeBytes);
+    this.schemas = toolInputSchemas(config.maxCodeChars);
   }
 
   async exec(sessionId: string, body: ExecBody): Promise<ExecResponse> {

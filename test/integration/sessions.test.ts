@@ -1,0 +1,310 @@
+/**
+ * Sessions over HTTP against the real server: create / get / delete, the handle's
+ * fields, lifetime clamping and validation, idle and lifetime reaping, capacity (503 +
+ * Retry-After), delete and reap killing every process and removing the folder (also
+ * after `chmod -R 000`), and a SIGTERM shutdown that leaves nothing behind.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { chmod, mkdtemp, readdir, rm } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { startServer, api, createSession, py, sh, pidsWithMarker, waitFor, type TestServer } from '../helpers/server.js';
+
+/**
+ * The harness's own root comes from mkdtemp (mode 0700), which the per-session sandbox
+ * uids cannot traverse when the server runs as root (bwrap: "Can't find source path
+ * …: Permission denied"). Give the server a sessions root under a 0711 folder instead.
+ */
+async function start(env: Record<string, string> = {}): Promise<TestServer> {
+  const dir = await mkdtemp('/tmp/sbx-it-');
+  await chmod(dir, 0o711);
+  const sessionsRoot = `${dir}/sessions`;
+  let server: TestServer;
+  try {
+    server = await startServer({ SANDBOX_SESSIONS_ROOT: sessionsRoot, ...env });
+  } catch (e) {
+    await rm(dir, { recursive: true, force: true });
+    throw e;
+  }
+  return {
+    ...server,
+    sessionsRoot,
+    async stop(signal?: NodeJS.Signals) {
+      const code = await server.stop(signal);
+      await rm(dir, { recursive: true, force: true }).catch(() => {});
+      return code;
+    },
+  };
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const unique = () => randomBytes(6).toString('hex');
+
+/** The host folder of the session whose workspace holds `marker` (box folders are not named after the session). */
+async function boxDirWith(sessionsRoot: string, marker: string): Promise<string | null> {
+  for (const name of await readdir(sessionsRoot).catch(() => [] as string[])) {
+    if (existsSync(`${sessionsRoot}/${name}/workspace/${marker}`)) return `${sessionsRoot}/${name}`;
+  }
+  return null;
+}
+
+/** Starts `sleep <n>.<marker>` detached from the interpreter and returns the marker. */
+async function spawnSleeper(server: TestServer, id: string): Promise<string> {
+  const tag = unique();
+  const marker = `1000.${tag}`;
+  const r = await py(server, id, `import subprocess\nsubprocess.Popen(['sleep', '${marker}'], start_new_session=True)\nprint('spawned')`);
+  assert.equal(r.stdout, 'spawned', JSON.stringify(r.body));
+  assert.ok(await waitFor(async () => (await pidsWithMarker(marker)).length > 0, 5000), 'the sleeper is running on the host');
+  return marker;
+}
+
+let server: TestServer;
+
+before(async () => {
+  server = await start({ SANDBOX_SESSION_GC_INTERVAL: '1' });
+});
+after(() => server.stop());
+
+test('POST /sessions answers 201 with a handle: sbx_ id, float times, default timeouts', async () => {
+  const before = Date.now() / 1000;
+  const r = await api(server, 'POST', '/sessions', {});
+  const afterT = Date.now() / 1000;
+  assert.equal(r.status, 201);
+  assert.match(r.headers.get('content-type') ?? '', /^application\/json/);
+  const h = r.body;
+  assert.deepEqual(Object.keys(h).sort(), ['created_at', 'idle_timeout_seconds', 'last_activity_at', 'max_lifetime_seconds', 'session_id']);
+  assert.match(h.session_id, /^sbx_[0-9a-f]{24}$/);
+  assert.equal(typeof h.created_at, 'number');
+  assert.ok(h.created_at >= before - 1 && h.created_at <= afterT + 1, `created_at ${h.created_at} is now`);
+  assert.equal(h.last_activity_at, h.created_at);
+  assert.equal(h.idle_timeout_seconds, 900);
+  assert.equal(h.max_lifetime_seconds, 7200);
+  await api(server, 'DELETE', `/sessions/${h.session_id}`);
+});
+
+test('ids are unique across sessions', async () => {
+  const ids = await Promise.all([createSession(server), createSession(server), createSession(server)]);
+  assert.equal(new Set(ids).size, 3);
+  for (const id of ids) assert.equal((await api(server, 'DELETE', `/sessions/${id}`)).status, 204);
+});
+
+test('a missing, empty, null or extra-field body means defaults', async () => {
+  const noBody = await fetch(`${server.url}/sessions`, { method: 'POST' });
+  assert.equal(noBody.status, 201);
+  const emptyJson = await fetch(`${server.url}/sessions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '' });
+  assert.equal(emptyJson.status, 201);
+  const nullBody = await api(server, 'POST', '/sessions', null);
+  assert.equal(nullBody.status, 201);
+  const image = await api(server, 'POST', '/sessions', { image: 'python:3.12', idle_timeout_seconds: 300 });
+  assert.equal(image.status, 201);
+  assert.equal(image.body.idle_timeout_seconds, 300);
+  for (const r of [(await noBody.json()) as { session_id: string }, (await emptyJson.json()) as { session_id: string }, nullBody.body, image.body]) {
+    assert.match(r.session_id, /^sbx_/);
+    await api(server, 'DELETE', `/sessions/${r.session_id}`);
+  }
+});
+
+test('GET /sessions/{id} returns the same handle and does not touch it', async () => {
+  const created = (await api(server, 'POST', '/sessions', { idle_timeout_seconds: 120, max_lifetime_seconds: 600 })).body;
+  await sleep(30);
+  const got = await api(server, 'GET', `/sessions/${created.session_id}`);
+  assert.equal(got.status, 200);
+  assert.deepEqual(got.body, created);
+  await api(server, 'DELETE', `/sessions/${created.session_id}`);
+});
+
+test('last_activity_at moves on exec and on file operations', async () => {
+  const created = (await api(server, 'POST', '/sessions', {})).body;
+  const id = created.session_id as string;
+  await sleep(30);
+  assert.equal((await py(server, id, 'pass')).status, 200);
+  const afterExec = (await api(server, 'GET', `/sessions/${id}`)).body;
+  assert.ok(afterExec.last_activity_at > created.last_activity_at, 'exec moved last_activity_at');
+  assert.equal(afterExec.created_at, created.created_at);
+  await sleep(30);
+  assert.equal((await api(server, 'GET', `/sessions/${id}/files/list`)).status, 200);
+  const afterList = (await api(server, 'GET', `/sessions/${id}`)).body;
+  assert.ok(afterList.last_activity_at > afterExec.last_activity_at, 'a file listing moved last_activity_at');
+  await api(server, 'DELETE', `/sessions/${id}`);
+});
+
+test('unknown session: GET 404 with a stable code', async () => {
+  const r = await api(server, 'GET', '/sessions/sbx_000000000000000000000000');
+  assert.equal(r.status, 404);
+  assert.equal(r.body.code, 'SBX_SESSION_NOT_FOUND');
+  assert.equal(typeof r.body.detail, 'string');
+});
+
+test('DELETE answers 204, is idempotent, and the session is gone', async () => {
+  const id = await createSession(server);
+  const d1 = await fetch(`${server.url}/sessions/${id}`, { method: 'DELETE' });
+  assert.equal(d1.status, 204);
+  assert.equal(await d1.text(), '');
+  assert.equal((await api(server, 'GET', `/sessions/${id}`)).status, 404);
+  assert.equal((await py(server, id, 'print(1)')).status, 404);
+  assert.equal((await api(server, 'DELETE', `/sessions/${id}`)).status, 204);
+  assert.equal((await api(server, 'DELETE', '/sessions/sbx_never_existed')).status, 204);
+});
+
+test('lifetime hints above the ceilings are clamped, never refused; smaller ones are kept', async () => {
+  const big = await api(server, 'POST', '/sessions', { idle_timeout_seconds: 1_000_000, max_lifetime_seconds: 10_000_000 });
+  assert.equal(big.status, 201);
+  assert.equal(big.body.idle_timeout_seconds, 900);
+  assert.equal(big.body.max_lifetime_seconds, 7200);
+  const small = await api(server, 'POST', '/sessions', { idle_timeout_seconds: 300, max_lifetime_seconds: 600 });
+  assert.equal(small.status, 201);
+  assert.equal(small.body.idle_timeout_seconds, 300);
+  assert.equal(small.body.max_lifetime_seconds, 600);
+  // The gateway's conformance check: the reported idle timeout is never above the request.
+  const conf = await api(server, 'POST', '/sessions', { idle_timeout_seconds: 300 });
+  assert.ok(conf.body.idle_timeout_seconds <= 300);
+  for (const r of [big, small, conf]) await api(server, 'DELETE', `/sessions/${r.body.session_id}`);
+});
+
+test('422 for non-integer or < 1 lifetime hints', async () => {
+  const before = (await api(server, 'GET', '/health')).body.session_count;
+  for (const body of [
+    { idle_timeout_seconds: 0 },
+    { idle_timeout_seconds: -5 },
+    { idle_timeout_seconds: 1.5 },
+    { idle_timeout_seconds: 'abc' },
+    { idle_timeout_seconds: [1] },
+    { max_lifetime_seconds: 0 },
+    { max_lifetime_seconds: 2.25 },
+    { max_lifetime_seconds: 'forever' },
+  ]) {
+    const r = await api(server, 'POST', '/sessions', body);
+    assert.equal(r.status, 422, `${JSON.stringify(body)} -> ${r.status} ${JSON.stringify(r.body)}`);
+    assert.ok(r.body.detail !== undefined, 'error body has detail');
+    assert.equal(r.body.code, 'SBX_VALIDATION');
+  }
+  assert.equal((await api(server, 'GET', '/health')).body.session_count, before, 'no session was made by a refused create');
+});
+
+test('an idle session is reaped: processes killed, folder removed, then 404', async () => {
+  const id = await createSession(server, { idle_timeout_seconds: 1 });
+  const tag = `idle_${unique()}`;
+  assert.equal((await sh(server, id, `touch ${tag}`)).return_code, 0);
+  const box = await boxDirWith(server.sessionsRoot, tag);
+  assert.ok(box, 'found the session folder');
+  const marker = await spawnSleeper(server, id);
+  // idle 1 s + GC every 1 s: gone within a few seconds.
+  assert.ok(await waitFor(async () => (await api(server, 'GET', `/sessions/${id}`)).status === 404, 8000, 200), 'reaped');
+  assert.ok(await waitFor(async () => (await pidsWithMarker(marker)).length === 0, 5000), 'its processes are dead');
+  assert.ok(await waitFor(() => !existsSync(box), 5000), 'its folder is removed');
+});
+
+test('a session past its max lifetime is reaped even while in use', async () => {
+  const id = await createSession(server, { max_lifetime_seconds: 2 });
+  const started = Date.now();
+  let reaped = false;
+  // Keep it busy: activity does not extend a lifetime.
+  while (Date.now() - started < 9000) {
+    const r = await py(server, id, 'x = 1');
+    if (r.status === 404) {
+      reaped = true;
+      break;
+    }
+    assert.equal(r.status, 200);
+    await sleep(250);
+  }
+  assert.ok(reaped, 'reaped although active');
+  const elapsed = Date.now() - started;
+  assert.ok(elapsed >= 1900, `not before its lifetime (${elapsed} ms)`);
+});
+
+test('a busy-but-young session with activity is not reaped by its idle timeout', async () => {
+  const id = await createSession(server, { idle_timeout_seconds: 2 });
+  for (let i = 0; i < 6; i++) {
+    const r = await py(server, id, `print(${i})`);
+    assert.equal(r.status, 200, `call ${i} while active`);
+    await sleep(700);
+  }
+  assert.equal((await api(server, 'GET', `/sessions/${id}`)).status, 200);
+  await api(server, 'DELETE', `/sessions/${id}`);
+});
+
+test('DELETE kills every process of the session and removes its folder', async () => {
+  const id = await createSession(server);
+  const tag = `del_${unique()}`;
+  await sh(server, id, `touch ${tag}`);
+  const box = await boxDirWith(server.sessionsRoot, tag);
+  assert.ok(box);
+  const marker = await spawnSleeper(server, id);
+  assert.equal((await api(server, 'DELETE', `/sessions/${id}`)).status, 204);
+  assert.ok(await waitFor(async () => (await pidsWithMarker(marker)).length === 0, 3000), 'processes gone');
+  assert.equal(existsSync(box), false, 'folder removed by the time DELETE answered');
+});
+
+test('DELETE removes the folder even after chmod -R 000 by the code', async () => {
+  const id = await createSession(server);
+  const tag = `locked_${unique()}`;
+  const r = await sh(server, id, `touch ${tag} && mkdir -p deep/er/est && echo x > deep/er/est/f && mkdir -p /tmp/t/u && echo y > /tmp/t/u/g && chmod -R 000 deep /tmp/t && chmod 000 ${tag} && ls deep 2>&1; echo done`);
+  assert.match(r.stdout, /done/);
+  const box = await boxDirWith(server.sessionsRoot, tag);
+  assert.ok(box);
+  const lock = await sh(server, id, 'chmod -R 000 /workspace; echo locked');
+  assert.match(lock.stdout, /locked/);
+  assert.equal((await api(server, 'DELETE', `/sessions/${id}`)).status, 204);
+  assert.equal(existsSync(box), false, 'folder removed');
+});
+
+test('capacity: 503 with Retry-After at SANDBOX_MAX_SESSIONS, room again after a delete', async () => {
+  const small = await start({ SANDBOX_MAX_SESSIONS: '2', SANDBOX_WARM_POOL_SIZE: '0' });
+  try {
+    const a = await createSession(small);
+    const b = await createSession(small);
+    const refused = await api(small, 'POST', '/sessions', {});
+    assert.equal(refused.status, 503);
+    assert.equal(refused.body.code, 'SBX_AT_CAPACITY');
+    assert.equal(typeof refused.body.detail, 'string');
+    const retryAfter = refused.headers.get('retry-after');
+    assert.ok(retryAfter !== null, 'Retry-After is set');
+    assert.match(retryAfter, /^\d{1,6}$/);
+    assert.ok(Number(retryAfter) >= 1);
+    const health = (await api(small, 'GET', '/health')).body;
+    assert.equal(health.session_count, 2);
+    assert.equal(health.max_sessions, 2);
+    assert.equal((await api(small, 'DELETE', `/sessions/${a}`)).status, 204);
+    const c = await createSession(small);
+    assert.equal((await py(small, c, 'print("room")')).stdout, 'room');
+    assert.equal((await py(small, b, 'print("still")')).stdout, 'still');
+  } finally {
+    await small.stop();
+  }
+});
+
+test('SIGTERM: in-flight calls finish, long ones are cut at the deadline, nothing is left behind', async () => {
+  const srv = await start({ SANDBOX_SHUTDOWN_GRACE_SECONDS: '2' });
+  let stopped = false;
+  try {
+    const a = await createSession(srv);
+    const b = await createSession(srv);
+    const markers = [await spawnSleeper(srv, a), await spawnSleeper(srv, b)];
+    await sh(srv, a, 'touch marker_a');
+    assert.ok(await boxDirWith(srv.sessionsRoot, 'marker_a'));
+    const short = py(srv, a, 'import time\ntime.sleep(1)\nprint("finished")');
+    const long = py(srv, b, 'import time\ntime.sleep(60)\nprint("never")', { timeout_seconds: 120 }).catch((e: unknown) => e);
+    await sleep(300); // both calls are running
+    const exited = new Promise<number | null>((resolve) => srv.proc.once('exit', (code) => resolve(code)));
+    const t0 = Date.now();
+    srv.proc.kill('SIGTERM');
+    const code = await exited;
+    const took = Date.now() - t0;
+    stopped = true;
+    assert.equal(code, 0, `clean exit:\n${srv.logs().slice(-2000)}`);
+    assert.ok(took < 12_000, `shutdown took ${took} ms (grace 2 s)`);
+    const r = await short;
+    assert.equal(r.status, 200, 'the short in-flight call finished');
+    assert.equal(r.stdout, 'finished');
+    const l = await long;
+    assert.ok(l instanceof Error || (l as { stdout?: string }).stdout !== 'never', 'the long call was cut');
+    for (const m of markers) assert.deepEqual(await pidsWithMarker(m), [], `no process with ${m} left`);
+    const left = (await readdir(srv.sessionsRoot).catch(() => [] as string[])).filter((n) => !n.startsWith('.'));
+    assert.deepEqual(left, [], 'every session folder removed');
+  } finally {
+    if (!stopped) srv.proc.kill('SIGKILL');
+    await srv.stop();
+  }
+});
