@@ -70,6 +70,8 @@ const WHOAMI = Buffer.from(
 const benchStart = performance.now();
 const log = (msg: string) => process.stderr.write(`[bench ${((performance.now() - benchStart) / 1000).toFixed(1)}s] ${msg}\n`);
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+/** A sleep that does not keep the process alive (for races against an exit). */
+const sleepUnref = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref());
 const elapsed = () => performance.now() - benchStart;
 
 // ---------------------------------------------------------------- statistics -------
@@ -633,11 +635,14 @@ function cleanup(): Promise<void> {
       c.close();
     }
     if (s.proc.exitCode === null && s.proc.signalCode === null) s.proc.kill('SIGTERM');
-    const code = await Promise.race([s.exited, sleep(30_000).then(() => 'timeout' as const)]);
+    const code = await Promise.race([s.exited, sleepUnref(30_000).then(() => 'timeout' as const)]);
     if (code === 'timeout') {
       log('server did not stop within 30 s of SIGTERM; SIGKILL');
       s.proc.kill('SIGKILL');
-      await Promise.race([s.exited, sleep(5_000)]);
+      await Promise.race([s.exited, sleepUnref(5_000)]);
+    }
+    if (Object.values(figures).some((f) => f.error) || code !== 0) {
+      log(`server exit status ${String(code)}; last lines of its log:\n${tail(readFileSync(s.logFile, 'utf8'), 30)}`);
     }
     // What a killed server could leave: tmpfs mounts under our root.
     const mounts = readFileSync('/proc/mounts', 'utf8').split('\n').map((l) => l.split(' ')[1] ?? '').filter((m) => m.startsWith(`${s.root}/`));

@@ -135,17 +135,24 @@ class Driver:
         if self.in_user_code:
             raise KeyboardInterrupt
 
-    # ---- relay thread: sole reader of the control channel and of cell pipes ----
+    # ---- relay thread: reads the control channel and the cell pipes while a cell runs ----
     def relay(self):
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         while True:
             cell = self.cell
-            fds = [self.chan.rfd, self.wake_r]
-            if cell is not None:
-                fds += [cell.out_r, cell.err_r]
+            # Between cells the main thread owns the control channel; the relay only
+            # waits to be told a cell started.
+            fds = [self.wake_r] if cell is None else [self.wake_r, self.chan.rfd, cell.out_r, cell.err_r]
             try:
                 ready, _, _ = select.select(fds, [], [])
-            except InterruptedError:
+            except (InterruptedError, OSError):
+                continue
+            if self.wake_r in ready:
+                # b"c": a cell started (select on its pipes); b"f": the cell's code returned.
+                if b"f" in os.read(self.wake_r, 64) and self.cell is not None:
+                    self.finish_cell(self.cell)
+                    continue
+            if cell is None or self.cell is not cell:
                 continue
             if self.chan.rfd in ready:
                 try:
@@ -153,16 +160,10 @@ class Driver:
                 except (EOFError, OSError, ValueError):
                     os._exit(0)  # the server went away or spoke garbage: nothing to serve
                 self.dispatch(kind, body)
-            if self.wake_r in ready:
-                # b"c": a cell started (select on its pipes); b"f": the cell's code returned.
-                if b"f" in os.read(self.wake_r, 64) and self.cell is not None:
-                    self.finish_cell(self.cell)
-                    continue
-            if cell is not None and self.cell is cell:
-                if cell.out_r in ready:
-                    self.pump(cell, cell.out_r, 1)
-                if cell.err_r in ready:
-                    self.pump(cell, cell.err_r, 2)
+            if cell.out_r in ready:
+                self.pump(cell, cell.out_r, 1)
+            if cell.err_r in ready:
+                self.pump(cell, cell.err_r, 2)
 
     def dispatch(self, kind, body):
         msg = json.loads(body)
@@ -213,10 +214,16 @@ class Driver:
 
     # ---- main thread: runs the code ----
     def next_request(self):
-        with self.req_cv:
-            while not self.requests:
-                self.req_cv.wait()
-            return self.requests.pop(0)
+        """Between cells: read the control channel directly (no thread hand-off)."""
+        while True:
+            with self.req_cv:
+                if self.requests:
+                    return self.requests.pop(0)
+            try:
+                kind, body = self.chan.recv()
+            except (EOFError, OSError, ValueError):
+                os._exit(0)
+            self.dispatch(kind, body)
 
     def run_forever(self):
         sys.path.insert(0, "/opt/session-lib")

@@ -40,6 +40,8 @@ async function start(env: Record<string, string> = {}): Promise<TestServer> {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const unique = () => randomBytes(6).toString('hex');
+/** A valid `sleep` argument no other process has: 1000.<random digits>. */
+const sleepMarker = () => `1000.${String(Math.floor(Math.random() * 1e9)).padStart(9, '0')}${Date.now() % 1000}`;
 
 /** The host folder of the session whose workspace holds `marker` (box folders are not named after the session). */
 async function boxDirWith(sessionsRoot: string, marker: string): Promise<string | null> {
@@ -51,8 +53,7 @@ async function boxDirWith(sessionsRoot: string, marker: string): Promise<string 
 
 /** Starts `sleep <n>.<marker>` detached from the interpreter and returns the marker. */
 async function spawnSleeper(server: TestServer, id: string): Promise<string> {
-  const tag = unique();
-  const marker = `1000.${tag}`;
+  const marker = sleepMarker();
   const r = await py(server, id, `import subprocess\nsubprocess.Popen(['sleep', '${marker}'], start_new_session=True)\nprint('spawned')`);
   assert.equal(r.stdout, 'spawned', JSON.stringify(r.body));
   assert.ok(await waitFor(async () => (await pidsWithMarker(marker)).length > 0, 5000), 'the sleeper is running on the host');
@@ -64,7 +65,10 @@ let server: TestServer;
 before(async () => {
   server = await start({ SANDBOX_SESSION_GC_INTERVAL: '1' });
 });
-after(() => server.stop());
+after(async () => {
+  if (server.proc.exitCode !== null || server.proc.signalCode !== null) console.error(`server died early:\n${server.logs().slice(-4000)}`);
+  await server.stop();
+});
 
 test('POST /sessions answers 201 with a handle: sbx_ id, float times, default timeouts', async () => {
   const before = Date.now() / 1000;
@@ -170,6 +174,7 @@ test('422 for non-integer or < 1 lifetime hints', async () => {
     { idle_timeout_seconds: 1.5 },
     { idle_timeout_seconds: 'abc' },
     { idle_timeout_seconds: [1] },
+    { idle_timeout_seconds: '' },
     { max_lifetime_seconds: 0 },
     { max_lifetime_seconds: 2.25 },
     { max_lifetime_seconds: 'forever' },
