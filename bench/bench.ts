@@ -31,7 +31,8 @@ import { fileURLToPath } from 'node:url';
 
 // ---------------------------------------------------------------- settings ---------
 
-const MAIN = fileURLToPath(new URL('../src/main.js', import.meta.url));
+/** dist/bench/server-entry.js: imports dist/src/main.js, the real server, unchanged. */
+const ENTRY = fileURLToPath(new URL('./server-entry.js', import.meta.url));
 const PY = '/usr/bin/python3';
 const PRELOAD = 'numpy,pandas,matplotlib';
 const WARM_POOL = 4;
@@ -117,7 +118,7 @@ async function startServer(): Promise<Server> {
   // A uid range of our own (the server sweeps its range at start-up), away from the
   // default (200000) and the test harness (300000..2300000).
   const uidBase = 3_000_000 + Math.floor(Math.random() * 900) * 1000;
-  const proc = spawn(process.execPath, [MAIN], {
+  const proc = spawn(process.execPath, [ENTRY], {
     env: {
       PATH: '/usr/bin:/bin',
       PORT: '0',

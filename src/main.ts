@@ -92,6 +92,19 @@ async function claimSessionsRoot(root: string): Promise<void> {
   await fsp.writeFile(file, `${process.pid}\n`);
 }
 
+/** Sandboxes run as other uids, which must be able to reach their folders. */
+async function checkSearchable(root: string): Promise<void> {
+  const parts = root.split('/').filter(Boolean);
+  for (let i = 1; i <= parts.length; i++) {
+    const dir = `/${parts.slice(0, i).join('/')}`;
+    const st = await fsp.stat(dir);
+    if ((st.mode & 0o001) === 0) {
+      process.stderr.write(`otari-sandbox-container: ${dir} (above SANDBOX_SESSIONS_ROOT) is not searchable by other users (mode ${(st.mode & 0o777).toString(8)}); sandboxes run as their own uids and need o+x on it\n`);
+      process.exit(1);
+    }
+  }
+}
+
 async function main(): Promise<void> {
   let config: Config;
   try {
@@ -110,6 +123,7 @@ async function main(): Promise<void> {
   const uids = new UidAllocator(config.sandboxUidBase, config.maxSessions + config.warmPoolSize + 8);
 
   await claimSessionsRoot(config.sessionsRoot);
+  if (privileged) await checkSearchable(config.sessionsRoot);
   // What a SIGKILLed predecessor left: processes of our uids, folders, mounts.
   if (privileged) {
     const { first, last } = uids.range();

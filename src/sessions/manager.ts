@@ -24,7 +24,9 @@ export interface CreateOptions {
 export class SessionManager {
   private readonly sessions = new Map<string, Session>();
   private readonly pool: Box[] = [];
+  /** Boxes being made for the pool, and creates waiting for one of them. */
   private making = 0;
+  private readonly waiting: { resolve: (box: Box | null) => void }[] = [];
   private gcTimer: NodeJS.Timeout | null = null;
   private closing = false;
   private poolFailures = 0;
@@ -62,12 +64,17 @@ export class SessionManager {
         (box) => {
           this.making--;
           this.poolFailures = 0;
-          if (this.closing) void box.destroy();
+          const waiter = this.waiting.shift();
+          if (this.closing) {
+            void box.destroy();
+            waiter?.resolve(null);
+          } else if (waiter) waiter.resolve(box);
           else this.pool.push(box);
         },
         (e: unknown) => {
           this.making--;
           this.poolFailures++;
+          this.waiting.shift()?.resolve(null); // that create makes its own box
           this.log.error({ err: String((e as Error)?.message ?? e) }, 'warm pool: could not prepare a sandbox');
           setTimeout(() => this.refill(), 1000).unref();
         },
@@ -90,6 +97,14 @@ export class SessionManager {
   async create(opts: CreateOptions): Promise<Session> {
     if (this.closing) throw new SandboxError('SBX_SHUTTING_DOWN', 'server is shutting down', { headers: { 'retry-after': '5' } });
     let box = this.pool.shift();
+    // A refill under way is room a create may take: wait for that box rather than refuse.
+    if (!box && this.making > this.waiting.length) {
+      box = (await new Promise<Box | null>((resolve) => this.waiting.push({ resolve }))) ?? undefined;
+      if (this.closing) {
+        void box?.destroy();
+        throw new SandboxError('SBX_SHUTTING_DOWN', 'server is shutting down', { headers: { 'retry-after': '5' } });
+      }
+    }
     if (!box) {
       if (this.used >= this.config.maxSessions) {
         throw new SandboxError('SBX_AT_CAPACITY', `sandbox holds ${this.sessions.size} sessions (max=${this.config.maxSessions})`, { headers: { 'retry-after': String(Math.min(60, this.config.gcIntervalSeconds)) } });
@@ -143,6 +158,7 @@ export class SessionManager {
   async shutdown(graceMs: number): Promise<void> {
     this.closing = true;
     if (this.gcTimer) clearInterval(this.gcTimer);
+    for (const w of this.waiting.splice(0)) w.resolve(null);
     const inflight = Promise.all([...this.sessions.values()].map((s) => s.drained()));
     await Promise.race([inflight, new Promise((r) => setTimeout(r, graceMs).unref())]);
     const boxes = [...this.sessions.values()].map((s) => s.box);

@@ -5,7 +5,7 @@
  * registered before the work (t.after / after) so nothing is left behind.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { chmod, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 
@@ -24,6 +24,8 @@ export interface TestServer {
 
 export async function startServer(env: Record<string, string> = {}): Promise<TestServer> {
   const root = await mkdtemp(`${tmpdir()}/sbx-test-`);
+  // Sandboxes run as other uids: the folders above the sessions root must be searchable.
+  await chmod(root, 0o711);
   const sessionsRoot = `${root}/sessions`;
   // A distinct uid range per server, so parallel test files never sweep each other.
   const uidBase = 300_000 + Math.floor(Math.random() * 2_000) * 1_000;

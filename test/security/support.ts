@@ -1,0 +1,327 @@
+/**
+ * Shared scaffolding of the hostile-input suite (sandboxing.md section 3).
+ *
+ * Every security test file starts ONE real server (startSuite in `before`, stopSuite in
+ * `after`) and a "victim" session next to it. Each case runs its attack from a fresh
+ * "attacker" session, asserts the expected outcome, then calls finishCase(), which:
+ *   1. deletes the attacking session (204) and checks that nothing of it is left: no
+ *      process with any of the case's markers in its command line, no process of the
+ *      session's host uid that started before the delete, and no host folder;
+ *   2. checks GET /health answers 200 promptly;
+ *   3. checks the victim session still runs print(1) -> "1" within a few seconds.
+ *
+ * Markers: processes an attack leaves behind are given unique command lines
+ * (`sleep 777.<random>` or `python3 -c "#m-<random>..."`) so leftovers are found by
+ * scanning /proc/<pid>/cmdline on the host.
+ *
+ * Sessions root: the harness makes its temporary root with mkdtemp (mode 0700), which a
+ * per-session host uid cannot traverse, so bwrap fails to bind the workspace. Until the
+ * harness makes the root traversable, the suite passes its own 0711 root through
+ * SANDBOX_SESSIONS_ROOT and removes it afterwards (see startSuite).
+ */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import http from 'node:http';
+import { chmod, mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { api, createSession, pidsWithMarker, py, sh, startServer, waitFor, type TestServer } from '../helpers/server.js';
+
+const execFileP = promisify(execFile);
+
+export { api, createSession, pidsWithMarker, py, sh, waitFor };
+
+export interface Suite {
+  server: TestServer;
+  /** The sessions root the server really uses. */
+  sessionsRoot: string;
+  /** A folder of the test's own on the host (never mounted in a sandbox). */
+  hostDir: string;
+  victim: string;
+  victimBox: BoxInfo;
+}
+
+export interface BoxInfo {
+  /** <sessionsRoot>/box_<hex> */
+  dir: string;
+  /** Host uid the session's processes run as. */
+  uid: number;
+}
+
+export interface Attacker {
+  id: string;
+  box: BoxInfo;
+}
+
+const CLK_TCK = 100;
+
+export async function startSuite(env: Record<string, string> = {}): Promise<Suite> {
+  const hostDir = await mkdtemp('/tmp/sbx-sec-');
+  await chmod(hostDir, 0o711);
+  const sessionsRoot = `${hostDir}/sessions`;
+  let server: TestServer;
+  try {
+    server = await startServer({ SANDBOX_SESSIONS_ROOT: sessionsRoot, ...env });
+  } catch (e) {
+    await rm(hostDir, { recursive: true, force: true });
+    throw e;
+  }
+  const victim = await createSession(server);
+  const suite: Suite = { server, sessionsRoot, hostDir, victim, victimBox: { dir: '', uid: -1 } };
+  suite.victimBox = await findBox(suite, victim);
+  const first = await py(server, victim, 'print(1)');
+  assert.equal(first.stdout, '1', 'victim session works before the attacks');
+  return suite;
+}
+
+export async function stopSuite(suite: Suite | undefined): Promise<void> {
+  if (!suite) return;
+  await suite.server.stop();
+  // A SIGKILLed server cannot unmount its per-session tmpfs; never leave mounts behind.
+  for (const m of await mountsUnder(suite.hostDir)) await execFileP('/usr/bin/umount', ['-l', m]).catch(() => {});
+  await rm(suite.hostDir, { recursive: true, force: true }).catch(() => {});
+}
+
+/** Mount points in /proc/mounts under `dir`. */
+export async function mountsUnder(dir: string): Promise<string[]> {
+  const text = await readFile('/proc/mounts', 'utf8');
+  return text
+    .split('\n')
+    .map((l) => l.split(' ')[1] ?? '')
+    .map((p) => p.replace(/\\040/g, ' '))
+    .filter((p) => p === dir || p.startsWith(`${dir}/`));
+}
+
+/** Finds the host folder and uid of a session from inside it (its uid_map names the host uid). */
+export async function findBox(suite: Suite, id: string): Promise<BoxInfo> {
+  const r = await sh(suite.server, id, 'cat /proc/self/uid_map');
+  assert.equal(r.return_code, 0, `uid_map readable: ${r.stderr}`);
+  const uid = Number(r.stdout.trim().split(/\s+/)[1]);
+  assert.ok(Number.isInteger(uid) && uid > 0, `host uid of the session: ${r.stdout}`);
+  for (const name of await readdir(suite.sessionsRoot)) {
+    if (!name.startsWith('box_')) continue;
+    const st = await stat(`${suite.sessionsRoot}/${name}/workspace`).catch(() => null);
+    if (st?.uid === uid) return { dir: `${suite.sessionsRoot}/${name}`, uid };
+  }
+  assert.fail(`no box folder owned by uid ${uid} under ${suite.sessionsRoot}`);
+}
+
+/** A fresh attacking session; deleted by t.after even when the case fails half-way. */
+export async function attacker(suite: Suite, t: { after(fn: () => Promise<void> | void): void }): Promise<Attacker> {
+  const id = await createSession(suite.server);
+  t.after(async () => {
+    await api(suite.server, 'DELETE', `/sessions/${id}`).catch(() => {});
+  });
+  return { id, box: await findBox(suite, id) };
+}
+
+/** Unique marker for `sleep <marker>`: a number no other process uses. */
+export function sleepMarker(): string {
+  return `777.${String(Math.floor(Math.random() * 1e9)).padStart(9, '1')}`;
+}
+
+/** Unique marker to put in a `python3 -c "#<marker>..."` command line. */
+export function pyMarker(): string {
+  return `m-${randomBytes(8).toString('hex')}`;
+}
+
+export function randomText(prefix = 'x'): string {
+  return `${prefix}-${randomBytes(10).toString('hex')}`;
+}
+
+/** Host pids owned by `uid` that started before `beforeUptimeSeconds` (seconds since boot). */
+export async function oldPidsOfUid(uid: number, beforeUptimeSeconds: number): Promise<number[]> {
+  const out: number[] = [];
+  for (const n of await readdir('/proc')) {
+    if (!/^\d+$/.test(n)) continue;
+    const st = await stat(`/proc/${n}`).catch(() => null);
+    if (!st || st.uid !== uid) continue;
+    const text = await readFile(`/proc/${n}/stat`, 'utf8').catch(() => '');
+    const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
+    const start = Number(fields[19]) / CLK_TCK; // field 22 of stat, 20th after "pid (comm)"
+    if (Number.isFinite(start) && start < beforeUptimeSeconds) out.push(Number(n));
+  }
+  return out;
+}
+
+export async function uptimeSeconds(): Promise<number> {
+  return Number((await readFile('/proc/uptime', 'utf8')).split(' ')[0]);
+}
+
+export async function exists(path: string): Promise<boolean> {
+  return (await stat(path).catch(() => null)) !== null;
+}
+
+/** Polls until no process has any marker; returns what is left. */
+export async function waitNoMarkers(markers: string[], timeoutMs = 5000): Promise<number[]> {
+  let left: number[] = [];
+  await waitFor(async () => {
+    left = (await Promise.all(markers.map((m) => pidsWithMarker(m)))).flat();
+    return left.length === 0;
+  }, timeoutMs, 100);
+  return left;
+}
+
+/** True once a process with the marker has been seen during `during` (polled every 50 ms). */
+export async function seenWhile<T>(marker: string, during: Promise<T>): Promise<{ seen: boolean; value: T }> {
+  let seen = false;
+  let done = false;
+  const poll = (async () => {
+    while (!done && !seen) {
+      if ((await pidsWithMarker(marker)).length > 0) seen = true;
+      else await new Promise((r) => setTimeout(r, 50));
+    }
+  })();
+  const value = await during.finally(() => {
+    done = true;
+  });
+  await poll;
+  if (!seen) seen = (await pidsWithMarker(marker)).length > 0;
+  return { seen, value };
+}
+
+export async function serverRssKb(server: TestServer): Promise<number> {
+  const text = await readFile(`/proc/${server.proc.pid}/status`, 'utf8');
+  return Number(/VmRSS:\s+(\d+)/.exec(text)?.[1] ?? NaN);
+}
+
+/** The standard post-checks: /health answers 200 promptly; the victim runs print(1). */
+export async function postChecks(suite: Suite, what = 'after the case'): Promise<void> {
+  const { server } = suite;
+  const alive = server.proc.exitCode === null && server.proc.signalCode === null;
+  assert.ok(alive, `${what}: server process exited (${server.proc.exitCode ?? server.proc.signalCode}); log tail:\n${server.logs().slice(-3000)}`);
+  let t = performance.now();
+  const health = await api(server, 'GET', '/health');
+  const healthMs = performance.now() - t;
+  assert.equal(health.status, 200, `${what}: /health status`);
+  assert.equal(health.body?.status, 'ok', `${what}: /health body`);
+  assert.ok(healthMs < 2000, `${what}: /health took ${Math.round(healthMs)} ms`);
+  t = performance.now();
+  const v = await py(server, suite.victim, 'print(1)', { timeout_seconds: 10 });
+  const victimMs = performance.now() - t;
+  assert.equal(v.status, 200, `${what}: victim exec status ${JSON.stringify(v.body)}`);
+  assert.equal(v.stdout, '1', `${what}: victim print(1) stdout (stderr: ${v.stderr})`);
+  assert.ok(victimMs < 5000, `${what}: victim print(1) took ${Math.round(victimMs)} ms`);
+}
+
+/**
+ * End of a case: delete the attacking session and prove nothing of it survives, then run
+ * the standard post-checks.
+ */
+export async function finishCase(suite: Suite, a: Attacker | null, markers: string[] = []): Promise<void> {
+  if (a) {
+    const before = await uptimeSeconds();
+    const del = await api(suite.server, 'DELETE', `/sessions/${a.id}`);
+    assert.equal(del.status, 204, `DELETE of the attacking session: ${JSON.stringify(del.body)}`);
+    const gone = await api(suite.server, 'GET', `/sessions/${a.id}`);
+    assert.equal(gone.status, 404, 'the deleted session is gone');
+    let old: number[] = [];
+    const noOld = await waitFor(async () => (old = await oldPidsOfUid(a.box.uid, before)).length === 0, 5000, 100);
+    assert.ok(noOld, `processes of the deleted session (uid ${a.box.uid}) survive: ${await describePids(old)}`);
+    const folderGone = await waitFor(async () => !(await exists(a.box.dir)), 5000, 100);
+    assert.ok(folderGone, `host folder of the deleted session is left: ${a.box.dir}`);
+    const mounts = await mountsUnder(a.box.dir);
+    assert.deepEqual(mounts, [], 'no mount of the deleted session is left');
+  }
+  const left = await waitNoMarkers(markers);
+  assert.deepEqual(left, [], `marked processes survive: ${await describePids(left)}`);
+  await postChecks(suite);
+}
+
+export async function describePids(pids: number[]): Promise<string> {
+  const parts = await Promise.all(
+    pids.slice(0, 20).map(async (p) => `${p}:${(await readFile(`/proc/${p}/cmdline`, 'utf8').catch(() => '?')).replace(/\0/g, ' ').slice(0, 120)}`),
+  );
+  return parts.join(' | ');
+}
+
+export interface RawResponse {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: Buffer;
+  ms: number;
+}
+
+/**
+ * One HTTP request with the path sent exactly as given (no URL normalisation, so
+ * `%2e%2e%2f` and `..` reach the server raw) and an optional body (Buffer, or chunks
+ * sent with chunked transfer encoding).
+ */
+export function rawRequest(
+  server: { url: string },
+  opts: { method?: string; path: string; headers?: Record<string, string | number>; body?: Buffer | string; chunks?: AsyncIterable<Buffer>; timeoutMs?: number },
+): Promise<RawResponse> {
+  const u = new URL(server.url);
+  const started = performance.now();
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: u.hostname, port: Number(u.port), method: opts.method ?? 'GET', path: opts.path, headers: opts.headers ?? {}, agent: false });
+    const timer = setTimeout(() => req.destroy(new Error(`no answer in ${opts.timeoutMs ?? 15000} ms: ${opts.method ?? 'GET'} ${opts.path.slice(0, 100)}`)), opts.timeoutMs ?? 15000);
+    req.on('response', (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => {
+        clearTimeout(timer);
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks), ms: performance.now() - started });
+      });
+      res.on('error', (e) => {
+        clearTimeout(timer);
+        reject(e);
+      });
+    });
+    req.on('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    if (opts.chunks) {
+      void (async () => {
+        try {
+          for await (const c of opts.chunks!) {
+            if (req.destroyed) return;
+            if (!req.write(c)) await new Promise((r) => req.once('drain', r));
+          }
+          req.end();
+        } catch {
+          req.destroy();
+        }
+      })();
+    } else {
+      req.end(opts.body);
+    }
+  });
+}
+
+/** Multipart upload of one file part (and an optional `path` field). */
+export async function upload(server: { url: string }, id: string, content: Buffer | string, opts: { path?: string; filename?: string } = {}) {
+  const form = new FormData();
+  if (opts.path !== undefined) form.append('path', opts.path);
+  form.append('file', new Blob([typeof content === 'string' ? Buffer.from(content) : content]), opts.filename ?? 'upload.bin');
+  const res = await fetch(`${server.url}/sessions/${id}/files`, { method: 'POST', body: form });
+  const text = await res.text();
+  let body: any = text;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    /* keep text */
+  }
+  return { status: res.status, body };
+}
+
+/** Download through the file API (query encoded by URLSearchParams). */
+export async function download(server: { url: string }, id: string, path: string) {
+  const res = await fetch(`${server.url}/sessions/${id}/files?${new URLSearchParams({ path })}`);
+  const body = Buffer.from(await res.arrayBuffer());
+  return { status: res.status, headers: res.headers, body };
+}
+
+export async function listFiles(server: { url: string }, id: string, path = '.', recursive = false) {
+  return api(server, 'GET', `/sessions/${id}/files/list?${new URLSearchParams({ path, recursive: String(recursive) })}`);
+}
+
+export async function editor(server: { url: string }, id: string, input: Record<string, unknown>) {
+  const { exec } = await import('../helpers/server.js');
+  return exec(server, id, 'text_editor_code_execution', input);
+}
+
+export function assertRefused(status: number, what: string, allowed: number[] = [400, 403, 404]): void {
+  assert.ok(allowed.includes(status), `${what}: expected one of ${allowed.join('/')}, got ${status}`);
+}
