@@ -1,0 +1,54 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { loadConfig, ConfigError, describeSettings, preloadList } from '../../src/config.js';
+
+test('defaults match the reference image', () => {
+  const c = loadConfig({});
+  assert.equal(c.port, 8080);
+  assert.equal(c.sessionsRoot, '/var/sandbox/sessions');
+  assert.equal(c.idleTimeoutSeconds, 900);
+  assert.equal(c.maxLifetimeSeconds, 7200);
+  assert.equal(c.gcIntervalSeconds, 30);
+  assert.equal(c.memoryMb, 1536);
+  assert.equal(c.cpuSeconds, 120);
+  assert.equal(c.fileSizeMb, 256);
+  assert.equal(c.maxOpenFiles, 256);
+  assert.equal(c.maxOutputBytes, 1048576);
+  assert.equal(c.maxSessions, 256);
+  assert.equal(c.maxUploadBytes, 100 * 1024 * 1024);
+  assert.ok(Object.isFrozen(c));
+});
+
+test('environment values are parsed and bounded', () => {
+  const c = loadConfig({ PORT: '9000', SANDBOX_MAX_SESSIONS: '12', SANDBOX_PRELOAD_MODULES: 'numpy, pandas' });
+  assert.equal(c.port, 9000);
+  assert.equal(c.maxSessions, 12);
+  assert.deepEqual(preloadList(c), ['numpy', 'pandas']);
+  assert.deepEqual(preloadList(loadConfig({ SANDBOX_PRELOAD_MODULES: '-' })), []);
+});
+
+test('every invalid setting is reported at once', () => {
+  try {
+    loadConfig({ PORT: '99999', SANDBOX_MAX_SESSIONS: 'abc', SANDBOX_RUNNER_MEMORY_MB: '1', SANDBOX_ISOLATION: 'none' });
+    assert.fail('expected a ConfigError');
+  } catch (e) {
+    assert.ok(e instanceof ConfigError);
+    const text = e.problems.join('\n');
+    for (const name of ['PORT', 'SANDBOX_MAX_SESSIONS', 'SANDBOX_RUNNER_MEMORY_MB', 'SANDBOX_ISOLATION']) assert.match(text, new RegExp(name), name);
+    assert.equal(e.problems.length, 4);
+  }
+});
+
+test('a default timeout above the ceiling is refused', () => {
+  assert.throws(() => loadConfig({ SANDBOX_DEFAULT_TIMEOUT_SECONDS: '200', SANDBOX_RUNNER_WALL_CLOCK_SECONDS: '100' }), ConfigError);
+});
+
+test('every setting is described with its variable and a default', () => {
+  const rows = describeSettings();
+  assert.ok(rows.length >= 25);
+  for (const r of rows) {
+    assert.match(r.env, /^(PORT|HOST|SANDBOX_[A-Z_]+)$/);
+    assert.notEqual(r.default, undefined, r.env);
+    assert.ok(r.description.length > 5, r.env);
+  }
+});
