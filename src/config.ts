@@ -95,11 +95,15 @@ export function loadConfig(env: Record<string, string | undefined>, overrides: P
   }
   Object.assign(raw, overrides);
   const value = Value.Default(SCHEMA, raw) as Record<string, unknown>;
+  const reported = new Set<string>();
   for (const error of Value.Errors(SCHEMA, value)) {
     const key = error.instancePath.replace(/^\//, '') as SettingKey;
+    if (reported.has(key)) continue; // one problem per setting
+    reported.add(key);
     const setting = SETTINGS[key];
-    const name = setting?.env ?? key;
-    problems.push(`${name}=${JSON.stringify(value[key])}: ${error.message}`);
+    const choices = (setting?.schema as { anyOf?: { const?: unknown }[] } | undefined)?.anyOf?.map((s) => s.const);
+    const message = choices ? `must be one of ${choices.join(', ')}` : error.message;
+    problems.push(`${setting?.env ?? key}=${JSON.stringify(value[key])}: ${message}`);
   }
   if (problems.length > 0) throw new ConfigError([...new Set(problems)]);
   const config = value as Config;
