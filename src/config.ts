@@ -58,19 +58,20 @@ const SETTINGS = {
   pythonPath: str('SANDBOX_PYTHON', '/usr/bin/python3', 'Python interpreter run inside the sandbox'),
   logLevel: {
     env: 'SANDBOX_LOG_LEVEL',
-    schema: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)), {
-      default: 'info',
-      description: 'Log level (SANDBOX_LOG_LEVEL)',
-    }),
+    schema: Type.Union(
+      ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)),
+      {
+        default: 'info',
+        description: 'Log level (SANDBOX_LOG_LEVEL)',
+      },
+    ),
   },
 } as const;
 
 type SettingKey = keyof typeof SETTINGS;
 export type Config = { readonly [K in SettingKey]: Static<(typeof SETTINGS)[K]['schema']> };
 
-const SCHEMA = Type.Object(
-  Object.fromEntries(Object.entries(SETTINGS).map(([k, v]) => [k, v.schema])) as { [K in SettingKey]: (typeof SETTINGS)[K]['schema'] },
-);
+const SCHEMA = Type.Object(Object.fromEntries(Object.entries(SETTINGS).map(([k, v]) => [k, v.schema])) as { [K in SettingKey]: (typeof SETTINGS)[K]['schema'] });
 
 export class ConfigError extends Error {
   constructor(readonly problems: string[]) {
@@ -122,5 +123,10 @@ export function describeSettings(): { env: string; default: unknown; description
 }
 
 export function preloadList(config: Config): string[] {
-  return config.preloadModules === '-' ? [] : config.preloadModules.split(',').map((s) => s.trim()).filter(Boolean);
+  return config.preloadModules === '-'
+    ? []
+    : config.preloadModules
+        .split(',')
+        .map((s) => s.trim())
+        .filter(Boolean);
 }

@@ -44,5 +44,11 @@ export class SandboxError extends Error {
 }
 
 export function isSandboxError(e: unknown): e is SandboxError {
-  return typeof e === 'object' && e !== null && (e as { name?: unknown }).name === 'SandboxError' && typeof (e as { code?: unknown }).code === 'string' && (e as { code: string }).code in ERROR_STATUS;
+  return (
+    typeof e === 'object' &&
+    e !== null &&
+    (e as { name?: unknown }).name === 'SandboxError' &&
+    typeof (e as { code?: unknown }).code === 'string' &&
+    (e as { code: string }).code in ERROR_STATUS
+  );
 }

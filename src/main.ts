@@ -63,7 +63,9 @@ async function prepareIsolation(config: Config, log: Logger, launcher: Launcher,
       mode: 'bwrap',
       protections,
       uid_per_session: privileged,
-      disk_quota: tmpfsQuota ? `tmpfs of ${config.workspaceMb} MiB per session` : 'none per session (mounting a tmpfs needs root with CAP_SYS_ADMIN); RLIMIT_FSIZE still caps each file',
+      disk_quota: tmpfsQuota
+        ? `tmpfs of ${config.workspaceMb} MiB per session`
+        : 'none per session (mounting a tmpfs needs root with CAP_SYS_ADMIN); RLIMIT_FSIZE still caps each file',
       memory_limit: `RLIMIT_AS ${config.memoryMb} MiB per process`,
     };
   } finally {
@@ -99,7 +101,9 @@ async function checkSearchable(root: string): Promise<void> {
     const dir = `/${parts.slice(0, i).join('/')}`;
     const st = await fsp.stat(dir);
     if ((st.mode & 0o001) === 0) {
-      process.stderr.write(`otari-sandbox-container: ${dir} (above SANDBOX_SESSIONS_ROOT) is not searchable by other users (mode ${(st.mode & 0o777).toString(8)}); sandboxes run as their own uids and need o+x on it\n`);
+      process.stderr.write(
+        `otari-sandbox-container: ${dir} (above SANDBOX_SESSIONS_ROOT) is not searchable by other users (mode ${(st.mode & 0o777).toString(8)}); sandboxes run as their own uids and need o+x on it\n`,
+      );
       process.exit(1);
     }
   }
@@ -148,19 +152,16 @@ async function main(): Promise<void> {
 
   const cgroups = await detectCgroups(privileged);
   if (cgroups) await cgroups.sweep();
-  isolation.memory_limit = cgroups ? `${cgroups.describe}, and RLIMIT_AS ${config.memoryMb} MiB per process` : `RLIMIT_AS ${config.memoryMb} MiB per process (no writable cgroup: no per-session total)`;
+  isolation.memory_limit = cgroups
+    ? `${cgroups.describe}, and RLIMIT_AS ${config.memoryMb} MiB per process`
+    : `RLIMIT_AS ${config.memoryMb} MiB per process (no writable cgroup: no per-session total)`;
   if (cgroups) isolation.protections.push('memory limit per session (cgroup)');
   log.info({ isolation }, `isolation mode: ${isolation.mode}`);
-  const sessions = new SessionManager(
-    config,
-    { config, launcher, cgroups, uids, privileged, tmpfsQuota, driverHostDir: DRIVER_DIR },
-    log,
-    () => {
-      if (!privileged) return {};
-      const uid = uids.allocate();
-      return { uid, gid: uid };
-    },
-  );
+  const sessions = new SessionManager(config, { config, launcher, cgroups, uids, privileged, tmpfsQuota, driverHostDir: DRIVER_DIR }, log, () => {
+    if (!privileged) return {};
+    const uid = uids.allocate();
+    return { uid, gid: uid };
+  });
   const exec = new ExecService(config, sessions);
   const app = await buildApp({ config, log, sessions, exec, isolation, version: VERSION });
   await app.listen({ port: config.port, host: config.host });
@@ -171,10 +172,13 @@ async function main(): Promise<void> {
     if (stopping) return;
     stopping = true;
     log.info({ signal }, 'shutting down');
-    const hardStop = setTimeout(() => {
-      log.error('shutdown deadline passed; exiting');
-      process.exit(1);
-    }, (config.shutdownGraceSeconds + 20) * 1000);
+    const hardStop = setTimeout(
+      () => {
+        log.error('shutdown deadline passed; exiting');
+        process.exit(1);
+      },
+      (config.shutdownGraceSeconds + 20) * 1000,
+    );
     hardStop.unref();
     const closing = app.close();
     sessions

@@ -258,7 +258,14 @@ export class WorkspaceFs {
     }
   }
 
-  private async walk(dir: fsp.FileHandle, prefix: string[], opts: { recursive: boolean; maxEntries: number }, mimeOf: (name: string) => string | null, out: FileEntry[], depth: number): Promise<void> {
+  private async walk(
+    dir: fsp.FileHandle,
+    prefix: string[],
+    opts: { recursive: boolean; maxEntries: number },
+    mimeOf: (name: string) => string | null,
+    out: FileEntry[],
+    depth: number,
+  ): Promise<void> {
     let names: string[];
     try {
       names = await fsp.readdir(`/proc/self/fd/${dir.fd}`);

@@ -34,7 +34,14 @@ export const CreateSessionBody = Type.Union([
 export const ExecBody = Type.Object(
   {
     tool: Type.String({ description: 'code_execution | bash_code_execution | text_editor_code_execution' }),
-    input: Type.Object({}, { additionalProperties: true, description: 'code_execution: {code}; bash_code_execution: {command}; text_editor_code_execution: {command, path, file_text?, old_str?, new_str?, insert_line?, view_range?}' }),
+    input: Type.Object(
+      {},
+      {
+        additionalProperties: true,
+        description:
+          'code_execution: {code}; bash_code_execution: {command}; text_editor_code_execution: {command, path, file_text?, old_str?, new_str?, insert_line?, view_range?}',
+      },
+    ),
     timeout_seconds: Type.Optional(Type.Integer({ minimum: 1, description: 'Default 30; clamped to SANDBOX_RUNNER_WALL_CLOCK_SECONDS' })),
     tool_use_id: Type.Optional(Type.Union([Type.String(), Type.Null()])),
   },

@@ -123,14 +123,25 @@ export class Interpreter {
         this.preloaded = Array.isArray(hello.preloaded) ? (hello.preloaded as string[]) : [];
         resolve();
       };
-      proc.exited.then((info) => {
-        clearTimeout(timer);
-        reject(new SandboxError('SBX_SANDBOX_FAILED', `the sandbox exited while starting (status ${info.exitCode})${this.diag ? `: ${this.diag.trim().split('\n').slice(-3).join(' | ')}` : ''}`));
-      }, () => {});
+      proc.exited.then(
+        (info) => {
+          clearTimeout(timer);
+          reject(
+            new SandboxError(
+              'SBX_SANDBOX_FAILED',
+              `the sandbox exited while starting (status ${info.exitCode})${this.diag ? `: ${this.diag.trim().split('\n').slice(-3).join(' | ')}` : ''}`,
+            ),
+          );
+        },
+        () => {},
+      );
     });
     this.ready.catch(() => {});
     proc.controlOut?.on('data', (chunk: Buffer) => this.onData(chunk));
-    proc.exited.then((info) => this.onExit(info), () => {});
+    proc.exited.then(
+      (info) => this.onExit(info),
+      () => {},
+    );
     return this.ready;
   }
 
@@ -205,7 +216,10 @@ export class Interpreter {
         const reply = handler ? handler({ callId, name: msg.name, input: msg.input }) : Promise.resolve<ToolReply>({ ok: false, error: 'no tools are registered in this session' });
         reply
           .catch((e: unknown): ToolReply => ({ ok: false, error: String((e as Error)?.message ?? e) }))
-          .then((r) => this.send('U', { call_id: callId, ...r }), () => {});
+          .then(
+            (r) => this.send('U', { call_id: callId, ...r }),
+            () => {},
+          );
         return;
       }
       case 'D': {
@@ -226,7 +240,9 @@ export class Interpreter {
     if (p.interrupted) {
       limit = 'wall_clock';
       returnCode = -1;
-      notes.push(`runner: execution timed out after ${fmtSeconds(p.req.timeoutMs, false)}s (wall-clock limit); the code was interrupted and the processes it started were stopped; interpreter state was kept`);
+      notes.push(
+        `runner: execution timed out after ${fmtSeconds(p.req.timeoutMs, false)}s (wall-clock limit); the code was interrupted and the processes it started were stopped; interpreter state was kept`,
+      );
     } else if (msg.limit === 'memory') {
       limit = 'memory';
       notes.push(`runner: memory limit reached (${this.opts.memoryMb} MiB, SANDBOX_RUNNER_MEMORY_MB): MemoryError was raised; interpreter state was kept`);
@@ -247,7 +263,9 @@ export class Interpreter {
     this.finish(p, {
       returnCode: -1,
       limit: 'wall_clock',
-      notes: [`runner: execution timed out after ${fmtSeconds(p.req.timeoutMs, false)}s (wall-clock limit) and did not stop when interrupted; the interpreter was restarted and its state was lost`],
+      notes: [
+        `runner: execution timed out after ${fmtSeconds(p.req.timeoutMs, false)}s (wall-clock limit) and did not stop when interrupted; the interpreter was restarted and its state was lost`,
+      ],
       stateLost: true,
       droppedByDriver: { stdout: 0, stderr: 0 },
     });
@@ -257,7 +275,13 @@ export class Interpreter {
   private protocolError(message: string): void {
     const p = this.pending;
     if (p) {
-      this.finish(p, { returnCode: -1, limit: null, notes: [`runner: ${message}; the interpreter was restarted and its state was lost`], stateLost: true, droppedByDriver: { stdout: 0, stderr: 0 } });
+      this.finish(p, {
+        returnCode: -1,
+        limit: null,
+        notes: [`runner: ${message}; the interpreter was restarted and its state was lost`],
+        stateLost: true,
+        droppedByDriver: { stdout: 0, stderr: 0 },
+      });
     }
     void this.kill();
   }

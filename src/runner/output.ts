@@ -30,4 +30,3 @@ export class CappedBuffer {
     return Buffer.concat(this.chunks, this.kept).toString('utf8');
   }
 }
-

@@ -57,7 +57,10 @@ export class SandboxedProcess {
   private initPid: number | null = null;
   private done = false;
 
-  constructor(private readonly child: ChildProcess, controlChannel: boolean) {
+  constructor(
+    private readonly child: ChildProcess,
+    controlChannel: boolean,
+  ) {
     const stdio = child.stdio;
     this.stdout = stdio[1] as Readable;
     this.stderr = stdio[2] as Readable;

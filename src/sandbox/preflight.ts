@@ -39,7 +39,14 @@ export interface ProbeResult {
 }
 
 /** Launches the probe in a real sandbox and checks its report. */
-export async function probeSandbox(launcher: Launcher, layout: BwrapLayout, identity: { uid?: number; gid?: number }, limits: ResourceLimits, hiddenHostPath: string, python: string): Promise<ProbeResult> {
+export async function probeSandbox(
+  launcher: Launcher,
+  layout: BwrapLayout,
+  identity: { uid?: number; gid?: number },
+  limits: ResourceLimits,
+  hiddenHostPath: string,
+  python: string,
+): Promise<ProbeResult> {
   if (!existsSync('/usr/bin/bwrap')) throw new PreflightError('bubblewrap is not installed (/usr/bin/bwrap missing)');
   const proc = launcher.launch({ layout, identity, limits, argv: [python, '-I', '/opt/sandbox/probe.py', hiddenHostPath] });
   let out = '';

@@ -12,7 +12,10 @@ export class UidAllocator {
   private free: number[] = [];
   private next: number;
 
-  constructor(private readonly base: number, private readonly count: number) {
+  constructor(
+    private readonly base: number,
+    private readonly count: number,
+  ) {
     this.next = base;
   }
 

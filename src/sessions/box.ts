@@ -71,7 +71,11 @@ export class Box {
   private cgroup: CgroupLeaf | null = null;
   private oomSeen = 0;
 
-  constructor(private readonly deps: BoxDeps, readonly uid: number | undefined, readonly gid: number | undefined) {
+  constructor(
+    private readonly deps: BoxDeps,
+    readonly uid: number | undefined,
+    readonly gid: number | undefined,
+  ) {
     this.name = `box_${randomBytes(12).toString('hex')}`;
     this.dir = `${deps.config.sessionsRoot}/${this.name}`;
     this.workspaceDir = `${this.dir}/workspace`;

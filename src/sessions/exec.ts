@@ -49,13 +49,20 @@ export class ExecService {
   private readonly schemas: ReturnType<typeof toolInputSchemas>;
   private readonly checks: Record<ToolName, (v: unknown) => boolean>;
 
-  constructor(private readonly config: Config, private readonly sessions: SessionManager) {
+  constructor(
+    private readonly config: Config,
+    private readonly sessions: SessionManager,
+  ) {
     this.schemas = toolInputSchemas(config.maxCodeChars);
     const compiled = (name: ToolName) => {
       const validator = Compile(this.schemas[name]);
       return (v: unknown) => validator.Check(v);
     };
-    this.checks = { code_execution: compiled('code_execution'), bash_code_execution: compiled('bash_code_execution'), text_editor_code_execution: compiled('text_editor_code_execution') };
+    this.checks = {
+      code_execution: compiled('code_execution'),
+      bash_code_execution: compiled('bash_code_execution'),
+      text_editor_code_execution: compiled('text_editor_code_execution'),
+    };
   }
 
   async exec(sessionId: string, body: ExecBody): Promise<ExecResponse> {
@@ -93,7 +100,16 @@ export class ExecService {
         return this.runBash(session, input.command as string, timeoutMs);
       case 'text_editor_code_execution': {
         const r = await new TextEditor(session.box.fs, session.undo).run(input as unknown as EditorInput);
-        return { stdout: r.stdout, stderr: r.stderr, returnCode: r.return_code, details: r.details, limit: null, interpreterRestarted: false, stdoutDroppedBytes: 0, stderrDroppedBytes: 0 };
+        return {
+          stdout: r.stdout,
+          stderr: r.stderr,
+          returnCode: r.return_code,
+          details: r.details,
+          limit: null,
+          interpreterRestarted: false,
+          stdoutDroppedBytes: 0,
+          stderrDroppedBytes: 0,
+        };
       }
       default: {
         const never: never = tool;

@@ -107,7 +107,9 @@ export class SessionManager {
     }
     if (!box) {
       if (this.used >= this.config.maxSessions) {
-        throw new SandboxError('SBX_AT_CAPACITY', `sandbox holds ${this.sessions.size} sessions (max=${this.config.maxSessions})`, { headers: { 'retry-after': String(Math.min(60, this.config.gcIntervalSeconds)) } });
+        throw new SandboxError('SBX_AT_CAPACITY', `sandbox holds ${this.sessions.size} sessions (max=${this.config.maxSessions})`, {
+          headers: { 'retry-after': String(Math.min(60, this.config.gcIntervalSeconds)) },
+        });
       }
       this.making++;
       try {

@@ -72,7 +72,13 @@ export class Session {
   serialize<T>(queueMax: number, fn: () => Promise<T>): Promise<T> {
     if (this.closed) return Promise.reject(new SandboxError('SBX_SESSION_NOT_FOUND', `session not found: ${this.id}`));
     if (this.active + this.queued > queueMax) {
-      return Promise.reject(new SandboxError('SBX_SESSION_BUSY', `session ${this.id} already has ${this.active + this.queued} calls running or waiting (SANDBOX_EXEC_QUEUE_MAX=${queueMax}); retry when one finishes`, { headers: { 'retry-after': '1' } }));
+      return Promise.reject(
+        new SandboxError(
+          'SBX_SESSION_BUSY',
+          `session ${this.id} already has ${this.active + this.queued} calls running or waiting (SANDBOX_EXEC_QUEUE_MAX=${queueMax}); retry when one finishes`,
+          { headers: { 'retry-after': '1' } },
+        ),
+      );
     }
     this.queued++;
     const run = async (): Promise<T> => {

@@ -17,7 +17,11 @@ import { randomUUID } from 'node:crypto';
 import { SandboxError } from '../errors.js';
 import type { ToolCall, ToolReply } from '../runner/interpreter.js';
 
-const PYTHON_KEYWORDS = new Set('False None True and as assert async await break class continue def del elif else except finally for from global if import in is lambda nonlocal not or pass raise return try while with yield'.split(' '));
+const PYTHON_KEYWORDS = new Set(
+  'False None True and as assert async await break class continue def del elif else except finally for from global if import in is lambda nonlocal not or pass raise return try while with yield'.split(
+    ' ',
+  ),
+);
 const MAX_REPLY_BYTES = 16 * 1024 * 1024;
 
 export interface ToolSpec {

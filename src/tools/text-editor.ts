@@ -40,7 +40,10 @@ const UNDO_DEPTH = 20;
 const UNDO_MAX_BYTES = 64 * 1024 * 1024;
 
 class EditorError extends Error {
-  constructor(message: string, readonly errorCode: 'file_not_found' | 'invalid_tool_input' | 'string_not_found' | 'unavailable' = 'invalid_tool_input') {
+  constructor(
+    message: string,
+    readonly errorCode: 'file_not_found' | 'invalid_tool_input' | 'string_not_found' | 'unavailable' = 'invalid_tool_input',
+  ) {
     super(message);
   }
 }
@@ -97,7 +100,10 @@ function lineNumbersOf(text: string, needle: string): number[] {
 }
 
 export class TextEditor {
-  constructor(private readonly fs: EditorFs, private readonly undo: UndoHistory) {}
+  constructor(
+    private readonly fs: EditorFs,
+    private readonly undo: UndoHistory,
+  ) {}
 
   async run(input: EditorInput): Promise<EditorResult> {
     try {

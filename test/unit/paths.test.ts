@@ -23,18 +23,34 @@ test('the root is reachable as ., empty, /workspace and /workspace/', () => {
 
 test('escapes are refused with the outside-workspace code', () => {
   for (const p of ['..', '../x', 'a/../../b', '/etc/passwd', '/workspacex/a', '/workspace/../etc', '../../etc/passwd']) {
-    assert.equal(code(() => resolveInside(p)), 'SBX_PATH_OUTSIDE_WORKSPACE', p);
+    assert.equal(
+      code(() => resolveInside(p)),
+      'SBX_PATH_OUTSIDE_WORKSPACE',
+      p,
+    );
   }
 });
 
 test('sibling-prefix paths are outside', () => {
-  assert.equal(code(() => resolveInside('/workspace2/x')), 'SBX_PATH_OUTSIDE_WORKSPACE');
+  assert.equal(
+    code(() => resolveInside('/workspace2/x')),
+    'SBX_PATH_OUTSIDE_WORKSPACE',
+  );
 });
 
 test('NUL bytes, overlong paths and segments are bad requests', () => {
-  assert.equal(code(() => resolveInside('a\0b')), 'SBX_BAD_REQUEST');
-  assert.equal(code(() => resolveInside('a/'.repeat(3000))), 'SBX_BAD_REQUEST');
-  assert.equal(code(() => resolveInside('x'.repeat(300))), 'SBX_BAD_REQUEST');
+  assert.equal(
+    code(() => resolveInside('a\0b')),
+    'SBX_BAD_REQUEST',
+  );
+  assert.equal(
+    code(() => resolveInside('a/'.repeat(3000))),
+    'SBX_BAD_REQUEST',
+  );
+  assert.equal(
+    code(() => resolveInside('x'.repeat(300))),
+    'SBX_BAD_REQUEST',
+  );
 });
 
 test('percent-encoded dots are names, not traversal', () => {

@@ -6,7 +6,13 @@ import { SandboxError } from '../../errors.js';
 import { resolveInside } from '../../files/paths.js';
 
 const MAX_LIST_ENTRIES = 100_000;
-const EXTRA_TYPES: Record<string, string> = { py: 'text/x-python', ipynb: 'application/x-ipynb+json', parquet: 'application/vnd.apache.parquet', log: 'text/plain', tsv: 'text/tab-separated-values' };
+const EXTRA_TYPES: Record<string, string> = {
+  py: 'text/x-python',
+  ipynb: 'application/x-ipynb+json',
+  parquet: 'application/vnd.apache.parquet',
+  log: 'text/plain',
+  tsv: 'text/tab-separated-values',
+};
 
 export function mimeOf(name: string): string | null {
   const ext = name.includes('.') ? name.slice(name.lastIndexOf('.') + 1).toLowerCase() : '';

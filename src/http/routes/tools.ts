@@ -18,7 +18,7 @@ export function registerToolRoutes(app: App, deps: AppDeps): void {
     '/sessions/:id/programmatic-tools/register',
     {
       schema: {
-        summary: 'Register programmatic tools callable from the session\'s Python as _platform_tools',
+        summary: "Register programmatic tools callable from the session's Python as _platform_tools",
         params: SessionParams,
         body: RegisterBody,
         response: { 200: Type.Object({ stub_path: Type.String(), tool_count: Type.Integer() }), 404: ErrorBody, 422: ErrorBody },
