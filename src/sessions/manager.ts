@@ -56,6 +56,17 @@ export class SessionManager {
     return this.sessions.size + this.pool.length + this.making;
   }
 
+  private refillTimer: NodeJS.Timeout | null = null;
+
+  private refillSoon(): void {
+    if (this.refillTimer) return;
+    this.refillTimer = setTimeout(() => {
+      this.refillTimer = null;
+      this.refill();
+    }, 25);
+    this.refillTimer.unref();
+  }
+
   /** Keeps the pool at its target size within the capacity left over by sessions. */
   private refill(): void {
     while (!this.closing && this.pool.length + this.making < this.config.warmPoolSize && this.used < this.config.maxSessions && this.poolFailures < 5) {
@@ -119,11 +130,13 @@ export class SessionManager {
       }
     }
     // Lifetime hints are clamped to the server's ceilings, never refused.
+    // The refill waits a moment: spawning blocks the event loop for ~2 ms (fork of a big
+    // process), which the new session's first call should not pay.
     const maxLifetime = Math.min(opts.maxLifetimeSeconds ?? this.config.maxLifetimeSeconds, this.config.maxLifetimeSeconds);
     const idle = Math.min(opts.idleTimeoutSeconds ?? this.config.idleTimeoutSeconds, this.config.idleTimeoutSeconds);
     const session = new Session(newSessionId(), box, idle, maxLifetime);
     this.sessions.set(session.id, session);
-    this.refill();
+    this.refillSoon();
     return session;
   }
 
