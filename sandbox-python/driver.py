@@ -237,7 +237,19 @@ class Driver:
             req = self.next_request()
             self.execute(req)
 
+    def forget_stale_tools(self):
+        """A new programmatic-tools registration rewrites the stub: drop the old module so
+        the next import sees the new set."""
+        try:
+            mtime = os.stat("/opt/session-lib/_platform_tools.py").st_mtime_ns
+        except OSError:
+            mtime = None
+        if mtime != getattr(self, "tools_mtime", None):
+            self.tools_mtime = mtime
+            sys.modules.pop("_platform_tools", None)
+
     def execute(self, req):
+        self.forget_stale_tools()
         cell = Cell(req["id"], int(req.get("max_output_bytes", 1 << 20)))
         sys.stdout.flush() if sys.stdout else None
         os.dup2(cell.out_w, 1)
