@@ -142,17 +142,19 @@ export class WorkspaceFs {
   }
 
   /** A read stream of a regular file with its size (for Content-Length). */
-  async streamFile(p: ResolvedPath, display: string, maxBytes: number): Promise<{ stream: ReadStream; size: number }> {
+  async streamFile(p: ResolvedPath, display: string, maxBytes: number): Promise<{ stream: ReadStream | Buffer; size: number }> {
     const { handle, size } = await this.openRead(p, display);
     if (size > maxBytes) {
       await handle.close();
       throw new SandboxError('SBX_FILE_TOO_LARGE', `file is too large to download: ${display} is ${size} bytes, the limit is ${maxBytes} (SANDBOX_MAX_DOWNLOAD_BYTES)`);
     }
+    if (size === 0) {
+      await handle.close();
+      return { stream: Buffer.alloc(0), size };
+    }
     // `end` pins the length to what Content-Length announced, even if the file grows.
-    const stream = createReadStream('', { fd: handle.fd, autoClose: false, start: 0, end: Math.max(0, size - 1) });
-    const close = () => void handle.close().catch(() => {});
-    stream.once('close', close);
-    if (size === 0) stream.destroy();
+    const stream = createReadStream('', { fd: handle.fd, autoClose: false, start: 0, end: size - 1 });
+    stream.once('close', () => void handle.close().catch(() => {}));
     return { stream, size };
   }
 

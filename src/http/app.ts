@@ -70,6 +70,8 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     },
   });
   await app.register(multipart, {
+    // The reference keeps the client's filename as sent, folders included.
+    preservePath: true,
     limits: { fileSize: deps.config.maxUploadBytes, files: 1, fields: 16, fieldSize: 64 * 1024, parts: 20, headerPairs: 200 },
   });
 

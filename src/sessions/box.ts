@@ -191,7 +191,9 @@ export class Box {
       layout: this.layout(),
       identity: { uid: this.uid, gid: this.gid },
       limits: this.limits,
-      argv: long ? ['/bin/bash', '--noprofile', '--norc', '/dev/fd/3'] : ['/bin/bash', '--noprofile', '--norc', '-c', command],
+      // A long script is read from fd 3 (a socket, which /dev/fd/3 cannot open), then fd 3
+      // is closed so the script's own processes do not inherit it.
+      argv: long ? ['/bin/bash', '--noprofile', '--norc', '-c', '__sbx_script=$(cat <&3); exec 3<&-; eval "$__sbx_script"'] : ['/bin/bash', '--noprofile', '--norc', '-c', command],
       fd3Data: long ? Buffer.from(command, 'utf8') : undefined,
       cgroupProcsFile: this.cgroup?.procsFile,
     });

@@ -133,7 +133,7 @@ export class ExecService {
     const stderrDropped = outcome.stderr.dropped + outcome.droppedByDriver.stderr;
     const stdout = stripOneNewline(outcome.stdout.text()) + (stdoutDropped > 0 ? truncationMarker(stdoutDropped) : '');
     let stderr = stripOneNewline(outcome.stderr.text()) + (stderrDropped > 0 ? truncationMarker(stderrDropped) : '');
-    let { limit, notes } = this.classify(outcome.limit, outcome.returnCode, outcome.stderr, outcome.notes, stdoutDropped + stderrDropped);
+    let { limit, notes } = this.classify('runner', outcome.limit, outcome.returnCode, outcome.stderr, outcome.notes, stdoutDropped + stderrDropped);
     if ((limit === null || limit === 'output_bytes') && box.consumeOomKill()) {
       limit = 'memory';
       notes = [...notes, `runner: a process was killed by the sandbox memory limit (${this.config.memoryMb} MiB, SANDBOX_RUNNER_MEMORY_MB); interpreter state was kept`];
@@ -147,20 +147,20 @@ export class ExecService {
     const stdout = o.stdout.text() + (o.stdout.dropped > 0 ? truncationMarker(o.stdout.dropped) : '');
     let stderr = o.stderr.text() + (o.stderr.dropped > 0 ? truncationMarker(o.stderr.dropped) : '');
     const dropped = o.stdout.dropped + o.stderr.dropped;
-    const { limit, notes } = this.classify(o.limit, o.returnCode, null, o.notes, dropped);
+    const { limit, notes } = this.classify('bash', o.limit, o.returnCode, null, o.notes, dropped);
     stderr = appendNotes(stderr, notes);
     return { stdout, stderr, returnCode: o.returnCode, limit, interpreterRestarted: false, stdoutDroppedBytes: o.stdout.dropped, stderrDroppedBytes: o.stderr.dropped };
   }
 
   /** The limit to report: the one the runner saw, else one the program's failure shows,
    * else the output cap if bytes were dropped. */
-  private classify(limit: LimitKind | null, returnCode: number, stderr: CappedBuffer | null, notes: string[], droppedBytes: number): { limit: LimitKind | null; notes: string[] } {
+  private classify(prefix: 'runner' | 'bash', limit: LimitKind | null, returnCode: number, stderr: CappedBuffer | null, notes: string[], droppedBytes: number): { limit: LimitKind | null; notes: string[] } {
     if (limit) return { limit, notes };
     if (stderr && returnCode !== 0) {
       const seen = detectLimit(returnCode, stderr.text());
-      if (seen) return { limit: seen, notes: [...notes, `runner: ${describeLimit(seen, this.config)}`] };
+      if (seen) return { limit: seen, notes: [...notes, `${prefix}: ${describeLimit(seen, this.config)}`] };
     }
-    if (droppedBytes > 0) return { limit: 'output_bytes', notes: [...notes, `runner: ${describeLimit('output_bytes', this.config)}; ${droppedBytes} bytes were dropped`] };
+    if (droppedBytes > 0) return { limit: 'output_bytes', notes: [...notes, `${prefix}: ${describeLimit('output_bytes', this.config)}; ${droppedBytes} bytes were dropped`] };
     return { limit: null, notes };
   }
 }
