@@ -36,7 +36,8 @@ export class UidAllocator {
   }
 }
 
-/** Host pids whose owner is in [first, last]. */
+/** Live (not zombie) host pids whose owner is in [first, last]. A zombie cannot be
+ * killed and is only waiting for its new parent to reap it, so it does not count. */
 export async function pidsOfUids(first: number, last: number): Promise<Map<number, number[]>> {
   const byUid = new Map<number, number[]>();
   const names = await fsp.readdir('/proc');
@@ -45,6 +46,9 @@ export async function pidsOfUids(first: number, last: number): Promise<Map<numbe
       if (!/^\d+$/.test(n)) return;
       const st = await fsp.stat(`/proc/${n}`).catch(() => null);
       if (!st || st.uid < first || st.uid > last) return;
+      const stat = await fsp.readFile(`/proc/${n}/stat`, 'utf8').catch(() => '');
+      const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+      if (state === 'Z' || state === 'X' || state === '') return;
       const list = byUid.get(st.uid) ?? [];
       list.push(Number(n));
       byUid.set(st.uid, list);
