@@ -107,9 +107,14 @@ export function loadConfig(env: Record<string, string | undefined>, overrides: P
     problems.push(`${setting?.env ?? key}=${JSON.stringify(value[key])}: ${message}`);
   }
   if (problems.length > 0) throw new ConfigError([...new Set(problems)]);
-  const config = value as Config;
+  const config = value as Config & { defaultTimeoutSeconds: number };
   if (config.defaultTimeoutSeconds > config.maxTimeoutSeconds) {
-    throw new ConfigError([`SANDBOX_DEFAULT_TIMEOUT_SECONDS (${config.defaultTimeoutSeconds}) exceeds SANDBOX_RUNNER_WALL_CLOCK_SECONDS (${config.maxTimeoutSeconds})`]);
+    // Deployments of the reference may set the ceiling alone (below our default of 30):
+    // the default follows it. Only an explicit, contradictory pair is an error.
+    if (env.SANDBOX_DEFAULT_TIMEOUT_SECONDS !== undefined && env.SANDBOX_DEFAULT_TIMEOUT_SECONDS !== '') {
+      throw new ConfigError([`SANDBOX_DEFAULT_TIMEOUT_SECONDS (${config.defaultTimeoutSeconds}) exceeds SANDBOX_RUNNER_WALL_CLOCK_SECONDS (${config.maxTimeoutSeconds})`]);
+    }
+    config.defaultTimeoutSeconds = config.maxTimeoutSeconds;
   }
   return Object.freeze(config);
 }

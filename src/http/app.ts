@@ -43,14 +43,15 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     routerOptions: { maxParamLength: 200 },
     return503OnClosing: true,
     forceCloseConnections: 'idle',
-    ajv: { customOptions: { coerceTypes: 'array', removeAdditional: false, allErrors: true } },
+    // Scalars are coerced from strings ("30" -> 30, as the reference accepts), never from arrays.
+    ajv: { customOptions: { coerceTypes: true, removeAdditional: false, allErrors: true } },
   }).withTypeProvider<TypeBoxTypeProvider>();
 
-  // An empty JSON body means "no body" (the reference accepts POST /sessions with none).
+  // An empty JSON body is an empty object (the reference accepts POST /sessions with none).
   app.removeContentTypeParser('application/json');
   app.addContentTypeParser('application/json', { parseAs: 'string' }, (_req, body, done) => {
     const text = typeof body === 'string' ? body : body.toString('utf8');
-    if (text.trim() === '') return done(null, undefined);
+    if (text.trim() === '') return done(null, {});
     try {
       done(null, JSON.parse(text));
     } catch (e) {

@@ -19,17 +19,13 @@ export const SessionHandle = Type.Object({
   max_lifetime_seconds: Type.Integer(),
 });
 
-const NullableInt = Type.Union([Type.Integer({ minimum: 1 }), Type.Null()]);
-export const CreateSessionBody = Type.Union([
-  Type.Null(),
-  Type.Object(
-    {
-      idle_timeout_seconds: Type.Optional(NullableInt),
-      max_lifetime_seconds: Type.Optional(NullableInt),
-    },
-    { additionalProperties: true, description: 'Lifetime hints; values above the server ceilings are clamped' },
-  ),
-]);
+export const CreateSessionBody = Type.Object(
+  {
+    idle_timeout_seconds: Type.Optional(Type.Integer({ minimum: 1 })),
+    max_lifetime_seconds: Type.Optional(Type.Integer({ minimum: 1 })),
+  },
+  { additionalProperties: true, description: 'Lifetime hints (null or absent: the server default); values above the server ceilings are clamped' },
+);
 
 export const ExecBody = Type.Object(
   {

@@ -154,7 +154,14 @@ export class ExecService {
 
   /** The limit to report: the one the runner saw, else one the program's failure shows,
    * else the output cap if bytes were dropped. */
-  private classify(prefix: 'runner' | 'bash', limit: LimitKind | null, returnCode: number, stderr: CappedBuffer | null, notes: string[], droppedBytes: number): { limit: LimitKind | null; notes: string[] } {
+  private classify(
+    prefix: 'runner' | 'bash',
+    limit: LimitKind | null,
+    returnCode: number,
+    stderr: CappedBuffer | null,
+    notes: string[],
+    droppedBytes: number,
+  ): { limit: LimitKind | null; notes: string[] } {
     if (limit) return { limit, notes };
     if (stderr && returnCode !== 0) {
       const seen = detectLimit(returnCode, stderr.text());

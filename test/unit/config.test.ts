@@ -39,8 +39,11 @@ test('every invalid setting is reported at once', () => {
   }
 });
 
-test('a default timeout above the ceiling is refused', () => {
+test('an explicit default timeout above the ceiling is refused; an implicit one follows the ceiling', () => {
   assert.throws(() => loadConfig({ SANDBOX_DEFAULT_TIMEOUT_SECONDS: '200', SANDBOX_RUNNER_WALL_CLOCK_SECONDS: '100' }), ConfigError);
+  const c = loadConfig({ SANDBOX_RUNNER_WALL_CLOCK_SECONDS: '20' });
+  assert.equal(c.defaultTimeoutSeconds, 20);
+  assert.equal(c.maxTimeoutSeconds, 20);
 });
 
 test('every setting is described with its variable and a default', () => {

@@ -11,13 +11,17 @@ export function registerSessionRoutes(app: App, deps: AppDeps): void {
         body: Type.Optional(CreateSessionBody),
         response: { 201: SessionHandle, 422: ErrorBody, 503: ErrorBody },
       },
+      // null means "not given" (as in the reference); removing it before validation keeps
+      // coercion from ever turning 0 or "" into null.
+      preValidation: async (req) => {
+        if (req.body === null || req.body === undefined) (req as { body: unknown }).body = {};
+        const body = req.body as Record<string, unknown> | undefined;
+        if (body && typeof body === 'object') for (const k of ['idle_timeout_seconds', 'max_lifetime_seconds']) if (body[k] === null) delete body[k];
+      },
     },
     async (req, reply) => {
-      const body = (req.body ?? {}) as { idle_timeout_seconds?: number | null; max_lifetime_seconds?: number | null };
-      const session = await deps.sessions.create({
-        idleTimeoutSeconds: body.idle_timeout_seconds ?? undefined,
-        maxLifetimeSeconds: body.max_lifetime_seconds ?? undefined,
-      });
+      const body = req.body ?? {};
+      const session = await deps.sessions.create({ idleTimeoutSeconds: body.idle_timeout_seconds, maxLifetimeSeconds: body.max_lifetime_seconds });
       return reply.code(201).send(session.handle());
     },
   );
