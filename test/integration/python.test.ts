@@ -1,0 +1,379 @@
+/**
+ * The session's Python interpreter over HTTP, with real Python in the real sandbox:
+ * the reference's exact output policy, persistence and isolation of state, failures as
+ * results, fd-level capture (children, C code) that never leaks into a later call, the
+ * output cap, timeouts (interrupt that keeps state; kill and restart that loses it),
+ * crashes, forged frames, and the per-session queue.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import { startServer, api, createSession, py, pidsWithMarker, waitFor, type TestServer } from '../helpers/server.js';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** A valid `sleep` argument no other process has: 1000.<random digits>. */
+const sleepMarker = () => `1000.${String(Math.floor(Math.random() * 1e9)).padStart(9, '0')}${Date.now() % 1000}`;
+const marker = (dropped: number) => `\n... [output truncated by sandbox: ${dropped} bytes elided]`;
+
+async function rssKb(pid: number): Promise<number> {
+  const status = await readFile(`/proc/${pid}/status`, 'utf8');
+  return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
+}
+
+let server: TestServer;
+/** Small output cap and a queue of one, for the cap and queue tests. */
+let tight: TestServer;
+
+before(async () => {
+  [server, tight] = await Promise.all([startServer({ SANDBOX_WARM_POOL_SIZE: '2' }), startServer({ SANDBOX_RUNNER_MAX_OUTPUT_BYTES: '2048', SANDBOX_EXEC_QUEUE_MAX: '1' })]);
+});
+after(async () => {
+  for (const s of [server, tight]) {
+    if (s && (s.proc.exitCode !== null || s.proc.signalCode !== null)) console.error(`server died early:\n${s.logs().slice(-4000)}`);
+  }
+  await Promise.all([server?.stop(), tight?.stop()]);
+});
+
+test('print(2 + 2) answers stdout "4" in a contract v1 result block', async () => {
+  const id = await createSession(server);
+  const r = await py(server, id, 'print(2 + 2)');
+  assert.equal(r.status, 200);
+  assert.equal(r.stdout, '4');
+  assert.equal(r.stderr, '');
+  assert.equal(r.return_code, 0);
+  assert.equal(r.body.result_block.type, 'code_execution_tool_result');
+  assert.equal(r.body.result_block.content.type, 'code_execution_result');
+  assert.deepEqual(r.body.result_block.content.content, []);
+  assert.equal(r.body.limit_exceeded, null);
+  assert.equal(r.body.interpreter_restarted, false);
+  assert.equal(r.body.stdout_dropped_bytes, 0);
+  assert.equal(r.body.stderr_dropped_bytes, 0);
+  assert.ok(Number.isInteger(r.body.execution_time_ms) && r.body.execution_time_ms >= 0);
+});
+
+test('exactly one trailing newline is stripped, as the reference does', async () => {
+  const id = await createSession(server);
+  assert.equal((await py(server, id, "print('a'); print('b'); print('c')")).stdout, 'a\nb\nc');
+  assert.equal((await py(server, id, 'print("x\\n")')).stdout, 'x\n');
+  assert.equal((await py(server, id, 'x = 1')).stdout, '');
+  assert.equal((await py(server, id, "import sys\nsys.stdout.write('no newline')")).stdout, 'no newline');
+  const err = await py(server, id, "import sys\nprint('err', file=sys.stderr)");
+  assert.equal(err.stderr, 'err');
+  assert.equal(err.stdout, '');
+});
+
+test('globals and imports persist across calls', async () => {
+  const id = await createSession(server);
+  assert.equal((await py(server, id, 'x = 41\nimport math as m\ndef f(a):\n    return a * 2')).return_code, 0);
+  const r = await py(server, id, 'print(x + 1, m.floor(2.7), f(21))');
+  assert.equal(r.stdout, '42 2 42');
+});
+
+test('state never crosses sessions', async () => {
+  const [a, b] = await Promise.all([createSession(server), createSession(server)]);
+  await py(server, a, 'secret_value = "only-in-a"\nimport json');
+  const r = await py(server, b, "print('secret_value' in globals(), 'json' in globals())");
+  assert.equal(r.stdout, 'False False');
+  const n = await py(server, b, 'print(secret_value)');
+  assert.equal(n.return_code, 1);
+  assert.match(n.stderr, /NameError/);
+  assert.equal((await py(server, a, 'print(secret_value)')).stdout, 'only-in-a');
+});
+
+test('an uncaught exception gives return_code 1 and the traceback; the interpreter survives', async () => {
+  const id = await createSession(server);
+  await py(server, id, 'kept = "yes"');
+  const r = await py(server, id, "print('before')\nraise ValueError('boom')");
+  assert.equal(r.status, 200);
+  assert.equal(r.return_code, 1);
+  assert.equal(r.stdout, 'before');
+  assert.match(r.stderr, /^Traceback \(most recent call last\):/);
+  assert.match(r.stderr, /ValueError: boom/);
+  assert.equal(r.body.interpreter_restarted, false);
+  const s = await py(server, id, 'def broken(:\n    pass');
+  assert.equal(s.return_code, 1);
+  assert.match(s.stderr, /SyntaxError/);
+  assert.equal((await py(server, id, 'print(kept)')).stdout, 'yes');
+});
+
+test('sys.exit(n) gives return_code n and does not end the interpreter', async () => {
+  const id = await createSession(server);
+  await py(server, id, 'kept = 7');
+  const r = await py(server, id, "import sys\nprint('bye')\nsys.exit(3)");
+  assert.equal(r.return_code, 3);
+  assert.equal(r.stdout, 'bye');
+  assert.equal(r.body.interpreter_restarted, false);
+  assert.equal((await py(server, id, 'import sys\nsys.exit()')).return_code, 0);
+  assert.equal((await py(server, id, 'import sys\nsys.exit(0)')).return_code, 0);
+  assert.equal((await py(server, id, "raise SystemExit('message')")).return_code, 1);
+  assert.equal((await py(server, id, 'print(kept)')).stdout, '7');
+});
+
+test('output of child processes and C code is captured at the fd level, in order, in the same call', async () => {
+  const id = await createSession(server);
+  const code = [
+    'import os, subprocess, sys, ctypes',
+    "print('p1')",
+    "os.system('echo sys1')",
+    "subprocess.run(['echo', 'sub1'])",
+    "os.write(1, b'raw1\\n')",
+    'libc = ctypes.CDLL(None)',
+    "libc.printf(b'c1\\n')",
+    'libc.fflush(None)',
+    "os.system('echo err1 >&2')",
+    "subprocess.run(['bash', '-c', 'echo err2 >&2'])",
+    "os.write(2, b'raw2\\n')",
+    "print('p2')",
+  ].join('\n');
+  const r = await py(server, id, code);
+  assert.equal(r.return_code, 0, r.stderr);
+  assert.equal(r.stdout, 'p1\nsys1\nsub1\nraw1\nc1\np2');
+  assert.equal(r.stderr, 'err1\nerr2\nraw2');
+});
+
+test('a background child never leaks output into a later call, and does not delay its own call', async () => {
+  const id = await createSession(server);
+  const t0 = Date.now();
+  const first = await py(
+    server,
+    id,
+    "import subprocess\nsubprocess.Popen(['bash', '-c', 'for i in 1 2 3 4 5 6 7 8; do sleep 0.15; echo LATE$i; echo LATEERR$i >&2; done'])\nprint('first')",
+  );
+  const took = Date.now() - t0;
+  assert.equal(first.stdout, 'first');
+  assert.ok(took < 1000, `the call returned without waiting for the child (${took} ms)`);
+  // The child writes while this call runs: none of it may show up here.
+  const second = await py(server, id, "import time\ntime.sleep(1.5)\nprint('second')");
+  assert.equal(second.stdout, 'second');
+  assert.equal(second.stderr, '');
+  const third = await py(server, id, "print('third')");
+  assert.equal(third.stdout, 'third');
+  assert.equal(third.stderr, '');
+});
+
+test('100,000 characters of stdout arrive intact', async () => {
+  const id = await createSession(server);
+  const r = await py(server, id, "print(''.join(str(i % 10) for i in range(100000)))");
+  const expected = Array.from({ length: 100000 }, (_, i) => String(i % 10)).join('');
+  assert.equal(r.stdout.length, 100000);
+  assert.equal(r.stdout, expected);
+  assert.equal(r.body.stdout_dropped_bytes, 0);
+  assert.equal(r.body.limit_exceeded, null);
+});
+
+test('stderr is separate from stdout', async () => {
+  const id = await createSession(server);
+  const r = await py(server, id, "import sys\nprint('out1')\nprint('err1', file=sys.stderr)\nprint('out2')\nsys.stderr.write('err2\\n')");
+  assert.equal(r.stdout, 'out1\nout2');
+  assert.equal(r.stderr, 'err1\nerr2');
+  assert.equal(r.return_code, 0);
+});
+
+test('input() does not hang: stdin is empty', async () => {
+  const id = await createSession(server);
+  const t0 = Date.now();
+  const r = await py(server, id, 'input()', { timeout_seconds: 5 });
+  assert.ok(Date.now() - t0 < 4000, 'answered before the timeout');
+  assert.equal(r.return_code, 1);
+  assert.match(r.stderr, /EOFError/);
+});
+
+test('timeout: the code is interrupted, its processes stopped, and the interpreter keeps its state', async () => {
+  const id = await createSession(server);
+  await py(server, id, 'x = 5');
+  const m = sleepMarker();
+  const t0 = Date.now();
+  const r = await py(server, id, `import subprocess, time\nsubprocess.Popen(['sleep', '${m}'], start_new_session=True)\nprint('started')\ntime.sleep(100)`, { timeout_seconds: 1 });
+  const took = Date.now() - t0;
+  assert.equal(r.status, 200);
+  assert.ok(took >= 900 && took < 6000, `answered at the timeout (${took} ms)`);
+  assert.notEqual(r.return_code, 0);
+  assert.equal(r.limit_exceeded, 'wall_clock');
+  assert.equal(r.interpreter_restarted, false);
+  assert.equal(r.stdout, 'started');
+  assert.match(r.stderr, /timed out/);
+  assert.match(r.stderr, /\b1(\.0)?\s*s/);
+  assert.match(r.stderr, /kept/);
+  assert.ok(await waitFor(async () => (await pidsWithMarker(m)).length === 0, 3000), 'the child started by the cell is gone');
+  const after = await py(server, id, 'print(x)');
+  assert.equal(after.stdout, '5');
+  assert.equal(after.interpreter_restarted, false);
+});
+
+test('timeout of code that ignores the interrupt: the interpreter is restarted, state lost, processes killed', async () => {
+  const id = await createSession(server);
+  await py(server, id, 'x = 5');
+  const m = sleepMarker();
+  await py(server, id, `import subprocess\nsubprocess.Popen(['sleep', '${m}'], start_new_session=True)`);
+  assert.ok(await waitFor(async () => (await pidsWithMarker(m)).length > 0, 3000));
+  const t0 = Date.now();
+  const r = await py(server, id, 'import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass', { timeout_seconds: 1 });
+  const took = Date.now() - t0;
+  assert.equal(r.status, 200);
+  assert.ok(took < 1000 + 2000 + 4000, `answered within timeout + grace + a few seconds (${took} ms)`);
+  assert.notEqual(r.return_code, 0);
+  assert.equal(r.limit_exceeded, 'wall_clock');
+  assert.equal(r.interpreter_restarted, true);
+  assert.match(r.stderr, /timed out/);
+  assert.match(r.stderr, /lost/);
+  assert.ok(await waitFor(async () => (await pidsWithMarker(m)).length === 0, 3000), 'every process of the old interpreter is gone');
+  const next = await py(server, id, "print('x' in globals())");
+  assert.equal(next.status, 200);
+  assert.equal(next.stdout, 'False');
+  assert.equal(next.return_code, 0);
+});
+
+test('a C loop that never checks signals is also cut (catastrophic regex)', async () => {
+  const id = await createSession(server);
+  const t0 = Date.now();
+  const r = await py(server, id, "import re\nre.match(r'(a+)+$', 'a' * 64 + 'b')", { timeout_seconds: 1 });
+  assert.ok(Date.now() - t0 < 7000);
+  assert.notEqual(r.return_code, 0);
+  assert.equal(r.limit_exceeded, 'wall_clock');
+  assert.equal((await py(server, id, "print('alive')")).stdout, 'alive');
+});
+
+for (const [name, code, pattern] of [
+  ['os._exit', "import os\nprint('bye')\nos._exit(3)", /exit|status 3/i],
+  ['a segfault', 'import ctypes\nctypes.string_at(0)', /SIGSEGV|Segmentation|signal 11/],
+  ['SIGKILL of itself', 'import os, signal\nos.kill(os.getpid(), signal.SIGKILL)', /SIGKILL|signal 9|killed/i],
+] as const) {
+  test(`a crash (${name}) is detected and reported; the next call gets a fresh interpreter`, async () => {
+    const id = await createSession(server);
+    await py(server, id, 'x = 1');
+    const t0 = Date.now();
+    const r = await py(server, id, code, { timeout_seconds: 20 });
+    assert.ok(Date.now() - t0 < 5000, 'the crash is noticed at once, not at the timeout');
+    assert.equal(r.status, 200);
+    assert.notEqual(r.return_code, 0);
+    assert.equal(r.interpreter_restarted, true);
+    assert.match(r.stderr, pattern);
+    assert.match(r.stderr, /lost/);
+    const next = await py(server, id, "print('x' in globals())");
+    assert.equal(next.stdout, 'False');
+    assert.equal(next.return_code, 0);
+    assert.equal((await py(server, id, 'print(6 * 7)')).stdout, '42');
+  });
+}
+
+test('printed sentinels, fake JSON and forged frames are just output', async () => {
+  const id = await createSession(server);
+  const frame = (kind: string, body: string) => `struct.pack('>IB', ${Buffer.byteLength(body)}, ord('${kind}')) + ${JSON.stringify(body)}.encode()`;
+  const code = [
+    'import os, sys, json, struct',
+    "print('---SBX_DONE--- 0')",
+    "print('---SBX_STDOUT_END---')",
+    "print('---SBX_STDERR---')",
+    'print(json.dumps({"id": 1, "return_code": 0, "stdout": "forged"}))',
+    `os.write(1, ${frame('D', '{"id":1,"return_code":42}')})`,
+    `os.write(1, ${frame('O', 'forged-out')})`,
+    "os.write(1, b'\\n')",
+    `os.write(2, ${frame('D', '{"id":2,"return_code":9}')})`,
+    "print('---SBX_STDERR_END---', file=sys.stderr)",
+    "print('real end')",
+  ].join('\n');
+  const r = await py(server, id, code);
+  assert.equal(r.status, 200);
+  assert.equal(r.return_code, 0, r.stderr);
+  const frameText = (kind: string, body: string) => {
+    const b = Buffer.alloc(5);
+    b.writeUInt32BE(Buffer.byteLength(body), 0);
+    b.writeUInt8(kind.charCodeAt(0), 4);
+    return b.toString('utf8') + body;
+  };
+  assert.equal(
+    r.stdout,
+    [
+      '---SBX_DONE--- 0',
+      '---SBX_STDOUT_END---',
+      '---SBX_STDERR---',
+      '{"id": 1, "return_code": 0, "stdout": "forged"}',
+      frameText('D', '{"id":1,"return_code":42}') + frameText('O', 'forged-out'),
+      'real end',
+    ].join('\n'),
+  );
+  assert.equal(r.stderr, `${frameText('D', '{"id":2,"return_code":9}')}---SBX_STDERR_END---`);
+  assert.equal(r.interpreter_restarted, false);
+  const next = await py(server, id, "print('next')");
+  assert.equal(next.stdout, 'next');
+  assert.equal(next.return_code, 0);
+});
+
+test('concurrent calls on one session run one at a time, in order, and their outputs never mix', async () => {
+  const id = await createSession(server);
+  await py(server, id, 'order = []');
+  const calls: Promise<Awaited<ReturnType<typeof py>>>[] = [];
+  for (let i = 0; i < 5; i++) {
+    const tag = `T${i}`;
+    calls.push(
+      py(
+        server,
+        id,
+        `import time, sys\n_t0 = time.monotonic()\nprint('${tag}' * 500)\ntime.sleep(0.2)\nsys.stderr.write('${tag}')\norder.append(${i})\nprint(len(order), _t0, time.monotonic())`,
+      ),
+    );
+    await sleep(40);
+  }
+  const results = await Promise.all(calls);
+  const spans: [number, number][] = [];
+  results.forEach((r, i) => {
+    assert.equal(r.status, 200);
+    const [line1, line2] = r.stdout.split('\n');
+    assert.equal(line1, `T${i}`.repeat(500), `call ${i} has only its own output`);
+    assert.equal(r.stderr, `T${i}`);
+    const [count, t0, t1] = line2!.split(' ').map(Number);
+    assert.equal(count, i + 1, `call ${i} ran in the order it was sent`);
+    spans.push([t0!, t1!]);
+  });
+  for (let i = 1; i < spans.length; i++) assert.ok(spans[i]![0] >= spans[i - 1]![1], `call ${i} started after call ${i - 1} ended`);
+});
+
+test('the output cap: kept bytes, the reference marker, and the dropped byte counts', async () => {
+  const id = await createSession(tight);
+  const r = await py(tight, id, "import sys\nsys.stdout.write('x' * 10000)\nsys.stderr.write('e' * 5000)");
+  assert.equal(r.status, 200);
+  assert.equal(r.stdout, 'x'.repeat(2048) + marker(10000 - 2048));
+  const kept = 'e'.repeat(2048) + marker(5000 - 2048);
+  assert.equal(r.stderr.slice(0, kept.length), kept);
+  // After the program's stderr, at most one plain-English line naming the limit and its value.
+  const note = r.stderr.slice(kept.length).trim();
+  assert.ok(note === '' || (note.split('\n').length === 1 && /2048/.test(note)), note);
+  assert.equal(r.body.stdout_dropped_bytes, 10000 - 2048);
+  assert.equal(r.body.stderr_dropped_bytes, 5000 - 2048);
+  assert.equal(r.limit_exceeded, 'output_bytes');
+  const small = await py(tight, id, "print('y' * 2000)");
+  assert.equal(small.stdout, 'y'.repeat(2000));
+  assert.equal(small.body.stdout_dropped_bytes, 0);
+});
+
+test('an endless flood is capped while it is read: bounded server memory, answer at the timeout', async () => {
+  const id = await createSession(tight);
+  const rssBefore = await rssKb(tight.proc.pid!);
+  const t0 = Date.now();
+  const r = await py(tight, id, "while True:\n    print('x' * 10000)", { timeout_seconds: 2 });
+  const took = Date.now() - t0;
+  const rssAfter = await rssKb(tight.proc.pid!);
+  assert.equal(r.status, 200);
+  assert.ok(took < 2000 + 5000, `answered at the timeout (${took} ms)`);
+  assert.notEqual(r.return_code, 0);
+  assert.ok(r.stdout.startsWith('x'.repeat(2048) + '\n... [output truncated by sandbox: '), r.stdout.slice(2040, 2120));
+  assert.ok(r.stdout.length < 2048 + 100, 'no more than the cap is kept');
+  assert.ok(r.body.stdout_dropped_bytes > 1_000_000, `a flood was dropped (${r.body.stdout_dropped_bytes} bytes)`);
+  assert.ok(rssAfter - rssBefore < 100 * 1024, `server RSS grew by ${rssAfter - rssBefore} KiB`);
+  assert.equal((await py(tight, id, "print('calm')")).stdout, 'calm');
+});
+
+test('past the per-session queue bound a call is refused with 429', async () => {
+  const id = await createSession(tight);
+  const running = py(tight, id, "import time\ntime.sleep(1.5)\nprint('A')");
+  await sleep(200);
+  const queued = py(tight, id, "print('B')");
+  await sleep(100);
+  const refused = await api(tight, 'POST', `/sessions/${id}/exec`, { tool: 'code_execution', input: { code: "print('C')" } });
+  assert.equal(refused.status, 429);
+  assert.equal(refused.body.code, 'SBX_SESSION_BUSY');
+  assert.equal(typeof refused.body.detail, 'string');
+  assert.equal((await running).stdout, 'A');
+  assert.equal((await queued).stdout, 'B');
+  assert.equal((await py(tight, id, "print('D')")).stdout, 'D');
+});
