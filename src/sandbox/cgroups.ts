@@ -13,6 +13,10 @@
  * one-line shell wrapper that writes its own pid to cgroup.procs and execs bwrap.
  */
 import { existsSync, promises as fsp, readFileSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+
+const execFileP = promisify(execFile);
 
 export interface CgroupLeaf {
   /** The file a process writes its pid to, to join. */
@@ -90,6 +94,15 @@ async function detectV2(privileged: boolean): Promise<Cgroups | null> {
   // v2's no-internal-process rule: move ourselves into a leaf before giving
   // controllers to children.
   const serverLeaf = `${base}/server`;
+  // Docker mounts a private cgroup v2 tree read-only; with CAP_SYS_ADMIN it may be
+  // remounted read-write (it is the container's own tree).
+  if (privileged) {
+    const probe = await fsp.mkdir(`${base}/otari-probe-${process.pid}`).then(
+      () => fsp.rmdir(`${base}/otari-probe-${process.pid}`).then(() => 'ok'),
+      (e: NodeJS.ErrnoException) => e.code ?? 'error',
+    );
+    if (probe === 'EROFS') await execFileP('/usr/bin/mount', ['-o', 'remount,rw', mount]).catch(() => {});
+  }
   try {
     await fsp.mkdir(serverLeaf, { recursive: true });
     await fsp.writeFile(`${serverLeaf}/cgroup.procs`, String(process.pid));
@@ -97,7 +110,6 @@ async function detectV2(privileged: boolean): Promise<Cgroups | null> {
   } catch {
     return null;
   }
-  void privileged;
   return {
     version: 'v2',
     describe: `cgroup v2 memory.max per session (${base})`,
