@@ -98,6 +98,12 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   app.setErrorHandler((error: FastifyError | SandboxError, req, reply) => {
     if (isSandboxError(error)) {
       for (const [k, v] of Object.entries(error.headers)) void reply.header(k, v);
+      if (error.status === 500) {
+        // Server-side failures may carry host details (paths, bwrap messages): log them,
+        // answer with the stable code and a generic sentence.
+        req.log.error({ err: { code: error.code, detail: error.detail } }, 'server-side failure');
+        return reply.code(error.status).send({ detail: GENERIC_5XX[error.code] ?? 'Internal Server Error', code: error.code });
+      }
       return reply.code(error.status).send({ detail: error.detail, code: error.code });
     }
     const fe = error as FastifyError & { validation?: { keyword: string; instancePath: string; message?: string; params: Record<string, unknown> }[]; validationContext?: string };
@@ -132,6 +138,10 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
   return app;
 }
+
+const GENERIC_5XX: Partial<Record<string, string>> = {
+  SBX_SANDBOX_FAILED: "the session's sandbox could not be started; see the server log",
+};
 
 export function uploadTooLarge(maxUploadBytes: number): string {
   return maxUploadBytes % MiB === 0 ? `file exceeds ${maxUploadBytes / MiB} MB limit` : `file exceeds ${maxUploadBytes} byte limit`;

@@ -148,7 +148,13 @@ export class Interpreter {
   private onHello: ((hello: Record<string, unknown>) => void) | null = null;
 
   exec(req: ExecRequest): Promise<ExecOutcome> {
-    if (!this.alive || this.pending) throw new SandboxError('SBX_INTERNAL', 'interpreter not ready');
+    if (this.pending) throw new SandboxError('SBX_INTERNAL', 'interpreter busy'); // the session queue prevents this
+    if (!this.alive) {
+      // It died between the readiness check and this call: report it like a crash.
+      const { limit, text } = this.describeDeath(this.exitInfo ?? { exitCode: 137, signal: 'SIGKILL' });
+      const empty = new CappedBuffer(0);
+      return Promise.resolve({ stdout: empty, stderr: empty, returnCode: -1, limit, notes: [text], stateLost: true, droppedByDriver: { stdout: 0, stderr: 0 }, durationMs: 0 });
+    }
     const id = this.nextId++;
     return new Promise<ExecOutcome>((resolve) => {
       const p: Pending = {
