@@ -8,8 +8,6 @@
 import { promises as fsp, readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
 import { loadConfig, ConfigError, type Config } from './config.js';
 import { createLogger, type Logger } from './log.js';
 import { Launcher } from './sandbox/launcher.js';
@@ -17,31 +15,16 @@ import { UidAllocator, killUid, pidsOfUids } from './sandbox/uids.js';
 import { buildSeccompFilter, probeSandbox, sweepSessionsRoot, PreflightError, FIX_HINT } from './sandbox/preflight.js';
 import { removeTree } from './sessions/box.js';
 import { detectCgroups } from './sandbox/cgroups.js';
+import { canMountTmpfs } from './sandbox/mounts.js';
 import { SessionManager } from './sessions/manager.js';
 import { ExecService } from './sessions/exec.js';
 import { buildApp } from './http/app.js';
 import type { IsolationInfo } from './http/routes/health.js';
 
-const execFileP = promisify(execFile);
 const here = (rel: string) => fileURLToPath(new URL(rel, import.meta.url));
 const DRIVER_DIR = here('../../sandbox-python');
 const SECCOMP_GEN = here('../../sandbox-host/seccomp-gen.py');
 const VERSION = (JSON.parse(readFileSync(here('../../package.json'), 'utf8')) as { version: string }).version;
-
-/** Can we mount a size-capped tmpfs per session? (root with CAP_SYS_ADMIN) */
-async function canMountTmpfs(root: string): Promise<boolean> {
-  const dir = `${root}/probe_mount_${randomBytes(4).toString('hex')}`;
-  await fsp.mkdir(dir);
-  try {
-    await execFileP('/usr/bin/mount', ['-t', 'tmpfs', '-o', 'size=1m', 'sbx-probe', dir]);
-    await execFileP('/usr/bin/umount', [dir]);
-    return true;
-  } catch {
-    return false;
-  } finally {
-    await fsp.rmdir(dir).catch(() => {});
-  }
-}
 
 async function prepareIsolation(config: Config, log: Logger, launcher: Launcher, uids: UidAllocator, privileged: boolean, tmpfsQuota: boolean): Promise<IsolationInfo> {
   const dir = `${config.sessionsRoot}/probe_${randomBytes(6).toString('hex')}`;

@@ -10,6 +10,7 @@ import { promisify } from 'node:util';
 import type { Launcher } from './launcher.js';
 import type { BwrapLayout, ResourceLimits } from './bwrap-args.js';
 import { SANDBOX_UID } from './bwrap-args.js';
+import { unmountLazy } from './mounts.js';
 
 const execFileP = promisify(execFile);
 
@@ -92,7 +93,7 @@ export async function sweepSessionsRoot(root: string, privileged: boolean, remov
   for (const name of names) {
     if (!name.startsWith('box_') && !name.startsWith('probe_')) continue;
     const dir = `${root}/${name}`;
-    if (privileged) await execFileP('/usr/bin/umount', ['-l', dir]).catch(() => {});
+    if (privileged) await unmountLazy(dir);
     await remove(dir);
     n++;
   }

@@ -15,8 +15,6 @@
  */
 import { promises as fsp } from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
 import type { Config } from '../config.js';
 import { preloadList } from '../config.js';
 import type { Launcher, SandboxedProcess } from '../sandbox/launcher.js';
@@ -28,9 +26,9 @@ import { WorkspaceFs } from '../files/workspace-fs.js';
 import type { UidAllocator } from '../sandbox/uids.js';
 import { killUid } from '../sandbox/uids.js';
 import { SandboxError } from '../errors.js';
+import { mountTmpfs, unmountLazy } from '../sandbox/mounts.js';
 import type { Cgroups, CgroupLeaf } from '../sandbox/cgroups.js';
 
-const execFileP = promisify(execFile);
 const MiB = 1024 * 1024;
 /** Longest bash command passed in argv (the kernel's MAX_ARG_STRLEN is 128 KiB). */
 const ARGV_COMMAND_MAX = 100_000;
@@ -135,7 +133,7 @@ export class Box {
     const { config } = this.deps;
     await fsp.mkdir(this.dir, { mode: 0o711 });
     if (this.deps.tmpfsQuota) {
-      await execFileP('/usr/bin/mount', ['-t', 'tmpfs', '-o', `size=${config.workspaceMb}m,mode=0711,nosuid,nodev`, 'sbx-workspace', this.dir]);
+      await mountTmpfs(this.dir, config.workspaceMb);
       this.mounted = true;
     }
     for (const d of [this.workspaceDir, this.tmpDir]) {
@@ -237,7 +235,7 @@ export class Box {
     await Promise.all([this.interpreter.kill(), ...[...this.bash].map((p) => p.kill())]);
     if (this.uid !== undefined && this.deps.privileged) await killUid(this.uid);
     await this.cgroup?.remove();
-    if (this.mounted) await execFileP('/usr/bin/umount', ['-l', this.dir]).catch(() => {});
+    if (this.mounted) await unmountLazy(this.dir);
     await removeTree(this.dir);
     if (this.uid !== undefined) this.deps.uids.release(this.uid);
   }
