@@ -3,8 +3,8 @@
 Runs on the host, once at server start, with Debian's python3-seccomp (libseccomp 2.5).
 Policy: default allow, deny the listed kernel surface (a deny-list keeps numpy, threads,
 subprocess and multiprocessing working). The reasons for each entry are in
-docs/security.md and ../shared/docs/sandboxing.md section 2.3. libseccomp's default
-bad-arch action kills i386/x32 syscalls (no extra arches are added on purpose).
+the README (Security) and the project research notes on seccomp. libseccomp's default
+bad-arch action (set to kill the process) refuses i386/x32 syscalls (no extra arches are added on purpose).
 """
 import errno
 import socket
@@ -13,6 +13,9 @@ import sys
 import seccomp
 
 f = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
+# A syscall of another ABI (i386 int 0x80, x32) kills the whole process: libseccomp's
+# default kills only the calling thread, which would leave a Python interpreter hung.
+f.set_attr(seccomp.Attr.ACT_BADARCH, seccomp.KILL_PROCESS)
 EPERM = seccomp.ERRNO(errno.EPERM)
 
 

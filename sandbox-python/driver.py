@@ -114,6 +114,7 @@ class Driver:
         self.tool_replies = {}
         self.tool_cv = threading.Condition()
         self.cell = None
+        self.pid = os.getpid()
         self.pump_lock = threading.Lock()
         self.in_user_code = False
         signal.signal(signal.SIGINT, self.on_sigint)
@@ -238,7 +239,12 @@ class Driver:
         self.chan.send(ord("H"), {"pid": os.getpid(), "preloaded": preloaded, "preload_errors": errors})
         while True:
             req = self.next_request()
-            self.execute(req)
+            try:
+                self.execute(req)
+            except Exception:
+                # The frame could not be answered (e.g. the channel broke): the server
+                # sees the death and restarts us; never run on in an unknown state.
+                os._exit(70)
 
     def forget_stale_tools(self):
         """A new programmatic-tools registration rewrites the stub: drop the old module so
@@ -252,10 +258,12 @@ class Driver:
             sys.modules.pop("_platform_tools", None)
 
     def execute(self, req):
+        """Runs one cell and always answers with a D frame, whatever the code did to
+        its streams or descriptors."""
         self.forget_stale_tools()
         cell = Cell(req["id"], int(req.get("max_output_bytes", 1 << 20)))
-        sys.stdout.flush() if sys.stdout else None
-        os.dup2(cell.out_w, 1)
+        _flush(sys.stdout)
+        os.dup2(cell.out_w, 1)  # works even if the previous cell closed fd 1 or 2
         os.dup2(cell.err_w, 2)
         os.close(cell.out_w)
         os.close(cell.err_w)
@@ -264,16 +272,14 @@ class Driver:
         sys.stdout, sys.stderr = self.stdout_obj, self.stderr_obj
         self.cell = cell
         os.write(self.wake_w, b"c")  # let the relay select on the new pipes (large outputs)
-        return_code, limit = 0, None
+        return_code, limit = 1, None
         try:
             return_code, limit = self.run_code(req["code"])
+        except BaseException:
+            pass  # the driver's own reporting failed (e.g. stderr closed): still answer
         finally:
             for stream in (sys.stdout, sys.stderr, self.stdout_obj, self.stderr_obj):
-                try:
-                    if stream is not None:
-                        stream.flush()
-                except Exception:
-                    pass
+                _flush(stream)
             os.dup2(self.null_fd, 1)
             os.dup2(self.null_fd, 2)
             killed = 0
@@ -298,8 +304,14 @@ class Driver:
             self.in_user_code = True
             try:
                 exec(compiled, self.namespace)
-            finally:
+            except BaseException as e:
                 self.in_user_code = False
+                if os.getpid() != self.pid:
+                    exit_forked_child(e)
+                raise
+            self.in_user_code = False
+            if os.getpid() != self.pid:
+                exit_forked_child(None)
             return 0, None
         except SystemExit as e:
             code_ = e.code
@@ -319,10 +331,7 @@ class Driver:
             print_user_traceback(*sys.exc_info())
             return 1, None
         finally:
-            try:
-                sys.stdout.flush()
-            except Exception:
-                pass
+            _flush(sys.stdout)
 
     # ---- programmatic tools: called from _platform_tools in the main thread ----
     def call_tool(self, name, payload, timeout_seconds):
@@ -337,13 +346,45 @@ class Driver:
 
 
 def print_user_traceback(etype, value, tb):
-    """The traceback without the driver's own frames: the user sees their code only."""
+    """The traceback without the driver's own frames: the user sees their code only.
+    Written to fd 2 directly when sys.stderr is gone or closed; never raises."""
     try:
         te = traceback.TracebackException(etype, value, tb, compact=True)
         te.stack = traceback.StackSummary.from_list([f for f in te.stack if f.filename != __file__])
-        sys.stderr.write("".join(te.format()))
+        text = "".join(te.format())
     except Exception:
-        traceback.print_exception(etype, value, tb)
+        text = f"{etype.__name__}: {value}\n"
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except Exception:
+        try:
+            os.write(2, text.encode("utf-8", "backslashreplace"))
+        except OSError:
+            pass
+
+
+def _flush(stream):
+    try:
+        if stream is not None:
+            stream.flush()
+    except Exception:
+        pass
+
+
+def exit_forked_child(exc):
+    """A process forked by user code (os.fork) came back out of the cell into the
+    driver: it must never act as the driver (send frames, read requests). It ends here,
+    with the status its code would have given."""
+    status = 0
+    if isinstance(exc, SystemExit):
+        status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    elif exc is not None:
+        print_user_traceback(type(exc), exc, exc.__traceback__)
+        status = 1
+    _flush(sys.stdout)
+    _flush(sys.stderr)
+    os._exit(status & 0xFF)
 
 
 def _text_stream(fd):

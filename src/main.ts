@@ -5,7 +5,7 @@
  * then serve. SIGTERM/SIGINT: stop accepting, let in-flight calls finish until
  * SANDBOX_SHUTDOWN_GRACE_SECONDS, destroy every session, exit.
  */
-import { promises as fsp, readFileSync } from 'node:fs';
+import { closeSync, promises as fsp, readdirSync, readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { loadConfig, ConfigError, type Config } from './config.js';
@@ -92,7 +92,37 @@ async function checkSearchable(root: string): Promise<void> {
   }
 }
 
+/**
+ * Descriptors this process inherited without close-on-exec would pass into every sandbox
+ * (libuv does not close them in children). Node's own descriptors are all close-on-exec,
+ * so whatever lacks the flag came from our parent: close it before anything is spawned.
+ */
+function closeInheritedDescriptors(): number {
+  let closed = 0;
+  for (const name of readdirSync('/proc/self/fd')) {
+    const fd = Number(name);
+    if (fd <= 2) continue;
+    let info: string;
+    try {
+      info = readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8');
+    } catch {
+      continue; // the directory listing's own descriptor, already closed
+    }
+    const flags = parseInt(/^flags:\s*([0-7]+)/m.exec(info)?.[1] ?? '0', 8);
+    if ((flags & 0o2000000) === 0) {
+      try {
+        closeSync(fd);
+        closed++;
+      } catch {
+        /* not ours to close */
+      }
+    }
+  }
+  return closed;
+}
+
 async function main(): Promise<void> {
+  const inherited = closeInheritedDescriptors();
   let config: Config;
   try {
     config = loadConfig(process.env);
@@ -104,6 +134,7 @@ async function main(): Promise<void> {
     throw e;
   }
   const log = createLogger(config.logLevel);
+  if (inherited > 0) log.warn({ descriptors: inherited }, 'closed descriptors inherited without close-on-exec (they would have reached the sandboxes)');
   const privileged = process.getuid?.() === 0;
   await fsp.mkdir(config.sessionsRoot, { recursive: true, mode: 0o711 });
   await fsp.chmod(config.sessionsRoot, 0o711);

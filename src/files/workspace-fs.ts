@@ -37,6 +37,8 @@ export interface FileEntry {
 }
 
 const at = (fd: number, name: string) => `/proc/self/fd/${fd}/${name}`;
+/** The same, for a name read from the disk as bytes (it may not be valid UTF-8). */
+const atRaw = (fd: number, name: Buffer) => Buffer.concat([Buffer.from(`/proc/self/fd/${fd}/`), name]);
 
 function fsError(e: unknown, display: string): never {
   const code = (e as NodeJS.ErrnoException)?.code;
@@ -268,18 +270,21 @@ export class WorkspaceFs {
     out: FileEntry[],
     depth: number,
   ): Promise<void> {
-    let names: string[];
+    let names: Buffer[];
     try {
-      names = await fsp.readdir(`/proc/self/fd/${dir.fd}`);
+      // Names as bytes: sandboxed code can make names that are not valid UTF-8; they are
+      // reported with replacement characters, and still found on the disk.
+      names = await fsp.readdir(`/proc/self/fd/${dir.fd}`, { encoding: 'buffer' });
     } catch {
       return; // unreadable (chmod 000): nothing to list, no error
     }
-    for (const name of names) {
+    for (const raw of names) {
       if (out.length >= opts.maxEntries) return;
+      const name = raw.toString('utf8');
       const rel = [...prefix, name].join('/');
       let st;
       try {
-        st = await fsp.lstat(at(dir.fd, name), { bigint: true });
+        st = await fsp.lstat(atRaw(dir.fd, raw), { bigint: true });
       } catch {
         continue;
       }
@@ -290,7 +295,7 @@ export class WorkspaceFs {
         if (depth >= 64) continue;
         let sub: fsp.FileHandle;
         try {
-          sub = await fsp.open(at(dir.fd, name), DIR_FLAGS);
+          sub = await fsp.open(atRaw(dir.fd, raw), DIR_FLAGS);
         } catch {
           continue;
         }
@@ -308,20 +313,21 @@ export class WorkspaceFs {
     const dir = await this.openDir(p.segments, display);
     const out: string[] = [];
     const visit = async (d: fsp.FileHandle, prefix: string, depth: number): Promise<void> => {
-      let names: string[];
+      let names: Buffer[];
       try {
-        names = (await fsp.readdir(`/proc/self/fd/${d.fd}`)).sort();
+        names = (await fsp.readdir(`/proc/self/fd/${d.fd}`, { encoding: 'buffer' })).sort(Buffer.compare);
       } catch {
         return;
       }
-      for (const name of names) {
+      for (const raw of names) {
         if (out.length >= maxEntries) return;
+        const name = raw.toString('utf8');
         const rel = prefix ? `${prefix}/${name}` : name;
         out.push(rel);
         if (depth >= 2) continue;
-        const st = await fsp.lstat(at(d.fd, name)).catch(() => null);
+        const st = await fsp.lstat(atRaw(d.fd, raw)).catch(() => null);
         if (!st?.isDirectory()) continue;
-        const sub = await fsp.open(at(d.fd, name), DIR_FLAGS).catch(() => null);
+        const sub = await fsp.open(atRaw(d.fd, raw), DIR_FLAGS).catch(() => null);
         if (!sub) continue;
         try {
           await visit(sub, rel, depth + 1);

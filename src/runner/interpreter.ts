@@ -316,8 +316,13 @@ export class Interpreter {
   private describeDeath(info: ExitInfo): { limit: LimitKind | null; text: string } {
     const lost = 'the interpreter was restarted and its state was lost';
     const sig = info.exitCode > 128 ? info.exitCode - 128 : 0;
-    if (this.opts.wasOomKilled?.()) return { limit: 'memory', text: `runner: killed by sandbox limit (memory: ${this.opts.memoryMb} MiB, SANDBOX_RUNNER_MEMORY_MB); ${lost}` };
-    if (sig === 24) return { limit: 'cpu', text: `runner: killed by sandbox limit (cpu: ${this.opts.cpuSeconds} CPU seconds per process, SANDBOX_RUNNER_CPU_SECONDS); ${lost}` };
+    if (this.opts.wasOomKilled?.())
+      return { limit: 'memory', text: `runner: killed by sandbox limit (memory): the memory limit of ${this.opts.memoryMb} MiB was reached (SANDBOX_RUNNER_MEMORY_MB); ${lost}` };
+    if (sig === 24)
+      return {
+        limit: 'cpu',
+        text: `runner: killed by sandbox limit (cpu): the CPU-time limit of ${this.opts.cpuSeconds} seconds per process was reached (SANDBOX_RUNNER_CPU_SECONDS); ${lost}`,
+      };
     if (sig === 25) return { limit: 'file_size', text: `runner: killed by sandbox limit (file_size); ${lost}` };
     if (sig > 0) return { limit: null, text: `runner: process exited unexpectedly (signal ${sig}${signalName(sig)}); ${lost}` };
     return { limit: null, text: `runner: process exited unexpectedly (status ${info.exitCode}); ${lost}` };

@@ -131,7 +131,8 @@ export function prlimitPrefix(limits: ResourceLimits): string[] {
   return [
     '/usr/bin/prlimit',
     `--as=${as}`,
-    `--cpu=${limits.cpuSeconds}`,
+    // soft < hard: SIGXCPU (reported as the cpu limit) at the soft limit, SIGKILL a second later
+    `--cpu=${limits.cpuSeconds}:${limits.cpuSeconds + 1}`,
     `--fsize=${limits.fileSizeBytes}`,
     `--nofile=${limits.openFiles}`,
     `--nproc=${limits.processes}`,

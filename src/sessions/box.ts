@@ -257,7 +257,7 @@ function ended(s: NodeJS.ReadableStream & { readableEnded?: boolean; destroyed?:
 
 /** Which limit a finished program ran into, from its exit status and stderr. */
 export function detectLimit(exitCode: number, stderr: string): LimitKind | null {
-  if (exitCode === 128 + 25 || /File too large|\[Errno 27\]/.test(stderr)) return 'file_size';
+  if (exitCode === 128 + 25 || /File too large|File size limit exceeded|\[Errno 27\]/.test(stderr)) return 'file_size';
   if (exitCode === 128 + 24) return 'cpu';
   if (/No space left on device|\[Errno 28\]|Disk quota exceeded/.test(stderr)) return 'disk';
   if (/fork: (retry: )?Resource temporarily unavailable|BlockingIOError: \[Errno 11\]|can't start new thread/.test(stderr)) return 'processes';

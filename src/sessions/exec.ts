@@ -45,6 +45,13 @@ export interface ExecBody {
   tool_use_id?: string | null;
 }
 
+/** A safe echo of an offending value: scalars (strings cut short); never a deep structure. */
+function preview(v: unknown): unknown {
+  if (typeof v === 'string') return v.length > 200 ? `${v.slice(0, 200)}…` : v;
+  if (v === null || typeof v === 'number' || typeof v === 'boolean') return v;
+  return Array.isArray(v) ? '<array>' : typeof v === 'object' ? '<object>' : String(v);
+}
+
 export class ExecService {
   private readonly schemas: ReturnType<typeof toolInputSchemas>;
   private readonly checks: Record<ToolName, (v: unknown) => boolean>;
@@ -87,7 +94,7 @@ export class ExecService {
       type: e.keyword,
       loc: e.instancePath === '' ? [] : e.instancePath.slice(1).split('/'),
       msg: e.keyword === 'required' ? `Field required: ${String((e.params as { requiredProperties?: string[] }).requiredProperties?.join(', ') ?? '')}` : e.message,
-      input: e.instancePath === '' ? input : Value.Pointer.Get(input, e.instancePath),
+      input: preview(e.instancePath === '' ? input : Value.Pointer.Get(input, e.instancePath)),
     }));
     throw new SandboxError('SBX_VALIDATION', detail);
   }

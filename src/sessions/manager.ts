@@ -24,8 +24,11 @@ export interface CreateOptions {
 export class SessionManager {
   private readonly sessions = new Map<string, Session>();
   private readonly pool: Box[] = [];
-  /** Boxes being made for the pool, and creates waiting for one of them. */
-  private making = 0;
+  /** Boxes being made for the pool (refills), boxes a create is making for itself, and
+   * creates waiting for a refill to land. A create only waits while there are more
+   * refills under way than creates already waiting for them. */
+  private refilling = 0;
+  private creating = 0;
   private readonly waiting: { resolve: (box: Box | null) => void }[] = [];
   private gcTimer: NodeJS.Timeout | null = null;
   private closing = false;
@@ -49,11 +52,11 @@ export class SessionManager {
   }
 
   poolState(): { target: number; ready: number; starting: number } {
-    return { target: this.config.warmPoolSize, ready: this.pool.length, starting: this.making };
+    return { target: this.config.warmPoolSize, ready: this.pool.length, starting: this.refilling };
   }
 
   private get used(): number {
-    return this.sessions.size + this.pool.length + this.making;
+    return this.sessions.size + this.pool.length + this.refilling + this.creating;
   }
 
   private refillTimer: NodeJS.Timeout | null = null;
@@ -69,11 +72,11 @@ export class SessionManager {
 
   /** Keeps the pool at its target size within the capacity left over by sessions. */
   private refill(): void {
-    while (!this.closing && this.pool.length + this.making < this.config.warmPoolSize && this.used < this.config.maxSessions && this.poolFailures < 5) {
-      this.making++;
+    while (!this.closing && this.pool.length + this.refilling < this.config.warmPoolSize && this.used < this.config.maxSessions && this.poolFailures < 5) {
+      this.refilling++;
       this.makeBox().then(
         (box) => {
-          this.making--;
+          this.refilling--;
           this.poolFailures = 0;
           const waiter = this.waiting.shift();
           if (this.closing) {
@@ -83,7 +86,7 @@ export class SessionManager {
           else this.pool.push(box);
         },
         (e: unknown) => {
-          this.making--;
+          this.refilling--;
           this.poolFailures++;
           this.waiting.shift()?.resolve(null); // that create makes its own box
           this.log.error({ err: String((e as Error)?.message ?? e) }, 'warm pool: could not prepare a sandbox');
@@ -109,7 +112,7 @@ export class SessionManager {
     if (this.closing) throw new SandboxError('SBX_SHUTTING_DOWN', 'server is shutting down', { headers: { 'retry-after': '5' } });
     let box = this.pool.shift();
     // A refill under way is room a create may take: wait for that box rather than refuse.
-    if (!box && this.making > this.waiting.length) {
+    if (!box && this.refilling > this.waiting.length) {
       box = (await new Promise<Box | null>((resolve) => this.waiting.push({ resolve }))) ?? undefined;
       if (this.closing) {
         void box?.destroy();
@@ -122,11 +125,15 @@ export class SessionManager {
           headers: { 'retry-after': String(Math.min(60, this.config.gcIntervalSeconds)) },
         });
       }
-      this.making++;
+      this.creating++;
       try {
         box = await this.makeBox();
       } finally {
-        this.making--;
+        this.creating--;
+      }
+      if (this.closing) {
+        void box.destroy();
+        throw new SandboxError('SBX_SHUTTING_DOWN', 'server is shutting down', { headers: { 'retry-after': '5' } });
       }
     }
     // Lifetime hints are clamped to the server's ceilings, never refused.
@@ -183,6 +190,6 @@ export class SessionManager {
     await Promise.all(boxes.map((b) => b.destroy().catch(() => {})));
     // Boxes still being made are destroyed by refill's callback when they land.
     const deadline = Date.now() + 10_000;
-    while (this.making > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    while (this.refilling + this.creating > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
   }
 }

@@ -200,7 +200,8 @@ test('SANDBOX_RUNNER_NOFILE: opening more files than the limit fails', async () 
 test('SANDBOX_RUNNER_CPU_SECONDS sets the CPU-time limit of the session processes', async () => {
   const id = await createSession(server);
   const own = await py(server, id, 'import resource\nprint(resource.getrlimit(resource.RLIMIT_CPU))');
-  assert.equal(own.stdout, '(3, 3)');
+  // soft = the setting (SIGXCPU, reported as the cpu limit); hard one second later (SIGKILL)
+  assert.equal(own.stdout, '(3, 4)');
   const child = await py(server, id, 'import subprocess\nr = subprocess.run(["bash", "-c", "ulimit -t"], capture_output=True, text=True)\nprint(r.stdout.strip())');
   assert.equal(child.stdout, '3');
 });

@@ -64,6 +64,11 @@ export function registerFileRoutes(app: App, deps: AppDeps): void {
         return reply.code(201).send({ path: resolved.rel, size_bytes: staged.size });
       } catch (e) {
         if (staged) await fs.discard(staged.staged);
+        const err = e as { name?: string; statusCode?: number; code?: string; message?: string };
+        // A body busboy cannot parse is the client's fault: a 400, never a 500.
+        if (err.name !== 'SandboxError' && err.statusCode === undefined && err.code === undefined) {
+          throw new SandboxError('SBX_BAD_REQUEST', `malformed multipart body: ${err.message ?? 'unreadable'}`);
+        }
         throw e;
       }
     },
