@@ -69,9 +69,17 @@ export class WorkspaceFs {
           next = await fsp.open(at(dir.fd, seg), DIR_FLAGS);
         } catch (e) {
           if (!create || (e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-          await fsp.mkdir(at(dir.fd, seg), { mode: 0o755 });
+          let made = true;
+          try {
+            await fsp.mkdir(at(dir.fd, seg), { mode: 0o755 });
+          } catch (m) {
+            // Sandboxed code made something there since our open: open it again, with
+            // O_NOFOLLOW as always (a link still fails; a folder is used as it is).
+            if ((m as NodeJS.ErrnoException).code !== 'EEXIST') throw m;
+            made = false;
+          }
           next = await fsp.open(at(dir.fd, seg), DIR_FLAGS);
-          if (this.owner) await next.chown(this.owner.uid, this.owner.gid);
+          if (made && this.owner) await next.chown(this.owner.uid, this.owner.gid);
         }
         await dir.close();
         dir = next;

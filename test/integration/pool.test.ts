@@ -39,10 +39,10 @@ describe('warm pool', () => {
     await api(server, 'DELETE', `/sessions/${a}`);
     const b = await createSession(server);
     const r = await py(server, b, "import os; print('secret' in globals(), os.listdir('/workspace'), [n for n in os.listdir('/tmp') if not n.startswith('.')])");
-    assert.equal(r.stdout, "False [] []");
-    const mountB = (await sh(server, b, "stat -c %d:%i /workspace")).stdout;
+    assert.equal(r.stdout, 'False [] []');
+    const mountB = (await sh(server, b, 'stat -c %d:%i /workspace')).stdout;
     assert.notEqual(mountB.trim(), '');
-    assert.notEqual(mountA.trim(), mountB.trim(), 'a second session got the first one\'s workspace');
+    assert.notEqual(mountA.trim(), mountB.trim(), "a second session got the first one's workspace");
     await api(server, 'DELETE', `/sessions/${b}`);
   });
 
@@ -50,7 +50,7 @@ describe('warm pool', () => {
     assert.ok(await waitFor(async () => (await health(server)).warm_pool.ready === 2, 20_000));
     const ids = await Promise.all([1, 2, 3, 4].map(() => createSession(server)));
     assert.equal(new Set(ids).size, 4);
-    const mounts = await Promise.all(ids.map(async (id) => (await sh(server, id, "stat -c %d:%i /workspace")).stdout.trim()));
+    const mounts = await Promise.all(ids.map(async (id) => (await sh(server, id, 'stat -c %d:%i /workspace')).stdout.trim()));
     assert.equal(new Set(mounts).size, 4, `workspaces shared: ${mounts.join(', ')}`);
     // At capacity: no room for the pool, and a fifth create is refused with Retry-After.
     const h = await health(server);

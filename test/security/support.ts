@@ -14,10 +14,8 @@
  * (`sleep 777.<random>` or `python3 -c "#m-<random>..."`) so leftovers are found by
  * scanning /proc/<pid>/cmdline on the host.
  *
- * Sessions root: the harness makes its temporary root with mkdtemp (mode 0700), which a
- * per-session host uid cannot traverse, so bwrap fails to bind the workspace. Until the
- * harness makes the root traversable, the suite passes its own 0711 root through
- * SANDBOX_SESSIONS_ROOT and removes it afterwards (see startSuite).
+ * Host canaries: hostDir is a folder of the test's own (0711, never mounted in a
+ * sandbox) for files a confused server could leak or overwrite.
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -25,7 +23,7 @@ import http from 'node:http';
 import { chmod, mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { api, createSession, pidsWithMarker, py, sh, startServer, waitFor, type TestServer } from '../helpers/server.js';
+import { api, createSession, exec, pidsWithMarker, py, sh, startServer, waitFor, type TestServer } from '../helpers/server.js';
 
 const execFileP = promisify(execFile);
 
@@ -58,19 +56,23 @@ const CLK_TCK = 100;
 export async function startSuite(env: Record<string, string> = {}): Promise<Suite> {
   const hostDir = await mkdtemp('/tmp/sbx-sec-');
   await chmod(hostDir, 0o711);
-  const sessionsRoot = `${hostDir}/sessions`;
   let server: TestServer;
   try {
-    server = await startServer({ SANDBOX_SESSIONS_ROOT: sessionsRoot, ...env });
+    server = await startServer(env);
   } catch (e) {
     await rm(hostDir, { recursive: true, force: true });
     throw e;
   }
-  const victim = await createSession(server);
-  const suite: Suite = { server, sessionsRoot, hostDir, victim, victimBox: { dir: '', uid: -1 } };
-  suite.victimBox = await findBox(suite, victim);
-  const first = await py(server, victim, 'print(1)');
-  assert.equal(first.stdout, '1', 'victim session works before the attacks');
+  const suite: Suite = { server, sessionsRoot: env.SANDBOX_SESSIONS_ROOT ?? server.sessionsRoot, hostDir, victim: '', victimBox: { dir: '', uid: -1 } };
+  try {
+    suite.victim = await createSession(server);
+    suite.victimBox = await findBox(suite, suite.victim);
+    const first = await py(server, suite.victim, 'print(1)');
+    assert.equal(first.stdout, '1', 'victim session works before the attacks');
+  } catch (e) {
+    await stopSuite(suite);
+    throw e;
+  }
   return suite;
 }
 
@@ -78,8 +80,10 @@ export async function stopSuite(suite: Suite | undefined): Promise<void> {
   if (!suite) return;
   await suite.server.stop();
   // A SIGKILLed server cannot unmount its per-session tmpfs; never leave mounts behind.
-  for (const m of await mountsUnder(suite.hostDir)) await execFileP('/usr/bin/umount', ['-l', m]).catch(() => {});
-  await rm(suite.hostDir, { recursive: true, force: true }).catch(() => {});
+  for (const dir of [suite.server.root, suite.hostDir]) {
+    for (const m of await mountsUnder(dir)) await execFileP('/usr/bin/umount', ['-l', m]).catch(() => {});
+    await rm(dir, { recursive: true, force: true }).catch(() => {});
+  }
 }
 
 /** Mount points in /proc/mounts under `dir`. */
@@ -92,18 +96,19 @@ export async function mountsUnder(dir: string): Promise<string[]> {
     .filter((p) => p === dir || p.startsWith(`${dir}/`));
 }
 
-/** Finds the host folder and uid of a session from inside it (its uid_map names the host uid). */
+/** Finds the host folder and uid of a session: a probe file made in its /tmp is found
+ * under <box>/tmp on the host; the box's workspace owner is the session's host uid. */
 export async function findBox(suite: Suite, id: string): Promise<BoxInfo> {
-  const r = await sh(suite.server, id, 'cat /proc/self/uid_map');
-  assert.equal(r.return_code, 0, `uid_map readable: ${r.stderr}`);
-  const uid = Number(r.stdout.trim().split(/\s+/)[1]);
-  assert.ok(Number.isInteger(uid) && uid > 0, `host uid of the session: ${r.stdout}`);
+  const probe = `.secsuite-${randomBytes(8).toString('hex')}`;
+  const r = await sh(suite.server, id, `touch /tmp/${probe}`);
+  assert.equal(r.return_code, 0, `probe file: ${r.stderr}`);
   for (const name of await readdir(suite.sessionsRoot)) {
     if (!name.startsWith('box_')) continue;
-    const st = await stat(`${suite.sessionsRoot}/${name}/workspace`).catch(() => null);
-    if (st?.uid === uid) return { dir: `${suite.sessionsRoot}/${name}`, uid };
+    if (!(await exists(`${suite.sessionsRoot}/${name}/tmp/${probe}`))) continue;
+    const st = await stat(`${suite.sessionsRoot}/${name}/workspace`);
+    return { dir: `${suite.sessionsRoot}/${name}`, uid: st.uid };
   }
-  assert.fail(`no box folder owned by uid ${uid} under ${suite.sessionsRoot}`);
+  assert.fail(`no box folder with /tmp/${probe} under ${suite.sessionsRoot}`);
 }
 
 /** A fresh attacking session; deleted by t.after even when the case fails half-way. */
@@ -155,29 +160,50 @@ export async function exists(path: string): Promise<boolean> {
 /** Polls until no process has any marker; returns what is left. */
 export async function waitNoMarkers(markers: string[], timeoutMs = 5000): Promise<number[]> {
   let left: number[] = [];
-  await waitFor(async () => {
-    left = (await Promise.all(markers.map((m) => pidsWithMarker(m)))).flat();
-    return left.length === 0;
-  }, timeoutMs, 100);
+  await waitFor(
+    async () => {
+      left = (await Promise.all(markers.map((m) => pidsWithMarker(m)))).flat();
+      return left.length === 0;
+    },
+    timeoutMs,
+    100,
+  );
   return left;
 }
 
-/** True once a process with the marker has been seen during `during` (polled every 50 ms). */
-export async function seenWhile<T>(marker: string, during: Promise<T>): Promise<{ seen: boolean; value: T }> {
-  let seen = false;
+/** Which markers had a live process at some point during `during` (polled every 50 ms). */
+export async function seenWhile<T>(markers: string | string[], during: Promise<T>): Promise<{ seen: Set<string>; value: T }> {
+  const list = Array.isArray(markers) ? markers : [markers];
+  const seen = new Set<string>();
   let done = false;
+  const scan = async () => {
+    for (const m of list) if (!seen.has(m) && (await pidsWithMarker(m)).length > 0) seen.add(m);
+  };
   const poll = (async () => {
-    while (!done && !seen) {
-      if ((await pidsWithMarker(marker)).length > 0) seen = true;
-      else await new Promise((r) => setTimeout(r, 50));
+    while (!done && seen.size < list.length) {
+      await scan();
+      await new Promise((r) => setTimeout(r, 50));
     }
   })();
   const value = await during.finally(() => {
     done = true;
   });
   await poll;
-  if (!seen) seen = (await pidsWithMarker(marker)).length > 0;
   return { seen, value };
+}
+
+/** Host pids owned by `uid` (any state but zombie). */
+export async function livePidsOfUid(uid: number): Promise<number[]> {
+  const out: number[] = [];
+  for (const n of await readdir('/proc')) {
+    if (!/^\d+$/.test(n)) continue;
+    const st = await stat(`/proc/${n}`).catch(() => null);
+    if (!st || st.uid !== uid) continue;
+    const text = await readFile(`/proc/${n}/stat`, 'utf8').catch(() => '');
+    if (text.slice(text.lastIndexOf(')') + 2).startsWith('Z')) continue;
+    out.push(Number(n));
+  }
+  return out;
 }
 
 export async function serverRssKb(server: TestServer): Promise<number> {
@@ -228,10 +254,18 @@ export async function finishCase(suite: Suite, a: Attacker | null, markers: stri
   await postChecks(suite);
 }
 
+/** The server's error-level log lines (pino level >= 50), for assertion messages. */
+export function serverErrors(suite: Suite): string {
+  return suite.server
+    .logs()
+    .split('\n')
+    .filter((l) => /"level":(50|60)/.test(l))
+    .slice(-5)
+    .join('\n');
+}
+
 export async function describePids(pids: number[]): Promise<string> {
-  const parts = await Promise.all(
-    pids.slice(0, 20).map(async (p) => `${p}:${(await readFile(`/proc/${p}/cmdline`, 'utf8').catch(() => '?')).replace(/\0/g, ' ').slice(0, 120)}`),
-  );
+  const parts = await Promise.all(pids.slice(0, 20).map(async (p) => `${p}:${(await readFile(`/proc/${p}/cmdline`, 'utf8').catch(() => '?')).replace(/\0/g, ' ').slice(0, 120)}`));
   return parts.join(' | ');
 }
 
@@ -255,7 +289,10 @@ export function rawRequest(
   const started = performance.now();
   return new Promise((resolve, reject) => {
     const req = http.request({ host: u.hostname, port: Number(u.port), method: opts.method ?? 'GET', path: opts.path, headers: opts.headers ?? {}, agent: false });
-    const timer = setTimeout(() => req.destroy(new Error(`no answer in ${opts.timeoutMs ?? 15000} ms: ${opts.method ?? 'GET'} ${opts.path.slice(0, 100)}`)), opts.timeoutMs ?? 15000);
+    const timer = setTimeout(
+      () => req.destroy(new Error(`no answer in ${opts.timeoutMs ?? 15000} ms: ${opts.method ?? 'GET'} ${opts.path.slice(0, 100)}`)),
+      opts.timeoutMs ?? 15000,
+    );
     req.on('response', (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
@@ -294,7 +331,7 @@ export function rawRequest(
 export async function upload(server: { url: string }, id: string, content: Buffer | string, opts: { path?: string; filename?: string } = {}) {
   const form = new FormData();
   if (opts.path !== undefined) form.append('path', opts.path);
-  form.append('file', new Blob([typeof content === 'string' ? Buffer.from(content) : content]), opts.filename ?? 'upload.bin');
+  form.append('file', new Blob([new Uint8Array(typeof content === 'string' ? Buffer.from(content) : content)]), opts.filename ?? 'upload.bin');
   const res = await fetch(`${server.url}/sessions/${id}/files`, { method: 'POST', body: form });
   const text = await res.text();
   let body: any = text;
@@ -318,7 +355,6 @@ export async function listFiles(server: { url: string }, id: string, path = '.',
 }
 
 export async function editor(server: { url: string }, id: string, input: Record<string, unknown>) {
-  const { exec } = await import('../helpers/server.js');
   return exec(server, id, 'text_editor_code_execution', input);
 }
 

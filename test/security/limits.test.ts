@@ -1,0 +1,216 @@
+/**
+ * Hostile inputs 25-28 of sandboxing.md section 3, plus the CPU-time and open-files
+ * limits of the issue: each limit is crossed on purpose, and the result must carry
+ * `limit_exceeded` with its kind and a plain-English stderr line naming the limit and its
+ * setting. The limits are set low for this file so crossing them is quick and harmless:
+ * 64 MiB of disk per session, 8 MiB per file, 16 MiB of /dev/shm, 2 CPU seconds per
+ * process, 64 open files, 256 KiB of output per stream.
+ */
+import { before, after, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { api, attacker, editor, finishCase, py, serverErrors, serverRssKb, sh, startSuite, stopSuite, upload, type Suite } from './support.js';
+
+const MiB = 1024 * 1024;
+const OUTPUT_CAP = 256 * 1024;
+let S: Suite;
+let cgroupMemory = false;
+
+before(async () => {
+  S = await startSuite({
+    SANDBOX_WORKSPACE_MB: '64',
+    SANDBOX_RUNNER_FSIZE_MB: '8',
+    SANDBOX_SHM_MB: '16',
+    SANDBOX_RUNNER_CPU_SECONDS: '2',
+    SANDBOX_RUNNER_NOFILE: '64',
+    SANDBOX_RUNNER_MAX_OUTPUT_BYTES: String(OUTPUT_CAP),
+  });
+  const h = await api(S.server, 'GET', '/health');
+  cgroupMemory = /cgroup/.test(String(h.body.isolation?.memory_limit ?? ''));
+});
+
+after(async () => {
+  await stopSuite(S);
+});
+
+test('#25 memory: bytearray(8<<30), " "*10**11, np.ones((10**6,10**6)) -> MemoryError, limit "memory", state kept', async (t) => {
+  const a = await attacker(S, t);
+  await py(S.server, a.id, 'kept = 99');
+  for (const code of ['bytearray(8 << 30)', "' ' * 10**11", 'import numpy as np\nnp.ones((10**6, 10**6))']) {
+    const r = await py(S.server, a.id, code);
+    assert.equal(r.return_code, 1, `${code}: ${r.stderr}`);
+    assert.match(r.stderr, /MemoryError|Unable to allocate/, code);
+    assert.equal(r.limit_exceeded, 'memory', `${code}: limit_exceeded`);
+    assert.match(r.stderr, /memory.*SANDBOX_RUNNER_MEMORY_MB/, `${code}: a plain-English line names the limit`);
+    assert.equal(r.interpreter_restarted, false);
+    assert.equal((await py(S.server, a.id, 'print(kept)')).stdout, '99', `${code}: state kept`);
+  }
+  await finishCase(S, a);
+});
+
+test('#25 memory of the whole session: four processes touching 700 MiB each are bounded per session', async (t) => {
+  const a = await attacker(S, t);
+  const hog = 'b = bytearray(700 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\nimport time; time.sleep(1.5); print("survived")';
+  const r = await sh(S.server, a.id, `for i in 1 2 3 4; do python3 -c '${hog}' & done; wait`, { timeout_seconds: 30 });
+  const survivors = (r.stdout.match(/survived/g) ?? []).length;
+  t.diagnostic(`cgroup memory limit: ${cgroupMemory}; survivors: ${survivors}; limit: ${r.limit_exceeded}`);
+  if (cgroupMemory) {
+    assert.ok(survivors < 4, 'a per-session memory limit stops 2.8 GiB of touched memory');
+    assert.equal(r.limit_exceeded, 'memory');
+    assert.match(r.stderr, /memory limit.*SANDBOX_RUNNER_MEMORY_MB|memory.*SANDBOX_RUNNER_MEMORY_MB/);
+  } else {
+    // Without a cgroup only RLIMIT_AS bounds each process: /health must not claim more.
+    assert.equal(survivors, 4, 'without a cgroup each process gets its own RLIMIT_AS');
+  }
+  assert.equal((await py(S.server, a.id, 'print(1)')).stdout, '1', 'the session works after the memory kill');
+  await finishCase(S, a);
+});
+
+test('#26 tmpfs caps: /tmp (session quota) and /dev/shm (16 MiB) -> ENOSPC; /, /dev, /usr, /etc, /opt -> read-only', async (t) => {
+  const a = await attacker(S, t);
+  const shm = await sh(S.server, a.id, 'for i in 1 2 3 4; do head -c 7M /dev/zero > /dev/shm/f$i || { echo "stopped at $i"; break; }; done; du -sk /dev/shm');
+  assert.match(shm.stdout, /stopped at 3/, `/dev/shm is capped at 16 MiB: ${shm.stdout}`);
+  assert.match(shm.stderr, /No space left on device/);
+  const tmp = await sh(S.server, a.id, 'for i in $(seq 1 12); do head -c 7M /dev/zero > /tmp/f$i || { echo "stopped at $i"; break; }; done');
+  assert.match(tmp.stdout, /stopped at (8|9|10)/, `/tmp shares the 64 MiB session quota: ${tmp.stdout}`);
+  assert.equal(tmp.limit_exceeded, 'disk');
+  assert.match(tmp.stderr, /disk space \(64 MiB.*SANDBOX_WORKSPACE_MB\)/);
+  const ro = await sh(
+    S.server,
+    a.id,
+    'for p in /x /dev/x /usr/x /etc/x /etc/passwd /opt/sandbox/x /opt/session-lib/x /bin/x; do touch $p 2>&1; done; echo pwned > /etc/passwd; mkdir /newdir; true',
+  );
+  assert.equal((ro.stdout.match(/Read-only file system/g) ?? []).length, 8, ro.stdout);
+  assert.match(ro.stderr, /Read-only file system/);
+  const pyRo = await py(
+    S.server,
+    a.id,
+    "import errno\nres = []\nfor p in ('/x', '/dev/x', '/usr/lib/x'):\n    try:\n        open(p, 'w')\n    except OSError as e:\n        res.append(errno.errorcode[e.errno])\nprint(res)",
+  );
+  assert.equal(pyRo.stdout, "['EROFS', 'EROFS', 'EROFS']");
+  await finishCase(S, a);
+});
+
+test('#27 disk fill of the workspace stops with a clear error; the victim still writes; the API answers 4xx, not 5xx', async (t) => {
+  const a = await attacker(S, t);
+  await py(S.server, a.id, 'kept = 5');
+  const fill = await sh(S.server, a.id, 'for i in $(seq 1 20); do head -c 7M /dev/zero > /workspace/f$i || { echo "stopped at $i"; break; }; done');
+  assert.match(fill.stdout, /stopped at/, 'the fill stopped');
+  assert.match(fill.stderr, /No space left on device/);
+  assert.equal(fill.limit_exceeded, 'disk');
+  assert.match(fill.stderr, /disk space \(64 MiB for the workspace and \/tmp together, SANDBOX_WORKSPACE_MB\)/);
+  const fa = await sh(S.server, a.id, 'fallocate -l 100G /workspace/huge; echo rc=$?');
+  assert.doesNotMatch(fa.stdout, /rc=0/, 'fallocate of 100G fails');
+  const p = await py(S.server, a.id, "with open('/workspace/more', 'wb') as f:\n    for i in range(100):\n        f.write(b'x' * (1 << 20))");
+  assert.equal(p.return_code, 1);
+  assert.equal(p.limit_exceeded, 'disk', p.stderr);
+  assert.equal(p.interpreter_restarted, false);
+  assert.equal((await py(S.server, a.id, 'print(kept)')).stdout, '5');
+  // The file API on a full workspace: refused with a 4xx, never an internal error.
+  const up = await upload(S.server, a.id, Buffer.alloc(4 * MiB, 0x61), { path: 'up.bin' });
+  assert.equal(up.status, 413, `upload into a full workspace: ${up.status} ${JSON.stringify(up.body)}\n${serverErrors(S)}`);
+  const ed = await editor(S.server, a.id, { command: 'create', path: 'ed.txt', file_text: 'y'.repeat(100_000) });
+  assert.equal(ed.status, 200, `editor create in a full workspace: ${JSON.stringify(ed.body)}\n${serverErrors(S)}`);
+  assert.equal(ed.return_code, 1);
+  // Other sessions are untouched.
+  const v = await sh(S.server, S.victim, 'head -c 7M /dev/zero > /workspace/victim.bin && stat -c %s /workspace/victim.bin && rm /workspace/victim.bin');
+  assert.equal(v.stdout, `${7 * MiB}\n`, `the victim still writes: ${v.stderr}`);
+  // Freeing space makes the workspace usable again.
+  const again = await sh(S.server, a.id, 'rm -f /workspace/f* /workspace/more && echo ok > /workspace/n && cat /workspace/n');
+  assert.equal(again.stdout, 'ok\n');
+  await finishCase(S, a);
+});
+
+test('file size limit (SANDBOX_RUNNER_FSIZE_MB=8): bash gets SIGXFSZ, Python EFBIG; limit "file_size"', async (t) => {
+  const a = await attacker(S, t);
+  const ok = await sh(S.server, a.id, 'head -c 7M /dev/zero > /workspace/ok && stat -c %s /workspace/ok');
+  assert.equal(ok.stdout, `${7 * MiB}\n`);
+  const b = await sh(S.server, a.id, 'head -c 20M /dev/zero > /workspace/big');
+  assert.notEqual(b.return_code, 0);
+  assert.equal(b.limit_exceeded, 'file_size', b.stderr);
+  assert.match(b.stderr, /file size \(8 MiB per file, SANDBOX_RUNNER_FSIZE_MB\)/);
+  await py(S.server, a.id, 'kept = 3');
+  const p = await py(S.server, a.id, "open('/workspace/big2', 'wb').write(b'0' * (20 << 20))");
+  assert.equal(p.return_code, 1);
+  assert.match(p.stderr, /File too large|Errno 27/);
+  assert.equal(p.limit_exceeded, 'file_size');
+  assert.equal(p.interpreter_restarted, false);
+  assert.equal((await py(S.server, a.id, 'print(kept)')).stdout, '3');
+  const yes = await sh(S.server, a.id, 'yes > /workspace/yes');
+  assert.equal(yes.limit_exceeded, 'file_size', 'yes > f stops at the file size limit');
+  const size = await sh(S.server, a.id, 'stat -c %s /workspace/yes');
+  assert.equal(size.stdout, `${8 * MiB}\n`);
+  // The limit fired even when the command goes on afterwards (bash says so on stderr).
+  const cont = await sh(S.server, a.id, 'yes > /workspace/yes3; echo went on');
+  assert.match(cont.stderr, /File size limit exceeded/);
+  assert.equal(cont.limit_exceeded, 'file_size', `a command that goes on after SIGXFSZ: ${JSON.stringify(cont.stderr)}`);
+  await finishCase(S, a);
+});
+
+test('#28 output floods (20 MB on stdout, 100 MB in one line, 10 MB on stderr) are capped with a marker; server RSS stays bounded', async (t) => {
+  const a = await attacker(S, t);
+  const rss0 = await serverRssKb(S.server);
+  const floods = [
+    { tool: 'sh', code: "head -c 20000000 /dev/zero | tr '\\0' x", stream: 'stdout', total: 20_000_000 },
+    { tool: 'sh', code: "head -c 10000000 /dev/zero | tr '\\0' e >&2", stream: 'stderr', total: 10_000_000 },
+    { tool: 'py', code: "print('x' * 10**8, end='')", stream: 'stdout', total: 100_000_000 },
+    { tool: 'py', code: "import sys\nfor i in range(200):\n    sys.stderr.write('e' * 100000)", stream: 'stderr', total: 20_000_000 },
+  ] as const;
+  for (const f of floods) {
+    const t0 = performance.now();
+    const r = f.tool === 'sh' ? await sh(S.server, a.id, f.code) : await py(S.server, a.id, f.code);
+    const ms = performance.now() - t0;
+    const text = f.stream === 'stdout' ? r.stdout : r.stderr;
+    assert.equal(r.status, 200);
+    assert.ok(text.length >= OUTPUT_CAP && text.length < OUTPUT_CAP + 2048, `${f.code}: ${f.stream} is ${text.length} chars`);
+    assert.match(text, /truncat/i, `${f.code}: a truncation marker`);
+    assert.equal(r.limit_exceeded, 'output_bytes', f.code);
+    const dropped = f.stream === 'stdout' ? r.body.stdout_dropped_bytes : r.body.stderr_dropped_bytes;
+    assert.equal(dropped, f.total - OUTPUT_CAP, `${f.code}: dropped bytes are counted`);
+    assert.ok(ms < 15_000, `${f.code}: took ${Math.round(ms)} ms`);
+  }
+  const rss1 = await serverRssKb(S.server);
+  t.diagnostic(`server RSS ${rss0} kB -> ${rss1} kB`);
+  assert.ok(rss1 - rss0 < 100 * 1024, `server RSS grew by ${rss1 - rss0} kB during 150 MB of output`);
+  assert.equal((await py(S.server, a.id, 'print(1)')).stdout, '1');
+  await finishCase(S, a);
+});
+
+test('CPU time (SANDBOX_RUNNER_CPU_SECONDS=2): busy loops in bash, a bash child and the REPL are stopped with limit "cpu"', async (t) => {
+  const a = await attacker(S, t);
+  for (const [tool, code] of [
+    ['sh', 'while :; do :; done'],
+    ['sh', "python3 -c 'while True: pass'"],
+    ['py', 'while True: pass'],
+  ] as const) {
+    const t0 = performance.now();
+    const r = tool === 'sh' ? await sh(S.server, a.id, code, { timeout_seconds: 20 }) : await py(S.server, a.id, code, { timeout_seconds: 20 });
+    const ms = performance.now() - t0;
+    assert.ok(ms < 10_000, `${code}: stopped after ${Math.round(ms)} ms (well before the 20 s wall clock)`);
+    assert.notEqual(r.return_code, 0, code);
+    assert.equal(r.limit_exceeded, 'cpu', `${code}: limit_exceeded (rc ${r.return_code}, stderr ${JSON.stringify(r.stderr)})`);
+    assert.match(r.stderr, /CPU.*2.*SANDBOX_RUNNER_CPU_SECONDS/, `${code}: a plain-English line names the limit`);
+    if (tool === 'py') assert.equal(r.interpreter_restarted, true);
+  }
+  const back = await py(S.server, a.id, 'print(1)');
+  assert.equal(back.stdout, '1', `the REPL is back after a CPU kill: ${back.status} ${JSON.stringify(back.body).slice(0, 400)}\n${serverErrors(S)}`);
+  await finishCase(S, a);
+});
+
+test('open files (SANDBOX_RUNNER_NOFILE=64): EMFILE at the limit, cannot be raised, the session survives fd exhaustion', async (t) => {
+  const a = await attacker(S, t);
+  const u = await sh(S.server, a.id, 'ulimit -n; ulimit -Hn; ulimit -n 4096; echo raise=$?');
+  assert.match(u.stdout, /^64\n64\n/);
+  assert.match(u.stdout, /raise=1/);
+  const r = await py(S.server, a.id, "fs = []\ntry:\n    while True:\n        fs.append(open('/dev/null'))\nexcept OSError as e:\n    print(e.errno, len(fs) < 64)\nfs.clear()");
+  assert.equal(r.stdout, '24 True', r.stderr);
+  assert.equal((await py(S.server, a.id, 'print(1)')).stdout, '1');
+  // Exhaustion kept across calls: the next call answers (the interpreter may restart).
+  await py(S.server, a.id, "hold = []\ntry:\n    while True:\n        hold.append(open('/dev/null'))\nexcept OSError:\n    pass");
+  const next = await py(S.server, a.id, 'print(2)', { timeout_seconds: 10 });
+  assert.equal(next.status, 200);
+  assert.ok(next.stdout === '2' || next.interpreter_restarted, `fd exhaustion: ${JSON.stringify(next.body).slice(0, 300)}`);
+  assert.equal((await py(S.server, a.id, 'print(3)')).stdout, '3');
+  const b = await sh(S.server, a.id, 'for i in $(seq 10 80); do eval "exec $i</dev/null" || { echo "stopped at $i"; break; }; done');
+  assert.match(b.stdout, /stopped at 6\d/);
+  await finishCase(S, a);
+});
