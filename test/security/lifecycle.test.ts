@@ -14,7 +14,6 @@ import {
   createSession,
   describePids,
   exists,
-  livePidsOfUid,
   mountsUnder,
   pidsWithMarker,
   postChecks,
