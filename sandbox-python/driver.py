@@ -101,6 +101,7 @@ class Cell:
         self.err_r, self.err_w = os.pipe2(os.O_CLOEXEC)
         for fd in (self.out_r, self.err_r):
             os.set_blocking(fd, False)
+        self.finished = threading.Event()
         self.interrupted = False
 
 
@@ -115,7 +116,6 @@ class Driver:
         self.tool_cv = threading.Condition()
         self.cell = None
         self.pid = os.getpid()
-        self.pump_lock = threading.Lock()
         self.in_user_code = False
         signal.signal(signal.SIGINT, self.on_sigint)
         self.stdout_obj = sys.stdout
@@ -142,32 +142,29 @@ class Driver:
         while True:
             cell = self.cell
             # Between cells the main thread owns the control channel; the relay only
-            # waits to be told (b"c" on the wake pipe) that a cell started.
+            # waits to be told a cell started.
             fds = [self.wake_r] if cell is None else [self.wake_r, self.chan.rfd, cell.out_r, cell.err_r]
             try:
                 ready, _, _ = select.select(fds, [], [])
             except (InterruptedError, OSError):
-                continue  # e.g. EBADF: the main thread closed a finished cell's pipes
-            if self.wake_r in ready:
-                os.read(self.wake_r, 64)
-            if cell is None:
                 continue
-            # The lock makes "is this cell still running?" and the reads that follow one
-            # step: once the main thread has finished a cell, the relay never touches
-            # its pipes or the control channel again.
-            with self.pump_lock:
-                if self.cell is not cell:
+            if self.wake_r in ready:
+                # b"c": a cell started (select on its pipes); b"f": the cell's code returned.
+                if b"f" in os.read(self.wake_r, 64) and self.cell is not None:
+                    self.finish_cell(self.cell)
                     continue
-                if self.chan.rfd in ready:
-                    try:
-                        kind, body = self.chan.recv()
-                    except (EOFError, OSError, ValueError):
-                        os._exit(0)  # the server went away or spoke garbage: nothing to serve
-                    self.dispatch(kind, body)
-                if cell.out_r in ready:
-                    self.pump(cell, cell.out_r, 1)
-                if cell.err_r in ready:
-                    self.pump(cell, cell.err_r, 2)
+            if cell is None or self.cell is not cell:
+                continue
+            if self.chan.rfd in ready:
+                try:
+                    kind, body = self.chan.recv()
+                except (EOFError, OSError, ValueError):
+                    os._exit(0)  # the server went away or spoke garbage: nothing to serve
+                self.dispatch(kind, body)
+            if cell.out_r in ready:
+                self.pump(cell, cell.out_r, 1)
+            if cell.err_r in ready:
+                self.pump(cell, cell.err_r, 2)
 
     def dispatch(self, kind, body):
         msg = json.loads(body)
@@ -205,16 +202,16 @@ class Driver:
         return True
 
     def finish_cell(self, cell):
-        """Main thread, after the code returned and fds 1/2 point at /dev/null again:
-        what the pipes hold now belongs to this cell. Late writers (background
-        children) find the pipes closed. Bounded, so a child that keeps writing cannot
-        hold the cell open. No thread hand-off: the relay is fenced off by the lock."""
-        with self.pump_lock:
-            self.pump(cell, cell.out_r, 1, 256)
-            self.pump(cell, cell.err_r, 2, 256)
-            self.cell = None
+        # The cell's code has returned and the main thread has pointed fds 1/2 back at
+        # /dev/null and closed its write ends; whatever is in the pipes now belongs to
+        # this cell. Late writers (background children) find the pipes closed.
+        # Bounded: a background child that keeps writing must not hold the cell open.
+        self.pump(cell, cell.out_r, 1, 256)
+        self.pump(cell, cell.err_r, 2, 256)
         os.close(cell.out_r)
         os.close(cell.err_r)
+        self.cell = None
+        cell.finished.set()
 
     # ---- main thread: runs the code ----
     def next_request(self):
@@ -271,7 +268,7 @@ class Driver:
             self.stdout_obj, self.stderr_obj = _text_stream(1), _text_stream(2)
         sys.stdout, sys.stderr = self.stdout_obj, self.stderr_obj
         self.cell = cell
-        os.write(self.wake_w, b"c")  # let the relay select on the new pipes (large outputs)
+        os.write(self.wake_w, b"c")  # let the relay start selecting on the new pipes
         return_code, limit = 1, None
         try:
             return_code, limit = self.run_code(req["code"])
@@ -285,7 +282,8 @@ class Driver:
             killed = 0
             if req.get("kill_children") or cell.interrupted:
                 killed = kill_other_processes()
-            self.finish_cell(cell)
+            os.write(self.wake_w, b"f")  # the relay drains and closes the cell's pipes
+            cell.finished.wait()
             self.chan.send(ord("D"), {
                 "id": cell.id, "return_code": return_code, "limit": limit,
                 "stdout_dropped": cell.dropped[1], "stderr_dropped": cell.dropped[2],
