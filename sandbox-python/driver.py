@@ -11,7 +11,7 @@ Wire format (control channel, see src/runner/frame-codec.ts for the other side):
     b'O' / b'R'    raw stdout / stderr bytes of the running cell
     b'T' tool call JSON {"call_id", "name", "input"}
     b'D' done      JSON {"id", "return_code", "limit", "stdout_dropped", "stderr_dropped",
-                         "killed_children"}
+                         "killed_children", "note"?}
 
 Invariants:
   - Code never arrives on stdin (which is /dev/null) or any stream a program's output
@@ -115,6 +115,8 @@ class Driver:
         self.tool_replies = {}
         self.tool_cv = threading.Condition()
         self.cell = None
+        self.fd_reserve = []
+        self.fill_fd_reserve()
         self.pid = os.getpid()
         self.in_user_code = False
         signal.signal(signal.SIGINT, self.on_sigint)
@@ -258,7 +260,16 @@ class Driver:
         """Runs one cell and always answers with a D frame, whatever the code did to
         its streams or descriptors."""
         self.forget_stale_tools()
-        cell = Cell(req["id"], int(req.get("max_output_bytes", 1 << 20)))
+        note = None
+        try:
+            cell = Cell(req["id"], int(req.get("max_output_bytes", 1 << 20)))
+        except OSError:
+            # The code holds RLIMIT_NOFILE descriptors: spend the reserve on this call's
+            # pipes, so it can still run (and close some files); state is kept.
+            self.release_fd_reserve()
+            cell = Cell(req["id"], int(req.get("max_output_bytes", 1 << 20)))
+            note = ("runner: the interpreter is at its open-files limit (SANDBOX_RUNNER_NOFILE); "
+                    "close some files; interpreter state was kept")
         _flush(sys.stdout)
         os.dup2(cell.out_w, 1)  # works even if the previous cell closed fd 1 or 2
         os.dup2(cell.err_w, 2)
@@ -284,11 +295,25 @@ class Driver:
                 killed = kill_other_processes()
             os.write(self.wake_w, b"f")  # the relay drains and closes the cell's pipes
             cell.finished.wait()
+            self.fill_fd_reserve()
             self.chan.send(ord("D"), {
                 "id": cell.id, "return_code": return_code, "limit": limit,
                 "stdout_dropped": cell.dropped[1], "stderr_dropped": cell.dropped[2],
-                "killed_children": killed,
+                "killed_children": killed, "note": note,
             })
+
+    def fill_fd_reserve(self):
+        """Keeps four spare descriptors (enough for one call's two pipes)."""
+        try:
+            while len(self.fd_reserve) < 4:
+                self.fd_reserve.append(_move_fd_high(os.open(os.devnull, os.O_RDONLY), 200))
+        except OSError:
+            pass
+
+    def release_fd_reserve(self):
+        for fd in self.fd_reserve:
+            os.close(fd)
+        self.fd_reserve = []
 
     def run_code(self, code):
         """Returns (return_code, limit). Mirrors the reference REPL: exec in one

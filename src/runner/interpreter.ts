@@ -253,6 +253,7 @@ export class Interpreter {
       limit = 'memory';
       notes.push(`runner: memory limit reached (${this.opts.memoryMb} MiB, SANDBOX_RUNNER_MEMORY_MB): MemoryError was raised; interpreter state was kept`);
     }
+    if (typeof msg.note === 'string') notes.push(msg.note.slice(0, 500)); // the driver's own remark
     this.finish(p, { returnCode, limit, notes, stateLost: false, droppedByDriver: { stdout: num(msg.stdout_dropped), stderr: num(msg.stderr_dropped) } });
   }
 
