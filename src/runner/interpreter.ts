@@ -95,8 +95,9 @@ export class Interpreter {
     return !this.dead && this.proc !== null && this.proc.alive;
   }
 
-  get hostPid(): number | undefined {
-    return this.proc?.pid;
+  /** Host pids of the interpreter's sandbox (outer bwrap, init, driver). */
+  hostPids(): Promise<number[]> {
+    return this.proc?.hostPids() ?? Promise.resolve([]);
   }
 
   /** Launches the sandbox and waits for the driver's hello (after its pre-imports). */

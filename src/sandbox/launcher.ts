@@ -17,7 +17,7 @@
  * session; see cgroups.ts for the per-session limit where a cgroup can be made.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, promises as fsp } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import type { Readable, Writable } from 'node:stream';
 import { FD, GROUP, PASSWD, bwrapOptions, prlimitPrefix, sandboxEnv, ETC_ALLOW_LIST, type BwrapLayout, type ResourceLimits } from './bwrap-args.js';
@@ -38,6 +38,8 @@ export interface LaunchOptions {
   controlChannel?: boolean;
   /** Join this cgroup (its cgroup.procs file) before bwrap starts anything. */
   cgroupProcsFile?: string;
+  /** Start every process of the sandbox at this niceness (background work: the pool). */
+  nice?: number;
   /** Bytes the program can read from fd 3 (a script too long for argv); exclusive with controlChannel. */
   fd3Data?: Buffer;
 }
@@ -96,6 +98,16 @@ export class SandboxedProcess {
     return !this.done;
   }
 
+  /** Host pids of the outer bwrap, the namespace init and the program (init's child). */
+  async hostPids(): Promise<number[]> {
+    const pids = [this.child.pid, this.initPid].filter((p): p is number => typeof p === 'number');
+    if (this.initPid !== null) {
+      const children = await fsp.readFile(`/proc/${this.initPid}/task/${this.initPid}/children`, 'utf8').catch(() => '');
+      for (const p of children.split(' ')) if (/^\d+$/.test(p)) pids.push(Number(p));
+    }
+    return pids;
+  }
+
   /** SIGKILL the pid-namespace init (the kernel then kills every process inside) and the
    * outer bwrap. Resolves when the outer bwrap has exited. Safe to call repeatedly. */
   async kill(): Promise<ExitInfo> {
@@ -145,7 +157,8 @@ export class Launcher {
     const command = ['--', ...prlimitPrefix(opts.limits), ...opts.argv];
     const ctl = opts.controlChannel === true;
     const stdio: ('pipe' | 'ignore')[] = ['ignore', 'pipe', 'pipe', ctl || opts.fd3Data ? 'pipe' : 'ignore', ctl ? 'pipe' : 'ignore', 'pipe', 'pipe', 'pipe', 'pipe', 'pipe'];
-    const bwrapArgv = ['/usr/bin/bwrap', '--args', String(FD.args), ...command];
+    const niced = opts.nice ? ['/usr/bin/nice', '-n', String(opts.nice)] : [];
+    const bwrapArgv = [...niced, '/usr/bin/bwrap', '--args', String(FD.args), ...command];
     // With a cgroup, a one-line wrapper joins it and execs bwrap (same pid), so no
     // process of the sandbox ever runs outside the cgroup.
     const [file, ...args] = opts.cgroupProcsFile ? ['/bin/sh', '-c', 'echo $$ > "$0" && exec "$@"', opts.cgroupProcsFile, ...bwrapArgv] : bwrapArgv;

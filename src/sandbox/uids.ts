@@ -7,6 +7,7 @@
  */
 import { promises as fsp } from 'node:fs';
 import { execFile } from 'node:child_process';
+import { setPriority } from 'node:os';
 
 export class UidAllocator {
   private free: number[] = [];
@@ -70,4 +71,18 @@ export async function killUid(uid: number): Promise<number> {
     await new Promise((r) => setTimeout(r, round < 5 ? 5 : 50));
   }
   return seen;
+}
+
+/** Sets the niceness of every thread of the given processes (needs root to lower it). */
+export async function renice(pids: number[], nice: number): Promise<void> {
+  for (const pid of pids) {
+    const tids = await fsp.readdir(`/proc/${pid}/task`).catch(() => [] as string[]);
+    for (const tid of tids) {
+      try {
+        setPriority(Number(tid), nice);
+      } catch {
+        /* gone meanwhile */
+      }
+    }
+  }
 }

@@ -24,7 +24,7 @@ import { Interpreter, fmtSeconds, type ExecOutcome, type LimitKind } from '../ru
 import { CappedBuffer } from '../runner/output.js';
 import { WorkspaceFs } from '../files/workspace-fs.js';
 import type { UidAllocator } from '../sandbox/uids.js';
-import { killUid } from '../sandbox/uids.js';
+import { killUid, renice } from '../sandbox/uids.js';
 import { SandboxError } from '../errors.js';
 import { mountTmpfs, unmountLazy } from '../sandbox/mounts.js';
 import type { Cgroups, CgroupLeaf } from '../sandbox/cgroups.js';
@@ -80,6 +80,7 @@ export class Box {
     this.tmpDir = `${this.dir}/tmp`;
     this.libDir = `${this.dir}/lib`;
     this.stagingDir = `${this.dir}/staging`;
+    this.background = deps.privileged && uid !== undefined;
     this.fs = new WorkspaceFs(this.workspaceDir, uid !== undefined && gid !== undefined ? { uid, gid } : null, this.stagingDir);
     this.interpreter = this.newInterpreter();
   }
@@ -107,6 +108,17 @@ export class Box {
     return hit;
   }
 
+  /** Pool boxes start in the background at nice 10; promote() brings them to 0 when a
+   * session takes them (root only: lowering niceness needs CAP_SYS_NICE). */
+  private background: boolean;
+
+  async promote(): Promise<void> {
+    if (!this.background || this.uid === undefined) return;
+    this.background = false;
+    // Only the interpreter's sandbox exists yet (no bash command has run in a pooled box).
+    await renice(await this.interpreter.hostPids(), 0);
+  }
+
   private newInterpreter(): Interpreter {
     const c = this.deps.config;
     return new Interpreter({
@@ -117,6 +129,7 @@ export class Box {
         limits: this.limits,
         env: { SANDBOX_PRELOAD: preloadList(c).join(',') },
         cgroupProcsFile: this.cgroup?.procsFile,
+        nice: this.background ? 10 : undefined,
       },
       wasOomKilled: () => this.consumeOomKill(),
       pythonPath: c.pythonPath,

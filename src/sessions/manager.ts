@@ -141,6 +141,7 @@ export class SessionManager {
     // process), which the new session's first call should not pay.
     const maxLifetime = Math.min(opts.maxLifetimeSeconds ?? this.config.maxLifetimeSeconds, this.config.maxLifetimeSeconds);
     const idle = Math.min(opts.idleTimeoutSeconds ?? this.config.idleTimeoutSeconds, this.config.idleTimeoutSeconds);
+    void box.promote().catch(() => {}); // normal priority from now on
     const session = new Session(newSessionId(), box, idle, maxLifetime);
     this.sessions.set(session.id, session);
     this.refillSoon();
