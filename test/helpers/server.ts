@@ -141,6 +141,23 @@ export async function exec(server: { url: string }, sessionId: string, tool: str
 export const py = (server: { url: string }, id: string, code: string, extra: Record<string, unknown> = {}) => exec(server, id, 'code_execution', { code }, extra);
 export const sh = (server: { url: string }, id: string, command: string, extra: Record<string, unknown> = {}) => exec(server, id, 'bash_code_execution', { command }, extra);
 
+/** Multipart upload of one file part (and an optional `path` field). */
+export async function upload(server: { url: string }, sessionId: string, content: Uint8Array | string, opts: { path?: string; filename?: string } = {}) {
+  const form = new FormData();
+  if (opts.path !== undefined) form.append('path', opts.path);
+  const bytes = typeof content === 'string' ? new TextEncoder().encode(content) : content;
+  form.append('file', new Blob([new Uint8Array(bytes)]), opts.filename ?? 'upload.bin');
+  const res = await fetch(`${server.url}/sessions/${sessionId}/files`, { method: 'POST', body: form });
+  const text = await res.text();
+  let body: any = text;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    /* not JSON: keep the text */
+  }
+  return { status: res.status, body };
+}
+
 /** Host pids whose command line contains `marker` (for leftover-process checks). */
 export async function pidsWithMarker(marker: string): Promise<number[]> {
   const { readdir, readFile } = await import('node:fs/promises');

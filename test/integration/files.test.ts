@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
-import { startServer, api, createSession, py, sh, type TestServer } from '../helpers/server.js';
+import { startServer, api, createSession, py, sh, type TestServer, upload as uploadFile } from '../helpers/server.js';
 
 const MAX_UPLOAD = 1024 * 1024;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -19,21 +19,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 let server: TestServer;
 let id: string;
 
-async function upload(data: Uint8Array | string, filename: string, path?: string, sid = id) {
-  const form = new FormData();
-  if (path !== undefined) form.append('path', path);
-  const bytes = typeof data === 'string' ? new TextEncoder().encode(data) : data;
-  form.append('file', new Blob([new Uint8Array(bytes)]), filename);
-  const res = await fetch(`${server.url}/sessions/${sid}/files`, { method: 'POST', body: form });
-  const text = await res.text();
-  let body: any = text;
-  try {
-    body = JSON.parse(text);
-  } catch {
-    /* keep text */
-  }
-  return { status: res.status, body };
-}
+const upload = (data: Uint8Array | string, filename: string, path?: string, sid = id) => uploadFile(server, sid, data, { filename, path });
 
 async function download(path: string, sid = id) {
   const res = await fetch(`${server.url}/sessions/${sid}/files?path=${encodeURIComponent(path)}`, { signal: AbortSignal.timeout(5000) });

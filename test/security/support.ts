@@ -327,21 +327,7 @@ export function rawRequest(
   });
 }
 
-/** Multipart upload of one file part (and an optional `path` field). */
-export async function upload(server: { url: string }, id: string, content: Buffer | string, opts: { path?: string; filename?: string } = {}) {
-  const form = new FormData();
-  if (opts.path !== undefined) form.append('path', opts.path);
-  form.append('file', new Blob([new Uint8Array(typeof content === 'string' ? Buffer.from(content) : content)]), opts.filename ?? 'upload.bin');
-  const res = await fetch(`${server.url}/sessions/${id}/files`, { method: 'POST', body: form });
-  const text = await res.text();
-  let body: any = text;
-  try {
-    body = JSON.parse(text);
-  } catch {
-    /* keep text */
-  }
-  return { status: res.status, body };
-}
+export { upload } from '../helpers/server.js';
 
 /** Download through the file API (query encoded by URLSearchParams). */
 export async function download(server: { url: string }, id: string, path: string) {
