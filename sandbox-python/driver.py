@@ -42,6 +42,7 @@ import traceback
 CONTROL_IN, CONTROL_OUT = 3, 4
 MAX_FRAME = 64 << 20  # frames from the server: code (<= 16 MiB) and tool replies
 CHUNK = 64 * 1024
+TOOL_CALL_MAX = 1 << 20  # the server accepts frames up to 2 MiB from us
 
 
 def _move_fd_high(fd, at):
@@ -66,11 +67,20 @@ class Channel:
         if isinstance(body, (dict, list)):
             body = json.dumps(body, separators=(",", ":")).encode()
         frame = struct.pack(">IB", len(body), kind) + body
-        with self.wlock:
-            view = memoryview(frame)
-            while view:
-                n = os.write(self.wfd, view)
-                view = view[n:]
+        # A timeout interrupt must never cut a frame in half (the channel would be lost
+        # and the interpreter with it): SIGINT waits until the frame is out.
+        masked = threading.current_thread() is threading.main_thread()
+        if masked:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            with self.wlock:
+                view = memoryview(frame)
+                while view:
+                    n = os.write(self.wfd, view)
+                    view = view[n:]
+        finally:
+            if masked:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
     def _read_exact(self, n):
         buf = bytearray()
@@ -146,8 +156,12 @@ class Driver:
             # Between cells the main thread owns the control channel; the relay only
             # waits to be told a cell started.
             fds = [self.wake_r] if cell is None else [self.wake_r, self.chan.rfd, cell.out_r, cell.err_r]
+            # poll, not select: user code may hold descriptors past FD_SETSIZE (1024).
+            poller = select.poll()
+            for fd in fds:
+                poller.register(fd, select.POLLIN)
             try:
-                ready, _, _ = select.select(fds, [], [])
+                ready = [fd for fd, _ in poller.poll()]
             except (InterruptedError, OSError):
                 continue
             if self.wake_r in ready:
@@ -360,7 +374,10 @@ class Driver:
     def call_tool(self, name, payload, timeout_seconds):
         import uuid
         call_id = uuid.uuid4().hex
-        self.chan.send(ord("T"), {"call_id": call_id, "name": name, "input": payload})
+        body = json.dumps({"call_id": call_id, "name": name, "input": payload}, separators=(",", ":")).encode()
+        if len(body) > TOOL_CALL_MAX:
+            return {"ok": False, "error": f"tool {name!r}: arguments of {len(body)} bytes exceed the {TOOL_CALL_MAX}-byte limit"}
+        self.chan.send(ord("T"), body)
         with self.tool_cv:
             ok = self.tool_cv.wait_for(lambda: call_id in self.tool_replies, timeout=timeout_seconds)
             if not ok:

@@ -40,6 +40,22 @@ const at = (fd: number, name: string) => `/proc/self/fd/${fd}/${name}`;
 /** The same, for a name read from the disk as bytes (it may not be valid UTF-8). */
 const atRaw = (fd: number, name: Buffer) => Buffer.concat([Buffer.from(`/proc/self/fd/${fd}/`), name]);
 
+/** At most `cap` names of a folder, read incrementally: a folder with millions of
+ * entries never lands in memory whole. Names are bytes (they may not be UTF-8). */
+async function readNames(dirFd: number, cap: number): Promise<Buffer[]> {
+  const dir = await fsp.opendir(`/proc/self/fd/${dirFd}`, { encoding: 'buffer' as BufferEncoding, bufferSize: 256 });
+  const names: Buffer[] = [];
+  try {
+    for await (const entry of dir) {
+      if (names.length >= cap) break;
+      names.push(entry.name as unknown as Buffer);
+    }
+  } finally {
+    await dir.close().catch(() => {});
+  }
+  return names;
+}
+
 function fsError(e: unknown, display: string): never {
   const code = (e as NodeJS.ErrnoException)?.code;
   if (code === 'ENOENT') throw new SandboxError('SBX_FILE_NOT_FOUND', `file not found: ${display}`);
@@ -125,7 +141,10 @@ export class WorkspaceFs {
     } finally {
       await dir.close();
     }
-    const st = await handle.stat();
+    const st = await handle.stat().catch(async (e: unknown) => {
+      await handle.close();
+      throw e;
+    });
     if (!st.isFile()) {
       await handle.close();
       throw new SandboxError('SBX_NOT_A_FILE', st.isDirectory() ? `is a directory: ${display}` : `not a regular file: ${display}`);
@@ -282,7 +301,7 @@ export class WorkspaceFs {
     try {
       // Names as bytes: sandboxed code can make names that are not valid UTF-8; they are
       // reported with replacement characters, and still found on the disk.
-      names = await fsp.readdir(`/proc/self/fd/${dir.fd}`, { encoding: 'buffer' });
+      names = await readNames(dir.fd, opts.maxEntries - out.length);
     } catch {
       return; // unreadable (chmod 000): nothing to list, no error
     }
@@ -323,7 +342,7 @@ export class WorkspaceFs {
     const visit = async (d: fsp.FileHandle, prefix: string, depth: number): Promise<void> => {
       let names: Buffer[];
       try {
-        names = (await fsp.readdir(`/proc/self/fd/${d.fd}`, { encoding: 'buffer' })).sort(Buffer.compare);
+        names = (await readNames(d.fd, maxEntries - out.length)).sort(Buffer.compare);
       } catch {
         return;
       }

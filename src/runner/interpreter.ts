@@ -52,6 +52,7 @@ export interface ExecOutcome {
 }
 
 const MAX_FRAME_BYTES = 2 * 1024 * 1024;
+const MAX_TOOL_CALLS_IN_FLIGHT = 4;
 const DIAG_BYTES = 8192;
 
 interface Pending {
@@ -87,6 +88,7 @@ export class Interpreter {
   private dead = false;
   private ready: Promise<void> | null = null;
   private exitInfo: ExitInfo | null = null;
+  private toolCallsInFlight = 0;
   preloaded: string[] = [];
 
   constructor(private readonly opts: InterpreterOptions) {}
@@ -219,6 +221,13 @@ export class Interpreter {
         const msg = parseJson(f.body);
         if (!p || !msg || typeof msg.call_id !== 'string' || typeof msg.name !== 'string') return;
         const callId = msg.call_id;
+        if (this.toolCallsInFlight >= MAX_TOOL_CALLS_IN_FLIGHT) {
+          // Only forked children can issue calls in parallel; never let them pile up
+          // router requests on the server.
+          this.send('U', { call_id: callId, ok: false, error: `too many tool calls at once (limit ${MAX_TOOL_CALLS_IN_FLIGHT})` });
+          return;
+        }
+        this.toolCallsInFlight++;
         const handler = p.req.onToolCall;
         const reply = handler ? handler({ callId, name: msg.name, input: msg.input }) : Promise.resolve<ToolReply>({ ok: false, error: 'no tools are registered in this session' });
         reply
@@ -226,7 +235,8 @@ export class Interpreter {
           .then(
             (r) => this.send('U', { call_id: callId, ...r }),
             () => {},
-          );
+          )
+          .finally(() => this.toolCallsInFlight--);
         return;
       }
       case 'D': {

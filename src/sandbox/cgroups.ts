@@ -31,7 +31,7 @@ export interface Cgroups {
   describe: string;
   /** Removes leaves (box_*) an earlier run left; their processes must be dead. */
   sweep(): Promise<number>;
-  create(name: string, uid: number | undefined, limitBytes: number): Promise<CgroupLeaf>;
+  create(name: string, limitBytes: number): Promise<CgroupLeaf>;
 }
 
 function ownPath(controllerLine: (fields: string[]) => boolean): string | null {
@@ -114,13 +114,12 @@ async function detectV2(privileged: boolean): Promise<Cgroups | null> {
     version: 'v2',
     describe: `cgroup v2 memory.max per session (${base})`,
     sweep: () => sweepLeaves(base),
-    async create(name, uid, limitBytes) {
+    async create(name, limitBytes) {
       const dir = `${base}/${name}`;
       await fsp.mkdir(dir);
       await fsp.writeFile(`${dir}/memory.max`, String(limitBytes));
       await tryWrite(`${dir}/memory.swap.max`, '0');
       await tryWrite(`${dir}/memory.oom.group`, '1');
-      if (uid !== undefined) await fsp.chown(`${dir}/cgroup.procs`, uid, uid);
       return { procsFile: `${dir}/cgroup.procs`, oomKills: () => counter(`${dir}/memory.events`, 'oom_kill'), remove: () => removeLeaf(dir) };
     },
   };
@@ -142,16 +141,12 @@ async function detectV1(privileged: boolean): Promise<Cgroups | null> {
     version: 'v1',
     describe: `cgroup v1 memory.limit_in_bytes per session (${base})`,
     sweep: () => sweepLeaves(base),
-    async create(name, uid, limitBytes) {
+    async create(name, limitBytes) {
       const dir = `${base}/${name}`;
       await fsp.mkdir(dir);
       await fsp.writeFile(`${dir}/memory.limit_in_bytes`, String(limitBytes));
       await tryWrite(`${dir}/memory.memsw.limit_in_bytes`, String(limitBytes));
       await tryWrite(`${dir}/memory.swappiness`, '0');
-      if (uid !== undefined) {
-        await fsp.chown(`${dir}/cgroup.procs`, uid, uid);
-        await fsp.chown(`${dir}/tasks`, uid, uid).catch(() => {});
-      }
       return { procsFile: `${dir}/cgroup.procs`, oomKills: () => counter(`${dir}/memory.oom_control`, 'oom_kill'), remove: () => removeLeaf(dir) };
     },
   };

@@ -159,16 +159,25 @@ export class Launcher {
     const stdio: ('pipe' | 'ignore')[] = ['ignore', 'pipe', 'pipe', ctl || opts.fd3Data ? 'pipe' : 'ignore', ctl ? 'pipe' : 'ignore', 'pipe', 'pipe', 'pipe', 'pipe', 'pipe'];
     const niced = opts.nice ? ['/usr/bin/nice', '-n', String(opts.nice)] : [];
     const bwrapArgv = [...niced, '/usr/bin/bwrap', '--args', String(FD.args), ...command];
-    // With a cgroup, a one-line wrapper joins it and execs bwrap (same pid), so no
-    // process of the sandbox ever runs outside the cgroup.
-    const [file, ...args] = opts.cgroupProcsFile ? ['/bin/sh', '-c', 'echo $$ > "$0" && exec "$@"', opts.cgroupProcsFile, ...bwrapArgv] : bwrapArgv;
+    const { uid, gid } = opts.identity;
+    let argv = bwrapArgv;
+    let spawnAs: { uid?: number; gid?: number } = { uid, gid };
+    if (opts.cgroupProcsFile) {
+      // A one-line wrapper joins the cgroup and execs bwrap (same pid), so no process of
+      // the sandbox ever runs outside it. Moving a process needs write access up to the
+      // common ancestor's cgroup.procs (cgroup v2), which only we have: the wrapper runs
+      // with our identity and drops to the box's uid (setpriv) just before bwrap.
+      const drop = uid !== undefined && gid !== undefined ? ['/usr/bin/setpriv', `--reuid=${uid}`, `--regid=${gid}`, '--clear-groups', '--'] : [];
+      argv = ['/bin/sh', '-c', 'echo $$ > "$0" && exec "$@"', opts.cgroupProcsFile, ...drop, ...bwrapArgv];
+      spawnAs = {};
+    }
+    const [file, ...args] = argv;
     const child = spawn(file!, args, {
       stdio,
       // bwrap's own environment is what /proc/1/environ shows inside: keep it minimal.
       env: { PATH: '/usr/bin:/bin' },
       cwd: '/',
-      uid: opts.identity.uid,
-      gid: opts.identity.gid,
+      ...spawnAs,
       windowsHide: true,
     });
     const proc = new SandboxedProcess(child, ctl);

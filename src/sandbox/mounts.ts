@@ -10,7 +10,9 @@ import { promisify } from 'node:util';
 const execFileP = promisify(execFile);
 
 export async function mountTmpfs(dir: string, sizeMb: number, mode = '0711'): Promise<void> {
-  await execFileP('/usr/bin/mount', ['-t', 'tmpfs', '-o', `size=${sizeMb}m,mode=${mode},nosuid,nodev`, 'sbx-workspace', dir]);
+  // One inode per 4 KiB of quota: millions of empty files cannot exhaust memory or the
+  // server's listings.
+  await execFileP('/usr/bin/mount', ['-t', 'tmpfs', '-o', `size=${sizeMb}m,nr_inodes=${Math.max(1024, sizeMb * 256)},mode=${mode},nosuid,nodev`, 'sbx-workspace', dir]);
 }
 
 /** Lazy unmount: succeeds even while a dying process still holds a file open. */

@@ -159,7 +159,7 @@ export class Box {
     if (this.deps.cgroups) {
       // tmpfs pages are charged to the writer's cgroup: the limit covers them too.
       const limit = (config.memoryMb + config.workspaceMb + config.shmMb) * MiB;
-      this.cgroup = await this.deps.cgroups.create(this.name, this.uid, limit);
+      this.cgroup = await this.deps.cgroups.create(this.name, limit);
       this.interpreter = this.newInterpreter();
     }
     await this.interpreter.start();

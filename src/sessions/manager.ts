@@ -80,7 +80,7 @@ export class SessionManager {
           this.poolFailures = 0;
           const waiter = this.waiting.shift();
           if (this.closing) {
-            void box.destroy();
+            void box.destroy().catch((e: unknown) => this.log.error({ err: String(e) }, 'sandbox cleanup failed'));
             waiter?.resolve(null);
           } else if (waiter) waiter.resolve(box);
           else this.pool.push(box);
@@ -90,14 +90,26 @@ export class SessionManager {
           this.poolFailures++;
           this.waiting.shift()?.resolve(null); // that create makes its own box
           this.log.error({ err: String((e as Error)?.message ?? e) }, 'warm pool: could not prepare a sandbox');
-          setTimeout(() => this.refill(), 1000).unref();
+          // Back off after repeated failures, but never give up on the pool for good.
+          const backoffMs = this.poolFailures >= 5 ? 30_000 : 1000;
+          setTimeout(() => {
+            if (this.poolFailures >= 5) this.poolFailures = 0;
+            this.refill();
+          }, backoffMs).unref();
         },
       );
     }
   }
 
   private async makeBox(): Promise<Box> {
-    const { uid, gid } = this.uidFor();
+    let ids: { uid?: number; gid?: number };
+    try {
+      ids = this.uidFor();
+    } catch {
+      // Every sandbox uid is still held (sessions being destroyed): try again shortly.
+      throw new SandboxError('SBX_AT_CAPACITY', 'no sandbox identity is free yet', { headers: { 'retry-after': '1' } });
+    }
+    const { uid, gid } = ids;
     const box = new Box(this.boxDeps, uid, gid);
     try {
       await box.prepare();
@@ -115,7 +127,7 @@ export class SessionManager {
     if (!box && this.refilling > this.waiting.length) {
       box = (await new Promise<Box | null>((resolve) => this.waiting.push({ resolve }))) ?? undefined;
       if (this.closing) {
-        void box?.destroy();
+        void box?.destroy().catch((e: unknown) => this.log.error({ err: String(e) }, 'sandbox cleanup failed'));
         throw new SandboxError('SBX_SHUTTING_DOWN', 'server is shutting down', { headers: { 'retry-after': '5' } });
       }
     }
@@ -132,7 +144,7 @@ export class SessionManager {
         this.creating--;
       }
       if (this.closing) {
-        void box.destroy();
+        void box.destroy().catch((e: unknown) => this.log.error({ err: String(e) }, 'sandbox cleanup failed'));
         throw new SandboxError('SBX_SHUTTING_DOWN', 'server is shutting down', { headers: { 'retry-after': '5' } });
       }
     }
