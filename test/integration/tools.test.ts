@@ -154,6 +154,17 @@ test('a router slower than the registration timeout raises ToolError', async () 
   assert.ok(took < 2900, `gave up after the tool timeout (${took} ms)`);
 });
 
+test('tool arguments over 1 MiB raise ToolError without calling the router; the interpreter keeps its state', async () => {
+  const sid = await createSession(server);
+  await register(sid, { callback_url: routerUrl, token: TOKEN, tools: TOOLS });
+  calls.length = 0;
+  const r = await py(server, sid, "kept = 5\nfrom _platform_tools import echo, ToolError\ntry:\n    echo(blob='x' * (3 << 20))\nexcept ToolError as e:\n    print('ToolError', e)");
+  assert.match(r.stdout, /^ToolError tool 'echo': arguments of \d+ bytes exceed the 1048576-byte limit$/, r.stderr);
+  assert.equal(r.interpreter_restarted, false);
+  assert.equal(calls.length, 0, 'the router was not called');
+  assert.equal((await py(server, sid, 'print(kept)')).stdout, '5');
+});
+
 test('tools take keyword arguments only', async () => {
   const sid = await createSession(server);
   await register(sid, { callback_url: routerUrl, token: TOKEN, tools: TOOLS });
