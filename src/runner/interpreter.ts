@@ -89,7 +89,6 @@ export class Interpreter {
   private ready: Promise<void> | null = null;
   private exitInfo: ExitInfo | null = null;
   private toolCallsInFlight = 0;
-  preloaded: string[] = [];
 
   constructor(private readonly opts: InterpreterOptions) {}
 
@@ -121,9 +120,8 @@ export class Interpreter {
         reject(new SandboxError('SBX_SANDBOX_FAILED', 'the sandbox did not start in time'));
         void this.kill();
       }, this.opts.startTimeoutMs);
-      this.onHello = (hello) => {
+      this.onHello = () => {
         clearTimeout(timer);
-        this.preloaded = Array.isArray(hello.preloaded) ? (hello.preloaded as string[]) : [];
         resolve();
       };
       proc.exited.then(
@@ -338,10 +336,6 @@ export class Interpreter {
     if (sig === 25) return { limit: 'file_size', text: `runner: killed by sandbox limit (file_size); ${lost}` };
     if (sig > 0) return { limit: null, text: `runner: process exited unexpectedly (signal ${sig}${signalName(sig)}); ${lost}` };
     return { limit: null, text: `runner: process exited unexpectedly (status ${info.exitCode}); ${lost}` };
-  }
-
-  get lastExit(): ExitInfo | null {
-    return this.exitInfo;
   }
 
   async kill(): Promise<void> {
