@@ -6,7 +6,7 @@
  * SANDBOX_SHUTDOWN_GRACE_SECONDS, destroy every session, exit.
  */
 import { closeSync, promises as fsp, readdirSync, readFileSync } from 'node:fs';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { loadConfig, ConfigError, type Config } from './config.js';
 import { createLogger, type Logger } from './log.js';
@@ -164,7 +164,7 @@ async function main(): Promise<void> {
     process.exit(1);
   }
 
-  const cgroups = await detectCgroups(privileged);
+  const cgroups = await detectCgroups(privileged, `otari-${createHash('sha256').update(config.sessionsRoot).digest('hex').slice(0, 12)}`);
   if (cgroups) await cgroups.sweep();
   isolation.memory_limit = cgroups
     ? `${cgroups.describe}, and RLIMIT_AS ${config.memoryMb} MiB per process`

@@ -83,7 +83,7 @@ async function sweepLeaves(base: string): Promise<number> {
   return stale.length;
 }
 
-async function detectV2(privileged: boolean): Promise<Cgroups | null> {
+async function detectV2(privileged: boolean, scope: string): Promise<Cgroups | null> {
   const mount = existsSync('/sys/fs/cgroup/cgroup.controllers') ? '/sys/fs/cgroup' : existsSync('/sys/fs/cgroup/unified/cgroup.controllers') ? '/sys/fs/cgroup/unified' : null;
   if (!mount) return null;
   const own = ownPath((f) => f[0] === '0' && f[1] === '');
@@ -103,19 +103,22 @@ async function detectV2(privileged: boolean): Promise<Cgroups | null> {
     );
     if (probe === 'EROFS') await execFileP('/usr/bin/mount', ['-o', 'remount,rw', mount]).catch(() => {});
   }
+  const parent = `${base}/${scope}`;
   try {
     await fsp.mkdir(serverLeaf, { recursive: true });
     await fsp.writeFile(`${serverLeaf}/cgroup.procs`, String(process.pid));
     await fsp.writeFile(`${base}/cgroup.subtree_control`, '+memory');
+    await fsp.mkdir(parent, { recursive: true });
+    await fsp.writeFile(`${parent}/cgroup.subtree_control`, '+memory');
   } catch {
     return null;
   }
   return {
     version: 'v2',
-    describe: `cgroup v2 memory.max per session (${base})`,
-    sweep: () => sweepLeaves(base),
+    describe: `cgroup v2 memory.max per session (${parent})`,
+    sweep: () => sweepLeaves(parent),
     async create(name, limitBytes) {
-      const dir = `${base}/${name}`;
+      const dir = `${parent}/${name}`;
       await fsp.mkdir(dir);
       await fsp.writeFile(`${dir}/memory.max`, String(limitBytes));
       await tryWrite(`${dir}/memory.swap.max`, '0');
@@ -125,24 +128,23 @@ async function detectV2(privileged: boolean): Promise<Cgroups | null> {
   };
 }
 
-async function detectV1(privileged: boolean): Promise<Cgroups | null> {
+async function detectV1(privileged: boolean, scope: string): Promise<Cgroups | null> {
   if (!privileged || !existsSync('/sys/fs/cgroup/memory/memory.limit_in_bytes')) return null;
   const own = ownPath((f) => f[1]!.split(',').includes('memory'));
   if (own === null) return null;
   const base = `/sys/fs/cgroup/memory${own === '/' ? '' : own}`;
-  const probe = `${base}/otari-probe-${process.pid}`;
+  const parent = `${base}/${scope}`;
   try {
-    await fsp.mkdir(probe);
-    await fsp.rmdir(probe);
+    await fsp.mkdir(parent, { recursive: true });
   } catch {
     return null;
   }
   return {
     version: 'v1',
-    describe: `cgroup v1 memory.limit_in_bytes per session (${base})`,
-    sweep: () => sweepLeaves(base),
+    describe: `cgroup v1 memory.limit_in_bytes per session (${parent})`,
+    sweep: () => sweepLeaves(parent),
     async create(name, limitBytes) {
-      const dir = `${base}/${name}`;
+      const dir = `${parent}/${name}`;
       await fsp.mkdir(dir);
       await fsp.writeFile(`${dir}/memory.limit_in_bytes`, String(limitBytes));
       await tryWrite(`${dir}/memory.memsw.limit_in_bytes`, String(limitBytes));
@@ -152,6 +154,11 @@ async function detectV1(privileged: boolean): Promise<Cgroups | null> {
   };
 }
 
-export async function detectCgroups(privileged: boolean): Promise<Cgroups | null> {
-  return (await detectV2(privileged)) ?? (await detectV1(privileged));
+/**
+ * `scope` names this server's own parent cgroup (one per sessions root, as there is one
+ * server per sessions root): its start-up sweep must never touch the leaves of another
+ * server on the same host, which share the same base cgroup.
+ */
+export async function detectCgroups(privileged: boolean, scope: string): Promise<Cgroups | null> {
+  return (await detectV2(privileged, scope)) ?? (await detectV1(privileged, scope));
 }
