@@ -55,6 +55,14 @@ const SETTINGS = {
   sandboxUidBase: int('SANDBOX_UID_BASE', 200_000, 1000, 4_000_000_000, 'When the server runs as root: first host uid of the per-session uids'),
   warmPoolSize: int('SANDBOX_WARM_POOL_SIZE', 2, 0, 1000, 'Ready sandboxes kept waiting for POST /sessions'),
   preloadModules: str('SANDBOX_PRELOAD_MODULES', 'numpy,pandas,matplotlib.pyplot', 'Modules imported before a session is handed out, comma-separated ("-" for none)'),
+  pythonTemplate: {
+    env: 'SANDBOX_PYTHON_TEMPLATE',
+    schema: Type.Union([Type.Literal('auto'), Type.Literal('off')], {
+      default: 'auto',
+      description:
+        'auto: when the server runs as root, fork session interpreters from one template that has the preload modules imported (shared memory, fast start); off: start each interpreter in its own bubblewrap sandbox (SANDBOX_PYTHON_TEMPLATE)',
+    }),
+  },
   pythonPath: str('SANDBOX_PYTHON', '/usr/bin/python3', 'Python interpreter run inside the sandbox'),
   logLevel: {
     env: 'SANDBOX_LOG_LEVEL',

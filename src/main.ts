@@ -8,11 +8,12 @@
 import { closeSync, promises as fsp, readdirSync, readFileSync } from 'node:fs';
 import { createHash, randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
-import { loadConfig, ConfigError, type Config } from './config.js';
+import { loadConfig, ConfigError, preloadList, type Config } from './config.js';
 import { createLogger, type Logger } from './log.js';
 import { Launcher } from './sandbox/launcher.js';
 import { UidAllocator, killUid, pidsOfUids } from './sandbox/uids.js';
-import { buildSeccompFilter, probeSandbox, sweepSessionsRoot, PreflightError, FIX_HINT } from './sandbox/preflight.js';
+import { buildSeccompFilter, probeSandbox, probeTemplate, sweepSessionsRoot, PreflightError, FIX_HINT } from './sandbox/preflight.js';
+import { Zygote } from './sandbox/zygote.js';
 import { removeTree } from './sessions/box.js';
 import { detectCgroups } from './sandbox/cgroups.js';
 import { canMountTmpfs } from './sandbox/mounts.js';
@@ -26,20 +27,31 @@ const DRIVER_DIR = here('../../sandbox-python');
 const SECCOMP_GEN = here('../../sandbox-host/seccomp-gen.py');
 const VERSION = (JSON.parse(readFileSync(here('../../package.json'), 'utf8')) as { version: string }).version;
 
-async function prepareIsolation(config: Config, log: Logger, launcher: Launcher, uids: UidAllocator, privileged: boolean, tmpfsQuota: boolean): Promise<IsolationInfo> {
+async function prepareIsolation(
+  config: Config,
+  log: Logger,
+  launcher: Launcher,
+  zygote: Zygote | null,
+  uids: UidAllocator,
+  privileged: boolean,
+  tmpfsQuota: boolean,
+): Promise<IsolationInfo> {
   const dir = `${config.sessionsRoot}/probe_${randomBytes(6).toString('hex')}`;
   const uid = privileged ? uids.allocate() : undefined;
   try {
     for (const d of [dir, `${dir}/workspace`, `${dir}/tmp`, `${dir}/lib`]) await fsp.mkdir(d, { mode: 0o711 });
     if (uid !== undefined) for (const d of [`${dir}/workspace`, `${dir}/tmp`]) await fsp.chown(d, uid, uid);
-    const { protections } = await probeSandbox(
-      launcher,
-      { workspaceDir: `${dir}/workspace`, tmpDir: `${dir}/tmp`, libDir: `${dir}/lib`, driverDir: DRIVER_DIR, shmBytes: config.shmMb * 1024 * 1024 },
-      { uid, gid: uid },
-      { addressSpaceBytes: config.memoryMb * 1024 * 1024, cpuSeconds: 10, fileSizeBytes: 1 << 20, openFiles: 64, processes: 16 },
-      config.sessionsRoot,
-      config.pythonPath,
-    );
+    const layout = { workspaceDir: `${dir}/workspace`, tmpDir: `${dir}/tmp`, libDir: `${dir}/lib`, driverDir: DRIVER_DIR, shmBytes: config.shmMb * 1024 * 1024 };
+    const limits = { addressSpaceBytes: config.memoryMb * 1024 * 1024, cpuSeconds: 10, fileSizeBytes: 1 << 20, openFiles: 64, processes: 16 };
+    // bash commands run in bubblewrap; interpreters too, or forked from the template:
+    // every way a sandbox is made must pass the probe.
+    const { protections } = await probeSandbox(launcher, layout, { uid, gid: uid }, limits, config.sessionsRoot, config.pythonPath);
+    if (zygote && uid !== undefined) {
+      const template = await probeTemplate(zygote, layout, uid, limits, config.sessionsRoot);
+      const missing = protections.filter((p) => !template.protections.includes(p));
+      if (missing.length > 0) throw new PreflightError(`the template's sandbox lacks: ${missing.join(', ')}`);
+      protections.push('interpreters forked from a template that has the preload modules imported, each building the same sandbox');
+    }
     if (privileged) protections.push('distinct unprivileged host uid per session');
     if (tmpfsQuota) protections.push('disk quota per session (tmpfs)');
     return {
@@ -153,10 +165,23 @@ async function main(): Promise<void> {
   const tmpfsQuota = privileged && (await canMountTmpfs(config.sessionsRoot));
   let isolation: IsolationInfo;
   let launcher: Launcher;
+  let zygote: Zygote | null = null;
   try {
     const seccompBpf = await buildSeccompFilter('/usr/bin/python3', SECCOMP_GEN);
     launcher = new Launcher({ seccompBpf, driverDir: DRIVER_DIR });
-    isolation = await prepareIsolation(config, log, launcher, uids, privileged, tmpfsQuota);
+    if (privileged && config.pythonTemplate === 'auto') {
+      const started = await Zygote.start({
+        python: config.pythonPath,
+        driverDir: DRIVER_DIR,
+        stateDir: `${config.sessionsRoot}/.template`,
+        preload: preloadList(config),
+        seccompBpf,
+        log,
+      });
+      zygote = started.zygote;
+      log.info({ pid: started.info.pid, preloaded: started.info.preloaded, preload_errors: started.info.preloadErrors }, 'interpreter template ready');
+    }
+    isolation = await prepareIsolation(config, log, launcher, zygote, uids, privileged, tmpfsQuota);
   } catch (e) {
     const message = e instanceof PreflightError ? e.message : String((e as Error)?.stack ?? e);
     log.fatal({ err: message }, 'the sandbox does not work here; refusing to start');
@@ -171,7 +196,7 @@ async function main(): Promise<void> {
     : `RLIMIT_AS ${config.memoryMb} MiB per process (no writable cgroup: no per-session total)`;
   if (cgroups) isolation.protections.push('memory limit per session (cgroup)');
   log.info({ isolation }, `isolation mode: ${isolation.mode}`);
-  const sessions = new SessionManager(config, { config, launcher, cgroups, uids, privileged, tmpfsQuota, driverHostDir: DRIVER_DIR }, log, () => {
+  const sessions = new SessionManager(config, { config, launcher, zygote, cgroups, uids, privileged, tmpfsQuota, driverHostDir: DRIVER_DIR }, log, () => {
     if (!privileged) return {};
     const uid = uids.allocate();
     return { uid, gid: uid };
@@ -197,9 +222,10 @@ async function main(): Promise<void> {
     const closing = app.close();
     sessions
       .shutdown(config.shutdownGraceSeconds * 1000)
-      .then(() => {
+      .then(async () => {
         // Every session is gone, so no call is still useful: cut what is left.
         app.server.closeAllConnections();
+        await zygote?.close();
         return closing;
       })
       .then(

@@ -16,7 +16,7 @@
  */
 import { encodeFrame, FrameDecoder, type Frame } from './frame-codec.js';
 import { CappedBuffer } from './output.js';
-import type { Launcher, SandboxedProcess, LaunchOptions, ExitInfo } from '../sandbox/launcher.js';
+import type { ControlChannel, ExitInfo, InterpreterProcess } from '../sandbox/launcher.js';
 import { SandboxError } from '../errors.js';
 
 export type LimitKind = 'wall_clock' | 'memory' | 'cpu' | 'output_bytes' | 'file_size' | 'processes' | 'disk';
@@ -67,10 +67,8 @@ interface Pending {
 }
 
 export interface InterpreterOptions {
-  launcher: Launcher;
-  launch: Omit<LaunchOptions, 'argv' | 'controlChannel'>;
-  pythonPath: string;
-  driverPath: string;
+  /** Starts the driver in its sandbox (bubblewrap, or a fork of the template). */
+  startProcess: () => InterpreterProcess;
   interruptGraceMs: number;
   startTimeoutMs: number;
   /** Tells whether a death was the memory limit (a cgroup OOM kill); optional. */
@@ -80,7 +78,8 @@ export interface InterpreterOptions {
 }
 
 export class Interpreter {
-  private proc: SandboxedProcess | null = null;
+  private proc: InterpreterProcess | null = null;
+  private channel: ControlChannel | null = null;
   private decoder = new FrameDecoder(MAX_FRAME_BYTES);
   private pending: Pending | null = null;
   private nextId = 1;
@@ -104,11 +103,7 @@ export class Interpreter {
   /** Launches the sandbox and waits for the driver's hello (after its pre-imports). */
   start(): Promise<void> {
     if (this.ready) return this.ready;
-    const proc = this.opts.launcher.launch({
-      ...this.opts.launch,
-      argv: [this.opts.pythonPath, '-I', '-u', '-X', 'faulthandler', this.opts.driverPath],
-      controlChannel: true,
-    });
+    const proc = this.opts.startProcess();
     this.proc = proc;
     const onDiag = (d: Buffer) => {
       if (this.diag.length < DIAG_BYTES) this.diag += d.toString('utf8').slice(0, DIAG_BYTES - this.diag.length);
@@ -138,7 +133,12 @@ export class Interpreter {
       );
     });
     this.ready.catch(() => {});
-    proc.controlOut?.on('data', (chunk: Buffer) => this.onData(chunk));
+    void proc.control.then((channel) => {
+      if (!channel || this.proc !== proc) return;
+      this.channel = channel;
+      channel.output.on('data', (chunk: Buffer) => this.onData(chunk));
+      channel.output.resume();
+    });
     proc.exited.then(
       (info) => this.onExit(info),
       () => {},
@@ -181,7 +181,7 @@ export class Interpreter {
   }
 
   private send(kind: string, body: object): void {
-    const s = this.proc?.controlIn;
+    const s = this.channel?.input;
     if (s && !s.destroyed && s.writable) s.write(encodeFrame(kind, body));
   }
 
@@ -214,6 +214,10 @@ export class Interpreter {
       case 'H':
         this.onHello?.(parseJson(f.body) ?? {});
         this.onHello = null;
+        return;
+      case 'X':
+        // The template's child could not build its sandbox: a reason for the start error.
+        if (this.onHello && this.diag.length < DIAG_BYTES) this.diag += `${f.body.toString('utf8').slice(0, 1000)}\n`;
         return;
       case 'T': {
         const msg = parseJson(f.body);
@@ -308,7 +312,7 @@ export class Interpreter {
     const p = this.pending;
     if (!p) return;
     // Let the last frames already in the pipe arrive before reporting.
-    const out = this.proc?.controlOut;
+    const out = this.channel?.output;
     const report = () => {
       const { limit, text } = this.describeDeath(info);
       this.finish(p, { returnCode: -1, limit, notes: [text], stateLost: true, droppedByDriver: { stdout: 0, stderr: 0 } });

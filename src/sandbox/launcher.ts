@@ -50,11 +50,32 @@ export interface ExitInfo {
   signal: NodeJS.Signals | null;
 }
 
-export class SandboxedProcess {
+/** The control channel of an interpreter: frames to it, frames from it. */
+export interface ControlChannel {
+  input: Writable;
+  output: Readable;
+}
+
+/** What the interpreter client needs of a running interpreter, however it was started
+ * (bubblewrap here, or forked by the template in zygote.ts). */
+export interface InterpreterProcess {
+  readonly stdout: Readable;
+  readonly stderr: Readable;
+  /** Resolves once the channel is up; null if the process ended first. */
+  readonly control: Promise<ControlChannel | null>;
+  readonly exited: Promise<ExitInfo>;
+  readonly alive: boolean;
+  hostPids(): Promise<number[]>;
+  kill(): Promise<ExitInfo>;
+  destroyStreams(): void;
+}
+
+export class SandboxedProcess implements InterpreterProcess {
   readonly stdout: Readable;
   readonly stderr: Readable;
   readonly controlIn: Writable | null;
   readonly controlOut: Readable | null;
+  readonly control: Promise<ControlChannel | null>;
   readonly exited: Promise<ExitInfo>;
   private initPid: number | null = null;
   private done = false;
@@ -68,6 +89,7 @@ export class SandboxedProcess {
     this.stderr = stdio[2] as Readable;
     this.controlIn = controlChannel ? (stdio[3] as Writable) : null;
     this.controlOut = controlChannel ? (stdio[4] as Readable) : null;
+    this.control = Promise.resolve(this.controlIn && this.controlOut ? { input: this.controlIn, output: this.controlOut } : null);
     let statusText = '';
     const status = (stdio as unknown as Readable[])[FD.status]!;
     status.setEncoding('utf8');

@@ -7,7 +7,9 @@
 import { execFile } from 'node:child_process';
 import { existsSync, promises as fsp } from 'node:fs';
 import { promisify } from 'node:util';
-import type { Launcher } from './launcher.js';
+import type { InterpreterProcess, Launcher } from './launcher.js';
+import type { Zygote } from './zygote.js';
+import type { Readable } from 'node:stream';
 import type { BwrapLayout, ResourceLimits } from './bwrap-args.js';
 import { SANDBOX_UID } from './bwrap-args.js';
 import { unmountLazy } from './mounts.js';
@@ -39,7 +41,7 @@ export interface ProbeResult {
   report: Record<string, unknown>;
 }
 
-/** Launches the probe in a real sandbox and checks its report. */
+/** Launches the probe in a real bubblewrap sandbox and checks its report. */
 export async function probeSandbox(
   launcher: Launcher,
   layout: BwrapLayout,
@@ -50,21 +52,34 @@ export async function probeSandbox(
 ): Promise<ProbeResult> {
   if (!existsSync('/usr/bin/bwrap')) throw new PreflightError('bubblewrap is not installed (/usr/bin/bwrap missing)');
   const proc = launcher.launch({ layout, identity, limits, argv: [python, '-I', '/opt/sandbox/probe.py', hiddenHostPath] });
+  return checkProbe(proc, proc.stdout, proc.stderr);
+}
+
+/** Runs the probe in a sandbox the interpreter template forks and builds (zygote.ts), the
+ * way every session interpreter is made, and checks its report. */
+export async function probeTemplate(zygote: Zygote, layout: BwrapLayout, uid: number, limits: ResourceLimits, hiddenHostPath: string): Promise<ProbeResult> {
+  const proc = zygote.spawn({ layout, uid, gid: uid, limits, probeArgs: [hiddenHostPath] });
+  const channel = await proc.control;
+  return checkProbe(proc, channel?.output ?? proc.stdout, proc.stderr);
+}
+
+async function checkProbe(proc: InterpreterProcess, stdout: Readable, stderr: Readable): Promise<ProbeResult> {
   let out = '';
   let err = '';
-  proc.stdout.on('data', (d: Buffer) => (out += d.toString('utf8')));
-  proc.stderr.on('data', (d: Buffer) => (err += d.toString('utf8')));
+  stdout.on('data', (d: Buffer) => (out += d.toString('utf8')));
+  stderr.on('data', (d: Buffer) => (err += d.toString('utf8')));
+  stdout.resume();
   const timer = setTimeout(() => void proc.kill(), 20_000);
   const info = await proc.exited;
   clearTimeout(timer);
   await new Promise((r) => setTimeout(r, 20));
   proc.destroyStreams();
-  if (info.exitCode !== 0) throw new PreflightError(`the sandbox did not start (status ${info.exitCode}): ${err.trim().slice(0, 500)}`);
+  if (info.exitCode !== 0) throw new PreflightError(`the sandbox did not start (status ${info.exitCode}): ${(err || out).trim().slice(0, 500)}`);
   let report: Record<string, unknown>;
   try {
     report = JSON.parse(out) as Record<string, unknown>;
   } catch {
-    throw new PreflightError(`the sandbox probe gave no report: ${err.trim().slice(0, 500)}`);
+    throw new PreflightError(`the sandbox probe gave no report: ${(err || out).trim().slice(0, 500)}`);
   }
   const failures: string[] = [];
   const protections: string[] = [];
@@ -74,7 +89,9 @@ export async function probeSandbox(
   check(report.no_new_privs === '1', 'no_new_privs', 'no_new_privs is not set');
   check(report.seccomp === '2', 'seccomp filter', `seccomp mode is ${String(report.seccomp)}`);
   const env = report.init_environ;
-  check(Array.isArray(env) && env.every((k) => k === 'PATH'), 'server environment hidden', `the sandbox's /proc/1/environ shows ${JSON.stringify(env)}`);
+  // bwrap's init shows PATH only; the template's init is not dumpable, so unreadable
+  const envHidden = (Array.isArray(env) && env.every((k) => k === 'PATH')) || (typeof env === 'string' && env.startsWith('unreadable'));
+  check(envHidden, 'server environment hidden', `the sandbox's /proc/1/environ shows ${JSON.stringify(env)}`);
   check(Array.isArray(report.pids) && (report.pids as number[]).every((p) => p < 10), 'own pid namespace', `host processes visible: ${JSON.stringify(report.pids)}`);
   check(report.host_path_visible === false, 'host file system hidden (allow-list)', 'the sessions root is visible inside the sandbox');
   check(String(report.network).startsWith('blocked'), 'no network', `network reachable: ${String(report.network)}`);

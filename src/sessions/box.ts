@@ -28,6 +28,7 @@ import { killUid, renice } from '../sandbox/uids.js';
 import { SandboxError } from '../errors.js';
 import { mountTmpfs, unmountLazy } from '../sandbox/mounts.js';
 import type { Cgroups, CgroupLeaf } from '../sandbox/cgroups.js';
+import type { Zygote } from '../sandbox/zygote.js';
 
 const MiB = 1024 * 1024;
 /** Longest bash command passed in argv (the kernel's MAX_ARG_STRLEN is 128 KiB). */
@@ -36,6 +37,8 @@ const ARGV_COMMAND_MAX = 100_000;
 export interface BoxDeps {
   config: Config;
   launcher: Launcher;
+  /** The interpreter template (root only); null: each interpreter starts in its own bwrap. */
+  zygote: Zygote | null;
   cgroups: Cgroups | null;
   uids: UidAllocator;
   /** Server runs as root: per-box uid and kill-by-uid. */
@@ -121,19 +124,26 @@ export class Box {
 
   private newInterpreter(): Interpreter {
     const c = this.deps.config;
+    const nice = this.background ? 10 : undefined;
+    const { zygote } = this.deps;
+    const startProcess =
+      zygote && this.uid !== undefined && this.gid !== undefined
+        ? // forked from the template, which has the modules imported already
+          () => zygote.spawn({ layout: this.layout(), uid: this.uid!, gid: this.gid!, limits: this.limits, cgroupProcsFile: this.cgroup?.procsFile, nice })
+        : () =>
+            this.deps.launcher.launch({
+              layout: this.layout(),
+              identity: { uid: this.uid, gid: this.gid },
+              limits: this.limits,
+              env: { SANDBOX_PRELOAD: preloadList(c).join(',') },
+              cgroupProcsFile: this.cgroup?.procsFile,
+              nice,
+              argv: [c.pythonPath, '-I', '-u', '-X', 'faulthandler', `${DRIVER_DIR}/driver.py`],
+              controlChannel: true,
+            });
     return new Interpreter({
-      launcher: this.deps.launcher,
-      launch: {
-        layout: this.layout(),
-        identity: { uid: this.uid, gid: this.gid },
-        limits: this.limits,
-        env: { SANDBOX_PRELOAD: preloadList(c).join(',') },
-        cgroupProcsFile: this.cgroup?.procsFile,
-        nice: this.background ? 10 : undefined,
-      },
+      startProcess,
       wasOomKilled: () => this.consumeOomKill(),
-      pythonPath: c.pythonPath,
-      driverPath: `${DRIVER_DIR}/driver.py`,
       interruptGraceMs: c.interruptGraceMs,
       startTimeoutMs: 60_000,
       cpuSeconds: c.cpuSeconds,
