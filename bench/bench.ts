@@ -349,6 +349,17 @@ async function sessionProcesses(serverPid: number, ids: string[]): Promise<Map<s
   return out;
 }
 
+/** The interpreter template: a child of the server running sandbox-python/zygote.py. */
+async function templateProcesses(serverPid: number): Promise<number[]> {
+  const out: number[] = [];
+  for (const p of await processTable()) {
+    if (p.ppid !== serverPid) continue;
+    const cmd = await readFile(`/proc/${p.pid}/cmdline`, 'utf8').catch(() => '');
+    if (cmd.includes('zygote.py')) out.push(p.pid);
+  }
+  return out;
+}
+
 async function memOf(pids: number[]): Promise<Mem> {
   const mem: Mem = { pssKiB: 0, pssAnonKiB: 0, pssFileKiB: 0, rssKiB: 0, procs: 0 };
   for (const pid of pids) {
@@ -771,6 +782,16 @@ async function benchPss(c: Client, bulk: Client, serverPid: number, f: Figure): 
     );
     const per: Mem[] = [];
     for (const s of sessions) per.push(await memOf(procs.get(s.id)!.pids));
+    // The interpreter template (root, the server's child) holds the pages all sessions
+    // share; its whole PSS is split over the measured sessions (the pool's members
+    // share it too, so this overstates each session's part a little).
+    const template = await templateProcesses(serverPid);
+    const templateMem = await memOf(template);
+    for (const m of per) {
+      m.pssKiB += templateMem.pssKiB / per.length;
+      m.pssAnonKiB += templateMem.pssAnonKiB / per.length;
+      m.pssFileKiB += templateMem.pssFileKiB / per.length;
+    }
     const mib = (k: number) => k / 1024;
     const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
     f.stats = stats(per.map((m) => mib(m.pssKiB)));
@@ -786,6 +807,9 @@ async function benchPss(c: Client, bulk: Client, serverPid: number, f: Figure): 
       pss_anon_mib_mean: Number(mean(per.map((m) => mib(m.pssAnonKiB))).toFixed(2)),
       pss_file_mib_mean: Number(mean(per.map((m) => mib(m.pssFileKiB))).toFixed(2)),
       preloads_imported_in: `${sessions.filter((s) => s.preloaded).length}/${sessions.length} sessions`,
+      template_processes: template.length,
+      template_pss_mib: Number(mib(templateMem.pssKiB).toFixed(2)),
+      template_share_included: template.length > 0,
     };
     figures.pss_rss = { label: '   (diag) RSS per idle session', unit: 'MiB', stats: stats(per.map((m) => mib(m.rssKiB))), note: 'shared pages counted whole in every session' };
   } finally {

@@ -16,8 +16,10 @@ Wire format (control channel, see src/runner/frame-codec.ts for the other side):
 Invariants:
   - Code never arrives on stdin (which is /dev/null) or any stream a program's output
     shares: stdout/stderr of a cell are fresh pipes made for that cell and read only by
-    the relay thread, which frames them on fd 4. A program that prints a sentinel or
-    fake JSON only produces bytes in its own O/R frames.
+    the driver, which frames them on fd 4: by the main thread when the code returns
+    within ENGAGE_AFTER (one write carries output and answer), by the relay thread as
+    the output comes once a cell runs longer. A program that prints a sentinel or fake
+    JSON only produces bytes in its own O/R frames.
   - Output written after a cell ended (a background child of that cell) never reaches a
     later cell: the cell's pipes are drained and closed at the cell's end, so late
     writers get EPIPE.
@@ -37,12 +39,14 @@ import signal
 import struct
 import sys
 import threading
+import time
 import traceback
 
 CONTROL_IN, CONTROL_OUT = 3, 4
 MAX_FRAME = 64 << 20  # frames from the server: code (<= 16 MiB) and tool replies
 CHUNK = 64 * 1024
 TOOL_CALL_MAX = 1 << 20  # the server accepts frames up to 2 MiB from us
+ENGAGE_AFTER = 0.003  # seconds a cell runs before its output is streamed as it comes
 
 
 def _move_fd_high(fd, at):
@@ -58,15 +62,21 @@ def _move_fd_high(fd, at):
     return new
 
 
+def frame(kind, body):
+    if isinstance(body, (dict, list)):
+        body = json.dumps(body, separators=(",", ":")).encode()
+    return struct.pack(">IB", len(body), kind) + body
+
+
 class Channel:
     def __init__(self, rfd, wfd):
         self.rfd, self.wfd = rfd, wfd
         self.wlock = threading.Lock()
 
     def send(self, kind, body):
-        if isinstance(body, (dict, list)):
-            body = json.dumps(body, separators=(",", ":")).encode()
-        frame = struct.pack(">IB", len(body), kind) + body
+        self.send_raw(frame(kind, body))
+
+    def send_raw(self, data):
         # A timeout interrupt must never cut a frame in half (the channel would be lost
         # and the interpreter with it): SIGINT waits until the frame is out.
         masked = threading.current_thread() is threading.main_thread()
@@ -74,7 +84,7 @@ class Channel:
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             with self.wlock:
-                view = memoryview(frame)
+                view = memoryview(data)
                 while view:
                     n = os.write(self.wfd, view)
                     view = view[n:]
@@ -113,6 +123,11 @@ class Cell:
             os.set_blocking(fd, False)
         self.finished = threading.Event()
         self.interrupted = False
+        # "main": the main thread drains the pipes when the code returns (a quick cell);
+        # "relay": the relay streams them (claimed after ENGAGE_AFTER); "done".
+        self.owner = "main"
+        self.lock = threading.Lock()
+        self.started = time.monotonic()
 
 
 class Driver:
@@ -148,45 +163,64 @@ class Driver:
         if self.in_user_code:
             raise KeyboardInterrupt
 
-    # ---- relay thread: reads the control channel and the cell pipes while a cell runs ----
+    # ---- relay thread: reads the control channel, and the cell pipes of a long cell ----
     def relay(self):
+        """The only reader of the control channel. A quick cell (done within
+        ENGAGE_AFTER) is drained by the main thread at its end, so it costs no thread
+        hand-off; past that, the relay takes the cell's pipes over and streams them."""
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        polled, poller = None, None
         while True:
             cell = self.cell
-            # Between cells the main thread owns the control channel; the relay only
-            # waits to be told a cell started.
-            fds = [self.wake_r] if cell is None else [self.wake_r, self.chan.rfd, cell.out_r, cell.err_r]
-            # poll, not select: user code may hold descriptors past FD_SETSIZE (1024).
-            poller = select.poll()
-            for fd in fds:
-                poller.register(fd, select.POLLIN)
+            fds = (self.wake_r, self.chan.rfd)
+            timeout = None
+            if cell is not None:
+                if cell.owner == "relay":
+                    fds += (cell.out_r, cell.err_r)
+                elif cell.owner == "main":
+                    timeout = max(0.0, (cell.started + ENGAGE_AFTER - time.monotonic()) * 1000)
+            if fds != polled:
+                # poll, not select: user code may hold descriptors past FD_SETSIZE (1024).
+                poller, polled = select.poll(), fds
+                for fd in fds:
+                    poller.register(fd, select.POLLIN)
             try:
-                ready = [fd for fd, _ in poller.poll()]
+                ready = [fd for fd, _ in poller.poll(timeout)]
             except (InterruptedError, OSError):
                 continue
+            if not ready:
+                if cell is not None:
+                    with cell.lock:
+                        if cell.owner == "main":
+                            cell.owner = "relay"  # a long cell: stream its output from now on
+                continue
             if self.wake_r in ready:
-                # b"c": a cell started (select on its pipes); b"f": the cell's code returned.
-                if b"f" in os.read(self.wake_r, 64) and self.cell is not None:
+                # b"f": the code of a cell the relay owns has returned.
+                if b"f" in os.read(self.wake_r, 64) and self.cell is not None and self.cell.owner == "relay":
                     self.finish_cell(self.cell)
                     continue
-            if cell is None or self.cell is not cell:
-                continue
             if self.chan.rfd in ready:
                 try:
                     kind, body = self.chan.recv()
                 except (EOFError, OSError, ValueError):
                     os._exit(0)  # the server went away or spoke garbage: nothing to serve
                 self.dispatch(kind, body)
-            if cell.out_r in ready:
-                self.pump(cell, cell.out_r, 1)
-            if cell.err_r in ready:
-                self.pump(cell, cell.err_r, 2)
+            if cell is not None and cell.owner == "relay" and self.cell is cell:
+                if cell.out_r in ready:
+                    self.pump(cell, cell.out_r, 1)
+                if cell.err_r in ready:
+                    self.pump(cell, cell.err_r, 2)
 
     def dispatch(self, kind, body):
         msg = json.loads(body)
         if kind == ord("E"):
+            # The relay makes the cell (its pipes) now, so that it knows a cell runs and
+            # when to take a long one over; the server sends one request at a time.
+            cell, note = (None, None) if self.cell is not None else self.new_cell(msg)
+            if cell is not None:
+                self.cell = cell
             with self.req_cv:
-                self.requests.append(msg)
+                self.requests.append((msg, cell, note))
                 self.req_cv.notify()
         elif kind == ord("I"):
             cell = self.cell
@@ -198,9 +232,10 @@ class Driver:
                 self.tool_replies[msg["call_id"]] = msg
                 self.tool_cv.notify_all()
 
-    def pump(self, cell, fd, stream, max_reads=16):
+    def pump(self, cell, fd, stream, max_reads=16, frames=None):
         """Forward what the pipe holds now, at most max_reads chunks, so that a flood
-        never keeps the relay from reading the control channel (interrupts)."""
+        never keeps the relay from reading the control channel (interrupts). With
+        `frames`, the frames are collected there instead of sent."""
         for _ in range(max_reads):
             try:
                 data = os.read(fd, CHUNK)
@@ -212,35 +247,48 @@ class Driver:
             if room > 0:
                 part = data[:room]
                 cell.sent[stream] += len(part)
-                self.chan.send(ord("O") if stream == 1 else ord("R"), part)
+                kind = ord("O") if stream == 1 else ord("R")
+                if frames is None:
+                    self.chan.send(kind, part)
+                else:
+                    frames.append(frame(kind, part))
                 data = data[room:]
             cell.dropped[stream] += len(data)
         return True
 
-    def finish_cell(self, cell):
+    def drain_and_close(self, cell, frames=None):
         # The cell's code has returned and the main thread has pointed fds 1/2 back at
         # /dev/null and closed its write ends; whatever is in the pipes now belongs to
         # this cell. Late writers (background children) find the pipes closed.
         # Bounded: a background child that keeps writing must not hold the cell open.
-        self.pump(cell, cell.out_r, 1, 256)
-        self.pump(cell, cell.err_r, 2, 256)
+        self.pump(cell, cell.out_r, 1, 256, frames)
+        self.pump(cell, cell.err_r, 2, 256, frames)
         os.close(cell.out_r)
         os.close(cell.err_r)
+
+    def finish_cell(self, cell):
+        self.drain_and_close(cell)
         self.cell = None
         cell.finished.set()
 
     # ---- main thread: runs the code ----
     def next_request(self):
-        """Between cells: read the control channel directly (no thread hand-off)."""
-        while True:
-            with self.req_cv:
-                if self.requests:
-                    return self.requests.pop(0)
-            try:
-                kind, body = self.chan.recv()
-            except (EOFError, OSError, ValueError):
-                os._exit(0)
-            self.dispatch(kind, body)
+        with self.req_cv:
+            while not self.requests:
+                self.req_cv.wait()
+            return self.requests.pop(0)
+
+    def new_cell(self, req):
+        """The cell's pipes; at the open-files limit, the reserve pays for them."""
+        try:
+            return Cell(req["id"], int(req.get("max_output_bytes", 1 << 20))), None
+        except OSError:
+            # The code holds RLIMIT_NOFILE descriptors: spend the reserve on this call's
+            # pipes, so it can still run (and close some files); state is kept.
+            self.release_fd_reserve()
+            return Cell(req["id"], int(req.get("max_output_bytes", 1 << 20))), (
+                "runner: the interpreter is at its open-files limit (SANDBOX_RUNNER_NOFILE); "
+                "close some files; interpreter state was kept")
 
     def run_forever(self):
         sys.path.insert(0, "/opt/session-lib")
@@ -248,7 +296,7 @@ class Driver:
         preloaded, errors = preload()
         # One silent cell through the whole path, so the first real call does not pay for
         # cold code (its frames carry id 0, which the server never waits for).
-        self.execute({"id": 0, "code": "print(end='')", "max_output_bytes": 0})
+        self.execute(({"id": 0, "code": "print(end='')", "max_output_bytes": 0}, None, None))
         self.chan.send(ord("H"), {"pid": os.getpid(), "preloaded": preloaded, "preload_errors": errors})
         while True:
             req = self.next_request()
@@ -270,20 +318,14 @@ class Driver:
             self.tools_mtime = mtime
             sys.modules.pop("_platform_tools", None)
 
-    def execute(self, req):
+    def execute(self, request):
         """Runs one cell and always answers with a D frame, whatever the code did to
         its streams or descriptors."""
+        req, cell, note = request
         self.forget_stale_tools()
-        note = None
-        try:
-            cell = Cell(req["id"], int(req.get("max_output_bytes", 1 << 20)))
-        except OSError:
-            # The code holds RLIMIT_NOFILE descriptors: spend the reserve on this call's
-            # pipes, so it can still run (and close some files); state is kept.
-            self.release_fd_reserve()
-            cell = Cell(req["id"], int(req.get("max_output_bytes", 1 << 20)))
-            note = ("runner: the interpreter is at its open-files limit (SANDBOX_RUNNER_NOFILE); "
-                    "close some files; interpreter state was kept")
+        if cell is None:
+            cell, note = self.new_cell(req)
+            self.cell = cell
         _flush(sys.stdout)
         os.dup2(cell.out_w, 1)  # works even if the previous cell closed fd 1 or 2
         os.dup2(cell.err_w, 2)
@@ -292,8 +334,6 @@ class Driver:
         if self.stdout_obj.closed or self.stderr_obj.closed:
             self.stdout_obj, self.stderr_obj = _text_stream(1), _text_stream(2)
         sys.stdout, sys.stderr = self.stdout_obj, self.stderr_obj
-        self.cell = cell
-        os.write(self.wake_w, b"c")  # let the relay start selecting on the new pipes
         return_code, limit = 1, None
         try:
             return_code, limit = self.run_code(req["code"])
@@ -307,14 +347,26 @@ class Driver:
             killed = 0
             if req.get("kill_children") or cell.interrupted:
                 killed = kill_other_processes()
-            os.write(self.wake_w, b"f")  # the relay drains and closes the cell's pipes
-            cell.finished.wait()
+            with cell.lock:
+                quick = cell.owner == "main"
+                if quick:
+                    cell.owner = "done"
+            frames = []
+            if quick:
+                # The relay never touched this cell's pipes: drain them here and send
+                # output and answer in one write.
+                self.drain_and_close(cell, frames)
+                self.cell = None
+            else:
+                os.write(self.wake_w, b"f")  # the relay drains and closes the cell's pipes
+                cell.finished.wait()
             self.fill_fd_reserve()
-            self.chan.send(ord("D"), {
+            frames.append(frame(ord("D"), {
                 "id": cell.id, "return_code": return_code, "limit": limit,
                 "stdout_dropped": cell.dropped[1], "stderr_dropped": cell.dropped[2],
                 "killed_children": killed, "note": note,
-            })
+            }))
+            self.chan.send_raw(b"".join(frames))
 
     def fill_fd_reserve(self):
         """Keeps four spare descriptors (enough for one call's two pipes)."""

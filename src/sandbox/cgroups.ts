@@ -12,7 +12,7 @@
  * box (interpreter and bash commands) joins the leaf before bwrap forks, through a
  * one-line shell wrapper that writes its own pid to cgroup.procs and execs bwrap.
  */
-import { existsSync, promises as fsp, readFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, promises as fsp, readFileSync, readSync } from 'node:fs';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 
@@ -43,13 +43,40 @@ function ownPath(controllerLine: (fields: string[]) => boolean): string | null {
   return null;
 }
 
-function counter(file: string, key: string): number {
-  try {
-    const m = new RegExp(`^${key} (\\d+)$`, 'm').exec(readFileSync(file, 'utf8'));
-    return m ? Number(m[1]) : 0;
-  } catch {
-    return 0;
-  }
+/** A `key N` line of a cgroup file, read on every exec: the file stays open and is
+ * re-read from offset 0 (one pread instead of open, read, close). */
+function counter(file: string, key: string): { read: () => number; close: () => void } {
+  const pattern = new RegExp(`^${key} (\\d+)$`, 'm');
+  const buf = Buffer.alloc(4096);
+  let fd: number | null = null;
+  return {
+    read() {
+      try {
+        fd ??= openSync(file, 'r');
+        const n = readSync(fd, buf, 0, buf.length, 0);
+        const m = pattern.exec(buf.toString('utf8', 0, n));
+        return m ? Number(m[1]) : 0;
+      } catch {
+        return 0;
+      }
+    },
+    close() {
+      if (fd !== null) closeSync(fd);
+      fd = null;
+    },
+  };
+}
+
+function leaf(dir: string, oomFile: string): CgroupLeaf {
+  const oom = counter(`${dir}/${oomFile}`, 'oom_kill');
+  return {
+    procsFile: `${dir}/cgroup.procs`,
+    oomKills: oom.read,
+    remove: () => {
+      oom.close();
+      return removeLeaf(dir);
+    },
+  };
 }
 
 async function tryWrite(file: string, value: string): Promise<boolean> {
@@ -123,7 +150,7 @@ async function detectV2(privileged: boolean, scope: string): Promise<Cgroups | n
       await fsp.writeFile(`${dir}/memory.max`, String(limitBytes));
       await tryWrite(`${dir}/memory.swap.max`, '0');
       await tryWrite(`${dir}/memory.oom.group`, '1');
-      return { procsFile: `${dir}/cgroup.procs`, oomKills: () => counter(`${dir}/memory.events`, 'oom_kill'), remove: () => removeLeaf(dir) };
+      return leaf(dir, 'memory.events');
     },
   };
 }
@@ -149,7 +176,7 @@ async function detectV1(privileged: boolean, scope: string): Promise<Cgroups | n
       await fsp.writeFile(`${dir}/memory.limit_in_bytes`, String(limitBytes));
       await tryWrite(`${dir}/memory.memsw.limit_in_bytes`, String(limitBytes));
       await tryWrite(`${dir}/memory.swappiness`, '0');
-      return { procsFile: `${dir}/cgroup.procs`, oomKills: () => counter(`${dir}/memory.oom_control`, 'oom_kill'), remove: () => removeLeaf(dir) };
+      return leaf(dir, 'memory.oom_control');
     },
   };
 }

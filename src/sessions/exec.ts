@@ -5,7 +5,7 @@
  * is returned as written. A stream over the cap ends with the reference's truncation
  * marker. Any limit adds one plain-English line to stderr and sets limit_exceeded.
  */
-import { randomBytes } from 'node:crypto';
+import { randomHex } from '../ids.js';
 import Type from 'typebox';
 import Value from 'typebox/value';
 import { Compile } from 'typebox/compile';
@@ -79,7 +79,7 @@ export class ExecService {
     const tool = body.tool as ToolName;
     const session = this.sessions.get(sessionId);
     session.touch();
-    const toolUseId = body.tool_use_id || `srvtoolu_${randomBytes(12).toString('hex')}`;
+    const toolUseId = body.tool_use_id || `srvtoolu_${randomHex(12)}`;
     const started = performance.now();
     this.validate(tool, body.input);
     const timeoutMs = Math.min(body.timeout_seconds ?? this.config.defaultTimeoutSeconds, this.config.maxTimeoutSeconds) * 1000;

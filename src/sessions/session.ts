@@ -3,7 +3,7 @@
  * the queue that runs its calls one at a time (outputs never mix). At most `queueMax`
  * calls wait behind the running one; past that a call is refused with 429.
  */
-import { randomBytes } from 'node:crypto';
+import { randomHex } from '../ids.js';
 import { SandboxError } from '../errors.js';
 import { UndoHistory } from '../tools/text-editor.js';
 import type { Box } from './box.js';
@@ -24,7 +24,7 @@ export interface SessionHandle {
 }
 
 export function newSessionId(): string {
-  return `sbx_${randomBytes(12).toString('hex')}`;
+  return `sbx_${randomHex(12)}`;
 }
 
 export class Session {
