@@ -62,6 +62,42 @@ def _move_fd_high(fd, at):
     return new
 
 
+class EngageTimer:
+    """A timerfd: arming and disarming it are plain syscalls, so a cell that ends in
+    time costs the relay thread nothing; when it fires, the relay wakes up."""
+
+    def __init__(self, seconds):
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+
+        class Timespec(ctypes.Structure):
+            _fields_ = [("sec", ctypes.c_long), ("nsec", ctypes.c_long)]
+
+        class Itimerspec(ctypes.Structure):
+            _fields_ = [("interval", Timespec), ("value", Timespec)]
+
+        clock_monotonic, tfd_cloexec, tfd_nonblock = 1, os.O_CLOEXEC, os.O_NONBLOCK
+        self.fd = libc.timerfd_create(clock_monotonic, tfd_cloexec | tfd_nonblock)
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "timerfd_create")
+        self._settime = libc.timerfd_settime
+        self._on = ctypes.byref(Itimerspec(Timespec(0, 0), Timespec(int(seconds), int(seconds % 1 * 1e9))))
+        self._off = ctypes.byref(Itimerspec(Timespec(0, 0), Timespec(0, 0)))
+
+    def arm(self):
+        self._settime(self.fd, 0, self._on, None)
+
+    def disarm(self):
+        self._settime(self.fd, 0, self._off, None)
+
+    def consume(self):
+        """True if the timer had fired (a re-arm since then clears it)."""
+        try:
+            return len(os.read(self.fd, 8)) == 8
+        except BlockingIOError:
+            return False
+
+
 def frame(kind, body):
     if isinstance(body, (dict, list)):
         body = json.dumps(body, separators=(",", ":")).encode()
@@ -135,8 +171,9 @@ class Driver:
         self.chan = Channel(_move_fd_high(CONTROL_IN, 200), _move_fd_high(CONTROL_OUT, 200))
         self.null_fd = _move_fd_high(os.open(os.devnull, os.O_RDWR), 200)
         self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC)
+        self.timer = EngageTimer(ENGAGE_AFTER)
+        self.timer.fd = _move_fd_high(self.timer.fd, 200)
         self.requests = []
-        self.req_cv = threading.Condition()
         self.tool_replies = {}
         self.tool_cv = threading.Condition()
         self.cell = None
@@ -163,65 +200,63 @@ class Driver:
         if self.in_user_code:
             raise KeyboardInterrupt
 
-    # ---- relay thread: reads the control channel, and the cell pipes of a long cell ----
+    # ---- relay thread: takes over a cell that runs longer than ENGAGE_AFTER ----
     def relay(self):
-        """The only reader of the control channel. A quick cell (done within
-        ENGAGE_AFTER) is drained by the main thread at its end, so it costs no thread
-        hand-off; past that, the relay takes the cell's pipes over and streams them."""
+        """A quick cell never wakes this thread: the main thread reads the request,
+        runs the code and drains the cell's pipes itself. A timer (armed per cell, no
+        thread hand-off) wakes the relay when a cell runs longer; it then streams the
+        cell's output as it comes and reads the control channel (interrupts, tool
+        replies) until the code returns."""
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         polled, poller = None, None
         while True:
             cell = self.cell
-            fds = (self.wake_r, self.chan.rfd)
-            timeout = None
-            if cell is not None:
-                if cell.owner == "relay":
-                    fds += (cell.out_r, cell.err_r)
-                elif cell.owner == "main":
-                    timeout = max(0.0, (cell.started + ENGAGE_AFTER - time.monotonic()) * 1000)
+            fds = (self.wake_r, self.timer.fd)
+            if cell is not None and cell.owner == "relay":
+                fds += (self.chan.rfd, cell.out_r, cell.err_r)
             if fds != polled:
                 # poll, not select: user code may hold descriptors past FD_SETSIZE (1024).
                 poller, polled = select.poll(), fds
                 for fd in fds:
                     poller.register(fd, select.POLLIN)
             try:
-                ready = [fd for fd, _ in poller.poll(timeout)]
+                ready = [fd for fd, _ in poller.poll()]
             except (InterruptedError, OSError):
                 continue
-            if not ready:
-                if cell is not None:
-                    with cell.lock:
-                        if cell.owner == "main":
-                            cell.owner = "relay"  # a long cell: stream its output from now on
-                continue
+            if self.timer.fd in ready and self.timer.consume():
+                self.claim(self.cell)
             if self.wake_r in ready:
-                # b"f": the code of a cell the relay owns has returned.
+                # b"c": a cell was claimed for us (poll its pipes); b"f": its code returned.
                 if b"f" in os.read(self.wake_r, 64) and self.cell is not None and self.cell.owner == "relay":
                     self.finish_cell(self.cell)
                     continue
+            if cell is None or cell.owner != "relay" or self.cell is not cell:
+                continue
             if self.chan.rfd in ready:
                 try:
                     kind, body = self.chan.recv()
                 except (EOFError, OSError, ValueError):
                     os._exit(0)  # the server went away or spoke garbage: nothing to serve
                 self.dispatch(kind, body)
-            if cell is not None and cell.owner == "relay" and self.cell is cell:
-                if cell.out_r in ready:
-                    self.pump(cell, cell.out_r, 1)
-                if cell.err_r in ready:
-                    self.pump(cell, cell.err_r, 2)
+            if cell.out_r in ready:
+                self.pump(cell, cell.out_r, 1)
+            if cell.err_r in ready:
+                self.pump(cell, cell.err_r, 2)
+
+    def claim(self, cell):
+        """Hands a running cell to the relay (from then on it owns the pipes and the
+        control channel until the code returns). False if the cell is already over."""
+        if cell is None:
+            return False
+        with cell.lock:
+            if cell.owner == "main":
+                cell.owner = "relay"
+            return cell.owner == "relay"
 
     def dispatch(self, kind, body):
         msg = json.loads(body)
         if kind == ord("E"):
-            # The relay makes the cell (its pipes) now, so that it knows a cell runs and
-            # when to take a long one over; the server sends one request at a time.
-            cell, note = (None, None) if self.cell is not None else self.new_cell(msg)
-            if cell is not None:
-                self.cell = cell
-            with self.req_cv:
-                self.requests.append((msg, cell, note))
-                self.req_cv.notify()
+            self.requests.append(msg)  # the server sends one at a time; read between cells
         elif kind == ord("I"):
             cell = self.cell
             if cell is not None and cell.id == msg.get("id"):
@@ -273,10 +308,14 @@ class Driver:
 
     # ---- main thread: runs the code ----
     def next_request(self):
-        with self.req_cv:
-            while not self.requests:
-                self.req_cv.wait()
-            return self.requests.pop(0)
+        """Between cells the main thread reads the control channel itself."""
+        while not self.requests:
+            try:
+                kind, body = self.chan.recv()
+            except (EOFError, OSError, ValueError):
+                os._exit(0)
+            self.dispatch(kind, body)
+        return self.requests.pop(0)
 
     def new_cell(self, req):
         """The cell's pipes; at the open-files limit, the reserve pays for them."""
@@ -296,7 +335,7 @@ class Driver:
         preloaded, errors = preload()
         # One silent cell through the whole path, so the first real call does not pay for
         # cold code (its frames carry id 0, which the server never waits for).
-        self.execute(({"id": 0, "code": "print(end='')", "max_output_bytes": 0}, None, None))
+        self.execute({"id": 0, "code": "print(end='')", "max_output_bytes": 0})
         self.chan.send(ord("H"), {"pid": os.getpid(), "preloaded": preloaded, "preload_errors": errors})
         while True:
             req = self.next_request()
@@ -318,14 +357,13 @@ class Driver:
             self.tools_mtime = mtime
             sys.modules.pop("_platform_tools", None)
 
-    def execute(self, request):
+    def execute(self, req):
         """Runs one cell and always answers with a D frame, whatever the code did to
         its streams or descriptors."""
-        req, cell, note = request
         self.forget_stale_tools()
-        if cell is None:
-            cell, note = self.new_cell(req)
-            self.cell = cell
+        cell, note = self.new_cell(req)
+        self.cell = cell
+        self.timer.arm()  # past ENGAGE_AFTER, the relay takes the cell over
         _flush(sys.stdout)
         os.dup2(cell.out_w, 1)  # works even if the previous cell closed fd 1 or 2
         os.dup2(cell.err_w, 2)
@@ -347,6 +385,7 @@ class Driver:
             killed = 0
             if req.get("kill_children") or cell.interrupted:
                 killed = kill_other_processes()
+            self.timer.disarm()
             with cell.lock:
                 quick = cell.owner == "main"
                 if quick:
@@ -429,6 +468,9 @@ class Driver:
         body = json.dumps({"call_id": call_id, "name": name, "input": payload}, separators=(",", ":")).encode()
         if len(body) > TOOL_CALL_MAX:
             return {"ok": False, "error": f"tool {name!r}: arguments of {len(body)} bytes exceed the {TOOL_CALL_MAX}-byte limit"}
+        cell = self.cell
+        if self.claim(cell) and cell.owner == "relay":
+            os.write(self.wake_w, b"c")  # the reply comes on the channel: the relay reads it
         self.chan.send(ord("T"), body)
         with self.tool_cv:
             ok = self.tool_cv.wait_for(lambda: call_id in self.tool_replies, timeout=timeout_seconds)

@@ -299,5 +299,7 @@ test('the token appears nowhere inside the sandbox, in the stub on disk, or in t
   assert.ok(stub !== null, 'found the stub on disk');
   assert.ok(!stub.includes(TOKEN));
   assert.ok(stub.includes('def echo('));
+  await new Promise((r) => setTimeout(r, 500)); // log lines are flushed every 200 ms
+  assert.ok(server.logs().includes('/programmatic-tools/register'), 'the registration was logged');
   assert.ok(!server.logs().includes(TOKEN), 'the token is not logged');
 });
