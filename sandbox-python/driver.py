@@ -42,6 +42,10 @@ import threading
 import time
 import traceback
 
+# Bound now: session code that replaces json.dumps or struct.pack in those modules
+# must not break the driver's own framing.
+_dumps, _loads, _pack, _unpack = json.dumps, json.loads, struct.pack, struct.unpack
+
 CONTROL_IN, CONTROL_OUT = 3, 4
 MAX_FRAME = 64 << 20  # frames from the server: code (<= 16 MiB) and tool replies
 CHUNK = 64 * 1024
@@ -100,8 +104,8 @@ class EngageTimer:
 
 def frame(kind, body):
     if isinstance(body, (dict, list)):
-        body = json.dumps(body, separators=(",", ":")).encode()
-    return struct.pack(">IB", len(body), kind) + body
+        body = _dumps(body, separators=(",", ":")).encode()
+    return _pack(">IB", len(body), kind) + body
 
 
 class Channel:
@@ -139,7 +143,7 @@ class Channel:
 
     def recv(self):
         head = self._read_exact(5)
-        length, kind = struct.unpack(">IB", head)
+        length, kind = _unpack(">IB", head)
         if length > MAX_FRAME:
             raise ValueError("frame too large")
         return kind, self._read_exact(length)
@@ -254,7 +258,7 @@ class Driver:
             return cell.owner == "relay"
 
     def dispatch(self, kind, body):
-        msg = json.loads(body)
+        msg = _loads(body)
         if kind == ord("E"):
             self.requests.append(msg)  # the server sends one at a time; read between cells
         elif kind == ord("I"):
@@ -465,7 +469,7 @@ class Driver:
     def call_tool(self, name, payload, timeout_seconds):
         import uuid
         call_id = uuid.uuid4().hex
-        body = json.dumps({"call_id": call_id, "name": name, "input": payload}, separators=(",", ":")).encode()
+        body = _dumps({"call_id": call_id, "name": name, "input": payload}, separators=(",", ":")).encode()
         if len(body) > TOOL_CALL_MAX:
             return {"ok": False, "error": f"tool {name!r}: arguments of {len(body)} bytes exceed the {TOOL_CALL_MAX}-byte limit"}
         cell = self.cell

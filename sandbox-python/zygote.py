@@ -229,20 +229,41 @@ def run_interpreter(req, sock_fd):
             os.write(sock_fd, struct.pack(">IB", len(frame), ord("X")) + frame)
         finally:
             os._exit(71)
-    if req.get("probe_args") is not None:
-        run_probe(req, sock_fd)
     # Session code may run from here on: nothing of the zygote's may stay reachable.
+    # Unwinding to the top level frees every frame between here and the zygote's loop
+    # (the requests of other sessions, the zygote's state); only the job goes along.
+    probe = req.get("probe_args")
     null = os.open("/dev/null", os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    os.dup2(sock_fd, 3)
-    os.dup2(sock_fd, 4)
-    close_except({0, 1, 2, 3, 4})
+    if probe is None:
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.dup2(sock_fd, 3)
+        os.dup2(sock_fd, 4)
+        close_except({0, 1, 2, 3, 4})
+    else:
+        os.dup2(null, 0)
+        os.dup2(sock_fd, 1)  # the probe reports on the socket
+        os.dup2(sock_fd, 2)
+        close_except({0, 1, 2})
+    raise BecomeSandboxed(dict(req["env"]), None if probe is None else list(probe))
+
+
+class BecomeSandboxed(BaseException):
+    """Raised in an interpreter whose sandbox is built; caught at the top level."""
+
+    def __init__(self, env, probe_args):
+        super().__init__()
+        self.env, self.probe_args = env, probe_args
+
+
+def become(env, probe_args):
+    """C, at the top level: the session's driver (or the start-up probe)."""
     os.chdir("/workspace")
     os.umask(0o022)
     os.environ.clear()
-    os.environ.update(req["env"])
-    req.clear()  # the request (host paths, token) is still referenced by outer frames
+    os.environ.update(env)
+    if probe_args is not None:
+        run_probe(probe_args)
     reset_module_state()
     sys.argv = [DRIVER_FILE]
     driver = sys.modules["_sandbox_driver"]
@@ -251,17 +272,9 @@ def run_interpreter(req, sock_fd):
     os._exit(0)
 
 
-def run_probe(req, sock_fd):
-    """The start-up self-test (probe.py) in this very sandbox; its report goes out on
-    the socket."""
-    os.dup2(sock_fd, 1)
-    os.dup2(sock_fd, 2)
-    close_except({0, 1, 2})
-    os.chdir("/workspace")
-    os.environ.clear()
-    os.environ.update(req["env"])
-    sys.argv = ["/opt/sandbox/probe.py", *req["probe_args"]]
-    req.clear()
+def run_probe(probe_args):
+    """The start-up self-test (probe.py) in this very sandbox."""
+    sys.argv = ["/opt/sandbox/probe.py", *probe_args]
     status = 0
     try:
         import runpy
@@ -324,6 +337,8 @@ def run_init(req, sock_fd, a_pidfd, zygote_pidfd):
                 continue
             if p == pid:
                 os._exit(exit_status(status))
+    except BecomeSandboxed:
+        raise  # C, on its way to the top level
     except BaseException:  # noqa: BLE001
         os._exit(70)
 
@@ -352,6 +367,8 @@ def run_spawner(req, report_fd, zygote_pid):
             run_init(req, sock_fd, own_pidfd, zygote_pidfd)
         os.write(report_fd, json.dumps({"pid": pid}).encode())
         os._exit(0)
+    except BecomeSandboxed:
+        raise
     except BaseException as e:  # noqa: BLE001
         try:
             os.write(report_fd, json.dumps({"error": f"{type(e).__name__}: {e}"}).encode())
@@ -449,7 +466,7 @@ class Zygote:
         SECCOMP = base64.b64decode(init[0]["seccomp"])
         pending = init[1:]
         preloaded, errors = preload(init[0].get("preload", []))
-        load_driver(init[0]["driver_path"])
+        load_driver(init[0]["driver_source"])
         gc.collect()
         gc.freeze()  # the children's collector then never writes to the template's objects
         self.send({"t": "ready", "pid": self.pid, "preloaded": preloaded, "preload_errors": errors})
@@ -497,11 +514,11 @@ def preload(names):
     return done, errors
 
 
-def load_driver(host_path):
-    """The driver as a module whose code carries its in-sandbox file name."""
+def load_driver(source):
+    """The driver as a module whose code carries its in-sandbox file name (no host
+    path ever reaches the zygote, hence none its children could find)."""
     import types
-    with open(host_path, "rb") as f:
-        code = compile(f.read(), DRIVER_FILE, "exec")
+    code = compile(source, DRIVER_FILE, "exec")
     mod = types.ModuleType("_sandbox_driver")
     mod.__file__ = DRIVER_FILE
     sys.modules["_sandbox_driver"] = mod
@@ -509,4 +526,9 @@ def load_driver(host_path):
 
 
 if __name__ == "__main__":
-    Zygote().serve()
+    try:
+        Zygote().serve()
+    except BecomeSandboxed as sandboxed:  # only in a forked interpreter, sandbox built
+        job = (sandboxed.env, sandboxed.probe_args)
+    gc.collect()  # the unwound frames and the zygote's objects are gone
+    become(*job)

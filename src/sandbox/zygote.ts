@@ -156,8 +156,11 @@ export class Zygote {
   }
 
   /** Starts the zygote and resolves once it has imported the modules. */
+  private sources = { zygote: '', driver: '' };
+
   static async start(opts: ZygoteOptions): Promise<{ zygote: Zygote; info: ZygoteInfo }> {
     const z = new Zygote(opts);
+    z.sources = { zygote: await fsp.readFile(`${opts.driverDir}/zygote.py`, 'utf8'), driver: await fsp.readFile(`${opts.driverDir}/driver.py`, 'utf8') };
     await fsp.rm(opts.stateDir, { recursive: true, force: true });
     await fsp.mkdir(opts.stateDir, { mode: 0o700 });
     for (const d of [z.rootMount, z.home, `${z.home}/tmp`, `${z.home}/mpl`]) await fsp.mkdir(d, { mode: 0o700 });
@@ -177,7 +180,7 @@ export class Zygote {
   }
 
   private launch(): void {
-    const { python, driverDir, preload, seccompBpf, log } = this.opts;
+    const { python, preload, seccompBpf, log } = this.opts;
     const env = sandboxEnv({
       HOME: this.home,
       TMPDIR: `${this.home}/tmp`,
@@ -185,11 +188,15 @@ export class Zygote {
       XDG_CACHE_HOME: `${this.home}/tmp/.cache`,
       XDG_CONFIG_HOME: `${this.home}/tmp/.config`,
     });
-    const child = spawn(python, ['-I', '-u', '-X', 'faulthandler', `${driverDir}/zygote.py`], {
-      stdio: ['ignore', 'pipe', 'pipe', 'pipe', 'pipe'],
+    // The source comes on stdin and is compiled under its in-sandbox name, so no host
+    // path is in the template's memory (which every interpreter inherits).
+    const child = spawn(python, ['-I', '-u', '-X', 'faulthandler', '-c', "import sys; exec(compile(sys.stdin.buffer.read(), '/opt/sandbox/zygote.py', 'exec'))"], {
+      stdio: ['pipe', 'pipe', 'pipe', 'pipe', 'pipe'],
       env,
       cwd: '/',
     });
+    child.stdin!.on('error', () => {});
+    child.stdin!.end(this.sources.zygote);
     this.child = child;
     this.ready = false;
     let diag = '';
@@ -200,7 +207,7 @@ export class Zygote {
     child.stderr!.on('data', onDiag);
     const input = child.stdio[3] as Writable;
     input.on('error', () => {});
-    input.write(`${JSON.stringify({ op: 'init', seccomp: seccompBpf.toString('base64'), preload, driver_path: `${driverDir}/driver.py` })}\n`);
+    input.write(`${JSON.stringify({ op: 'init', seccomp: seccompBpf.toString('base64'), preload, driver_source: this.sources.driver })}\n`);
     let buf = '';
     (child.stdio[4] as Readable).setEncoding('utf8').on('data', (d: string) => {
       buf += d;

@@ -193,11 +193,13 @@ export class Box {
     return this.restarting;
   }
 
-  /** Waits for a restart under way, or makes one if the interpreter is dead. */
+  /** Waits for a restart under way (after a loss already reported to the caller that
+   * saw it), or makes one if the interpreter died between calls; true in that case
+   * only: the state was lost and nobody has been told yet. */
   async ensureInterpreter(): Promise<boolean> {
     if (this.restarting) {
       await this.restarting;
-      return true;
+      return false;
     }
     if (this.interpreter.alive) return false;
     await this.restartInterpreter();

@@ -127,7 +127,7 @@ export class ExecService {
 
   private async runCode(session: Session, code: string, timeoutMs: number): Promise<ToolRun> {
     const box = session.box;
-    await box.ensureInterpreter();
+    const diedWhileIdle = await box.ensureInterpreter();
     const tools = session.tools;
     const outcome = await box.interpreter.exec({
       code,
@@ -136,6 +136,10 @@ export class ExecService {
       onToolCall: tools ? (call) => callRouter(tools, call) : undefined,
     });
     if (outcome.stateLost) box.restartInterpreter().catch(() => {}); // ready for the next call
+    if (diedWhileIdle) {
+      outcome.notes.unshift('runner: the interpreter had stopped since the last call; it was restarted and its state was lost');
+      outcome.stateLost = true;
+    }
     const stdoutDropped = outcome.stdout.dropped + outcome.droppedByDriver.stdout;
     const stderrDropped = outcome.stderr.dropped + outcome.droppedByDriver.stderr;
     const stdout = stripOneNewline(outcome.stdout.text()) + (stdoutDropped > 0 ? truncationMarker(stdoutDropped) : '');
