@@ -33,6 +33,7 @@ import gc
 import json
 import os
 import platform
+import re
 import select
 import signal
 import socket
@@ -75,6 +76,25 @@ def bind(src, target, readonly, recursive=True):
     mount(src, target, None, MS_BIND | (MS_REC if recursive else 0))
     flags = MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | (MS_RDONLY if readonly else 0)
     mount(None, target, None, flags)
+
+
+def unescape_mountinfo(field):
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def harden_submounts(targets):
+    """A recursive bind brings the source's submounts along with their own flags, and a
+    bind remount changes the top mount only: remount every mount below a read-only
+    target read-only, nosuid, nodev too (keeping noexec), as bubblewrap does."""
+    with open("/proc/self/mountinfo") as f:
+        lines = f.read().splitlines()
+    for line in lines:
+        fields = line.split(" ")
+        point, options = unescape_mountinfo(fields[4]), fields[5].split(",")
+        if not any(point.startswith(t + "/") for t in targets):
+            continue
+        flags = MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | (MS_NOEXEC if "noexec" in options else 0)
+        mount(None, point, None, flags)
 
 
 def prctl(option, arg2=0, arg3=0, arg4=0, arg5=0):
@@ -133,6 +153,7 @@ def build_root(req):
         os.chmod(f"{new}/etc/{name}", 0o644)
     bind(req["driver_dir"], f"{new}/opt/sandbox", True)
     bind(req["lib_dir"], f"{new}/opt/session-lib", True)
+    harden_submounts([f"{new}/usr", f"{new}/etc", f"{new}/opt"])
     bind(req["workspace_dir"], f"{new}/workspace", False, recursive=False)
     bind(req["tmp_dir"], f"{new}/tmp", False, recursive=False)
     mount("proc", f"{new}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -293,6 +314,12 @@ def reset_module_state():
     """Caches the pre-imported modules filled in the zygote's world (paths, env)."""
     import tempfile
     tempfile.tempdir = None
+    # Every interpreter starts from the template's memory: the random module reseeds
+    # itself after fork, numpy's global generator does not (sessions would draw the same
+    # numbers).
+    np = sys.modules.get("numpy")
+    if np is not None and hasattr(np, "random"):
+        np.random.seed()
     # matplotlib remembers its config/cache folders (the zygote's) for good: new
     # remembering functions, resolved from this process's MPLCONFIGDIR.
     mpl = sys.modules.get("matplotlib")
@@ -313,11 +340,16 @@ def run_init(req, sock_fd, a_pidfd, zygote_pidfd):
             os.close(a_pidfd)
             os.close(zygote_pidfd)
             run_interpreter(req, sock_fd)
+        # Session code can send us signals (same host uid): none but SIGKILL/SIGSTOP
+        # gets through (and those, to a pid-namespace init, only from outside).
+        signal.pthread_sigmask(signal.SIG_BLOCK, set(signal.Signals) - {signal.SIGKILL, signal.SIGSTOP})
         close_except({a_pidfd, zygote_pidfd})
         uid, gid = int(req["uid"]), int(req["gid"])
         os.setgroups([])
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)
+        prctl(PR_SET_DUMPABLE, 0)  # whatever fs.suid_dumpable says: no ptrace, no /proc/1/mem
+        load_seccomp(SECCOMP)  # no_new_privs and the sessions' filter, as bwrap's init
         # A exits right after forking us: then our parent is the zygote (a subreaper),
         # and the death signal (cleared by the uid change) ties us to it. A's pidfd turns
         # readable only after the kernel has moved us to the zygote; armed earlier, the
@@ -348,6 +380,10 @@ def run_spawner(req, report_fd, zygote_pid):
     try:
         signal.set_wakeup_fd(-1)  # the zygote's SIGCHLD wake-up is not ours
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        try:
+            write_file("/proc/self/oom_score_adj", "0")
+        except OSError:
+            pass  # the zygote could not lower its own either
         os.setsid()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.connect(req["socket"])
@@ -385,7 +421,8 @@ class Zygote:
     def __init__(self):
         self.out = CTL_OUT
         self.inbuf = b""
-        self.inits = set()  # pids of live B processes (our children after A exits)
+        self.inits = {}  # pid -> spawn id of live B processes (our children after A exits)
+        self.init_of = {}  # spawn id -> pid
 
     def send(self, msg):
         data = (json.dumps(msg, separators=(",", ":")) + "\n").encode()
@@ -426,7 +463,8 @@ class Zygote:
         except ValueError:
             msg = {}
         if isinstance(msg.get("pid"), int):
-            self.inits.add(msg["pid"])
+            self.inits[msg["pid"]] = req["id"]
+            self.init_of[req["id"]] = msg["pid"]
             self.send({"t": "spawned", "id": req["id"], "pid": msg["pid"]})
         else:
             try:
@@ -444,7 +482,7 @@ class Zygote:
             if pid == 0:
                 return
             if pid in self.inits:
-                self.inits.discard(pid)
+                self.init_of.pop(self.inits.pop(pid), None)
                 if os.WIFSIGNALED(status):
                     self.send({"t": "exit", "pid": pid, "signal": os.WTERMSIG(status)})
                 else:
@@ -453,9 +491,17 @@ class Zygote:
     def serve(self):
         global SECCOMP
         self.pid = os.getpid()
+        server = os.getppid()
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() == 1:
-            os._exit(0)
+        if os.getppid() != server:
+            os._exit(0)  # the server died before the death signal was armed
+        # Under memory pressure the kernel should pick a session's process, not the
+        # template every session depends on (A puts its children back to 0). Needs
+        # CAP_SYS_RESOURCE, which a container may not grant: best effort.
+        try:
+            write_file("/proc/self/oom_score_adj", "-500")
+        except OSError:
+            pass
         prctl(PR_SET_CHILD_SUBREAPER, 1)
         wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         signal.set_wakeup_fd(wake_w)
@@ -496,9 +542,12 @@ class Zygote:
         if op == "spawn":
             self.spawn(msg)
         elif op == "kill":
-            if msg.get("pid") in self.inits:
+            # By spawn id, never by pid: a pid is only ours until we reap it, and could
+            # name another session's init after that.
+            pid = self.init_of.get(msg.get("id"))
+            if pid is not None:
                 try:
-                    os.kill(msg["pid"], signal.SIGKILL)
+                    os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
 

@@ -70,6 +70,7 @@ export class ZygoteProcess implements InterpreterProcess {
   constructor(
     private readonly zygote: Zygote,
     readonly token: string,
+    readonly spawnId: number,
   ) {
     this.exited = new Promise((r) => (this.resolveExit = r));
     this.control = new Promise((r) => (this.resolveControl = r));
@@ -91,7 +92,7 @@ export class ZygoteProcess implements InterpreterProcess {
 
   async kill(): Promise<ExitInfo> {
     if (!this.done) {
-      if (this.initPid !== null) this.zygote.killInit(this.initPid);
+      if (this.initPid !== null) this.zygote.killInit(this.spawnId);
       else this.killWanted = true;
     }
     const info = await this.exited;
@@ -107,7 +108,7 @@ export class ZygoteProcess implements InterpreterProcess {
   /** @internal the zygote forked our init */
   spawned(pid: number): void {
     this.initPid = pid;
-    if (this.killWanted) this.zygote.killInit(pid);
+    if (this.killWanted) this.zygote.killInit(this.spawnId);
   }
 
   /** @internal our interpreter connected */
@@ -181,19 +182,15 @@ export class Zygote {
 
   private launch(): void {
     const { python, preload, seccompBpf, log } = this.opts;
-    const env = sandboxEnv({
-      HOME: this.home,
-      TMPDIR: `${this.home}/tmp`,
-      MPLCONFIGDIR: `${this.home}/mpl`,
-      XDG_CACHE_HOME: `${this.home}/tmp/.cache`,
-      XDG_CONFIG_HOME: `${this.home}/tmp/.config`,
-    });
+    // Relative to its working folder (the state folder): the environment block every
+    // interpreter inherits (its /proc/self/environ) names no host path.
+    const env = sandboxEnv({ HOME: 'home', TMPDIR: 'home/tmp', MPLCONFIGDIR: 'home/mpl', XDG_CACHE_HOME: 'home/tmp/.cache', XDG_CONFIG_HOME: 'home/tmp/.config' });
     // The source comes on stdin and is compiled under its in-sandbox name, so no host
     // path is in the template's memory (which every interpreter inherits).
     const child = spawn(python, ['-I', '-u', '-X', 'faulthandler', '-c', "import sys; exec(compile(sys.stdin.buffer.read(), '/opt/sandbox/zygote.py', 'exec'))"], {
       stdio: ['pipe', 'pipe', 'pipe', 'pipe', 'pipe'],
       env,
-      cwd: '/',
+      cwd: this.opts.stateDir,
     });
     child.stdin!.on('error', () => {});
     child.stdin!.end(this.sources.zygote);
@@ -299,19 +296,20 @@ export class Zygote {
     else this.queue.push(line);
   }
 
-  /** @internal SIGKILL a namespace init of ours (the zygote checks it is its child). */
-  killInit(pid: number): void {
-    this.send({ op: 'kill', pid });
+  /** @internal SIGKILL the namespace init of a spawn (by id: the zygote kills it only
+   * while it has not reaped it, so a reused pid is never hit). */
+  killInit(spawnId: number): void {
+    this.send({ op: 'kill', id: spawnId });
   }
 
   spawn(req: ZygoteSpawn): ZygoteProcess {
     const token = randomBytes(16).toString('hex');
-    const proc = new ZygoteProcess(this, token);
+    const id = this.nextId++;
+    const proc = new ZygoteProcess(this, token, id);
     if (this.closing) {
       proc.ended({ exitCode: 127, signal: null }, 'the server is shutting down');
       return proc;
     }
-    const id = this.nextId++;
     this.byId.set(id, proc);
     this.byToken.set(token, proc);
     const l = req.limits;

@@ -131,10 +131,14 @@ describe('interpreters forked from the template', () => {
       '        elif isinstance(o, types.FunctionType):',
       '            check(o.__code__.co_filename)',
       '            for c in o.__code__.co_consts: check(c)',
+      '            for cell in o.__closure__ or ():',
+      '                try: check(cell.cell_contents)',
+      '                except ValueError: pass',
       '    for m in list(sys.modules.values()):',
       "        check(getattr(m, '__file__', None))",
       '    return found',
       'print(scan())',
+      "print(any(n.encode() in open('/proc/self/environ', 'rb').read() for n in ['/']) and all(not v.startswith(b'/') or v.startswith((b'/usr', b'/bin', b'/workspace', b'/tmp', b'/opt')) for kv in open('/proc/self/environ', 'rb').read().split(b'\\0') if b'=' in kv for v in [kv.split(b'=', 1)[1]]))",
       'import sys, os, matplotlib',
       "print(sys.argv, sorted(k for k in globals() if not k.startswith('__')))",
       "print(os.environ['HOME'], os.environ['TMPDIR'], os.environ['MPLCONFIGDIR'], matplotlib.get_configdir(), matplotlib.get_cachedir())",
@@ -144,8 +148,9 @@ describe('interpreters forked from the template', () => {
     ].join('\n');
     const r = await py(server, id, code);
     assert.equal(r.return_code, 0, r.stderr);
-    const [found, names, dirs, plot] = r.stdout.split('\n');
+    const [found, environ, names, dirs, plot] = r.stdout.split('\n');
     assert.equal(found, '[]', 'no string naming the server folders is reachable');
+    assert.equal(environ, 'True', 'the inherited environment block names no host folder');
     assert.equal(names, "['/opt/sandbox/driver.py'] ['matplotlib', 'os', 'scan', 'sys']", 'only what this cell defined');
     assert.equal(dirs, '/workspace /tmp /tmp/.matplotlib /tmp/.matplotlib /tmp/.matplotlib');
     assert.equal(plot, 'True');
@@ -159,9 +164,68 @@ describe('interpreters forked from the template', () => {
     const rb = await py(server, b, "import numpy, json, os\nprint(hasattr(numpy, 'mark'), json.dumps({'x': 1}), 'left' in globals(), os.path.exists('/tmp/a.txt'))");
     assert.equal(rb.stdout, 'False {"x": 1} False False', rb.stderr);
     assert.notEqual(await hostUid(server, a), await hostUid(server, b));
+    // Forked from one template, yet numpy's global generator is not shared.
+    const draws = await Promise.all([a, b].map(async (id) => (await py(server, id, 'import numpy\nprint(numpy.random.randint(1 << 30))')).stdout));
+    assert.notEqual(draws[0], draws[1], `numpy draws differ between sessions: ${draws.join(' ')}`);
     const pa = await sh(server, a, "cat /proc/[0-9]*/comm | sort -u | tr '\\n' ' '");
     assert.doesNotMatch(pa.stdout, /python/, `a bash command sees only its own processes, no interpreter: ${pa.stdout}`);
     assert.match(pa.stdout, /bash/);
+  });
+
+  it('have a hardened init: no signal from the session reaches it, seccomp and no_new_privs on, not dumpable', async () => {
+    const id = await createSession(server);
+    await py(server, id, 'kept = 3');
+    const r = await py(
+      server,
+      id,
+      [
+        'import os, signal',
+        'for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGQUIT):',
+        '    os.kill(1, s)',
+        'import time; time.sleep(0.2)',
+        "st = dict(l.split(':', 1) for l in open('/proc/1/status').read().splitlines())",
+        "print(st['NoNewPrivs'].strip(), st['Seccomp'].strip(), kept)",
+        'try:',
+        "    open('/proc/1/mem', 'rb')",
+        "    print('mem readable')",
+        'except OSError:',
+        "    print('mem closed')",
+      ].join('\n'),
+    );
+    assert.equal(r.stdout, '1 2 3\nmem closed', r.stderr);
+    assert.equal((await py(server, id, 'print(kept)')).stdout, '3', 'the sandbox is still the same');
+  });
+
+  it('make every mount below the read-only system read-only, also one the host adds under /usr', async (t) => {
+    const dir = `/usr/local/otari-test-${process.pid}-${Date.now()}`;
+    const { execFileSync } = await import('node:child_process');
+    const { mkdirSync, rmdirSync, writeFileSync, readFileSync, chmodSync } = await import('node:fs');
+    mkdirSync(dir);
+    t.after(() => {
+      try {
+        execFileSync('/usr/bin/umount', ['-l', dir]);
+      } catch {
+        /* not mounted */
+      }
+      rmdirSync(dir);
+    });
+    execFileSync('/usr/bin/mount', ['-t', 'tmpfs', '-o', 'size=1m', 'otari-test', dir]);
+    writeFileSync(`${dir}/f`, 'host\n');
+    chmodSync(`${dir}/f`, 0o666);
+    const id = await createSession(server);
+    // A new interpreter, so that it is forked after the mount exists.
+    assert.equal((await py(server, id, 'import os; os._exit(3)')).interpreter_restarted, true);
+    const r = await py(
+      server,
+      id,
+      `import os\np = ${JSON.stringify(dir)}\nprint(os.path.exists(p + '/f'))\nprint([l.split()[5] for l in open('/proc/self/mountinfo') if l.split()[4] == p])\ntry:\n    open(p + '/f', 'a').write('session')\n    print('written')\nexcept OSError as e:\n    print(e.errno)`,
+    );
+    assert.equal(r.return_code, 0, r.stderr);
+    const [exists, opts, write] = r.stdout.split('\n');
+    assert.equal(exists, 'True');
+    assert.match(opts!, /^\['ro,nosuid,nodev/);
+    assert.equal(write, '30', 'EROFS');
+    assert.equal(readFileSync(`${dir}/f`, 'utf8'), 'host\n');
   });
 
   it('survive the template dying: interpreters restart (state lost, said so), new sessions work, nothing is left running', async () => {
