@@ -53,6 +53,8 @@ export interface ZygoteInfo {
 }
 
 const TOKEN_WAIT_MS = 10_000;
+/** Importing the preload modules on a cold machine (numpy, pandas, matplotlib: a few seconds). */
+const START_TIMEOUT_MS = 120_000;
 
 /** One interpreter forked by the zygote; `pid` is its pid-namespace init (host pid). */
 export class ZygoteProcess implements InterpreterProcess {
@@ -171,8 +173,22 @@ export class Zygote {
     });
     await fsp.chmod(z.socketPath, 0o600);
     z.launch();
-    const info = await z.whenReady();
-    return { zygote: z, info };
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new Error(`the interpreter template did not get ready in ${START_TIMEOUT_MS / 1000}s (importing ${opts.preload.join(', ')})`)),
+        START_TIMEOUT_MS,
+      );
+    });
+    try {
+      const info = await Promise.race([z.whenReady(), timeout]);
+      return { zygote: z, info };
+    } catch (e) {
+      await z.close();
+      throw e;
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   private whenReady(): Promise<ZygoteInfo> {

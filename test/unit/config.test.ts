@@ -29,13 +29,13 @@ test('environment values are parsed and bounded', () => {
 
 test('every invalid setting is reported at once', () => {
   try {
-    loadConfig({ PORT: '99999', SANDBOX_MAX_SESSIONS: 'abc', SANDBOX_RUNNER_MEMORY_MB: '1', SANDBOX_ISOLATION: 'none' });
+    loadConfig({ PORT: '99999', SANDBOX_MAX_SESSIONS: 'abc', SANDBOX_RUNNER_MEMORY_MB: '1', SANDBOX_ISOLATION: 'none', SANDBOX_PYTHON_TEMPLATE: 'maybe' });
     assert.fail('expected a ConfigError');
   } catch (e) {
     assert.ok(e instanceof ConfigError);
     const text = e.problems.join('\n');
-    for (const name of ['PORT', 'SANDBOX_MAX_SESSIONS', 'SANDBOX_RUNNER_MEMORY_MB', 'SANDBOX_ISOLATION']) assert.match(text, new RegExp(name), name);
-    assert.equal(e.problems.length, 4);
+    for (const name of ['PORT', 'SANDBOX_MAX_SESSIONS', 'SANDBOX_RUNNER_MEMORY_MB', 'SANDBOX_ISOLATION', 'SANDBOX_PYTHON_TEMPLATE']) assert.match(text, new RegExp(name), name);
+    assert.equal(e.problems.length, 5);
   }
 });
 
