@@ -422,6 +422,7 @@ class Zygote:
         self.out = CTL_OUT
         self.inbuf = b""
         self.inits = {}  # pid -> spawn id of live B processes (our children after A exits)
+        self.pending = []  # requests read but not handled yet
         self.init_of = {}  # spawn id -> pid
 
     def send(self, msg):
@@ -449,14 +450,33 @@ class Zygote:
         os.close(w)
         data = b""
         deadline = time.monotonic() + 10
+        # While A works, kills and deaths of other sessions are still served (a slow
+        # spawn must not hold them up); further spawns wait their turn.
+        poller = select.poll()
+        for fd in (r, CTL_IN, self.wake_r):
+            poller.register(fd, select.POLLIN)
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([r], [], [], left)[0]:
+            if left <= 0:
                 break
-            chunk = os.read(r, 4096)
-            if not chunk:
-                break
-            data += chunk
+            try:
+                ready = [fd for fd, _ in poller.poll(left * 1000)]
+            except InterruptedError:
+                continue
+            if self.wake_r in ready:
+                self.drain_wake()
+                self.reap()
+            if CTL_IN in ready:
+                for m in self.read_messages():
+                    if m.get("op") == "kill":
+                        self.handle(m)
+                    else:
+                        self.pending.append(m)
+            if r in ready:
+                chunk = os.read(r, 4096)
+                if not chunk:
+                    break
+                data += chunk
         os.close(r)
         try:
             msg = json.loads(data or b"{}")
@@ -504,13 +524,14 @@ class Zygote:
             pass
         prctl(PR_SET_CHILD_SUBREAPER, 1)
         wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self.wake_r = wake_r
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         init = self.read_messages()
         while not init:
             init = self.read_messages()
         SECCOMP = base64.b64decode(init[0]["seccomp"])
-        pending = init[1:]
+        self.pending = init[1:]
         preloaded, errors = preload(init[0].get("preload", []))
         load_driver(init[0]["driver_source"])
         gc.collect()
@@ -520,22 +541,24 @@ class Zygote:
         poller.register(CTL_IN, select.POLLIN)
         poller.register(wake_r, select.POLLIN)
         while True:
-            for msg in pending:
-                self.handle(msg)
-            pending = []
+            while self.pending:
+                self.handle(self.pending.pop(0))
             try:
                 ready = [fd for fd, _ in poller.poll()]
             except InterruptedError:
                 continue
             if wake_r in ready:
-                try:
-                    while os.read(wake_r, 512):
-                        pass
-                except BlockingIOError:
-                    pass
+                self.drain_wake()
             self.reap()
             if CTL_IN in ready:
-                pending = self.read_messages()
+                self.pending.extend(self.read_messages())
+
+    def drain_wake(self):
+        try:
+            while os.read(self.wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
 
     def handle(self, msg):
         op = msg.get("op")
