@@ -423,6 +423,8 @@ class Zygote:
         self.inbuf = b""
         self.inits = {}  # pid -> spawn id of live B processes (our children after A exits)
         self.pending = []  # requests read but not handled yet
+        self.unclaimed = {}  # pid -> status of reaped children not (yet) known as a B
+        self.spawning = False
         self.init_of = {}  # spawn id -> pid
 
     def send(self, msg):
@@ -448,6 +450,7 @@ class Zygote:
             run_spawner(req, w, self.pid)
             os._exit(1)
         os.close(w)
+        self.spawning = True
         data = b""
         deadline = time.monotonic() + 10
         # While A works, kills and deaths of other sessions are still served (a slow
@@ -486,12 +489,17 @@ class Zygote:
             self.inits[msg["pid"]] = req["id"]
             self.init_of[req["id"]] = msg["pid"]
             self.send({"t": "spawned", "id": req["id"], "pid": msg["pid"]})
+            early = self.unclaimed.pop(msg["pid"], None)
+            if early is not None:
+                self.report_exit(msg["pid"], early)  # it died (and was reaped) before A reported it
         else:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
             self.send({"t": "failed", "id": req["id"], "error": msg.get("error", "the spawner did not answer")})
+        self.unclaimed.clear()  # a later child may get these pids again
+        self.spawning = False
 
     def reap(self):
         while True:
@@ -502,11 +510,16 @@ class Zygote:
             if pid == 0:
                 return
             if pid in self.inits:
-                self.init_of.pop(self.inits.pop(pid), None)
-                if os.WIFSIGNALED(status):
-                    self.send({"t": "exit", "pid": pid, "signal": os.WTERMSIG(status)})
-                else:
-                    self.send({"t": "exit", "pid": pid, "code": os.WEXITSTATUS(status)})
+                self.report_exit(pid, status)
+            elif self.spawning:
+                self.unclaimed[pid] = status  # this spawn's A, or its B dead before A reported it
+
+    def report_exit(self, pid, status):
+        self.init_of.pop(self.inits.pop(pid, None), None)
+        if os.WIFSIGNALED(status):
+            self.send({"t": "exit", "pid": pid, "signal": os.WTERMSIG(status)})
+        else:
+            self.send({"t": "exit", "pid": pid, "code": os.WEXITSTATUS(status)})
 
     def serve(self):
         global SECCOMP

@@ -53,6 +53,8 @@ export interface ZygoteInfo {
 }
 
 const TOKEN_WAIT_MS = 10_000;
+/** How long a kill waits for the template's exit report. */
+const KILL_REPORT_MS = 15_000;
 /** Importing the preload modules on a cold machine (numpy, pandas, matplotlib: a few seconds). */
 const START_TIMEOUT_MS = 120_000;
 
@@ -96,6 +98,11 @@ export class ZygoteProcess implements InterpreterProcess {
     if (!this.done) {
       if (this.initPid !== null) this.zygote.killInit(this.spawnId);
       else this.killWanted = true;
+      // The template reports every death it reaps; should a report never come (it is
+      // stuck or gone), the caller is not held: the box's uid sweep kills what is left.
+      const timer = setTimeout(() => this.ended({ exitCode: 137, signal: 'SIGKILL' }, 'no exit report from the interpreter template\n'), KILL_REPORT_MS);
+      timer.unref();
+      void this.exited.then(() => clearTimeout(timer));
     }
     const info = await this.exited;
     this.destroyStreams();

@@ -228,10 +228,13 @@ test('#49 50 parallel session creates at SANDBOX_MAX_SESSIONS=8 give only 201 or
   const h = await api(S.server, 'GET', '/health');
   assert.equal(h.status, 200);
   assert.ok(h.body.session_count <= MAX_SESSIONS);
-  // 50 parallel calls into one session: queued up to the bound, the rest 429.
+  // 50 parallel calls into one session: queued up to the bound, the rest 429 (each call
+  // sleeps a little, so all 50 arrive while the first still runs).
   const target = created[0]!;
   const execs = await Promise.all(
-    Array.from({ length: 50 }, (_, i) => api(S.server, 'POST', `/sessions/${target}/exec`, { tool: 'code_execution', input: { code: `print(${i})` } })),
+    Array.from({ length: 50 }, (_, i) =>
+      api(S.server, 'POST', `/sessions/${target}/exec`, { tool: 'code_execution', input: { code: `import time; time.sleep(0.05); print(${i})` } }),
+    ),
   );
   const es = execs.map((r) => r.status);
   assert.ok(
