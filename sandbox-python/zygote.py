@@ -201,6 +201,11 @@ def drop_to_sandbox_user(req):
     write_file("/proc/self/setgroups", "deny")
     write_file("/proc/self/uid_map", f"{inner} {uid} 1\n")
     write_file("/proc/self/gid_map", f"{inner} {gid} 1\n")
+    # An empty network namespace owned by this user namespace (as bubblewrap makes it):
+    # bringing its loopback up needs CAP_NET_ADMIN there only, which we hold until the
+    # drop below, not on the host (a container need not grant it to the server).
+    check(libc.unshare(CLONE_NEWNET), "unshare network namespace")
+    loopback_up()
     last_cap = int(open("/proc/sys/kernel/cap_last_cap").read())
     for cap in range(last_cap + 1):
         prctl(PR_CAPBSET_DROP, cap)
@@ -239,7 +244,6 @@ def run_interpreter(req, sock_fd):
     try:
         build_root(req)
         check(libc.sethostname(b"sandbox", 7), "sethostname")
-        loopback_up()
         os.setsid()
         drop_to_sandbox_user(req)
         set_limits(req["limits"])
@@ -393,7 +397,8 @@ def run_spawner(req, report_fd, zygote_pid):
             write_file(req["cgroup_procs"], str(os.getpid()))
         if req.get("nice"):
             os.setpriority(os.PRIO_PROCESS, 0, int(req["nice"]))
-        check(libc.unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP), "unshare")
+        # The network namespace comes later, from the interpreter's own user namespace.
+        check(libc.unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP), "unshare")
         mount(None, "/", None, MS_REC | MS_PRIVATE)
         zygote_pidfd = os.pidfd_open(zygote_pid)
         own_pidfd = os.pidfd_open(os.getpid())

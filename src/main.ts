@@ -89,6 +89,14 @@ async function claimSessionsRoot(root: string): Promise<void> {
   await fsp.writeFile(file, `${process.pid}\n`);
 }
 
+const CAP_SYS_NICE = 23;
+
+/** Whether this process holds a capability (its effective set, /proc/self/status). */
+function hasCapability(bit: number): boolean {
+  const hex = /^CapEff:\s*([0-9a-f]+)/m.exec(readFileSync('/proc/self/status', 'utf8'))?.[1];
+  return hex !== undefined && ((BigInt(`0x${hex}`) >> BigInt(bit)) & 1n) === 1n;
+}
+
 /** Sandboxes run as other uids, which must be able to reach their folders. */
 async function checkSearchable(root: string): Promise<void> {
   const parts = root.split('/').filter(Boolean);
@@ -196,11 +204,16 @@ async function main(): Promise<void> {
     : `RLIMIT_AS ${config.memoryMb} MiB per process (no writable cgroup: no per-session total)`;
   if (cgroups) isolation.protections.push('memory limit per session (cgroup)');
   log.info({ isolation }, `isolation mode: ${isolation.mode}`);
-  const sessions = new SessionManager(config, { config, launcher, zygote, cgroups, uids, privileged, tmpfsQuota, driverHostDir: DRIVER_DIR }, log, () => {
-    if (!privileged) return {};
-    const uid = uids.allocate();
-    return { uid, gid: uid };
-  });
+  const sessions = new SessionManager(
+    config,
+    { config, launcher, zygote, cgroups, uids, privileged, canRenice: privileged && hasCapability(CAP_SYS_NICE), tmpfsQuota, driverHostDir: DRIVER_DIR },
+    log,
+    () => {
+      if (!privileged) return {};
+      const uid = uids.allocate();
+      return { uid, gid: uid };
+    },
+  );
   const exec = new ExecService(config, sessions);
   const app = await buildApp({ config, log, sessions, exec, isolation, version: VERSION });
   await app.listen({ port: config.port, host: config.host });

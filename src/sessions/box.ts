@@ -43,6 +43,9 @@ export interface BoxDeps {
   uids: UidAllocator;
   /** Server runs as root: per-box uid and kill-by-uid. */
   privileged: boolean;
+  /** Pool boxes may start at a lower priority: the server can raise it back when a
+   * session takes one (CAP_SYS_NICE, which containers often lack). */
+  canRenice: boolean;
   /** A size-capped tmpfs can be mounted per box (root with CAP_SYS_ADMIN). */
   tmpfsQuota: boolean;
   driverHostDir: string;
@@ -83,7 +86,7 @@ export class Box {
     this.tmpDir = `${this.dir}/tmp`;
     this.libDir = `${this.dir}/lib`;
     this.stagingDir = `${this.dir}/staging`;
-    this.background = deps.privileged && uid !== undefined;
+    this.background = deps.canRenice && uid !== undefined;
     this.fs = new WorkspaceFs(this.workspaceDir, uid !== undefined && gid !== undefined ? { uid, gid } : null, this.stagingDir);
     this.interpreter = this.newInterpreter();
   }
