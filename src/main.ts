@@ -35,8 +35,9 @@ async function prepareIsolation(
   uids: UidAllocator,
   privileged: boolean,
   tmpfsQuota: boolean,
-): Promise<IsolationInfo> {
+): Promise<{ isolation: IsolationInfo; templateOk: boolean }> {
   const dir = `${config.sessionsRoot}/probe_${randomBytes(6).toString('hex')}`;
+  let templateOk = false;
   const uid = privileged ? uids.allocate() : undefined;
   try {
     for (const d of [dir, `${dir}/workspace`, `${dir}/tmp`, `${dir}/lib`]) await fsp.mkdir(d, { mode: 0o711 });
@@ -47,14 +48,21 @@ async function prepareIsolation(
     // every way a sandbox is made must pass the probe.
     const { protections } = await probeSandbox(launcher, layout, { uid, gid: uid }, limits, config.sessionsRoot, config.pythonPath);
     if (zygote && uid !== undefined) {
-      const template = await probeTemplate(zygote, layout, uid, limits, config.sessionsRoot);
-      const missing = protections.filter((p) => !template.protections.includes(p));
-      if (missing.length > 0) throw new PreflightError(`the template's sandbox lacks: ${missing.join(', ')}`);
-      protections.push('interpreters forked from a template that has the preload modules imported, each building the same sandbox');
+      // A template whose sandbox does not hold is not used: interpreters then start in
+      // bubblewrap, which just passed the same checks (the same protections, more memory).
+      try {
+        const template = await probeTemplate(zygote, layout, uid, limits, config.sessionsRoot);
+        const missing = protections.filter((p) => !template.protections.includes(p));
+        if (missing.length > 0) throw new PreflightError(`its sandbox lacks: ${missing.join(', ')}`);
+        protections.push('interpreters forked from a template that has the preload modules imported, each building the same sandbox');
+        templateOk = true;
+      } catch (e) {
+        log.warn({ err: String((e as Error)?.message ?? e).slice(0, 1000) }, 'the interpreter template does not work here; interpreters start in bubblewrap instead');
+      }
     }
     if (privileged) protections.push('distinct unprivileged host uid per session');
     if (tmpfsQuota) protections.push('disk quota per session (tmpfs)');
-    return {
+    const isolation: IsolationInfo = {
       mode: 'bwrap',
       protections,
       uid_per_session: privileged,
@@ -63,12 +71,40 @@ async function prepareIsolation(
         : 'none per session (mounting a tmpfs needs root with CAP_SYS_ADMIN); RLIMIT_FSIZE still caps each file',
       memory_limit: `RLIMIT_AS ${config.memoryMb} MiB per process`,
     };
+    return { isolation, templateOk };
   } finally {
     if (uid !== undefined) {
       await killUid(uid);
       uids.release(uid);
     }
     await removeTree(dir).catch((e: unknown) => log.warn({ err: String(e) }, 'could not remove the probe folder'));
+  }
+}
+
+/**
+ * The interpreter template (SANDBOX_PYTHON_TEMPLATE=auto, as root). Where it cannot work
+ * (no CAP_SYS_ADMIN, as in a container started without it), interpreters start in
+ * bubblewrap: the same sandbox, each importing the preloads itself.
+ */
+async function startTemplate(config: Config, log: Logger, seccompBpf: Buffer): Promise<Zygote | null> {
+  if (!hasCapability(CAP_SYS_ADMIN)) {
+    log.warn('no CAP_SYS_ADMIN: the interpreter template cannot build sandboxes; interpreters start in bubblewrap instead');
+    return null;
+  }
+  try {
+    const { zygote, info } = await Zygote.start({
+      python: config.pythonPath,
+      driverDir: DRIVER_DIR,
+      stateDir: `${config.sessionsRoot}/.template`,
+      preload: preloadList(config),
+      seccompBpf,
+      log,
+    });
+    log.info({ pid: info.pid, preloaded: info.preloaded, preload_errors: info.preloadErrors }, 'interpreter template ready');
+    return zygote;
+  } catch (e) {
+    log.warn({ err: String((e as Error)?.message ?? e).slice(0, 1000) }, 'the interpreter template did not start; interpreters start in bubblewrap instead');
+    return null;
   }
 }
 
@@ -89,6 +125,7 @@ async function claimSessionsRoot(root: string): Promise<void> {
   await fsp.writeFile(file, `${process.pid}\n`);
 }
 
+const CAP_SYS_ADMIN = 21;
 const CAP_SYS_NICE = 23;
 
 /** Whether this process holds a capability (its effective set, /proc/self/status). */
@@ -177,19 +214,13 @@ async function main(): Promise<void> {
   try {
     const seccompBpf = await buildSeccompFilter('/usr/bin/python3', SECCOMP_GEN);
     launcher = new Launcher({ seccompBpf, driverDir: DRIVER_DIR });
-    if (privileged && config.pythonTemplate === 'auto') {
-      const started = await Zygote.start({
-        python: config.pythonPath,
-        driverDir: DRIVER_DIR,
-        stateDir: `${config.sessionsRoot}/.template`,
-        preload: preloadList(config),
-        seccompBpf,
-        log,
-      });
-      zygote = started.zygote;
-      log.info({ pid: started.info.pid, preloaded: started.info.preloaded, preload_errors: started.info.preloadErrors }, 'interpreter template ready');
+    if (privileged && config.pythonTemplate === 'auto') zygote = await startTemplate(config, log, seccompBpf);
+    const prepared = await prepareIsolation(config, log, launcher, zygote, uids, privileged, tmpfsQuota);
+    isolation = prepared.isolation;
+    if (zygote && !prepared.templateOk) {
+      await zygote.close();
+      zygote = null;
     }
-    isolation = await prepareIsolation(config, log, launcher, zygote, uids, privileged, tmpfsQuota);
   } catch (e) {
     const message = e instanceof PreflightError ? e.message : String((e as Error)?.stack ?? e);
     log.fatal({ err: message }, 'the sandbox does not work here; refusing to start');

@@ -22,14 +22,21 @@ export interface TestServer {
   stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
 
-export async function startServer(env: Record<string, string> = {}): Promise<TestServer> {
+export interface StartOptions {
+  /** Capabilities the server runs without (dropped from its bounding set by setpriv), e.g. ['sys_admin']. */
+  dropCapabilities?: string[];
+}
+
+export async function startServer(env: Record<string, string> = {}, opts: StartOptions = {}): Promise<TestServer> {
   const root = await mkdtemp(`${tmpdir()}/sbx-test-`);
   // Sandboxes run as other uids: the folders above the sessions root must be searchable.
   await chmod(root, 0o711);
   const sessionsRoot = `${root}/sessions`;
   // A distinct uid range per server, so parallel test files never sweep each other.
   const uidBase = 300_000 + Math.floor(Math.random() * 2_000) * 1_000;
-  const proc = spawn(process.execPath, [MAIN], {
+  const drop = opts.dropCapabilities ?? [];
+  const [file, ...args] = drop.length > 0 ? ['/usr/bin/setpriv', '--bounding-set', drop.map((c) => `-${c}`).join(','), '--', process.execPath, MAIN] : [process.execPath, MAIN];
+  const proc = spawn(file!, args, {
     env: {
       PATH: '/usr/bin:/bin',
       PORT: '0',

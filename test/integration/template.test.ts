@@ -271,3 +271,21 @@ describe('SANDBOX_PYTHON_TEMPLATE=off: each interpreter in its own bubblewrap sa
     assert.equal(await templatePid(server), null, 'no template process');
   });
 });
+
+describe('without CAP_SYS_ADMIN (a container started without it)', () => {
+  let server: TestServer;
+  before(async () => {
+    server = await startServer({ SANDBOX_PRELOAD_MODULES: 'json' }, { dropCapabilities: ['sys_admin'] });
+  });
+  after(() => server.stop());
+
+  it('starts, says the template cannot be used, and runs interpreters in bubblewrap', async () => {
+    const h = await api(server, 'GET', '/health');
+    assert.ok(!h.body.isolation.protections.includes(TEMPLATE_PROTECTION));
+    assert.match(server.logs(), /no CAP_SYS_ADMIN: the interpreter template cannot build sandboxes; interpreters start in bubblewrap instead/);
+    const id = await createSession(server);
+    const r = await py(server, id, "import sys, os\nprint('json' in sys.modules, open('/proc/1/cmdline').read().split(chr(0))[0], os.getuid())");
+    assert.equal(r.stdout, 'True /usr/bin/bwrap 1000', r.stderr);
+    assert.equal(await templatePid(server), null);
+  });
+});
