@@ -8,23 +8,28 @@ the bubblewrap one (src/sandbox/bwrap-args.ts) before any session code runs:
 
   Z  zygote (root, host namespaces; never runs session code; a child subreaper)
   └─ A  (root) setsid, connects to the server's socket, joins the session cgroup,
-     │   unshare(mount, pid, net, ipc, uts, cgroup), forks B, reports B's pid, exits
-     └─ B  pid 1 of the new pid namespace; drops to the box uid; reaps; exits with C's
-        │   status, which makes the kernel kill every process left in the namespace;
-        │   SIGKILLed when the zygote dies (which dies with the server)
+     │   unshare(mount, pid, ipc, uts, cgroup), forks B, reports B's pid, exits
+     └─ B  pid 1 of the new pid namespace; blocks every catchable signal; drops to the
+        │   box uid, not dumpable, seccomp; reaps; exits with C's status, which makes
+        │   the kernel kill every process left in the namespace; SIGKILLed when the
+        │   zygote dies (which dies with the server)
         └─ C  the interpreter: new root on a tmpfs (ro /usr, allow-listed /etc, ro driver,
-              rw /workspace and /tmp, own /proc, minimal /dev, capped /dev/shm),
-              pivot_root, hostname, loopback; rlimits; box uid; own user namespace
-              mapping uid 1000 to it (as bubblewrap does); no capabilities;
-              no_new_privs; the seccomp filter; then runs the driver.
+              submounts ro too, rw /workspace and /tmp, own /proc, minimal /dev, capped
+              /dev/shm), pivot_root, hostname; box uid; own user namespace mapping uid
+              1000 to it (as bubblewrap does) and, from it, an empty network namespace
+              with loopback up; no capabilities; rlimits; no_new_privs; the seccomp
+              filter; then it unwinds to the top level (no zygote frame stays reachable)
+              and runs the driver.
 
 Control channel (fd 3 in, fd 4 out), one JSON object per line:
-  server -> zygote  {"op": "init", "seccomp": base64}     once, first
-                    {"op": "spawn", "id", ...}             see spawn()
-                    {"op": "kill", "pid"}                  SIGKILL a B (only ours)
+  server -> zygote  {"op": "init", "seccomp": base64, "preload", "driver_source"}  first
+                    {"op": "spawn", "id", ...}             see Zygote.spawn()
+                    {"op": "kill", "id"}                   SIGKILL the B of that spawn
   zygote -> server  {"t": "ready", "pid", "preloaded", "preload_errors"}
                     {"t": "spawned", "id", "pid"} | {"t": "failed", "id", "error"}
                     {"t": "exit", "pid", "code" | "signal"}
+The source arrives on stdin and is compiled under its in-sandbox name; the server gives
+it relative paths for its own files (its working folder is the server's state folder).
 """
 
 import base64
