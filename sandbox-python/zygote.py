@@ -28,8 +28,9 @@ Control channel (fd 3 in, fd 4 out), one JSON object per line:
   zygote -> server  {"t": "ready", "pid", "preloaded", "preload_errors"}
                     {"t": "spawned", "id", "pid"} | {"t": "failed", "id", "error"}
                     {"t": "exit", "pid", "code" | "signal"}
-The source arrives on stdin and is compiled under its in-sandbox name; the server gives
-it relative paths for its own files (its working folder is the server's state folder).
+The source arrives on stdin and is compiled under its in-sandbox name; its environment
+holds relative paths only (its working folder is the server's state folder), so the
+environment block every interpreter inherits names no host folder.
 """
 
 import base64
