@@ -80,7 +80,11 @@ def mount(src, target, fstype, flags, data=None):
 
 def bind(src, target, readonly, recursive=True):
     mount(src, target, None, MS_BIND | (MS_REC if recursive else 0))
-    flags = MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | (MS_RDONLY if readonly else 0)
+    # A remount sets the flags it is given: keep what the source mount already forbids.
+    have = os.statvfs(target).f_flag
+    flags = MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV
+    flags |= MS_RDONLY if readonly or have & os.ST_RDONLY else 0
+    flags |= MS_NOEXEC if have & os.ST_NOEXEC else 0
     mount(None, target, None, flags)
 
 

@@ -209,7 +209,7 @@ describe('interpreters forked from the template', () => {
       }
       rmdirSync(dir);
     });
-    execFileSync('/usr/bin/mount', ['-t', 'tmpfs', '-o', 'size=1m', 'otari-test', dir]);
+    execFileSync('/usr/bin/mount', ['-t', 'tmpfs', '-o', 'size=1m,noexec', 'otari-test', dir]);
     writeFileSync(`${dir}/f`, 'host\n');
     chmodSync(`${dir}/f`, 0o666);
     const id = await createSession(server);
@@ -223,7 +223,7 @@ describe('interpreters forked from the template', () => {
     assert.equal(r.return_code, 0, r.stderr);
     const [exists, opts, write] = r.stdout.split('\n');
     assert.equal(exists, 'True');
-    assert.match(opts!, /^\['ro,nosuid,nodev/);
+    assert.match(opts!, /^\['ro,nosuid,nodev,noexec/, 'read-only, and noexec kept');
     assert.equal(write, '30', 'EROFS');
     assert.equal(readFileSync(`${dir}/f`, 'utf8'), 'host\n');
   });
