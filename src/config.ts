@@ -45,6 +45,21 @@ const SETTINGS = {
   execQueueMax: int('SANDBOX_EXEC_QUEUE_MAX', 8, 0, 1000, 'Calls waiting behind the running one in a session before 429'),
   interruptGraceMs: int('SANDBOX_INTERRUPT_GRACE_MS', 2000, 100, 60_000, 'After a timeout interrupt, how long the interpreter gets to stop, ms'),
   shutdownGraceSeconds: int('SANDBOX_SHUTDOWN_GRACE_SECONDS', 10, 0, 3600, 'On SIGTERM, how long in-flight calls may finish, seconds'),
+  serverMemoryBudgetMb: int(
+    'SANDBOX_SERVER_MEMORY_BUDGET_MB',
+    512,
+    16,
+    64 * 1024,
+    'Server memory that large transient work (editor operations, listings, tool replies) may hold at once, across all sessions; past it such calls answer 503, MiB',
+  ),
+  maxListEntries: int('SANDBOX_MAX_LIST_ENTRIES', 20_000, 1, 1_000_000, 'Entries in one file listing at most (the answer says truncated past it)'),
+  maxListBytes: int('SANDBOX_MAX_LIST_BYTES', 8 * MiB, 64 * 1024, 256 * MiB, 'Size of one file listing answer at most (the answer says truncated past it), bytes'),
+  editorUndoMb: int('SANDBOX_EDITOR_UNDO_MB', 64, 0, 64 * 1024, "Text-editor undo history per session, kept on disk in the session's own folder (its quota), MiB"),
+  toolReplyMaxBytes: int('SANDBOX_TOOL_REPLY_MAX_BYTES', 4 * MiB, 1024, 64 * MiB, 'Largest programmatic-tool reply accepted from the router, bytes'),
+  httpRequestTimeoutSeconds: int('SANDBOX_HTTP_REQUEST_TIMEOUT_SECONDS', 120, 1, 24 * 3600, 'Time a client has to send a whole request (headers and body), seconds'),
+  httpHeadersTimeoutSeconds: int('SANDBOX_HTTP_HEADERS_TIMEOUT_SECONDS', 20, 1, 3600, 'Time a client has to send the request headers, seconds'),
+  httpKeepAliveTimeoutSeconds: int('SANDBOX_HTTP_KEEPALIVE_TIMEOUT_SECONDS', 65, 1, 3600, 'How long an idle keep-alive connection is kept open, seconds'),
+  httpMaxConnections: int('SANDBOX_HTTP_MAX_CONNECTIONS', 1024, 8, 1_000_000, 'Open client connections at most; further connections are closed at once'),
   isolation: {
     env: 'SANDBOX_ISOLATION',
     schema: Type.Union([Type.Literal('auto'), Type.Literal('bwrap')], {

@@ -20,6 +20,7 @@ import { canMountTmpfs } from './sandbox/mounts.js';
 import { SessionManager } from './sessions/manager.js';
 import { ExecService } from './sessions/exec.js';
 import { buildApp } from './http/app.js';
+import { MemoryBudget } from './budget.js';
 import type { IsolationInfo } from './http/routes/health.js';
 
 const here = (rel: string) => fileURLToPath(new URL(rel, import.meta.url));
@@ -235,9 +236,10 @@ async function main(): Promise<void> {
     : `RLIMIT_AS ${config.memoryMb} MiB per process (no writable cgroup: no per-session total)`;
   if (cgroups) isolation.protections.push('memory limit per session (cgroup)');
   log.info({ isolation }, `isolation mode: ${isolation.mode}`);
+  const budget = new MemoryBudget(config.serverMemoryBudgetMb * 1024 * 1024);
   const sessions = new SessionManager(
     config,
-    { config, launcher, zygote, cgroups, uids, privileged, canRenice: privileged && hasCapability(CAP_SYS_NICE), tmpfsQuota, driverHostDir: DRIVER_DIR },
+    { config, launcher, zygote, cgroups, uids, privileged, canRenice: privileged && hasCapability(CAP_SYS_NICE), tmpfsQuota, driverHostDir: DRIVER_DIR, budget },
     log,
     () => {
       if (!privileged) return {};
@@ -245,8 +247,8 @@ async function main(): Promise<void> {
       return { uid, gid: uid };
     },
   );
-  const exec = new ExecService(config, sessions);
-  const app = await buildApp({ config, log, sessions, exec, isolation, version: VERSION });
+  const exec = new ExecService(config, sessions, budget);
+  const app = await buildApp({ config, log, sessions, exec, isolation, version: VERSION, budget });
   await app.listen({ port: config.port, host: config.host });
   sessions.start();
 

@@ -14,6 +14,7 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { Config } from '../config.js';
 import { isSandboxError, SandboxError } from '../errors.js';
 import type { Logger } from '../log.js';
+import type { MemoryBudget } from '../budget.js';
 import type { SessionManager } from '../sessions/manager.js';
 import type { ExecService } from '../sessions/exec.js';
 import { registerSessionRoutes } from './routes/sessions.js';
@@ -29,6 +30,7 @@ export interface AppDeps {
   exec: ExecService;
   isolation: IsolationInfo;
   version: string;
+  budget: MemoryBudget;
 }
 
 export type App = FastifyInstance<any, any, any, Logger, TypeBoxTypeProvider>;

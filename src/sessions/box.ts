@@ -29,6 +29,7 @@ import { SandboxError } from '../errors.js';
 import { mountTmpfs, unmountLazy } from '../sandbox/mounts.js';
 import type { Cgroups, CgroupLeaf } from '../sandbox/cgroups.js';
 import type { Zygote } from '../sandbox/zygote.js';
+import type { MemoryBudget } from '../budget.js';
 
 const MiB = 1024 * 1024;
 /** Longest bash command passed in argv (the kernel's MAX_ARG_STRLEN is 128 KiB). */
@@ -49,6 +50,8 @@ export interface BoxDeps {
   /** A size-capped tmpfs can be mounted per box (root with CAP_SYS_ADMIN). */
   tmpfsQuota: boolean;
   driverHostDir: string;
+  /** Server memory for large transient work (see budget.ts). */
+  budget: MemoryBudget;
 }
 
 export interface BashOutcome {

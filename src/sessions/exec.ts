@@ -10,6 +10,7 @@ import Type from 'typebox';
 import Value from 'typebox/value';
 import { Compile } from 'typebox/compile';
 import type { Config } from '../config.js';
+import type { MemoryBudget } from '../budget.js';
 import { SandboxError } from '../errors.js';
 import type { SessionManager } from './manager.js';
 import type { Session } from './session.js';
@@ -59,6 +60,7 @@ export class ExecService {
   constructor(
     private readonly config: Config,
     private readonly sessions: SessionManager,
+    private readonly budget: MemoryBudget,
   ) {
     this.schemas = toolInputSchemas(config.maxCodeChars);
     const compiled = (name: ToolName) => {

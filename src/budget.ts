@@ -1,0 +1,60 @@
+/**
+ * The server's memory budget for large transient work done on behalf of a client or a
+ * session: a text-editor operation on a big file, a file listing, a tool router's reply.
+ * Each such operation reserves what it may hold (an upper bound, not a guess) before it
+ * reads anything, and releases it when done. The sum of reservations never exceeds
+ * SANDBOX_SERVER_MEMORY_BUDGET_MB: past it the call is refused with a 503 and a
+ * Retry-After, so many sessions doing big things at once slow down instead of running
+ * the process out of heap.
+ *
+ * What is not reserved here is bounded per session by other settings (output caps, frame
+ * sizes, queue lengths) and so in total by SANDBOX_MAX_SESSIONS.
+ */
+import { SandboxError } from './errors.js';
+
+export interface Reservation {
+  readonly bytes: number;
+  /** Idempotent. */
+  release(): void;
+}
+
+export class MemoryBudget {
+  private used = 0;
+
+  constructor(readonly totalBytes: number) {}
+
+  get usedBytes(): number {
+    return this.used;
+  }
+
+  /** Reserves `bytes` or throws SBX_SERVER_BUSY (503). `what` names the operation in the answer. */
+  reserve(bytes: number, what: string): Reservation {
+    const n = Math.max(0, Math.ceil(bytes));
+    if (n > this.totalBytes) {
+      throw new SandboxError('SBX_FILE_TOO_LARGE', `${what} would need ${n} bytes of server memory, more than the whole budget (SANDBOX_SERVER_MEMORY_BUDGET_MB)`);
+    }
+    if (this.used + n > this.totalBytes) {
+      throw new SandboxError('SBX_SERVER_BUSY', `the server is busy with other large operations; ${what} was not started; retry shortly`, { headers: { 'retry-after': '1' } });
+    }
+    this.used += n;
+    let released = false;
+    return {
+      bytes: n,
+      release: () => {
+        if (released) return;
+        released = true;
+        this.used -= n;
+      },
+    };
+  }
+
+  /** Runs fn with `bytes` reserved for its whole duration. */
+  async with<T>(bytes: number, what: string, fn: () => Promise<T>): Promise<T> {
+    const r = this.reserve(bytes, what);
+    try {
+      return await fn();
+    } finally {
+      r.release();
+    }
+  }
+}
