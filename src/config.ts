@@ -55,7 +55,7 @@ const SETTINGS = {
   maxListEntries: int('SANDBOX_MAX_LIST_ENTRIES', 20_000, 1, 1_000_000, 'Entries in one file listing at most (the answer says truncated past it)'),
   maxListBytes: int('SANDBOX_MAX_LIST_BYTES', 8 * MiB, 64 * 1024, 256 * MiB, 'Size of one file listing answer at most (the answer says truncated past it), bytes'),
   editorUndoMb: int('SANDBOX_EDITOR_UNDO_MB', 64, 0, 64 * 1024, "Text-editor undo history per session, kept on disk in the session's own folder (its quota), MiB"),
-  toolReplyMaxBytes: int('SANDBOX_TOOL_REPLY_MAX_BYTES', 4 * MiB, 1024, 64 * MiB, 'Largest programmatic-tool reply accepted from the router, bytes'),
+  toolReplyMaxBytes: int('SANDBOX_TOOL_REPLY_MAX_BYTES', MiB, 1024, 64 * MiB, 'Largest programmatic-tool reply accepted from the router, bytes'),
   httpRequestTimeoutSeconds: int('SANDBOX_HTTP_REQUEST_TIMEOUT_SECONDS', 120, 1, 24 * 3600, 'Time a client has to send a whole request (headers and body), seconds'),
   httpHeadersTimeoutSeconds: int('SANDBOX_HTTP_HEADERS_TIMEOUT_SECONDS', 20, 1, 3600, 'Time a client has to send the request headers, seconds'),
   httpKeepAliveTimeoutSeconds: int('SANDBOX_HTTP_KEEPALIVE_TIMEOUT_SECONDS', 65, 1, 3600, 'How long an idle keep-alive connection is kept open, seconds'),

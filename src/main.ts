@@ -21,6 +21,7 @@ import { SessionManager } from './sessions/manager.js';
 import { ExecService } from './sessions/exec.js';
 import { buildApp } from './http/app.js';
 import { MemoryBudget } from './budget.js';
+import { LoopMonitor } from './loop-monitor.js';
 import type { IsolationInfo } from './http/routes/health.js';
 
 const here = (rel: string) => fileURLToPath(new URL(rel, import.meta.url));
@@ -179,7 +180,27 @@ function closeInheritedDescriptors(): number {
   return closed;
 }
 
+/**
+ * The last line of defence: an exception or rejection that nothing handled is logged and
+ * contained, not allowed to end the process (and every session with it). Each code path
+ * that can fail handles its own errors; reaching this is a defect, and the log says where.
+ * The state stays safe: every session's work runs in its own promise chain, so a failed
+ * chain loses at most that call.
+ */
+function containStrayErrors(getLog: () => Logger | null): void {
+  const report = (kind: string, e: unknown) => {
+    const err = { message: String((e as Error)?.message ?? e).slice(0, 2000), stack: String((e as Error)?.stack ?? '').slice(0, 4000) };
+    const log = getLog();
+    if (log) log.error({ err }, `${kind} (contained; the server goes on)`);
+    else process.stderr.write(`otari-sandbox-container: ${kind}: ${err.message}\n`);
+  };
+  process.on('unhandledRejection', (reason) => report('unhandled rejection', reason));
+  process.on('uncaughtException', (e) => report('uncaught exception', e));
+}
+
 async function main(): Promise<void> {
+  let logRef: Logger | null = null;
+  containStrayErrors(() => logRef);
   const inherited = closeInheritedDescriptors();
   let config: Config;
   try {
@@ -192,6 +213,7 @@ async function main(): Promise<void> {
     throw e;
   }
   const log = createLogger(config.logLevel);
+  logRef = log;
   if (inherited > 0) log.warn({ descriptors: inherited }, 'closed descriptors inherited without close-on-exec (they would have reached the sandboxes)');
   const privileged = process.getuid?.() === 0;
   await fsp.mkdir(config.sessionsRoot, { recursive: true, mode: 0o711 });
@@ -248,8 +270,10 @@ async function main(): Promise<void> {
     },
   );
   const exec = new ExecService(config, sessions, budget);
-  const app = await buildApp({ config, log, sessions, exec, isolation, version: VERSION, budget });
+  const loop = new LoopMonitor();
+  const app = await buildApp({ config, log, sessions, exec, isolation, version: VERSION, budget, loopStats: () => loop.snapshot() });
   await app.listen({ port: config.port, host: config.host });
+  loop.start();
   sessions.start();
 
   let stopping = false;

@@ -7,6 +7,7 @@
  * traces, host paths or secrets. Schema validation failures are 422 with a FastAPI-style
  * detail list, as the reference answers.
  */
+import { createServer } from 'node:http';
 import Fastify, { LogController, type FastifyError, type FastifyInstance } from 'fastify';
 import multipart from '@fastify/multipart';
 import swagger from '@fastify/swagger';
@@ -15,6 +16,7 @@ import type { Config } from '../config.js';
 import { isSandboxError, SandboxError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { MemoryBudget } from '../budget.js';
+import type { LoopStats } from '../loop-monitor.js';
 import type { SessionManager } from '../sessions/manager.js';
 import type { ExecService } from '../sessions/exec.js';
 import { registerSessionRoutes } from './routes/sessions.js';
@@ -31,23 +33,45 @@ export interface AppDeps {
   isolation: IsolationInfo;
   version: string;
   budget: MemoryBudget;
+  /** The event loop's blocking figures (loop-monitor.ts), shown in /health. */
+  loopStats?: () => LoopStats;
 }
 
 export type App = FastifyInstance<any, any, any, Logger, TypeBoxTypeProvider>;
 
 const MiB = 1024 * 1024;
+const DEFAULT_BODY_LIMIT = 64 * 1024;
 
 export async function buildApp(deps: AppDeps): Promise<App> {
   const app = Fastify({
     loggerInstance: deps.log,
     logController: new LogController({ disableRequestLogging: true }),
-    bodyLimit: Math.max(MiB, deps.config.maxCodeChars * 8 + 64 * 1024),
+    // Routes that take more (exec, register) say so themselves.
+    bodyLimit: DEFAULT_BODY_LIMIT,
+    requestTimeout: deps.config.httpRequestTimeoutSeconds * 1000,
+    keepAliveTimeout: deps.config.httpKeepAliveTimeoutSeconds * 1000,
+    serverFactory: (handler) =>
+      createServer(
+        {
+          // Slow or stalled requests are found within a second, not the default 30 s.
+          connectionsCheckingInterval: 1000,
+          headersTimeout: Math.min(deps.config.httpHeadersTimeoutSeconds, deps.config.httpRequestTimeoutSeconds) * 1000,
+          requestTimeout: deps.config.httpRequestTimeoutSeconds * 1000,
+          keepAliveTimeout: deps.config.httpKeepAliveTimeoutSeconds * 1000,
+        },
+        handler,
+      ),
     routerOptions: { maxParamLength: 200 },
     return503OnClosing: true,
     forceCloseConnections: 'idle',
     // Scalars are coerced from strings ("30" -> 30, as the reference accepts), never from arrays.
-    ajv: { customOptions: { coerceTypes: true, removeAdditional: false, allErrors: true } },
+    // The first problem only: collecting every error of a hostile body (800k wrong items)
+    // is unbounded work and an unbounded answer.
+    ajv: { customOptions: { coerceTypes: true, removeAdditional: false, allErrors: false } },
   }).withTypeProvider<TypeBoxTypeProvider>();
+  // Past this many open connections new ones are closed at once, before they can hold a
+  // descriptor each until the process runs out.
+  app.server.maxConnections = deps.config.httpMaxConnections;
 
   // An empty JSON body is an empty object (the reference accepts POST /sessions with none).
   app.removeContentTypeParser('application/json');
@@ -111,7 +135,7 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     const fe = error as FastifyError & { validation?: { keyword: string; instancePath: string; message?: string; params: Record<string, unknown> }[]; validationContext?: string };
     if (fe.validation) {
       const where = fe.validationContext === 'querystring' ? 'query' : fe.validationContext === 'params' ? 'path' : (fe.validationContext ?? 'body');
-      const detail = fe.validation.map((v) => {
+      const detail = fe.validation.slice(0, 20).map((v) => {
         const missing = v.keyword === 'required' ? String(v.params.missingProperty ?? '') : null;
         const loc = [where, ...v.instancePath.split('/').filter(Boolean), ...(missing ? [missing] : [])];
         return { type: missing !== null ? 'missing' : v.keyword, loc, msg: missing !== null ? 'Field required' : (v.message ?? 'invalid'), input: null };

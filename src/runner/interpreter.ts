@@ -12,7 +12,13 @@
  * timeout + grace + a kill.
  *
  * Every byte the driver sends is bounded: frames by maxFrameBytes, output by the
- * per-stream cap (CappedBuffer), diagnostics by DIAG_BYTES.
+ * per-stream cap (CappedBuffer), diagnostics by DIAG_BYTES. Every byte we send it is
+ * bounded too: when the driver stops reading (say it floods tool calls and never reads
+ * the replies), more than WRITE_HIGH_WATER_BYTES unsent makes us stop reading its frames
+ * until our writes drain, so what we hold for it is at most that mark, one exec frame and
+ * the replies of MAX_TOOL_CALLS_IN_FLIGHT router calls. Numbers in frames (return codes,
+ * byte counts) are checked before they are used; a value that cannot be serialised (a
+ * router reply nested too deep, say) becomes an error reply, never a throw.
  */
 import { encodeFrame, FrameDecoder, type Frame } from './frame-codec.js';
 import { CappedBuffer } from './output.js';
@@ -35,6 +41,8 @@ export interface ExecRequest {
   onToolCall?: (call: ToolCall) => Promise<ToolReply>;
   /** Receives output chunks as they arrive (for streaming); optional. */
   onOutput?: (stream: 'stdout' | 'stderr', chunk: Buffer) => void;
+  /** The caller is gone (its client disconnected): interrupt the cell as at a timeout. */
+  signal?: AbortSignal;
 }
 
 export interface ExecOutcome {
@@ -54,13 +62,16 @@ export interface ExecOutcome {
 const MAX_FRAME_BYTES = 2 * 1024 * 1024;
 const MAX_TOOL_CALLS_IN_FLIGHT = 4;
 const DIAG_BYTES = 8192;
+const WRITE_HIGH_WATER_BYTES = 4 * 1024 * 1024;
 
 interface Pending {
   id: number;
   req: ExecRequest;
   stdout: CappedBuffer;
   stderr: CappedBuffer;
-  interrupted: boolean;
+  /** Why the cell was interrupted, if it was. */
+  interrupted: false | 'timeout' | 'abandoned';
+  cleanup?: () => void;
   resolve: (o: ExecOutcome) => void;
   timers: NodeJS.Timeout[];
   started: number;
@@ -137,6 +148,9 @@ export class Interpreter {
       if (!channel || this.proc !== proc) return;
       this.channel = channel;
       channel.output.on('data', (chunk: Buffer) => this.onData(chunk));
+      channel.input.on('drain', () => {
+        if (this.channel === channel && !this.dead) channel.output.resume();
+      });
       channel.output.resume();
     });
     proc.exited.then(
@@ -169,20 +183,40 @@ export class Interpreter {
         started: performance.now(),
       };
       this.pending = p;
-      p.timers.push(
-        setTimeout(() => {
-          p.interrupted = true;
-          this.send('I', { id });
-          p.timers.push(setTimeout(() => this.failPending(p, 'grace'), this.opts.interruptGraceMs));
-        }, req.timeoutMs),
-      );
+      const interrupt = (why: 'timeout' | 'abandoned') => {
+        if (this.pending !== p || p.interrupted) return;
+        p.interrupted = why;
+        this.send('I', { id });
+        p.timers.push(setTimeout(() => this.failPending(p, 'grace'), this.opts.interruptGraceMs));
+      };
+      p.timers.push(setTimeout(() => interrupt('timeout'), req.timeoutMs));
+      if (req.signal) {
+        const onAbort = () => interrupt('abandoned');
+        if (req.signal.aborted) queueMicrotask(onAbort);
+        else {
+          req.signal.addEventListener('abort', onAbort, { once: true });
+          p.cleanup = () => req.signal?.removeEventListener('abort', onAbort);
+        }
+      }
       this.send('E', { id, code: req.code, max_output_bytes: req.maxOutputBytes });
     });
   }
 
-  private send(kind: string, body: object): void {
-    const s = this.channel?.input;
-    if (s && !s.destroyed && s.writable) s.write(encodeFrame(kind, body));
+  /** Sends a frame; false if it could not be encoded (nothing is sent then). */
+  private send(kind: string, body: object): boolean {
+    const ch = this.channel;
+    const s = ch?.input;
+    if (!ch || !s || s.destroyed || !s.writable) return true;
+    let frame: Buffer;
+    try {
+      frame = encodeFrame(kind, body);
+    } catch {
+      return false; // too deep or too big to serialise
+    }
+    s.write(frame);
+    // The driver is not reading what we send: stop reading what it sends until it does.
+    if (s.writableLength > WRITE_HIGH_WATER_BYTES) ch.output.pause();
+    return true;
   }
 
   private onData(chunk: Buffer): void {
@@ -233,11 +267,11 @@ export class Interpreter {
         const handler = p.req.onToolCall;
         const reply = handler ? handler({ callId, name: msg.name, input: msg.input }) : Promise.resolve<ToolReply>({ ok: false, error: 'no tools are registered in this session' });
         reply
-          .catch((e: unknown): ToolReply => ({ ok: false, error: String((e as Error)?.message ?? e) }))
-          .then(
-            (r) => this.send('U', { call_id: callId, ...r }),
-            () => {},
-          )
+          .catch((e: unknown): ToolReply => ({ ok: false, error: String((e as Error)?.message ?? e).slice(0, 1000) }))
+          .then((r) => {
+            if (!this.send('U', { call_id: callId, ...r })) this.send('U', { call_id: callId, ok: false, error: `tool '${msg.name as string}': the reply could not be passed on` });
+          })
+          .catch(() => {})
           .finally(() => this.toolCallsInFlight--);
         return;
       }
@@ -255,8 +289,13 @@ export class Interpreter {
   private settle(p: Pending, msg: Record<string, unknown>): void {
     const notes: string[] = [];
     let limit: LimitKind | null = null;
-    let returnCode = typeof msg.return_code === 'number' ? msg.return_code : 1;
-    if (p.interrupted) {
+    let returnCode = 1;
+    if (Number.isSafeInteger(msg.return_code) && Math.abs(msg.return_code as number) <= 2 ** 31 - 1) returnCode = msg.return_code as number;
+    else notes.push('runner: the interpreter reported a return code that is not a 32-bit integer; 1 is reported instead');
+    if (p.interrupted === 'abandoned') {
+      returnCode = -1;
+      notes.push('runner: the client disconnected; the code was interrupted and the processes it started were stopped; interpreter state was kept');
+    } else if (p.interrupted) {
       limit = 'wall_clock';
       returnCode = -1;
       notes.push(
@@ -274,17 +313,21 @@ export class Interpreter {
     if (this.pending !== p) return;
     this.pending = null;
     for (const t of p.timers) clearTimeout(t);
+    p.cleanup?.();
     p.resolve({ stdout: p.stdout, stderr: p.stderr, durationMs: performance.now() - p.started, ...o });
   }
 
   /** The cell would not stop after an interrupt: kill the sandbox. */
   private failPending(p: Pending, why: 'grace'): void {
     if (this.pending !== p || why !== 'grace') return;
+    const abandoned = p.interrupted === 'abandoned';
     this.finish(p, {
       returnCode: -1,
-      limit: 'wall_clock',
+      limit: abandoned ? null : 'wall_clock',
       notes: [
-        `runner: execution timed out after ${fmtSeconds(p.req.timeoutMs, false)}s (wall-clock limit) and did not stop when interrupted; the interpreter was restarted and its state was lost`,
+        abandoned
+          ? 'runner: the client disconnected and the code did not stop when interrupted; the interpreter was restarted and its state was lost'
+          : `runner: execution timed out after ${fmtSeconds(p.req.timeoutMs, false)}s (wall-clock limit) and did not stop when interrupted; the interpreter was restarted and its state was lost`,
       ],
       stateLost: true,
       droppedByDriver: { stdout: 0, stderr: 0 },
@@ -357,8 +400,9 @@ function parseJson(body: Buffer): Record<string, unknown> | null {
   }
 }
 
+/** A byte count from a frame: a non-negative safe integer, else 0. */
 function num(v: unknown): number {
-  return typeof v === 'number' && Number.isFinite(v) ? v : 0;
+  return Number.isSafeInteger(v) && (v as number) >= 0 ? (v as number) : 0;
 }
 
 export function fmtSeconds(ms: number, withUnit = true): string {

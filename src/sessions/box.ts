@@ -212,7 +212,8 @@ export class Box {
     return true;
   }
 
-  async runBash(command: string, timeoutMs: number, maxOutputBytes: number): Promise<BashOutcome> {
+  /** Runs one command in its own sandbox; `signal` (the client left) kills it as a timeout would. */
+  async runBash(command: string, timeoutMs: number, maxOutputBytes: number, signal?: AbortSignal): Promise<BashOutcome> {
     if (this.destroyed) throw new SandboxError('SBX_SESSION_NOT_FOUND', 'session is gone');
     const started = performance.now();
     const long = Buffer.byteLength(command) > ARGV_COMMAND_MAX;
@@ -232,12 +233,20 @@ export class Box {
     proc.stdout.on('data', (c: Buffer) => stdout.push(c));
     proc.stderr.on('data', (c: Buffer) => stderr.push(c));
     let timedOut = false;
+    let abandoned = false;
     const timer = setTimeout(() => {
       timedOut = true;
       void proc.kill();
     }, timeoutMs);
+    const onAbort = () => {
+      abandoned = true;
+      void proc.kill();
+    };
+    if (signal?.aborted) onAbort();
+    else signal?.addEventListener('abort', onAbort, { once: true });
     const info = await proc.exited;
     clearTimeout(timer);
+    signal?.removeEventListener('abort', onAbort);
     // The pid namespace died with bash, so every writer is gone: the pipes end at once.
     await Promise.all([ended(proc.stdout), ended(proc.stderr)]);
     proc.destroyStreams();
@@ -245,7 +254,10 @@ export class Box {
     const notes: string[] = [];
     let limit: LimitKind | null = null;
     let returnCode = info.exitCode;
-    if (timedOut) {
+    if (abandoned && !timedOut) {
+      returnCode = -1;
+      notes.push('bash: the client disconnected; the command and every process it started were killed');
+    } else if (timedOut) {
       limit = 'wall_clock';
       returnCode = -1;
       notes.push(`bash: command timed out after ${fmtSeconds(timeoutMs, false)}s (wall-clock limit); the command and every process it started were killed`);

@@ -74,7 +74,9 @@ export class ExecService {
     };
   }
 
-  async exec(sessionId: string, body: ExecBody): Promise<ExecResponse> {
+  /** Runs one call. `signal` aborts when the client is gone: a waiting call leaves the
+   * queue, a running one is interrupted as at a timeout. */
+  async exec(sessionId: string, body: ExecBody, signal?: AbortSignal): Promise<ExecResponse> {
     if (!(TOOL_NAMES as readonly string[]).includes(body.tool)) {
       throw new SandboxError('SBX_UNKNOWN_TOOL', `unknown tool: ${body.tool}; expected one of ${TOOL_NAMES.join(', ')}`);
     }
@@ -85,7 +87,7 @@ export class ExecService {
     const started = performance.now();
     this.validate(tool, body.input);
     const timeoutMs = Math.min(body.timeout_seconds ?? this.config.defaultTimeoutSeconds, this.config.maxTimeoutSeconds) * 1000;
-    const run = await session.serialize(this.config.execQueueMax, () => this.run(session, tool, body.input, timeoutMs));
+    const run = await session.guard(() => session.serialize(this.config.execQueueMax, () => this.run(session, tool, body.input, timeoutMs, signal), signal));
     return buildResponse(tool, toolUseId, run, performance.now() - started);
   }
 
@@ -101,12 +103,12 @@ export class ExecService {
     throw new SandboxError('SBX_VALIDATION', detail);
   }
 
-  private async run(session: Session, tool: ToolName, input: Record<string, unknown>, timeoutMs: number): Promise<ToolRun> {
+  private async run(session: Session, tool: ToolName, input: Record<string, unknown>, timeoutMs: number, signal: AbortSignal | undefined): Promise<ToolRun> {
     switch (tool) {
       case 'code_execution':
-        return this.runCode(session, input.code as string, timeoutMs);
+        return this.runCode(session, input.code as string, timeoutMs, signal);
       case 'bash_code_execution':
-        return this.runBash(session, input.command as string, timeoutMs);
+        return this.runBash(session, input.command as string, timeoutMs, signal);
       case 'text_editor_code_execution': {
         const r = await new TextEditor(session.box.fs, session.undo).run(input as unknown as EditorInput);
         return {
@@ -127,7 +129,7 @@ export class ExecService {
     }
   }
 
-  private async runCode(session: Session, code: string, timeoutMs: number): Promise<ToolRun> {
+  private async runCode(session: Session, code: string, timeoutMs: number, signal: AbortSignal | undefined): Promise<ToolRun> {
     const box = session.box;
     const diedWhileIdle = await box.ensureInterpreter();
     const tools = session.tools;
@@ -135,7 +137,10 @@ export class ExecService {
       code,
       timeoutMs,
       maxOutputBytes: this.config.maxOutputBytes,
-      onToolCall: tools ? (call) => callRouter(tools, call) : undefined,
+      onToolCall: tools
+        ? (call) => callRouter(tools, call, { maxReplyBytes: this.config.toolReplyMaxBytes, reserve: (bytes) => this.budget.reserve(bytes, 'a tool reply') })
+        : undefined,
+      signal,
     });
     if (outcome.stateLost) box.restartInterpreter().catch(() => {}); // ready for the next call
     if (diedWhileIdle) {
@@ -155,8 +160,8 @@ export class ExecService {
     return { stdout, stderr, returnCode: outcome.returnCode, limit, interpreterRestarted: outcome.stateLost, stdoutDroppedBytes: stdoutDropped, stderrDroppedBytes: stderrDropped };
   }
 
-  private async runBash(session: Session, command: string, timeoutMs: number): Promise<ToolRun> {
-    const o = await session.box.runBash(command, timeoutMs, this.config.maxOutputBytes);
+  private async runBash(session: Session, command: string, timeoutMs: number, signal: AbortSignal | undefined): Promise<ToolRun> {
+    const o = await session.box.runBash(command, timeoutMs, this.config.maxOutputBytes, signal);
     const stdout = o.stdout.text() + (o.stdout.dropped > 0 ? truncationMarker(o.stdout.dropped) : '');
     let stderr = o.stderr.text() + (o.stderr.dropped > 0 ? truncationMarker(o.stderr.dropped) : '');
     const dropped = o.stdout.dropped + o.stderr.dropped;

@@ -68,9 +68,11 @@ export class Session {
     return !this.busy && nowSeconds - this.lastActivityAt > this.idleTimeoutSeconds;
   }
 
-  /** Runs fn after every call queued before it; refuses past the queue bound. */
-  serialize<T>(queueMax: number, fn: () => Promise<T>): Promise<T> {
+  /** Runs fn after every call queued before it; refuses past the queue bound. A call
+   * whose `signal` aborts while it waits leaves the queue at once (its slot is free). */
+  serialize<T>(queueMax: number, fn: () => Promise<T>, signal?: AbortSignal): Promise<T> {
     if (this.closed) return Promise.reject(new SandboxError('SBX_SESSION_NOT_FOUND', `session not found: ${this.id}`));
+    if (signal?.aborted) return Promise.reject(new SandboxError('SBX_BAD_REQUEST', 'the client disconnected before the call started'));
     if (this.active + this.queued > queueMax) {
       return Promise.reject(
         new SandboxError(
@@ -81,7 +83,22 @@ export class Session {
       );
     }
     this.queued++;
+    let left = false;
+    let onAbort: (() => void) | undefined;
+    const abandoned = new Promise<never>((_resolve, reject) => {
+      onAbort = () => {
+        if (left) return;
+        left = true;
+        this.queued--;
+        reject(new SandboxError('SBX_BAD_REQUEST', 'the client disconnected before the call started'));
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+    });
+    abandoned.catch(() => {});
     const run = async (): Promise<T> => {
+      if (onAbort) signal?.removeEventListener('abort', onAbort);
+      if (left) throw new SandboxError('SBX_BAD_REQUEST', 'the client disconnected before the call started');
+      left = true;
       this.queued--;
       this.active++;
       try {
@@ -94,7 +111,23 @@ export class Session {
     };
     const result = this.tail.then(run, run);
     this.tail = result.catch(() => {});
-    return result;
+    return signal ? Promise.race([result, abandoned]) : result;
+  }
+
+  /**
+   * Runs an operation on the session's box (a file, a register, a call). If the session
+   * was deleted, reaped or shut down meanwhile, whatever that did to the operation (its
+   * folder gone, its process killed) is reported as the session being gone (404), never
+   * as a server failure.
+   */
+  async guard<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.closed) throw new SandboxError('SBX_SESSION_NOT_FOUND', `session not found: ${this.id}`);
+    try {
+      return await fn();
+    } catch (e) {
+      if (this.closed) throw new SandboxError('SBX_SESSION_NOT_FOUND', `session not found: ${this.id}`, { cause: e });
+      throw e;
+    }
   }
 
   /** Resolves when every queued call has settled. */

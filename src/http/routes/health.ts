@@ -24,6 +24,8 @@ export function registerHealthRoutes(app: App, deps: AppDeps): void {
               version: Type.String(),
               isolation: Type.Unknown(),
               warm_pool: Type.Unknown(),
+              event_loop: Type.Optional(Type.Unknown()),
+              memory_budget: Type.Unknown(),
             },
             { additionalProperties: true },
           ),
@@ -37,6 +39,10 @@ export function registerHealthRoutes(app: App, deps: AppDeps): void {
       version: deps.version,
       isolation: deps.isolation,
       warm_pool: deps.sessions.poolState(),
+      // Extensions: how long the server blocked its own event loop, and the memory that
+      // large operations hold right now (SANDBOX_SERVER_MEMORY_BUDGET_MB).
+      event_loop: deps.loopStats?.(),
+      memory_budget: { used_bytes: deps.budget.usedBytes, total_bytes: deps.budget.totalBytes },
     }),
   );
 }
