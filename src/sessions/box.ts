@@ -10,6 +10,7 @@
  *     tmp/         -> /tmp            owned by the box uid
  *     lib/         -> /opt/session-lib (read-only inside; _platform_tools.py)
  *     staging/                        uploads land here first, then rename() in
+ *     undo/                           the text editor's undo snapshots (server-only, 0700)
  * The tmpfs gives each session a hard disk quota (ENOSPC) that counts the workspace and
  * /tmp together, and makes deletion one umount.
  */
@@ -70,6 +71,9 @@ export class Box {
   readonly tmpDir: string;
   readonly libDir: string;
   readonly stagingDir: string;
+  /** Server-only folder of the text editor's undo history (tools/text-editor.ts): on the
+   * box's own disk, so the history counts against the session's quota. */
+  readonly undoDir: string;
   readonly fs: WorkspaceFs;
   interpreter: Interpreter;
   private readonly bash = new Set<SandboxedProcess>();
@@ -89,9 +93,15 @@ export class Box {
     this.tmpDir = `${this.dir}/tmp`;
     this.libDir = `${this.dir}/lib`;
     this.stagingDir = `${this.dir}/staging`;
+    this.undoDir = `${this.dir}/undo`;
     this.background = deps.canRenice && uid !== undefined;
     this.fs = new WorkspaceFs(this.workspaceDir, uid !== undefined && gid !== undefined ? { uid, gid } : null, this.stagingDir);
     this.interpreter = this.newInterpreter();
+  }
+
+  /** SANDBOX_EDITOR_UNDO_MB in bytes: the undo history's size in undoDir at most (0: off). */
+  get undoMaxBytes(): number {
+    return this.deps.config.editorUndoMb * MiB;
   }
 
   get limits(): ResourceLimits {
@@ -172,6 +182,7 @@ export class Box {
     await fsp.chmod(this.tmpDir, 0o700);
     await fsp.mkdir(this.libDir, { mode: 0o755 });
     await fsp.mkdir(this.stagingDir, { mode: 0o700 });
+    await fsp.mkdir(this.undoDir, { mode: 0o700 });
     if (this.deps.cgroups) {
       // tmpfs pages are charged to the writer's cgroup: the limit covers them too.
       const limit = (config.memoryMb + config.workspaceMb + config.shmMb) * MiB;

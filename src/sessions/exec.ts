@@ -15,7 +15,7 @@ import { SandboxError } from '../errors.js';
 import type { SessionManager } from './manager.js';
 import type { Session } from './session.js';
 import { detectLimit, describeLimit } from './box.js';
-import { TextEditor, type EditorInput } from '../tools/text-editor.js';
+import { TextEditor, WorkspaceEditorFs, editorWorkers, type EditorInput } from '../tools/text-editor.js';
 import { buildResponse, truncationMarker, appendNotes, stripOneNewline, type ExecResponse, type ToolName, type ToolRun } from '../tools/result.js';
 import { callRouter } from '../tools/platform-tools.js';
 import type { CappedBuffer } from '../runner/output.js';
@@ -110,15 +110,20 @@ export class ExecService {
       case 'bash_code_execution':
         return this.runBash(session, input.command as string, timeoutMs, signal);
       case 'text_editor_code_execution': {
-        const r = await new TextEditor(session.box.fs, session.undo).run(input as unknown as EditorInput);
+        const editor = new TextEditor(new WorkspaceEditorFs(session.box.fs), session.undo, {
+          maxOutputBytes: this.config.maxOutputBytes,
+          budget: this.budget,
+          workers: editorWorkers(),
+        });
+        const r = await editor.run(input as unknown as EditorInput);
         return {
           stdout: r.stdout,
           stderr: r.stderr,
           returnCode: r.return_code,
           details: r.details,
-          limit: null,
+          limit: r.limit_exceeded,
           interpreterRestarted: false,
-          stdoutDroppedBytes: 0,
+          stdoutDroppedBytes: r.stdout_dropped_bytes,
           stderrDroppedBytes: 0,
         };
       }

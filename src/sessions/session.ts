@@ -30,7 +30,8 @@ export function newSessionId(): string {
 export class Session {
   readonly createdAt = Date.now() / 1000;
   lastActivityAt = this.createdAt;
-  readonly undo = new UndoHistory();
+  /** The text editor's undo history: on disk in the box's own folder, capped by SANDBOX_EDITOR_UNDO_MB. */
+  readonly undo: UndoHistory;
   tools: ToolRegistration | null = null;
   private tail: Promise<unknown> = Promise.resolve();
   private queued = 0;
@@ -42,7 +43,9 @@ export class Session {
     readonly box: Box,
     readonly idleTimeoutSeconds: number,
     readonly maxLifetimeSeconds: number,
-  ) {}
+  ) {
+    this.undo = new UndoHistory({ dir: box.undoDir, maxBytes: box.undoMaxBytes });
+  }
 
   touch(): void {
     this.lastActivityAt = Date.now() / 1000;

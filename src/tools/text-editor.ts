@@ -1,19 +1,72 @@
 /**
  * The text editor tool: view / create / str_replace / insert / undo_edit.
- * Pure logic over an EditorFs (workspace-fs.ts in the server, an in-memory map in unit
- * tests). Messages follow the Python reference (`text_editor: …` errors, `Edited <path>`
- * …); `create` may overwrite (Anthropic semantics, reported with is_file_update) and
- * pushes the previous content on the undo history. Result details are the Anthropic
- * code_execution_20250825 fields, added next to the contract v1 fields.
+ * I/O over an EditorFs (the session's WorkspaceFs in the server, an in-memory map in unit
+ * tests); the text algorithms are pure functions over bytes in editor-ops.ts. Messages
+ * follow the Python reference (`text_editor: …` errors, `Edited <path>` …); `create` may
+ * overwrite (Anthropic semantics, reported with is_file_update) and pushes the previous
+ * content on the undo history. Result details are the Anthropic code_execution_20250825
+ * fields, added next to the contract v1 fields.
+ *
+ * What a request can cost the server (issue 8: nothing a client sends can crash, freeze or
+ * bloat it):
+ * - Time on the event loop: every algorithm is linear (editor-ops.ts). Files (plus inputs)
+ *   above INLINE_MAX_BYTES are processed in a small worker-thread pool (EditorWorkers,
+ *   piscina: at most 2 threads, a bounded queue; past it the call is refused with
+ *   SBX_SERVER_BUSY); the loop only does async I/O for them, and the file's bytes move
+ *   between threads without copies.
+ * - Memory: a large operation first reserves its worst case (a multiple of the file size,
+ *   before the file is read) from the server's shared MemoryBudget; past the budget the
+ *   call is refused with SBX_SERVER_BUSY (503). Files above EDITOR_MAX_FILE_BYTES are
+ *   refused as before.
+ * - Undo history: on disk, in the session's own server-only folder (Box.undoDir, on the
+ *   session's quota), never in server memory: raw snapshots of the file as it was, at most
+ *   SANDBOX_EDITOR_UNDO_MB per session, UNDO_DEPTH per file and UNDO_MAX_ENTRIES in all
+ *   (so the in-memory index of names is bounded too). When the session's disk is full the
+ *   oldest history goes first; an edit never fails for want of undo room (it says its
+ *   undo is unavailable instead).
+ * - Answer size: stdout, the diff's `lines` and a folder listing carry at most
+ *   SANDBOX_RUNNER_MAX_OUTPUT_BYTES of text each, cut with the tools' truncation marker,
+ *   with limit_exceeded "output_bytes" and the dropped byte count, like python and bash.
  */
-import { SandboxError } from '../errors.js';
+import { promises as fsp } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { Piscina } from 'piscina';
+import { SandboxError, isSandboxError } from '../errors.js';
+import type { MemoryBudget, Reservation } from '../budget.js';
 import { resolveInside, type ResolvedPath } from '../files/paths.js';
+import type { WorkspaceFs } from '../files/workspace-fs.js';
+import { runEditorOp, type EditorErrorCode, type EditorOp, type OpOutcome } from './editor-ops.js';
+import { truncationMarker } from './result.js';
 
 export interface EditorFs {
   kind(p: ResolvedPath): Promise<'file' | 'dir' | 'other' | null>;
+  /** Size in bytes of a regular file (refuses anything else), known before reading it. */
+  size(p: ResolvedPath, display: string): Promise<number>;
   readFile(p: ResolvedPath, display: string, maxBytes: number): Promise<Buffer>;
-  writeFile(p: ResolvedPath, display: string, data: string): Promise<void>;
+  writeFile(p: ResolvedPath, display: string, data: Buffer | string): Promise<void>;
   tree(p: ResolvedPath, display: string, maxEntries: number): Promise<string[]>;
+}
+
+/** The session's race-free workspace access as an EditorFs. */
+export class WorkspaceEditorFs implements EditorFs {
+  constructor(private readonly ws: WorkspaceFs) {}
+  kind(p: ResolvedPath) {
+    return this.ws.kind(p);
+  }
+  async size(p: ResolvedPath, display: string): Promise<number> {
+    const { handle, size } = await this.ws.openRead(p, display);
+    await handle.close();
+    return size;
+  }
+  readFile(p: ResolvedPath, display: string, maxBytes: number) {
+    return this.ws.readFile(p, display, maxBytes);
+  }
+  writeFile(p: ResolvedPath, display: string, data: Buffer | string) {
+    return this.ws.writeFile(p, display, data);
+  }
+  tree(p: ResolvedPath, display: string, maxEntries: number) {
+    return this.ws.tree(p, display, maxEntries);
+  }
 }
 
 export interface EditorInput {
@@ -31,104 +84,333 @@ export interface EditorResult {
   stderr: string;
   return_code: number;
   details: Record<string, unknown>;
+  /** 'output_bytes' when stdout or a detail was cut at the output cap. */
+  limit_exceeded: 'output_bytes' | null;
+  stdout_dropped_bytes: number;
 }
 
 /** Largest file the editor reads whole. */
 export const EDITOR_MAX_FILE_BYTES = 16 * 1024 * 1024;
+/** Work (file bytes plus input characters) at most done on the event loop; above it, in a worker. */
+export const INLINE_MAX_BYTES = 64 * 1024;
 const MAX_TREE_ENTRIES = 10_000;
-const UNDO_DEPTH = 20;
-const UNDO_MAX_BYTES = 64 * 1024 * 1024;
+/** Worst case of one listing entry in memory: two 255-byte names as a two-byte string, plus the raw names. */
+const TREE_ENTRY_MEMORY_BYTES = 1536;
+export const UNDO_DEPTH = 20;
+export const UNDO_MAX_ENTRIES = 200;
+const MiB = 1024 * 1024;
 
 class EditorError extends Error {
   constructor(
     message: string,
-    readonly errorCode: 'file_not_found' | 'invalid_tool_input' | 'string_not_found' | 'unavailable' = 'invalid_tool_input',
+    readonly errorCode: EditorErrorCode = 'invalid_tool_input',
   ) {
     super(message);
   }
 }
 
-/** Per-session undo history: per file, a bounded stack of previous contents. */
-export class UndoHistory {
-  private stacks = new Map<string, string[]>();
-  private bytes = 0;
+function errnoOf(e: unknown): string | undefined {
+  return (e as NodeJS.ErrnoException | null)?.code;
+}
 
-  push(rel: string, text: string): void {
-    const stack = this.stacks.get(rel) ?? [];
-    stack.push(text);
-    this.bytes += text.length;
-    if (stack.length > UNDO_DEPTH) this.bytes -= stack.shift()!.length;
-    this.stacks.set(rel, stack);
-    // Past the byte budget, forget the oldest entries of the largest histories first.
-    while (this.bytes > UNDO_MAX_BYTES) {
-      let victim: string[] | undefined;
-      for (const s of this.stacks.values()) if (s.length > 0 && (!victim || s.length > victim.length)) victim = s;
-      if (!victim) break;
-      this.bytes -= victim.shift()!.length;
+/** The session's disk is full: from the file system, or as WorkspaceFs reports it. */
+function isNoSpace(e: unknown): boolean {
+  const code = errnoOf(e);
+  if (code === 'ENOSPC' || code === 'EDQUOT') return true;
+  return isSandboxError(e) && e.code === 'SBX_FILE_TOO_LARGE' && /no space left/i.test(String(e.detail));
+}
+
+interface UndoEntry {
+  seq: number;
+  rel: string;
+  bytes: number;
+}
+
+interface FileHistory {
+  entries: UndoEntry[];
+  /** Why older history of this file is gone (said by undo_edit once nothing is left). */
+  lost: string | null;
+}
+
+export interface UndoOptions {
+  /** A server-only folder on the session's own disk (Box.undoDir); it must exist. */
+  dir: string;
+  /** Snapshot bytes kept at most; 0 disables undo. */
+  maxBytes: number;
+  depth?: number;
+  maxEntries?: number;
+}
+
+export type UndoPush = { saved: true; seq: number } | { saved: false; reason: string | null };
+
+/**
+ * Per-session undo history on disk: per file, a bounded stack of snapshots (the raw bytes
+ * of the file before each edit), each in its own file `<dir>/<seq>` (names are counters,
+ * never user strings). Memory holds only the index: at most `maxEntries` entries and as
+ * many file records. Calls of one session are serialised by its queue, so no locking.
+ */
+export class UndoHistory {
+  private readonly files = new Map<string, FileHistory>();
+  /** Every entry, oldest first (a Map keeps insertion order). */
+  private readonly order = new Map<number, UndoEntry>();
+  private totalBytes = 0;
+  private nextSeq = 1;
+  private readonly depth: number;
+  private readonly maxEntries: number;
+
+  constructor(private readonly opts: UndoOptions) {
+    this.depth = opts.depth ?? UNDO_DEPTH;
+    this.maxEntries = opts.maxEntries ?? UNDO_MAX_ENTRIES;
+  }
+
+  get enabled(): boolean {
+    return this.opts.maxBytes > 0;
+  }
+
+  /** Bytes of snapshots on disk. */
+  get bytes(): number {
+    return this.totalBytes;
+  }
+
+  get entries(): number {
+    return this.order.size;
+  }
+
+  private get limitText(): string {
+    return `SANDBOX_EDITOR_UNDO_MB=${Math.round((this.opts.maxBytes / MiB) * 100) / 100}`;
+  }
+
+  private file(seq: number): string {
+    return `${this.opts.dir}/${seq}`;
+  }
+
+  /** Saves `data` as the newest snapshot of `rel`. Never throws: when it cannot be kept,
+   * the file's older history is dropped too (undo must never skip an edit) and the reason
+   * is returned. */
+  async push(rel: string, data: Uint8Array): Promise<UndoPush> {
+    if (!this.enabled) return { saved: false, reason: null };
+    if (data.length > this.opts.maxBytes) {
+      const reason = `the previous content (${data.length} bytes) is larger than the whole undo history may be (${this.limitText})`;
+      await this.forget(rel, reason);
+      return { saved: false, reason };
+    }
+    while (this.totalBytes + data.length > this.opts.maxBytes || this.order.size >= this.maxEntries) {
+      if (!(await this.dropOldest(`older edits were dropped to keep the session's undo history within ${this.limitText} and ${this.maxEntries} entries`))) break;
+    }
+    const seq = this.nextSeq++;
+    for (;;) {
+      try {
+        await fsp.writeFile(this.file(seq), data, { flag: 'wx', mode: 0o600 });
+        break;
+      } catch (e) {
+        await fsp.rm(this.file(seq), { force: true }).catch(() => {});
+        if (isNoSpace(e) && (await this.dropOldest("older edits were dropped because the session's disk is full (SANDBOX_WORKSPACE_MB)"))) continue;
+        const reason = isNoSpace(e) ? "the session's disk is full (SANDBOX_WORKSPACE_MB)" : `the undo history could not be written (${errnoOf(e) ?? String(e)})`;
+        await this.forget(rel, reason);
+        return { saved: false, reason };
+      }
+    }
+    const entry: UndoEntry = { seq, rel, bytes: data.length };
+    const history = this.files.get(rel) ?? { entries: [], lost: null };
+    this.files.set(rel, history);
+    history.entries.push(entry);
+    this.order.set(seq, entry);
+    this.totalBytes += data.length;
+    while (history.entries.length > this.depth) await this.remove(history.entries[0]!, `only the last ${this.depth} edits of a file are kept`);
+    return { saved: true, seq };
+  }
+
+  has(seq: number): boolean {
+    return this.order.has(seq);
+  }
+
+  /** The newest snapshot of `rel`, if any. */
+  top(rel: string): UndoEntry | undefined {
+    return this.files.get(rel)?.entries.at(-1);
+  }
+
+  lostReason(rel: string): string | null {
+    return this.files.get(rel)?.lost ?? null;
+  }
+
+  /** Reads a snapshot and removes it from the history (and the disk). */
+  async take(entry: UndoEntry): Promise<Buffer> {
+    try {
+      return await fsp.readFile(this.file(entry.seq));
+    } finally {
+      await this.remove(entry, null);
     }
   }
 
-  pop(rel: string): string | undefined {
-    const text = this.stacks.get(rel)?.pop();
-    if (text !== undefined) this.bytes -= text.length;
-    return text;
+  /** Removes an entry pushed by an edit that then failed. */
+  async discard(seq: number): Promise<void> {
+    const entry = this.order.get(seq);
+    if (entry) await this.remove(entry, null);
+  }
+
+  /** Drops the oldest snapshot of the session; false when there is none. */
+  async dropOldest(reason: string): Promise<boolean> {
+    const oldest = this.order.values().next();
+    if (oldest.done) return false;
+    await this.remove(oldest.value, reason);
+    return true;
+  }
+
+  private async remove(entry: UndoEntry, reason: string | null): Promise<void> {
+    if (!this.order.delete(entry.seq)) return;
+    this.totalBytes -= entry.bytes;
+    const history = this.files.get(entry.rel);
+    if (history) {
+      const i = history.entries.indexOf(entry);
+      if (i >= 0) history.entries.splice(i, 1);
+      if (reason !== null) history.lost = reason;
+      if (history.entries.length === 0 && history.lost === null) this.files.delete(entry.rel);
+    }
+    await fsp.rm(this.file(entry.seq), { force: true }).catch(() => {});
+    this.boundFileRecords();
+  }
+
+  /** Drops every snapshot of `rel` and remembers why. */
+  private async forget(rel: string, reason: string): Promise<void> {
+    const history = this.files.get(rel);
+    for (const entry of [...(history?.entries ?? [])]) await this.remove(entry, reason);
+    const h = this.files.get(rel) ?? { entries: [], lost: null };
+    h.lost = reason;
+    this.files.set(rel, h);
+    this.boundFileRecords();
+  }
+
+  /** Records of files with no snapshot left (only a reason) are bounded like entries. */
+  private boundFileRecords(): void {
+    if (this.files.size <= 2 * this.maxEntries) return;
+    for (const [rel, h] of this.files) {
+      if (this.files.size <= 2 * this.maxEntries) return;
+      if (h.entries.length === 0) this.files.delete(rel);
+    }
   }
 }
 
-/** Universal newlines, as Python's text mode reads files. */
-function normaliseNewlines(text: string): string {
-  return text.replace(/\r\n?/g, '\n');
+export interface EditorWorkersOptions {
+  maxThreads?: number;
+  /** Tasks waiting for a thread at most; past it a call is refused with SBX_SERVER_BUSY. */
+  maxQueue?: number;
+  idleTimeoutMs?: number;
+  /** V8 old-generation cap of each worker: a runaway task kills its worker, not the server. */
+  maxOldGenerationMb?: number;
 }
 
-function splitLines(text: string): string[] {
-  if (text === '') return [];
-  const lines = text.split('\n');
-  if (lines.at(-1) === '') lines.pop();
-  return lines;
-}
+/**
+ * The worker-thread pool for large editor operations (piscina, editor-worker.ts). Threads
+ * start on first use and stop after idleTimeoutMs without work; idle threads do not keep
+ * the process alive.
+ */
+export class EditorWorkers {
+  private pool: Piscina | null = null;
 
-/** 1-based line numbers of each occurrence of needle. */
-function lineNumbersOf(text: string, needle: string): number[] {
-  const out: number[] = [];
-  let from = 0;
-  for (;;) {
-    const i = text.indexOf(needle, from);
-    if (i < 0) return out;
-    out.push(text.slice(0, i).split('\n').length);
-    from = i + Math.max(1, needle.length);
-  }
-}
+  constructor(private readonly opts: EditorWorkersOptions = {}) {}
 
-export class TextEditor {
-  constructor(
-    private readonly fs: EditorFs,
-    private readonly undo: UndoHistory,
-  ) {}
-
-  async run(input: EditorInput): Promise<EditorResult> {
+  async run(op: EditorOp): Promise<OpOutcome> {
+    const pool = (this.pool ??= new Piscina({
+      filename: new URL('./editor-worker.js', import.meta.url).href,
+      minThreads: 0,
+      maxThreads: this.opts.maxThreads ?? Math.max(1, Math.min(2, availableParallelism())),
+      maxQueue: this.opts.maxQueue ?? 16,
+      idleTimeout: this.opts.idleTimeoutMs ?? 30_000,
+      resourceLimits: { maxOldGenerationSizeMb: this.opts.maxOldGenerationMb ?? 256 },
+    }));
+    // The bytes move to the worker (no copy); they must own their ArrayBuffer to be transferable.
+    let bytes = op.bytes;
+    if (bytes.byteOffset !== 0 || bytes.byteLength !== bytes.buffer.byteLength) bytes = new Uint8Array(bytes);
     try {
-      return await this.dispatch(input);
+      return (await pool.run({ ...op, bytes }, { transferList: bytes.byteLength > 0 ? [bytes.buffer as ArrayBuffer] : [] })) as OpOutcome;
     } catch (e) {
-      if (e instanceof EditorError) return { stdout: '', stderr: `text_editor: ${e.message}\n`, return_code: 1, details: { error_code: e.errorCode } };
-      const se = e as SandboxError;
-      if (se?.name === 'SandboxError') {
-        const code = se.code === 'SBX_FILE_NOT_FOUND' ? 'file_not_found' : 'invalid_tool_input';
-        return { stdout: '', stderr: `text_editor: ${String(se.detail)}\n`, return_code: 1, details: { error_code: code } };
+      const message = String((e as Error)?.message ?? e);
+      if (/queue is at limit/i.test(message)) {
+        throw new SandboxError('SBX_SERVER_BUSY', 'the server is busy with other large editor operations; retry shortly', { headers: { 'retry-after': '1' } });
       }
+      if (errnoOf(e) === 'ERR_WORKER_OUT_OF_MEMORY') throw new EditorError(`${op.display}: the operation needed more memory than the editor may use; edit it with bash instead`);
       throw e;
     }
   }
 
-  private async dispatch(input: EditorInput): Promise<EditorResult> {
+  async close(): Promise<void> {
+    const pool = this.pool;
+    this.pool = null;
+    await pool?.destroy();
+  }
+}
+
+let processWorkers: EditorWorkers | undefined;
+
+/**
+ * The process's one editor pool. A module-level instance because the pool is shared by
+ * every session and made lazily (most servers never need it); its threads are unref'd
+ * when idle and end with the process.
+ */
+export function editorWorkers(): EditorWorkers {
+  return (processWorkers ??= new EditorWorkers());
+}
+
+export interface EditorOptions {
+  /** SANDBOX_RUNNER_MAX_OUTPUT_BYTES: text of stdout and of each detail, at most. */
+  maxOutputBytes: number;
+  /** Reserves the memory of large operations; none: no reservation (unit tests). */
+  budget?: MemoryBudget | null;
+  /** Runs large operations off the event loop; none: everything inline (unit tests). */
+  workers?: EditorWorkers | null;
+  /** Threshold of work done inline (default INLINE_MAX_BYTES). */
+  inlineMaxBytes?: number;
+}
+
+interface Notes {
+  lines: string[];
+  limit: 'output_bytes' | null;
+  stdoutDropped: number;
+}
+
+export class TextEditor {
+  private readonly inlineMax: number;
+
+  constructor(
+    private readonly fs: EditorFs,
+    private readonly undo: UndoHistory,
+    private readonly opts: EditorOptions = { maxOutputBytes: MiB },
+  ) {
+    this.inlineMax = opts.inlineMaxBytes ?? INLINE_MAX_BYTES;
+  }
+
+  async run(input: EditorInput): Promise<EditorResult> {
+    const notes: Notes = { lines: [], limit: null, stdoutDropped: 0 };
+    try {
+      const r = await this.dispatch(input, notes);
+      const stderr = notes.lines.map((l) => `text_editor: ${l}\n`).join('');
+      return { ...r, stderr, limit_exceeded: notes.limit, stdout_dropped_bytes: notes.stdoutDropped };
+    } catch (e) {
+      const failed = (message: string, errorCode: EditorErrorCode): EditorResult => ({
+        stdout: '',
+        stderr: `text_editor: ${message}\n`,
+        return_code: 1,
+        details: { error_code: errorCode },
+        limit_exceeded: null,
+        stdout_dropped_bytes: 0,
+      });
+      if (e instanceof EditorError) return failed(e.message, e.errorCode);
+      // The server being busy is the server's answer (503 with Retry-After), not the tool's.
+      if (isSandboxError(e) && e.code !== 'SBX_SERVER_BUSY') return failed(String(e.detail), e.code === 'SBX_FILE_NOT_FOUND' ? 'file_not_found' : 'invalid_tool_input');
+      throw e;
+    }
+  }
+
+  private async dispatch(input: EditorInput, notes: Notes): Promise<Pick<EditorResult, 'stdout' | 'return_code' | 'details'>> {
     switch (input.command) {
       case 'view':
-        return this.view(input);
+        return this.view(input, notes);
       case 'create':
-        return this.create(input);
+        return this.create(input, notes);
       case 'str_replace':
-        return this.strReplace(input);
+        return this.strReplace(input, notes);
       case 'insert':
-        return this.insert(input);
+        return this.insert(input, notes);
       case 'undo_edit':
         return this.undoEdit(input);
       default: {
@@ -138,140 +420,243 @@ export class TextEditor {
     }
   }
 
-  private async readText(p: ResolvedPath, display: string, strict: boolean): Promise<string> {
+  /** Reserves `bytes` of server memory for a large operation; null for small ones. */
+  private reserve(bytes: number, large: boolean, what: string): Reservation | null {
+    if (!large || !this.opts.budget) return null;
+    return this.opts.budget.reserve(bytes, what);
+  }
+
+  /** Worst-case server memory of one operation on a file of `size` bytes (see editor-ops.ts):
+   * the raw and normalised bytes, the decoded text or the new content, and the capped answer. */
+  private opMemory(size: number, inputChars: number): number {
+    return 4 * size + 6 * inputChars + 3 * this.opts.maxOutputBytes;
+  }
+
+  /** Runs an editor op on a regular file: reads it (with its memory reserved when large),
+   * then runs the op inline or in a worker. The reservation is released by the caller. */
+  private async runOp(
+    p: ResolvedPath,
+    display: string,
+    inputChars: number,
+    make: (bytes: Uint8Array) => EditorOp,
+  ): Promise<{ out: OpOutcome & { ok: true }; reservation: Reservation | null }> {
     const kind = await this.fs.kind(p);
     if (kind === null) throw new EditorError(`file not found: ${display}`, 'file_not_found');
     if (kind === 'dir') throw new EditorError(`is a directory: ${display}`);
     if (kind === 'other') throw new EditorError(`not a regular file: ${display}`);
-    const buf = await this.fs.readFile(p, display, EDITOR_MAX_FILE_BYTES);
-    if (strict) {
-      try {
-        return normaliseNewlines(new TextDecoder('utf-8', { fatal: true }).decode(buf));
-      } catch {
-        throw new EditorError(`${display} is not valid UTF-8 text; edit it with bash instead`);
+    const size = await this.fs.size(p, display);
+    if (size > EDITOR_MAX_FILE_BYTES) throw new EditorError(`file is too large for this operation: ${display} is ${size} bytes, the limit is ${EDITOR_MAX_FILE_BYTES}`);
+    const large = size + inputChars > this.inlineMax;
+    let reservation = this.reserve(this.opMemory(size, inputChars), large, `the text editor on ${display}`);
+    try {
+      const bytes = await this.fs.readFile(p, display, EDITOR_MAX_FILE_BYTES);
+      if (bytes.length > size) {
+        // The file grew since its size was read: reserve for what was read.
+        reservation?.release();
+        reservation = this.reserve(this.opMemory(bytes.length, inputChars), bytes.length + inputChars > this.inlineMax, `the text editor on ${display}`);
       }
+      const op = make(bytes);
+      const out = bytes.length + inputChars > this.inlineMax && this.opts.workers ? await this.opts.workers.run(op) : runEditorOp(op);
+      if (!out.ok) throw new EditorError(out.message, out.errorCode);
+      return { out, reservation };
+    } catch (e) {
+      reservation?.release();
+      throw e;
     }
-    return normaliseNewlines(buf.toString('utf8'));
   }
 
-  private async view(input: EditorInput): Promise<EditorResult> {
+  private capNote(notes: Notes, droppedBytes: number, what: string, stdout: boolean): void {
+    if (droppedBytes <= 0) return;
+    notes.limit = 'output_bytes';
+    if (stdout) notes.stdoutDropped += droppedBytes;
+    notes.lines.push(`a limit was reached: output (${this.opts.maxOutputBytes} bytes per stream, SANDBOX_RUNNER_MAX_OUTPUT_BYTES); ${what}: ${droppedBytes} bytes were dropped`);
+  }
+
+  private async view(input: EditorInput, notes: Notes) {
     const p = resolveInside(input.path);
     const kind = await this.fs.kind(p);
     if (kind === null) throw new EditorError(`file not found: ${input.path}`, 'file_not_found');
     if (kind === 'dir') {
-      const entries = await this.fs.tree(p, input.path, MAX_TREE_ENTRIES);
-      return { stdout: `${entries.join('\n')}\n`, stderr: '', return_code: 0, details: { file_type: 'directory' } };
+      const reservation = this.reserve(MAX_TREE_ENTRIES * TREE_ENTRY_MEMORY_BYTES, true, `the listing of ${input.path}`);
+      try {
+        const entries = await this.fs.tree(p, input.path, MAX_TREE_ENTRIES);
+        const { text, dropped } = capLines(entries, this.opts.maxOutputBytes);
+        this.capNote(notes, dropped, 'the listing was cut', true);
+        return { stdout: dropped > 0 ? text + truncationMarker(dropped) : text, return_code: 0, details: { file_type: 'directory' } };
+      } finally {
+        reservation?.release();
+      }
     }
-    const text = await this.readText(p, input.path, false);
-    const lines = splitLines(text);
-    const range = input.view_range;
-    if (range && range.length > 0) {
-      if (range.length !== 2 || !range.every((n) => Number.isInteger(n))) throw new EditorError('view_range must be two integers [start, end]');
-      const [rawStart, rawEnd] = range as [number, number];
-      const end = rawEnd === -1 ? lines.length : Math.min(lines.length, rawEnd);
-      const start = Math.max(1, rawStart);
-      if (rawEnd !== -1 && rawEnd < rawStart) throw new EditorError(`invalid view_range [${rawStart}, ${rawEnd}]: end is before start`);
-      if (start > lines.length && lines.length > 0) throw new EditorError(`invalid view_range [${rawStart}, ${rawEnd}]: ${input.path} has ${lines.length} lines`);
-      const shown = lines.slice(start - 1, end);
-      return {
-        stdout: shown.join('\n'),
-        stderr: '',
-        return_code: 0,
-        details: { file_type: 'text', num_lines: shown.length, start_line: start, total_lines: lines.length },
-      };
-    }
-    return { stdout: text, stderr: '', return_code: 0, details: { file_type: 'text', num_lines: lines.length, start_line: 1, total_lines: lines.length } };
+    const { out, reservation } = await this.runOp(p, input.path, 0, (bytes) => ({
+      op: 'view',
+      bytes,
+      display: input.path,
+      maxOutputBytes: this.opts.maxOutputBytes,
+      viewRange: input.view_range,
+    }));
+    reservation?.release();
+    this.capNote(notes, out.stdoutDroppedBytes, 'the file text was cut', true);
+    return { stdout: out.stdout, return_code: 0, details: out.details };
   }
 
-  private async create(input: EditorInput): Promise<EditorResult> {
+  private async create(input: EditorInput, notes: Notes) {
     if (input.file_text === undefined || input.file_text === null) throw new EditorError('create requires file_text');
     const p = resolveInside(input.path);
     const kind = await this.fs.kind(p);
     if (kind === 'dir') throw new EditorError(`is a directory: ${input.path}`);
     if (kind === 'other') throw new EditorError(`not a regular file: ${input.path}`);
     const isUpdate = kind === 'file';
-    if (isUpdate) this.undo.push(p.rel, await this.readText(p, input.path, false));
-    await this.fs.writeFile(p, input.path, input.file_text);
+    let reservation: Reservation | null = null;
+    try {
+      let pushed: UndoPush | null = null;
+      if (isUpdate) {
+        // The snapshot is the file's raw bytes: nothing is decoded or scanned.
+        const size = await this.fs.size(p, input.path);
+        if (size > EDITOR_MAX_FILE_BYTES) throw new EditorError(`file is too large for this operation: ${input.path} is ${size} bytes, the limit is ${EDITOR_MAX_FILE_BYTES}`);
+        if (this.undo.enabled) {
+          reservation = this.reserve(size, size > this.inlineMax, `the text editor on ${input.path}`);
+          const previous = await this.fs.readFile(p, input.path, EDITOR_MAX_FILE_BYTES);
+          pushed = await this.undo.push(p.rel, previous);
+        }
+      }
+      await this.writeEdit(p, input.path, input.file_text, pushed, notes);
+    } finally {
+      reservation?.release();
+    }
     return {
       stdout: isUpdate ? `File overwritten: ${input.path}\n` : `File created: ${input.path}\n`,
-      stderr: '',
       return_code: 0,
       details: { is_file_update: isUpdate },
     };
   }
 
-  private async strReplace(input: EditorInput): Promise<EditorResult> {
+  private async strReplace(input: EditorInput, notes: Notes) {
     if (input.old_str === undefined || input.old_str === null || input.new_str === undefined || input.new_str === null) {
       throw new EditorError('str_replace requires old_str and new_str');
     }
     if (input.old_str === '') throw new EditorError('old_str must not be empty');
+    const oldStr = input.old_str;
+    const newStr = input.new_str;
     const p = resolveInside(input.path);
-    const text = await this.readText(p, input.path, true);
-    const oldStr = normaliseNewlines(input.old_str);
-    const newStr = normaliseNewlines(input.new_str);
-    const where = lineNumbersOf(text, oldStr);
-    if (where.length === 0) throw new EditorError(`old_str not found in ${input.path}`, 'string_not_found');
-    if (where.length > 1) throw new EditorError(`old_str matched ${where.length} times in ${input.path} (lines ${where.join(', ')}); must be unique`);
-    const index = text.indexOf(oldStr);
-    const updated = text.slice(0, index) + newStr + text.slice(index + oldStr.length);
-    this.undo.push(p.rel, text);
-    await this.fs.writeFile(p, input.path, updated);
-    return { stdout: `Edited ${input.path}\n`, stderr: '', return_code: 0, details: diffHunk(text, index, oldStr, newStr) };
+    const { out, reservation } = await this.runOp(p, input.path, oldStr.length + newStr.length, (bytes) => ({
+      op: 'str_replace',
+      bytes,
+      display: input.path,
+      maxOutputBytes: this.opts.maxOutputBytes,
+      oldStr,
+      newStr,
+    }));
+    try {
+      await this.applyEdit(p, input.path, out, notes);
+    } finally {
+      reservation?.release();
+    }
+    this.capNote(notes, out.detailDroppedBytes, 'the diff in `lines` was cut', false);
+    return { stdout: out.stdout, return_code: 0, details: out.details };
   }
 
-  private async insert(input: EditorInput): Promise<EditorResult> {
+  private async insert(input: EditorInput, notes: Notes) {
     if (input.new_str === undefined || input.new_str === null || input.insert_line === undefined || input.insert_line === null) {
       throw new EditorError('insert requires new_str and insert_line');
     }
+    const newStr = input.new_str;
+    const insertLine = input.insert_line;
     const p = resolveInside(input.path);
-    const text = await this.readText(p, input.path, true);
-    const lines = text.split(/(?<=\n)/).filter((l) => l !== '');
-    const n = input.insert_line;
-    if (!Number.isInteger(n) || n < 0 || n > lines.length) throw new EditorError(`insert_line ${n} out of range for ${input.path} (it has ${lines.length} lines)`);
-    let add = normaliseNewlines(input.new_str);
-    if (!add.endsWith('\n')) add += '\n';
-    // Inserting after a last line that lacks its newline must not glue the two together.
-    if (n === lines.length && n > 0 && !lines[n - 1]!.endsWith('\n')) lines[n - 1] += '\n';
-    lines.splice(n, 0, add);
-    this.undo.push(p.rel, text);
-    await this.fs.writeFile(p, input.path, lines.join(''));
-    return { stdout: `Inserted into ${input.path}\n`, stderr: '', return_code: 0, details: {} };
+    const { out, reservation } = await this.runOp(p, input.path, newStr.length, (bytes) => ({
+      op: 'insert',
+      bytes,
+      display: input.path,
+      maxOutputBytes: this.opts.maxOutputBytes,
+      newStr,
+      insertLine,
+    }));
+    try {
+      await this.applyEdit(p, input.path, out, notes);
+    } finally {
+      reservation?.release();
+    }
+    return { stdout: out.stdout, return_code: 0, details: out.details };
   }
 
-  private async undoEdit(input: EditorInput): Promise<EditorResult> {
+  /** Saves the file as it was on the undo history, then writes the new content. */
+  private async applyEdit(p: ResolvedPath, display: string, out: OpOutcome & { ok: true }, notes: Notes): Promise<void> {
+    const pushed = out.original ? await this.undo.push(p.rel, out.original) : null;
+    await this.writeEdit(p, display, Buffer.from(out.written!.buffer, out.written!.byteOffset, out.written!.byteLength), pushed, notes);
+  }
+
+  /**
+   * Writes an edit. When the session's disk is full, the oldest undo history is dropped
+   * (this edit's own snapshot last) until the write fits: undo never costs an edit.
+   */
+  private async writeEdit(p: ResolvedPath, display: string, data: Buffer | string, pushed: UndoPush | null, notes: Notes): Promise<void> {
+    for (;;) {
+      try {
+        await this.fs.writeFile(p, display, data);
+        break;
+      } catch (e) {
+        if (isNoSpace(e) && (await this.undo.dropOldest("older edits were dropped because the session's disk is full (SANDBOX_WORKSPACE_MB)"))) continue;
+        if (pushed?.saved) await this.undo.discard(pushed.seq);
+        throw e;
+      }
+    }
+    if (pushed && !pushed.saved && pushed.reason) notes.lines.push(`this edit cannot be undone: ${pushed.reason}`);
+    if (pushed?.saved && !this.undo.has(pushed.seq)) notes.lines.push("this edit cannot be undone: the session's disk is full (SANDBOX_WORKSPACE_MB)");
+  }
+
+  private async undoEdit(input: EditorInput) {
     const p = resolveInside(input.path);
-    const previous = this.undo.pop(p.rel);
-    if (previous === undefined) throw new EditorError(`no edits to undo for ${input.path}`);
-    await this.fs.writeFile(p, input.path, previous);
-    return { stdout: `Reverted ${input.path}\n`, stderr: '', return_code: 0, details: {} };
+    if (!this.undo.enabled) throw new EditorError('undo is disabled on this server (SANDBOX_EDITOR_UNDO_MB=0)', 'unavailable');
+    const entry = this.undo.top(p.rel);
+    if (!entry) {
+      const lost = this.undo.lostReason(p.rel);
+      throw new EditorError(`no edits to undo for ${input.path}${lost ? ` (${lost})` : ''}`);
+    }
+    const reservation = this.reserve(entry.bytes, entry.bytes > this.inlineMax, `undo of ${input.path}`);
+    try {
+      let previous: Buffer;
+      try {
+        previous = await this.undo.take(entry);
+      } catch (e) {
+        throw new EditorError(`the undo history of ${input.path} could not be read (${errnoOf(e) ?? String(e)})`, 'unavailable');
+      }
+      // Taking the snapshot freed its disk space: the restored file fits where it was.
+      for (;;) {
+        try {
+          await this.fs.writeFile(p, input.path, previous);
+          break;
+        } catch (e) {
+          if (isNoSpace(e) && (await this.undo.dropOldest("older edits were dropped because the session's disk is full (SANDBOX_WORKSPACE_MB)"))) continue;
+          throw e;
+        }
+      }
+    } finally {
+      reservation?.release();
+    }
+    return { stdout: `Reverted ${input.path}\n`, return_code: 0, details: {} };
   }
 }
 
-/** The unified-diff hunk of one replacement, with up to 3 lines of context (Anthropic's fields). */
-export function diffHunk(before: string, index: number, oldStr: string, newStr: string): Record<string, unknown> {
-  const CONTEXT = 3;
-  const beforeLines = before.split('\n');
-  const firstLine = before.slice(0, index).split('\n').length; // 1-based line where old_str starts
-  const oldLines = oldStr.split('\n').length;
-  const after = before.slice(0, index) + newStr + before.slice(index + oldStr.length);
-  const afterLines = after.split('\n');
-  const newLinesCount = newStr.split('\n').length;
-  const ctxStart = Math.max(1, firstLine - CONTEXT);
-  const oldEnd = firstLine + oldLines - 1;
-  const newEnd = firstLine + newLinesCount - 1;
-  // A final newline ends the last line; it does not start an empty one.
-  const realLines = before.endsWith('\n') ? beforeLines.length - 1 : beforeLines.length;
-  const tailOld = Math.min(Math.max(realLines, oldEnd), oldEnd + CONTEXT);
-  const lines: string[] = [];
-  for (let i = ctxStart; i < firstLine; i++) lines.push(` ${beforeLines[i - 1]}`);
-  for (let i = firstLine; i <= oldEnd; i++) lines.push(`-${beforeLines[i - 1]}`);
-  for (let i = firstLine; i <= newEnd; i++) lines.push(`+${afterLines[i - 1]}`);
-  for (let i = oldEnd + 1; i <= tailOld; i++) lines.push(` ${beforeLines[i - 1]}`);
-  return {
-    old_start: ctxStart,
-    old_lines: tailOld - ctxStart + 1,
-    new_start: ctxStart,
-    new_lines: tailOld - ctxStart + 1 + (newLinesCount - oldLines),
-    lines,
-  };
+/** `entries` one per line (each ending with a newline), at most `cap` UTF-8 bytes kept. */
+function capLines(entries: string[], cap: number): { text: string; dropped: number } {
+  const kept: string[] = [];
+  let room = cap;
+  let dropped = 0;
+  for (const e of entries) {
+    const n = Buffer.byteLength(e, 'utf8') + 1;
+    if (dropped === 0 && n <= room) {
+      kept.push(e, '\n');
+      room -= n;
+      continue;
+    }
+    if (dropped === 0 && room > 0) {
+      // Cut the entry at a character boundary within the room left.
+      const { read, written } = new TextEncoder().encodeInto(e, new Uint8Array(room));
+      kept.push(e.slice(0, read));
+      dropped += n - written;
+      room = 0;
+      continue;
+    }
+    dropped += n;
+  }
+  return { text: kept.join(''), dropped };
 }

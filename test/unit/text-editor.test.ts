@@ -1,7 +1,14 @@
-import { test } from 'node:test';
+import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { TextEditor, UndoHistory, type EditorFs } from '../../src/tools/text-editor.js';
 import type { ResolvedPath } from '../../src/files/paths.js';
+
+/** Undo snapshots live on disk: one scratch folder per history, removed at the end. */
+const undoRoot = mkdtempSync(`${tmpdir()}/editor-undo-`);
+after(() => rmSync(undoRoot, { recursive: true, force: true }));
+const newUndo = (maxBytes = 64 * 1024 * 1024) => new UndoHistory({ dir: mkdtempSync(`${undoRoot}/h-`), maxBytes });
 
 /** An in-memory workspace: files by relative path; folders implied by file paths. */
 class MemFs implements EditorFs {
@@ -12,11 +19,14 @@ class MemFs implements EditorFs {
     for (const k of this.files.keys()) if (k.startsWith(`${p.rel}/`)) return 'dir' as const;
     return null;
   }
+  async size(p: ResolvedPath) {
+    return Buffer.byteLength(this.files.get(p.rel) ?? '', 'utf8');
+  }
   async readFile(p: ResolvedPath) {
     return Buffer.from(this.files.get(p.rel) ?? '', 'utf8');
   }
-  async writeFile(p: ResolvedPath, _d: string, data: string) {
-    this.files.set(p.rel, data);
+  async writeFile(p: ResolvedPath, _d: string, data: Buffer | string) {
+    this.files.set(p.rel, typeof data === 'string' ? data : data.toString('utf8'));
   }
   async tree(p: ResolvedPath) {
     const prefix = p.rel === '.' ? '' : `${p.rel}/`;
@@ -32,7 +42,7 @@ class MemFs implements EditorFs {
 
 const setup = () => {
   const fs = new MemFs();
-  return { fs, ed: new TextEditor(fs, new UndoHistory()) };
+  return { fs, ed: new TextEditor(fs, newUndo()) };
 };
 
 test('create writes a new file and reports is_file_update false', async () => {
