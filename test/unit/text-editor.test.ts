@@ -2,7 +2,7 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { TextEditor, UndoHistory, type EditorFs } from '../../src/tools/text-editor.js';
+import { EditorWorkers, TextEditor, UndoHistory, type EditorFs } from '../../src/tools/text-editor.js';
 import type { ResolvedPath } from '../../src/files/paths.js';
 
 /** Undo snapshots live on disk: one scratch folder per history, removed at the end. */
@@ -167,4 +167,81 @@ test('paths outside the workspace are refused as editor errors', async () => {
   const r = await ed.run({ command: 'view', path: '../../etc/passwd' });
   assert.equal(r.return_code, 1);
   assert.equal(r.stderr, 'text_editor: path escapes workspace: ../../etc/passwd\n');
+});
+
+test('str_replace with more than 20 matches lists the first 20 line numbers, then …', async () => {
+  const { fs, ed } = setup();
+  fs.files.set('a.txt', 'a\n'.repeat(24_000));
+  const r = await ed.run({ command: 'str_replace', path: 'a.txt', old_str: 'a', new_str: 'b' });
+  const first20 = Array.from({ length: 20 }, (_, i) => i + 1).join(', ');
+  assert.equal(r.stderr, `text_editor: old_str matched 24000 times in a.txt (lines ${first20}, …); must be unique\n`);
+});
+
+test('view text and the diff lines are capped at maxOutputBytes with the truncation marker', async () => {
+  const fs = new MemFs();
+  const ed = new TextEditor(fs, newUndo(), { maxOutputBytes: 1024 });
+  fs.files.set('wide.txt', `${'x'.repeat(5000)}\nTARGET\n${'y'.repeat(3000)}`);
+  const v = await ed.run({ command: 'view', path: 'wide.txt' });
+  assert.equal(v.stdout, `${'x'.repeat(1024)}\n... [output truncated by sandbox: ${5000 + 8 + 3000 - 1024} bytes elided]`);
+  assert.equal(v.limit_exceeded, 'output_bytes');
+  assert.equal(v.stdout_dropped_bytes, 5000 + 8 + 3000 - 1024);
+  assert.match(v.stderr, /^text_editor: a limit was reached: output \(1024 bytes per stream, SANDBOX_RUNNER_MAX_OUTPUT_BYTES\)/);
+  const r = await ed.run({ command: 'str_replace', path: 'wide.txt', old_str: 'TARGET', new_str: 'HIT' });
+  assert.equal(r.return_code, 0);
+  assert.deepEqual(r.details.lines, [` ${'x'.repeat(1023)}\n... [output truncated by sandbox: ${5000 - 1023 + 6 + 3 + 3000} bytes elided]`]);
+  assert.deepEqual([r.details.old_start, r.details.old_lines, r.details.new_lines], [1, 3, 3]);
+  assert.equal(r.limit_exceeded, 'output_bytes');
+  assert.equal(r.stdout_dropped_bytes, 0, 'stdout itself was whole');
+  assert.equal(fs.files.get('wide.txt'), `${'x'.repeat(5000)}\nHIT\n${'y'.repeat(3000)}`);
+});
+
+test('undo restores the raw bytes of the file as it was (CRLF kept), from files on disk', async () => {
+  const fs = new MemFs();
+  const undo = newUndo();
+  const ed = new TextEditor(fs, undo);
+  fs.files.set('w.txt', 'one\r\ntwo\r\n');
+  await ed.run({ command: 'str_replace', path: 'w.txt', old_str: 'two', new_str: '2' });
+  assert.equal(fs.files.get('w.txt'), 'one\n2\n');
+  assert.deepEqual([undo.entries, undo.bytes], [1, 10]);
+  await ed.run({ command: 'undo_edit', path: 'w.txt' });
+  assert.equal(fs.files.get('w.txt'), 'one\r\ntwo\r\n');
+  assert.deepEqual([undo.entries, undo.bytes], [0, 0]);
+});
+
+test('the undo history keeps at most maxBytes; past it the oldest edits go and undo says why', async () => {
+  const fs = new MemFs();
+  const undo = newUndo(25);
+  const ed = new TextEditor(fs, undo);
+  fs.files.set('f.txt', 'v0 ten bytes'.slice(0, 10));
+  for (let i = 0; i < 4; i++) assert.equal((await ed.run({ command: 'str_replace', path: 'f.txt', old_str: `v${i}`, new_str: `v${i + 1}` })).stderr, '');
+  assert.deepEqual([undo.entries, undo.bytes], [2, 20]);
+  assert.equal((await ed.run({ command: 'undo_edit', path: 'f.txt' })).return_code, 0);
+  assert.equal((await ed.run({ command: 'undo_edit', path: 'f.txt' })).return_code, 0);
+  assert.equal(fs.files.get('f.txt'), 'v2 ten byt');
+  const none = await ed.run({ command: 'undo_edit', path: 'f.txt' });
+  assert.match(none.stderr, /^text_editor: no edits to undo for f\.txt \(older edits were dropped to keep the session's undo history within SANDBOX_EDITOR_UNDO_MB=/);
+  fs.files.set('big.txt', 'x'.repeat(100));
+  const big = await ed.run({ command: 'create', path: 'big.txt', file_text: 'y' });
+  assert.equal(big.return_code, 0);
+  assert.match(big.stderr, /^text_editor: this edit cannot be undone: the previous content \(100 bytes\) is larger than the whole undo history may be/);
+  const off = new TextEditor(fs, newUndo(0));
+  const u = await off.run({ command: 'undo_edit', path: 'f.txt' });
+  assert.deepEqual([u.stderr, u.details.error_code], ['text_editor: undo is disabled on this server (SANDBOX_EDITOR_UNDO_MB=0)\n', 'unavailable']);
+});
+
+test('operations above the inline threshold run in the worker pool with the same answers', async (t) => {
+  const workers = new EditorWorkers({ maxThreads: 1 });
+  t.after(() => workers.close());
+  const fs = new MemFs();
+  const ed = new TextEditor(fs, newUndo(), { maxOutputBytes: 1 << 20, workers, inlineMaxBytes: 0 });
+  fs.files.set('f.py', 'a = 1\r\nb = 2\nc = 3\n');
+  const r = await ed.run({ command: 'str_replace', path: 'f.py', old_str: 'b = 2', new_str: 'b = 20\nbb = 21' });
+  assert.deepEqual(r.details.lines, [' a = 1', '-b = 2', '+b = 20', '+bb = 21', ' c = 3']);
+  assert.equal(fs.files.get('f.py'), 'a = 1\nb = 20\nbb = 21\nc = 3\n');
+  const v = await ed.run({ command: 'view', path: 'f.py', view_range: [2, 3] });
+  assert.deepEqual([v.stdout, v.details.num_lines, v.details.total_lines], ['b = 20\nbb = 21', 2, 4]);
+  const bad = await ed.run({ command: 'insert', path: 'f.py', insert_line: 9, new_str: 'x' });
+  assert.equal(bad.stderr, 'text_editor: insert_line 9 out of range for f.py (it has 4 lines)\n');
+  assert.equal((await ed.run({ command: 'undo_edit', path: 'f.py' })).return_code, 0);
+  assert.equal(fs.files.get('f.py'), 'a = 1\r\nb = 2\nc = 3\n');
 });
