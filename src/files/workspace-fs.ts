@@ -12,11 +12,20 @@
  * regular files are read or written.
  *
  * Writes land as the session's own uid (fchown), so code in the sandbox can change them.
+ *
+ * Bounds (the workspace is hostile, so its size is no bound): a listing stops at
+ * `maxEntries` entries or `maxBytes` of JSON, and after examining LIST_SCAN_FACTOR times
+ * `maxEntries` names, and says `truncated`; it never holds a folder's names, only the
+ * sub-folders still to visit (each already counted as an entry), and one open folder fd
+ * per level plus the one being read. See listReserveBytes for what it may hold. A download
+ * sends exactly the size it announced or ends with an error (the HTTP layer then drops
+ * the connection): a file that shrinks or changes while it is sent never passes for a
+ * shorter, complete answer.
  */
-import { promises as fsp, constants as C, createReadStream, createWriteStream, type ReadStream } from 'node:fs';
+import { promises as fsp, constants as C, createWriteStream, type Dirent } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { pipeline } from 'node:stream/promises';
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import { SandboxError } from '../errors.js';
 import type { ResolvedPath } from './paths.js';
 
@@ -39,6 +48,133 @@ export interface FileEntry {
 const at = (fd: number, name: string) => `/proc/self/fd/${fd}/${name}`;
 /** The same, for a name read from the disk as bytes (it may not be valid UTF-8). */
 const atRaw = (fd: number, name: Buffer) => Buffer.concat([Buffer.from(`/proc/self/fd/${fd}/`), name]);
+
+/** Names examined by one listing at most, as a multiple of its entry cap: a folder of
+ * millions of links, FIFOs or (in a flat listing) folders ends the walk, not the server. */
+export const LIST_SCAN_FACTOR = 8;
+/** What one listing may hold besides its entries' strings: an entry object, its number
+ * and array slot, a pending sub-folder's name buffer (bytes). */
+const LIST_ENTRY_OVERHEAD_BYTES = 256;
+const DOWNLOAD_CHUNK_BYTES = 64 * 1024;
+
+/**
+ * Upper bound of the server memory one listing holds, for the memory budget. Entry paths
+ * are JS strings of at most 2 bytes per UTF-16 unit, never longer than their JSON (which
+ * the byte cap counts): 2 x maxBytes; the names of sub-folders waiting to be visited are
+ * parts of listed paths: 1 x maxBytes; plus a fixed overhead per entry and 1 MiB for the
+ * folder read buffers, the JSON chunks in flight and transient per-entry strings.
+ */
+export function listReserveBytes(limits: { maxEntries: number; maxBytes: number }): number {
+  return 3 * limits.maxBytes + LIST_ENTRY_OVERHEAD_BYTES * limits.maxEntries + 1024 * 1024;
+}
+
+export interface ListOptions {
+  recursive: boolean;
+  maxEntries: number;
+  /** Cap on the JSON size of the entries (one comma each included), bytes. */
+  maxBytes: number;
+  /** Checked once per name: true stops the walk (the caller then answers for itself). */
+  cancelled?: () => boolean;
+}
+
+export interface Listing {
+  /** Sorted by path. */
+  entries: FileEntry[];
+  /** True when the walk stopped at a cap: more entries exist than were returned. */
+  truncated: boolean;
+}
+
+interface WalkState {
+  entries: FileEntry[];
+  bytes: number;
+  scanned: number;
+  truncated: boolean;
+  stopped: boolean;
+}
+
+/** The names of a folder, read lazily (a few at a time) as Dirents with byte names; the
+ * folder is closed when the loop over them ends, however it ends. */
+async function* eachName(dirFd: number): AsyncGenerator<Dirent<Buffer>> {
+  const dir = await fsp.opendir(`/proc/self/fd/${dirFd}`, { encoding: 'buffer' as BufferEncoding, bufferSize: 32 });
+  try {
+    for await (const entry of dir) yield entry as unknown as Dirent<Buffer>;
+  } finally {
+    await dir.close().catch(() => {});
+  }
+}
+
+/** The kind a Dirent reports, when the file system reports one (DT_UNKNOWN: null). A
+ * hint only: what is listed is decided by lstat. */
+function direntKind(d: Dirent<Buffer>): 'file' | 'dir' | 'other' | null {
+  if (d.isFile()) return 'file';
+  if (d.isDirectory()) return 'dir';
+  if (d.isSymbolicLink() || d.isFIFO() || d.isSocket() || d.isCharacterDevice() || d.isBlockDevice()) return 'other';
+  return null;
+}
+
+const byPath = (a: FileEntry, b: FileEntry) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0);
+
+/**
+ * Exactly `size` bytes of an open regular file, read in chunks at explicit offsets, or an
+ * error. The length was announced (Content-Length) before the first byte, so a file that
+ * the sandbox truncates, rewrites or extends meanwhile must not end the stream normally:
+ * a short read is an error at once, and the last chunk is held back until an fstat shows
+ * the size and mtime unchanged (else an error, so the client sees a short body and a
+ * closed connection, never a complete-looking mix of two versions).
+ */
+class FileSlice extends Readable {
+  private pos = 0;
+
+  constructor(
+    private readonly handle: fsp.FileHandle,
+    private readonly size: number,
+    private readonly mtimeNs: bigint,
+    private readonly display: string,
+    /** Checked before each chunk: true ends the stream with SBX_SESSION_NOT_FOUND. */
+    private readonly cancelled?: () => boolean,
+  ) {
+    super({ highWaterMark: DOWNLOAD_CHUNK_BYTES });
+  }
+
+  override _read(): void {
+    void this.readChunk();
+  }
+
+  private changed(): Error {
+    return new SandboxError('SBX_FILE_NOT_FOUND', `file changed while it was being sent: ${this.display}`);
+  }
+
+  private async readChunk(): Promise<void> {
+    try {
+      if (this.cancelled?.()) throw new SandboxError('SBX_SESSION_NOT_FOUND', 'download cancelled: the session is gone');
+      const want = Math.min(DOWNLOAD_CHUNK_BYTES, this.size - this.pos);
+      const buf = Buffer.allocUnsafe(want);
+      const { bytesRead } = await this.handle.read(buf, 0, want, this.pos);
+      if (this.destroyed) return;
+      if (bytesRead === 0) throw this.changed();
+      this.pos += bytesRead;
+      const chunk = buf.subarray(0, bytesRead);
+      if (this.pos < this.size) {
+        this.push(chunk);
+        return;
+      }
+      const st = await this.handle.stat({ bigint: true });
+      if (this.destroyed) return;
+      if (st.size !== BigInt(this.size) || st.mtimeNs !== this.mtimeNs) throw this.changed();
+      this.push(chunk);
+      this.push(null);
+    } catch (e) {
+      this.destroy(e as Error);
+    }
+  }
+
+  override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
+    this.handle.close().then(
+      () => callback(err),
+      () => callback(err),
+    );
+  }
+}
 
 /** At most `cap` names of a folder, read incrementally: a folder with millions of
  * entries never lands in memory whole. Names are bytes (they may not be UTF-8). */
@@ -170,26 +306,31 @@ export class WorkspaceFs {
     }
   }
 
-  /** A read stream of a regular file with its size (for Content-Length). */
-  async streamFile(p: ResolvedPath, display: string, maxBytes: number): Promise<{ stream: ReadStream | Buffer; size: number }> {
+  /** A stream of exactly `size` bytes of a regular file (see FileSlice), with the size
+   * for Content-Length. */
+  async streamFile(p: ResolvedPath, display: string, maxBytes: number, cancelled?: () => boolean): Promise<{ stream: Readable | Buffer; size: number }> {
     const { handle, size } = await this.openRead(p, display);
-    if (size > maxBytes) {
+    let st;
+    try {
+      if (size > maxBytes) {
+        throw new SandboxError('SBX_FILE_TOO_LARGE', `file is too large to download: ${display} is ${size} bytes, the limit is ${maxBytes} (SANDBOX_MAX_DOWNLOAD_BYTES)`);
+      }
+      st = await handle.stat({ bigint: true });
+    } catch (e) {
       await handle.close();
-      throw new SandboxError('SBX_FILE_TOO_LARGE', `file is too large to download: ${display} is ${size} bytes, the limit is ${maxBytes} (SANDBOX_MAX_DOWNLOAD_BYTES)`);
+      throw e;
     }
-    if (size === 0) {
+    if (size === 0 || st.size !== BigInt(size)) {
       await handle.close();
+      if (size !== 0) throw new SandboxError('SBX_FILE_NOT_FOUND', `file changed while it was being opened: ${display}`);
       return { stream: Buffer.alloc(0), size };
     }
-    // `end` pins the length to what Content-Length announced, even if the file grows.
-    const stream = createReadStream('', { fd: handle.fd, autoClose: false, start: 0, end: size - 1 });
-    stream.once('close', () => void handle.close().catch(() => {}));
-    return { stream, size };
+    return { stream: new FileSlice(handle, size, st.mtimeNs, display, cancelled), size };
   }
 
   /** Streams `source` into a new file in the staging folder (same file system as the
    * workspace, invisible to the sandbox). Returns its path and size. */
-  async stage(source: Readable): Promise<{ staged: string; size: number }> {
+  async stage(source: Readable, cancelled?: () => boolean): Promise<{ staged: string; size: number }> {
     // The staging folder is the server's own (0700, not mounted in the sandbox), so a
     // plain path is safe here.
     const staged = `${this.stagingDir}/${randomBytes(8).toString('hex')}`;
@@ -200,6 +341,7 @@ export class WorkspaceFs {
         source,
         async function* (chunks: AsyncIterable<Buffer>) {
           for await (const c of chunks) {
+            if (cancelled?.()) throw new SandboxError('SBX_SESSION_NOT_FOUND', 'upload cancelled: the session is gone');
             size += c.length;
             yield c;
           }
@@ -209,7 +351,7 @@ export class WorkspaceFs {
       if (this.owner) await fsp.chown(staged, this.owner.uid, this.owner.gid);
       return { staged, size };
     } catch (e) {
-      await fsp.rm(staged, { force: true });
+      await fsp.rm(staged, { force: true }).catch(() => {});
       const code = (e as NodeJS.ErrnoException).code;
       if (code === 'ENOSPC' || code === 'EDQUOT' || code === 'EFBIG') fsError(e, 'upload');
       throw e;
@@ -256,24 +398,26 @@ export class WorkspaceFs {
     }
   }
 
-  /** Lists a folder: regular files (and, when asked, folders), one level or recursively. */
-  async list(p: ResolvedPath, display: string, opts: { recursive: boolean; maxEntries: number }, mimeOf: (name: string) => string | null): Promise<FileEntry[]> {
+  /** Lists a folder: regular files (and, when asked, folders), one level or recursively,
+   * within the caps of `opts` (see the file comment). */
+  async list(p: ResolvedPath, display: string, opts: ListOptions, mimeOf: (name: string) => string | null): Promise<Listing> {
     let dir: fsp.FileHandle;
     try {
       dir = await this.openDir(p.segments, display);
     } catch (e) {
       if ((e as SandboxError).code === 'SBX_FILE_NOT_FOUND') throw new SandboxError('SBX_FILE_NOT_FOUND', `path not found: ${display}`);
-      if ((e as SandboxError).code === 'SBX_NOT_A_FILE') return this.listSingleFile(p, display, mimeOf);
+      if ((e as SandboxError).code === 'SBX_NOT_A_FILE') return { entries: await this.listSingleFile(p, display, mimeOf), truncated: false };
       throw e;
     }
-    const out: FileEntry[] = [];
+    const state: WalkState = { entries: [], bytes: 0, scanned: 0, truncated: false, stopped: false };
     try {
-      await this.walk(dir, p.segments, opts, mimeOf, out, 0);
+      await this.walk(dir, p.segments.join('/'), 0, opts, mimeOf, state);
     } finally {
       await dir.close();
     }
-    out.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
-    return out;
+    // Bounded: at most maxEntries entries whose paths total at most maxBytes.
+    state.entries.sort(byPath);
+    return { entries: state.entries, truncated: state.truncated };
   }
 
   private async listSingleFile(p: ResolvedPath, display: string, mimeOf: (name: string) => string | null): Promise<FileEntry[]> {
@@ -289,48 +433,72 @@ export class WorkspaceFs {
     }
   }
 
-  private async walk(
-    dir: fsp.FileHandle,
-    prefix: string[],
-    opts: { recursive: boolean; maxEntries: number },
-    mimeOf: (name: string) => string | null,
-    out: FileEntry[],
-    depth: number,
-  ): Promise<void> {
-    let names: Buffer[];
+  /** Adds an entry if it fits both caps; false (and `truncated`) when it does not. */
+  private admit(entry: FileEntry, opts: ListOptions, state: WalkState): boolean {
+    const cost = Buffer.byteLength(JSON.stringify(entry)) + 1;
+    if (state.entries.length >= opts.maxEntries || state.bytes + cost > opts.maxBytes) {
+      state.truncated = true;
+      return false;
+    }
+    state.entries.push(entry);
+    state.bytes += cost;
+    return true;
+  }
+
+  /**
+   * One folder: its files (and folders) first, while the folder is read lazily; then its
+   * sub-folders, one at a time, after the folder is closed. So only one folder is being
+   * read at any time, and what waits is the names of sub-folders already listed.
+   */
+  private async walk(dir: fsp.FileHandle, prefix: string, depth: number, opts: ListOptions, mimeOf: (name: string) => string | null, state: WalkState): Promise<void> {
+    const scanCap = opts.maxEntries * LIST_SCAN_FACTOR;
+    const subdirs: Buffer[] = [];
     try {
       // Names as bytes: sandboxed code can make names that are not valid UTF-8; they are
       // reported with replacement characters, and still found on the disk.
-      names = await readNames(dir.fd, opts.maxEntries - out.length);
-    } catch {
-      return; // unreadable (chmod 000): nothing to list, no error
-    }
-    for (const raw of names) {
-      if (out.length >= opts.maxEntries) return;
-      const name = raw.toString('utf8');
-      const rel = [...prefix, name].join('/');
-      let st;
-      try {
-        st = await fsp.lstat(atRaw(dir.fd, raw), { bigint: true });
-      } catch {
-        continue;
-      }
-      if (st.isFile()) {
-        out.push({ path: rel, size_bytes: Number(st.size), mime_type: mimeOf(name), modified_at: Number(st.mtimeNs) / 1e9 });
-      } else if (st.isDirectory() && opts.recursive) {
-        out.push({ path: rel, size_bytes: 0, mime_type: null, modified_at: Number(st.mtimeNs) / 1e9, is_dir: true });
-        if (depth >= 64) continue;
-        let sub: fsp.FileHandle;
+      for await (const d of eachName(dir.fd)) {
+        if (opts.cancelled?.()) {
+          state.stopped = true;
+          return;
+        }
+        if (++state.scanned > scanCap) {
+          state.truncated = true;
+          return;
+        }
+        const hint = direntKind(d);
+        if (hint === 'other' || (hint === 'dir' && !opts.recursive)) continue;
+        const raw = d.name;
+        let st;
         try {
-          sub = await fsp.open(atRaw(dir.fd, raw), DIR_FLAGS);
+          st = await fsp.lstat(atRaw(dir.fd, raw), { bigint: true });
         } catch {
           continue;
         }
-        try {
-          await this.walk(sub, [...prefix, name], opts, mimeOf, out, depth + 1);
-        } finally {
-          await sub.close();
+        const name = raw.toString('utf8');
+        const rel = prefix ? `${prefix}/${name}` : name;
+        if (st.isFile()) {
+          if (!this.admit({ path: rel, size_bytes: Number(st.size), mime_type: mimeOf(name), modified_at: Number(st.mtimeNs) / 1e9 }, opts, state)) return;
+        } else if (st.isDirectory() && opts.recursive) {
+          if (!this.admit({ path: rel, size_bytes: 0, mime_type: null, modified_at: Number(st.mtimeNs) / 1e9, is_dir: true }, opts, state)) return;
+          if (depth < 64) subdirs.push(raw);
         }
+      }
+    } catch {
+      if (subdirs.length === 0) return; // unreadable (chmod 000): nothing to list, no error
+    }
+    for (const raw of subdirs) {
+      if (state.truncated || state.stopped) return;
+      let sub: fsp.FileHandle;
+      try {
+        sub = await fsp.open(atRaw(dir.fd, raw), DIR_FLAGS);
+      } catch {
+        continue;
+      }
+      try {
+        const name = raw.toString('utf8');
+        await this.walk(sub, prefix ? `${prefix}/${name}` : name, depth + 1, opts, mimeOf, state);
+      } finally {
+        await sub.close();
       }
     }
   }

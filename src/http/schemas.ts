@@ -84,3 +84,10 @@ export const FileEntry = Type.Object({
   modified_at: Type.Number(),
   is_dir: Type.Optional(Type.Boolean()),
 });
+
+export const FileListResponse = Type.Object({
+  files: Type.Array(FileEntry),
+  truncated: Type.Optional(
+    Type.Boolean({ description: 'extension: true when the listing stopped at SANDBOX_MAX_LIST_ENTRIES or SANDBOX_MAX_LIST_BYTES and more entries exist; absent otherwise' }),
+  ),
+});

@@ -1,22 +1,79 @@
+/**
+ * The file API: upload (multipart, staged then renamed in), download (exactly the bytes
+ * announced, or a dropped connection), listing (capped by entries and by JSON size, then
+ * `truncated: true`; streamed out in chunks with a yield between them).
+ *
+ * A session can be deleted or reaped while one of these runs: its box and folder go away
+ * under the operation. Every failure (and every success that landed in a folder being
+ * removed) of an operation whose session was closed meanwhile answers 404
+ * SBX_SESSION_NOT_FOUND, never a 500; uploads and listings stop at the next chunk or
+ * name, downloads at the next chunk or within WATCH_INTERVAL_MS for a client that reads
+ * nothing, so no fd keeps a deleted workspace alive for long.
+ *
+ * Lookups keyed by names from the workspace or the client are Maps (mime-types' own
+ * table is a null-prototype object): `x.constructor` or `x.__proto__` is just a name.
+ */
+import { setImmediate as yieldToLoop } from 'node:timers/promises';
+import { Readable } from 'node:stream';
 import Type from 'typebox';
 import mime from 'mime-types';
 import type { App, AppDeps } from '../app.js';
-import { ErrorBody, FileEntry, SessionParams } from '../schemas.js';
+import { ErrorBody, FileListResponse, SessionParams } from '../schemas.js';
 import { SandboxError } from '../../errors.js';
 import { resolveInside } from '../../files/paths.js';
+import { listReserveBytes, type FileEntry as Entry } from '../../files/workspace-fs.js';
+import type { Session } from '../../sessions/session.js';
 
-const MAX_LIST_ENTRIES = 100_000;
-const EXTRA_TYPES: Record<string, string> = {
-  py: 'text/x-python',
-  ipynb: 'application/x-ipynb+json',
-  parquet: 'application/vnd.apache.parquet',
-  log: 'text/plain',
-  tsv: 'text/tab-separated-values',
-};
+/** Size of the pieces a listing answer is written in; the event loop runs between them. */
+const LIST_CHUNK_CHARS = 64 * 1024;
+/** How often a running download checks that its session still exists. */
+const WATCH_INTERVAL_MS = 250;
+
+const EXTRA_TYPES = new Map<string, string>([
+  ['py', 'text/x-python'],
+  ['ipynb', 'application/x-ipynb+json'],
+  ['parquet', 'application/vnd.apache.parquet'],
+  ['log', 'text/plain'],
+  ['tsv', 'text/tab-separated-values'],
+]);
 
 export function mimeOf(name: string): string | null {
   const ext = name.includes('.') ? name.slice(name.lastIndexOf('.') + 1).toLowerCase() : '';
-  return EXTRA_TYPES[ext] ?? (mime.lookup(name) || null);
+  const type = EXTRA_TYPES.get(ext) ?? mime.lookup(name);
+  return typeof type === 'string' ? type : null;
+}
+
+function sessionGone(session: Session): SandboxError {
+  return new SandboxError('SBX_SESSION_NOT_FOUND', `session not found: ${session.id}`);
+}
+
+/** Runs a file operation of a session: if the session was closed (deleted, reaped, shut
+ * down) by the time it settles, its outcome, success or failure, is 404. */
+async function onSession<T>(session: Session, fn: () => Promise<T>): Promise<T> {
+  let value: T;
+  try {
+    value = await fn();
+  } catch (e) {
+    if (session.closed) throw sessionGone(session);
+    throw e;
+  }
+  if (session.closed) throw sessionGone(session);
+  return value;
+}
+
+/** A listing answer as JSON text in pieces of about LIST_CHUNK_CHARS, yielding to the
+ * event loop between pieces: the same bytes the response schema would give. */
+async function* listingJson(entries: Entry[], truncated: boolean): AsyncGenerator<string> {
+  let chunk = '{"files":[';
+  for (let i = 0; i < entries.length; i++) {
+    chunk += (i === 0 ? '' : ',') + JSON.stringify(entries[i]);
+    if (chunk.length >= LIST_CHUNK_CHARS) {
+      yield chunk;
+      chunk = '';
+      await yieldToLoop();
+    }
+  }
+  yield `${chunk}]${truncated ? ',"truncated":true' : ''}}`;
 }
 
 /** RFC 6266 attachment header with an ASCII fallback and the UTF-8 name. */
@@ -40,6 +97,7 @@ export function registerFileRoutes(app: App, deps: AppDeps): void {
       const session = deps.sessions.get(req.params.id);
       session.touch();
       const fs = session.box.fs;
+      const cancelled = () => session.closed;
       let staged: { staged: string; size: number; filename: string } | null = null;
       let path: string | undefined;
       try {
@@ -49,7 +107,7 @@ export function registerFileRoutes(app: App, deps: AppDeps): void {
               part.file.resume();
               continue;
             }
-            const s = await fs.stage(part.file);
+            const s = await fs.stage(part.file, cancelled);
             staged = { ...s, filename: part.filename };
             if (part.file.truncated) throw new SandboxError('SBX_FILE_TOO_LARGE', 'file exceeds upload limit');
           } else if (part.fieldname === 'path' && typeof part.value === 'string') {
@@ -59,11 +117,12 @@ export function registerFileRoutes(app: App, deps: AppDeps): void {
         if (!staged) throw new SandboxError('SBX_VALIDATION', [{ type: 'missing', loc: ['body', 'file'], msg: 'Field required', input: null }]);
         const dest = path || staged.filename || 'upload.bin';
         const resolved = resolveInside(dest);
-        await fs.commit(staged.staged, resolved, dest);
+        await onSession(session, () => fs.commit(staged!.staged, resolved, dest));
         session.touch();
         return reply.code(201).send({ path: resolved.rel, size_bytes: staged.size });
       } catch (e) {
-        if (staged) await fs.discard(staged.staged);
+        if (staged) await fs.discard(staged.staged).catch(() => {});
+        if (session.closed) throw sessionGone(session);
         const err = e as { name?: string; statusCode?: number; code?: string; message?: string };
         // A body busboy cannot parse is the client's fault: a 400, never a 500.
         if (err.name !== 'SandboxError' && err.statusCode === undefined && err.code === undefined) {
@@ -89,7 +148,21 @@ export function registerFileRoutes(app: App, deps: AppDeps): void {
       session.touch();
       const display = req.query.path;
       const resolved = resolveInside(display);
-      const { stream, size } = await session.box.fs.streamFile(resolved, display, deps.config.maxDownloadBytes);
+      const { stream, size } = await onSession(session, async () => {
+        const opened = await session.box.fs.streamFile(resolved, display, deps.config.maxDownloadBytes, () => session.closed);
+        if (session.closed && opened.stream instanceof Readable) opened.stream.destroy();
+        return opened;
+      });
+      if (stream instanceof Readable) {
+        // A deleted session's workspace is not kept alive by a download: the stream checks
+        // before each chunk, and this timer catches a client that stopped reading. The
+        // stream ends with an error, and the connection with it (Content-Length was sent).
+        const watch = setInterval(() => {
+          if (session.closed) stream.destroy(sessionGone(session));
+        }, WATCH_INTERVAL_MS);
+        watch.unref();
+        stream.once('close', () => clearInterval(watch));
+      }
       const name = resolved.segments.at(-1) ?? 'file';
       let type = mimeOf(name) ?? 'application/octet-stream';
       if (type.startsWith('text/')) type += '; charset=utf-8';
@@ -108,17 +181,39 @@ export function registerFileRoutes(app: App, deps: AppDeps): void {
     {
       schema: {
         summary: 'List files (non-recursive, files only; extension: recursive=true adds folders)',
+        description:
+          'At most SANDBOX_MAX_LIST_ENTRIES entries and SANDBOX_MAX_LIST_BYTES of entry JSON; past either the walk stops and the answer carries truncated: true (extension).',
         params: SessionParams,
         querystring: Type.Object({ path: Type.String({ default: '.' }), recursive: Type.Boolean({ default: false }) }),
-        response: { 200: Type.Object({ files: Type.Array(FileEntry) }), 403: ErrorBody, 404: ErrorBody },
+        response: {
+          200: FileListResponse,
+          403: ErrorBody,
+          404: ErrorBody,
+          503: ErrorBody,
+        },
       },
     },
-    async (req) => {
+    async (req, reply) => {
       const session = deps.sessions.get(req.params.id);
       session.touch();
       const display = req.query.path;
-      const files = await session.box.fs.list(resolveInside(display), display, { recursive: req.query.recursive, maxEntries: MAX_LIST_ENTRIES }, mimeOf);
-      return { files };
+      const resolved = resolveInside(display);
+      const limits = { maxEntries: deps.config.maxListEntries, maxBytes: deps.config.maxListBytes };
+      // Held until the answer is written (or the connection dies): the entries live that long.
+      const reservation = deps.budget.reserve(listReserveBytes(limits), 'a file listing');
+      let handedOver = false;
+      try {
+        const { entries, truncated } = await onSession(session, () =>
+          session.box.fs.list(resolved, display, { recursive: req.query.recursive, ...limits, cancelled: () => session.closed }, mimeOf),
+        );
+        const body = Readable.from(listingJson(entries, truncated), { objectMode: false });
+        body.once('close', () => reservation.release());
+        reply.raw.once('close', () => reservation.release());
+        handedOver = true;
+        return reply.header('content-type', 'application/json; charset=utf-8').send(body as never);
+      } finally {
+        if (!handedOver) reservation.release();
+      }
     },
   );
 }
