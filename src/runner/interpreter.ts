@@ -255,7 +255,8 @@ export class Interpreter {
         return;
       case 'T': {
         const msg = parseJson(f.body);
-        if (!p || !msg || typeof msg.call_id !== 'string' || typeof msg.name !== 'string') return;
+        // The driver makes 32-hex-digit ids and Python names; anything else is not echoed.
+        if (!p || !msg || typeof msg.call_id !== 'string' || typeof msg.name !== 'string' || msg.call_id.length > 64 || msg.name.length > 128) return;
         const callId = msg.call_id;
         if (this.toolCallsInFlight >= MAX_TOOL_CALLS_IN_FLIGHT) {
           // Only forked children can issue calls in parallel; never let them pile up

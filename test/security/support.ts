@@ -37,6 +37,8 @@ export interface Suite {
   hostDir: string;
   victim: string;
   victimBox: BoxInfo;
+  /** The server's count of event-loop stretches busy >= 100 ms, at the last check. */
+  loopBusy: number;
 }
 
 export interface BoxInfo {
@@ -63,12 +65,13 @@ export async function startSuite(env: Record<string, string> = {}): Promise<Suit
     await rm(hostDir, { recursive: true, force: true });
     throw e;
   }
-  const suite: Suite = { server, sessionsRoot: env.SANDBOX_SESSIONS_ROOT ?? server.sessionsRoot, hostDir, victim: '', victimBox: { dir: '', uid: -1 } };
+  const suite: Suite = { server, sessionsRoot: env.SANDBOX_SESSIONS_ROOT ?? server.sessionsRoot, hostDir, victim: '', victimBox: { dir: '', uid: -1 }, loopBusy: 0 };
   try {
     suite.victim = await createSession(server);
     suite.victimBox = await findBox(suite, suite.victim);
     const first = await py(server, suite.victim, 'print(1)');
     assert.equal(first.stdout, '1', 'victim session works before the attacks');
+    suite.loopBusy = (await api(server, 'GET', '/health')).body.event_loop.busy_over_100ms;
   } catch (e) {
     await stopSuite(suite);
     throw e;
@@ -206,6 +209,14 @@ export async function livePidsOfUid(uid: number): Promise<number[]> {
   return out;
 }
 
+/** The bound on the server's peak resident set in the hostile suite (docs/threat-model.md). */
+export const SERVER_PEAK_RSS_KB = 1024 * 1024;
+
+export async function serverPeakRssKb(server: TestServer): Promise<number> {
+  const text = await readFile(`/proc/${server.proc.pid}/status`, 'utf8');
+  return Number(/VmHWM:\s+(\d+)/.exec(text)?.[1] ?? NaN);
+}
+
 export async function serverRssKb(server: TestServer): Promise<number> {
   const text = await readFile(`/proc/${server.proc.pid}/status`, 'utf8');
   return Number(/VmRSS:\s+(\d+)/.exec(text)?.[1] ?? NaN);
@@ -222,6 +233,13 @@ export async function postChecks(suite: Suite, what = 'after the case'): Promise
   assert.equal(health.status, 200, `${what}: /health status`);
   assert.equal(health.body?.status, 'ok', `${what}: /health body`);
   assert.ok(healthMs < 2000, `${what}: /health took ${Math.round(healthMs)} ms`);
+  // The server's own measure (loop-monitor.ts: CPU of its loop thread, not the machine's
+  // load): no stretch of its own work held every other session for 100 ms.
+  const loop = health.body.event_loop as { busy_over_100ms: number; max_busy_ms: number };
+  assert.equal(loop.busy_over_100ms, suite.loopBusy, `${what}: the server blocked its event loop for >= 100 ms (longest ${loop.max_busy_ms} ms)`);
+  suite.loopBusy = loop.busy_over_100ms;
+  const peakKb = await serverPeakRssKb(server);
+  assert.ok(peakKb < SERVER_PEAK_RSS_KB, `${what}: the server's peak resident set reached ${Math.round(peakKb / 1024)} MiB`);
   t = performance.now();
   const v = await py(server, suite.victim, 'print(1)', { timeout_seconds: 10 });
   const victimMs = performance.now() - t;

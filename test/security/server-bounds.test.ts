@@ -1,0 +1,355 @@
+/**
+ * Issue 8 (docs/threat-model.md, "the server process"): nothing a client, a tool router or
+ * a session sends can crash, freeze or bloat the server. Each numbered case below is an
+ * attack that worked against an earlier build; each ends with finishCase (the attacker's
+ * session leaves nothing behind, /health answers, the victim session still runs, and the
+ * server's event loop was never held by its own work for 100 ms, see support.ts).
+ *
+ * Memory is checked as growth of the server's resident set across the case, against a
+ * bound far below what the unbounded builds held (hundreds of MiB).
+ */
+import { before, after, test } from 'node:test';
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import net from 'node:net';
+import type { AddressInfo } from 'node:net';
+import { readdir } from 'node:fs/promises';
+import {
+  api,
+  attacker,
+  exists,
+  finishCase,
+  py,
+  pyMarker,
+  serverRssKb,
+  sh,
+  sleepMarker,
+  startSuite,
+  stopSuite,
+  waitNoMarkers,
+  pidsWithMarker,
+  waitFor,
+  type Suite,
+} from './support.js';
+
+let S: Suite;
+let router: http.Server;
+let routerUrl = '';
+/** What the mock router answers next, by tool name. */
+const replies = new Map<string, (res: http.ServerResponse) => void>();
+
+before(async () => {
+  router = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      let name = '';
+      try {
+        name = (JSON.parse(Buffer.concat(chunks).toString('utf8')) as { name: string }).name;
+      } catch {
+        /* not JSON */
+      }
+      const answer = replies.get(name);
+      if (answer) answer(res);
+      else res.writeHead(200, { 'content-type': 'application/json' }).end('{"content": "ok"}');
+    });
+  });
+  await new Promise<void>((r) => router.listen(0, '127.0.0.1', () => r()));
+  routerUrl = `http://127.0.0.1:${(router.address() as AddressInfo).port}/tool-call`;
+  S = await startSuite({
+    SANDBOX_HTTP_REQUEST_TIMEOUT_SECONDS: '3',
+    SANDBOX_HTTP_HEADERS_TIMEOUT_SECONDS: '2',
+    SANDBOX_HTTP_MAX_CONNECTIONS: '64',
+    SANDBOX_INTERRUPT_GRACE_MS: '500',
+    SANDBOX_EXEC_QUEUE_MAX: '1',
+  });
+});
+
+after(async () => {
+  await stopSuite(S);
+  router.closeAllConnections();
+  await new Promise((r) => router.close(r));
+});
+
+const MiB = 1024;
+/** Resident set growth allowed across one case, KiB. */
+const RSS_GROWTH_KB = 150 * MiB;
+
+async function register(id: string, body: unknown) {
+  return api(S.server, 'POST', `/sessions/${id}/programmatic-tools/register`, body);
+}
+
+test('#S1 a router reply nested 100,000 deep raises ToolError in the session; the server stays up', async (t) => {
+  const a = await attacker(S, t);
+  const depth = 100_000;
+  replies.set('deep', (res) => res.writeHead(200, { 'content-type': 'application/json' }).end(`{"content": ${'['.repeat(depth)}${']'.repeat(depth)}}`));
+  replies.set('deeperror', (res) => res.writeHead(200, { 'content-type': 'application/json' }).end(`{"is_error": true, "content": ${'{"a":'.repeat(5000)}1${'}'.repeat(5000)}}`));
+  assert.equal((await register(a.id, { callback_url: routerUrl, token: 'tok-123456', tools: [{ name: 'deep' }, { name: 'deeperror' }, { name: 'fine' }] })).status, 200);
+  const r = await py(
+    S.server,
+    a.id,
+    "from _platform_tools import deep, deeperror, fine, ToolError\nfor f in (deep, deeperror):\n    try:\n        f()\n    except ToolError as e:\n        print('caught:', str(e)[:120])\nprint(fine())",
+  );
+  assert.equal(r.status, 200);
+  const lines = r.stdout.split('\n');
+  assert.match(lines[0] ?? '', /^caught: tool 'deep' transport error: the reply is nested deeper than 64 levels/);
+  assert.match(lines[1] ?? '', /^caught: /);
+  assert.equal(lines[2], 'ok', 'the session goes on using its tools');
+  // The same from the session's side: arguments nested deeper than the bound, sent as a
+  // hand-made frame (json.dumps would hit Python's recursion limit first).
+  const args = await py(
+    S.server,
+    a.id,
+    `import _sandbox_driver as d, json
+body = b'{"call_id":"c1","name":"fine","input":{"x":' + b'[' * 200000 + b']' * 200000 + b'}}'
+d.DRIVER.chan.send(ord('T'), body)
+print('sent')`,
+  );
+  assert.equal(args.status, 200);
+  assert.equal(args.stdout, 'sent');
+  await finishCase(S, a);
+});
+
+test('#S6 a register body of 600k wrong items answers a small 422 (first problem only)', async (t) => {
+  const a = await attacker(S, t);
+  const tools = `[${Array(600_000).fill('1').join(',')}]`;
+  const body = `{"callback_url":"${routerUrl}","token":"tok-123456","tools":${tools}}`;
+  const res = await fetch(`${S.server.url}/sessions/${a.id}/programmatic-tools/register`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+  const text = await res.text();
+  assert.equal(res.status, 422);
+  assert.ok(text.length < 4096, `answer of ${text.length} bytes`);
+  // Past the route's body limit: 413, not parsed at all.
+  const huge = `{"callback_url":"${routerUrl}","token":"t","tools":[${Array(1_200_000).fill('{"name":"a"}').join(',')}]}`;
+  const big = await fetch(`${S.server.url}/sessions/${a.id}/programmatic-tools/register`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: huge });
+  assert.equal(big.status, 413);
+  // Other routes take small bodies only.
+  const create = await fetch(`${S.server.url}/sessions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: `{"x":"${'a'.repeat(200_000)}"}` });
+  assert.equal(create.status, 413);
+  await finishCase(S, a);
+});
+
+test('#S8 a million one-byte output frames: the server keeps copies of the kept bytes only', async (t) => {
+  const a = await attacker(S, t);
+  const before = await serverRssKb(S.server);
+  // Each os.write carries one 1-byte stdout frame and a 32 KiB stderr frame; the stderr
+  // bytes pass the cap and are dropped, the stdout bytes are kept.
+  const r = await py(
+    S.server,
+    a.id,
+    `import _sandbox_driver as d, struct, os
+ch = d.DRIVER.chan
+pad = struct.pack('>IB', 32768, ord('R')) + b'e' * 32768
+one = struct.pack('>IB', 1, ord('O')) + b'o'
+for i in range(8000):
+    ch.send_raw(one + pad)
+print('done')`,
+    { timeout_seconds: 60 },
+  );
+  assert.equal(r.status, 200);
+  assert.ok(r.stdout.startsWith('o'.repeat(1000)), 'the one-byte frames are kept');
+  assert.ok(r.stdout.endsWith('done'));
+  const grown = (await serverRssKb(S.server)) - before;
+  assert.ok(grown < RSS_GROWTH_KB, `server RSS grew by ${grown} KiB`);
+  await finishCase(S, a);
+});
+
+test('#S9 tool-call frames whose replies are never read: the server stops reading, the call ends at its timeout', async (t) => {
+  const a = await attacker(S, t);
+  const before = await serverRssKb(S.server);
+  const r = await py(
+    S.server,
+    a.id,
+    `import _sandbox_driver as d, os
+ch = d.DRIVER.chan
+ch.rfd = os.open('/dev/null', os.O_RDONLY)  # the driver never reads the server's frames again
+body = b'{"call_id":"' + b'c' * 60 + b'","name":"' + b'n' * 120 + b'","input":{}}'
+for i in range(400000):
+    ch.send(ord('T'), body)
+print('never')`,
+    { timeout_seconds: 4 },
+  );
+  assert.equal(r.status, 200);
+  assert.equal(r.return_code, -1);
+  assert.equal(r.interpreter_restarted, true, r.stderr);
+  const grown = (await serverRssKb(S.server)) - before;
+  assert.ok(grown < RSS_GROWTH_KB, `server RSS grew by ${grown} KiB`);
+  const next = await py(S.server, a.id, 'print(41 + 1)');
+  assert.equal(next.stdout, '42');
+  await finishCase(S, a);
+});
+
+test('#S11 connections that send headers and one byte of body are timed out; past the cap they are closed at once', async (t) => {
+  const u = new URL(S.server.url);
+  const sockets: net.Socket[] = [];
+  t.after(() => {
+    for (const s of sockets) s.destroy();
+  });
+  const closed: Promise<void>[] = [];
+  for (let i = 0; i < 150; i++) {
+    const s = net.connect(Number(u.port), u.hostname);
+    sockets.push(s);
+    s.on('error', () => {});
+    s.resume(); // read the 408 and the end, so 'close' can come
+    closed.push(new Promise((r) => s.once('close', () => r())));
+    s.write(`POST /sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{`);
+  }
+  // Every one of them ends: the ones over the cap at once, the rest at the request timeout.
+  await Promise.all(closed);
+  const fds = (await readdir(`/proc/${S.server.proc.pid}/fd`)).length;
+  assert.ok(fds < 500, `server holds ${fds} descriptors`);
+  // Headers that never end are cut as well.
+  const slow = net.connect(Number(u.port), u.hostname);
+  slow.on('error', () => {});
+  slow.resume();
+  const slowClosed = new Promise<void>((r) => slow.once('close', () => r()));
+  slow.write('GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ');
+  await slowClosed;
+  await finishCase(S, null);
+});
+
+test('#S15 tool names that were the module internals are plain tools; reserved names are refused', async (t) => {
+  const a = await attacker(S, t);
+  const ok = await register(a.id, { callback_url: routerUrl, token: 'tok-123456', tools: [{ name: '_call' }, { name: '_driver' }, { name: '_TIMEOUT' }, { name: 'fine' }] });
+  assert.equal(ok.status, 200, JSON.stringify(ok.body));
+  const r = await py(S.server, a.id, 'from _platform_tools import fine, _call, _TIMEOUT\nprint(fine(), _call(), _TIMEOUT())');
+  assert.equal(r.stdout, 'ok ok ok', r.stderr);
+  for (const name of ['ToolError', '_sbx_call', '_sbx_timeout', '__init__', '__all__']) {
+    const bad = await register(a.id, { callback_url: routerUrl, token: 'tok-123456', tools: [{ name }] });
+    assert.equal(bad.status, 422, name);
+  }
+  const still = await py(S.server, a.id, 'from _platform_tools import fine\nprint(fine())');
+  assert.equal(still.stdout, 'ok', 'a refused register leaves the last one in force');
+  await finishCase(S, a);
+});
+
+test('#S16 forged done frames with 1e400 or 1e300 as return code give an integer return code', async (t) => {
+  const a = await attacker(S, t);
+  for (const value of ['1e400', '1e300', '-1e400', '"7"', '2.5']) {
+    const r = await py(
+      S.server,
+      a.id,
+      `import _sandbox_driver as d
+for i in range(1, 400):
+    d.DRIVER.chan.send(ord('D'), b'{"id":%d,"return_code":${value.replace(/"/g, '\\"')},"stdout_dropped":1e400,"stderr_dropped":-5}' % i)
+print('after')`,
+    );
+    assert.equal(r.status, 200, `${value}: ${JSON.stringify(r.body).slice(0, 300)}`);
+    assert.ok(Number.isInteger(r.return_code), `${value}: return code ${r.return_code}`);
+    assert.ok(Number.isInteger(r.body.stdout_dropped_bytes) && r.body.stdout_dropped_bytes >= 0);
+    assert.ok(Number.isInteger(r.body.stderr_dropped_bytes) && r.body.stderr_dropped_bytes >= 0);
+  }
+  // A session may lie about its own results (its driver is its own); the next call
+  // still works, though its output may start with what the lying cell printed late.
+  const next = await py(S.server, a.id, 'print(6 * 7)');
+  assert.equal(next.status, 200);
+  assert.match(next.stdout, /42$/);
+  await finishCase(S, a);
+});
+
+/** POST exec with a client we can cut off; resolves when the request is on the wire. */
+function execAbortable(id: string, code: string): { abort: () => void; settled: Promise<number | string> } {
+  const ac = new AbortController();
+  const settled = fetch(`${S.server.url}/sessions/${id}/exec`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ tool: 'code_execution', input: { code }, timeout_seconds: 120 }),
+    signal: ac.signal,
+  }).then(
+    (r) => r.status,
+    (e: Error) => e.name,
+  );
+  return { abort: () => ac.abort(), settled };
+}
+
+test('#S17 a client that disconnects cancels its call: the running one is interrupted (state kept), a waiting one leaves the queue', async (t) => {
+  const a = await attacker(S, t);
+  await py(S.server, a.id, 'kept = 41');
+  const marker = sleepMarker();
+  const running = execAbortable(a.id, `import subprocess\nsubprocess.run(['sleep', '${marker}'])`);
+  assert.ok(await waitFor(async () => (await pidsWithMarker(marker)).length > 0, 20_000), 'the call started');
+  // The queue holds one waiting call (SANDBOX_EXEC_QUEUE_MAX=1): a second waits, a third is 429.
+  const waiting = execAbortable(a.id, 'print("waited")');
+  let third = 0;
+  assert.ok(
+    await waitFor(async () => (third = (await py(S.server, a.id, 'print(3)')).status) === 429, 20_000),
+    `a third call is refused while one runs and one waits (got ${third})`,
+  );
+  waiting.abort();
+  assert.equal(await waiting.settled, 'AbortError');
+  // Its slot is free now: another call can wait (it answers once the running one ends).
+  const queued = execAbortable(a.id, 'print(kept + 1)');
+  running.abort();
+  assert.equal(await running.settled, 'AbortError');
+  assert.deepEqual(await waitNoMarkers([marker], 20_000), [], 'the interrupted call stopped what it started');
+  assert.equal(await queued.settled, 200, 'the call queued after the aborted one ran');
+  const r = await py(S.server, a.id, 'print(kept + 1)');
+  assert.equal(r.stdout, '42', 'interpreter state was kept');
+  // bash: the command is killed when its client leaves.
+  const bashMarker = sleepMarker();
+  const ac = new AbortController();
+  const bash = fetch(`${S.server.url}/sessions/${a.id}/exec`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ tool: 'bash_code_execution', input: { command: `sleep ${bashMarker}` }, timeout_seconds: 120 }),
+    signal: ac.signal,
+  }).catch(() => null);
+  assert.ok(await waitFor(async () => (await pidsWithMarker(bashMarker)).length > 0, 20_000));
+  ac.abort();
+  await bash;
+  assert.deepEqual(await waitNoMarkers([bashMarker], 20_000), []);
+  await finishCase(S, a, [marker, bashMarker]);
+});
+
+test('#S18 credentials never reach the sandbox: userinfo URLs and control characters in tokens are refused, error texts are scrubbed', async (t) => {
+  const a = await attacker(S, t);
+  const withUser = routerUrl.replace('http://', 'http://user:secret-pw@');
+  const r1 = await register(a.id, { callback_url: withUser, token: 'tok-123456', tools: [{ name: 'fine' }] });
+  assert.equal(r1.status, 422);
+  assert.ok(!JSON.stringify(r1.body).includes('secret-pw'), 'the password is not echoed');
+  for (const token of ['abc\r\nX-Injected: 1', 'has space', 'tab\there', 'nul\u0000', 'é-non-ascii']) {
+    const r = await register(a.id, { callback_url: routerUrl, token, tools: [{ name: 'fine' }] });
+    assert.equal(r.status, 422, JSON.stringify(token));
+    assert.ok(!JSON.stringify(r.body).includes('X-Injected'));
+  }
+  // A router that echoes the token in an is_error reply: the sandbox sees it redacted.
+  const token = 'tok-SECRET-9f8e7d';
+  replies.set('leaky', (res) => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ is_error: true, content: `bad token ${token} at ${routerUrl}` })));
+  assert.equal((await register(a.id, { callback_url: `${routerUrl}?key=QUERYSECRET`, token, tools: [{ name: 'leaky' }] })).status, 200);
+  const r = await py(S.server, a.id, 'from _platform_tools import leaky, ToolError\ntry:\n    leaky()\nexcept ToolError as e:\n    print(e)');
+  assert.ok(!r.stdout.includes(token), r.stdout);
+  assert.match(r.stdout, /\[redacted\]/);
+  // Unreachable routers are described by an error code, never by a message quoting the URL.
+  const closedPort = await new Promise<number>((resolve) => {
+    const tmp = net.createServer().listen(0, '127.0.0.1', () => {
+      const port = (tmp.address() as AddressInfo).port;
+      tmp.close(() => resolve(port));
+    });
+  });
+  assert.equal((await register(a.id, { callback_url: `http://127.0.0.1:${closedPort}/x?key=QUERYSECRET`, token, tools: [{ name: 'fine' }] })).status, 200);
+  const down = await py(S.server, a.id, 'from _platform_tools import fine, ToolError\ntry:\n    fine()\nexcept ToolError as e:\n    print(e)');
+  assert.match(down.stdout, /unreachable: [A-Z]+/);
+  assert.ok(!down.stdout.includes('QUERYSECRET'));
+  await finishCase(S, a);
+});
+
+test('#S-race delete against exec (python, bash, editor) and register, in both orders: only 2xx/4xx, nothing left', async (t) => {
+  for (let round = 0; round < 6; round++) {
+    const a = await attacker(S, t);
+    const marker = pyMarker();
+    const calls = [
+      py(S.server, a.id, `import subprocess, time\nsubprocess.Popen(['python3', '-c', '#${marker}\\nimport time; time.sleep(60)'])\ntime.sleep(0.${round})\nprint(1)`),
+      sh(S.server, a.id, `sleep 0.${round}; echo hi`),
+      api(S.server, 'POST', `/sessions/${a.id}/exec`, { tool: 'text_editor_code_execution', input: { command: 'create', path: `f${round}.txt`, file_text: 'x'.repeat(100_000) } }),
+      register(a.id, { callback_url: routerUrl, token: 'tok-123456', tools: [{ name: 'fine' }] }),
+    ];
+    // Even rounds delete first (the calls find the session gone); odd rounds delete mid-call.
+    if (round % 2 === 1) await new Promise((r) => setImmediate(r));
+    const del = api(S.server, 'DELETE', `/sessions/${a.id}`);
+    const statuses = (await Promise.all(calls)).map((r) => r.status);
+    assert.equal((await del).status, 204);
+    for (const s of statuses) assert.ok(s < 500, `round ${round}: statuses ${statuses.join(',')}`);
+    await finishCase(S, null, [marker]);
+    assert.equal((await api(S.server, 'GET', `/sessions/${a.id}`)).status, 404);
+    assert.ok(await waitFor(async () => !(await exists(a.box.dir)), 5000), `round ${round}: the session's folder is gone`);
+  }
+});
