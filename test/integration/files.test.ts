@@ -3,8 +3,8 @@
  * with nothing left behind, 403 outside), download (bytes, Content-Length, Content-Type,
  * 404, 400 for anything but a regular file, never blocking on a FIFO, never following a
  * link out), and the listing the gateway diffs (non-recursive, files only, float
- * modified_at that moves on a rewrite; recursive=true extension). Files cross between
- * the API and the sandboxed code both ways.
+ * modified_at that moves on a rewrite; extensions: recursive=true, truncated). Files
+ * cross between the API and the sandboxed code both ways.
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -279,4 +279,41 @@ test('list extension: recursive=true walks folders and marks them is_dir', async
   assert.equal(files.find((f) => f.path === 'sub')!.is_dir, true);
   assert.equal(files.find((f) => f.path === 'sub/deep')!.is_dir, true);
   assert.ok(!files.find((f) => f.path === 'top.txt')!.is_dir);
+});
+
+test('list extension: a complete listing has no truncated field; the schema documents it', async () => {
+  const sid = await createSession(server);
+  await upload('1', 'a.txt', undefined, sid);
+  await upload('2', 'b.txt', 'sub/b.txt', sid);
+  for (const query of ['', '?recursive=true', '?path=a.txt']) {
+    const r = await list(query, sid);
+    assert.equal(r.status, 200);
+    assert.equal(r.headers.get('content-type'), 'application/json; charset=utf-8');
+    assert.equal('truncated' in r.body, false, `${query}: ${JSON.stringify(r.body)}`);
+    assert.ok((r.body.files as unknown[]).length >= 1);
+  }
+  const doc = await api(server, 'GET', '/openapi.json');
+  const ok = doc.body.paths['/sessions/{id}/files/list'].get.responses['200'];
+  const schema = ok.content['application/json'].schema;
+  assert.equal(schema.properties.truncated.type, 'boolean');
+  assert.deepEqual(schema.required, ['files'], 'truncated is optional; files is the v1 field');
+});
+
+test('list and download: names that are members of Object.prototype are plain names', async () => {
+  const sid = await createSession(server);
+  const names = ['x.__proto__', 'x.constructor', 'x.hasOwnProperty', 'x.toString'];
+  const made = await sh(server, sid, `for n in ${names.join(' ')}; do printf ok > "$n"; done`);
+  assert.equal(made.return_code, 0, made.stderr);
+  const r = await list('', sid);
+  assert.equal(r.status, 200, JSON.stringify(r.body));
+  assert.deepEqual(
+    (r.body.files as { path: string; mime_type: string | null }[]).map((f) => [f.path, f.mime_type]),
+    [...names].sort().map((n) => [n, null]),
+  );
+  for (const n of names) {
+    const d = await download(n, sid);
+    assert.equal(d.status, 200, n);
+    assert.equal(d.headers.get('content-type'), 'application/octet-stream');
+    assert.equal(d.bytes.toString(), 'ok');
+  }
 });
