@@ -22,6 +22,7 @@ import { ExecService } from './sessions/exec.js';
 import { buildApp } from './http/app.js';
 import { MemoryBudget } from './budget.js';
 import { LoopMonitor } from './loop-monitor.js';
+import { EditorWorkers } from './tools/text-editor.js';
 import type { IsolationInfo } from './http/routes/health.js';
 
 const here = (rel: string) => fileURLToPath(new URL(rel, import.meta.url));
@@ -259,6 +260,7 @@ async function main(): Promise<void> {
   if (cgroups) isolation.protections.push('memory limit per session (cgroup)');
   log.info({ isolation }, `isolation mode: ${isolation.mode}`);
   const budget = new MemoryBudget(config.serverMemoryBudgetMb * 1024 * 1024);
+  const editorWorkers = new EditorWorkers();
   const sessions = new SessionManager(
     config,
     { config, launcher, zygote, cgroups, uids, privileged, canRenice: privileged && hasCapability(CAP_SYS_NICE), tmpfsQuota, driverHostDir: DRIVER_DIR, budget },
@@ -269,7 +271,7 @@ async function main(): Promise<void> {
       return { uid, gid: uid };
     },
   );
-  const exec = new ExecService(config, sessions, budget);
+  const exec = new ExecService(config, sessions, budget, editorWorkers);
   const loop = new LoopMonitor();
   const app = await buildApp({ config, log, sessions, exec, isolation, version: VERSION, budget, loopStats: () => loop.snapshot() });
   await app.listen({ port: config.port, host: config.host });
@@ -296,6 +298,7 @@ async function main(): Promise<void> {
         // Every session is gone, so no call is still useful: cut what is left.
         app.server.closeAllConnections();
         await zygote?.close();
+        await editorWorkers.close();
         return closing;
       })
       .then(

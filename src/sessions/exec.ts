@@ -15,7 +15,7 @@ import { SandboxError } from '../errors.js';
 import type { SessionManager } from './manager.js';
 import type { Session } from './session.js';
 import { detectLimit, describeLimit } from './box.js';
-import { TextEditor, WorkspaceEditorFs, editorWorkers, type EditorInput } from '../tools/text-editor.js';
+import { TextEditor, WorkspaceEditorFs, type EditorWorkers, type EditorInput } from '../tools/text-editor.js';
 import { buildResponse, truncationMarker, appendNotes, stripOneNewline, type ExecResponse, type ToolName, type ToolRun } from '../tools/result.js';
 import { callRouter } from '../tools/platform-tools.js';
 import type { CappedBuffer } from '../runner/output.js';
@@ -61,6 +61,8 @@ export class ExecService {
     private readonly config: Config,
     private readonly sessions: SessionManager,
     private readonly budget: MemoryBudget,
+    /** The worker pool for large editor operations (shared by every session). */
+    private readonly editorWorkers: EditorWorkers,
   ) {
     this.schemas = toolInputSchemas(config.maxCodeChars);
     const compiled = (name: ToolName) => {
@@ -113,7 +115,7 @@ export class ExecService {
         const editor = new TextEditor(new WorkspaceEditorFs(session.box.fs), session.undo, {
           maxOutputBytes: this.config.maxOutputBytes,
           budget: this.budget,
-          workers: editorWorkers(),
+          workers: this.editorWorkers,
         });
         const r = await editor.run(input as unknown as EditorInput);
         return {

@@ -340,17 +340,6 @@ export class EditorWorkers {
   }
 }
 
-let processWorkers: EditorWorkers | undefined;
-
-/**
- * The process's one editor pool. A module-level instance because the pool is shared by
- * every session and made lazily (most servers never need it); its threads are unref'd
- * when idle and end with the process.
- */
-export function editorWorkers(): EditorWorkers {
-  return (processWorkers ??= new EditorWorkers());
-}
-
 export interface EditorOptions {
   /** SANDBOX_RUNNER_MAX_OUTPUT_BYTES: text of stdout and of each detail, at most. */
   maxOutputBytes: number;
