@@ -117,20 +117,28 @@ export class Session {
     return signal ? Promise.race([result, abandoned]) : result;
   }
 
+  /** The error for a session that is gone (deleted, reaped, shut down). */
+  gone(cause?: unknown): SandboxError {
+    return new SandboxError('SBX_SESSION_NOT_FOUND', `session not found: ${this.id}`, { cause });
+  }
+
   /**
    * Runs an operation on the session's box (a file, a register, a call). If the session
-   * was deleted, reaped or shut down meanwhile, whatever that did to the operation (its
-   * folder gone, its process killed) is reported as the session being gone (404), never
-   * as a server failure.
+   * was deleted, reaped or shut down by the time it settles, its outcome, success or
+   * failure (its folder gone, its process killed), is reported as the session being gone
+   * (404), never as a server failure.
    */
   async guard<T>(fn: () => Promise<T>): Promise<T> {
-    if (this.closed) throw new SandboxError('SBX_SESSION_NOT_FOUND', `session not found: ${this.id}`);
+    if (this.closed) throw this.gone();
+    let value: T;
     try {
-      return await fn();
+      value = await fn();
     } catch (e) {
-      if (this.closed) throw new SandboxError('SBX_SESSION_NOT_FOUND', `session not found: ${this.id}`, { cause: e });
+      if (this.closed) throw this.gone(e);
       throw e;
     }
+    if (this.closed) throw this.gone();
+    return value;
   }
 
   /** Resolves when every queued call has settled. */

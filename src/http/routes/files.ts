@@ -22,7 +22,6 @@ import { ErrorBody, FileListResponse, SessionParams } from '../schemas.js';
 import { SandboxError } from '../../errors.js';
 import { resolveInside } from '../../files/paths.js';
 import { listReserveBytes, type FileEntry as Entry } from '../../files/workspace-fs.js';
-import type { Session } from '../../sessions/session.js';
 
 /** Size of the pieces a listing answer is written in; the event loop runs between them. */
 const LIST_CHUNK_CHARS = 64 * 1024;
@@ -41,24 +40,6 @@ export function mimeOf(name: string): string | null {
   const ext = name.includes('.') ? name.slice(name.lastIndexOf('.') + 1).toLowerCase() : '';
   const type = EXTRA_TYPES.get(ext) ?? mime.lookup(name);
   return typeof type === 'string' ? type : null;
-}
-
-function sessionGone(session: Session): SandboxError {
-  return new SandboxError('SBX_SESSION_NOT_FOUND', `session not found: ${session.id}`);
-}
-
-/** Runs a file operation of a session: if the session was closed (deleted, reaped, shut
- * down) by the time it settles, its outcome, success or failure, is 404. */
-async function onSession<T>(session: Session, fn: () => Promise<T>): Promise<T> {
-  let value: T;
-  try {
-    value = await fn();
-  } catch (e) {
-    if (session.closed) throw sessionGone(session);
-    throw e;
-  }
-  if (session.closed) throw sessionGone(session);
-  return value;
 }
 
 /** A listing answer as JSON text in pieces of about LIST_CHUNK_CHARS, yielding to the
@@ -117,12 +98,12 @@ export function registerFileRoutes(app: App, deps: AppDeps): void {
         if (!staged) throw new SandboxError('SBX_VALIDATION', [{ type: 'missing', loc: ['body', 'file'], msg: 'Field required', input: null }]);
         const dest = path || staged.filename || 'upload.bin';
         const resolved = resolveInside(dest);
-        await onSession(session, () => fs.commit(staged!.staged, resolved, dest));
+        await session.guard(() => fs.commit(staged!.staged, resolved, dest));
         session.touch();
         return reply.code(201).send({ path: resolved.rel, size_bytes: staged.size });
       } catch (e) {
         if (staged) await fs.discard(staged.staged).catch(() => {});
-        if (session.closed) throw sessionGone(session);
+        if (session.closed) throw session.gone();
         const err = e as { name?: string; statusCode?: number; code?: string; message?: string };
         // A body busboy cannot parse is the client's fault: a 400, never a 500.
         if (err.name !== 'SandboxError' && err.statusCode === undefined && err.code === undefined) {
@@ -148,7 +129,7 @@ export function registerFileRoutes(app: App, deps: AppDeps): void {
       session.touch();
       const display = req.query.path;
       const resolved = resolveInside(display);
-      const { stream, size } = await onSession(session, async () => {
+      const { stream, size } = await session.guard(async () => {
         const opened = await session.box.fs.streamFile(resolved, display, deps.config.maxDownloadBytes, () => session.closed);
         if (session.closed && opened.stream instanceof Readable) opened.stream.destroy();
         return opened;
@@ -158,7 +139,7 @@ export function registerFileRoutes(app: App, deps: AppDeps): void {
         // before each chunk, and this timer catches a client that stopped reading. The
         // stream ends with an error, and the connection with it (Content-Length was sent).
         const watch = setInterval(() => {
-          if (session.closed) stream.destroy(sessionGone(session));
+          if (session.closed) stream.destroy(session.gone());
         }, WATCH_INTERVAL_MS);
         watch.unref();
         stream.once('close', () => clearInterval(watch));
@@ -203,7 +184,7 @@ export function registerFileRoutes(app: App, deps: AppDeps): void {
       const reservation = deps.budget.reserve(listReserveBytes(limits), 'a file listing');
       let handedOver = false;
       try {
-        const { entries, truncated } = await onSession(session, () =>
+        const { entries, truncated } = await session.guard(() =>
           session.box.fs.list(resolved, display, { recursive: req.query.recursive, ...limits, cancelled: () => session.closed }, mimeOf),
         );
         const body = Readable.from(listingJson(entries, truncated), { objectMode: false });
