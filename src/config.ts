@@ -59,6 +59,13 @@ const SETTINGS = {
   httpRequestTimeoutSeconds: int('SANDBOX_HTTP_REQUEST_TIMEOUT_SECONDS', 120, 1, 24 * 3600, 'Time a client has to send a whole request (headers and body), seconds'),
   httpHeadersTimeoutSeconds: int('SANDBOX_HTTP_HEADERS_TIMEOUT_SECONDS', 20, 1, 3600, 'Time a client has to send the request headers, seconds'),
   httpKeepAliveTimeoutSeconds: int('SANDBOX_HTTP_KEEPALIVE_TIMEOUT_SECONDS', 72, 1, 3600, 'How long an idle keep-alive connection is kept open, seconds'),
+  httpSendTimeoutSeconds: int(
+    'SANDBOX_HTTP_SEND_TIMEOUT_SECONDS',
+    60,
+    1,
+    24 * 3600,
+    'How long a response may make no progress (a client that stops reading) before its connection is cut, seconds',
+  ),
   httpMaxConnections: int('SANDBOX_HTTP_MAX_CONNECTIONS', 1024, 8, 1_000_000, 'Open client connections at most; further connections are closed at once'),
   isolation: {
     env: 'SANDBOX_ISOLATION',

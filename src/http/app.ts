@@ -102,6 +102,15 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     limits: { fileSize: deps.config.maxUploadBytes, files: 1, fields: 16, fieldSize: 64 * 1024, parts: 20, headerPairs: 200 },
   });
 
+  // A client that stops reading an answer (a big listing, a download) would keep its
+  // memory reservation and descriptor forever: once the answer is being sent, a stall of
+  // SANDBOX_HTTP_SEND_TIMEOUT_SECONDS without progress cuts the connection. (The socket's
+  // inactivity timer; after the answer, Node sets it back to the keep-alive timeout.)
+  const sendTimeoutMs = deps.config.httpSendTimeoutSeconds * 1000;
+  app.addHook('onSend', async (_req, reply) => {
+    reply.raw.setTimeout(sendTimeoutMs, () => reply.raw.destroy());
+  });
+
   app.addHook('onResponse', async (req, reply) => {
     const params = req.params as { id?: string } | undefined;
     req.log.info(

@@ -13,7 +13,7 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
-import { readdir } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import {
   api,
   attacker,
@@ -60,6 +60,7 @@ before(async () => {
     SANDBOX_HTTP_REQUEST_TIMEOUT_SECONDS: '3',
     SANDBOX_HTTP_HEADERS_TIMEOUT_SECONDS: '2',
     SANDBOX_HTTP_MAX_CONNECTIONS: '64',
+    SANDBOX_HTTP_SEND_TIMEOUT_SECONDS: '2',
     SANDBOX_INTERRUPT_GRACE_MS: '500',
     SANDBOX_EXEC_QUEUE_MAX: '1',
   });
@@ -205,6 +206,38 @@ test('#S11 connections that send headers and one byte of body are timed out; pas
   slow.write('GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ');
   await slowClosed;
   await finishCase(S, null);
+});
+
+/** TCP state (hex, /proc/net/tcp) of the server's end of a loopback connection, found by
+ * its two ports; null when it is gone. '01' is ESTABLISHED. */
+async function serverSideState(serverPort: number, clientPort: number): Promise<string | null> {
+  const hex = (p: number) => `:${p.toString(16).toUpperCase().padStart(4, '0')}`;
+  for (const line of (await readFile('/proc/net/tcp', 'utf8')).split('\n').slice(1)) {
+    const f = line.trim().split(/\s+/);
+    if (f[1]?.endsWith(hex(serverPort)) && f[2]?.endsWith(hex(clientPort))) return f[3] ?? null;
+  }
+  return null;
+}
+
+test('#S11b a client that stops reading a large download has its connection cut; nothing stays reserved', async (t) => {
+  const a = await attacker(S, t);
+  assert.equal((await sh(S.server, a.id, 'head -c 64M /dev/zero > /workspace/big.bin && echo ok')).stdout, 'ok\n');
+  const u = new URL(S.server.url);
+  const s = net.connect(Number(u.port), u.hostname);
+  t.after(() => void s.destroy());
+  s.on('error', () => {});
+  await new Promise<void>((r) => s.once('connect', () => r()));
+  const port = s.localPort!;
+  s.write(`GET /sessions/${a.id}/files?path=big.bin HTTP/1.1\r\nHost: x\r\n\r\n`);
+  s.pause(); // never read: the server's writes stall once the socket buffers are full
+  // The server closes its end: no longer ESTABLISHED (its FIN waits behind the unread
+  // bytes, in the kernel, without a descriptor of ours).
+  const serverPort = Number(u.port);
+  const cut = await waitFor(async () => (await serverSideState(serverPort, port)) !== '01', 60_000);
+  assert.ok(cut, `the stalled download's connection is still open (state ${await serverSideState(serverPort, port)})`);
+  const health = await api(S.server, 'GET', '/health');
+  assert.equal(health.body.memory_budget.used_bytes, 0, 'nothing is reserved once every answer is done');
+  await finishCase(S, a);
 });
 
 test('#S15 tool names that were the module internals are plain tools; reserved names are refused', async (t) => {
