@@ -231,6 +231,8 @@ export class Zygote {
     let buf = '';
     (child.stdio[4] as Readable).setEncoding('utf8').on('data', (d: string) => {
       buf += d;
+      // Messages are short lines; a runaway line (a defect) is dropped, never held.
+      if (buf.length > 1024 * 1024 && buf.indexOf('\n') < 0) buf = '';
       let nl: number;
       while ((nl = buf.indexOf('\n')) >= 0) {
         const line = buf.slice(0, nl);
