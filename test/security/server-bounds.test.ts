@@ -14,6 +14,7 @@ import http from 'node:http';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { readdir, readFile } from 'node:fs/promises';
+import { createSession, startServer, upload } from '../helpers/server.js';
 import {
   api,
   attacker,
@@ -383,5 +384,67 @@ test('#S-race delete against exec (python, bash, editor) and register, in both o
     await finishCase(S, null, [marker]);
     assert.equal((await api(S.server, 'GET', `/sessions/${a.id}`)).status, 404);
     assert.ok(await waitFor(async () => !(await exists(a.box.dir)), 5000), `round ${round}: the session's folder is gone`);
+  }
+});
+
+test('#S-race reap and shutdown against exec, register, editor, upload, download and list: no 5xx but 503, nothing left', { timeout: 180_000 }, async () => {
+  const srv = await startServer({ SANDBOX_SESSION_GC_INTERVAL: '1', SANDBOX_SHUTDOWN_GRACE_SECONDS: '1' });
+  let stopped = false;
+  try {
+    // Reap: a session whose lifetime ends while every kind of call keeps hitting it.
+    const id = await createSession(srv, { max_lifetime_seconds: 2 });
+    assert.equal((await sh(srv, id, 'head -c 4M /dev/zero > big.bin; mkdir -p d && touch d/a d/b; echo ok')).stdout, 'ok\n');
+    const seen: number[] = [];
+    const hit = async (): Promise<number[]> =>
+      (
+        await Promise.all([
+          py(srv, id, 'x = 1'),
+          sh(srv, id, 'true'),
+          api(srv, 'POST', `/sessions/${id}/exec`, { tool: 'text_editor_code_execution', input: { command: 'create', path: 'e.txt', file_text: 'e' } }),
+          api(srv, 'POST', `/sessions/${id}/programmatic-tools/register`, { callback_url: routerUrl, token: 'tok-123456', tools: [{ name: 'fine' }] }),
+          api(srv, 'GET', `/sessions/${id}/files/list?recursive=true`),
+          fetch(`${srv.url}/sessions/${id}/files?path=big.bin`).then(async (r) => (await r.arrayBuffer(), r)),
+          upload(srv, id, 'u', { path: 'u.txt' }),
+        ])
+      ).map((r) => r.status);
+    assert.ok(
+      await waitFor(async () => {
+        const statuses = await hit();
+        seen.push(...statuses);
+        return statuses.every((s) => s === 404);
+      }, 60_000),
+      'the session was reaped',
+    );
+    assert.ok(
+      seen.every((s) => s < 500),
+      `statuses while reaping: ${[...new Set(seen)].join(',')}`,
+    );
+    // Shutdown with calls of every kind in flight.
+    const b = await createSession(srv);
+    assert.equal((await sh(srv, b, 'head -c 32M /dev/zero > big.bin; echo ok')).stdout, 'ok\n');
+    const inflight = [
+      py(srv, b, 'import time\ntime.sleep(30)', { timeout_seconds: 60 }),
+      sh(srv, b, 'sleep 30', { timeout_seconds: 60 }),
+      api(srv, 'GET', `/sessions/${b}/files/list?recursive=true`),
+      fetch(`${srv.url}/sessions/${b}/files?path=big.bin`).then(async (r) => (await r.arrayBuffer(), r)),
+      upload(srv, b, Buffer.alloc(8 << 20, 1), { path: 'up.bin' }),
+    ].map((p) => p.then((r) => r.status).catch(() => 'cut' as const));
+    const exited = new Promise<number | null>((resolve) => srv.proc.once('exit', (code) => resolve(code)));
+    srv.proc.kill('SIGTERM');
+    const late = await Promise.all([
+      createSession(srv).then(
+        () => 201,
+        (e: Error) => (/503/.test(e.message) ? 503 : 'cut'),
+      ),
+      ...inflight,
+    ]);
+    assert.equal(await exited, 0, srv.logs().slice(-2000));
+    stopped = true;
+    for (const s of late) assert.ok(s === 'cut' || s < 500 || s === 503, `statuses at shutdown: ${late.join(',')}`);
+    const left = (await readdir(srv.sessionsRoot)).filter((n) => !n.startsWith('.'));
+    assert.deepEqual(left, [], 'every session folder removed');
+  } finally {
+    if (!stopped) srv.proc.kill('SIGKILL');
+    await srv.stop();
   }
 });
