@@ -14,6 +14,8 @@ import { SandboxError } from './errors.js';
 
 export interface Reservation {
   readonly bytes: number;
+  /** Shrinks the reservation to `bytes` once the real need is known (never grows it). */
+  shrink(bytes: number): void;
   /** Idempotent. */
   release(): void;
 }
@@ -37,13 +39,22 @@ export class MemoryBudget {
       throw new SandboxError('SBX_SERVER_BUSY', `the server is busy with other large operations; ${what} was not started; retry shortly`, { headers: { 'retry-after': '1' } });
     }
     this.used += n;
+    let held = n;
     let released = false;
     return {
-      bytes: n,
+      get bytes() {
+        return held;
+      },
+      shrink: (bytes: number) => {
+        const to = Math.max(0, Math.ceil(bytes));
+        if (released || to >= held) return;
+        this.used -= held - to;
+        held = to;
+      },
       release: () => {
         if (released) return;
         released = true;
-        this.used -= n;
+        this.used -= held;
       },
     };
   }

@@ -68,6 +68,12 @@ export function listReserveBytes(limits: { maxEntries: number; maxBytes: number 
   return 3 * limits.maxBytes + LIST_ENTRY_OVERHEAD_BYTES * limits.maxEntries + 1024 * 1024;
 }
 
+/** What a finished listing holds while its answer is written: its entries and the JSON
+ * pieces in flight. */
+export function listHeldBytes(listing: { entries: unknown[]; jsonBytes: number }): number {
+  return 3 * listing.jsonBytes + LIST_ENTRY_OVERHEAD_BYTES * listing.entries.length + 64 * 1024;
+}
+
 export interface ListOptions {
   recursive: boolean;
   maxEntries: number;
@@ -82,6 +88,8 @@ export interface Listing {
   entries: FileEntry[];
   /** True when the walk stopped at a cap: more entries exist than were returned. */
   truncated: boolean;
+  /** JSON size of the entries (as counted against maxBytes). */
+  jsonBytes: number;
 }
 
 interface WalkState {
@@ -406,7 +414,10 @@ export class WorkspaceFs {
       dir = await this.openDir(p.segments, display);
     } catch (e) {
       if ((e as SandboxError).code === 'SBX_FILE_NOT_FOUND') throw new SandboxError('SBX_FILE_NOT_FOUND', `path not found: ${display}`);
-      if ((e as SandboxError).code === 'SBX_NOT_A_FILE') return { entries: await this.listSingleFile(p, display, mimeOf), truncated: false };
+      if ((e as SandboxError).code === 'SBX_NOT_A_FILE') {
+        const entries = await this.listSingleFile(p, display, mimeOf);
+        return { entries, truncated: false, jsonBytes: JSON.stringify(entries).length };
+      }
       throw e;
     }
     const state: WalkState = { entries: [], bytes: 0, scanned: 0, truncated: false, stopped: false };
@@ -417,7 +428,7 @@ export class WorkspaceFs {
     }
     // Bounded: at most maxEntries entries whose paths total at most maxBytes.
     state.entries.sort(byPath);
-    return { entries: state.entries, truncated: state.truncated };
+    return { entries: state.entries, truncated: state.truncated, jsonBytes: state.bytes };
   }
 
   private async listSingleFile(p: ResolvedPath, display: string, mimeOf: (name: string) => string | null): Promise<FileEntry[]> {

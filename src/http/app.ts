@@ -14,6 +14,8 @@ import swagger from '@fastify/swagger';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { Config } from '../config.js';
 import { isSandboxError, SandboxError } from '../errors.js';
+import { jsonTooComplex, MAX_JSON_TOKENS } from '../json-bounds.js';
+import { releaseWithResponse } from './hold.js';
 import type { Logger } from '../log.js';
 import type { MemoryBudget } from '../budget.js';
 import type { LoopStats } from '../loop-monitor.js';
@@ -41,6 +43,8 @@ export type App = FastifyInstance<any, any, any, Logger, TypeBoxTypeProvider>;
 
 const MiB = 1024 * 1024;
 const DEFAULT_BODY_LIMIT = 64 * 1024;
+/** Bodies up to this size are held without a budget reservation (bounded by connections). */
+const SMALL_BODY_BYTES = 64 * 1024;
 
 export async function buildApp(deps: AppDeps): Promise<App> {
   const app = Fastify({
@@ -73,10 +77,30 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   // descriptor each until the process runs out.
   app.server.maxConnections = deps.config.httpMaxConnections;
 
+  // A JSON body is held whole while it arrives and is parsed: bodies over
+  // SMALL_BODY_BYTES first reserve their size (as raw bytes, text and parsed values) from
+  // the memory budget, so many clients sending big bodies slowly get 503s, not the heap.
+  // (Multipart uploads stream to disk and hold no body.)
+  app.addHook('preParsing', async (req, reply, payload) => {
+    if (!/^application\/json/i.test(req.headers['content-type'] ?? '')) return payload;
+    const declared = Number(req.headers['content-length']);
+    const limit = req.routeOptions.bodyLimit ?? DEFAULT_BODY_LIMIT;
+    const bytes = Number.isFinite(declared) && declared >= 0 ? Math.min(declared, limit) : limit;
+    if (bytes <= SMALL_BODY_BYTES) return payload;
+    releaseWithResponse(reply.raw, deps.budget.reserve(bytes * 3, 'a large request body'));
+    return payload;
+  });
+
   // An empty JSON body is an empty object (the reference accepts POST /sessions with none).
+  // Bodies too complex to parse cheaply (json-bounds.ts) are refused before JSON.parse.
   app.removeContentTypeParser('application/json');
-  app.addContentTypeParser('application/json', { parseAs: 'string' }, (_req, body, done) => {
-    const text = typeof body === 'string' ? body : body.toString('utf8');
+  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (_req, body, done) => {
+    const bytes = body as Buffer;
+    if (jsonTooComplex(bytes)) {
+      done(new SandboxError('SBX_BODY_TOO_LARGE', `request body too complex: more than ${MAX_JSON_TOKENS} JSON values`) as unknown as Error, undefined);
+      return;
+    }
+    const text = bytes.toString('utf8');
     if (text.trim() === '') return done(null, {});
     try {
       done(null, JSON.parse(text));
@@ -106,9 +130,25 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   // memory reservation and descriptor forever: once the answer is being sent, a stall of
   // SANDBOX_HTTP_SEND_TIMEOUT_SECONDS without progress cuts the connection. (The socket's
   // inactivity timer; after the answer, Node sets it back to the keep-alive timeout.)
+  // A large answer (an exec result of up to 2 x SANDBOX_RUNNER_MAX_OUTPUT_BYTES, escaped)
+  // also holds its size of the memory budget until it is sent, so clients that read
+  // nothing cannot make the server hold many of them: past the budget, a 503.
   const sendTimeoutMs = deps.config.httpSendTimeoutSeconds * 1000;
-  app.addHook('onSend', async (_req, reply) => {
+  app.addHook('onSend', async (_req, reply, payload) => {
     reply.raw.setTimeout(sendTimeoutMs, () => reply.raw.destroy());
+    const size = typeof payload === 'string' ? payload.length * 2 : Buffer.isBuffer(payload) ? payload.length : 0;
+    if (size <= SMALL_BODY_BYTES) return payload;
+    let held;
+    try {
+      held = deps.budget.reserve(size, 'the answer');
+    } catch (e) {
+      const err = e as SandboxError;
+      void reply.code(err.status).header('content-type', 'application/json; charset=utf-8');
+      for (const [k, v] of Object.entries(err.headers)) void reply.header(k, v);
+      return JSON.stringify({ detail: err.detail, code: err.code });
+    }
+    releaseWithResponse(reply.raw, held);
+    return payload;
   });
 
   app.addHook('onResponse', async (req, reply) => {

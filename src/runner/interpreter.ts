@@ -24,6 +24,7 @@ import { encodeFrame, FrameDecoder, type Frame } from './frame-codec.js';
 import { CappedBuffer } from './output.js';
 import type { ControlChannel, ExitInfo, InterpreterProcess } from '../sandbox/launcher.js';
 import { SandboxError } from '../errors.js';
+import { jsonTooComplex, MAX_JSON_TOKENS } from '../json-bounds.js';
 
 export type LimitKind = 'wall_clock' | 'memory' | 'cpu' | 'output_bytes' | 'file_size' | 'processes' | 'disk';
 
@@ -63,6 +64,10 @@ const MAX_FRAME_BYTES = 2 * 1024 * 1024;
 const MAX_TOOL_CALLS_IN_FLIGHT = 4;
 const DIAG_BYTES = 8192;
 const WRITE_HIGH_WATER_BYTES = 4 * 1024 * 1024;
+/** Hello and done frames are a few fields: anything larger is forged and ignored. */
+const SMALL_FRAME_BYTES = 64 * 1024;
+/** The driver sends tool arguments of at most 1 MiB (TOOL_CALL_MAX in driver.py). */
+const TOOL_FRAME_BYTES = 1024 * 1024 + 4096;
 
 interface Pending {
   id: number;
@@ -246,7 +251,7 @@ export class Interpreter {
         }
         return;
       case 'H':
-        this.onHello?.(parseJson(f.body) ?? {});
+        this.onHello?.(parseJson(f.body, SMALL_FRAME_BYTES) ?? {});
         this.onHello = null;
         return;
       case 'X':
@@ -254,16 +259,24 @@ export class Interpreter {
         if (this.onHello && this.diag.length < DIAG_BYTES) this.diag += `${f.body.toString('utf8').slice(0, 1000)}\n`;
         return;
       case 'T': {
-        const msg = parseJson(f.body);
-        // The driver makes 32-hex-digit ids and Python names; anything else is not echoed.
-        if (!p || !msg || typeof msg.call_id !== 'string' || typeof msg.name !== 'string' || msg.call_id.length > 64 || msg.name.length > 128) return;
-        const callId = msg.call_id;
+        if (!p) return;
+        // Refusals that need no parse: the driver writes the call id first, so it can be
+        // answered without building the arguments (whose parse cost follows their shape).
+        const early = /^\{"call_id":"([0-9a-f]{32})"/.exec(f.body.subarray(0, 64).toString('latin1'))?.[1];
         if (this.toolCallsInFlight >= MAX_TOOL_CALLS_IN_FLIGHT) {
           // Only forked children can issue calls in parallel; never let them pile up
           // router requests on the server.
-          this.send('U', { call_id: callId, ok: false, error: `too many tool calls at once (limit ${MAX_TOOL_CALLS_IN_FLIGHT})` });
+          if (early) this.send('U', { call_id: early, ok: false, error: `too many tool calls at once (limit ${MAX_TOOL_CALLS_IN_FLIGHT})` });
           return;
         }
+        if (f.body.length > TOOL_FRAME_BYTES || jsonTooComplex(f.body)) {
+          if (early) this.send('U', { call_id: early, ok: false, error: `tool arguments too large or too complex (at most ${MAX_JSON_TOKENS} JSON values)` });
+          return;
+        }
+        const msg = parseJson(f.body, TOOL_FRAME_BYTES);
+        // The driver makes 32-hex-digit ids and Python names; anything else is not echoed.
+        if (!msg || typeof msg.call_id !== 'string' || typeof msg.name !== 'string' || msg.call_id.length > 64 || msg.name.length > 128) return;
+        const callId = msg.call_id;
         this.toolCallsInFlight++;
         const handler = p.req.onToolCall;
         const reply = handler ? handler({ callId, name: msg.name, input: msg.input }) : Promise.resolve<ToolReply>({ ok: false, error: 'no tools are registered in this session' });
@@ -277,7 +290,7 @@ export class Interpreter {
         return;
       }
       case 'D': {
-        const msg = parseJson(f.body);
+        const msg = parseJson(f.body, SMALL_FRAME_BYTES);
         if (!p || !msg || msg.id !== p.id) return;
         this.settle(p, msg);
         return;
@@ -392,7 +405,10 @@ export class Interpreter {
   }
 }
 
-function parseJson(body: Buffer): Record<string, unknown> | null {
+/** A JSON object from a frame; null if it is larger than `maxBytes`, too complex to parse
+ * cheaply (json-bounds.ts), not JSON or not an object. */
+function parseJson(body: Buffer, maxBytes: number): Record<string, unknown> | null {
+  if (body.length > maxBytes || jsonTooComplex(body)) return null;
   try {
     const v: unknown = JSON.parse(body.toString('utf8'));
     return typeof v === 'object' && v !== null ? (v as Record<string, unknown>) : null;

@@ -96,12 +96,19 @@ export class ExecService {
   private validate(tool: ToolName, input: Record<string, unknown>): void {
     if (this.checks[tool](input)) return;
     const schema = this.schemas[tool];
-    const detail = [...Value.Errors(schema, input)].slice(0, 20).map((e) => ({
-      type: e.keyword,
-      loc: e.instancePath === '' ? [] : e.instancePath.slice(1).split('/'),
-      msg: e.keyword === 'required' ? `Field required: ${String((e.params as { requiredProperties?: string[] }).requiredProperties?.join(', ') ?? '')}` : e.message,
-      input: preview(e.instancePath === '' ? input : Value.Pointer.Get(input, e.instancePath)),
-    }));
+    // Value.Errors lists every problem; the tool schemas are flat, so arrays are the only
+    // place a hostile input can multiply them: its errors are taken from a copy whose
+    // arrays are cut to a few items.
+    const shallow = Object.fromEntries(Object.entries(input).map(([k, v]) => [k, Array.isArray(v) ? v.slice(0, 4) : v]));
+    const detail = Value.Errors(schema, shallow)
+      .slice(0, 20)
+      .map((e) => ({
+        type: e.keyword,
+        loc: e.instancePath === '' ? [] : e.instancePath.slice(1).split('/'),
+        msg: e.keyword === 'required' ? `Field required: ${String((e.params as { requiredProperties?: string[] }).requiredProperties?.join(', ') ?? '')}` : e.message,
+        input: preview(e.instancePath === '' ? shallow : Value.Pointer.Get(shallow, e.instancePath)),
+      }));
+    if (detail.length === 0) detail.push({ type: 'type', loc: [], msg: `invalid input for ${tool}: an array holds a value of the wrong type`, input: '<object>' });
     throw new SandboxError('SBX_VALIDATION', detail);
   }
 

@@ -23,6 +23,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { SandboxError } from '../errors.js';
+import { jsonTooComplex, MAX_JSON_TOKENS } from '../json-bounds.js';
 import type { ToolCall, ToolReply } from '../runner/interpreter.js';
 
 const PYTHON_KEYWORDS = new Set(
@@ -108,15 +109,22 @@ export function validateRouting(callbackUrl: string, token: string): void {
   // Credentials in the URL would travel in error texts and logs; the token is the way.
   if (url.username !== '' || url.password !== '') throw new SandboxError('SBX_VALIDATION', 'callback_url must not contain user:password@ (send the credential as the token)');
   if (token === '') throw new SandboxError('SBX_VALIDATION', 'token must not be empty');
-  // A header value: visible ASCII only (no spaces, CR, LF or other control characters).
-  if (!/^[\x21-\x7e]+$/.test(token)) throw new SandboxError('SBX_VALIDATION', 'token must be printable ASCII without spaces or control characters');
+  // RFC 6750's b64token: letters, digits and -._~+/ with = at the end. No spaces, quotes,
+  // backslashes or control characters (header injection; escaped forms that a scrub of
+  // the token would miss).
+  if (!/^[A-Za-z0-9\-._~+/]+=*$/.test(token)) throw new SandboxError('SBX_VALIDATION', 'token must be a bearer token: letters, digits and -._~+/ (then = padding), nothing else');
 }
 
-/** Removes the token and the URL's query from a text the sandbox will read. */
+/** Removes the token and the router URL (whole, its path and query, and their encoded
+ * forms) from a text the sandbox will read; then cuts it short. */
 function scrub(text: string, reg: ToolRouting): string {
-  let out = text.slice(0, 500);
-  for (const secret of [reg.token, reg.callbackUrl]) if (secret.length >= 4) out = out.split(secret).join('[redacted]');
-  return out;
+  const url = new URL(reg.callbackUrl);
+  const urlParts = [reg.callbackUrl, url.href, `${url.host}${url.pathname}`, `${url.pathname}${url.search}`, url.search.slice(1)].filter((s) => s.length > 1);
+  let out = text.slice(0, 64 * 1024);
+  for (const s of [...urlParts, reg.token]) {
+    for (const form of new Set([s, encodeURIComponent(s), JSON.stringify(s).slice(1, -1)])) out = out.split(form).join('[redacted]');
+  }
+  return out.slice(0, 500);
 }
 
 /** True when v nests arrays/objects deeper than max (iterative: no stack to overflow). */
@@ -148,7 +156,8 @@ export async function callRouter(reg: ToolRouting, call: ToolCall, opts: { maxRe
   if (nestedDeeperThan(call.input, MAX_DEPTH)) return { ok: false, error: `tool '${call.name}': arguments nested deeper than ${MAX_DEPTH} levels` };
   let held: { release(): void };
   try {
-    held = opts.reserve(opts.maxReplyBytes * 3);
+    // The raw reply, its text and its parsed values (at most MAX_JSON_TOKENS of them).
+    held = opts.reserve(opts.maxReplyBytes * 3 + MAX_JSON_TOKENS * 64);
   } catch {
     return { ok: false, error: `tool '${call.name}' not called: the server is busy; retry shortly` };
   }
@@ -180,8 +189,9 @@ async function callOnce(reg: ToolRouting, call: ToolCall, maxReplyBytes: number)
   }
   let data: unknown;
   try {
-    const text = await readCapped(res, maxReplyBytes);
-    data = JSON.parse(text);
+    const raw = await readCapped(res, maxReplyBytes);
+    if (jsonTooComplex(raw)) throw new ReplyTooLarge(`the reply holds more than ${MAX_JSON_TOKENS} JSON values`);
+    data = JSON.parse(raw.toString('utf8'));
   } catch (e) {
     const why = e instanceof SyntaxError ? 'the reply is not valid JSON' : e instanceof ReplyTooLarge ? e.message : failureReason(e);
     return { ok: false, error: `tool '${call.name}' transport error: ${why}` };
@@ -199,9 +209,9 @@ async function callOnce(reg: ToolRouting, call: ToolCall, maxReplyBytes: number)
 
 class ReplyTooLarge extends Error {}
 
-async function readCapped(res: Response, max: number): Promise<string> {
+async function readCapped(res: Response, max: number): Promise<Buffer> {
   const reader = res.body?.getReader();
-  if (!reader) return '';
+  if (!reader) return Buffer.alloc(0);
   const chunks: Uint8Array[] = [];
   let total = 0;
   for (;;) {
@@ -214,5 +224,5 @@ async function readCapped(res: Response, max: number): Promise<string> {
     }
     chunks.push(value);
   }
-  return Buffer.concat(chunks).toString('utf8');
+  return Buffer.concat(chunks);
 }

@@ -111,6 +111,14 @@ test('#27 disk fill of the workspace stops with a clear error; the victim still 
   const ed = await editor(S.server, a.id, { command: 'create', path: 'ed.txt', file_text: 'y'.repeat(100_000) });
   assert.equal(ed.status, 200, `editor create in a full workspace: ${JSON.stringify(ed.body)}\n${serverErrors(S)}`);
   assert.equal(ed.return_code, 1);
+  // Registering tools writes a module into the session's folder: a full disk is a 413 too
+  // (found by a red-team review: it was a 500).
+  const reg = await api(S.server, 'POST', `/sessions/${a.id}/programmatic-tools/register`, {
+    callback_url: 'http://127.0.0.1:9/x',
+    token: 'tok-123456',
+    tools: [{ name: 'big', doc: 'd'.repeat(16_000) }, ...Array.from({ length: 300 }, (_, i) => ({ name: `t${i}`, doc: 'x'.repeat(4000) }))],
+  });
+  assert.equal(reg.status, 413, `register into a full disk: ${reg.status} ${JSON.stringify(reg.body)}`);
   // Other sessions are untouched.
   const v = await sh(S.server, S.victim, 'head -c 7M /dev/zero > /workspace/victim.bin && stat -c %s /workspace/victim.bin && rm /workspace/victim.bin');
   assert.equal(v.stdout, `${7 * MiB}\n`, `the victim still writes: ${v.stderr}`);

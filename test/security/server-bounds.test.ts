@@ -64,6 +64,7 @@ before(async () => {
     SANDBOX_HTTP_SEND_TIMEOUT_SECONDS: '2',
     SANDBOX_INTERRUPT_GRACE_MS: '500',
     SANDBOX_EXEC_QUEUE_MAX: '1',
+    SANDBOX_SERVER_MEMORY_BUDGET_MB: '128',
   });
 });
 
@@ -447,4 +448,141 @@ test('#S-race reap and shutdown against exec, register, editor, upload, download
     if (!stopped) srv.proc.kill('SIGKILL');
     await srv.stop();
   }
+});
+
+// ---- Found by a red-team review of the fixes above (R1-R8) and their siblings.
+
+test('#R1 forged control frames whose JSON is slow to parse (2 MiB of {} objects) are refused unparsed; tool calls get an error', async (t) => {
+  const a = await attacker(S, t);
+  replies.set('hang', () => {}); // never answers: calls stay in flight
+  assert.equal((await register(a.id, { callback_url: routerUrl, token: 'tok-123456', tools: [{ name: 'hang' }, { name: 'fine' }] })).status, 200);
+  const before = await serverRssKb(S.server);
+  const r = await py(
+    S.server,
+    a.id,
+    `import _sandbox_driver as d, uuid
+n = 2 * 1024 * 1024 - 64
+objs = b'[' + b'{},' * (n // 3 - 1) + b'{}]'
+for kind in 'THD':
+    for i in range(6):
+        head = b'{"call_id":"' + uuid.uuid4().hex.encode() + b'","name":"hang","input":' if kind == 'T' else b'{"id":%d,"x":' % d.DRIVER.cell.id
+        d.DRIVER.chan.send(ord(kind), head + objs[: 1024 * 1024 - 200] + b']}')
+from _platform_tools import fine, ToolError
+big = [{} for _ in range(60000)]
+try:
+    fine(x=big)
+except ToolError as e:
+    print('caught:', e)
+print(fine())`,
+    { timeout_seconds: 30 },
+  );
+  assert.equal(r.status, 200);
+  assert.match(r.stdout, /^caught: tool arguments too large or too complex/);
+  assert.match(r.stdout, /ok$/, 'the session still calls its tools');
+  const grown = (await serverRssKb(S.server)) - before;
+  assert.ok(grown < RSS_GROWTH_KB, `server RSS grew by ${grown} KiB`);
+  replies.delete('hang');
+  await finishCase(S, a);
+});
+
+test('#R2 #R3 request bodies too complex to parse cheaply are 413 before parsing; validation of a huge array stays small', async (t) => {
+  const a = await attacker(S, t);
+  const objs = `[${Array(300_000).fill('{}').join(',')}]`;
+  for (const path of ['/sessions/sbx_nonexistent/programmatic-tools/register', `/sessions/${a.id}/exec`, '/sessions']) {
+    const res = await fetch(`${S.server.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: `{"junk":${objs}}` });
+    await res.arrayBuffer();
+    assert.equal(res.status, 413, path);
+  }
+  // Under the token cap but many wrong items: one small 422.
+  const range = Array(40_000).fill('');
+  const r = await api(S.server, 'POST', `/sessions/${a.id}/exec`, { tool: 'text_editor_code_execution', input: { command: 'view', path: 'x', view_range: range } });
+  assert.equal(r.status, 422);
+  assert.ok(JSON.stringify(r.body).length < 4096);
+  await finishCase(S, a);
+});
+
+test('#R4 many half-sent large bodies: past the memory budget the server answers 503 at once instead of holding them', async (t) => {
+  const u = new URL(S.server.url);
+  const sockets: net.Socket[] = [];
+  t.after(() => {
+    for (const s of sockets) s.destroy();
+  });
+  const before = await serverRssKb(S.server);
+  const answers: Promise<string>[] = [];
+  const body = Buffer.alloc(3 * 1024 * 1024, 0x20);
+  for (let i = 0; i < 40; i++) {
+    const s = net.connect(Number(u.port), u.hostname);
+    sockets.push(s);
+    s.on('error', () => {});
+    let got = '';
+    answers.push(
+      new Promise((resolve) => {
+        s.on('data', (d: Buffer) => (got += d.toString('latin1')));
+        s.once('close', () => resolve(got.slice(0, 12)));
+      }),
+    );
+    s.write(`POST /sessions/sbx_x/programmatic-tools/register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length + 10}\r\n\r\n`);
+    s.write(body);
+  }
+  // Some are refused with 503 while the rest wait for their last bytes (then time out).
+  const statuses = await Promise.all(answers);
+  assert.ok(
+    statuses.some((s) => s.startsWith('HTTP/1.1 503')),
+    `statuses: ${[...new Set(statuses)].join(' | ')}`,
+  );
+  const grown = (await serverRssKb(S.server)) - before;
+  assert.ok(grown < RSS_GROWTH_KB, `server RSS grew by ${grown} KiB`);
+  assert.equal((await api(S.server, 'GET', '/health')).body.memory_budget.used_bytes, 0);
+  await finishCase(S, null);
+});
+
+test('#R5 answers that clients never read hold the memory budget: past it a clear 503, and it is freed when they go', async (t) => {
+  // Its own server: the suite's short send timeout would cut the stalled readers first.
+  const srv = await startServer({ SANDBOX_SERVER_MEMORY_BUDGET_MB: '96' });
+  t.after(() => srv.stop());
+  const a = { id: await createSession(srv) };
+  const code = "import os\nos.write(1, b'\\x01' * 1048576)\nos.write(2, b'\\x01' * 1048576)";
+  const u = new URL(srv.url);
+  const sockets: net.Socket[] = [];
+  t.after(() => {
+    for (const s of sockets) s.destroy();
+  });
+  const body = JSON.stringify({ tool: 'code_execution', input: { code } });
+  for (let i = 0; i < 8; i++) {
+    const s = net.connect(Number(u.port), u.hostname);
+    sockets.push(s);
+    s.on('error', () => {});
+    s.pause(); // never read the ~12 MB answer
+    s.write(`POST /sessions/${a.id}/exec HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+  }
+  // Each stalled answer holds its size (~25 MB as text): three fill the 96 MB budget.
+  const health = async () => (await api(srv, 'GET', '/health')).body as { memory_budget: { used_bytes: number; total_bytes: number } };
+  assert.ok(await waitFor(async () => (await health()).memory_budget.used_bytes > 64 * 1024 * 1024, 60_000), 'the stalled answers hold the budget');
+  const refused = await api(srv, 'POST', `/sessions/${a.id}/exec`, { tool: 'code_execution', input: { code } });
+  assert.equal(refused.status, 503);
+  assert.equal(refused.body.code, 'SBX_SERVER_BUSY');
+  assert.ok((await health()).memory_budget.used_bytes <= 96 * 1024 * 1024);
+  for (const s of sockets) s.destroy();
+  assert.ok(await waitFor(async () => (await api(srv, 'GET', '/health')).body.memory_budget.used_bytes === 0, 20_000), 'the budget is freed');
+  const again = await py(srv, a.id, code);
+  assert.equal(again.status, 200);
+  assert.equal(again.stdout.length > 0, true);
+});
+
+test('#R8 tokens with quotes or backslashes are refused; a router echoing its URL query or token has it redacted', async (t) => {
+  const a = await attacker(S, t);
+  for (const token of ['ab"c', 'ab\\c', "ab'c", 'a,b', 'a b']) {
+    assert.equal((await register(a.id, { callback_url: routerUrl, token, tools: [{ name: 'x' }] })).status, 422, token);
+  }
+  const token = 'ab1';
+  replies.set('echo', (res) =>
+    res
+      .writeHead(200, { 'content-type': 'application/json' })
+      .end(JSON.stringify({ is_error: true, content: { seen: `/tool-call?api_key=QSECRET auth=Bearer ${token}`, enc: 'api_key%3DQSECRET' } })),
+  );
+  assert.equal((await register(a.id, { callback_url: `${routerUrl}?api_key=QSECRET`, token, tools: [{ name: 'echo' }] })).status, 200);
+  const r = await py(S.server, a.id, 'from _platform_tools import echo, ToolError\ntry:\n    echo()\nexcept ToolError as e:\n    print(e)');
+  assert.ok(!r.stdout.includes('QSECRET') && !r.stdout.includes(token), r.stdout);
+  replies.delete('echo');
+  await finishCase(S, a);
 });

@@ -20,8 +20,9 @@ import mime from 'mime-types';
 import type { App, AppDeps } from '../app.js';
 import { ErrorBody, FileListResponse, SessionParams } from '../schemas.js';
 import { SandboxError } from '../../errors.js';
+import { releaseWithResponse } from '../hold.js';
 import { resolveInside } from '../../files/paths.js';
-import { listReserveBytes, type FileEntry as Entry } from '../../files/workspace-fs.js';
+import { listHeldBytes, listReserveBytes, type FileEntry as Entry } from '../../files/workspace-fs.js';
 
 /** Size of the pieces a listing answer is written in; the event loop runs between them. */
 const LIST_CHUNK_CHARS = 64 * 1024;
@@ -184,12 +185,14 @@ export function registerFileRoutes(app: App, deps: AppDeps): void {
       const reservation = deps.budget.reserve(listReserveBytes(limits), 'a file listing');
       let handedOver = false;
       try {
-        const { entries, truncated } = await session.guard(() =>
-          session.box.fs.list(resolved, display, { recursive: req.query.recursive, ...limits, cancelled: () => session.closed }, mimeOf),
-        );
+        const listing = await session.guard(() => session.box.fs.list(resolved, display, { recursive: req.query.recursive, ...limits, cancelled: () => session.closed }, mimeOf));
+        const { entries, truncated } = listing;
+        // From here on it holds what it found, not what it might have: a small listing
+        // that a client reads slowly keeps a small share of the budget.
+        reservation.shrink(listHeldBytes(listing));
         const body = Readable.from(listingJson(entries, truncated), { objectMode: false });
         body.once('close', () => reservation.release());
-        reply.raw.once('close', () => reservation.release());
+        releaseWithResponse(reply.raw, reservation);
         handedOver = true;
         return reply.header('content-type', 'application/json; charset=utf-8').send(body as never);
       } finally {

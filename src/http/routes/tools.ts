@@ -2,6 +2,7 @@ import Type from 'typebox';
 import { promises as fsp } from 'node:fs';
 import type { App, AppDeps } from '../app.js';
 import { ErrorBody, SessionParams } from '../schemas.js';
+import { SandboxError } from '../../errors.js';
 import { generateStub, validateRouting, validateToolNames } from '../../tools/platform-tools.js';
 import { SESSION_LIB_DIR } from '../../sandbox/bwrap-args.js';
 
@@ -36,7 +37,21 @@ export function registerToolRoutes(app: App, deps: AppDeps): void {
       validateRouting(callback_url, token);
       validateToolNames(tools);
       // The stub holds neither the URL nor the token; those stay in the server.
-      await session.guard(() => fsp.writeFile(`${session.box.libDir}/_platform_tools.py`, generateStub(tools, timeout_seconds), { mode: 0o644 }));
+      // Written whole and renamed in: a full disk leaves the previous stub as it was.
+      await session.guard(async () => {
+        const stub = `${session.box.libDir}/_platform_tools.py`;
+        const staged = `${stub}.${process.pid}.tmp`;
+        try {
+          await fsp.writeFile(staged, generateStub(tools, timeout_seconds), { mode: 0o644 });
+          await fsp.rename(staged, stub);
+        } catch (e) {
+          await fsp.rm(staged, { force: true }).catch(() => {});
+          const code = (e as NodeJS.ErrnoException).code;
+          if (code === 'ENOSPC' || code === 'EDQUOT')
+            throw new SandboxError('SBX_FILE_TOO_LARGE', "no space left in the session's folder for the tools module (SANDBOX_WORKSPACE_MB)");
+          throw e;
+        }
+      });
       session.tools = { callbackUrl: callback_url, token, names: new Set(tools.map((t) => t.name)), timeoutSeconds: timeout_seconds };
       return { stub_path: `${SESSION_LIB_DIR}/_platform_tools.py`, tool_count: tools.length };
     },
