@@ -33,6 +33,7 @@ export class SessionManager {
   private gcTimer: NodeJS.Timeout | null = null;
   private closing = false;
   private poolFailures = 0;
+  private readonly destroying = new Set<Promise<void>>();
 
   constructor(
     private readonly config: Config,
@@ -80,7 +81,7 @@ export class SessionManager {
           this.poolFailures = 0;
           const waiter = this.waiting.shift();
           if (this.closing) {
-            void box.destroy().catch((e: unknown) => this.log.error({ err: String(e) }, 'sandbox cleanup failed'));
+            void this.discard(box);
             waiter?.resolve(null);
           } else if (waiter) waiter.resolve(box);
           else this.pool.push(box);
@@ -127,7 +128,7 @@ export class SessionManager {
     if (!box && this.refilling > this.waiting.length) {
       box = (await new Promise<Box | null>((resolve) => this.waiting.push({ resolve }))) ?? undefined;
       if (this.closing) {
-        void box?.destroy().catch((e: unknown) => this.log.error({ err: String(e) }, 'sandbox cleanup failed'));
+        if (box) void this.discard(box);
         throw new SandboxError('SBX_SHUTTING_DOWN', 'server is shutting down', { headers: { 'retry-after': '5' } });
       }
     }
@@ -144,7 +145,7 @@ export class SessionManager {
         this.creating--;
       }
       if (this.closing) {
-        void box.destroy().catch((e: unknown) => this.log.error({ err: String(e) }, 'sandbox cleanup failed'));
+        void this.discard(box);
         throw new SandboxError('SBX_SHUTTING_DOWN', 'server is shutting down', { headers: { 'retry-after': '5' } });
       }
     }
@@ -172,13 +173,20 @@ export class SessionManager {
     if (!s) return false;
     this.sessions.delete(id);
     s.closed = true;
-    try {
-      await s.box.destroy();
-    } catch (e) {
-      this.log.error({ session_id: id, err: String((e as Error)?.message ?? e) }, 'session cleanup failed');
-    }
+    await this.discard(s.box, id);
     this.refill();
     return true;
+  }
+
+  /** Destroys a box; shutdown waits for every destroy under way (none is cut off by the
+   * process exiting, which would leave its folder and mounts behind). Never throws. */
+  private discard(box: Box, sessionId?: string): Promise<void> {
+    const done = box
+      .destroy()
+      .catch((e: unknown) => this.log.error({ session_id: sessionId, err: String((e as Error)?.message ?? e) }, 'sandbox cleanup failed'))
+      .finally(() => this.destroying.delete(done));
+    this.destroying.add(done);
+    return done;
   }
 
   async reap(): Promise<number> {
@@ -200,9 +208,10 @@ export class SessionManager {
     for (const s of this.sessions.values()) s.closed = true;
     this.sessions.clear();
     boxes.push(...this.pool.splice(0));
-    await Promise.all(boxes.map((b) => b.destroy().catch(() => {})));
+    await Promise.all(boxes.map((b) => this.discard(b)));
     // Boxes still being made are destroyed by refill's callback when they land.
     const deadline = Date.now() + 10_000;
     while (this.refilling + this.creating > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    while (this.destroying.size > 0) await Promise.all([...this.destroying]);
   }
 }

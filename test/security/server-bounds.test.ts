@@ -82,22 +82,27 @@ async function register(id: string, body: unknown) {
   return api(S.server, 'POST', `/sessions/${id}/programmatic-tools/register`, body);
 }
 
-test('#S1 a router reply nested 100,000 deep raises ToolError in the session; the server stays up', async (t) => {
+test('#S1 router replies nested 20,000 and 100,000 deep raise ToolError in the session; the server stays up', async (t) => {
   const a = await attacker(S, t);
-  const depth = 100_000;
-  replies.set('deep', (res) => res.writeHead(200, { 'content-type': 'application/json' }).end(`{"content": ${'['.repeat(depth)}${']'.repeat(depth)}}`));
+  const nested = (depth: number) => `{"content": ${'['.repeat(depth)}${']'.repeat(depth)}}`;
+  replies.set('deep', (res) => res.writeHead(200, { 'content-type': 'application/json' }).end(nested(20_000)));
+  replies.set('deeper', (res) => res.writeHead(200, { 'content-type': 'application/json' }).end(nested(100_000)));
   replies.set('deeperror', (res) => res.writeHead(200, { 'content-type': 'application/json' }).end(`{"is_error": true, "content": ${'{"a":'.repeat(5000)}1${'}'.repeat(5000)}}`));
-  assert.equal((await register(a.id, { callback_url: routerUrl, token: 'tok-123456', tools: [{ name: 'deep' }, { name: 'deeperror' }, { name: 'fine' }] })).status, 200);
+  assert.equal(
+    (await register(a.id, { callback_url: routerUrl, token: 'tok-123456', tools: [{ name: 'deep' }, { name: 'deeper' }, { name: 'deeperror' }, { name: 'fine' }] })).status,
+    200,
+  );
   const r = await py(
     S.server,
     a.id,
-    "from _platform_tools import deep, deeperror, fine, ToolError\nfor f in (deep, deeperror):\n    try:\n        f()\n    except ToolError as e:\n        print('caught:', str(e)[:120])\nprint(fine())",
+    "from _platform_tools import deep, deeper, deeperror, fine, ToolError\nfor f in (deep, deeper, deeperror):\n    try:\n        f()\n    except ToolError as e:\n        print('caught:', str(e)[:120])\nprint(fine())",
   );
   assert.equal(r.status, 200);
   const lines = r.stdout.split('\n');
   assert.match(lines[0] ?? '', /^caught: tool 'deep' transport error: the reply is nested deeper than 64 levels/);
-  assert.match(lines[1] ?? '', /^caught: /);
-  assert.equal(lines[2], 'ok', 'the session goes on using its tools');
+  assert.match(lines[1] ?? '', /^caught: tool 'deeper' transport error: the reply holds more than 50000 JSON values/);
+  assert.match(lines[2] ?? '', /^caught: /);
+  assert.equal(lines[3], 'ok', 'the session goes on using its tools');
   // The same from the session's side: arguments nested deeper than the bound, sent as a
   // hand-made frame (json.dumps would hit Python's recursion limit first).
   const args = await py(
@@ -113,14 +118,18 @@ print('sent')`,
   await finishCase(S, a);
 });
 
-test('#S6 a register body of 600k wrong items answers a small 422 (first problem only)', async (t) => {
+test('#S6 a register body of 600k wrong items is refused unparsed (413); 40k wrong items answer a small 422 (first problem only)', async (t) => {
   const a = await attacker(S, t);
-  const tools = `[${Array(600_000).fill('1').join(',')}]`;
-  const body = `{"callback_url":"${routerUrl}","token":"tok-123456","tools":${tools}}`;
-  const res = await fetch(`${S.server.url}/sessions/${a.id}/programmatic-tools/register`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
-  const text = await res.text();
-  assert.equal(res.status, 422);
-  assert.ok(text.length < 4096, `answer of ${text.length} bytes`);
+  for (const [n, status] of [
+    [600_000, 413],
+    [40_000, 422],
+  ] as const) {
+    const body = `{"callback_url":"${routerUrl}","token":"tok-123456","tools":[${Array(n).fill('1').join(',')}]}`;
+    const res = await fetch(`${S.server.url}/sessions/${a.id}/programmatic-tools/register`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+    const text = await res.text();
+    assert.equal(res.status, status, `${n} items`);
+    assert.ok(text.length < 4096, `answer of ${text.length} bytes`);
+  }
   // Past the route's body limit: 413, not parsed at all.
   const huge = `{"callback_url":"${routerUrl}","token":"t","tools":[${Array(1_200_000).fill('{"name":"a"}').join(',')}]}`;
   const big = await fetch(`${S.server.url}/sessions/${a.id}/programmatic-tools/register`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: huge });
