@@ -1,5 +1,6 @@
 /** Schemas shared by the routes: they validate requests and generate /openapi.json. */
 import Type from 'typebox';
+import { LimitKindSchema } from '../limits.js';
 
 export const SessionParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 64, description: 'Session id (sbx_…)' }) });
 
@@ -44,16 +45,6 @@ export const ExecBody = Type.Object(
   { additionalProperties: true },
 );
 
-const LimitKind = Type.Union([
-  Type.Literal('wall_clock'),
-  Type.Literal('memory'),
-  Type.Literal('cpu'),
-  Type.Literal('output_bytes'),
-  Type.Literal('file_size'),
-  Type.Literal('processes'),
-  Type.Literal('disk'),
-]);
-
 export const ExecResponse = Type.Object({
   tool_use_id: Type.String(),
   result_block: Type.Object({
@@ -71,7 +62,7 @@ export const ExecResponse = Type.Object({
     ),
   }),
   execution_time_ms: Type.Integer(),
-  limit_exceeded: Type.Union([LimitKind, Type.Null()], { description: 'extension: which limit fired' }),
+  limit_exceeded: Type.Union([LimitKindSchema, Type.Null()], { description: 'extension: which limit fired' }),
   interpreter_restarted: Type.Boolean({ description: 'extension: the interpreter was restarted and its state lost' }),
   stdout_dropped_bytes: Type.Integer({ description: 'extension' }),
   stderr_dropped_bytes: Type.Integer({ description: 'extension' }),

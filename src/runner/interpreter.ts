@@ -24,9 +24,8 @@ import { encodeFrame, FrameDecoder, type Frame } from './frame-codec.js';
 import { CappedBuffer } from './output.js';
 import type { ControlChannel, ExitInfo, InterpreterProcess } from '../sandbox/launcher.js';
 import { SandboxError } from '../errors.js';
+import type { LimitKind } from '../limits.js';
 import { jsonTooComplex, MAX_JSON_TOKENS } from '../json-bounds.js';
-
-export type LimitKind = 'wall_clock' | 'memory' | 'cpu' | 'output_bytes' | 'file_size' | 'processes' | 'disk';
 
 export interface ToolCall {
   callId: string;

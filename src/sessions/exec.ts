@@ -14,12 +14,11 @@ import type { MemoryBudget } from '../budget.js';
 import { SandboxError } from '../errors.js';
 import type { SessionManager } from './manager.js';
 import type { Session } from './session.js';
-import { detectLimit, describeLimit } from './box.js';
+import { detectLimit, describeLimit, type LimitKind } from '../limits.js';
 import { TextEditor, WorkspaceEditorFs, type EditorWorkers, type EditorInput } from '../tools/text-editor.js';
 import { buildResponse, truncationMarker, appendNotes, stripOneNewline, type ExecResponse, type ToolName, type ToolRun } from '../tools/result.js';
 import { callRouter } from '../tools/platform-tools.js';
 import type { CappedBuffer } from '../runner/output.js';
-import type { LimitKind } from '../runner/interpreter.js';
 
 export const TOOL_NAMES = ['code_execution', 'bash_code_execution', 'text_editor_code_execution'] as const;
 

@@ -4,7 +4,7 @@
  * files. Extension fields (limit_exceeded, interpreter_restarted, *_dropped_bytes) sit
  * at the top level, next to result_block, so v1 readers ignore them.
  */
-import type { LimitKind } from '../runner/interpreter.js';
+import type { LimitKind } from '../limits.js';
 
 export type ToolName = 'code_execution' | 'bash_code_execution' | 'text_editor_code_execution';
 
