@@ -10,7 +10,7 @@ import errno
 import socket
 import sys
 
-import seccomp
+import seccomp  # pyright: ignore[reportMissingImports] - Debian's python3-seccomp (apt, host only), not on PyPI
 
 f = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
 # A syscall of another ABI (i386 int 0x80, x32) kills the whole process: libseccomp's

@@ -176,7 +176,10 @@ def build_root(req):
         open(f"{dev}/{node}", "w").close()
         mount(f"/dev/{node}", f"{dev}/{node}", None, MS_BIND)
         mount(None, f"{dev}/{node}", None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NOEXEC)
-    for link, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx")):
+    for link, target in (
+        ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ):
         os.symlink(target, f"{dev}/{link}")
     os.mkdir(f"{dev}/pts", 0o755)
     mount("devpts", f"{dev}/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=620")
@@ -242,9 +245,10 @@ def set_limits(limits):
     resource.setrlimit(resource.RLIMIT_AS, (a, a) if a > 0 else (inf, inf))
     cpu = int(limits["cpu"])
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (int(limits["fsize"]),) * 2)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (int(limits["nofile"]),) * 2)
-    resource.setrlimit(resource.RLIMIT_NPROC, (int(limits["nproc"]),) * 2)
+    fsize, nofile, nproc = int(limits["fsize"]), int(limits["nofile"]), int(limits["nproc"])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+    resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_MEMLOCK, (65536, 65536))
 
@@ -302,7 +306,8 @@ def become(env, probe_args):
     reset_module_state()
     sys.argv = [DRIVER_FILE]
     driver = sys.modules["_sandbox_driver"]
-    driver.DRIVER = driver.Driver()
+    # A module built at run time (load_driver): its attributes are unknown to the type checker.
+    driver.DRIVER = driver.Driver()  # pyright: ignore[reportAttributeAccessIssue]
     driver.DRIVER.run_forever()
     os._exit(0)
 
@@ -337,12 +342,16 @@ def reset_module_state():
     # matplotlib remembers its config/cache folders (the zygote's) for good: new
     # remembering functions, resolved from this process's MPLCONFIGDIR.
     mpl = sys.modules.get("matplotlib")
-    if mpl is not None and all(hasattr(mpl, n) for n in ("_logged_cached", "_get_config_or_cache_dir", "_get_xdg_config_dir", "_get_xdg_cache_dir")):
-        mpl.get_configdir = mpl._logged_cached("CONFIGDIR=%s")(lambda: mpl._get_config_or_cache_dir(mpl._get_xdg_config_dir))
-        mpl.get_cachedir = mpl._logged_cached("CACHEDIR=%s")(lambda: mpl._get_config_or_cache_dir(mpl._get_xdg_cache_dir))
+    # (Patching modules found in sys.modules: their attributes are unknown to the type checker.)
+    remembering = ("_logged_cached", "_get_config_or_cache_dir", "_get_xdg_config_dir", "_get_xdg_cache_dir")
+    if mpl is not None and all(hasattr(mpl, n) for n in remembering):
+        mpl.get_configdir = mpl._logged_cached("CONFIGDIR=%s")(  # pyright: ignore[reportAttributeAccessIssue]
+            lambda: mpl._get_config_or_cache_dir(mpl._get_xdg_config_dir))
+        mpl.get_cachedir = mpl._logged_cached("CACHEDIR=%s")(  # pyright: ignore[reportAttributeAccessIssue]
+            lambda: mpl._get_config_or_cache_dir(mpl._get_xdg_cache_dir))
         style = sys.modules.get("matplotlib.style.core")
         if style is not None and hasattr(style, "USER_LIBRARY_PATHS"):
-            style.USER_LIBRARY_PATHS = [os.path.join(mpl.get_configdir(), "stylelib")]
+            style.USER_LIBRARY_PATHS = [os.path.join(mpl.get_configdir(), "stylelib")]  # pyright: ignore[reportAttributeAccessIssue]
 
 
 def run_init(req, sock_fd, a_pidfd, zygote_pidfd):
