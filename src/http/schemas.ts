@@ -1,6 +1,7 @@
 /** Schemas shared by the routes: they validate requests and generate /openapi.json. */
 import Type from 'typebox';
 import { LimitKindSchema } from '../limits.js';
+import { TOOL_NAMES } from '../sessions/tools.js';
 
 export const SessionParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 64, description: 'Session id (sbx_…)' }) });
 
@@ -30,7 +31,7 @@ export const CreateSessionBody = Type.Object(
 
 export const ExecBody = Type.Object(
   {
-    tool: Type.String({ description: 'code_execution | bash_code_execution | text_editor_code_execution' }),
+    tool: Type.String({ description: TOOL_NAMES.join(' | ') }),
     input: Type.Object(
       {},
       {

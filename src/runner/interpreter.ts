@@ -38,7 +38,8 @@ export interface ExecRequest {
   code: string;
   timeoutMs: number;
   maxOutputBytes: number;
-  onToolCall?: (call: ToolCall) => Promise<ToolReply>;
+  /** `signal` aborts when the cell ends or the interpreter dies: the call is of no use then. */
+  onToolCall?: (call: ToolCall, signal: AbortSignal) => Promise<ToolReply>;
   /** Receives output chunks as they arrive (for streaming); optional. */
   onOutput?: (stream: 'stdout' | 'stderr', chunk: Buffer) => void;
   /** The caller is gone (its client disconnected): interrupt the cell as at a timeout. */
@@ -63,6 +64,9 @@ const MAX_FRAME_BYTES = 2 * 1024 * 1024;
 const MAX_TOOL_CALLS_IN_FLIGHT = 4;
 const DIAG_BYTES = 8192;
 const WRITE_HIGH_WATER_BYTES = 4 * 1024 * 1024;
+/** Frames one read may bring before the loop is yielded (a chunk of 64 KiB holds at most
+ * 13,107 empty frames). */
+const FRAMES_PER_TURN = 512;
 /** Hello and done frames are a few fields: anything larger is forged and ignored. */
 const SMALL_FRAME_BYTES = 64 * 1024;
 /** The driver sends tool arguments of at most 1 MiB (TOOL_CALL_MAX in driver.py). */
@@ -76,6 +80,8 @@ interface Pending {
   /** Why the cell was interrupted, if it was. */
   interrupted: false | 'timeout' | 'abandoned';
   cleanup?: () => void;
+  /** Aborted when the call settles: tool calls of the cell still in flight stop. */
+  toolCalls: AbortController;
   resolve: (o: ExecOutcome) => void;
   timers: NodeJS.Timeout[];
   started: number;
@@ -153,7 +159,8 @@ export class Interpreter {
       this.channel = channel;
       channel.output.on('data', (chunk: Buffer) => this.onData(chunk));
       channel.input.on('drain', () => {
-        if (this.channel === channel && !this.dead) channel.output.resume();
+        this.backpressured = false;
+        this.updateReading();
       });
       channel.output.resume();
     });
@@ -182,6 +189,7 @@ export class Interpreter {
         stdout: new CappedBuffer(req.maxOutputBytes),
         stderr: new CappedBuffer(req.maxOutputBytes),
         interrupted: false,
+        toolCalls: new AbortController(),
         resolve,
         timers: [],
         started: performance.now(),
@@ -194,6 +202,7 @@ export class Interpreter {
         p.timers.push(setTimeout(() => this.failPending(p, 'grace'), this.opts.interruptGraceMs));
       };
       p.timers.push(setTimeout(() => interrupt('timeout'), req.timeoutMs));
+      this.updateReading();
       if (req.signal) {
         const onAbort = () => interrupt('abandoned');
         if (req.signal.aborted) queueMicrotask(onAbort);
@@ -219,8 +228,32 @@ export class Interpreter {
     }
     s.write(frame);
     // The driver is not reading what we send: stop reading what it sends until it does.
-    if (s.writableLength > WRITE_HIGH_WATER_BYTES) ch.output.pause();
+    if (s.writableLength > WRITE_HIGH_WATER_BYTES) {
+      this.backpressured = true;
+      this.updateReading();
+    }
     return true;
+  }
+
+  /** Our writes to the driver are backed up (see send). */
+  private backpressured = false;
+  /** A read brought many frames: the loop gets a turn before the next read. */
+  private yielding = false;
+
+  /**
+   * Reads the driver's frames only while they can matter: while it starts (its hello) or
+   * a call runs, and neither backpressure nor a yield holds them. Between calls nothing
+   * it sends is of use, so a process the session left running cannot make the server
+   * decode a flood of frames while no call runs: once such frames arrive, reading stops
+   * (its writes then block) until the next call.
+   */
+  private updateReading(): void {
+    const out = this.channel?.output;
+    if (!out || this.dead) return;
+    const wanted = (this.onHello !== null || this.pending !== null) && !this.backpressured && !this.yielding;
+    if (wanted) {
+      if (out.isPaused()) out.resume();
+    } else if (!out.isPaused()) out.pause();
   }
 
   private onData(chunk: Buffer): void {
@@ -232,6 +265,16 @@ export class Interpreter {
       return;
     }
     for (const f of frames) this.onFrame(f);
+    // Many tiny frames in one read (a flood of empty output frames, say): let every other
+    // session and request have the loop before reading more.
+    if (frames.length > FRAMES_PER_TURN && !this.yielding) {
+      this.yielding = true;
+      setImmediate(() => {
+        this.yielding = false;
+        this.updateReading();
+      });
+    }
+    this.updateReading();
   }
 
   private onFrame(f: Frame): void {
@@ -278,7 +321,9 @@ export class Interpreter {
         const callId = msg.call_id;
         this.toolCallsInFlight++;
         const handler = p.req.onToolCall;
-        const reply = handler ? handler({ callId, name: msg.name, input: msg.input }) : Promise.resolve<ToolReply>({ ok: false, error: 'no tools are registered in this session' });
+        const reply = handler
+          ? handler({ callId, name: msg.name, input: msg.input }, p.toolCalls.signal)
+          : Promise.resolve<ToolReply>({ ok: false, error: 'no tools are registered in this session' });
         reply
           .catch((e: unknown): ToolReply => ({ ok: false, error: String((e as Error)?.message ?? e).slice(0, 1000) }))
           .then((r) => {
@@ -325,6 +370,7 @@ export class Interpreter {
   private finish(p: Pending, o: Pick<ExecOutcome, 'returnCode' | 'limit' | 'notes' | 'stateLost' | 'droppedByDriver'>): void {
     if (this.pending !== p) return;
     this.pending = null;
+    p.toolCalls.abort(); // the cell is over: calls it left in flight are of no use
     for (const t of p.timers) clearTimeout(t);
     p.cleanup?.();
     p.resolve({ stdout: p.stdout, stderr: p.stderr, durationMs: performance.now() - p.started, ...o });

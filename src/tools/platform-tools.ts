@@ -151,7 +151,11 @@ function failureReason(e: unknown): string {
 
 /** Makes one callback on behalf of sandboxed code. Never throws: failures are ToolErrors.
  * `reserve` holds server memory for the reply (budget.ts) while it is read. */
-export async function callRouter(reg: ToolRouting, call: ToolCall, opts: { maxReplyBytes: number; reserve: (bytes: number) => { release(): void } }): Promise<ToolReply> {
+export async function callRouter(
+  reg: ToolRouting,
+  call: ToolCall,
+  opts: { maxReplyBytes: number; reserve: (bytes: number) => { release(): void }; signal?: AbortSignal },
+): Promise<ToolReply> {
   if (!reg.names.has(call.name)) return { ok: false, error: `tool '${call.name}' is not registered in this session` };
   if (nestedDeeperThan(call.input, MAX_DEPTH)) return { ok: false, error: `tool '${call.name}': arguments nested deeper than ${MAX_DEPTH} levels` };
   let held: { release(): void };
@@ -162,7 +166,8 @@ export async function callRouter(reg: ToolRouting, call: ToolCall, opts: { maxRe
     return { ok: false, error: `tool '${call.name}' not called: the server is busy; retry shortly` };
   }
   try {
-    return await callOnce(reg, call, opts.maxReplyBytes);
+    const timeout = AbortSignal.timeout(reg.timeoutSeconds * 1000);
+    return await callOnce(reg, call, opts.maxReplyBytes, opts.signal ? AbortSignal.any([timeout, opts.signal]) : timeout);
   } catch (e) {
     return { ok: false, error: scrub(`tool '${call.name}' failed: ${(e as Error)?.name ?? 'error'}`, reg) };
   } finally {
@@ -170,14 +175,14 @@ export async function callRouter(reg: ToolRouting, call: ToolCall, opts: { maxRe
   }
 }
 
-async function callOnce(reg: ToolRouting, call: ToolCall, maxReplyBytes: number): Promise<ToolReply> {
+async function callOnce(reg: ToolRouting, call: ToolCall, maxReplyBytes: number, signal: AbortSignal): Promise<ToolReply> {
   let res: Response;
   try {
     res = await fetch(reg.callbackUrl, {
       method: 'POST',
       headers: { 'content-type': 'application/json', authorization: `Bearer ${reg.token}` },
       body: JSON.stringify({ call_id: randomUUID().replace(/-/g, ''), name: call.name, input: call.input }),
-      signal: AbortSignal.timeout(reg.timeoutSeconds * 1000),
+      signal,
       redirect: 'error',
     });
   } catch (e) {

@@ -6,14 +6,6 @@
  */
 import type { LimitKind } from '../limits.js';
 
-export type ToolName = 'code_execution' | 'bash_code_execution' | 'text_editor_code_execution';
-
-export const RESULT_BLOCK_TYPE: Record<ToolName, string> = {
-  code_execution: 'code_execution_tool_result',
-  bash_code_execution: 'bash_code_execution_tool_result',
-  text_editor_code_execution: 'text_editor_code_execution_tool_result',
-};
-
 export interface ToolRun {
   stdout: string;
   stderr: string;
@@ -48,11 +40,11 @@ export interface ExecResponse {
   stderr_dropped_bytes: number;
 }
 
-export function buildResponse(tool: ToolName, toolUseId: string, run: ToolRun, executionTimeMs: number): ExecResponse {
+export function buildResponse(resultBlockType: string, toolUseId: string, run: ToolRun, executionTimeMs: number): ExecResponse {
   return {
     tool_use_id: toolUseId,
     result_block: {
-      type: RESULT_BLOCK_TYPE[tool],
+      type: resultBlockType,
       tool_use_id: toolUseId,
       content: {
         type: 'code_execution_result',

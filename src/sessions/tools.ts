@@ -1,0 +1,155 @@
+/**
+ * The three tools of contract v1, one record each: its name, the schema of its input, the
+ * result block type it answers with, and how it runs in a session. Everything else (the
+ * unknown-tool check, validation, the OpenAPI description, dispatch) is derived from this
+ * table, so a fourth tool is one more record here.
+ *
+ * Output policy (as the reference, clients compare exact strings): Python's stdout and
+ * stderr lose one trailing newline, bash output is returned as written; a stream over the
+ * cap ends with the reference's truncation marker; any limit adds one plain-English line
+ * to stderr and sets limit_exceeded.
+ */
+import Type, { type TSchema } from 'typebox';
+import type { Config } from '../config.js';
+import type { MemoryBudget } from '../budget.js';
+import type { Session } from './session.js';
+import { detectLimit, describeLimit, type LimitKind } from '../limits.js';
+import { TextEditor, WorkspaceEditorFs, type EditorWorkers, type EditorInput } from '../tools/text-editor.js';
+import { truncationMarker, appendNotes, stripOneNewline, type ToolRun } from '../tools/result.js';
+import { callRouter } from '../tools/platform-tools.js';
+import type { CappedBuffer } from '../runner/output.js';
+
+/** What a tool needs of the server besides its session. */
+export interface ToolServices {
+  config: Config;
+  budget: MemoryBudget;
+  /** The worker pool for large editor operations (shared by every session). */
+  editorWorkers: EditorWorkers;
+}
+
+/** One call: its session, its validated input, its deadline, and its client's presence. */
+export interface ToolCallContext {
+  session: Session;
+  input: Record<string, unknown>;
+  timeoutMs: number;
+  /** Aborts when the client disconnects. */
+  signal: AbortSignal | undefined;
+}
+
+export interface ToolDef {
+  resultBlockType: string;
+  inputSchema: (config: Config) => TSchema;
+  run: (services: ToolServices, call: ToolCallContext) => Promise<ToolRun>;
+}
+
+const nullable = <T extends TSchema>(t: T) => Type.Optional(Type.Union([t, Type.Null()]));
+
+export const TOOLS = {
+  code_execution: {
+    resultBlockType: 'code_execution_tool_result',
+    inputSchema: (c) => Type.Object({ code: Type.String({ minLength: 1, maxLength: c.maxCodeChars }) }),
+    run: runPython,
+  },
+  bash_code_execution: {
+    resultBlockType: 'bash_code_execution_tool_result',
+    inputSchema: (c) => Type.Object({ command: Type.String({ minLength: 1, maxLength: c.maxCodeChars }) }),
+    run: runBash,
+  },
+  text_editor_code_execution: {
+    resultBlockType: 'text_editor_code_execution_tool_result',
+    inputSchema: () =>
+      Type.Object({
+        command: Type.Union(['view', 'create', 'str_replace', 'insert', 'undo_edit'].map((c) => Type.Literal(c))),
+        path: Type.String(),
+        file_text: nullable(Type.String()),
+        old_str: nullable(Type.String()),
+        new_str: nullable(Type.String()),
+        insert_line: nullable(Type.Integer()),
+        view_range: nullable(Type.Array(Type.Integer())),
+      }),
+    run: runEditor,
+  },
+} satisfies Record<string, ToolDef>;
+
+export type ToolName = keyof typeof TOOLS;
+export const TOOL_NAMES = Object.keys(TOOLS) as ToolName[];
+
+export function isToolName(name: string): name is ToolName {
+  return Object.hasOwn(TOOLS, name);
+}
+
+async function runPython({ config, budget }: ToolServices, { session, input, timeoutMs, signal }: ToolCallContext): Promise<ToolRun> {
+  const box = session.box;
+  const diedWhileIdle = await box.ensureInterpreter();
+  const tools = session.tools;
+  const outcome = await box.interpreter.exec({
+    code: input.code as string,
+    timeoutMs,
+    maxOutputBytes: config.maxOutputBytes,
+    onToolCall: tools
+      ? (call, stop) => callRouter(tools, call, { maxReplyBytes: config.toolReplyMaxBytes, reserve: (bytes) => budget.reserve(bytes, 'a tool reply'), signal: stop })
+      : undefined,
+    signal,
+  });
+  if (outcome.stateLost) box.restartInterpreter().catch(() => {}); // ready for the next call
+  if (diedWhileIdle) {
+    outcome.notes.unshift('runner: the interpreter had stopped since the last call; it was restarted and its state was lost');
+    outcome.stateLost = true;
+  }
+  const stdoutDropped = outcome.stdout.dropped + outcome.droppedByDriver.stdout;
+  const stderrDropped = outcome.stderr.dropped + outcome.droppedByDriver.stderr;
+  const stdout = stripOneNewline(outcome.stdout.text()) + (stdoutDropped > 0 ? truncationMarker(stdoutDropped) : '');
+  let stderr = stripOneNewline(outcome.stderr.text()) + (stderrDropped > 0 ? truncationMarker(stderrDropped) : '');
+  let { limit, notes } = classify(config, 'runner', outcome.limit, outcome.returnCode, outcome.stderr, outcome.notes, stdoutDropped + stderrDropped);
+  if ((limit === null || limit === 'output_bytes') && box.consumeOomKill()) {
+    limit = 'memory';
+    notes = [...notes, `runner: a process was killed by the sandbox memory limit (${config.memoryMb} MiB, SANDBOX_RUNNER_MEMORY_MB); interpreter state was kept`];
+  }
+  stderr = appendNotes(stderr, notes);
+  return { stdout, stderr, returnCode: outcome.returnCode, limit, interpreterRestarted: outcome.stateLost, stdoutDroppedBytes: stdoutDropped, stderrDroppedBytes: stderrDropped };
+}
+
+async function runBash({ config }: ToolServices, { session, input, timeoutMs, signal }: ToolCallContext): Promise<ToolRun> {
+  const o = await session.box.runBash(input.command as string, timeoutMs, config.maxOutputBytes, signal);
+  const stdout = o.stdout.text() + (o.stdout.dropped > 0 ? truncationMarker(o.stdout.dropped) : '');
+  let stderr = o.stderr.text() + (o.stderr.dropped > 0 ? truncationMarker(o.stderr.dropped) : '');
+  const dropped = o.stdout.dropped + o.stderr.dropped;
+  const { limit, notes } = classify(config, 'bash', o.limit, o.returnCode, null, o.notes, dropped);
+  stderr = appendNotes(stderr, notes);
+  return { stdout, stderr, returnCode: o.returnCode, limit, interpreterRestarted: false, stdoutDroppedBytes: o.stdout.dropped, stderrDroppedBytes: o.stderr.dropped };
+}
+
+async function runEditor({ config, budget, editorWorkers }: ToolServices, { session, input }: ToolCallContext): Promise<ToolRun> {
+  const editor = new TextEditor(new WorkspaceEditorFs(session.box.fs), session.undo, { maxOutputBytes: config.maxOutputBytes, budget, workers: editorWorkers });
+  const r = await editor.run(input as unknown as EditorInput);
+  return {
+    stdout: r.stdout,
+    stderr: r.stderr,
+    returnCode: r.return_code,
+    details: r.details,
+    limit: r.limit_exceeded,
+    interpreterRestarted: false,
+    stdoutDroppedBytes: r.stdout_dropped_bytes,
+    stderrDroppedBytes: 0,
+  };
+}
+
+/** The limit to report: the one the runner saw, else one the program's failure shows,
+ * else the output cap if bytes were dropped. */
+function classify(
+  config: Config,
+  prefix: 'runner' | 'bash',
+  limit: LimitKind | null,
+  returnCode: number,
+  stderr: CappedBuffer | null,
+  notes: string[],
+  droppedBytes: number,
+): { limit: LimitKind | null; notes: string[] } {
+  if (limit) return { limit, notes };
+  if (stderr && returnCode !== 0) {
+    const seen = detectLimit(returnCode, stderr.text());
+    if (seen) return { limit: seen, notes: [...notes, `${prefix}: ${describeLimit(seen, config)}`] };
+  }
+  if (droppedBytes > 0) return { limit: 'output_bytes', notes: [...notes, `${prefix}: ${describeLimit('output_bytes', config)}; ${droppedBytes} bytes were dropped`] };
+  return { limit: null, notes };
+}
