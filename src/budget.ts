@@ -16,6 +16,8 @@ export interface Reservation {
   readonly bytes: number;
   /** Shrinks the reservation to `bytes` once the real need is known (never grows it). */
   shrink(bytes: number): void;
+  /** Grows the reservation to `bytes` as the need grows; throws as reserve() does. */
+  grow(bytes: number): void;
   /** Idempotent. */
   release(): void;
 }
@@ -32,18 +34,20 @@ export class MemoryBudget {
   /** Reserves `bytes` or throws SBX_SERVER_BUSY (503). `what` names the operation in the answer. */
   reserve(bytes: number, what: string): Reservation {
     const n = Math.max(0, Math.ceil(bytes));
-    if (n > this.totalBytes) {
-      throw new SandboxError('SBX_FILE_TOO_LARGE', `${what} would need ${n} bytes of server memory, more than the whole budget (SANDBOX_SERVER_MEMORY_BUDGET_MB)`);
-    }
-    if (this.used + n > this.totalBytes) {
-      throw new SandboxError('SBX_SERVER_BUSY', `the server is busy with other large operations; ${what} was not started; retry shortly`, { headers: { 'retry-after': '1' } });
-    }
+    this.check(n, what);
     this.used += n;
     let held = n;
     let released = false;
     return {
       get bytes() {
         return held;
+      },
+      grow: (bytes: number) => {
+        const to = Math.ceil(bytes);
+        if (released || to <= held) return;
+        this.check(to - held, what);
+        this.used += to - held;
+        held = to;
       },
       shrink: (bytes: number) => {
         const to = Math.max(0, Math.ceil(bytes));
@@ -57,6 +61,15 @@ export class MemoryBudget {
         this.used -= held;
       },
     };
+  }
+
+  private check(n: number, what: string): void {
+    if (n > this.totalBytes) {
+      throw new SandboxError('SBX_FILE_TOO_LARGE', `${what} would need ${n} bytes of server memory, more than the whole budget (SANDBOX_SERVER_MEMORY_BUDGET_MB)`);
+    }
+    if (this.used + n > this.totalBytes) {
+      throw new SandboxError('SBX_SERVER_BUSY', `the server is busy with other large operations; ${what} was not started; retry shortly`, { headers: { 'retry-after': '1' } });
+    }
   }
 
   /** Runs fn with `bytes` reserved for its whole duration. */

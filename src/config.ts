@@ -66,6 +66,13 @@ const SETTINGS = {
     24 * 3600,
     'How long a response may make no progress (a client that stops reading) before its connection is cut, seconds',
   ),
+  httpMinSendBytesPerSecond: int(
+    'SANDBOX_HTTP_MIN_SEND_BYTES_PER_SECOND',
+    64 * 1024,
+    1024,
+    1024 * MiB,
+    'Slowest pace at which a client must read a large answer: past the send timeout plus its size at this pace, it is cut, bytes per second',
+  ),
   httpMaxConnections: int('SANDBOX_HTTP_MAX_CONNECTIONS', 1024, 8, 1_000_000, 'Open client connections at most; further connections are closed at once'),
   isolation: {
     env: 'SANDBOX_ISOLATION',

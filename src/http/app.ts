@@ -15,7 +15,8 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { Config } from '../config.js';
 import { isSandboxError, SandboxError } from '../errors.js';
 import { jsonTooComplex, MAX_JSON_TOKENS } from '../json-bounds.js';
-import { releaseWithResponse } from './hold.js';
+import { meterBody, releaseBody, SMALL_BYTES } from './hold.js';
+import { finished } from 'node:stream';
 import type { Logger } from '../log.js';
 import type { MemoryBudget } from '../budget.js';
 import type { LoopStats } from '../loop-monitor.js';
@@ -43,8 +44,6 @@ export type App = FastifyInstance<any, any, any, Logger, TypeBoxTypeProvider>;
 
 const MiB = 1024 * 1024;
 const DEFAULT_BODY_LIMIT = 64 * 1024;
-/** Bodies up to this size are held without a budget reservation (bounded by connections). */
-const SMALL_BODY_BYTES = 64 * 1024;
 
 export async function buildApp(deps: AppDeps): Promise<App> {
   const app = Fastify({
@@ -77,19 +76,17 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   // descriptor each until the process runs out.
   app.server.maxConnections = deps.config.httpMaxConnections;
 
-  // A JSON body is held whole while it arrives and is parsed: bodies over
-  // SMALL_BODY_BYTES first reserve their size (as raw bytes, text and parsed values) from
-  // the memory budget, so many clients sending big bodies slowly get 503s, not the heap.
-  // (Multipart uploads stream to disk and hold no body.)
+  // A JSON body is held whole while it arrives and is parsed: what has arrived of it is
+  // charged to the memory budget (hold.ts) until it is parsed, so many clients sending big
+  // bodies slowly get 503s, not the heap. (Multipart uploads stream to disk.)
   app.addHook('preParsing', async (req, reply, payload) => {
     if (!/^application\/json/i.test(req.headers['content-type'] ?? '')) return payload;
-    const declared = Number(req.headers['content-length']);
-    const limit = req.routeOptions.bodyLimit ?? DEFAULT_BODY_LIMIT;
-    const bytes = Number.isFinite(declared) && declared >= 0 ? Math.min(declared, limit) : limit;
-    if (bytes <= SMALL_BODY_BYTES) return payload;
-    releaseWithResponse(reply.raw, deps.budget.reserve(bytes * 3, 'a large request body'));
-    return payload;
+    // A body for a session that does not exist is not worth reading.
+    const id = (req.params as { id?: unknown } | undefined)?.id;
+    if (req.method === 'POST' && typeof id === 'string' && !deps.sessions.has(id)) throw new SandboxError('SBX_SESSION_NOT_FOUND', `session not found: ${id}`);
+    return meterBody(req, payload, deps.budget, reply.raw);
   });
+  app.addHook('preHandler', async (req) => releaseBody(req));
 
   // An empty JSON body is an empty object (the reference accepts POST /sessions with none).
   // Bodies too complex to parse cheaply (json-bounds.ts) are refused before JSON.parse.
@@ -130,24 +127,22 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   // memory reservation and descriptor forever: once the answer is being sent, a stall of
   // SANDBOX_HTTP_SEND_TIMEOUT_SECONDS without progress cuts the connection. (The socket's
   // inactivity timer; after the answer, Node sets it back to the keep-alive timeout.)
-  // A large answer (an exec result of up to 2 x SANDBOX_RUNNER_MAX_OUTPUT_BYTES, escaped)
-  // also holds its size of the memory budget until it is sent, so clients that read
-  // nothing cannot make the server hold many of them: past the budget, a 503.
+  // An answer must also keep a minimum pace: a client that reads a little now and then
+  // would otherwise hold a large answer (and its share of the memory budget) for hours.
+  // Past SANDBOX_HTTP_SEND_TIMEOUT_SECONDS plus its size at
+  // SANDBOX_HTTP_MIN_SEND_BYTES_PER_SECOND, an answer still being sent is cut.
   const sendTimeoutMs = deps.config.httpSendTimeoutSeconds * 1000;
+  const minRate = deps.config.httpMinSendBytesPerSecond;
   app.addHook('onSend', async (_req, reply, payload) => {
-    reply.raw.setTimeout(sendTimeoutMs, () => reply.raw.destroy());
-    const size = typeof payload === 'string' ? payload.length * 2 : Buffer.isBuffer(payload) ? payload.length : 0;
-    if (size <= SMALL_BODY_BYTES) return payload;
-    let held;
-    try {
-      held = deps.budget.reserve(size, 'the answer');
-    } catch (e) {
-      const err = e as SandboxError;
-      void reply.code(err.status).header('content-type', 'application/json; charset=utf-8');
-      for (const [k, v] of Object.entries(err.headers)) void reply.header(k, v);
-      return JSON.stringify({ detail: err.detail, code: err.code });
+    const res = reply.raw;
+    res.setTimeout(sendTimeoutMs, () => res.destroy());
+    const declared = Number(reply.getHeader('content-length'));
+    const bytes = typeof payload === 'string' || Buffer.isBuffer(payload) ? payload.length : Number.isFinite(declared) ? declared : deps.config.maxListBytes;
+    if (bytes > SMALL_BYTES) {
+      const deadline = setTimeout(() => res.destroy(), sendTimeoutMs + (bytes / minRate) * 1000);
+      deadline.unref();
+      finished(res, () => clearTimeout(deadline));
     }
-    releaseWithResponse(reply.raw, held);
     return payload;
   });
 

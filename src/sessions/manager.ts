@@ -161,6 +161,10 @@ export class SessionManager {
     return session;
   }
 
+  has(id: string): boolean {
+    return this.sessions.has(id);
+  }
+
   get(id: string): Session {
     const s = this.sessions.get(id);
     if (!s) throw new SandboxError('SBX_SESSION_NOT_FOUND', `session not found: ${id}`);

@@ -497,10 +497,15 @@ print(fine())`,
 test('#R2 #R3 request bodies too complex to parse cheaply are 413 before parsing; validation of a huge array stays small', async (t) => {
   const a = await attacker(S, t);
   const objs = `[${Array(300_000).fill('{}').join(',')}]`;
-  for (const path of ['/sessions/sbx_nonexistent/programmatic-tools/register', `/sessions/${a.id}/exec`, '/sessions']) {
+  for (const [path, status] of [
+    ['/sessions/sbx_nonexistent/programmatic-tools/register', 404],
+    [`/sessions/${a.id}/programmatic-tools/register`, 413],
+    [`/sessions/${a.id}/exec`, 413],
+    ['/sessions', 413],
+  ] as const) {
     const res = await fetch(`${S.server.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: `{"junk":${objs}}` });
     await res.arrayBuffer();
-    assert.equal(res.status, 413, path);
+    assert.equal(res.status, status, path);
   }
   // Under the token cap but many wrong items: one small 422.
   const range = Array(40_000).fill('');
@@ -511,6 +516,7 @@ test('#R2 #R3 request bodies too complex to parse cheaply are 413 before parsing
 });
 
 test('#R4 many half-sent large bodies: past the memory budget the server answers 503 at once instead of holding them', async (t) => {
+  const a = await attacker(S, t);
   const u = new URL(S.server.url);
   const sockets: net.Socket[] = [];
   t.after(() => {
@@ -530,7 +536,7 @@ test('#R4 many half-sent large bodies: past the memory budget the server answers
         s.once('close', () => resolve(got.slice(0, 12)));
       }),
     );
-    s.write(`POST /sessions/sbx_x/programmatic-tools/register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length + 10}\r\n\r\n`);
+    s.write(`POST /sessions/${a.id}/programmatic-tools/register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length + 10}\r\n\r\n`);
     s.write(body);
   }
   // Some are refused with 503 while the rest wait for their last bytes (then time out).
@@ -542,14 +548,14 @@ test('#R4 many half-sent large bodies: past the memory budget the server answers
   const grown = (await serverRssKb(S.server)) - before;
   assert.ok(grown < RSS_GROWTH_KB, `server RSS grew by ${grown} KiB`);
   assert.equal((await api(S.server, 'GET', '/health')).body.memory_budget.used_bytes, 0);
-  await finishCase(S, null);
+  await finishCase(S, a);
 });
 
-test('#R5 answers that clients never read hold the memory budget: past it a clear 503, and it is freed when they go', async (t) => {
+test('#R5 answers that clients never read hold the memory budget: past it an answer goes out cut short, and it is freed when they go', async (t) => {
   // Its own server: the suite's short send timeout would cut the stalled readers first.
   const srv = await startServer({ SANDBOX_SERVER_MEMORY_BUDGET_MB: '96' });
   t.after(() => srv.stop());
-  const a = { id: await createSession(srv) };
+  const id = await createSession(srv);
   const code = "import os\nos.write(1, b'\\x01' * 1048576)\nos.write(2, b'\\x01' * 1048576)";
   const u = new URL(srv.url);
   const sockets: net.Socket[] = [];
@@ -562,20 +568,23 @@ test('#R5 answers that clients never read hold the memory budget: past it a clea
     sockets.push(s);
     s.on('error', () => {});
     s.pause(); // never read the ~12 MB answer
-    s.write(`POST /sessions/${a.id}/exec HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+    s.write(`POST /sessions/${id}/exec HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
   }
   // Each stalled answer holds its size (~25 MB as text): three fill the 96 MB budget.
-  const health = async () => (await api(srv, 'GET', '/health')).body as { memory_budget: { used_bytes: number; total_bytes: number } };
-  assert.ok(await waitFor(async () => (await health()).memory_budget.used_bytes > 64 * 1024 * 1024, 60_000), 'the stalled answers hold the budget');
-  const refused = await api(srv, 'POST', `/sessions/${a.id}/exec`, { tool: 'code_execution', input: { code } });
-  assert.equal(refused.status, 503);
-  assert.equal(refused.body.code, 'SBX_SERVER_BUSY');
-  assert.ok((await health()).memory_budget.used_bytes <= 96 * 1024 * 1024);
+  const used = async () => ((await api(srv, 'GET', '/health')).body as { memory_budget: { used_bytes: number } }).memory_budget.used_bytes;
+  assert.ok(await waitFor(async () => (await used()) > 64 * 1024 * 1024, 60_000), 'the stalled answers hold the budget');
+  // The call runs in full; its answer, without room, is cut short and says why.
+  const lean = await py(srv, id, `${code}\nprint('ran')`);
+  assert.equal(lean.status, 200);
+  assert.ok(lean.stdout.length < 20_000, `stdout of ${lean.stdout.length} characters`);
+  assert.match(lean.stderr, /this answer was cut to fit the memory the server has free for answers \(SANDBOX_SERVER_MEMORY_BUDGET_MB\); the call itself ran in full/);
+  assert.equal(lean.limit_exceeded, 'output_bytes');
+  assert.ok((await used()) <= 96 * 1024 * 1024);
   for (const s of sockets) s.destroy();
-  assert.ok(await waitFor(async () => (await api(srv, 'GET', '/health')).body.memory_budget.used_bytes === 0, 20_000), 'the budget is freed');
-  const again = await py(srv, a.id, code);
+  assert.ok(await waitFor(async () => (await used()) === 0, 20_000), 'the budget is freed');
+  const again = await py(srv, id, code);
   assert.equal(again.status, 200);
-  assert.equal(again.stdout.length > 0, true);
+  assert.ok(again.stdout.length > 1_000_000, 'with room again, the whole answer');
 });
 
 test('#R8 tokens with quotes or backslashes are refused; a router echoing its URL query or token has it redacted', async (t) => {
@@ -593,5 +602,134 @@ test('#R8 tokens with quotes or backslashes are refused; a router echoing its UR
   const r = await py(S.server, a.id, 'from _platform_tools import echo, ToolError\ntry:\n    echo()\nexcept ToolError as e:\n    print(e)');
   assert.ok(!r.stdout.includes('QSECRET') && !r.stdout.includes(token), r.stdout);
   replies.delete('echo');
+  await finishCase(S, a);
+});
+
+// ---- Found by a second red-team review (T1-T6) and their siblings.
+
+test('#T1 half-sent bodies hold only what arrived; a body for an unknown session is refused before it is read', async (t) => {
+  const u = new URL(S.server.url);
+  const sockets: net.Socket[] = [];
+  t.after(() => {
+    for (const s of sockets) s.destroy();
+  });
+  const a = await attacker(S, t);
+  for (let i = 0; i < 60; i++) {
+    const s = net.connect(Number(u.port), u.hostname);
+    sockets.push(s);
+    s.on('error', () => {});
+    s.resume();
+    s.write(`POST /sessions/${a.id}/exec HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1600000\r\n\r\n{`);
+  }
+  await new Promise<void>((r) => sockets.at(-1)!.write('', () => r()));
+  const health = await api(S.server, 'GET', '/health');
+  assert.equal(health.body.memory_budget.used_bytes, 0, 'announced sizes are not charged');
+  // Unknown session: 404 at once, before the client sends its body.
+  const s = net.connect(Number(u.port), u.hostname);
+  sockets.push(s);
+  s.on('error', () => {});
+  let got = '';
+  const answered = new Promise<void>((r) => s.on('data', (d: Buffer) => ((got += d.toString('latin1')), r())));
+  s.write(`POST /sessions/sbx_nosuch/exec HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1600000\r\n\r\n{`);
+  await answered;
+  assert.match(got, /^HTTP\/1\.1 404/);
+  for (const x of sockets) x.destroy();
+  await finishCase(S, a);
+});
+
+test('#T2 tool calls still in flight when their cell ends are cancelled: the router sees them go, nothing stays reserved', async (t) => {
+  const a = await attacker(S, t);
+  const held: http.ServerResponse[] = [];
+  let gone = 0;
+  replies.set('hold', (res) => {
+    held.push(res);
+    res.once('close', () => gone++);
+  });
+  t.after(() => {
+    replies.delete('hold');
+    for (const r of held) r.destroy();
+  });
+  assert.equal((await register(a.id, { callback_url: routerUrl, token: 'tok-123456', tools: [{ name: 'hold' }], timeout_seconds: 3600 })).status, 200);
+  for (let round = 0; round < 3; round++) {
+    const r = await py(
+      S.server,
+      a.id,
+      `import _sandbox_driver as d, json, uuid, time, os
+for i in range(4):
+    d.DRIVER.chan.send(ord('T'), json.dumps({"call_id": uuid.uuid4().hex, "name": "hold", "input": {}}).encode())
+time.sleep(0.3)
+os._exit(0)`,
+    );
+    assert.equal(r.status, 200);
+  }
+  assert.ok(await waitFor(() => held.length === 12 && gone === 12, 20_000), `router requests: ${held.length} made, ${gone} cancelled`);
+  assert.ok(await waitFor(async () => (await api(S.server, 'GET', '/health')).body.memory_budget.used_bytes === 0, 20_000), 'nothing reserved');
+  await finishCase(S, a);
+});
+
+test('#T3 #T4 floods of empty control frames, during a call and from a process left running after it, never hold the loop', async (t) => {
+  const a = await attacker(S, t);
+  const flood = `import _sandbox_driver as d, os, struct, time
+raw = struct.pack('>IB', 0, ord('O')) * 13000
+def flood(seconds):
+    end = time.time() + seconds
+    while time.time() < end:
+        try:
+            os.write(d.DRIVER.chan.wfd, raw)
+        except BlockingIOError:
+            time.sleep(0.001)
+`;
+  // During a call: the victim's calls go on meanwhile.
+  const during = py(S.server, a.id, `${flood}flood(3)\nprint('flooded')`, { timeout_seconds: 30 });
+  for (let i = 0; i < 5; i++) assert.equal((await py(S.server, S.victim, 'print(1)')).stdout, '1');
+  assert.equal((await during).stdout, 'flooded');
+  // After it: a detached grandchild keeps the channel and floods while no call runs.
+  const after = await py(S.server, a.id, `${flood}if os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        flood(3)\n    os._exit(0)\nos.wait()\nprint('returned')`);
+  // Its frames may interleave with the driver's own (pipe writes over 4 KiB are not atomic):
+  // that garbles only this session's channel, which the server then restarts.
+  assert.equal(after.status, 200);
+  for (let i = 0; i < 5; i++) assert.equal((await py(S.server, S.victim, 'print(1)')).stdout, '1');
+  await finishCase(S, a);
+});
+
+test('#T5 a reader that trickles a large answer is cut at its deadline (send timeout + size at the minimum pace)', async (t) => {
+  const srv = await startServer({ SANDBOX_HTTP_SEND_TIMEOUT_SECONDS: '2', SANDBOX_HTTP_MIN_SEND_BYTES_PER_SECOND: String(1024 * 1024) });
+  t.after(() => srv.stop());
+  const id = await createSession(srv);
+  assert.equal((await sh(srv, id, 'head -c 8M /dev/zero > big.bin && echo ok')).stdout, 'ok\n');
+  const u = new URL(srv.url);
+  const s = net.connect(Number(u.port), u.hostname);
+  t.after(() => void s.destroy());
+  s.on('error', () => {});
+  await new Promise<void>((r) => s.once('connect', () => r()));
+  const port = s.localPort!;
+  s.pause();
+  s.write(`GET /sessions/${id}/files?path=big.bin HTTP/1.1\r\nHost: x\r\n\r\n`);
+  // Read a little every half second: always some progress, never the pace.
+  const trickle = setInterval(() => s.read(1024), 500);
+  t.after(() => clearInterval(trickle));
+  const cut = await waitFor(async () => (await serverSideState(Number(u.port), port)) !== '01', 60_000);
+  clearInterval(trickle);
+  assert.ok(cut, 'the trickled download is cut');
+});
+
+test('#T6 a queued call holds its parsed input, not its request body, in the memory budget', async (t) => {
+  const a = await attacker(S, t);
+  let pending = 6;
+  const calls = Array.from({ length: 6 }, () =>
+    api(S.server, 'POST', `/sessions/${a.id}/exec`, { tool: 'code_execution', input: { code: 'import time\ntime.sleep(1)' }, padding: 'p'.repeat(1_000_000) }).finally(
+      () => pending--,
+    ),
+  );
+  let seenWhileQueued = false;
+  assert.ok(
+    await waitFor(async () => {
+      const used = (await api(S.server, 'GET', '/health')).body.memory_budget.used_bytes;
+      if (used === 0 && pending >= 2) seenWhileQueued = true;
+      return seenWhileQueued || pending === 0;
+    }, 30_000),
+  );
+  assert.ok(seenWhileQueued, 'the budget was free while calls were still queued');
+  for (const c of await Promise.all(calls)) assert.ok(c.status === 200 || c.status === 429, String(c.status));
   await finishCase(S, a);
 });

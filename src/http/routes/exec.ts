@@ -1,6 +1,11 @@
 import type { App, AppDeps } from '../app.js';
 import type { ExecBody as ExecBodyInput } from '../../sessions/exec.js';
 import { ErrorBody, ExecBody, ExecResponse, SessionParams } from '../schemas.js';
+import type { ExecResponse as ExecAnswer } from '../../tools/result.js';
+import { releaseWithResponse, SMALL_BYTES } from '../hold.js';
+
+/** Characters of each stream kept in an answer the memory budget has no room for. */
+const LEAN_STREAM_CHARS = 16 * 1024;
 
 export function registerExecRoutes(app: App, deps: AppDeps): void {
   app.post(
@@ -22,13 +27,49 @@ export function registerExecRoutes(app: App, deps: AppDeps): void {
         if (!reply.raw.writableEnded) gone.abort();
       };
       reply.raw.once('close', onClose);
+      let answer: ExecAnswer;
       try {
-        return await deps.exec.exec(req.params.id, req.body as ExecBodyInput, gone.signal);
+        answer = await deps.exec.exec(req.params.id, req.body as ExecBodyInput, gone.signal);
       } finally {
         reply.raw.off('close', onClose);
       }
+      // A large answer holds its size of the memory budget until it is sent, so clients
+      // that never read cannot make the server hold many. The call has run, so its answer
+      // is never refused: without room, it goes out with its output cut short and says so.
+      let text = JSON.stringify(answer);
+      if (text.length * 2 > SMALL_BYTES) {
+        try {
+          releaseWithResponse(reply.raw, deps.budget.reserve(text.length * 2, 'the answer'));
+        } catch {
+          text = JSON.stringify(leanAnswer(answer));
+        }
+      }
+      // Already serialised: sent as it is (the 200 schema above documents its shape).
+      return reply.header('content-type', 'application/json; charset=utf-8').send(text as never);
     },
   );
+}
+
+/** The answer with each stream cut to LEAN_STREAM_CHARS and the text editor's details
+ * dropped, with a line in stderr that says why. */
+function leanAnswer(a: ExecAnswer): ExecAnswer {
+  const c = a.result_block.content;
+  const cut = (s: string) => (s.length > LEAN_STREAM_CHARS ? `${s.slice(0, LEAN_STREAM_CHARS)}\n... [output cut: the server is short of memory for answers]` : s);
+  const note = 'server: this answer was cut to fit the memory the server has free for answers (SANDBOX_SERVER_MEMORY_BUDGET_MB); the call itself ran in full\n';
+  return {
+    ...a,
+    result_block: {
+      ...a.result_block,
+      content: {
+        type: c.type,
+        stdout: cut(c.stdout),
+        stderr: `${cut(c.stderr)}${c.stderr.endsWith('\n') || c.stderr === '' ? '' : '\n'}${note}`,
+        return_code: c.return_code,
+        content: c.content,
+      },
+    },
+    limit_exceeded: a.limit_exceeded ?? 'output_bytes',
+  };
 }
 
 /** Code or a command of maxCodeChars characters, JSON-escaped, plus room for the other
