@@ -84,14 +84,18 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     // A body for a session that does not exist is not worth reading.
     const id = (req.params as { id?: unknown } | undefined)?.id;
     if (req.method === 'POST' && typeof id === 'string' && !deps.sessions.has(id)) throw new SandboxError('SBX_SESSION_NOT_FOUND', `session not found: ${id}`);
+    // A body that announces at most SMALL_BYTES cannot hold more (HTTP framing): the hot
+    // path is not metered.
+    const declared = Number(req.headers['content-length']);
+    if (req.headers['content-length'] !== undefined && declared <= SMALL_BYTES) return payload;
     return meterBody(req, payload, deps.budget, reply.raw);
   });
-  app.addHook('preHandler', async (req) => releaseBody(req));
 
   // An empty JSON body is an empty object (the reference accepts POST /sessions with none).
   // Bodies too complex to parse cheaply (json-bounds.ts) are refused before JSON.parse.
   app.removeContentTypeParser('application/json');
-  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (_req, body, done) => {
+  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (req, body, done) => {
+    releaseBody(req); // parsed below: the raw bytes are not held past this call
     const bytes = body as Buffer;
     if (jsonTooComplex(bytes)) {
       done(new SandboxError('SBX_BODY_TOO_LARGE', `request body too complex: more than ${MAX_JSON_TOKENS} JSON values`) as unknown as Error, undefined);
@@ -133,16 +137,18 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   // SANDBOX_HTTP_MIN_SEND_BYTES_PER_SECOND, an answer still being sent is cut.
   const sendTimeoutMs = deps.config.httpSendTimeoutSeconds * 1000;
   const minRate = deps.config.httpMinSendBytesPerSecond;
+  // Small answers go to the kernel at once (and Node stops reading pipelined requests while
+  // answers back up), so only large answers and streams are watched.
   app.addHook('onSend', async (_req, reply, payload) => {
+    const whole = typeof payload === 'string' || Buffer.isBuffer(payload);
+    if ((whole && payload.length <= SMALL_BYTES) || payload === null || payload === undefined) return payload;
     const res = reply.raw;
     res.setTimeout(sendTimeoutMs, () => res.destroy());
     const declared = Number(reply.getHeader('content-length'));
-    const bytes = typeof payload === 'string' || Buffer.isBuffer(payload) ? payload.length : Number.isFinite(declared) ? declared : deps.config.maxListBytes;
-    if (bytes > SMALL_BYTES) {
-      const deadline = setTimeout(() => res.destroy(), sendTimeoutMs + (bytes / minRate) * 1000);
-      deadline.unref();
-      finished(res, () => clearTimeout(deadline));
-    }
+    const bytes = whole ? payload.length : Number.isFinite(declared) ? declared : deps.config.maxListBytes;
+    const deadline = setTimeout(() => res.destroy(), sendTimeoutMs + (bytes / minRate) * 1000);
+    deadline.unref();
+    finished(res, () => clearTimeout(deadline));
     return payload;
   });
 

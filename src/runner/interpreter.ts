@@ -80,8 +80,9 @@ interface Pending {
   /** Why the cell was interrupted, if it was. */
   interrupted: false | 'timeout' | 'abandoned';
   cleanup?: () => void;
-  /** Aborted when the call settles: tool calls of the cell still in flight stop. */
-  toolCalls: AbortController;
+  /** Aborted when the call settles: tool calls of the cell still in flight stop. Made
+   * with the cell's first tool call. */
+  toolCalls: AbortController | null;
   resolve: (o: ExecOutcome) => void;
   timers: NodeJS.Timeout[];
   started: number;
@@ -189,7 +190,7 @@ export class Interpreter {
         stdout: new CappedBuffer(req.maxOutputBytes),
         stderr: new CappedBuffer(req.maxOutputBytes),
         interrupted: false,
-        toolCalls: new AbortController(),
+        toolCalls: null,
         resolve,
         timers: [],
         started: performance.now(),
@@ -264,17 +265,22 @@ export class Interpreter {
       this.protocolError(`malformed frame from the interpreter: ${(e as Error).message}`);
       return;
     }
+    const idle = this.pending === null && this.onHello === null;
     for (const f of frames) this.onFrame(f);
-    // Many tiny frames in one read (a flood of empty output frames, say): let every other
-    // session and request have the loop before reading more.
     if (frames.length > FRAMES_PER_TURN && !this.yielding) {
+      // Many tiny frames in one read (a flood of empty output frames, say): every other
+      // session and request gets the loop before the next read.
       this.yielding = true;
       setImmediate(() => {
         this.yielding = false;
         this.updateReading();
       });
+      this.updateReading();
+    } else if (idle && frames.length > 0) {
+      // Frames while no call runs: a process left running. Stop reading until the next
+      // call (a call that ends leaves reading on: no extra system calls on the exec path).
+      this.updateReading();
     }
-    this.updateReading();
   }
 
   private onFrame(f: Frame): void {
@@ -322,7 +328,7 @@ export class Interpreter {
         this.toolCallsInFlight++;
         const handler = p.req.onToolCall;
         const reply = handler
-          ? handler({ callId, name: msg.name, input: msg.input }, p.toolCalls.signal)
+          ? handler({ callId, name: msg.name, input: msg.input }, (p.toolCalls ??= new AbortController()).signal)
           : Promise.resolve<ToolReply>({ ok: false, error: 'no tools are registered in this session' });
         reply
           .catch((e: unknown): ToolReply => ({ ok: false, error: String((e as Error)?.message ?? e).slice(0, 1000) }))
@@ -370,7 +376,7 @@ export class Interpreter {
   private finish(p: Pending, o: Pick<ExecOutcome, 'returnCode' | 'limit' | 'notes' | 'stateLost' | 'droppedByDriver'>): void {
     if (this.pending !== p) return;
     this.pending = null;
-    p.toolCalls.abort(); // the cell is over: calls it left in flight are of no use
+    p.toolCalls?.abort(); // the cell is over: calls it left in flight are of no use
     for (const t of p.timers) clearTimeout(t);
     p.cleanup?.();
     p.resolve({ stdout: p.stdout, stderr: p.stderr, durationMs: performance.now() - p.started, ...o });

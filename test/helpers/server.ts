@@ -55,6 +55,13 @@ export async function startServer(env: Record<string, string> = {}, opts: StartO
   proc.stdout!.on('data', (d: Buffer) => (out += d.toString('utf8')));
   proc.stderr!.on('data', (d: Buffer) => (out += d.toString('utf8')));
   const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
+  // A test process that ends without stopping its server (a timeout, a crash) must not
+  // leave it running: SIGTERM makes it clean up after itself.
+  const onExit = () => {
+    if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
+  };
+  process.once('exit', onExit);
+  void exited.then(() => process.off('exit', onExit));
   const url = await new Promise<string>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`server did not start:\n${out}`)), 60_000);
     const onData = () => {

@@ -36,18 +36,28 @@ export function registerExecRoutes(app: App, deps: AppDeps): void {
       // A large answer holds its size of the memory budget until it is sent, so clients
       // that never read cannot make the server hold many. The call has run, so its answer
       // is never refused: without room, it goes out with its output cut short and says so.
+      // (Most answers are small: they take the schema's serializer, as any route.)
+      if (textChars(answer) * 6 <= SMALL_BYTES) return answer;
       let text = JSON.stringify(answer);
-      if (text.length * 2 > SMALL_BYTES) {
-        try {
-          releaseWithResponse(reply.raw, deps.budget.reserve(text.length * 2, 'the answer'));
-        } catch {
-          text = JSON.stringify(leanAnswer(answer));
-        }
+      try {
+        releaseWithResponse(reply.raw, deps.budget.reserve(text.length * 2, 'the answer'));
+      } catch {
+        text = JSON.stringify(leanAnswer(answer));
       }
       // Already serialised: sent as it is (the 200 schema above documents its shape).
       return reply.header('content-type', 'application/json; charset=utf-8').send(text as never);
     },
   );
+}
+
+/** Characters of text an answer carries (its streams and the editor's detail lines): its
+ * JSON is at most 6 times that (escapes) plus a few hundred bytes. */
+function textChars(a: ExecAnswer): number {
+  const c = a.result_block.content;
+  let n = c.stdout.length + c.stderr.length + 512;
+  const lines = c.lines;
+  if (Array.isArray(lines)) for (const l of lines) n += typeof l === 'string' ? l.length + 8 : 64;
+  return n;
 }
 
 /** The answer with each stream cut to LEAN_STREAM_CHARS and the text editor's details
