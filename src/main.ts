@@ -191,9 +191,13 @@ function closeInheritedDescriptors(): number {
 function containStrayErrors(getLog: () => Logger | null): void {
   const report = (kind: string, e: unknown) => {
     const err = { message: String((e as Error)?.message ?? e).slice(0, 2000), stack: String((e as Error)?.stack ?? '').slice(0, 4000) };
-    const log = getLog();
-    if (log) log.error({ err }, `${kind} (contained; the server goes on)`);
-    else process.stderr.write(`otari-sandbox-container: ${kind}: ${err.message}\n`);
+    // On stderr as well as in the log: stdout (the log) may be what failed.
+    process.stderr.write(`otari-sandbox-container: ${kind} (contained): ${err.stack || err.message}\n`);
+    try {
+      getLog()?.error({ err }, `${kind} (contained; the server goes on)`);
+    } catch {
+      /* the log is gone; stderr has it */
+    }
   };
   process.on('unhandledRejection', (reason) => report('unhandled rejection', reason));
   process.on('uncaughtException', (e) => report('uncaught exception', e));

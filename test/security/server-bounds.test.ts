@@ -749,3 +749,16 @@ test('#T6 a queued call holds its parsed input, not its request body, in the mem
   for (const c of await Promise.all(calls)) assert.ok(c.status === 200 || c.status === 429, String(c.status));
   await finishCase(S, a);
 });
+
+test('#L1 a log reader that stops reading (a full stdout pipe) neither freezes the server nor keeps it from stopping', { timeout: 120_000 }, async (t) => {
+  const srv = await startServer();
+  t.after(() => srv.stop());
+  srv.proc.stdout!.pause(); // nobody reads the log from here on: the pipe fills
+  const id = await createSession(srv);
+  // Thousands of access-log lines: far more than a pipe holds.
+  for (let i = 0; i < 1500; i++) assert.equal((await api(srv, 'GET', '/health')).status, 200);
+  assert.equal((await py(srv, id, 'print(6 * 7)')).stdout, '42', 'sessions still work');
+  const exited = new Promise<number | null>((resolve) => srv.proc.once('exit', (code) => resolve(code)));
+  srv.proc.kill('SIGTERM');
+  assert.equal(await exited, 0, 'it stops on SIGTERM');
+});
