@@ -85,19 +85,24 @@ export class Session {
         ),
       );
     }
+    // Nothing ahead of it: the call starts at once and never waits, so it needs no way out
+    // of the queue (the common case: no listener, no race).
+    const waits = signal !== undefined && this.active + this.queued > 0;
     this.queued++;
     let left = false;
     let onAbort: (() => void) | undefined;
-    const abandoned = new Promise<never>((_resolve, reject) => {
-      onAbort = () => {
-        if (left) return;
-        left = true;
-        this.queued--;
-        reject(new SandboxError('SBX_BAD_REQUEST', 'the client disconnected before the call started'));
-      };
-      signal?.addEventListener('abort', onAbort, { once: true });
-    });
-    abandoned.catch(() => {});
+    const abandoned = !waits
+      ? null
+      : new Promise<never>((_resolve, reject) => {
+          onAbort = () => {
+            if (left) return;
+            left = true;
+            this.queued--;
+            reject(new SandboxError('SBX_BAD_REQUEST', 'the client disconnected before the call started'));
+          };
+          signal?.addEventListener('abort', onAbort, { once: true });
+        });
+    abandoned?.catch(() => {});
     const run = async (): Promise<T> => {
       if (onAbort) signal?.removeEventListener('abort', onAbort);
       if (left) throw new SandboxError('SBX_BAD_REQUEST', 'the client disconnected before the call started');
@@ -114,7 +119,7 @@ export class Session {
     };
     const result = this.tail.then(run, run);
     this.tail = result.catch(() => {});
-    return signal ? Promise.race([result, abandoned]) : result;
+    return abandoned ? Promise.race([result, abandoned]) : result;
   }
 
   /** The error for a session that is gone (deleted, reaped, shut down). */
