@@ -79,16 +79,18 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   // A JSON body is held whole while it arrives and is parsed: what has arrived of it is
   // charged to the memory budget (hold.ts) until it is parsed, so many clients sending big
   // bodies slowly get 503s, not the heap. (Multipart uploads stream to disk.)
-  app.addHook('preParsing', async (req, reply, payload) => {
-    if (!/^application\/json/i.test(req.headers['content-type'] ?? '')) return payload;
+  // (Callback-style hooks: no promise per request on the exec path.)
+  app.addHook('preParsing', (req, reply, payload, done) => {
+    if (!/^application\/json/i.test(req.headers['content-type'] ?? '')) return done(null, payload);
     // A body for a session that does not exist is not worth reading.
     const id = (req.params as { id?: unknown } | undefined)?.id;
-    if (req.method === 'POST' && typeof id === 'string' && !deps.sessions.has(id)) throw new SandboxError('SBX_SESSION_NOT_FOUND', `session not found: ${id}`);
+    if (req.method === 'POST' && typeof id === 'string' && !deps.sessions.has(id))
+      return done(new SandboxError('SBX_SESSION_NOT_FOUND', `session not found: ${id}`) as unknown as Error);
     // A body that announces at most SMALL_BYTES cannot hold more (HTTP framing): the hot
     // path is not metered.
     const declared = Number(req.headers['content-length']);
-    if (req.headers['content-length'] !== undefined && declared <= SMALL_BYTES) return payload;
-    return meterBody(req, payload, deps.budget, reply.raw);
+    if (req.headers['content-length'] !== undefined && declared <= SMALL_BYTES) return done(null, payload);
+    done(null, meterBody(req, payload, deps.budget, reply.raw));
   });
 
   // An empty JSON body is an empty object (the reference accepts POST /sessions with none).
@@ -139,9 +141,9 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   const minRate = deps.config.httpMinSendBytesPerSecond;
   // Small answers go to the kernel at once (and Node stops reading pipelined requests while
   // answers back up), so only large answers and streams are watched.
-  app.addHook('onSend', async (_req, reply, payload) => {
+  app.addHook('onSend', (_req, reply, payload, done) => {
     const whole = typeof payload === 'string' || Buffer.isBuffer(payload);
-    if ((whole && payload.length <= SMALL_BYTES) || payload === null || payload === undefined) return payload;
+    if ((whole && payload.length <= SMALL_BYTES) || payload === null || payload === undefined) return done(null, payload);
     const res = reply.raw;
     res.setTimeout(sendTimeoutMs, () => res.destroy());
     const declared = Number(reply.getHeader('content-length'));
@@ -149,7 +151,7 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     const deadline = setTimeout(() => res.destroy(), sendTimeoutMs + (bytes / minRate) * 1000);
     deadline.unref();
     finished(res, () => clearTimeout(deadline));
-    return payload;
+    done(null, payload);
   });
 
   app.addHook('onResponse', async (req, reply) => {
