@@ -71,14 +71,4 @@ export class MemoryBudget {
       throw new SandboxError('SBX_SERVER_BUSY', `the server is busy with other large operations; ${what} was not started; retry shortly`, { headers: { 'retry-after': '1' } });
     }
   }
-
-  /** Runs fn with `bytes` reserved for its whole duration. */
-  async with<T>(bytes: number, what: string, fn: () => Promise<T>): Promise<T> {
-    const r = this.reserve(bytes, what);
-    try {
-      return await fn();
-    } finally {
-      r.release();
-    }
-  }
 }
