@@ -3,7 +3,7 @@
 Runs on the host, once at server start, with Debian's python3-seccomp (libseccomp 2.5).
 Policy: default allow, deny the listed kernel surface (a deny-list keeps numpy, threads,
 subprocess and multiprocessing working). The reasons for each entry are in
-the README (Security) and the project research notes on seccomp. libseccomp's default
+the README (Security) and docs/threat-model.md. libseccomp's default
 bad-arch action (set to kill the process) refuses i386/x32 syscalls (no extra arches are added on purpose).
 """
 import errno
@@ -36,6 +36,12 @@ for name in (
     "keyctl", "add_key", "request_key",
     # io_uring bypasses argument filters
     "io_uring_setup", "io_uring_enter", "io_uring_register",
+    # Linux AIO: its contexts count against one host-wide limit (fs.aio-max-nr), so one
+    # session could take them all from every other session and the host
+    "io_setup", "io_submit", "io_getevents", "io_pgetevents", "io_cancel", "io_destroy",
+    # inotify sees events of shared inodes (a read-only /usr is the same files in every
+    # session): a watch would show what other sessions and the server run
+    "inotify_init", "inotify_init1", "inotify_add_watch",
     # exploit primitives and information leaks
     "bpf", "userfaultfd", "perf_event_open", "fanotify_init", "name_to_handle_at",
     "open_by_handle_at", "lookup_dcookie",

@@ -1,52 +1,253 @@
-"""Start-up self-test, run inside a freshly launched sandbox: reports what it can see
-and do as JSON on stdout, so the server can check every protection before it serves.
+"""Start-up probe, run inside a freshly made sandbox of each kind the server uses: dumps,
+as one JSON object on stdout, what the sandbox is from inside. The server compares the
+dump with what its sandbox description (src/sandbox/spec.ts) says and with the other
+kinds' dumps (src/sandbox/probe-compare.ts); it does not judge anything itself.
 argv[1]: a host path that must not be visible (the sessions root)."""
+
+import ctypes
+import errno
+import fcntl
+import importlib.util
 import json
 import os
+import platform
+import resource
 import socket
+import struct
 import sys
+from typing import Any
 
-report = {}
-status = {}
-with open("/proc/self/status") as f:
-    for line in f:
-        k, _, v = line.partition(":")
-        status[k] = v.strip()
-report["uid"] = os.getuid()
-report["cap_eff"] = status.get("CapEff")
-report["no_new_privs"] = status.get("NoNewPrivs")
-report["seccomp"] = status.get("Seccomp")
-try:
-    report["init_environ"] = sorted(k.split("=", 1)[0] for k in open("/proc/1/environ").read().split("\0") if k)
-except OSError as e:
-    report["init_environ"] = f"unreadable: {e.strerror}"
-report["pids"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
-report["host_path_visible"] = os.path.exists(sys.argv[1])
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-s.settimeout(1)
-try:
-    s.connect(("1.1.1.1", 443))
-    report["network"] = "connected"
-except OSError as e:
-    report["network"] = f"blocked: {e.strerror}"
-finally:
-    s.close()
-try:
-    socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
-    report["netlink"] = "allowed"
-except OSError as e:
-    report["netlink"] = f"blocked: {e.strerror}"
-try:
-    import ctypes
-    r = ctypes.CDLL(None, use_errno=True).unshare(0x10000000)  # CLONE_NEWUSER
-    report["unshare_user"] = "allowed" if r == 0 else f"blocked: {os.strerror(ctypes.get_errno())}"
-except Exception as e:  # noqa: BLE001 - any failure (no libc symbol, denied) is a result to report
-    report["unshare_user"] = f"blocked: {e}"
-for path in ("/", "/usr", "/etc"):
+libc = ctypes.CDLL(None, use_errno=True)
+NR = {
+    "x86_64": {"keyctl": 250, "clone3": 435, "bpf": 321, "userfaultfd": 323, "io_uring_setup": 425, "io_setup": 206},
+    "aarch64": {"keyctl": 219, "clone3": 435, "bpf": 280, "userfaultfd": 282, "io_uring_setup": 425, "io_setup": 0},
+}[platform.machine()]
+FLAGS = ("ro", "nosuid", "nodev", "noexec")
+
+
+def unescape(field: str) -> str:
+    out, i = "", 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1 : i + 4].isdigit():
+            out += chr(int(field[i + 1 : i + 4], 8))
+            i += 4
+        else:
+            out += field[i]
+            i += 1
+    return out
+
+
+def template_rule(name: str) -> Any:
+    """A function of the template's builder (zygote.py, next to this file in every kind of
+    sandbox): the probe reports mounts by the very rule the builder works by."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "zygote.py")
+    spec = importlib.util.spec_from_file_location("_template_rules", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
+def mounts() -> list[list[Any]]:
+    """The mounts one can reach by path (zygote.reachable: a mount another is mounted
+    over, or one a sibling covers from a folder above, is hidden): point, file system type,
+    and which of ro/nosuid/nodev/noexec."""
+    entries: list[tuple[str, str, str, list[Any]]] = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields = left.split(" ")
+            point, options = unescape(fields[4]), fields[5].split(",")
+            entries.append((fields[0], fields[1], point, [point, right.split(" ")[0], [o for o in FLAGS if o in options]]))
+    return sorted(e[3] for e in template_rule("reachable")(entries))
+
+
+def rlimits() -> dict[str, list[int]]:
+    out, seen = {}, set()
+    for name in sorted(n for n in dir(resource) if n.startswith("RLIMIT_")):
+        if getattr(resource, name) in seen:
+            continue  # an alias (RLIMIT_OFILE is RLIMIT_NOFILE)
+        seen.add(getattr(resource, name))
+        soft, hard = resource.getrlimit(getattr(resource, name))
+        norm = [-1 if v == resource.RLIM_INFINITY else v for v in (soft, hard)]
+        out[name[len("RLIMIT_") :].lower()] = norm
+    return out
+
+
+def status() -> dict[str, str]:
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            out[k] = v.strip()
+    return out
+
+
+def outcome(call) -> str:
+    """The errno name a call fails with, or "ok"."""
     try:
-        open(os.path.join(path, ".probe"), "w").close()
-        report[f"writable:{path}"] = True
+        r = call()
+    except OSError as e:
+        return errno.errorcode.get(e.errno or 0, str(e.errno))
+    if isinstance(r, int) and r < 0:
+        return errno.errorcode.get(ctypes.get_errno(), str(ctypes.get_errno()))
+    return "ok"
+
+
+def sock(family: int, kind: int) -> int:
+    socket.socket(family, kind, 0).close()
+    return 0
+
+
+def seccomp_checks() -> dict[str, str]:
+    def sys_(name, *args):
+        ctypes.set_errno(0)
+        return libc.syscall(NR[name], *args)
+
+    def c(fn, *args):
+        ctypes.set_errno(0)
+        return fn(*args)
+
+    tiocsti = ctypes.c_char(b"x")
+    return {
+        "unshare(CLONE_NEWUSER)": outcome(lambda: c(libc.unshare, 0x10000000)),
+        "unshare(0)": outcome(lambda: c(libc.unshare, 0)),
+        "socket(AF_NETLINK)": outcome(lambda: sock(socket.AF_NETLINK, socket.SOCK_RAW)),
+        "socket(AF_PACKET)": outcome(lambda: sock(socket.AF_PACKET, socket.SOCK_RAW)),
+        "keyctl(GET_KEYRING_ID)": outcome(lambda: sys_("keyctl", 0, -3, 0)),
+        "ioctl(TIOCSTI)": outcome(lambda: c(libc.ioctl, 0, 0x5412, ctypes.byref(tiocsti))),
+        "personality(0x0040000)": outcome(lambda: c(libc.personality, 0x0040000)),
+        "clone3()": outcome(lambda: sys_("clone3", 0, 0)),
+        "bpf()": outcome(lambda: sys_("bpf", 0, 0, 0)),
+        "userfaultfd()": outcome(lambda: sys_("userfaultfd", 0)),
+        "ptrace(PEEKDATA, 1)": outcome(lambda: c(libc.ptrace, 2, os.getpid(), 0, 0)),
+        "io_uring_setup()": outcome(lambda: sys_("io_uring_setup", 0, 0)),
+        "io_setup(1)": outcome(lambda: sys_("io_setup", 1, ctypes.byref(ctypes.c_ulong(0)))),
+        "inotify_init1()": outcome(lambda: c(libc.inotify_init1, 0)),
+    }
+
+
+def interfaces() -> dict[str, bool]:
+    """Each network interface and whether it is up (netlink is filtered: /proc/net/dev)."""
+    out = {}
+    with open("/proc/net/dev") as f:
+        names = [line.split(":")[0].strip() for line in f.read().splitlines()[2:]]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for name in names:
+            ifr = fcntl.ioctl(s.fileno(), 0x8913, struct.pack("16sH22x", name.encode(), 0))  # SIOCGIFFLAGS
+            out[name] = bool(struct.unpack("16sH22x", ifr)[1] & 1)
+    return out
+
+
+def network() -> str:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(1)
+    try:
+        s.connect(("1.1.1.1", 443))
+        return "connected"
+    except OSError as e:
+        return errno.errorcode.get(e.errno or 0, "error")
+    finally:
+        s.close()
+
+
+def listing(folder: str) -> list[str]:
+    """Entries of a folder: name, and where a symbolic link points."""
+    out = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        out.append(f"{name} -> {os.readlink(path)}" if os.path.islink(path) else name)
+    return out
+
+
+def read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return " ".join(f.read().split())
+    except OSError as e:
+        return f"unreadable: {errno.errorcode.get(e.errno or 0, '?')}"
+
+
+def writable(folder: str) -> bool:
+    try:
+        open(os.path.join(folder, ".probe"), "w").close()
+        return True
     except OSError:
-        report[f"writable:{path}"] = False
-report["workspace_writable"] = os.access("/workspace", os.W_OK)
-print(json.dumps(report))
+        return False
+
+
+def init_environ() -> list[str]:
+    """The names in the namespace init's environment, which session code can read if it
+    is readable: must not show the server's."""
+    try:
+        with open("/proc/1/environ") as f:
+            return sorted(k.split("=", 1)[0] for k in f.read().split("\0") if k)
+    except OSError:
+        return []
+
+
+def foreign_sockets() -> list[str]:
+    """Inherited sockets that belong to another network namespace than the sandbox's
+    (through one, code could read that namespace's interfaces or take its abstract
+    socket names): "fd N", or what stopped the check."""
+    so_netns_cookie = 71
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as own:
+        try:
+            mine = own.getsockopt(socket.SOL_SOCKET, so_netns_cookie, 8)
+        except OSError as e:
+            return [f"unknown: {errno.errorcode.get(e.errno or 0, '?')}"]
+        out = []
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            try:
+                if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:") or fd == own.fileno():
+                    continue
+                s = socket.socket(fileno=os.dup(fd))
+            except OSError:
+                continue
+            with s:
+                if s.getsockopt(socket.SOL_SOCKET, so_netns_cookie, 8) != mine:
+                    out.append(f"fd {fd}")
+        return sorted(out)
+
+
+def main() -> None:
+    st = status()
+    umask = os.umask(0)
+    os.umask(umask)
+    report: dict[str, Any] = {
+        "mounts": mounts(),
+        "rlimits": rlimits(),
+        "uid": list(os.getresuid()),
+        "gid": list(os.getresgid()),
+        "groups": sorted(os.getgroups()),
+        "uid_map": read("/proc/self/uid_map"),
+        "gid_map": read("/proc/self/gid_map"),
+        "capabilities": {k: st.get(k) for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")},
+        "no_new_privs": st.get("NoNewPrivs"),
+        "seccomp": st.get("Seccomp"),
+        "seccomp_filters": st.get("Seccomp_filters"),
+        "seccomp_checks": seccomp_checks(),
+        "env": dict(os.environ),
+        "cwd": os.getcwd(),
+        "umask": f"{umask:04o}",
+        "hostname": socket.gethostname(),
+        "namespaces": {ns: os.readlink(f"/proc/self/ns/{ns}") for ns in sorted(os.listdir("/proc/self/ns"))},
+        "interfaces": interfaces(),
+        "foreign_sockets": foreign_sockets(),
+        "network": network(),
+        "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+        "init_environ": init_environ(),
+        "host_path_visible": os.path.exists(sys.argv[1]),
+        "writable": {p: writable(p) for p in ("/", "/usr", "/etc", os.getcwd())},
+        "proc_writable": {p: os.access(p, os.W_OK) for p in ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus")},
+        "files": {p: listing(p) for p in ("/", "/dev", "/etc", "/opt")},
+        "max_user_namespaces": read("/proc/sys/user/max_user_namespaces"),
+        "cgroup": read("/proc/self/cgroup"),
+        "oom_score_adj": read("/proc/self/oom_score_adj"),
+    }
+    sys.stdout.write(json.dumps(report))
+    sys.stdout.flush()
+
+
+main()

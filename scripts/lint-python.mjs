@@ -1,5 +1,6 @@
 // Lints and type-checks the repository's Python (the sandbox driver, the zygote, the probe,
-// the seccomp generator) to the same bar as the TypeScript; run by `npm run lint`.
+// the seccomp generator, the bench's load driver bench/client.py) to the same bar as the
+// TypeScript; run by `npm run lint`.
 //
 // - Ruff, through its WebAssembly build (@astral-sh/ruff-wasm-nodejs: no PyPI, no native
 //   binary), with the settings of ruff.toml, over every *.py file git tracks.

@@ -1,7 +1,10 @@
 /**
- * Per-session memory cgroups, where the machine lets us make them.
+ * Per-session cgroups, where the machine lets us make them: memory, and where available
+ * a process-and-thread total (pids) and a CPU share of its own (cpu: by default every
+ * session weighs the same, so one session's many busy processes get one session's share,
+ * not one share each).
  *
- * Detection, never assumption (sandboxing.md 4.3): cgroup v2 with the memory controller
+ * Detection, never assumption (docs/threat-model.md, "Cgroup detection, never assumption"): cgroup v2 with the memory controller
  * in a subtree we may write (root, or a delegated subtree), else cgroup v1's memory
  * hierarchy when we are root, else none (RLIMIT_AS per process stays the only memory
  * bound, and /health says so).
@@ -12,17 +15,20 @@
  * box (interpreter and bash commands) joins the leaf before bwrap forks, through a
  * one-line shell wrapper that writes its own pid to cgroup.procs and execs bwrap.
  */
-import { closeSync, existsSync, openSync, promises as fsp, readFileSync, readSync } from 'node:fs';
+import { closeSync, existsSync, openSync, promises as fsp, readFileSync, readSync, writeFileSync } from 'node:fs';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 
 const execFileP = promisify(execFile);
 
 export interface CgroupLeaf {
-  /** The file a process writes its pid to, to join. */
-  procsFile: string;
+  /** The files a process writes its pid to, to join (one per hierarchy on v1). */
+  procsFiles: string[];
   /** OOM kills in this leaf so far. */
   oomKills(): number;
+  /** Sends SIGKILL to every process in the leaf now (cgroup.kill where the kernel has it;
+   * else each pid its cgroup.procs lists: pids of our own sandboxes, read just before). */
+  killAll(): void;
   remove(): Promise<void>;
 }
 
@@ -31,7 +37,17 @@ export interface Cgroups {
   describe: string;
   /** Removes leaves (box_*) an earlier run left; their processes must be dead. */
   sweep(): Promise<number>;
-  create(name: string, limitBytes: number): Promise<CgroupLeaf>;
+  /** Removes this server's parent cgroup (at shutdown, every leaf gone). */
+  close(): Promise<void>;
+  create(name: string, limits: LeafLimits): Promise<CgroupLeaf>;
+  /** Which of memory, pids and cpu a leaf gets. */
+  controllers: string[];
+}
+
+export interface LeafLimits {
+  memoryBytes: number;
+  /** Processes and threads of the session together. */
+  pidsMax: number;
 }
 
 function ownPath(controllerLine: (fields: string[]) => boolean): string | null {
@@ -67,14 +83,36 @@ function counter(file: string, key: string): { read: () => number; close: () => 
   };
 }
 
-function leaf(dir: string, oomFile: string): CgroupLeaf {
-  const oom = counter(`${dir}/${oomFile}`, 'oom_kill');
+function leaf(dirs: string[], oomFile: string): CgroupLeaf {
+  const oom = counter(`${dirs[0]}/${oomFile}`, 'oom_kill');
   return {
-    procsFile: `${dir}/cgroup.procs`,
+    procsFiles: dirs.map((d) => `${d}/cgroup.procs`),
     oomKills: oom.read,
-    remove: () => {
+    killAll() {
+      try {
+        writeFileSync(`${dirs[0]}/cgroup.kill`, '1');
+        return;
+      } catch {
+        /* v1, or a kernel before 5.14 */
+      }
+      let pids: string[];
+      try {
+        pids = readFileSync(`${dirs[0]}/cgroup.procs`, 'utf8').split('\n');
+      } catch {
+        return;
+      }
+      for (const pid of pids) {
+        if (!/^\d+$/.test(pid)) continue;
+        try {
+          process.kill(Number(pid), 'SIGKILL');
+        } catch {
+          /* gone meanwhile */
+        }
+      }
+    },
+    remove: async () => {
       oom.close();
-      return removeLeaf(dir);
+      await Promise.all(dirs.map((d) => removeLeaf(d)));
     },
   };
 }
@@ -131,52 +169,105 @@ async function detectV2(privileged: boolean, scope: string): Promise<Cgroups | n
     if (probe === 'EROFS') await execFileP('/usr/bin/mount', ['-o', 'remount,rw', mount]).catch(() => {});
   }
   const parent = `${base}/${scope}`;
+  // pids and cpu where this tree has them: best effort, memory is what must work
+  const extra = ['pids', 'cpu'].filter((c) => controllers.split(/\s+/).includes(c));
+  const enabled = ['memory'];
   try {
     await fsp.mkdir(serverLeaf, { recursive: true });
     await fsp.writeFile(`${serverLeaf}/cgroup.procs`, String(process.pid));
     await fsp.writeFile(`${base}/cgroup.subtree_control`, '+memory');
     await fsp.mkdir(parent, { recursive: true });
     await fsp.writeFile(`${parent}/cgroup.subtree_control`, '+memory');
+    for (const c of extra) if ((await tryWrite(`${base}/cgroup.subtree_control`, `+${c}`)) && (await tryWrite(`${parent}/cgroup.subtree_control`, `+${c}`))) enabled.push(c);
   } catch {
     return null;
   }
   return {
     version: 'v2',
-    describe: `cgroup v2 memory.max per session (${parent})`,
+    controllers: enabled,
+    describe: `cgroup v2 ${enabled.join(', ')} per session (${parent})`,
     sweep: () => sweepLeaves(parent),
-    async create(name, limitBytes) {
+    close: async () => {
+      await sweepLeaves(parent);
+      await removeLeaf(parent);
+    },
+    async create(name, limits) {
       const dir = `${parent}/${name}`;
       await fsp.mkdir(dir);
-      await fsp.writeFile(`${dir}/memory.max`, String(limitBytes));
+      await fsp.writeFile(`${dir}/memory.max`, String(limits.memoryBytes));
       await tryWrite(`${dir}/memory.swap.max`, '0');
       await tryWrite(`${dir}/memory.oom.group`, '1');
-      return leaf(dir, 'memory.events');
+      if (enabled.includes('pids')) await fsp.writeFile(`${dir}/pids.max`, String(limits.pidsMax));
+      // cpu.weight stays at its default: every session weighs the same
+      return leaf([dir], 'memory.events');
     },
   };
 }
 
+/** This process's folder in the v1 hierarchy of `controller`, or null. */
+function v1Base(controller: string): string | null {
+  const own = ownPath((f) => f[1]!.split(',').includes(controller));
+  if (own === null) return null;
+  // the hierarchy is mounted under its controller list (cpu,cpuacct) or its own name
+  const line = readFileSync('/proc/self/cgroup', 'utf8')
+    .split('\n')
+    .find((l) => l.split(':')[1]?.split(',').includes(controller));
+  const mounts = [controller, line?.split(':')[1] ?? controller].map((m) => `/sys/fs/cgroup/${m}`);
+  const mount = mounts.find((m) => existsSync(`${m}/cgroup.procs`));
+  return mount ? `${mount}${own === '/' ? '' : own}` : null;
+}
+
 async function detectV1(privileged: boolean, scope: string): Promise<Cgroups | null> {
   if (!privileged || !existsSync('/sys/fs/cgroup/memory/memory.limit_in_bytes')) return null;
-  const own = ownPath((f) => f[1]!.split(',').includes('memory'));
-  if (own === null) return null;
-  const base = `/sys/fs/cgroup/memory${own === '/' ? '' : own}`;
+  const base = v1Base('memory');
+  if (base === null) return null;
   const parent = `${base}/${scope}`;
   try {
     await fsp.mkdir(parent, { recursive: true });
   } catch {
     return null;
   }
+  // pids and cpu in their own hierarchies, where this host has them (best effort)
+  const extra: { name: string; parent: string }[] = [];
+  for (const c of ['pids', 'cpu']) {
+    const b = v1Base(c);
+    if (b === null) continue;
+    const p = `${b}/${scope}`;
+    if (
+      await fsp.mkdir(p, { recursive: true }).then(
+        () => true,
+        () => false,
+      )
+    )
+      extra.push({ name: c, parent: p });
+  }
+  const parents = [parent, ...extra.map((e) => e.parent)];
   return {
     version: 'v1',
-    describe: `cgroup v1 memory.limit_in_bytes per session (${parent})`,
-    sweep: () => sweepLeaves(parent),
-    async create(name, limitBytes) {
+    controllers: ['memory', ...extra.map((e) => e.name)],
+    describe: `cgroup v1 ${['memory', ...extra.map((e) => e.name)].join(', ')} per session (${parent})`,
+    sweep: async () => (await Promise.all(parents.map((p) => sweepLeaves(p))))[0]!,
+    close: async () => {
+      for (const p of parents) {
+        await sweepLeaves(p);
+        await removeLeaf(p);
+      }
+    },
+    async create(name, limits) {
       const dir = `${parent}/${name}`;
       await fsp.mkdir(dir);
-      await fsp.writeFile(`${dir}/memory.limit_in_bytes`, String(limitBytes));
-      await tryWrite(`${dir}/memory.memsw.limit_in_bytes`, String(limitBytes));
+      await fsp.writeFile(`${dir}/memory.limit_in_bytes`, String(limits.memoryBytes));
+      await tryWrite(`${dir}/memory.memsw.limit_in_bytes`, String(limits.memoryBytes));
       await tryWrite(`${dir}/memory.swappiness`, '0');
-      return leaf(dir, 'memory.oom_control');
+      const dirs = [dir];
+      for (const e of extra) {
+        const d = `${e.parent}/${name}`;
+        await fsp.mkdir(d);
+        if (e.name === 'pids') await fsp.writeFile(`${d}/pids.max`, String(limits.pidsMax));
+        // cpu.shares stays at its default: every session weighs the same
+        dirs.push(d);
+      }
+      return leaf(dirs, 'memory.oom_control');
     },
   };
 }

@@ -1,7 +1,8 @@
 /**
  * The one place that starts a session's processes. Everything a session runs (its
  * interpreter, each bash command) goes through `launch()`: an argv, an explicit
- * minimal environment, a cwd of /workspace, pipes, and a kill that takes the whole tree.
+ * minimal environment, a cwd of /workspace, pipes (real pipes, never sockets of the
+ * server's network namespace: pipes.ts), and a kill that takes the whole tree.
  *
  * Process tree of one launch:
  *   node (server)
@@ -9,18 +10,21 @@
  *        └─ bwrap init = pid 1 of a fresh pid namespace (host pid reported on FD.status)
  *            └─ prlimit … -- <argv>   (pid 2; rlimits set inside the user namespace)
  * Killing init makes the kernel kill every process of the pid namespace, whatever
- * setsid/nohup/double-fork did (sandboxing.md 2.6). The outer bwrap has
+ * setsid/nohup/double-fork did (docs/threat-model.md, "Killing the pid-namespace init"). The outer bwrap has
  * --die-with-parent, so a SIGKILLed server takes every sandbox with it. Session-level
  * sweeps (all processes of uid U) are in sessions/, on top of this.
  *
  * Known limits: without cgroups, memory is bounded per process (RLIMIT_AS), not per
  * session; see cgroups.ts for the per-session limit where a cgroup can be made.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, promises as fsp } from 'node:fs';
+import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { promises as fsp } from 'node:fs';
+import type { Socket } from 'node:net';
 import { constants as osConstants } from 'node:os';
-import type { Readable, Writable } from 'node:stream';
-import { FD, GROUP, PASSWD, bwrapOptions, prlimitPrefix, sandboxEnv, ETC_ALLOW_LIST, type BwrapLayout, type ResourceLimits } from './bwrap-args.js';
+import { PassThrough, type Readable, type Writable } from 'node:stream';
+import { closeChildFds, type Pipes } from './pipes.js';
+import { FD, renderBwrap } from './bwrap-args.js';
+import type { SandboxSpec } from './spec.js';
 
 export interface Identity {
   /** Host uid/gid the sandbox runs as; undefined: the server's own (when not root). */
@@ -29,15 +33,14 @@ export interface Identity {
 }
 
 export interface LaunchOptions {
-  layout: BwrapLayout;
+  /** The sandbox to build (spec.ts). */
+  spec: SandboxSpec;
   identity: Identity;
-  limits: ResourceLimits;
   argv: string[];
-  env?: Record<string, string>;
   /** Give the program a control channel on fds 3 (in) and 4 (out). */
   controlChannel?: boolean;
-  /** Join this cgroup (its cgroup.procs file) before bwrap starts anything. */
-  cgroupProcsFile?: string;
+  /** Join these cgroups (their cgroup.procs files) before bwrap starts anything. */
+  cgroupProcsFiles?: string[];
   /** Start every process of the sandbox at this niceness (background work: the pool). */
   nice?: number;
   /** Bytes the program can read from fd 3 (a script too long for argv); exclusive with controlChannel. */
@@ -56,6 +59,14 @@ export interface ControlChannel {
   output: Readable;
 }
 
+/** The pid-namespace init of a template sandbox: its host pid and its start time (in
+ * clock ticks since boot, /proc/<pid>/stat), which together name it even after the pid
+ * is reused. */
+export interface SandboxInit {
+  pid: number;
+  start: number;
+}
+
 /** What the interpreter client needs of a running interpreter, however it was started
  * (bubblewrap here, or forked by the template in zygote.ts). */
 export interface InterpreterProcess {
@@ -68,30 +79,80 @@ export interface InterpreterProcess {
   hostPids(): Promise<number[]>;
   kill(): Promise<ExitInfo>;
   destroyStreams(): void;
+  /** A template interpreter's init while it lives (commands join its sandbox); absent: none. */
+  sandboxInit?(): SandboxInit | null;
 }
 
+/** One bubblewrap launch. Streams exist at once; the process starts once its pipes are
+ * open (pipes.ts), a few filesystem calls later. */
 export class SandboxedProcess implements InterpreterProcess {
-  readonly stdout: Readable;
-  readonly stderr: Readable;
-  readonly controlIn: Writable | null;
-  readonly controlOut: Readable | null;
+  readonly stdout = new PassThrough();
+  readonly stderr = new PassThrough();
   readonly control: Promise<ControlChannel | null>;
   readonly exited: Promise<ExitInfo>;
+  private child: ChildProcess | null = null;
   private initPid: number | null = null;
   private done = false;
+  private killWanted = false;
+  private readonly servers: Socket[] = [];
+  private resolveControl!: (c: ControlChannel | null) => void;
+  private resolveExit!: (info: ExitInfo) => void;
 
-  constructor(
-    private readonly child: ChildProcess,
-    controlChannel: boolean,
-  ) {
-    const stdio = child.stdio;
-    this.stdout = stdio[1] as Readable;
-    this.stderr = stdio[2] as Readable;
-    this.controlIn = controlChannel ? (stdio[3] as Writable) : null;
-    this.controlOut = controlChannel ? (stdio[4] as Readable) : null;
-    this.control = Promise.resolve(this.controlIn && this.controlOut ? { input: this.controlIn, output: this.controlOut } : null);
+  constructor() {
+    this.control = new Promise((r) => (this.resolveControl = r));
+    this.exited = new Promise((r) => (this.resolveExit = r));
+    // (ended by destroyStreams while a pipe may still write: never an unhandled error)
+    this.stdout.on('error', () => {});
+    this.stderr.on('error', () => {});
+  }
+
+  /** @internal Launcher.launch: opens the pipes, spawns, wires the streams. */
+  async start(pipes: Pipes, argv: string[], spawnOptions: SpawnOptions, bwrapFds: { fd: number; data: Buffer | string }[], opts: LaunchOptions): Promise<void> {
+    const ctl = opts.controlChannel === true;
+    const childFds: number[] = [];
+    // Each pipe is ours to close from the moment it is open (a later one may fail).
+    const take = <P extends { childFd: number; server: Socket }>(p: P): P => {
+      p.server.on('error', () => {});
+      this.servers.push(p.server);
+      childFds.push(p.childFd);
+      return p;
+    };
+    let child: ChildProcess;
+    try {
+      const out = take(await pipes.out());
+      const err = take(await pipes.out());
+      const fd3 = ctl || opts.fd3Data ? take(await pipes.in()) : null;
+      const fd4 = ctl ? take(await pipes.out()) : null;
+      if (this.killWanted) throw new Error('killed before it started');
+      const stdio: (number | 'pipe' | 'ignore')[] = ['ignore', out.childFd, err.childFd, fd3?.childFd ?? 'ignore', fd4?.childFd ?? 'ignore', 'pipe', 'pipe', 'pipe'];
+      for (const d of bwrapFds) stdio[d.fd] = 'pipe';
+      const [file, ...args] = argv;
+      child = spawn(file!, args, { ...spawnOptions, stdio });
+      this.child = child;
+      out.server.pipe(this.stdout);
+      err.server.pipe(this.stderr);
+      if (fd3 && !ctl && opts.fd3Data) fd3.server.end(opts.fd3Data);
+      this.resolveControl(fd3 && fd4 && ctl ? { input: fd3.server, output: fd4.server } : null);
+    } catch (e) {
+      closeChildFds(childFds);
+      for (const s of this.servers) s.destroy();
+      // A kill that came first is a kill, not a failure to start.
+      if (!this.killWanted) this.stderr.write(`could not start the sandbox: ${String((e as Error)?.message ?? e)}\n`);
+      this.stdout.end();
+      this.stderr.end();
+      this.finish(this.killWanted ? { exitCode: 137, signal: 'SIGKILL' } : { exitCode: 127, signal: null });
+      return;
+    }
+    closeChildFds(childFds); // the child has its own copies
+    const feed = (fd: number, data: Buffer | string) => {
+      const s = child.stdio[fd] as Writable | null;
+      if (!s) return;
+      s.on('error', () => {});
+      s.end(data);
+    };
+    for (const d of bwrapFds) feed(d.fd, d.data);
     let statusText = '';
-    const status = (stdio as unknown as Readable[])[FD.status]!;
+    const status = (child.stdio as unknown as Readable[])[FD.status]!;
     status.setEncoding('utf8');
     status.on('data', (d: string) => {
       if (statusText.length > 4096) return;
@@ -99,21 +160,20 @@ export class SandboxedProcess implements InterpreterProcess {
       const m = /"child-pid":\s*(\d+)/.exec(statusText);
       if (m && this.initPid === null) this.initPid = Number(m[1]);
     });
-    status.on('error', () => {});
-    this.exited = new Promise((resolve) => {
-      child.once('exit', (code, signal) => {
-        this.done = true;
-        resolve({ exitCode: code ?? 128 + signalNumber(signal), signal });
-      });
-      child.once('error', () => {
-        this.done = true;
-        resolve({ exitCode: 127, signal: null });
-      });
-    });
+    for (const s of child.stdio) s?.on('error', () => {});
+    child.once('exit', (code, signal) => this.finish({ exitCode: code ?? 128 + signalNumber(signal), signal }));
+    child.once('error', () => this.finish({ exitCode: 127, signal: null }));
+  }
+
+  private finish(info: ExitInfo): void {
+    if (this.done) return;
+    this.done = true;
+    this.resolveControl(null);
+    this.resolveExit(info);
   }
 
   get pid(): number | undefined {
-    return this.child.pid;
+    return this.child?.pid;
   }
 
   get alive(): boolean {
@@ -122,7 +182,7 @@ export class SandboxedProcess implements InterpreterProcess {
 
   /** Host pids of the outer bwrap, the namespace init and the program (init's child). */
   async hostPids(): Promise<number[]> {
-    const pids = [this.child.pid, this.initPid].filter((p): p is number => typeof p === 'number');
+    const pids = [this.child?.pid, this.initPid].filter((p): p is number => typeof p === 'number');
     if (this.initPid !== null) {
       const children = await fsp.readFile(`/proc/${this.initPid}/task/${this.initPid}/children`, 'utf8').catch(() => '');
       for (const p of children.split(' ')) if (/^\d+$/.test(p)) pids.push(Number(p));
@@ -134,6 +194,7 @@ export class SandboxedProcess implements InterpreterProcess {
    * outer bwrap. Resolves when the outer bwrap has exited. Safe to call repeatedly. */
   async kill(): Promise<ExitInfo> {
     if (!this.done) {
+      if (!this.child) this.killWanted = true; // still opening its pipes: it never starts
       if (this.initPid !== null) {
         // The outer bwrap is init's parent and has not been reaped, so initPid cannot
         // have been reused by another process yet.
@@ -143,7 +204,7 @@ export class SandboxedProcess implements InterpreterProcess {
           /* already gone */
         }
       }
-      this.child.kill('SIGKILL');
+      this.child?.kill('SIGKILL');
     }
     const info = await this.exited;
     this.destroyStreams();
@@ -152,7 +213,10 @@ export class SandboxedProcess implements InterpreterProcess {
 
   /** Streams may be held open by survivors; never wait for 'close' after exit. */
   destroyStreams(): void {
-    for (const s of this.child.stdio) s?.destroy();
+    for (const s of this.servers) s.destroy();
+    if (this.child) for (const s of this.child.stdio) s?.destroy();
+    this.stdout.end();
+    this.stderr.end();
   }
 }
 
@@ -162,59 +226,53 @@ function signalNumber(signal: NodeJS.Signals | null): number {
 
 export interface LauncherDeps {
   seccompBpf: Buffer;
-  driverDir: string;
+  /** Fresh pipes for each launch (never Node's socket pairs: see pipes.ts). */
+  pipes: Pipes;
 }
 
 export class Launcher {
-  private readonly etc: string[];
+  constructor(private readonly deps: LauncherDeps) {}
 
-  constructor(private readonly deps: LauncherDeps) {
-    this.etc = ETC_ALLOW_LIST.filter((p) => existsSync(p));
+  /** At shutdown, after every sandbox is gone. */
+  close(): Promise<void> {
+    return this.deps.pipes.close();
   }
 
   launch(opts: LaunchOptions): SandboxedProcess {
-    const env = sandboxEnv(opts.env);
-    const options = bwrapOptions(opts.layout, env, this.etc);
+    const { options, dataFds, prefix } = renderBwrap(opts.spec);
     // bwrap reads only options from --args; the command stays on its real argv.
-    const command = ['--', ...prlimitPrefix(opts.limits), ...opts.argv];
-    const ctl = opts.controlChannel === true;
-    const stdio: ('pipe' | 'ignore')[] = ['ignore', 'pipe', 'pipe', ctl || opts.fd3Data ? 'pipe' : 'ignore', ctl ? 'pipe' : 'ignore', 'pipe', 'pipe', 'pipe', 'pipe', 'pipe'];
+    const command = ['--', ...prefix, ...opts.argv];
     const niced = opts.nice ? ['/usr/bin/nice', '-n', String(opts.nice)] : [];
     const bwrapArgv = [...niced, '/usr/bin/bwrap', '--args', String(FD.args), ...command];
     const { uid, gid } = opts.identity;
     let argv = bwrapArgv;
     let spawnAs: { uid?: number; gid?: number } = { uid, gid };
-    if (opts.cgroupProcsFile) {
+    if (opts.cgroupProcsFiles?.length) {
       // A one-line wrapper joins the cgroup and execs bwrap (same pid), so no process of
       // the sandbox ever runs outside it. Moving a process needs write access up to the
       // common ancestor's cgroup.procs (cgroup v2), which only we have: the wrapper runs
       // with our identity and drops to the box's uid (setpriv) just before bwrap.
       const drop = uid !== undefined && gid !== undefined ? ['/usr/bin/setpriv', `--reuid=${uid}`, `--regid=${gid}`, '--clear-groups', '--'] : [];
-      argv = ['/bin/sh', '-c', 'echo $$ > "$0" && exec "$@"', opts.cgroupProcsFile, ...drop, ...bwrapArgv];
+      const files = opts.cgroupProcsFiles;
+      argv = [
+        '/bin/sh',
+        '-c',
+        `for f in ${files.map((_, i) => `"$${i + 1}"`).join(' ')}; do echo $$ > "$f" || exit 1; done; shift ${files.length}; exec "$@"`,
+        'sh',
+        ...files,
+        ...drop,
+        ...bwrapArgv,
+      ];
       spawnAs = {};
     }
-    const [file, ...args] = argv;
-    const child = spawn(file!, args, {
-      stdio,
-      // bwrap's own environment is what /proc/1/environ shows inside: keep it minimal.
-      env: { PATH: '/usr/bin:/bin' },
-      cwd: '/',
-      ...spawnAs,
-      windowsHide: true,
-    });
-    const proc = new SandboxedProcess(child, ctl);
-    const feed = (fd: number, data: Buffer | string) => {
-      const s = child.stdio[fd] as Writable | null;
-      if (!s) return;
-      s.on('error', () => {});
-      s.end(data);
-    };
-    feed(FD.args, options.map((a) => `${a}\0`).join(''));
-    feed(FD.seccomp, this.deps.seccompBpf);
-    feed(FD.passwd, PASSWD);
-    feed(FD.group, GROUP);
-    if (opts.fd3Data && !ctl) feed(3, opts.fd3Data);
-    for (const s of child.stdio) s?.on('error', () => {});
+    const proc = new SandboxedProcess();
+    const bwrapFds = [
+      { fd: FD.args, data: options.map((a) => `${a}\0`).join('') },
+      { fd: FD.seccomp, data: this.deps.seccompBpf },
+      ...dataFds.map((d) => ({ fd: d.fd, data: d.content })),
+    ];
+    // bwrap's own environment is what /proc/1/environ shows inside: keep it minimal.
+    void proc.start(this.deps.pipes, argv, { env: { PATH: '/usr/bin:/bin' }, cwd: '/', ...spawnAs, windowsHide: true }, bwrapFds, opts);
     return proc;
   }
 }

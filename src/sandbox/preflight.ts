@@ -1,22 +1,34 @@
 /**
- * Start-up checks of the sandbox: build the seccomp filter, launch one sandbox with the
- * full flags, and verify from inside that each protection holds. The server refuses to
- * start when any fails (fail closed: never a silently weaker sandbox), with a message
- * that says how to fix it.
+ * Start-up checks of the sandbox: build the seccomp filter, launch the probe
+ * (sandbox-python/probe.py) in a sandbox of each kind the server will use, and compare
+ * what each sees from inside with the sandbox description and with the other kinds
+ * (probe-compare.ts). The server refuses to start when bubblewrap's sandbox differs from
+ * the description (fail closed: never a silently weaker sandbox), with a message that
+ * says how to fix it; a template whose sandbox differs is not used.
  */
 import { execFile } from 'node:child_process';
-import { existsSync, promises as fsp } from 'node:fs';
+import { existsSync, promises as fsp, readdirSync, readFileSync, readlinkSync, realpathSync } from 'node:fs';
 import { promisify } from 'node:util';
 import type { InterpreterProcess, Launcher } from './launcher.js';
 import type { Zygote } from './zygote.js';
-import type { Readable } from 'node:stream';
-import type { BwrapLayout, ResourceLimits } from './bwrap-args.js';
-import { SANDBOX_UID } from './bwrap-args.js';
+import type { SandboxInit } from './launcher.js';
+import { finished, type Readable } from 'node:stream';
+import { SANDBOX_PATHS, type SandboxSpec } from './spec.js';
+import { compareWithSpec, expectedDump, normaliseDump, type Dump, type HostFacts } from './probe-compare.js';
 import { unmountLazy } from './mounts.js';
 
 const execFileP = promisify(execFile);
 
-export class PreflightError extends Error {}
+export class PreflightError extends Error {
+  /** Whether FIX_HINT (bubblewrap, user namespaces, the container's profiles) applies:
+   * not to a sandbox that starts but differs from its description. */
+  constructor(
+    message: string,
+    readonly hint = true,
+  ) {
+    super(message);
+  }
+}
 
 export const FIX_HINT = [
   'The full sandbox needs bubblewrap (apt-get install bubblewrap) and unprivileged user namespaces',
@@ -36,71 +48,99 @@ export async function buildSeccompFilter(python: string, script: string): Promis
   }
 }
 
-export interface ProbeResult {
-  protections: string[];
-  report: Record<string, unknown>;
+/** The server's own facts the probe's expectations depend on. */
+export function hostFacts(privileged: boolean): HostFacts {
+  const namespaces: Record<string, string> = {};
+  for (const ns of readdirSync('/proc/self/ns')) namespaces[ns] = readlinkSync(`/proc/self/ns/${ns}`);
+  return {
+    mountinfo: readFileSync('/proc/self/mountinfo', 'utf8'),
+    limits: readFileSync('/proc/self/limits', 'utf8'),
+    namespaces,
+    realpath: (p) => realpathSync(p),
+    privileged,
+  };
 }
 
-/** Launches the probe in a real bubblewrap sandbox and checks its report. */
-export async function probeSandbox(
+/** One kind's probe: its dump, normalised, and where it differs from the spec. */
+export interface ProbeReport {
+  kind: string;
+  dump: Dump;
+  differences: string[];
+}
+
+const PROBE_FILE = `${SANDBOX_PATHS.driver}/probe.py`;
+
+/** Launches the probe in a bubblewrap sandbox of `spec`. */
+export async function probeBwrap(
   launcher: Launcher,
-  layout: BwrapLayout,
+  spec: SandboxSpec,
   identity: { uid?: number; gid?: number },
-  limits: ResourceLimits,
   hiddenHostPath: string,
   python: string,
-): Promise<ProbeResult> {
+  host: HostFacts,
+): Promise<ProbeReport> {
   if (!existsSync('/usr/bin/bwrap')) throw new PreflightError('bubblewrap is not installed (/usr/bin/bwrap missing)');
-  const proc = launcher.launch({ layout, identity, limits, argv: [python, '-I', '/opt/sandbox/probe.py', hiddenHostPath] });
-  return checkProbe(proc, proc.stdout, proc.stderr);
+  const proc = launcher.launch({ spec, identity, argv: [python, '-I', PROBE_FILE, hiddenHostPath] });
+  return report('bwrap', spec, await readDump(proc, proc.stdout, proc.stderr), host);
 }
 
-/** Runs the probe in a sandbox the interpreter template forks and builds (zygote.ts), the
- * way every session interpreter is made, and checks its report. */
-export async function probeTemplate(zygote: Zygote, layout: BwrapLayout, uid: number, limits: ResourceLimits, hiddenHostPath: string): Promise<ProbeResult> {
-  const proc = zygote.spawn({ layout, uid, gid: uid, limits, probeArgs: [hiddenHostPath] });
+/** Runs the probe in a sandbox of `spec` the interpreter template forks and builds, the
+ * way every session interpreter is made. */
+export async function probeTemplate(zygote: Zygote, spec: SandboxSpec, identity: { uid?: number; gid?: number }, hiddenHostPath: string, host: HostFacts): Promise<ProbeReport> {
+  const proc = zygote.spawn({ spec, uid: identity.uid, gid: identity.gid, probeArgs: [hiddenHostPath] });
   const channel = await proc.control;
-  return checkProbe(proc, channel?.output ?? proc.stdout, proc.stderr);
+  return report('template', spec, await readDump(proc, channel?.output ?? proc.stdout, proc.stderr), host);
 }
 
-async function checkProbe(proc: InterpreterProcess, stdout: Readable, stderr: Readable): Promise<ProbeResult> {
+/** Runs the probe as a command the command template starts in the sandbox of a running
+ * template interpreter (`init`), the way every bash command of such a session starts. */
+export async function probeCommand(
+  commands: Zygote,
+  spec: SandboxSpec,
+  init: SandboxInit,
+  identity: { uid?: number; gid?: number },
+  hiddenHostPath: string,
+  python: string,
+  host: HostFacts,
+): Promise<ProbeReport> {
+  const box = `probe_${init.pid}`;
+  const proc = commands.command({ box, argv: [python, '-I', PROBE_FILE, hiddenHostPath], spec, init, uid: identity.uid, gid: identity.gid });
+  try {
+    return report('template command', spec, await readDump(proc, proc.stdout, proc.stderr), host);
+  } catch (e) {
+    if (proc.failedToStart) throw new PreflightError(`the command template could not start a command: ${proc.failure.trim().slice(0, 500)}`, false);
+    throw e;
+  } finally {
+    commands.forget(box);
+  }
+}
+
+function report(kind: string, spec: SandboxSpec, raw: Dump, host: HostFacts): ProbeReport {
+  const dump = normaliseDump(raw, host);
+  return { kind, dump, differences: compareWithSpec(kind, dump, expectedDump(spec, host, dump)) };
+}
+
+async function readDump(proc: InterpreterProcess, stdout: Readable, stderr: Readable): Promise<Dump> {
   let out = '';
   let err = '';
-  stdout.on('data', (d: Buffer) => (out += d.toString('utf8')));
-  stderr.on('data', (d: Buffer) => (err += d.toString('utf8')));
+  stdout.on('data', (d: Buffer) => {
+    if (out.length < 1 << 20) out += d.toString('utf8');
+  });
+  stderr.on('data', (d: Buffer) => {
+    if (err.length < 1 << 16) err += d.toString('utf8');
+  });
   stdout.resume();
   const timer = setTimeout(() => void proc.kill(), 20_000);
-  const info = await proc.exited;
+  // The report is complete when its stream ends: every process of the sandbox is gone.
+  const [info] = await Promise.all([proc.exited, new Promise<void>((r) => finished(stdout, () => r()))]);
   clearTimeout(timer);
-  await new Promise((r) => setTimeout(r, 20));
   proc.destroyStreams();
   if (info.exitCode !== 0) throw new PreflightError(`the sandbox did not start (status ${info.exitCode}): ${(err || out).trim().slice(0, 500)}`);
-  let report: Record<string, unknown>;
   try {
-    report = JSON.parse(out) as Record<string, unknown>;
+    return JSON.parse(out) as Dump;
   } catch {
     throw new PreflightError(`the sandbox probe gave no report: ${(err || out).trim().slice(0, 500)}`);
   }
-  const failures: string[] = [];
-  const protections: string[] = [];
-  const check = (ok: boolean, name: string, failure: string) => (ok ? protections.push(name) : failures.push(failure));
-  check(report.uid === SANDBOX_UID, 'non-root uid inside', `uid inside is ${String(report.uid)}`);
-  check(report.cap_eff === '0000000000000000', 'no capabilities', `capabilities inside: ${String(report.cap_eff)}`);
-  check(report.no_new_privs === '1', 'no_new_privs', 'no_new_privs is not set');
-  check(report.seccomp === '2', 'seccomp filter', `seccomp mode is ${String(report.seccomp)}`);
-  const env = report.init_environ;
-  // bwrap's init shows PATH only; the template's init is not dumpable, so unreadable
-  const envHidden = (Array.isArray(env) && env.every((k) => k === 'PATH')) || (typeof env === 'string' && env.startsWith('unreadable'));
-  check(envHidden, 'server environment hidden', `the sandbox's /proc/1/environ shows ${JSON.stringify(env)}`);
-  check(Array.isArray(report.pids) && (report.pids as number[]).every((p) => p < 10), 'own pid namespace', `host processes visible: ${JSON.stringify(report.pids)}`);
-  check(report.host_path_visible === false, 'host file system hidden (allow-list)', 'the sessions root is visible inside the sandbox');
-  check(String(report.network).startsWith('blocked'), 'no network', `network reachable: ${String(report.network)}`);
-  check(String(report.netlink).startsWith('blocked'), 'socket families filtered', 'netlink sockets allowed');
-  check(String(report.unshare_user).startsWith('blocked'), 'no nested namespaces', 'nested user namespaces allowed');
-  check(report['writable:/'] === false && report['writable:/usr'] === false && report['writable:/etc'] === false, 'read-only system', 'the system folders are writable');
-  check(report.workspace_writable === true, 'writable workspace', 'the workspace is not writable');
-  if (failures.length > 0) throw new PreflightError(`the sandbox does not hold:\n  ${failures.join('\n  ')}`);
-  return { protections, report };
 }
 
 /** Leftovers of a server that died without cleaning up (SIGKILL, power loss). */

@@ -1,49 +1,73 @@
 /**
- * The server side of the interpreter template (sandbox-python/zygote.py): one root
- * Python process that has imported the heavy modules once and forks every session
- * interpreter, which then builds its own sandbox (same layout and protections as
- * bwrap-args.ts) before any session code runs. Forked interpreters share the imported
- * pages copy-on-write: an idle session costs a few MiB instead of the tens of MiB an
- * interpreter that imports numpy, pandas and matplotlib itself costs.
+ * The server side of the interpreter template (sandbox-python/zygote.py): one Python
+ * process that has imported the heavy modules once and forks every session interpreter,
+ * which then builds its own sandbox from the spec sent with the spawn (spec.ts, the same
+ * description bubblewrap launches are rendered from) before any session code runs.
+ * Forked interpreters share the imported pages copy-on-write: an idle session costs a
+ * few MiB instead of the tens of MiB an interpreter that imports numpy, pandas and
+ * matplotlib itself costs.
  *
- * Root only: building the namespaces and mounts of a sandbox from inside a forked
- * process needs CAP_SYS_ADMIN in the host's user namespace. Unprivileged servers start
- * each interpreter with bubblewrap instead (launcher.ts).
+ * Root or not: each spawn first makes a user namespace (as bubblewrap does), so the
+ * template needs what bubblewrap needs (unprivileged user namespaces), no capability.
  *
  * Channels: the zygote's fds 3/4 carry JSON lines (spawn, kill; ready, spawned, exit).
  * Each interpreter reaches us on a Unix socket in the server's private state folder and
  * names itself with a one-time token; that socket is its control channel (frames).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, promises as fsp } from 'node:fs';
+import { promises as fsp } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
 import type { Logger } from '../log.js';
-import { ETC_ALLOW_LIST, GROUP, PASSWD, SANDBOX_UID, sandboxEnv, type BwrapLayout, type ResourceLimits } from './bwrap-args.js';
-import type { ControlChannel, ExitInfo, InterpreterProcess } from './launcher.js';
+import { SANDBOX_PATHS, sandboxEnv, type SandboxSpec } from './spec.js';
+import type { ControlChannel, ExitInfo, InterpreterProcess, SandboxInit } from './launcher.js';
+import type { NamedOutPipe, Pipes } from './pipes.js';
 
 export interface ZygoteOptions {
   python: string;
   /** Host path of sandbox-python/ (zygote.py, driver.py, probe.py). */
   driverDir: string;
-  /** Private folder of the server (0700): the socket, the mount point of new roots, the zygote's home. */
+  /** Private folder of the server (0711: searchable, not listable): the socket (0600), the mount point of new roots, the zygote's home (0700). */
   stateDir: string;
   preload: string[];
   seccompBpf: Buffer;
   log: Logger;
+  /** 'commands': the command zygote (nothing preloaded, no driver, no socket): it starts
+   * bash commands in the sandboxes of running interpreters (command()). */
+  role?: 'interpreters' | 'commands';
+  /** The FIFOs of commands' stdout and stderr (role 'commands'). */
+  pipes?: Pipes;
 }
 
 export interface ZygoteSpawn {
-  layout: BwrapLayout;
-  uid: number;
-  gid: number;
-  limits: ResourceLimits;
-  env?: Record<string, string>;
-  cgroupProcsFile?: string;
+  /** The sandbox to build (spec.ts). */
+  spec: SandboxSpec;
+  /** Host uid/gid of the box (the server is root); undefined: the server's own. */
+  uid?: number;
+  gid?: number;
+  cgroupProcsFiles?: string[];
   nice?: number;
   /** Run sandbox-python/probe.py with these arguments instead of the driver; its output comes on the control channel. */
   probeArgs?: string[];
+}
+
+/** A command started in the sandbox of a running interpreter of its session. */
+export interface ZygoteCommandRequest {
+  /** The box (its name): its commands start from one host process (zygote.py "H"). */
+  box: string;
+  argv: string[];
+  /** Its spec (spec.ts, role 'command'): the rlimits, environment and cwd are carried out
+   * for the command; the file system and namespaces are the interpreter's, built from
+   * the same spec's mount list. */
+  spec: SandboxSpec;
+  /** The interpreter's pid-namespace init (ZygoteProcess.sandboxInit()). */
+  init: SandboxInit;
+  /** Bytes the command reads on fd 3 (a script too long for argv). */
+  script?: string;
+  uid?: number;
+  gid?: number;
+  cgroupProcsFiles?: string[];
 }
 
 export interface ZygoteInfo {
@@ -67,18 +91,28 @@ export class ZygoteProcess implements InterpreterProcess {
   private resolveExit!: (info: ExitInfo) => void;
   private resolveControl!: (c: ControlChannel | null) => void;
   private initPid: number | null = null;
+  private initStart: number | null = null;
   private socket: Socket | null = null;
   private done = false;
-  private killWanted = false;
+  protected killWanted = false;
+  /** The template said it could not start this process (nothing of it ran). */
+  failedToStart = false;
 
   constructor(
     private readonly zygote: Zygote,
     readonly token: string,
     readonly spawnId: number,
+    /** An interpreter writes only on its control channel: its stdout ends at once. */
+    stdoutEnded = true,
   ) {
     this.exited = new Promise((r) => (this.resolveExit = r));
     this.control = new Promise((r) => (this.resolveControl = r));
-    this.stdout.end();
+    if (stdoutEnded) this.stdout.end();
+  }
+
+  /** Its pid-namespace init while it lives (a command of the session joins its sandbox by it). */
+  sandboxInit(): SandboxInit | null {
+    return !this.done && this.initPid !== null && this.initStart !== null ? { pid: this.initPid, start: this.initStart } : null;
   }
 
   get alive(): boolean {
@@ -115,8 +149,9 @@ export class ZygoteProcess implements InterpreterProcess {
   }
 
   /** @internal the zygote forked our init */
-  spawned(pid: number): void {
+  spawned(pid: number, start: number | null): void {
     this.initPid = pid;
+    this.initStart = start;
     if (this.killWanted) this.zygote.killInit(this.spawnId);
   }
 
@@ -141,6 +176,60 @@ export class ZygoteProcess implements InterpreterProcess {
   }
 }
 
+/** A command started by the command zygote; its stdout and stderr come on FIFOs that
+ * are unlinked as soon as the zygote has opened them (or failed). */
+export class ZygoteCommand extends ZygoteProcess {
+  private fifos: NamedOutPipe[] = [];
+  /** Why the template could not start it (failedToStart). */
+  failure = '';
+
+  constructor(zygote: Zygote, spawnId: number) {
+    super(zygote, '', spawnId, false);
+    this.stdout.on('error', () => {});
+    this.stderr.on('error', () => {});
+  }
+
+  /** @internal */
+  get wantsKill(): boolean {
+    return this.killWanted;
+  }
+
+  /** @internal the FIFOs of its stdout and stderr, open on our side */
+  attach(stdout: NamedOutPipe, stderr: NamedOutPipe): void {
+    this.fifos = [stdout, stderr];
+    stdout.server.pipe(this.stdout);
+    stderr.server.pipe(this.stderr);
+  }
+
+  override spawned(pid: number, start: number | null): void {
+    for (const f of this.fifos) f.release();
+    super.spawned(pid, start);
+  }
+
+  override ended(info: ExitInfo, why?: string): void {
+    for (const f of this.fifos) f.release();
+    if (this.failedToStart) {
+      // nothing ran: the caller starts it another way, with nothing in its output
+      this.failure = why ?? '';
+      for (const f of this.fifos) f.server.destroy();
+      this.stdout.end();
+      this.stderr.end();
+      super.ended(info);
+      return;
+    }
+    super.ended(info, why);
+  }
+
+  override destroyStreams(): void {
+    for (const f of this.fifos) {
+      f.release();
+      f.server.destroy();
+    }
+    this.stdout.end();
+    this.stderr.end();
+  }
+}
+
 export class Zygote {
   private child: ChildProcess | null = null;
   private readonly server: Server;
@@ -152,14 +241,13 @@ export class Zygote {
   private ready = false;
   private closing = false;
   private info: ZygoteInfo | null = null;
-  private readonly etc = ETC_ALLOW_LIST.filter((p) => existsSync(p));
   private readonly socketPath: string;
   private readonly rootMount: string;
   private readonly home: string;
   private readyWaiters: { resolve: (i: ZygoteInfo) => void; reject: (e: Error) => void }[] = [];
 
   private constructor(private readonly opts: ZygoteOptions) {
-    this.socketPath = `${opts.stateDir}/ctl.sock`;
+    this.socketPath = `${opts.stateDir}/sock/ctl.sock`;
     this.rootMount = `${opts.stateDir}/root`;
     this.home = `${opts.stateDir}/home`;
     this.server = createServer((s) => this.accept(s));
@@ -172,13 +260,22 @@ export class Zygote {
     const z = new Zygote(opts);
     z.sources = { zygote: await fsp.readFile(`${opts.driverDir}/zygote.py`, 'utf8'), driver: await fsp.readFile(`${opts.driverDir}/driver.py`, 'utf8') };
     await fsp.rm(opts.stateDir, { recursive: true, force: true });
-    await fsp.mkdir(opts.stateDir, { mode: 0o700 });
-    for (const d of [z.rootMount, z.home, `${z.home}/tmp`, `${z.home}/mpl`]) await fsp.mkdir(d, { mode: 0o700 });
-    await new Promise<void>((resolve, reject) => {
-      z.server.once('error', reject);
-      z.server.listen(z.socketPath, () => resolve());
-    });
-    await fsp.chmod(z.socketPath, 0o600);
+    // Searchable (not listable) by a box's uid: a spawn changes to it before it mounts
+    // the new root on rootMount; the socket and the zygote's home stay 0600/0700.
+    await fsp.mkdir(opts.stateDir, { mode: 0o711 });
+    await fsp.chmod(opts.stateDir, 0o711);
+    await fsp.mkdir(z.rootMount, { mode: 0o755 });
+    // The socket's folder is ours alone; the socket itself is open to every uid, which
+    // reaches it only through the template's O_PATH descriptor (zygote.py connect_control).
+    await fsp.mkdir(`${opts.stateDir}/sock`, { mode: 0o700 });
+    for (const d of [z.home, `${z.home}/tmp`, `${z.home}/mpl`]) await fsp.mkdir(d, { mode: 0o700 });
+    if (!z.commands) {
+      await new Promise<void>((resolve, reject) => {
+        z.server.once('error', reject);
+        z.server.listen(z.socketPath, () => resolve());
+      });
+      await fsp.chmod(z.socketPath, 0o666);
+    }
     z.launch();
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
@@ -207,10 +304,20 @@ export class Zygote {
     const { python, preload, seccompBpf, log } = this.opts;
     // Relative to its working folder (the state folder): the environment block every
     // interpreter inherits (its /proc/self/environ) names no host path.
-    const env = sandboxEnv({ HOME: 'home', TMPDIR: 'home/tmp', MPLCONFIGDIR: 'home/mpl', XDG_CACHE_HOME: 'home/tmp/.cache', XDG_CONFIG_HOME: 'home/tmp/.config' });
+    const env = {
+      ...sandboxEnv({ kind: 'command' }),
+      HOME: 'home',
+      TMPDIR: 'home/tmp',
+      MPLCONFIGDIR: 'home/mpl',
+      XDG_CACHE_HOME: 'home/tmp/.cache',
+      XDG_CONFIG_HOME: 'home/tmp/.config',
+    };
     // The source comes on stdin and is compiled under its in-sandbox name, so no host
     // path is in the template's memory (which every interpreter inherits).
-    const child = spawn(python, ['-I', '-u', '-X', 'faulthandler', '-c', "import sys; exec(compile(sys.stdin.buffer.read(), '/opt/sandbox/zygote.py', 'exec'))"], {
+    const compileAs = JSON.stringify(`${SANDBOX_PATHS.driver}/zygote.py`);
+    // (its role on its command line: which of the two templates a process is)
+    const code = `import sys; exec(compile(sys.stdin.buffer.read(), ${compileAs}, 'exec'))`;
+    const child = spawn(python, ['-I', '-u', '-X', 'faulthandler', '-c', code, this.opts.role ?? 'interpreters'], {
       stdio: ['pipe', 'pipe', 'pipe', 'pipe', 'pipe'],
       env,
       cwd: this.opts.stateDir,
@@ -227,7 +334,16 @@ export class Zygote {
     child.stderr!.on('data', onDiag);
     const input = child.stdio[3] as Writable;
     input.on('error', () => {});
-    input.write(`${JSON.stringify({ op: 'init', seccomp: seccompBpf.toString('base64'), preload, driver_source: this.sources.driver })}\n`);
+    const init = {
+      op: 'init',
+      seccomp: seccompBpf.toString('base64'),
+      preload: this.commands ? [] : preload,
+      driver_source: this.commands ? null : this.sources.driver,
+      driver_file: `${SANDBOX_PATHS.driver}/driver.py`,
+      probe_file: `${SANDBOX_PATHS.driver}/probe.py`,
+      socket_path: this.commands ? null : this.socketPath,
+    };
+    input.write(`${JSON.stringify(init)}\n`);
     let buf = '';
     (child.stdio[4] as Readable).setEncoding('utf8').on('data', (d: string) => {
       buf += d;
@@ -285,7 +401,7 @@ export class Zygote {
         if (!p) return;
         const pid = Number(msg.pid);
         this.byPid.set(pid, p);
-        p.spawned(pid);
+        p.spawned(pid, typeof msg.start === 'number' ? msg.start : null);
         return;
       }
       case 'failed': {
@@ -293,6 +409,7 @@ export class Zygote {
         this.byId.delete(Number(msg.id));
         if (!p) return;
         this.byToken.delete(p.token);
+        p.failedToStart = true;
         p.ended({ exitCode: 71, signal: null }, `could not start the sandbox: ${String(msg.error).slice(0, 500)}\n`);
         return;
       }
@@ -337,27 +454,15 @@ export class Zygote {
     }
     this.byId.set(id, proc);
     this.byToken.set(token, proc);
-    const l = req.limits;
     this.send({
       op: 'spawn',
       id,
       token,
-      socket: this.socketPath,
-      root_mount: this.rootMount,
-      uid: req.uid,
-      gid: req.gid,
-      inner_uid: SANDBOX_UID,
-      workspace_dir: req.layout.workspaceDir,
-      tmp_dir: req.layout.tmpDir,
-      lib_dir: req.layout.libDir,
-      driver_dir: req.layout.driverDir,
-      shm_bytes: req.layout.shmBytes,
-      etc: this.etc,
-      passwd: PASSWD,
-      group: GROUP,
-      env: sandboxEnv({ ...req.env, SANDBOX_PRELOAD: this.opts.preload.join(',') }),
-      limits: { as: l.addressSpaceBytes, cpu: l.cpuSeconds, fsize: l.fileSizeBytes, nofile: l.openFiles, nproc: l.processes },
-      cgroup_procs: req.cgroupProcsFile ?? null,
+      base: this.rootMount,
+      uid: req.uid ?? null,
+      gid: req.gid ?? null,
+      spec: req.spec,
+      cgroup_procs: req.cgroupProcsFiles ?? [],
       nice: req.nice ?? 0,
       probe_args: req.probeArgs ?? null,
     });
@@ -390,10 +495,78 @@ export class Zygote {
     socket.on('data', onData);
   }
 
+  /** Stops the template (its interpreters die with it) and removes its state folder. */
   async close(): Promise<void> {
     this.closing = true;
-    this.child?.kill('SIGKILL');
-    await new Promise<void>((r) => this.server.close(() => r()));
+    const child = this.child;
+    if (child && child.exitCode === null && child.signalCode === null) {
+      const gone = new Promise<void>((r) => child.once('exit', () => r()));
+      child.kill('SIGKILL');
+      await gone;
+    }
+    if (this.server.listening) await new Promise<void>((r) => this.server.close(() => r()));
+    await fsp.rm(this.opts.stateDir, { recursive: true, force: true }).catch(() => {});
+  }
+
+  private get commands(): boolean {
+    return this.opts.role === 'commands';
+  }
+
+  /** The box is gone: its command host (if it made one) is killed. */
+  forget(box: string): void {
+    if (this.commands) this.send({ op: 'forget', box });
+  }
+
+  /** Starts a command in the sandbox of a running interpreter of its session (role
+   * 'commands'). When the template cannot (the interpreter is gone, its sandbox cannot be
+   * entered), the command ends with `failedToStart` and nothing of it ran. */
+  command(req: ZygoteCommandRequest): ZygoteCommand {
+    const id = this.nextId++;
+    const proc = new ZygoteCommand(this, id);
+    const pipes = this.opts.pipes;
+    const refuse = (why: string) => {
+      proc.failedToStart = true;
+      proc.ended({ exitCode: 127, signal: null }, why);
+    };
+    if (this.closing || !this.commands || !pipes) {
+      refuse('the command template is not running');
+      return proc;
+    }
+    void (async () => {
+      const fifos: NamedOutPipe[] = [];
+      try {
+        fifos.push(await pipes.outNamed());
+        fifos.push(await pipes.outNamed());
+      } catch (e) {
+        for (const f of fifos) {
+          f.release();
+          f.server.destroy();
+        }
+        refuse(`no pipes: ${String((e as Error)?.message ?? e)}`);
+        return;
+      }
+      proc.attach(fifos[0]!, fifos[1]!);
+      if (proc.wantsKill || this.closing) {
+        proc.ended({ exitCode: 137, signal: 'SIGKILL' });
+        return;
+      }
+      this.byId.set(id, proc);
+      this.send({
+        op: 'command',
+        id,
+        box: req.box,
+        argv: req.argv,
+        spec: { rlimits: req.spec.rlimits, env: req.spec.env, cwd: req.spec.cwd },
+        script: req.script ?? null,
+        init: req.init,
+        stdout: fifos[0]!.path,
+        stderr: fifos[1]!.path,
+        uid: req.uid ?? null,
+        gid: req.gid ?? null,
+        cgroup_procs: req.cgroupProcsFiles ?? [],
+      });
+    })();
+    return proc;
   }
 }
 

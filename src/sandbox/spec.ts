@@ -1,0 +1,223 @@
+/**
+ * The sandbox of a session, described once, as data. Pure: builds a description, starts
+ * nothing. Every process of a session runs in a sandbox made from this description, by one
+ * of two launchers that carry it out step by step:
+ *   - bubblewrap (bwrap-args.ts renders the description as bwrap options and a prlimit
+ *     prefix): every bash command, and interpreters when there is no template;
+ *   - the interpreter template (zygote.ts sends the description; sandbox-python/zygote.py
+ *     executes the mount list in one loop with bubblewrap's bind semantics).
+ * At start-up a probe in each kind of sandbox dumps what it sees from inside, and the
+ * server refuses to start unless each dump equals what this description implies and the
+ * kinds equal each other (probe-compare.ts).
+ *
+ * Layout seen from inside:
+ *   /usr (ro)  + /bin /sbin /lib /lib64 symlinks     the system, read-only, allow-listed
+ *   /etc       a handful of files (ld cache, python, fonts) + synthetic passwd/group
+ *   /opt/sandbox (ro)                                 the trusted driver code
+ *   /opt/session-lib (ro)                             generated modules (_platform_tools)
+ *   /workspace (rw)                                   the session's folder
+ *   /tmp (rw)                                         the session's scratch, shared by
+ *                                                     its interpreter and bash commands
+ *   /proc (own pid namespace), /dev (minimal, ro), /dev/shm (private, size-capped)
+ *   everything else: the new root tmpfs, remounted read-only at the end
+ * Never a bind of the host's /: that would show other sessions, the server's files and
+ * sockets.
+ */
+import type { Rlimit } from '../limits.js';
+
+/** Where things are inside every sandbox. No other module spells these paths. */
+export const SANDBOX_PATHS = {
+  workspace: '/workspace',
+  tmp: '/tmp',
+  /** The trusted driver code (driver.py, probe.py), read-only. */
+  driver: '/opt/sandbox',
+  /** Generated modules of a session (_platform_tools.py), read-only, on sys.path. */
+  sessionLib: '/opt/session-lib',
+} as const;
+
+export const SANDBOX_USER = { name: 'sandbox', uid: 1000, gid: 1000, home: SANDBOX_PATHS.workspace } as const;
+export const SANDBOX_HOSTNAME = 'sandbox';
+
+/** Namespaces, named as in /proc/self/ns. Every one is new in a sandbox. */
+export const NAMESPACES = ['user', 'mnt', 'pid', 'ipc', 'uts', 'net', 'cgroup'] as const;
+export type Namespace = (typeof NAMESPACES)[number];
+
+/**
+ * One step of building the sandbox's file system, in order, on a new empty root tmpfs
+ * (nosuid, nodev). Semantics are bubblewrap's, which the template copies:
+ *  - bind: recursive bind of a host path; the top mount and every submount keep the
+ *    source's own flags and get nosuid and nodev (and ro when readonly) added; an
+ *    optional one is skipped when its source is gone (an /etc file a package removed);
+ *  - data: a read-only file with the given content (a bind of a file in a private tmpfs);
+ *  - symlink; dir (mkdir);
+ *  - proc: a proc of the sandbox's pid namespace (nosuid, nodev, noexec); those of sys,
+ *    sysrq-trigger, irq and bus that the builder could write to are covered read-only;
+ *  - dev: a tmpfs with null zero full random urandom tty bound in (devices allowed),
+ *    fd/stdin/stdout/stderr/core/ptmx symlinks, a private devpts at pts, and a shm folder;
+ *  - tmpfs: nosuid, nodev, of the given size and mode;
+ *  - remount-ro: that mount point only (not its submounts).
+ * Missing parent folders of a destination are made (0755); a file is made for the
+ * destination of a bind whose source is a file.
+ */
+export type MountOp =
+  | { op: 'bind'; source: string; dest: string; readonly: boolean; optional?: boolean }
+  | { op: 'data'; dest: string; content: string }
+  | { op: 'symlink'; target: string; dest: string }
+  | { op: 'proc'; dest: string }
+  | { op: 'dev'; dest: string }
+  | { op: 'tmpfs'; dest: string; sizeBytes: number; mode: number }
+  | { op: 'remount-ro'; dest: string };
+
+/** Host folders of one sandbox. */
+export interface SandboxFolders {
+  /** Host folder bound at /workspace. */
+  workspaceDir: string;
+  /** Host folder bound at /tmp. */
+  tmpDir: string;
+  /** Host folder with the trusted driver code (sandbox-python/), read-only. */
+  driverDir: string;
+  /** Host folder of generated modules, read-only. */
+  libDir: string;
+  /** Size of the private /dev/shm, bytes. */
+  shmBytes: number;
+}
+
+/** Host paths under /etc that are bound read-only when they exist on the host. */
+export const ETC_ALLOW_LIST = [
+  '/etc/ld.so.cache',
+  '/etc/alternatives',
+  '/etc/localtime',
+  '/etc/python3.11',
+  '/etc/python3',
+  '/etc/fonts',
+  '/etc/matplotlibrc',
+  '/etc/mime.types',
+  '/etc/ssl/certs',
+] as const;
+
+/** What a sandboxed process may do at the kernel boundary. The seccomp filter itself is
+ * built at start (sandbox-host/seccomp-gen.py); `seccompChecks` are calls the probe makes
+ * inside and the error each must give, which tells that filter is the one in force. */
+export interface SandboxSpec {
+  namespaces: readonly Namespace[];
+  hostname: string;
+  /** Inside ids; outside, the box's uid (or the server's, unprivileged). No groups. */
+  user: { uid: number; gid: number };
+  /** No nested user namespaces (besides the seccomp filter, which refuses unshare). */
+  disableUserns: true;
+  /** No capability in any set; no_new_privs; its own session (no controlling terminal). */
+  capabilities: 'none';
+  noNewPrivs: true;
+  newSession: true;
+  mounts: readonly MountOp[];
+  rlimits: readonly Rlimit[];
+  /** The whole environment: nothing comes from the server's own. */
+  env: Readonly<Record<string, string>>;
+  cwd: string;
+  seccompChecks: Readonly<Record<string, string>>;
+}
+
+const PASSWD = `${SANDBOX_USER.name}:x:${SANDBOX_USER.uid}:${SANDBOX_USER.gid}:sandbox:${SANDBOX_USER.home}:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n`;
+const GROUP = `${SANDBOX_USER.name}:x:${SANDBOX_USER.gid}:\nnogroup:x:65534:\n`;
+
+/** The environment seen inside. `role` decides what the driver gets on top. */
+export function sandboxEnv(role: SandboxRole): Record<string, string> {
+  const env: Record<string, string> = {
+    PATH: '/usr/local/bin:/usr/bin:/bin',
+    HOME: SANDBOX_USER.home,
+    // bubblewrap's --chdir sets it too (to the same value)
+    PWD: SANDBOX_PATHS.workspace,
+    TMPDIR: SANDBOX_PATHS.tmp,
+    LANG: 'C.UTF-8',
+    LC_ALL: 'C.UTF-8',
+    USER: SANDBOX_USER.name,
+    PYTHONUNBUFFERED: '1',
+    PYTHONDONTWRITEBYTECODE: '1',
+    MPLBACKEND: 'Agg',
+    MPLCONFIGDIR: `${SANDBOX_PATHS.tmp}/.matplotlib`,
+    // Caches and configs of libraries go to /tmp, so they never show up as produced files.
+    XDG_CACHE_HOME: `${SANDBOX_PATHS.tmp}/.cache`,
+    XDG_CONFIG_HOME: `${SANDBOX_PATHS.tmp}/.config`,
+    // Pinned thread pools keep address-space reservations (OpenBLAS per-thread buffers,
+    // glibc arenas) small, so the address-space limit does not break `import numpy`.
+    OPENBLAS_NUM_THREADS: '2',
+    OMP_NUM_THREADS: '2',
+    MKL_NUM_THREADS: '2',
+    MALLOC_ARENA_MAX: '2',
+  };
+  if (role.kind === 'interpreter') {
+    // Read and removed by the driver before session code runs.
+    env.SANDBOX_PRELOAD = role.preload.join(',');
+    env.SANDBOX_SESSION_LIB = SANDBOX_PATHS.sessionLib;
+  }
+  return env;
+}
+
+/** An interpreter (the driver, or the probe in its place) or a bash command. */
+export type SandboxRole = { kind: 'interpreter'; preload: readonly string[] } | { kind: 'command' };
+
+/** The mounts, in order. `etc`: the entries of ETC_ALLOW_LIST that exist on this host. */
+export function sandboxMounts(folders: SandboxFolders, etc: readonly string[]): MountOp[] {
+  const m: MountOp[] = [];
+  // the system, read-only, by allow-list
+  m.push({ op: 'bind', source: '/usr', dest: '/usr', readonly: true });
+  for (const [link, target] of [
+    ['/bin', 'usr/bin'],
+    ['/sbin', 'usr/sbin'],
+    ['/lib', 'usr/lib'],
+    ['/lib64', 'usr/lib64'],
+  ] as const) {
+    m.push({ op: 'symlink', target, dest: link });
+  }
+  for (const p of etc) m.push({ op: 'bind', source: p, dest: p, readonly: true, optional: true });
+  m.push({ op: 'data', dest: '/etc/passwd', content: PASSWD });
+  m.push({ op: 'data', dest: '/etc/group', content: GROUP });
+  m.push({ op: 'bind', source: folders.driverDir, dest: SANDBOX_PATHS.driver, readonly: true });
+  m.push({ op: 'bind', source: folders.libDir, dest: SANDBOX_PATHS.sessionLib, readonly: true });
+  // kernel views: own /proc (own pid namespace), minimal /dev, private capped /dev/shm
+  m.push({ op: 'proc', dest: '/proc' });
+  m.push({ op: 'dev', dest: '/dev' });
+  m.push({ op: 'tmpfs', dest: '/dev/shm', sizeBytes: folders.shmBytes, mode: 0o1777 });
+  // the session's folders
+  m.push({ op: 'bind', source: folders.workspaceDir, dest: SANDBOX_PATHS.workspace, readonly: false });
+  m.push({ op: 'bind', source: folders.tmpDir, dest: SANDBOX_PATHS.tmp, readonly: false });
+  // freeze the layout: the new root and /dev are writable tmpfs until remounted
+  m.push({ op: 'remount-ro', dest: '/dev' });
+  m.push({ op: 'remount-ro', dest: '/' });
+  return m;
+}
+
+/** The calls the probe makes and the error each must give under the filter. */
+export const SECCOMP_CHECKS: Readonly<Record<string, string>> = {
+  'unshare(CLONE_NEWUSER)': 'EPERM',
+  'unshare(0)': 'EPERM',
+  'socket(AF_NETLINK)': 'EAFNOSUPPORT',
+  'socket(AF_PACKET)': 'EAFNOSUPPORT',
+  'keyctl(GET_KEYRING_ID)': 'EPERM',
+  'ioctl(TIOCSTI)': 'EPERM',
+  'personality(0x0040000)': 'EPERM',
+  'clone3()': 'ENOSYS',
+  'bpf()': 'EPERM',
+  'userfaultfd()': 'EPERM',
+  'ptrace(PEEKDATA, 1)': 'EPERM',
+  'io_uring_setup()': 'EPERM',
+  'io_setup(1)': 'EPERM',
+  'inotify_init1()': 'EPERM',
+};
+
+export function sandboxSpec(folders: SandboxFolders, rlimits: readonly Rlimit[], role: SandboxRole, etc: readonly string[]): SandboxSpec {
+  return {
+    namespaces: NAMESPACES,
+    hostname: SANDBOX_HOSTNAME,
+    user: { uid: SANDBOX_USER.uid, gid: SANDBOX_USER.gid },
+    disableUserns: true,
+    capabilities: 'none',
+    noNewPrivs: true,
+    newSession: true,
+    mounts: sandboxMounts(folders, etc),
+    rlimits,
+    env: sandboxEnv(role),
+    cwd: SANDBOX_PATHS.workspace,
+    seccompChecks: SECCOMP_CHECKS,
+  };
+}
