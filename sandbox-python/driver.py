@@ -2,16 +2,9 @@
 
 Wire format (control channel, see src/runner/frame-codec.ts for the other side):
   every frame is  u32 big-endian body length | u8 kind | body
-  server -> driver on fd 3:
-    b'E' exec      JSON {"id", "code", "max_output_bytes"}
-    b'I' interrupt JSON {"id"}                 (KeyboardInterrupt in the running cell)
-    b'U' tool reply JSON {"call_id", "ok", "content" | "error"}
-  driver -> server on fd 4:
-    b'H' hello     JSON {"pid", "preloaded": [...], "preload_errors": {...}}
-    b'O' / b'R'    raw stdout / stderr bytes of the running cell
-    b'T' tool call JSON {"call_id", "name", "input"}
-    b'D' done      JSON {"id", "return_code", "limit", "stdout_dropped", "stderr_dropped",
-                         "killed_children", "note"?}
+  server -> driver on fd 3, driver -> server on fd 4. The kinds are FrameKind below (the
+  server's table, FrameKind in frame-codec.ts, is checked to agree by
+  test/unit/frame-kinds.test.ts); the JSON bodies are the TypedDicts after it.
 
 Invariants:
   - Code never arrives on stdin (which is /dev/null) or any stream a program's output
@@ -39,8 +32,8 @@ import signal
 import struct
 import sys
 import threading
-import time
 import traceback
+from enum import IntEnum, unique
 
 # Bound now: session code that replaces json.dumps or struct.pack in those modules
 # must not break the driver's own framing.
@@ -51,6 +44,79 @@ MAX_FRAME = 64 << 20  # frames from the server: code (<= 16 MiB) and tool replie
 CHUNK = 64 * 1024
 TOOL_CALL_MAX = 1 << 20  # the server accepts frames up to 2 MiB from us
 ENGAGE_AFTER = 0.003  # seconds a cell runs before its output is streamed as it comes
+
+
+@unique
+class FrameKind(IntEnum):
+    """The u8 kind of a frame. The server's table is FrameKind in src/runner/frame-codec.ts,
+    and test/unit/frame-kinds.test.ts checks that the two agree: one `NAME = ord(...)`
+    line per kind (that test reads them from this source)."""
+
+    EXEC = ord("E")  # server -> driver: run a cell; JSON {"id", "code", "max_output_bytes"}
+    INTERRUPT = ord("I")  # server -> driver: KeyboardInterrupt in the running cell; JSON {"id"}
+    TOOL_REPLY = ord("U")  # server -> driver: a tool call's answer; JSON {"call_id", "ok", "content" | "error"}
+    HELLO = ord("H")  # driver -> server: ready, pre-imports done; JSON {}
+    STDOUT = ord("O")  # driver -> server: raw stdout bytes of the running cell
+    STDERR = ord("R")  # driver -> server: raw stderr bytes of the running cell
+    TOOL_CALL = ord("T")  # driver -> server: a programmatic tool call; JSON {"call_id", "name", "input"}
+    DONE = ord("D")  # driver -> server: the cell ended; JSON {"id", "return_code", "limit", ...}
+    SETUP_FAILED = ord("X")  # template child (zygote.py) -> server, instead of a hello; JSON {"error"}
+
+
+# The JSON bodies of the frames, checked by pyright. They exist for the type checker only:
+# at run time the driver never imports typing (milliseconds at every interpreter start),
+# and the annotations that name them are strings or inside functions, so never evaluated.
+# (No `from __future__ import annotations`: compile() would pass it on to session code.)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Literal, NotRequired, TypedDict
+
+    class ExecRequest(TypedDict):
+        """FrameKind.EXEC: run `code` as cell `id`, forwarding at most max_output_bytes per stream."""
+
+        id: int
+        code: str
+        max_output_bytes: int
+
+    class InterruptRequest(TypedDict):
+        """FrameKind.INTERRUPT: stop cell `id` (ignored if another cell runs by then)."""
+
+        id: int
+
+    class ToolReply(TypedDict):
+        """FrameKind.TOOL_REPLY, and what call_tool returns: `content` when ok, else `error`."""
+
+        call_id: str
+        ok: bool
+        content: NotRequired[object]
+        error: NotRequired[str]
+
+    class Hello(TypedDict):
+        """FrameKind.HELLO: no fields; its arrival is the message."""
+
+    class ToolCall(TypedDict):
+        """FrameKind.TOOL_CALL. call_id comes first on the wire: the server refuses a call
+        (too many in flight, too large) from the frame's first bytes, without parsing it."""
+
+        call_id: str
+        name: str
+        input: object
+
+    class Done(TypedDict):
+        """FrameKind.DONE: cell `id` ended. limit: "memory" (MemoryError) or "interrupted";
+        *_dropped: bytes past max_output_bytes, counted, not sent; note: a line for stderr."""
+
+        id: int
+        return_code: int
+        limit: Literal["memory", "interrupted"] | None
+        stdout_dropped: int
+        stderr_dropped: int
+        note: str | None
+
+    class SetupFailed(TypedDict):
+        """FrameKind.SETUP_FAILED, written by zygote.py's child when its sandbox fails."""
+
+        error: str
 
 
 def _move_fd_high(fd, at):
@@ -167,7 +233,6 @@ class Cell:
         # "relay": the relay streams them (claimed after ENGAGE_AFTER); "done".
         self.owner = "main"
         self.lock = threading.Lock()
-        self.started = time.monotonic()
 
 
 class Driver:
@@ -177,8 +242,8 @@ class Driver:
         self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC)
         self.timer = EngageTimer(ENGAGE_AFTER)
         self.timer.fd = _move_fd_high(self.timer.fd, 200)
-        self.requests = []
-        self.tool_replies = {}
+        self.requests: list[ExecRequest] = []
+        self.tool_replies: dict[str, ToolReply] = {}
         self.tool_cv = threading.Condition()
         self.cell = None
         self.fd_reserve = []
@@ -258,18 +323,20 @@ class Driver:
                 cell.owner = "relay"
             return cell.owner == "relay"
 
-    def dispatch(self, kind, body):
-        msg = _loads(body)
-        if kind == ord("E"):
-            self.requests.append(msg)  # the server sends one at a time; read between cells
-        elif kind == ord("I"):
+    def dispatch(self, kind: int, body: bytes) -> None:
+        if kind == FrameKind.EXEC:
+            req: ExecRequest = _loads(body)
+            self.requests.append(req)  # the server sends one at a time; read between cells
+        elif kind == FrameKind.INTERRUPT:
+            stop: InterruptRequest = _loads(body)
             cell = self.cell
-            if cell is not None and cell.id == msg.get("id"):
+            if cell is not None and cell.id == stop.get("id"):
                 cell.interrupted = True  # also stop what the timed-out code started
                 os.kill(os.getpid(), signal.SIGINT)
-        elif kind == ord("U"):
+        elif kind == FrameKind.TOOL_REPLY:
+            reply: ToolReply = _loads(body)
             with self.tool_cv:
-                self.tool_replies[msg["call_id"]] = msg
+                self.tool_replies[reply["call_id"]] = reply
                 self.tool_cv.notify_all()
 
     def pump(self, cell, fd, stream, max_reads=16, frames=None):
@@ -287,7 +354,7 @@ class Driver:
             if room > 0:
                 part = data[:room]
                 cell.sent[stream] += len(part)
-                kind = ord("O") if stream == 1 else ord("R")
+                kind = FrameKind.STDOUT if stream == 1 else FrameKind.STDERR
                 if frames is None:
                     self.chan.send(kind, part)
                 else:
@@ -312,7 +379,7 @@ class Driver:
         cell.finished.set()
 
     # ---- main thread: runs the code ----
-    def next_request(self):
+    def next_request(self) -> "ExecRequest":
         """Between cells the main thread reads the control channel itself."""
         while not self.requests:
             try:
@@ -322,7 +389,7 @@ class Driver:
             self.dispatch(kind, body)
         return self.requests.pop(0)
 
-    def new_cell(self, req):
+    def new_cell(self, req: "ExecRequest"):
         """The cell's pipes; at the open-files limit, the reserve pays for them."""
         try:
             return Cell(req["id"], int(req.get("max_output_bytes", 1 << 20))), None
@@ -335,13 +402,17 @@ class Driver:
                 "close some files; interpreter state was kept")
 
     def run_forever(self):
-        sys.path.insert(0, "/opt/session-lib")
+        # Where the server's spec (src/sandbox/spec.ts) put the session's generated modules.
+        self.session_lib = os.environ.pop("SANDBOX_SESSION_LIB", "")
+        if self.session_lib:
+            sys.path.insert(0, self.session_lib)
         threading.Thread(target=self.relay, name="relay", daemon=True).start()
-        preloaded, errors = preload()
+        preload()
         # One silent cell through the whole path, so the first real call does not pay for
         # cold code (its frames carry id 0, which the server never waits for).
         self.execute({"id": 0, "code": "print(end='')", "max_output_bytes": 0})
-        self.chan.send(ord("H"), {"pid": os.getpid(), "preloaded": preloaded, "preload_errors": errors})
+        hello: Hello = {}
+        self.chan.send(FrameKind.HELLO, hello)
         while True:
             req = self.next_request()
             try:
@@ -355,14 +426,14 @@ class Driver:
         """A new programmatic-tools registration rewrites the stub: drop the old module so
         the next import sees the new set."""
         try:
-            mtime = os.stat("/opt/session-lib/_platform_tools.py").st_mtime_ns
+            mtime = os.stat(os.path.join(self.session_lib, "_platform_tools.py")).st_mtime_ns
         except OSError:
             mtime = None
         if mtime != getattr(self, "tools_mtime", None):
             self.tools_mtime = mtime
             sys.modules.pop("_platform_tools", None)
 
-    def execute(self, req):
+    def execute(self, req: "ExecRequest") -> None:
         """Runs one cell and always answers with a D frame, whatever the code did to
         its streams or descriptors."""
         self.forget_stale_tools()
@@ -387,9 +458,8 @@ class Driver:
                 _flush(stream)
             os.dup2(self.null_fd, 1)
             os.dup2(self.null_fd, 2)
-            killed = 0
-            if req.get("kill_children") or cell.interrupted:
-                killed = kill_other_processes()
+            if cell.interrupted:
+                kill_other_processes()
             self.timer.disarm()
             with cell.lock:
                 quick = cell.owner == "main"
@@ -405,11 +475,11 @@ class Driver:
                 os.write(self.wake_w, b"f")  # the relay drains and closes the cell's pipes
                 cell.finished.wait()
             self.fill_fd_reserve()
-            frames.append(frame(ord("D"), {
+            done: Done = {
                 "id": cell.id, "return_code": return_code, "limit": limit,
-                "stdout_dropped": cell.dropped[1], "stderr_dropped": cell.dropped[2],
-                "killed_children": killed, "note": note,
-            }))
+                "stdout_dropped": cell.dropped[1], "stderr_dropped": cell.dropped[2], "note": note,
+            }
+            frames.append(frame(FrameKind.DONE, done))
             self.chan.send_raw(b"".join(frames))
 
     def fill_fd_reserve(self):
@@ -467,20 +537,22 @@ class Driver:
             _flush(sys.stdout)
 
     # ---- programmatic tools: called from _platform_tools in the main thread ----
-    def call_tool(self, name, payload, timeout_seconds):
+    def call_tool(self, name: str, payload: object, timeout_seconds: float) -> "ToolReply":
         import uuid
         call_id = uuid.uuid4().hex
-        body = _dumps({"call_id": call_id, "name": name, "input": payload}, separators=(",", ":")).encode()
+        call: ToolCall = {"call_id": call_id, "name": name, "input": payload}
+        body = _dumps(call, separators=(",", ":")).encode()
         if len(body) > TOOL_CALL_MAX:
-            return {"ok": False, "error": f"tool {name!r}: arguments of {len(body)} bytes exceed the {TOOL_CALL_MAX}-byte limit"}
+            error = f"tool {name!r}: arguments of {len(body)} bytes exceed the {TOOL_CALL_MAX}-byte limit"
+            return {"call_id": call_id, "ok": False, "error": error}
         cell = self.cell
         if cell is not None and self.claim(cell) and cell.owner == "relay":
             os.write(self.wake_w, b"c")  # the reply comes on the channel: the relay reads it
-        self.chan.send(ord("T"), body)
+        self.chan.send(FrameKind.TOOL_CALL, body)
         with self.tool_cv:
             ok = self.tool_cv.wait_for(lambda: call_id in self.tool_replies, timeout=timeout_seconds)
             if not ok:
-                return {"ok": False, "error": f"tool {name!r} timed out after {timeout_seconds}s"}
+                return {"call_id": call_id, "ok": False, "error": f"tool {name!r} timed out after {timeout_seconds}s"}
             return self.tool_replies.pop(call_id)
 
 
@@ -538,13 +610,11 @@ def kill_other_processes():
     Never as root: in its sandbox the driver is uid 1000 in its own pid namespace; run by
     hand as root outside one, kill(-1) would reach every process of the host."""
     if os.geteuid() == 0:
-        return 0
-    count = 0
+        return
     for _ in range(50):
         others = [p for p in os.listdir("/proc") if p.isdigit() and p not in ("1", str(os.getpid()))]
         if not others:
             break
-        count = max(count, len(others))
         try:
             os.kill(-1, signal.SIGKILL)
         except ProcessLookupError:
@@ -554,20 +624,19 @@ def kill_other_processes():
                 pass
         except ChildProcessError:
             pass
-    return count
 
 
 def preload():
-    names = [n for n in os.environ.get("SANDBOX_PRELOAD", "").split(",") if n.strip()]
-    done, errors = [], {}
-    for name in names:
+    """Imports the SANDBOX_PRELOAD modules; one that fails is skipped (the template, where
+    there is one, has imported them already and reported its failures)."""
+    for name in os.environ.get("SANDBOX_PRELOAD", "").split(","):
+        if not name.strip():
+            continue
         try:
             __import__(name.strip())
-            done.append(name.strip())
-        except BaseException as e:  # noqa: BLE001 - a missing module must not stop the session
-            errors[name.strip()] = f"{type(e).__name__}: {e}"
+        except BaseException:  # noqa: BLE001 - a missing module must not stop the session
+            pass
     os.environ.pop("SANDBOX_PRELOAD", None)
-    return done, errors
 
 
 DRIVER = None

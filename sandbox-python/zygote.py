@@ -1,28 +1,32 @@
-"""The interpreter template ("zygote"): one per server, run by the server as root.
+"""The interpreter template ("zygote"): one per server.
 
 It imports the heavy modules (numpy, pandas, matplotlib, ...) and the driver once, then
 forks every session interpreter from itself, so the imported pages are shared
 copy-on-write by all sessions instead of being built again in each (tens of MiB each).
-A forked child builds its own sandbox with the same layout and the same protections as
-the bubblewrap one (src/sandbox/bwrap-args.ts) before any session code runs:
+A forked child builds its own sandbox from the spec the server sends with each spawn
+(src/sandbox/spec.ts, the same description bubblewrap launches are rendered from) before
+any session code runs. It works as root (a host uid per session) and unprivileged (where
+user namespaces are allowed), the same way bubblewrap does:
 
-  Z  zygote (root, host namespaces; never runs session code; a child subreaper)
-  └─ A  (root) setsid, connects to the server's socket, joins the session cgroup,
-     │   unshare(mount, pid, ipc, uts, cgroup), forks B, reports B's pid, exits
-     └─ B  pid 1 of the new pid namespace; blocks every catchable signal; drops to the
-        │   box uid, not dumpable, seccomp; reaps; exits with C's status, which makes
+  Z  zygote (the server's uid, host namespaces; never runs session code; a subreaper)
+  └─ A  setsid, joins the session cgroup; as root, becomes the box's host uid; then a
+     │   new user namespace in which it is root (mapped to that uid) and, owned by it,
+     │   new network (empty), mount, pid, ipc, uts and cgroup namespaces; connects to the
+     │   server's socket from there (the channel); forks B, reports B's pid, exits
+     └─ B  pid 1 of the new pid namespace; blocks every catchable signal; drops every
+        │   capability, not dumpable, seccomp; reaps; exits with C's status, which makes
         │   the kernel kill every process left in the namespace; SIGKILLed when the
         │   zygote dies (which dies with the server)
-        └─ C  the interpreter: new root on a tmpfs (ro /usr, allow-listed /etc, ro driver,
-              submounts ro too, rw /workspace and /tmp, own /proc, minimal /dev, capped
-              /dev/shm), pivot_root, hostname; box uid; own user namespace mapping uid
-              1000 to it (as bubblewrap does) and, from it, an empty network namespace
-              with loopback up; no capabilities; rlimits; no_new_privs; the seccomp
-              filter; then it unwinds to the top level (no zygote frame stays reachable)
-              and runs the driver.
+        └─ C  the interpreter: carries out the spec's mount list on a new root
+              (build_root), pivot_root, hostname, loopback up; a second user namespace
+              mapping the spec's uid to root of the first (as bubblewrap does); no
+              capabilities; rlimits;
+              no_new_privs; the seccomp filter; then it unwinds to the top level (no
+              zygote frame stays reachable) and runs the driver in the spec's env and cwd.
 
 Control channel (fd 3 in, fd 4 out), one JSON object per line:
-  server -> zygote  {"op": "init", "seccomp": base64, "preload", "driver_source"}  first
+  server -> zygote  {"op": "init", "seccomp": base64, "preload", "driver_source",
+                     "driver_file", "probe_file", "socket_path"}  first
                     {"op": "spawn", "id", ...}             see Zygote.spawn()
                     {"op": "kill", "id"}                   SIGKILL the B of that spawn
   zygote -> server  {"t": "ready", "pid", "preloaded", "preload_errors"}
@@ -35,25 +39,31 @@ environment block every interpreter inherits names no host folder.
 
 import base64
 import ctypes
+import errno
+import fcntl
 import gc
 import json
 import os
 import platform
 import re
+import resource
 import select
 import signal
 import socket
+import stat
 import struct
 import sys
 import time
 
 CTL_IN, CTL_OUT = 3, 4
-DRIVER_FILE = "/opt/sandbox/driver.py"
+# In-sandbox names of the driver and the probe (from the init message, i.e. the spec)
+DRIVER_FILE = PROBE_FILE = ""
 
 CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC = 0x20000, 0x02000000, 0x04000000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+MS_NOATIME, MS_NODIRATIME, MS_RELATIME, MS_STRICTATIME = 1024, 2048, 1 << 21, 1 << 24
 MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_SECCOMP, PR_CAPBSET_DROP = 1, 4, 22, 24
 PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 36, 38, 47
@@ -65,6 +75,8 @@ libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes
 libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+NS_GET_PARENT = 0xB702  # ioctl: a descriptor of a user namespace's parent
 
 
 def check(ret, what):
@@ -78,33 +90,121 @@ def mount(src, target, fstype, flags, data=None):
     check(libc.mount(enc(src), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
 
 
-def bind(src, target, readonly, recursive=True):
-    mount(src, target, None, MS_BIND | (MS_REC if recursive else 0))
-    # A remount sets the flags it is given: keep what the source mount already forbids.
-    have = os.statvfs(target).f_flag
-    flags = MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV
-    flags |= MS_RDONLY if readonly or have & os.ST_RDONLY else 0
-    flags |= MS_NOEXEC if have & os.ST_NOEXEC else 0
-    mount(None, target, None, flags)
-
-
 def unescape_mountinfo(field):
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
-def harden_submounts(targets):
-    """A recursive bind brings the source's submounts along with their own flags, and a
-    bind remount changes the top mount only: remount every mount below a read-only
-    target read-only, nosuid, nodev too (keeping noexec), as bubblewrap does."""
-    with open("/proc/self/mountinfo") as f:
-        lines = f.read().splitlines()
-    for line in lines:
+MOUNT_FLAGS = {
+    "ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC,
+    "noatime": MS_NOATIME, "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME,
+}
+
+
+def mount_flags(options):
+    """The per-mount flags of a mountinfo options field, access-time mode included (a
+    remount that left it out would change it, which a user namespace refuses: EPERM)."""
+    flags = sum(MOUNT_FLAGS.get(o, 0) for o in options)
+    return flags if flags & (MS_NOATIME | MS_RELATIME) else flags | MS_STRICTATIME
+
+
+def under(path, top):
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def reachable(entries):
+    """The entries (id, parent id, point, ...) of a mount table that path resolution can
+    reach, worked out from the root down: a mount is reachable when nothing is mounted over
+    it (a child at its own point), and the mount it sits in is reachable with no other
+    child of that one mounted at a folder above its point (which would cover it)."""
+    by_id = {e[0]: e for e in entries}
+    children = {}
+    for e in entries:
+        if e[1] in by_id and e[1] != e[0]:
+            children.setdefault(e[1], []).append(e)
+    over = {e[1] for e in entries if e[1] in by_id and e[1] != e[0] and by_id[e[1]][2] == e[2]}
+    memo = {}
+
+    def bottom(e):
+        for _ in range(256):
+            parent = by_id.get(e[1])
+            if parent is None or parent is e or parent[2] != e[2]:
+                break
+            e = parent
+        return e
+
+    def ok(e, depth=0):
+        if e[0] in memo:
+            return memo[e[0]]
+        memo[e[0]] = False  # (a cycle or a depth past any real table: not reachable)
+        result = False
+        if e[0] not in over and depth < 256:
+            b = bottom(e)
+            parent = by_id.get(b[1])
+            if parent is None or parent is b:
+                result = True
+            else:
+                covered = any(c is not b and c[2] != b[2] and under(b[2], c[2]) for c in children.get(parent[0], []))
+                result = not covered and ok(parent, depth + 1)
+        memo[e[0]] = result
+        return result
+
+    return [e for e in entries if ok(e)]
+
+
+def visible_mounts():
+    """{mount point: per-mount flags} of the mounts one can reach, from one read of
+    /proc/self/mountinfo. Flags come from the table, never from the file system (a hung
+    FUSE mount cannot hold a spawn; a read-only superblock under a read-write mount is not
+    mistaken for a read-only mount)."""
+    entries = []
+    for line in read_small("/proc/self/mountinfo").decode().splitlines():
         fields = line.split(" ")
-        point, options = unescape_mountinfo(fields[4]), fields[5].split(",")
-        if not any(point.startswith(t + "/") for t in targets):
-            continue
-        flags = MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | (MS_NOEXEC if "noexec" in options else 0)
-        mount(None, point, None, flags)
+        entries.append((fields[0], fields[1], unescape_mountinfo(fields[4]), mount_flags(fields[5].split(","))))
+    table = {}
+    for e in reachable(entries):
+        # two reachable mounts on one point cannot be: if the table says so, keep the
+        # weaker flags (a remount or verify_mounts then errs on the safe side)
+        table[e[2]] = table[e[2]] & e[3] if e[2] in table else e[3]
+    return table
+
+
+STATVFS_FLAGS = (
+    (os.ST_RDONLY, MS_RDONLY), (os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV), (os.ST_NOEXEC, MS_NOEXEC),
+    (os.ST_NOATIME, MS_NOATIME), (os.ST_NODIRATIME, MS_NODIRATIME), (os.ST_RELATIME, MS_RELATIME),
+)
+
+
+def flags_at(path):
+    """The flags of a mount this builder made itself (its tmpfs, its proc), by statvfs."""
+    have = os.statvfs(path).f_flag
+    flags = sum(ms for st, ms in STATVFS_FLAGS if have & st)
+    return flags if flags & (MS_NOATIME | MS_RELATIME) else flags | MS_STRICTATIME
+
+
+def bind(src, target, readonly, devices=False, host=None):
+    """bubblewrap's bind: recursive; the top mount and every visible submount keep the
+    flags the source already has (in a user namespace they are locked anyway) and get
+    nosuid, nodev (unless `devices`) and ro (if `readonly`) added. A bind remount changes
+    one mount only, hence the walk over the submounts. `host`: visible_mounts() of the tree
+    a host path comes from; None for a source this builder made (its own flags are read)."""
+    mount(src, target, None, MS_BIND | MS_REC)
+    new = MS_NOSUID | (0 if devices else MS_NODEV) | (MS_RDONLY if readonly else 0)
+    if host is None:
+        points = [(target, flags_at(target))]
+    else:
+        real = os.path.realpath(src)
+        top = max((p for p in host if under(real, p)), key=len)
+        points = [(target, host[top])] + [(target + p[len(real):], fl) for p, fl in host.items() if p != real and under(p, real)]
+    for point, have in points:
+        if new & ~have:
+            try:
+                mount(None, point, None, MS_REMOUNT | MS_BIND | have | new)
+            except OSError as e:
+                # As bubblewrap: a submount we may not even look at (EACCES) is skipped;
+                # any other failure fails the spawn. verify_mounts() then refuses a
+                # skipped submount that is weaker than the spec says.
+                if point == target or e.errno != errno.EACCES:
+                    raise
 
 
 def prctl(option, arg2=0, arg3=0, arg4=0, arg5=0):
@@ -139,93 +239,175 @@ def exit_status(status):
 # ---------------------------------------------------------------- in the child ----------
 
 
-def build_root(req):
-    """C, root in the init user namespace, inside the mount namespace A made: the
-    sandbox's file system, then pivot_root into it (the host tree is gone after)."""
-    new = req["root_mount"]
-    mount("sbx-root", new, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m,nr_inodes=4096")
-    for d in ("usr", "etc", "opt/sandbox", "opt/session-lib", "workspace", "tmp", "proc", "dev"):
-        os.makedirs(f"{new}/{d}", 0o755)
-    for link, target in (("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib"), ("lib64", "usr/lib64")):
-        os.symlink(target, f"{new}/{link}")
-    bind("/usr", f"{new}/usr", True)
-    for path in req["etc"]:
-        dest = f"{new}{path}"
-        os.makedirs(os.path.dirname(dest), 0o755, exist_ok=True)
-        if os.path.isdir(path):
+def touch(path):
+    """An empty file (a mount point), with no buffered file object (what a spawn allocates
+    stays in every session's memory)."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
+
+
+def read_small(path):
+    """A /proc file's bytes by plain reads (no buffered file object)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        parts = []
+        while chunk := os.read(fd, 65536):
+            parts.append(chunk)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
+
+
+def make_parents(path):
+    os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
+
+
+def build_root(mounts, base):
+    """C, inside the user and mount namespaces A made: the file system of the spec
+    (src/sandbox/spec.ts), one operation after the other with bubblewrap's semantics, on
+    a new root that then replaces the host's (pivot_root; the host tree is gone after)."""
+    # (a local: the interpreter must keep no name of the host's tree, other boxes' included)
+    host = visible_mounts()
+    base = os.path.realpath(base)
+    mount("sbx-base", base, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m,nr_inodes=4096")
+    new, data = f"{base}/newroot", f"{base}/data"
+    os.mkdir(new, 0o755)
+    os.mkdir(data, 0o700)
+    mount(new, new, None, MS_BIND | MS_REC)
+    for n, m in enumerate(mounts):
+        op, dest = m["op"], new + m["dest"]
+        if op == "bind":
+            if m.get("optional") and not os.path.exists(m["source"]):
+                continue  # (as bubblewrap's --ro-bind-try)
+            make_parents(dest)
+            if os.path.isdir(m["source"]):
+                os.makedirs(dest, 0o755, exist_ok=True)
+            elif not os.path.exists(dest):
+                touch(dest)
+            bind(m["source"], dest, m["readonly"], host=host)
+        elif op == "data":
+            source = f"{data}/{n}"
+            fd = os.open(source, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                os.write(fd, m["content"].encode())
+            finally:
+                os.close(fd)
+            make_parents(dest)
+            touch(dest)
+            bind(source, dest, True)
+        elif op == "symlink":
+            make_parents(dest)
+            os.symlink(m["target"], dest)
+        elif op == "proc":
             os.makedirs(dest, 0o755, exist_ok=True)
+            mount_proc(dest)
+        elif op == "dev":
+            build_dev(dest, host)
+        elif op == "tmpfs":
+            os.makedirs(dest, 0o755, exist_ok=True)
+            mount("tmpfs", dest, "tmpfs", MS_NOSUID | MS_NODEV, f"mode={int(m['mode']):o},size={int(m['sizeBytes'])}")
+        elif op == "remount-ro":
+            target = dest.rstrip("/") or "/"
+            mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | flags_at(target))
         else:
-            open(dest, "w").close()
-        bind(path, dest, True)
-    for name in ("passwd", "group"):
-        with open(f"{new}/etc/{name}", "w") as f:
-            f.write(req[name])
-        os.chmod(f"{new}/etc/{name}", 0o644)
-    bind(req["driver_dir"], f"{new}/opt/sandbox", True)
-    bind(req["lib_dir"], f"{new}/opt/session-lib", True)
-    harden_submounts([f"{new}/usr", f"{new}/etc", f"{new}/opt"])
-    bind(req["workspace_dir"], f"{new}/workspace", False, recursive=False)
-    bind(req["tmp_dir"], f"{new}/tmp", False, recursive=False)
-    mount("proc", f"{new}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    for sub in ("sys", "sysrq-trigger", "irq", "bus"):
-        if os.path.exists(f"{new}/proc/{sub}"):
-            bind(f"{new}/proc/{sub}", f"{new}/proc/{sub}", True)
-    dev = f"{new}/dev"
-    mount("sbx-dev", dev, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=64k")
-    for node in ("null", "zero", "full", "random", "urandom", "tty"):
-        open(f"{dev}/{node}", "w").close()
-        mount(f"/dev/{node}", f"{dev}/{node}", None, MS_BIND)
-        mount(None, f"{dev}/{node}", None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NOEXEC)
-    for link, target in (
-        ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
-        ("ptmx", "pts/ptmx"),
-    ):
-        os.symlink(target, f"{dev}/{link}")
-    os.mkdir(f"{dev}/pts", 0o755)
-    mount("devpts", f"{dev}/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=620")
-    os.mkdir(f"{dev}/shm", 0o755)
-    mount("sbx-shm", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={int(req['shm_bytes'])}")
-    mount(None, dev, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+            raise ValueError(f"unknown mount operation {op!r}")
+    verify_mounts(mounts, new)
+    libc.malloc_trim(0)  # the build's freed buffers go back: not kept by every session
     os.chdir(new)
     check(libc.syscall(SYSCALLS["pivot_root"], b".", b"."), "pivot_root")
     check(libc.umount2(b".", MNT_DETACH), "umount old root")
     os.chdir("/")
-    mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def mount_proc(dest):
+    """The spec's "proc": a proc of the caller's pid namespace; as bubblewrap, those of
+    these old entries that we could write to are covered read-only."""
+    mount("proc", dest, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    for sub in ("sys", "sysrq-trigger", "irq", "bus"):
+        if os.access(f"{dest}/{sub}", os.W_OK):
+            bind(f"{dest}/{sub}", f"{dest}/{sub}", True)
+
+
+def verify_mounts(mounts, new):
+    """Each spawn checks what it built before it is used, so a host mount that appeared
+    after the start-up probe cannot weaken a sandbox: every mount at or below a bind's
+    destination has nosuid and nodev, and ro for a read-only bind; none is suid."""
+    table = {p: fl for p, fl in visible_mounts().items() if under(p, new)}
+    for point, flags in table.items():
+        if not flags & MS_NOSUID:
+            raise OSError(errno.EPERM, f"mount {point[len(new):] or '/'} is not nosuid")
+    for m in mounts:
+        if m["op"] != "bind":
+            continue
+        dest = new + m["dest"]
+        need = MS_NOSUID | MS_NODEV | (MS_RDONLY if m["readonly"] else 0)
+        for point, flags in table.items():
+            if under(point, dest) and need & ~flags:
+                raise OSError(errno.EPERM, f"mount {point[len(new):]} lacks {'ro, ' if m['readonly'] else ''}nosuid or nodev")
+
+
+def build_dev(dev, host):
+    """bubblewrap's --dev: a tmpfs with the harmless device nodes bound in from the host,
+    the standard symlinks, a private devpts and a folder for shm."""
+    os.makedirs(dev, 0o755, exist_ok=True)
+    mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+    for node in ("null", "zero", "full", "random", "urandom", "tty"):
+        touch(f"{dev}/{node}")
+        bind(f"/dev/{node}", f"{dev}/{node}", False, devices=True, host=host)
+    for n, name in enumerate(("stdin", "stdout", "stderr")):
+        os.symlink(f"/proc/self/fd/{n}", f"{dev}/{name}")
+    os.symlink("/proc/self/fd", f"{dev}/fd")
+    os.symlink("/proc/kcore", f"{dev}/core")
+    os.mkdir(f"{dev}/shm", 0o755)
+    os.mkdir(f"{dev}/pts", 0o755)
+    mount("devpts", f"{dev}/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=620")
+    os.symlink("pts/ptmx", f"{dev}/ptmx")
 
 
 def loopback_up():
     SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
-    import fcntl
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         ifr = fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, struct.pack("16sH22x", b"lo", 0))
         flags = struct.unpack("16sH22x", ifr)[1]
         fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | IFF_UP))
 
 
-def drop_to_sandbox_user(req):
-    """Box uid on the host, uid 1000 inside a user namespace of its own (as bubblewrap's
-    --unshare-user --uid 1000), every capability gone."""
-    uid, gid, inner = int(req["uid"]), int(req["gid"]), int(req["inner_uid"])
-    os.setgroups([])
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)
-    prctl(PR_SET_DUMPABLE, 1)  # the credential change cleared it; /proc/self must stay ours
+def enter_user_namespace(uid, gid, outer_uid, outer_gid):
+    """A user namespace of our own in which `outer_*` (our ids one level up) are
+    `uid`/`gid`, as bubblewrap maps them; we hold every capability in it until drop_caps."""
     check(libc.unshare(CLONE_NEWUSER), "unshare user namespace")
     write_file("/proc/self/setgroups", "deny")
-    write_file("/proc/self/uid_map", f"{inner} {uid} 1\n")
-    write_file("/proc/self/gid_map", f"{inner} {gid} 1\n")
-    # An empty network namespace owned by this user namespace (as bubblewrap makes it):
-    # bringing its loopback up needs CAP_NET_ADMIN there only, which we hold until the
-    # drop below, not on the host (a container need not grant it to the server).
-    check(libc.unshare(CLONE_NEWNET), "unshare network namespace")
+    write_file("/proc/self/uid_map", f"{uid} {outer_uid} 1\n")
+    write_file("/proc/self/gid_map", f"{gid} {outer_gid} 1\n")
+
+
+def drop_caps():
+    """Every capability gone, from every set, for good. (Its constants are made once in the
+    zygote: what a spawned process allocates turns into its own, unshared memory.)"""
+    for cap in CAPS:
+        check(libc_prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), "prctl capbset_drop")
+    check(libc_prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "prctl cap_ambient")
+    check(libc.syscall(SYSCALLS["capset"], CAPSET_HEADER, CAPSET_NONE), "capset")
+
+
+with open("/proc/sys/kernel/cap_last_cap") as _f:
+    CAPS = tuple(range(int(_f.read()) + 1))
+CAPSET_HEADER = struct.pack("Ii", 0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this thread
+CAPSET_NONE = bytes(24)  # two all-zero {effective, permitted, inheritable} sets
+libc_prctl = libc.prctl
+
+
+def enter_sandbox_user(user):
+    """C: loopback up in the sandbox's empty network namespace (which A made with the first
+    user namespace, as bubblewrap does, and in which the control socket lives), then the
+    spec's uid inside a second user namespace (root of the first one maps to it), as
+    bubblewrap's --unshare-user --uid does, and no capability left."""
     loopback_up()
-    last_cap = int(open("/proc/sys/kernel/cap_last_cap").read())
-    for cap in range(last_cap + 1):
-        prctl(PR_CAPBSET_DROP, cap)
-    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
-    header = struct.pack("Ii", 0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this thread
-    data = bytes(24)  # two all-zero {effective, permitted, inheritable} sets
-    check(libc.syscall(SYSCALLS["capset"], header, data), "capset")
+    # bubblewrap's --disable-userns: the first namespace may hold one child namespace,
+    # the sandbox's, so no user namespace can be made below it (the seccomp filter
+    # refuses unshare and CLONE_NEW* as well).
+    write_file("/proc/sys/user/max_user_namespaces", "1")
+    enter_user_namespace(int(user["uid"]), int(user["gid"]), 0, 0)
+    drop_caps()
 
 
 def load_seccomp(bpf):
@@ -238,34 +420,32 @@ def load_seccomp(bpf):
     check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(prog), 0, 0), "seccomp")
 
 
-def set_limits(limits):
-    import resource
-    inf = resource.RLIM_INFINITY
-    a = int(limits["as"])
-    resource.setrlimit(resource.RLIMIT_AS, (a, a) if a > 0 else (inf, inf))
-    cpu = int(limits["cpu"])
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-    fsize, nofile, nproc = int(limits["fsize"]), int(limits["nofile"]), int(limits["nproc"])
-    resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-    resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_MEMLOCK, (65536, 65536))
+def set_limits(rlimits):
+    """The spec's rlimits, in its order; -1 is unlimited."""
+
+    def value(n):
+        return resource.RLIM_INFINITY if int(n) < 0 else int(n)
+
+    for r in rlimits:
+        resource.setrlimit(getattr(resource, "RLIMIT_" + r["resource"].upper()), (value(r["soft"]), value(r["hard"])))
 
 
 def run_interpreter(req, sock_fd):
-    """C: builds the sandbox around itself, then becomes the session's driver."""
+    """C: builds the sandbox of the spec around itself, then becomes the session's driver."""
+    spec = req["spec"]
     try:
-        build_root(req)
-        check(libc.sethostname(b"sandbox", 7), "sethostname")
+        build_root(spec["mounts"], req["base"])
+        hostname = spec["hostname"].encode()
+        check(libc.sethostname(hostname, len(hostname)), "sethostname")
         os.setsid()
-        drop_to_sandbox_user(req)
-        set_limits(req["limits"])
+        enter_sandbox_user(spec["user"])
+        set_limits(spec["rlimits"])
+        os.umask(0o022)
         load_seccomp(SECCOMP)
     except BaseException as e:  # noqa: BLE001 - report anything, then die
         frame = json.dumps({"error": f"sandbox set-up failed: {e}"}).encode()
         try:
-            os.write(sock_fd, struct.pack(">IB", len(frame), ord("X")) + frame)
+            os.write(sock_fd, struct.pack(">IB", len(frame), sys.modules["_sandbox_driver"].FrameKind.SETUP_FAILED) + frame)
         finally:
             os._exit(71)
     # Session code may run from here on: nothing of the zygote's may stay reachable.
@@ -284,21 +464,20 @@ def run_interpreter(req, sock_fd):
         os.dup2(sock_fd, 1)  # the probe reports on the socket
         os.dup2(sock_fd, 2)
         close_except({0, 1, 2})
-    raise BecomeSandboxed(dict(req["env"]), None if probe is None else list(probe))
+    raise BecomeSandboxed(dict(spec["env"]), spec["cwd"], None if probe is None else list(probe))
 
 
 class BecomeSandboxed(BaseException):
     """Raised in an interpreter whose sandbox is built; caught at the top level."""
 
-    def __init__(self, env, probe_args):
+    def __init__(self, env, cwd, probe_args):
         super().__init__()
-        self.env, self.probe_args = env, probe_args
+        self.env, self.cwd, self.probe_args = env, cwd, probe_args
 
 
-def become(env, probe_args):
+def become(env, cwd, probe_args):
     """C, at the top level: the session's driver (or the start-up probe)."""
-    os.chdir("/workspace")
-    os.umask(0o022)
+    os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
     if probe_args is not None:
@@ -314,11 +493,11 @@ def become(env, probe_args):
 
 def run_probe(probe_args):
     """The start-up self-test (probe.py) in this very sandbox."""
-    sys.argv = ["/opt/sandbox/probe.py", *probe_args]
+    sys.argv = [PROBE_FILE, *probe_args]
     status = 0
     try:
         import runpy
-        runpy.run_path("/opt/sandbox/probe.py", run_name="__main__")
+        runpy.run_path(PROBE_FILE, run_name="__main__")
     except SystemExit as e:
         status = e.code if isinstance(e.code, int) else 1
     except BaseException:  # noqa: BLE001
@@ -367,57 +546,88 @@ def run_init(req, sock_fd, a_pidfd, zygote_pidfd):
         # gets through (and those, to a pid-namespace init, only from outside).
         signal.pthread_sigmask(signal.SIG_BLOCK, set(signal.Signals) - {signal.SIGKILL, signal.SIGSTOP})
         close_except({a_pidfd, zygote_pidfd})
-        uid, gid = int(req["uid"]), int(req["gid"])
-        os.setgroups([])
-        os.setresgid(gid, gid, gid)
-        os.setresuid(uid, uid, uid)
+        drop_caps()  # root of the first user namespace, which it needs no more
         prctl(PR_SET_DUMPABLE, 0)  # whatever fs.suid_dumpable says: no ptrace, no /proc/1/mem
         load_seccomp(SECCOMP)  # no_new_privs and the sessions' filter, as bwrap's init
-        # A exits right after forking us: then our parent is the zygote (a subreaper),
-        # and the death signal (cleared by the uid change) ties us to it. A's pidfd turns
-        # readable only after the kernel has moved us to the zygote; armed earlier, the
-        # death signal would fire for A.
-        select.select([a_pidfd], [], [])
-        os.close(a_pidfd)
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if select.select([zygote_pidfd], [], [], 0)[0]:
-            os._exit(137)  # the zygote died before the death signal was armed
-        os.close(zygote_pidfd)
-        while True:
-            try:
-                p, status = os.wait()
-            except ChildProcessError:
-                os._exit(70)
-            except InterruptedError:
-                continue
-            if p == pid:
-                os._exit(exit_status(status))
+        serve_as_init(pid, a_pidfd, zygote_pidfd)
     except BecomeSandboxed:
         raise  # C, on its way to the top level
     except BaseException:  # noqa: BLE001
         os._exit(70)
 
 
-def run_spawner(req, report_fd, zygote_pid):
-    """A: root, still in the host's namespaces."""
-    try:
-        signal.set_wakeup_fd(-1)  # the zygote's SIGCHLD wake-up is not ours
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+def serve_as_init(child, a_pidfd, zygote_pidfd):
+    """The rest of a pid-namespace init's life: tied to the zygote, it reaps until `child`
+    ends and exits with its status (the kernel then kills what is left inside)."""
+    # Our parent exits right after forking us: then our parent is the zygote (a
+    # subreaper), and the death signal ties us to it. The parent's pidfd turns readable
+    # only after the kernel has moved us to the zygote; armed earlier, the death signal
+    # would fire for the parent.
+    select.select([a_pidfd], [], [])
+    os.close(a_pidfd)
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if select.select([zygote_pidfd], [], [], 0)[0]:
+        os._exit(137)  # the zygote died before the death signal was armed
+    os.close(zygote_pidfd)
+    while True:
         try:
-            write_file("/proc/self/oom_score_adj", "0")
-        except OSError:
-            pass  # the zygote could not lower its own either
-        os.setsid()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.connect(req["socket"])
-        sock.sendall(req["token"].encode() + b"\n")
-        sock_fd = sock.detach()
-        if req.get("cgroup_procs"):
-            write_file(req["cgroup_procs"], str(os.getpid()))
-        if req.get("nice"):
-            os.setpriority(os.PRIO_PROCESS, 0, int(req["nice"]))
-        # The network namespace comes later, from the interpreter's own user namespace.
-        check(libc.unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP), "unshare")
+            p, status = os.wait()
+        except ChildProcessError:
+            os._exit(70)
+        except InterruptedError:
+            continue
+        if p == child:
+            os._exit(exit_status(status))
+
+
+def connect_control(req):
+    """The interpreter's channel: a connection to the server's socket, named by the token.
+    The socket's folder is the server's alone (0700): the box's uid reaches the socket
+    through the zygote's O_PATH descriptor of it, never by its path."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(f"/proc/self/fd/{CTL_PATH_FD}")
+    sock.sendall(req["token"].encode() + b"\n")
+    return sock.detach()
+
+
+def enter_box(req, oom_score_adj="0"):
+    """A (and H): out of the zygote's ways, into the session's cgroups, then the box's host
+    uid when the server is root; nothing after this needs the host's root."""
+    signal.set_wakeup_fd(-1)  # the zygote's SIGCHLD wake-up is not ours
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    try:
+        write_file("/proc/self/oom_score_adj", oom_score_adj)
+    except OSError:
+        pass  # the zygote could not lower its own either
+    os.setsid()
+    for procs in req.get("cgroup_procs") or []:
+        write_file(procs, str(os.getpid()))
+    if req.get("nice"):
+        os.setpriority(os.PRIO_PROCESS, 0, int(req["nice"]))
+    if req.get("uid") is not None:
+        uid, gid = int(req["uid"]), int(req["gid"])
+        os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+        prctl(PR_SET_DUMPABLE, 1)  # the credential change cleared it; /proc/self must stay ours
+
+
+def run_spawner(req, report_fd, zygote_pid):
+    """A: the zygote's identity (root, or the unprivileged server's), host namespaces."""
+    try:
+        enter_box(req)
+        # As bubblewrap: a user namespace first, in which we are root (mapped to our host
+        # uid) and own the other namespaces, so this works without privileges too.
+        outer_uid, outer_gid = os.geteuid(), os.getegid()
+        namespaces = CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP
+        check(libc.unshare(namespaces), "unshare")
+        write_file("/proc/self/setgroups", "deny")
+        write_file("/proc/self/uid_map", f"0 {outer_uid} 1\n")
+        write_file("/proc/self/gid_map", f"0 {outer_gid} 1\n")
+        # The control socket is made here, in the sandbox's own (empty) network namespace:
+        # a socket belongs to the namespace it was made in, and one of the host's would let
+        # code read the host's interfaces or take abstract socket names there.
+        sock_fd = connect_control(req)
         mount(None, "/", None, MS_REC | MS_PRIVATE)
         zygote_pidfd = os.pidfd_open(zygote_pid)
         own_pidfd = os.pidfd_open(os.getpid())
@@ -436,9 +646,247 @@ def run_spawner(req, report_fd, zygote_pid):
             os._exit(1)
 
 
+# ---------------------------------------------------------------- commands --------------
+# A bash command runs in the sandbox of its session's interpreter, without building one:
+#
+#   Zc  the command zygote (a second zygote.py with nothing preloaded: forks are cheap)
+#   └─ H  the box's command host, made at its first command: enter_box once (joining a
+#      │   cgroup costs milliseconds, tens under load: never per command), then one fork
+#      │   per command; requests come from Zc on a socket pair (a descriptor of the
+#      │   request and the command's stdout and stderr); it runs as the box's uid in the
+#      │   host's namespaces, where session code cannot name it; killed with the box
+#      └─ X  joins the user namespace of the session's
+#         │   sandbox and its mount, network, ipc, uts and cgroup namespaces (those of a
+#         │   process of the running interpreter, found and checked by session_namespaces);
+#         │   then a pid namespace and a mount namespace of the command's own; forks Y,
+#         │   reports it to H, exits (Y's parent is then Zc, a subreaper)
+#         └─ Y  pid 1 of the command's pid namespace: a /proc of that namespace over the
+#            │   interpreter's; the sandbox user's namespace (the interpreter's second one);
+#            │   no capabilities, not dumpable, the spec's rlimits, umask, cwd; the seccomp
+#            │   filter; starts the command, reaps, exits with its status, which makes the
+#            │   kernel kill every process the command left (setsid, nohup, double forks)
+#            └─ the command (posix_spawn: a new session, default signal dispositions, an
+#               empty signal mask, stdin /dev/null, stdout/stderr the server's pipes, a long
+#               script on fd 3), in the spec's environment
+
+
+# The namespaces a command shares with its session's interpreter, after the user one.
+JOINED = (("mnt", CLONE_NEWNS), ("net", CLONE_NEWNET), ("ipc", CLONE_NEWIPC), ("uts", CLONE_NEWUTS), ("cgroup", CLONE_NEWCGROUP))
+
+
+def read_at(dir_fd, name):
+    fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
+    try:
+        return os.read(fd, 1 << 16)
+    finally:
+        os.close(fd)
+
+
+def proc_stat(dir_fd):
+    """(parent pid, start time) of the process of a /proc/<pid> folder descriptor."""
+    data = read_at(dir_fd, "stat")
+    fields = data[data.rindex(b")") + 2:].split()
+    return int(fields[1]), int(fields[19])
+
+
+def session_namespaces(init):
+    """X: descriptors of the namespaces of the session's running interpreter, whose
+    pid-namespace init is init["pid"], started at init["start"] (so a reused pid is never
+    taken for it). Any child of that init is a process of the session (the interpreter, or
+    an orphan of it); one qualifies when its user namespace is two levels below ours (the
+    sandbox user's, inside the box's own): a process still building its sandbox does not.
+    Each check reads through the process's /proc folder descriptor, which stays with that
+    process whatever happens to its pid."""
+    pid = int(init["pid"])
+    b = os.open(f"/proc/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if proc_stat(b)[1] != int(init["start"]):
+            raise OSError(errno.ESRCH, "the session's interpreter is gone")
+        children = read_at(b, f"task/{pid}/children").split()
+    finally:
+        os.close(b)
+    own = os.stat("/proc/self/ns/user")
+    for child in children:
+        fds = {}
+        try:
+            c = os.open(f"/proc/{int(child)}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            if proc_stat(c)[0] != pid:
+                continue
+            fds["inner"] = os.open("ns/user", os.O_RDONLY | os.O_CLOEXEC, dir_fd=c)
+            fds["user"] = fcntl.ioctl(fds["inner"], NS_GET_PARENT)
+            top = fcntl.ioctl(fds["user"], NS_GET_PARENT)
+            st = os.fstat(top)
+            os.close(top)
+            if (st.st_dev, st.st_ino) != (own.st_dev, own.st_ino):
+                continue
+            for name, _ in JOINED:
+                fds[name] = os.open(f"ns/{name}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=c)
+            if proc_stat(c)[0] == pid:  # still that init's child: the descriptors are its
+                found, fds = fds, {}
+                return found
+        except OSError:
+            continue
+        finally:
+            os.close(c)
+            for fd in fds.values():
+                os.close(fd)
+    raise OSError(errno.ESRCH, "the session's interpreter has no process to join")
+
+
+def setns(fd, kind):
+    check(libc.setns(fd, kind), "setns")
+
+
+def run_command_host(req, sock, zygote_pid):
+    """H: see the diagram above. Each request on `sock` carries three descriptors: a memfd
+    holding the request (JSON), the command's stdout and its stderr; the answer is
+    {"pid": Y} or {"error": why}."""
+    try:
+        # (never picked by the OOM killer: it holds nothing but the box's next command)
+        enter_box(req, oom_score_adj="-1000")
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != zygote_pid:
+            os._exit(0)  # the zygote died before the death signal was armed
+        while True:
+            _, fds, _, _ = socket.recv_fds(sock, 16, 3)
+            if len(fds) != 3:
+                os._exit(0)  # the zygote is gone (or spoke nonsense)
+            try:
+                for fd in fds:  # (received without close-on-exec: they would reach bash)
+                    os.set_inheritable(fd, False)
+                os.lseek(fds[0], 0, os.SEEK_SET)
+                request = json.loads(read_fd(fds[0]))
+                answer = start_command(request, (fds[1], fds[2]), sock, zygote_pid)
+            except BaseException as e:  # noqa: BLE001
+                answer = {"error": f"{type(e).__name__}: {e}"}
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            sock.send(json.dumps(answer).encode())
+    except BaseException:  # noqa: BLE001
+        os._exit(1)
+
+
+def read_fd(fd):
+    parts = []
+    while chunk := os.read(fd, 1 << 20):
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def start_command(req, stdio, sock, zygote_pid):
+    """H: forks X for one command and waits for its report."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        sock.close()  # (a socket of the host's network namespace: never into the sandbox)
+        run_command_spawner(req, w, zygote_pid, stdio)
+        os._exit(1)
+    os.close(w)
+    try:
+        data = read_fd(r) if select.select([r], [], [], 10)[0] else b""
+    finally:
+        os.close(r)
+    if not data:
+        os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    try:
+        return json.loads(data)
+    except ValueError:
+        return {"error": "the command's spawner did not answer"}
+
+
+def run_command_spawner(req, report_fd, zygote_pid, stdio):
+    """X: see the diagram above."""
+    try:
+        try:
+            write_file("/proc/self/oom_score_adj", "0")  # (H's is not for session processes)
+        except OSError:
+            pass
+        ns = session_namespaces(req["init"])
+        setns(ns["user"], CLONE_NEWUSER)  # root of the box's namespace: owner of the others
+        for name, kind in JOINED:
+            setns(ns[name], kind)
+        check(libc.unshare(CLONE_NEWPID | CLONE_NEWNS), "unshare")
+        script = None
+        if req.get("script") is not None:
+            script = os.memfd_create("script", os.MFD_CLOEXEC)
+            view = memoryview(req["script"].encode())
+            while view:
+                view = view[os.write(script, view):]
+            os.lseek(script, 0, os.SEEK_SET)
+        zygote_pidfd = os.pidfd_open(zygote_pid)
+        own_pidfd = os.pidfd_open(os.getpid())
+        started_r, started_w = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:
+            os.close(report_fd)
+            os.close(started_r)
+            run_command_init(req, stdio, script, ns["inner"], own_pidfd, zygote_pidfd, started_w)
+        os.close(started_w)
+        # Y says whether the command started: a sandbox that could not be entered is a
+        # failure to start (the server then uses bubblewrap), never the command's status.
+        said = b""
+        while chunk := os.read(started_r, 4096):
+            said += chunk
+        if said != b"started":
+            raise OSError(errno.EPERM, said.decode(errors="replace") or "the command's init died")
+        os.write(report_fd, json.dumps({"pid": pid}).encode())
+        os._exit(0)
+    except BaseException as e:  # noqa: BLE001
+        try:
+            os.write(report_fd, json.dumps({"error": f"{type(e).__name__}: {e}"}).encode())
+        finally:
+            os._exit(1)
+
+
+ALL_SIGNALS = set(signal.Signals) - {signal.SIGKILL, signal.SIGSTOP}
+
+
+def run_command_init(req, stdio, script, inner, a_pidfd, zygote_pidfd, started_fd):
+    """Y: see the diagram above. Writes "started" or why not on `started_fd`."""
+    try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, ALL_SIGNALS)
+        prctl(PR_SET_CHILD_SUBREAPER, 0)
+        spec = req["spec"]
+        mount_proc("/proc")
+        setns(inner, CLONE_NEWUSER)
+        os.close(inner)
+        drop_caps()
+        prctl(PR_SET_DUMPABLE, 0)
+        set_limits(spec["rlimits"])
+        os.umask(0o022)
+        os.chdir(spec["cwd"])
+        null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        actions = [(os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, stdio[0], 1), (os.POSIX_SPAWN_DUP2, stdio[1], 2)]
+        if script is not None:
+            actions.append((os.POSIX_SPAWN_DUP2, script, 3))
+        # (the zygote's own channel, inherited by every fork, must not reach the command)
+        close_except({null, *stdio, *([] if script is None else [script]), a_pidfd, zygote_pidfd, started_fd})
+        load_seccomp(SECCOMP)
+        argv = [str(a) for a in req["argv"]]
+        child = os.posix_spawn(argv[0], argv, dict(spec["env"]), file_actions=actions, setsid=True, setsigmask=(), setsigdef=ALL_SIGNALS)
+    except BaseException as e:  # noqa: BLE001
+        try:
+            os.write(started_fd, f"{type(e).__name__}: {e}".encode())
+        finally:
+            os._exit(71)
+    try:
+        os.write(started_fd, b"started")
+        close_except({a_pidfd, zygote_pidfd})
+        serve_as_init(child, a_pidfd, zygote_pidfd)
+    except BaseException:  # noqa: BLE001
+        os._exit(70)
+
+
 # ---------------------------------------------------------------- the zygote ------------
 
 SECCOMP = b""
+CTL_PATH_FD = -1  # an O_PATH descriptor of the server's socket (spawns connect through it)
 
 
 class Zygote:
@@ -450,6 +898,8 @@ class Zygote:
         self.unclaimed = {}  # pid -> status of reaped children not (yet) known as a B
         self.spawning = False
         self.init_of = {}  # spawn id -> pid
+        self.hosts = {}  # box name -> {"pid", "sock"} of its command host (the command zygote)
+        self.host_of = {}  # pid -> box name
 
     def send(self, msg):
         data = (json.dumps(msg, separators=(",", ":")) + "\n").encode()
@@ -466,12 +916,14 @@ class Zygote:
         *lines, self.inbuf = self.inbuf.split(b"\n")
         return [json.loads(line) for line in lines if line.strip()]
 
-    def spawn(self, req):
+    def spawn(self, req, run=run_spawner):
+        """Forks the first process of a sandbox (A, or X for a command: `run`) and waits for
+        its report: the pid of the sandbox's init, or why it failed."""
         r, w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
         if pid == 0:
             os.close(r)
-            run_spawner(req, w, self.pid)
+            run(req, w, self.pid)
             os._exit(1)
         os.close(w)
         self.spawning = True
@@ -512,8 +964,11 @@ class Zygote:
         if isinstance(msg.get("pid"), int):
             self.inits[msg["pid"]] = req["id"]
             self.init_of[req["id"]] = msg["pid"]
-            self.send({"t": "spawned", "id": req["id"], "pid": msg["pid"]})
             early = self.unclaimed.pop(msg["pid"], None)
+            # Not reaped yet, the pid is still that init's: its start time tells it from
+            # any later process with the same pid (a command joins its sandbox by both).
+            start = None if early is not None else start_time(msg["pid"])
+            self.send({"t": "spawned", "id": req["id"], "pid": msg["pid"], "start": start})
             if early is not None:
                 self.report_exit(msg["pid"], early)  # it died (and was reaped) before A reported it
         else:
@@ -535,6 +990,8 @@ class Zygote:
                 return
             if pid in self.inits:
                 self.report_exit(pid, status)
+            elif pid in self.host_of:
+                self.drop_host(self.host_of[pid])
             elif self.spawning:
                 self.unclaimed[pid] = status  # this spawn's A, or its B dead before A reported it
 
@@ -546,7 +1003,7 @@ class Zygote:
             self.send({"t": "exit", "pid": pid, "code": os.WEXITSTATUS(status)})
 
     def serve(self):
-        global SECCOMP
+        global SECCOMP, DRIVER_FILE, PROBE_FILE, CTL_PATH_FD
         self.pid = os.getpid()
         server = os.getppid()
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -560,6 +1017,8 @@ class Zygote:
         except OSError:
             pass
         prctl(PR_SET_CHILD_SUBREAPER, 1)
+        for fd in (CTL_IN, CTL_OUT):
+            os.set_inheritable(fd, False)  # (never through an exec: only the server's)
         wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self.wake_r = wake_r
         signal.set_wakeup_fd(wake_w)
@@ -568,9 +1027,13 @@ class Zygote:
         while not init:
             init = self.read_messages()
         SECCOMP = base64.b64decode(init[0]["seccomp"])
+        DRIVER_FILE, PROBE_FILE = init[0]["driver_file"], init[0]["probe_file"]
+        if init[0].get("socket_path"):  # (the command zygote has none: commands use FIFOs)
+            CTL_PATH_FD = os.open(init[0]["socket_path"], os.O_PATH | os.O_CLOEXEC)
         self.pending = init[1:]
         preloaded, errors = preload(init[0].get("preload", []))
-        load_driver(init[0]["driver_source"])
+        if init[0].get("driver_source"):
+            load_driver(init[0]["driver_source"])
         gc.collect()
         gc.freeze()  # the children's collector then never writes to the template's objects
         self.send({"t": "ready", "pid": self.pid, "preloaded": preloaded, "preload_errors": errors})
@@ -597,10 +1060,121 @@ class Zygote:
         except BlockingIOError:
             pass
 
+    def command(self, req):
+        """A command in the sandbox of a running interpreter (see "commands" above), started
+        by its box's host. Its stdout and stderr are FIFOs the server holds the read ends
+        of; opened here, so the server can unlink them once it hears "spawned"."""
+        try:
+            self.start_command(req)
+        finally:
+            self.spawning = False
+            self.unclaimed.clear()  # a later child may get these pids again
+
+    def start_command(self, req):
+        fds = []
+        try:
+            # (the host first: a host forked while this command's FIFOs are open here
+            # would keep their write ends, and the server would wait for an end of file)
+            host = self.host_for(req)
+            for path in (req["stdout"], req["stderr"]):
+                fds.append(open_fifo(path))
+            memfd = os.memfd_create("request", os.MFD_CLOEXEC)
+            fds.insert(0, memfd)
+            view = memoryview(json.dumps(req).encode())
+            while view:
+                view = view[os.write(memfd, view):]
+            socket.send_fds(host["sock"], [b"c"], fds)
+        except OSError as e:
+            self.send({"t": "failed", "id": req["id"], "error": f"{type(e).__name__}: {e}"})
+            return
+        finally:
+            for fd in fds:
+                os.close(fd)
+        answer = {}
+        if self.wait_readable(host["sock"].fileno(), time.monotonic() + 10):
+            try:
+                answer = json.loads(host["sock"].recv(4096) or b"{}")
+            except (OSError, ValueError):
+                answer = {}
+        if not isinstance(answer.get("pid"), int):
+            if not answer:
+                self.drop_host(req["box"])  # dead or stuck: the next command makes a new one
+            self.send({"t": "failed", "id": req["id"], "error": answer.get("error", "the box's command host did not answer")})
+            return
+        pid = answer["pid"]
+        self.inits[pid] = req["id"]
+        self.init_of[req["id"]] = pid
+        self.send({"t": "spawned", "id": req["id"], "pid": pid, "start": None})
+        early = self.unclaimed.pop(pid, None)
+        if early is not None:
+            self.report_exit(pid, early)  # it died (and was reaped) before H reported it
+
+    def host_for(self, req):
+        box = str(req["box"])
+        host = self.hosts.get(box)
+        if host is None:
+            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            pid = os.fork()
+            if pid == 0:
+                # Nothing of the zygote's: not the server's pipes, not other boxes' hosts.
+                signal.set_wakeup_fd(-1)
+                null = os.open("/dev/null", os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(null, fd)
+                close_except({0, 1, 2, theirs.fileno()})
+                run_command_host(req, theirs, self.pid)
+                os._exit(1)
+            theirs.close()
+            host = self.hosts[box] = {"pid": pid, "sock": mine}
+            self.host_of[pid] = box
+        return host
+
+    def drop_host(self, box):
+        host = self.hosts.pop(box, None)
+        if host is None:
+            return
+        self.host_of.pop(host["pid"], None)
+        host["sock"].close()
+        try:
+            os.kill(host["pid"], signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def wait_readable(self, fd, deadline):
+        """Waits for `fd`, serving kills and reaping meanwhile (a slow start must not hold
+        up other sessions); other requests wait their turn."""
+        self.spawning = True
+        poller = select.poll()
+        for f in (fd, CTL_IN, self.wake_r):
+            poller.register(f, select.POLLIN)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                ready = [f for f, _ in poller.poll(left * 1000)]
+            except InterruptedError:
+                continue
+            if self.wake_r in ready:
+                self.drain_wake()
+                self.reap()
+            if CTL_IN in ready:
+                for m in self.read_messages():
+                    if m.get("op") in ("kill", "forget"):
+                        self.handle(m)
+                    else:
+                        self.pending.append(m)
+            if fd in ready:
+                return True
+
     def handle(self, msg):
         op = msg.get("op")
         if op == "spawn":
             self.spawn(msg)
+        elif op == "command":
+            self.command(msg)
+        elif op == "forget":
+            self.drop_host(msg.get("box"))
         elif op == "kill":
             # By spawn id, never by pid: a pid is only ours until we reap it, and could
             # name another session's init after that.
@@ -610,6 +1184,33 @@ class Zygote:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
+
+def start_time(pid):
+    try:
+        fd = os.open(f"/proc/{pid}", os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return None
+    try:
+        return proc_stat(fd)[1]
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def open_fifo(path):
+    """The write end of the server's FIFO, blocking once open (a reader is there: the open
+    does not wait); anything but a FIFO is refused."""
+    fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, f"{path} is not a FIFO")
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def preload(names):
@@ -638,6 +1239,6 @@ if __name__ == "__main__":
     try:
         Zygote().serve()
     except BecomeSandboxed as sandboxed:  # only in a forked interpreter, sandbox built
-        job = (sandboxed.env, sandboxed.probe_args)
+        job = (sandboxed.env, sandboxed.cwd, sandboxed.probe_args)
     gc.collect()  # the unwound frames and the zygote's objects are gone
     become(*job)

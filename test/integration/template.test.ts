@@ -9,7 +9,8 @@
  */
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { readdir, readFile } from 'node:fs/promises';
+import { execFileSync } from 'node:child_process';
+import { readdir, readFile, readlink } from 'node:fs/promises';
 import { startServer, api, createSession, py, sh, waitFor, type TestServer } from '../helpers/server.js';
 
 const TEMPLATE_PROTECTION = 'interpreters forked from a template that has the preload modules imported, each building the same sandbox';
@@ -27,29 +28,40 @@ async function pidsOfUid(uid: number): Promise<number[]> {
   return out;
 }
 
-/** The template: the server's child running zygote.py. */
-async function templatePid(server: TestServer): Promise<number | null> {
+/** The template: the server's child running zygote.py for interpreters (or for commands). */
+async function templatePid(server: TestServer, role: 'interpreters' | 'commands' = 'interpreters'): Promise<number | null> {
   for (const name of await readdir('/proc')) {
     if (!/^\d+$/.test(name)) continue;
     const status = await readFile(`/proc/${name}/status`, 'utf8').catch(() => '');
     if (Number(/^PPid:\s+(\d+)/m.exec(status)?.[1]) !== server.proc.pid) continue;
     const cmd = await readFile(`/proc/${name}/cmdline`, 'utf8').catch(() => '');
-    if (cmd.includes('zygote.py')) return Number(name);
+    if (cmd.includes('zygote.py') && cmd.endsWith(`\0${role}\0`)) return Number(name);
   }
   return null;
 }
 
-/** The host uid a session runs as (its user namespace maps 1000 to it). */
+/** Runs a command in the server's own mount namespace (a server started with privateMounts). */
+function inNs(server: TestServer, ...cmd: string[]): string {
+  return execFileSync('/usr/bin/nsenter', ['--target', String(server.proc.pid), '--mount', '--', ...cmd], { encoding: 'utf8' });
+}
+
+/** The host uid a session's interpreter runs as: the owner, seen from the host (in the
+ * server's mount namespace, where its boxes' tmpfs are), of a file it makes. */
 async function hostUid(server: TestServer, id: string): Promise<number> {
-  const r = await py(server, id, "print(open('/proc/self/uid_map').read().split()[1])");
+  const marker = `uid_probe_${Math.random().toString(36).slice(2)}`;
+  const r = await py(server, id, `open('/workspace/${marker}', 'w').close()`);
   assert.equal(r.return_code, 0, r.stderr);
-  return Number(r.stdout);
+  const out = inNs(server, '/bin/sh', '-c', `stat -c %u "$0"/box_*/workspace/${marker} 2>/dev/null || true`, server.sessionsRoot).trim();
+  if (!/^\d+$/.test(out)) throw new Error(`the marker file is in no box: ${out}`);
+  return Number(out);
 }
 
 describe('interpreters forked from the template', () => {
   let server: TestServer;
   before(async () => {
-    server = await startServer({ SANDBOX_PRELOAD_MODULES: 'numpy,pandas,matplotlib.pyplot', SANDBOX_WARM_POOL_SIZE: '2' });
+    // Its own mount namespace: the host mounts the tests below add under /usr are seen by
+    // this server only, never by the servers other test files run at the same time.
+    server = await startServer({ SANDBOX_PRELOAD_MODULES: 'numpy,pandas,matplotlib.pyplot', SANDBOX_WARM_POOL_SIZE: '2' }, { privateMounts: true });
   });
   after(() => server.stop());
 
@@ -156,6 +168,94 @@ describe('interpreters forked from the template', () => {
     assert.equal(plot, 'True');
   });
 
+  it("start bash commands in the session interpreter's sandbox (its files, network, uid; no capabilities, seccomp), each in a pid namespace of its own", async () => {
+    assert.match((await api(server, 'GET', '/health')).body.isolation.commands, /^in the sandbox of the session's interpreter, each in a pid namespace of its own$/);
+    const id = await createSession(server);
+    const p = await py(
+      server,
+      id,
+      [
+        'import os, socket',
+        "open('/workspace/from_py', 'w').write('written by python')",
+        'listener = socket.socket()',
+        "listener.bind(('127.0.0.1', 0))",
+        'listener.listen()',
+        'print(listener.getsockname()[1])',
+        "print(' '.join(os.readlink(f'/proc/self/ns/{n}') for n in ('user', 'mnt', 'net', 'ipc', 'uts', 'pid')))",
+      ].join('\n'),
+    );
+    assert.equal(p.return_code, 0, p.stderr);
+    const [port, pyNs] = p.stdout.trim().split('\n');
+    const command = [
+      'for n in user mnt net ipc uts pid; do printf "%s " "$(readlink /proc/self/ns/$n)"; done; echo',
+      "tr '\\0' ' ' < /proc/1/cmdline; echo",
+      'echo $$ $(id -u) $(hostname)',
+      "grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status | tr -s '\\t ' ' ' | tr '\\n' ' '; echo",
+      'cat /workspace/from_py; echo',
+      `exec 3<>/dev/tcp/127.0.0.1/${port} && echo connected`,
+      'ls /proc | grep -E "^[0-9]+$" | tr "\\n" " "; echo',
+    ].join('\n');
+    const first = await sh(server, id, command);
+    assert.equal(first.return_code, 0, first.stderr);
+    const [shNs, init, ids, status, file, connected, pids] = first.stdout.split('\n');
+    const [pu, pm, pn, pi, pt, pp] = pyNs!.split(' ');
+    const [su, sm, sn, si, st, sp] = shNs!.trim().split(' ');
+    assert.deepEqual([su, sn, si, st], [pu, pn, pi, pt], "the interpreter's user, network, ipc and uts namespaces");
+    assert.notEqual(sm, pm, 'a mount namespace of its own (for its /proc)');
+    assert.notEqual(sp, pp, 'a pid namespace of its own');
+    assert.match(init!, /zygote\.py.* commands $/, 'its init comes from the command template');
+    assert.equal(ids, `2 1000 ${(await sh(server, id, 'hostname')).stdout.trim()}`);
+    assert.equal(status, 'CapEff: 0000000000000000 CapBnd: 0000000000000000 NoNewPrivs: 1 Seccomp: 2 ');
+    assert.equal(file, 'written by python');
+    assert.equal(connected, 'connected', "the interpreter's loopback");
+    assert.deepEqual(
+      pids!
+        .trim()
+        .split(' ')
+        .map(Number)
+        .sort((a, b) => a - b)
+        .slice(0, 2),
+      [1, 2],
+      'its own processes only',
+    );
+    // (a namespace's inode number is reused once it is freed: the pids tell instead)
+    const second = await sh(server, id, 'echo $$');
+    assert.equal(second.stdout, '2\n', 'each command a new pid namespace, whose first process its bash is again');
+  });
+
+  it("hold no descriptor of the command template in a box's command host: only its socket (a FIFO kept there once delayed every session's first command)", async () => {
+    const id = await createSession(server);
+    const first = await sh(server, id, 'echo first');
+    assert.equal(first.stdout, 'first\n', first.stderr);
+    const zygote = await templatePid(server, 'commands');
+    assert.ok(zygote, 'the command template runs');
+    const hosts: string[] = [];
+    for (const child of (await readFile(`/proc/${zygote}/task/${zygote}/children`, 'utf8')).trim().split(/\s+/).filter(Boolean)) {
+      // (a host is in the template's pid namespace; a running command's init has its own)
+      if ((await readlink(`/proc/${child}/ns/pid`).catch(() => '')) === (await readlink(`/proc/${zygote}/ns/pid`))) hosts.push(child);
+    }
+    assert.ok(hosts.length > 0, 'a command host per box that ran a command');
+    for (const host of hosts) {
+      const targets: string[] = [];
+      for (const fd of await readdir(`/proc/${host}/fd`).catch(() => [])) {
+        const target = await readlink(`/proc/${host}/fd/${fd}`).catch(() => 'gone');
+        targets.push(target.startsWith('socket:') ? 'socket' : target);
+      }
+      assert.deepEqual(targets.filter((t) => t !== '/dev/null' && t !== 'gone'), ['socket'], `host ${host}: ${targets.join(', ')}`);
+    }
+  });
+
+  it('start a command in bubblewrap when the interpreter cannot be joined (here: made not dumpable), with the same result', async () => {
+    const id = await createSession(server);
+    const before = await sh(server, id, "tr '\\0' ' ' < /proc/1/cmdline");
+    assert.match(before.stdout, /zygote\.py.* commands $/);
+    const r = await py(server, id, 'import ctypes\nprint(ctypes.CDLL(None).prctl(4, 0, 0, 0, 0))');
+    assert.equal(r.stdout, '0', r.stderr);
+    const after = await sh(server, id, "tr '\\0' ' ' < /proc/1/cmdline; echo; id -u; echo $$");
+    assert.equal(after.return_code, 0, after.stderr);
+    assert.match(after.stdout, /^\/usr\/bin\/bwrap .*\n1000\n2\n$/);
+  });
+
   it('share nothing they can observe: module changes, variables, /tmp and host uids stay per session', async () => {
     const a = await createSession(server);
     const b = await createSession(server);
@@ -167,8 +267,9 @@ describe('interpreters forked from the template', () => {
     // Forked from one template, yet numpy's global generator is not shared.
     const draws = await Promise.all([a, b].map(async (id) => (await py(server, id, 'import numpy\nprint(numpy.random.randint(1 << 30))')).stdout));
     assert.notEqual(draws[0], draws[1], `numpy draws differ between sessions: ${draws.join(' ')}`);
-    const pa = await sh(server, a, "cat /proc/[0-9]*/comm | sort -u | tr '\\n' ' '");
-    assert.doesNotMatch(pa.stdout, /python/, `a bash command sees only its own processes, no interpreter: ${pa.stdout}`);
+    const pa = await sh(server, a, "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done");
+    assert.match(pa.stdout, /zygote\.py.* commands \n/, "the command's init");
+    assert.doesNotMatch(pa.stdout, /zygote\.py.* interpreters /, `a bash command sees only its own processes, no interpreter: ${pa.stdout}`);
     assert.match(pa.stdout, /bash/);
   });
 
@@ -198,20 +299,18 @@ describe('interpreters forked from the template', () => {
 
   it('make every mount below the read-only system read-only, also one the host adds under /usr', async (t) => {
     const dir = `/usr/local/otari-test-${process.pid}-${Date.now()}`;
-    const { execFileSync } = await import('node:child_process');
-    const { mkdirSync, rmdirSync, writeFileSync, readFileSync, chmodSync } = await import('node:fs');
+    const { mkdirSync, rmdirSync } = await import('node:fs');
     mkdirSync(dir);
     t.after(() => {
       try {
-        execFileSync('/usr/bin/umount', ['-l', dir]);
+        inNs(server, '/usr/bin/umount', '-l', dir);
       } catch {
         /* not mounted */
       }
       rmdirSync(dir);
     });
-    execFileSync('/usr/bin/mount', ['-t', 'tmpfs', '-o', 'size=1m,noexec', 'otari-test', dir]);
-    writeFileSync(`${dir}/f`, 'host\n');
-    chmodSync(`${dir}/f`, 0o666);
+    inNs(server, '/usr/bin/mount', '-t', 'tmpfs', '-o', 'size=1m,noexec', 'otari-test', dir);
+    inNs(server, '/bin/sh', '-c', `echo host > ${dir}/f && chmod 666 ${dir}/f`);
     const id = await createSession(server);
     // A new interpreter, so that it is forked after the mount exists.
     assert.equal((await py(server, id, 'import os; os._exit(3)')).interpreter_restarted, true);
@@ -225,7 +324,103 @@ describe('interpreters forked from the template', () => {
     assert.equal(exists, 'True');
     assert.match(opts!, /^\['ro,nosuid,nodev,noexec/, 'read-only, and noexec kept');
     assert.equal(write, '30', 'EROFS');
-    assert.equal(readFileSync(`${dir}/f`, 'utf8'), 'host\n');
+    assert.equal(inNs(server, '/bin/cat', `${dir}/f`), 'host\n');
+  });
+
+  it('make such a mount read-only whatever its access-time flags (locked in a user namespace: a remount that drops them fails)', async (t) => {
+    const { mkdirSync, rmdirSync } = await import('node:fs');
+    const dirs = ['strictatime,nodiratime', 'noatime', 'relatime,nodiratime'].map((o, i) => ({ o, dir: `/usr/local/otari-atime-${i}-${process.pid}-${Date.now()}` }));
+    t.after(() => {
+      for (const { dir } of dirs) {
+        try {
+          inNs(server, '/usr/bin/umount', '-l', dir);
+        } catch {
+          /* not mounted */
+        }
+        rmdirSync(dir);
+      }
+    });
+    for (const { o, dir } of dirs) {
+      mkdirSync(dir);
+      inNs(server, '/usr/bin/mount', '-t', 'tmpfs', '-o', `size=1m,${o}`, 'otari-test', dir);
+    }
+    const id = await createSession(server);
+    assert.equal((await py(server, id, 'import os; os._exit(3)')).interpreter_restarted, true, 'forked after the mounts exist');
+    const r = await py(
+      server,
+      id,
+      `import os\nfor p in ${JSON.stringify(dirs.map((d) => d.dir))}:\n    opts = [l.split()[5] for l in open('/proc/self/mountinfo') if l.split()[4] == p]\n    try:\n        open(p + '/planted', 'w').write('x')\n        w = 'written'\n    except OSError as e:\n        w = e.errno\n    print(opts[0].split(',')[:3], w)`,
+    );
+    assert.equal(r.return_code, 0, r.stderr);
+    assert.deepEqual(r.stdout.split('\n'), Array(3).fill("['ro', 'nosuid', 'nodev'] 30"));
+  });
+
+  it('keep starting when the host stacks mounts under /usr or makes a superblock read-only under a read-write mount', async (t) => {
+    const { mkdirSync, rmSync } = await import('node:fs');
+    const run = (...a: string[]) => inNs(server, '/usr/bin/mount', ...a);
+    const stack = `/usr/local/otari-stack-${process.pid}-${Date.now()}`;
+    const sb = `/usr/local/otari-sb-${process.pid}-${Date.now()}`;
+    t.after(() => {
+      for (let i = 0; i < 4; i++) {
+        for (const d of [`${stack}/inner`, stack, sb]) {
+          try {
+            inNs(server, '/usr/bin/umount', '-l', d);
+          } catch {
+            /* not mounted */
+          }
+        }
+      }
+      rmSync(stack, { recursive: true, force: true });
+      rmSync(sb, { recursive: true, force: true });
+    });
+    // a tmpfs with a submount, then another tmpfs over both (the submount is hidden)
+    mkdirSync(stack);
+    run('-t', 'tmpfs', '-o', 'size=1m', 'otari-a', stack);
+    inNs(server, '/bin/mkdir', `${stack}/inner`);
+    run('-t', 'tmpfs', '-o', 'size=1m', 'otari-b', `${stack}/inner`);
+    run('-t', 'tmpfs', '-o', 'size=1m', 'otari-c', stack);
+    // a superblock read-only under a read-write mount
+    mkdirSync(sb);
+    run('-t', 'tmpfs', '-o', 'size=1m', 'otari-sb', sb);
+    run('-o', 'remount,ro', sb);
+    run('-o', 'remount,bind,rw', sb);
+    const id = await createSession(server);
+    const r = await py(server, id, 'import os; os._exit(3)');
+    assert.equal(r.interpreter_restarted, true);
+    const check = await py(
+      server,
+      id,
+      `import os\nprint('zygote' in open('/proc/1/cmdline').read())\nfor p in ${JSON.stringify([stack, sb])}:\n    print([sorted(set(l.split()[5].split(',')) & {'ro', 'rw'}) for l in open('/proc/self/mountinfo') if l.split()[4] == p][-1])\nprint(os.path.exists(${JSON.stringify(`${stack}/inner`)}))`,
+    );
+    assert.equal(check.return_code, 0, check.stderr);
+    const lines = check.stdout.split('\n');
+    assert.equal(lines[0], 'True', 'forked from the template, not fallen back to bubblewrap');
+    assert.deepEqual(lines.slice(1), ["['ro']", "['ro']", 'False'], `the reachable mount of each read-only inside, the hidden one out of reach: ${check.stdout}`);
+    const b = await sh(server, id, 'echo ok');
+    assert.equal(b.stdout, 'ok\n', b.stderr);
+  });
+
+  it('fall back to bubblewrap for a session whose interpreter the template refuses to build (a weak mount it cannot reach), and say so', async (t) => {
+    const { mkdirSync, rmSync } = await import('node:fs');
+    const priv = `/usr/local/otari-priv-${process.pid}-${Date.now()}`;
+    t.after(() => {
+      try {
+        inNs(server, '/usr/bin/umount', '-l', `${priv}/inner`);
+      } catch {
+        /* not mounted */
+      }
+      rmSync(priv, { recursive: true, force: true });
+    });
+    mkdirSync(`${priv}/inner`, { recursive: true, mode: 0o700 });
+    execFileSync('/usr/bin/chmod', ['0700', priv]);
+    inNs(server, '/usr/bin/mount', '-t', 'tmpfs', '-o', 'size=1m', 'otari-priv', `${priv}/inner`);
+    const id = await createSession(server);
+    assert.equal((await py(server, id, 'import os; os._exit(3)')).interpreter_restarted, true);
+    const r = await py(server, id, `import os\nprint(open('/proc/1/cmdline').read().split(chr(0))[0])\nprint(os.access(${JSON.stringify(priv)}, os.X_OK))\nv = 1`);
+    assert.equal(r.return_code, 0, r.stderr);
+    assert.equal(r.stdout, '/usr/bin/bwrap\nFalse', 'bubblewrap, where the weak mount is out of reach');
+    assert.match(server.logs(), /the template could not start an interpreter; this session uses bubblewrap/);
+    assert.equal((await py(server, id, 'print(v + 1)')).stdout, '2', 'the session works');
   });
 
   it('survive the template dying: interpreters restart (state lost, said so), new sessions work, nothing is left running', async () => {
@@ -279,13 +474,92 @@ describe('without CAP_SYS_ADMIN (a container started without it)', () => {
   });
   after(() => server.stop());
 
-  it('starts, says the template cannot be used, and runs interpreters in bubblewrap', async () => {
+  it('still forks interpreters from the template (it needs user namespaces only), with no disk quota', async () => {
     const h = await api(server, 'GET', '/health');
-    assert.ok(!h.body.isolation.protections.includes(TEMPLATE_PROTECTION));
-    assert.match(server.logs(), /no CAP_SYS_ADMIN: the interpreter template cannot build sandboxes; interpreters start in bubblewrap instead/);
+    assert.ok(h.body.isolation.protections.includes(TEMPLATE_PROTECTION), JSON.stringify(h.body.isolation));
+    assert.equal(h.body.isolation.interpreters, 'forked from the template');
+    assert.match(h.body.isolation.disk_quota, /^none per session/);
     const id = await createSession(server);
-    const r = await py(server, id, "import sys, os\nprint('json' in sys.modules, open('/proc/1/cmdline').read().split(chr(0))[0], os.getuid())");
-    assert.equal(r.stdout, 'True /usr/bin/bwrap 1000', r.stderr);
-    assert.equal(await templatePid(server), null);
+    const r = await py(server, id, "import sys, os\nprint('json' in sys.modules, 'zygote' in open('/proc/1/cmdline').read(), os.getuid())");
+    assert.equal(r.stdout, 'True True 1000', r.stderr);
+    const uid = await hostUid(server, id);
+    assert.ok(uid >= server.uidBase && uid < server.uidBase + 1000, `host uid ${uid}`);
+  });
+});
+
+describe('a server that is not root (rootless: setpriv --reuid=nobody)', () => {
+  const NOBODY = 65534;
+  let server: TestServer;
+  before(async () => {
+    server = await startServer({ SANDBOX_PRELOAD_MODULES: 'json,csv', SANDBOX_WARM_POOL_SIZE: '1' }, { runAs: { uid: NOBODY, gid: NOBODY } });
+  });
+  after(() => server.stop());
+
+  it('forks interpreters from the template, after both kinds matched the sandbox description, and says what is not in force', async () => {
+    assert.match(server.logs(), /"kinds":\["bwrap","template","template command"\][^\n]*every sandbox kind matches the sandbox description/);
+    const h = await api(server, 'GET', '/health');
+    assert.equal(h.body.isolation.interpreters, 'forked from the template');
+    assert.ok(h.body.isolation.protections.includes(TEMPLATE_PROTECTION));
+    assert.equal(h.body.isolation.uid_per_session, false);
+    assert.match(h.body.isolation.disk_quota, /^none per session/);
+    assert.match(h.body.isolation.memory_limit, /no writable cgroup/);
+    const zygote = await templatePid(server);
+    assert.ok(zygote, 'a template runs');
+    assert.match(await readFile(`/proc/${zygote}/status`, 'utf8'), new RegExp(`^Uid:\\s+${NOBODY}\\s`, 'm'));
+  });
+
+  it('gives sessions the same sandbox as root does: uid 1000 over the server uid, no capabilities, seccomp, own namespaces, read-only system', async () => {
+    const id = await createSession(server);
+    const r = await py(
+      server,
+      id,
+      [
+        'import os, sys',
+        "st = dict(l.split(':', 1) for l in open('/proc/self/status').read().splitlines())",
+        "print('json' in sys.modules, os.getuid(), open('/proc/self/uid_map').read().split())",
+        "print(st['CapEff'].strip(), st['CapBnd'].strip(), st['NoNewPrivs'].strip(), st['Seccomp'].strip())",
+        "print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()), 'zygote' in open('/proc/1/cmdline').read())",
+        "print(sorted(os.listdir('/')))",
+        "for p in ('/x', '/usr/x', '/etc/x'):",
+        '    try:',
+        "        open(p, 'w')",
+        "        print('writable', p)",
+        '    except OSError:',
+        '        pass',
+      ].join('\n'),
+    );
+    assert.equal(r.return_code, 0, r.stderr);
+    assert.deepEqual(r.stdout.split('\n'), [
+      "True 1000 ['1000', '0', '1']",
+      '0000000000000000 0000000000000000 1 2',
+      '[1, 2] True',
+      "['bin', 'dev', 'etc', 'lib', 'lib64', 'opt', 'proc', 'sbin', 'tmp', 'usr', 'workspace']",
+    ]);
+    assert.equal(await hostUid(server, id), NOBODY, 'the server uid on the host');
+    const b = await sh(server, id, 'id -u; ls /workspace; tr "\\0" " " < /proc/1/cmdline; echo; echo $$');
+    assert.equal(b.return_code, 0, b.stderr);
+    assert.match(b.stdout, /^1000\nuid_probe_\w+\n.*zygote\.py.* commands \n2\n$/, 'started by the command template');
+    assert.match((await api(server, 'GET', '/health')).body.isolation.commands, /^in the sandbox of the session's interpreter/);
+  });
+
+  it('keeps each session in its own pid namespace: a deleted session leaves no process behind', async () => {
+    const zygote = (await templatePid(server))!;
+    const marker = `sleep ${300 + Math.floor(Math.random() * 1000)}`;
+    const id = await createSession(server);
+    const r = await py(server, id, `import subprocess\nsubprocess.Popen(${JSON.stringify(marker.split(' '))}, start_new_session=True)`);
+    assert.equal(r.return_code, 0, r.stderr);
+    const sleepers = async () => {
+      const out: number[] = [];
+      for (const pid of await pidsOfUid(NOBODY)) if ((await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).replaceAll('\0', ' ').trim() === marker) out.push(pid);
+      return out;
+    };
+    assert.ok(await waitFor(async () => (await sleepers()).length === 1), 'the detached process runs');
+    // its ancestry on the host: sleep -> ... -> the session init, a child of the template
+    let pid = (await sleepers())[0]!;
+    const parentOf = async (p: number) => Number(/^PPid:\s+(\d+)/m.exec(await readFile(`/proc/${p}/status`, 'utf8'))![1]);
+    while ((await parentOf(pid)) !== zygote) pid = await parentOf(pid);
+    assert.equal((await api(server, 'DELETE', `/sessions/${id}`)).status, 204);
+    assert.ok(await waitFor(async () => (await sleepers()).length === 0, 10_000), 'the detached process died with the session');
+    assert.ok(await waitFor(async () => !(await readFile(`/proc/${zygote}/task/${zygote}/children`, 'utf8')).split(' ').includes(String(pid)), 10_000), 'the session init is gone');
   });
 });
