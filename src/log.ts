@@ -14,6 +14,7 @@
 import { constants as C, fstatSync, openSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { pino, type Logger as PinoLogger } from 'pino';
+import sonicBoom from 'sonic-boom';
 
 export type Logger = PinoLogger;
 
@@ -27,8 +28,10 @@ export function createLogger(level: string): Logger {
     exiting = true;
   });
   const stdout = openStdout();
-  const dest = pino.destination({
-    dest: stdout.fd,
+  // sonic-boom itself, at 5 (pino 10 bundles 4, whose synchronous flush at exit sleeps and
+  // retries for ever on any error but EAGAIN: a closed stdout pipe froze the exit).
+  const dest = new sonicBoom.SonicBoom({
+    fd: stdout.fd,
     sync: false,
     minLength: 8192,
     maxLength: MAX_BUFFERED_BYTES,
