@@ -11,7 +11,7 @@
  *   3. throughput: 8 sessions, one client loop each, executing print(1) for ~5 s.
  *   4. first `import numpy, pandas` in a new session (time of that exec).
  *   5. PSS per idle session: sum of Pss (/proc/<pid>/smaps_rollup) over the processes of
- *      the session's host uid, averaged over 50 live idle sessions.
+ *      the session's pid namespace, averaged over 50 live idle sessions.
  *   6. the floor: the same print(1) round trip to a bare /usr/bin/python3 over a pipe
  *      (no HTTP, no sandbox); our warm exec is reported as a ratio to it.
  * Diagnostics (no target), to show where the time goes: the split of the create path
@@ -21,23 +21,51 @@
  * (sandbox-python/driver.py) driven over its framed pipes with no sandbox and no HTTP;
  * the floor's throughput with 8 bare processes; DELETE latency.
  *
+ * The gateway path (issue 11), measured with bench/client.py: a Python client on
+ * /usr/bin/python3 holding one http.client keep-alive connection per simulated client (one
+ * process each when they run in parallel), as the Otari gateway does; a Node client hides
+ * costs a Python gateway pays. The client returns raw timings; the figures are computed here.
+ *   7. print(1), the first 150 calls after start: taken right after the warm pool first
+ *      fills, before any other figure runs code (the server's JIT is cold).
+ *   8. print(1) in the steady state (after the Node figures' thousands of calls and a
+ *      warm-up of its own); with it, the floor of an HTTP no-op (GET /health).
+ *   9. bash `echo hi`; 10. editor `create` (a new small file per call).
+ *  11. DELETE /sessions/:id, one at a time, as the gateway awaits it after each chat.
+ *  12. a burst of 30 creates in a row, each with its first print(1), no wait for the pool.
+ *  13. churn: 8 clients each looping POST /sessions + print(1) + DELETE for a fixed time
+ *      (sessions/s, and the latency of one loop split into its three calls).
+ *  14. throughput: 8 sessions, one client process each, print(1) in a loop.
+ * Host floors in the same run, before the server starts: fork+exec of `bash -c 'echo hi'`
+ * and a bare `bwrap --ro-bind / / --unshare-all --die-with-parent /bin/true`, both from
+ * Python's subprocess.run.
+ *
+ * `--quick`: smaller counts and shorter loops and budgets (the first-150 and burst-of-30
+ * figures keep their counts): about a minute on the 2-core machine under other load, less
+ * on an idle one; its figures are indicative only (PSS, for one, splits the template's
+ * share over 10 sessions instead of 50).
+ *
  * The server is started through dist/bench/server-entry.js (which only imports
  * dist/src/main.js) with logs at the default level going to a file; its sessions root,
  * uid range and port are its own, so it runs next to other servers and tests.
  *
+ * `--rootless` runs the server as nobody (setpriv): the same figures for a deployment
+ * without root.
+ *
  * Output: progress on stderr; on stdout a human-readable table, then one JSON object on
- * the last line. Every loop is bounded by a count and a time budget; the whole run stays
- * under 3 minutes. Everything started is cleaned up (sessions deleted, server stopped,
- * temp folder removed), also on an error or Ctrl-C. Not part of `npm test`.
+ * the last line (its keys are stable: new figures add keys, none is renamed). Every loop is
+ * bounded by a count and a time budget; the whole run stays under 4 minutes. Everything
+ * started is cleaned up (sessions deleted, server stopped, temp folder removed), also on an
+ * error or Ctrl-C (which still prints what was measured). Not part of `npm test`.
  */
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, mkdtempSync, openSync, closeSync, readFileSync, rmSync, existsSync } from 'node:fs';
-import { readdir, readFile } from 'node:fs/promises';
+import { chmodSync, chownSync, mkdirSync, mkdtempSync, openSync, closeSync, readFileSync, rmSync, existsSync } from 'node:fs';
+import { readdir, readFile, readlink } from 'node:fs/promises';
 import http from 'node:http';
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import type { Readable, Writable } from 'node:stream';
-import { encodeFrame, FrameDecoder } from '../src/runner/frame-codec.js';
+import { encodeFrame, FrameDecoder, FrameKind } from '../src/runner/frame-codec.js';
+import { describeTarget, judge, parseFlags, spanRate, stats, type Flags, type Stats, type Target } from './figures.js';
 
 // ---------------------------------------------------------------- settings ---------
 
@@ -45,24 +73,79 @@ import { encodeFrame, FrameDecoder } from '../src/runner/frame-codec.js';
 const ENTRY = fileURLToPath(new URL('./server-entry.js', import.meta.url));
 const PY = '/usr/bin/python3';
 const DRIVER = fileURLToPath(new URL('../../sandbox-python/driver.py', import.meta.url));
+/** The gateway-like load driver (bench/client.py), run with the sandbox's Python. */
+const CLIENT = fileURLToPath(new URL('../../bench/client.py', import.meta.url));
 const PRELOAD = 'numpy,pandas,matplotlib';
+const FLAGS: Flags = (() => {
+  try {
+    return parseFlags(process.argv.slice(2));
+  } catch (e) {
+    process.stderr.write(`bench: ${(e as Error).message}\n`);
+    process.exit(2);
+  }
+})();
+/** `--rootless`: the server runs as nobody (setpriv), as a deployment without root would. */
+const ROOTLESS = FLAGS.rootless;
+/** `--quick`: smaller counts, shorter loops and budgets. */
+const QUICK = FLAGS.quick;
+const NOBODY = 65534;
 const WARM_POOL = 4;
 const MAX_SESSIONS = 64; // 50 idle sessions for the PSS figure + the pool + margin
 
-const N_CREATE = 30;
-const N_WARMUP = 50;
-const N_WARM = 500;
+/** Sample counts and loop times (ms or s as named), full run / --quick. The first-150 and
+ * burst-of-30 figures are defined by their counts and keep them in both. */
+const COUNTS = QUICK
+  ? { create: 10, warmup: 20, warm: 100, jitWarmup: 500, health: 100, throughputMs: 1000, import: 3, pss: 10, floorThroughputMs: 500 }
+  : { create: 30, warmup: 50, warm: 500, jitWarmup: 3000, health: 200, throughputMs: 5000, import: 10, pss: 50, floorThroughputMs: 2000 };
+const GW = QUICK
+  ? {
+      first: 150,
+      steadyWarmup: 500,
+      steady: 300,
+      noop: 100,
+      bash: 50,
+      editor: 100,
+      burst: 30,
+      deleteBudgetS: 2,
+      churnClients: 8,
+      churnS: 3,
+      throughputS: 2,
+      throughputWarmup: 5,
+      forkBash: 30,
+      bwrap: 10,
+    }
+  : {
+      first: 150,
+      steadyWarmup: 1000,
+      steady: 1000,
+      noop: 300,
+      bash: 300,
+      editor: 500,
+      burst: 30,
+      deleteBudgetS: 15,
+      churnClients: 8,
+      churnS: 10,
+      throughputS: 5,
+      throughputWarmup: 20,
+      forkBash: 200,
+      bwrap: 50,
+    };
+const N_CREATE = COUNTS.create;
+const N_WARMUP = COUNTS.warmup;
+const N_WARM = COUNTS.warm;
 /** Calls before the warm figure is taken: enough for V8 to optimise the server's exec path. */
-const N_JIT_WARMUP = 3000;
-const N_HEALTH = 200;
+const N_JIT_WARMUP = COUNTS.jitWarmup;
+const N_HEALTH = COUNTS.health;
 const THROUGHPUT_SESSIONS = 8;
-const THROUGHPUT_MS = 5000;
-const N_IMPORT = 10;
-const N_PSS = 50;
-const FLOOR_THROUGHPUT_MS = 2000;
+const THROUGHPUT_MS = COUNTS.throughputMs;
+const N_IMPORT = COUNTS.import;
+const N_PSS = COUNTS.pss;
+const FLOOR_THROUGHPUT_MS = COUNTS.floorThroughputMs;
 
 /** Time budgets (ms): a phase stops taking samples past its budget and says so. */
-const BUDGET = { start: 60_000, create: 55_000, import: 20_000, pss: 45_000, total: 172_000 };
+const BUDGET = QUICK
+  ? { start: 60_000, create: 10_000, import: 5_000, pss: 10_000, gateway: 5_000, total: 110_000 }
+  : { start: 60_000, create: 55_000, import: 20_000, pss: 45_000, gateway: 20_000, total: 235_000 };
 
 const TARGETS = {
   create_p50_ms: 10,
@@ -70,8 +153,20 @@ const TARGETS = {
   warm_exec_p50_ms: 0.9,
   throughput_per_s: 2400,
   import_p50_ms: 40,
-  pss_mib: 20,
+  pss_mib: 10,
 };
+
+/** Targets of the gateway-path figures (issue 11), measured with bench/client.py. */
+const GW_TARGETS = {
+  gw_first150: { stat: 'p50', op: '<=', limit: 0.6 },
+  gw_print1: { stat: 'p50', op: '<=', limit: 0.35 },
+  gw_bash: { stat: 'p50', op: '<=', limit: 4 },
+  gw_editor: { stat: 'p50', op: '<=', limit: 0.5 },
+  gw_delete: { stat: 'p50', op: '<=', limit: 2 },
+  gw_burst: { stat: 'p90', op: '<=', limit: 10 },
+  gw_churn: { stat: 'value', op: '>=', limit: 150 },
+  gw_throughput: { stat: 'value', op: '>=', limit: 4000 },
+} satisfies Record<string, Target>;
 
 const PRINT1 = Buffer.from(JSON.stringify({ tool: 'code_execution', input: { code: 'print(1)' } }));
 const IMPORT = Buffer.from(JSON.stringify({ tool: 'code_execution', input: { code: 'import numpy, pandas' } }));
@@ -93,24 +188,6 @@ const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 const sleepUnref = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref());
 const elapsed = () => performance.now() - benchStart;
 
-// ---------------------------------------------------------------- statistics -------
-
-interface Stats {
-  n: number;
-  p50: number;
-  p90: number;
-  max: number;
-  min: number;
-  mean: number;
-}
-
-function stats(xs: number[]): Stats | null {
-  if (xs.length === 0) return null;
-  const s = [...xs].sort((a, b) => a - b);
-  const rank = (p: number) => s[Math.min(s.length - 1, Math.max(0, Math.ceil(p * s.length) - 1))]!;
-  return { n: s.length, p50: rank(0.5), p90: rank(0.9), max: s[s.length - 1]!, min: s[0]!, mean: s.reduce((a, b) => a + b, 0) / s.length };
-}
-
 // ---------------------------------------------------------------- server -----------
 
 interface Server {
@@ -125,6 +202,7 @@ interface Server {
 
 let server: Server | null = null;
 const liveSessions = new Set<string>();
+/** Helper processes (floors, the driver, the Python client): killed by cleanup(). */
 const floorProcs = new Set<ChildProcess>();
 
 async function startServer(): Promise<Server> {
@@ -136,7 +214,13 @@ async function startServer(): Promise<Server> {
   // A uid range of our own (the server sweeps its range at start-up), away from the
   // default (200000) and the test harness (300000..2300000).
   const uidBase = 3_000_000 + Math.floor(Math.random() * 900) * 1000;
-  const proc = spawn(process.execPath, [ENTRY], {
+  if (ROOTLESS) {
+    mkdirSync(`${root}/sessions`, { mode: 0o711 });
+    chownSync(`${root}/sessions`, NOBODY, NOBODY);
+  }
+  const asNobody = ['/usr/bin/setpriv', `--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', '--', process.execPath];
+  const [file, ...args] = ROOTLESS ? [...asNobody, ENTRY] : [process.execPath, ENTRY];
+  const proc = spawn(file!, args, {
     env: {
       PATH: '/usr/bin:/bin',
       PORT: '0',
@@ -316,8 +400,10 @@ async function processTable(): Promise<ProcInfo[]> {
 }
 
 /** The processes of each marked session: the server's descendants whose root holds the
- * session's marker give its host uid; all processes of that uid are the session's. */
-async function sessionProcesses(serverPid: number, ids: string[]): Promise<Map<string, { uid: number; pids: number[] }>> {
+ * session's marker give its pid namespace; the processes of that namespace (its init
+ * included) are the session's. By namespace, not uid: a rootless server's sessions all
+ * have the server's uid. */
+async function sessionProcesses(serverPid: number, ids: string[]): Promise<Map<string, { pidns: string; pids: number[] }>> {
   const table = await processTable();
   const children = new Map<number, ProcInfo[]>();
   for (const p of table) children.set(p.ppid, [...(children.get(p.ppid) ?? []), p]);
@@ -328,26 +414,31 @@ async function sessionProcesses(serverPid: number, ids: string[]): Promise<Map<s
     descendants.push(p);
     stack.push(...(children.get(p.pid) ?? []));
   }
-  const uidOf = new Map<string, number>();
+  const pidns = async (pid: number) => readlink(`/proc/${pid}/ns/pid`).catch(() => '');
+  const serverNs = await pidns(serverPid);
+  const nsOf = new Map<string, string>();
+  const members = new Map<string, number[]>();
   for (const p of descendants) {
-    if (uidOf.size === ids.length) break;
+    const ns = await pidns(p.pid);
+    if (!ns || ns === serverNs) continue; // the server's side (the outer bwrap, the template)
+    members.set(ns, [...(members.get(ns) ?? []), p.pid]);
+    if (nsOf.size === ids.length) continue;
     let names: string[];
     try {
       names = await readdir(`/proc/${p.pid}/root/workspace`);
     } catch {
-      continue; // not inside a sandbox (the outer bwrap), or gone
+      continue; // gone
     }
-    for (const n of names) if (n.startsWith('.bench-')) uidOf.set(n.slice('.bench-'.length), p.uid);
+    for (const n of names) if (n.startsWith('.bench-')) nsOf.set(n.slice('.bench-'.length), ns);
   }
-  const out = new Map<string, { uid: number; pids: number[] }>();
-  const seen = new Map<number, string>();
+  const out = new Map<string, { pidns: string; pids: number[] }>();
+  const seen = new Map<string, string>();
   for (const id of ids) {
-    const uid = uidOf.get(id);
-    if (uid === undefined) throw new Error(`no process of session ${id} found under the server`);
-    if (uid === 0 || uid === process.getuid?.()) throw new Error(`session ${id} runs as uid ${uid}: not a uid of its own, its processes cannot be told apart`);
-    if (seen.has(uid)) throw new Error(`sessions ${seen.get(uid)} and ${id} share host uid ${uid}`);
-    seen.set(uid, id);
-    out.set(id, { uid, pids: table.filter((p) => p.uid === uid).map((p) => p.pid) });
+    const ns = nsOf.get(id);
+    if (ns === undefined) throw new Error(`no process of session ${id} found under the server`);
+    if (seen.has(ns)) throw new Error(`sessions ${seen.get(ns)} and ${id} share pid namespace ${ns}`);
+    seen.set(ns, id);
+    out.set(id, { pidns: ns, pids: members.get(ns) ?? [] });
   }
   return out;
 }
@@ -458,11 +549,11 @@ class DriverPipe {
     floorProcs.add(this.proc);
     (this.proc.stdio[4] as Readable).on('data', (chunk: Buffer) => {
       for (const f of this.decoder.push(chunk)) {
-        if (f.kind === 'H') this.helloSeen();
+        if (f.kind === FrameKind.Hello) this.helloSeen();
         const w = this.waiter;
         if (!w) continue;
-        if (f.kind === 'O') w.out += f.body.toString('utf8');
-        if (f.kind === 'D' && (JSON.parse(f.body.toString('utf8')) as { id: number }).id === w.id) {
+        if (f.kind === FrameKind.Stdout) w.out += f.body.toString('utf8');
+        if (f.kind === FrameKind.Done && (JSON.parse(f.body.toString('utf8')) as { id: number }).id === w.id) {
           this.waiter = null;
           w.resolve(w.out);
         }
@@ -483,7 +574,7 @@ class DriverPipe {
           else reject(new Error(`driver: unexpected output ${JSON.stringify(out)}`));
         },
       };
-      (this.proc.stdio[3] as Writable).write(encodeFrame('E', { id, code: 'print(1)', max_output_bytes: 1 << 20 }));
+      (this.proc.stdio[3] as Writable).write(encodeFrame(FrameKind.Exec, { id, code: 'print(1)', max_output_bytes: 1 << 20 }));
     });
   }
 
@@ -552,6 +643,23 @@ const ORDER = [
   'floor_throughput',
   'throughput_ratio',
   'delete',
+  'gw_first150',
+  'gw_print1',
+  'gw_http_noop',
+  'gw_bash',
+  'floor_bash',
+  'gw_editor',
+  'gw_delete',
+  'gw_burst',
+  'gw_burst_post',
+  'floor_bwrap',
+  'gw_churn',
+  'gw_churn_latency',
+  'gw_churn_create',
+  'gw_churn_exec',
+  'gw_churn_delete',
+  'gw_throughput',
+  'gw_throughput_latency',
 ];
 /** The figures in report order. */
 const ordered = (): [string, Figure][] => Object.entries(figures).sort(([a], [b]) => (ORDER.indexOf(a) >>> 0) - (ORDER.indexOf(b) >>> 0));
@@ -880,6 +988,182 @@ async function benchFloor(f: Figure): Promise<void> {
   }
 }
 
+// ---------------------------------------------------------------- gateway path -----
+
+/** Caps on what the Python client may print (its timings, its error). */
+const CLIENT_STDOUT_MAX_BYTES = 64 << 20;
+const CLIENT_STDERR_MAX_BYTES = 64 << 10;
+
+/**
+ * Runs one job of bench/client.py (see its docstring for the contract) against our server
+ * and returns its JSON. The job carries its own deadline; past it and 15 s more the client
+ * is killed (its workers die with it).
+ */
+async function runClient<T>(job: Record<string, unknown>, deadlineS: number): Promise<T> {
+  const full = { host: server?.host ?? '127.0.0.1', port: server?.port ?? 0, deadline_s: deadlineS, ...job };
+  const proc = spawn(PY, ['-I', CLIENT, JSON.stringify(full)], { stdio: ['ignore', 'pipe', 'pipe'], env: { PATH: '/usr/bin:/bin' } });
+  floorProcs.add(proc);
+  const out: Buffer[] = [];
+  let outBytes = 0;
+  let err = '';
+  let overflow = false;
+  proc.stdout!.on('data', (c: Buffer) => {
+    outBytes += c.length;
+    if (outBytes > CLIENT_STDOUT_MAX_BYTES) {
+      overflow = true;
+      proc.kill('SIGKILL');
+    } else out.push(c);
+  });
+  proc.stderr!.setEncoding('utf8');
+  proc.stderr!.on('data', (c: string) => {
+    if (err.length < CLIENT_STDERR_MAX_BYTES) err += c.slice(0, CLIENT_STDERR_MAX_BYTES - err.length);
+  });
+  const timer = setTimeout(() => proc.kill('SIGKILL'), deadlineS * 1000 + 15_000);
+  try {
+    const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve, reject) => {
+      proc.once('error', reject);
+      proc.once('close', (c, sig) => resolve([c, sig]));
+    });
+    if (overflow) throw new Error(`bench/client.py printed more than ${CLIENT_STDOUT_MAX_BYTES} bytes`);
+    if (code !== 0) throw new Error(`bench/client.py ${String(job.op)} exited ${code ?? signal}: ${tail(err, 5)}`);
+    return JSON.parse(Buffer.concat(out).toString('utf8')) as T;
+  } finally {
+    clearTimeout(timer);
+    floorProcs.delete(proc);
+  }
+}
+
+interface ExecJobResult {
+  ms: number[];
+  warmup_ms?: number[];
+  new_connections: number;
+}
+
+const PY_PRINT1 = { tool: 'code_execution', input: { code: 'print(1)' }, expect_stdout: '1' };
+
+function setTarget(key: keyof typeof GW_TARGETS, f: Figure): void {
+  const t: Target = GW_TARGETS[key];
+  f.target = describeTarget(t);
+  f.pass = judge(t, f);
+}
+
+/** Sequential calls of one tool over one keep-alive connection. */
+async function gwCalls(f: Figure, job: Record<string, unknown>, n: number): Promise<ExecJobResult> {
+  const r = await runClient<ExecJobResult>({ n, ...job }, BUDGET.gateway / 1000);
+  f.stats = stats(r.ms);
+  if (r.ms.length < n) f.note = `time budget (${BUDGET.gateway / 1000}s) reached after ${r.ms.length} of ${n} samples`;
+  f.extra = { ...(r.warmup_ms ? { warm_up_calls: r.warmup_ms.length } : {}), new_connections: r.new_connections };
+  return r;
+}
+
+/** Right after start, before anything else has run code on the server. */
+async function benchGwFirst(f: Figure): Promise<void> {
+  await gwCalls(f, { op: 'exec', ...PY_PRINT1, warmup: 0 }, GW.first);
+  f.note = 'one new session on a server that has served nothing but GET /health; its first call included';
+  setTarget('gw_first150', f);
+}
+
+async function benchGwSteady(f: Figure): Promise<void> {
+  await gwCalls(f, { op: 'exec', ...PY_PRINT1, warmup: GW.steadyWarmup }, GW.steady);
+  setTarget('gw_print1', f);
+  const noop: Figure = { label: '   (floor) HTTP no-op: GET /health', unit: 'ms', stats: null };
+  figures.gw_http_noop = noop;
+  try {
+    await gwCalls(noop, { op: 'noop', warmup: 50 }, GW.noop);
+  } catch (e) {
+    noop.error = String((e as Error)?.message ?? e).slice(0, 500);
+  }
+}
+
+async function benchGwBash(f: Figure): Promise<void> {
+  await gwCalls(f, { op: 'exec', tool: 'bash_code_execution', input: { command: 'echo hi' }, expect_stdout: 'hi\n', warmup: 10 }, GW.bash);
+  setTarget('gw_bash', f);
+}
+
+async function benchGwEditor(f: Figure): Promise<void> {
+  await gwCalls(f, { op: 'exec', tool: 'text_editor_code_execution', input: { command: 'create', file_text: 'hello\n' }, vary_path: true, warmup: 20 }, GW.editor);
+  f.note = 'each call creates a new small file (bench-<i>.txt) in the same session';
+  setTarget('gw_editor', f);
+}
+
+/** A burst of creates, each with its first print(1), no wait for the pool; then the
+ * sessions deleted one at a time (the DELETE figure). */
+async function benchGwBurst(f: Figure): Promise<void> {
+  const r = await runClient<{ create_ms: number[]; first_ms: number[]; delete_ms: number[] }>(
+    { op: 'burst', n: GW.burst, delete_budget_s: GW.deleteBudgetS, creates_budget_s: BUDGET.gateway / 1000 },
+    BUDGET.gateway / 1000 + GW.deleteBudgetS + 60,
+  );
+  f.stats = stats(r.create_ms.map((c, i) => c + r.first_ms[i]!));
+  if (r.create_ms.length < GW.burst) f.note = `time budget (${BUDGET.gateway / 1000}s) reached after ${r.create_ms.length} of ${GW.burst} creates`;
+  setTarget('gw_burst', f);
+  figures.gw_burst_post = { label: '   of which POST /sessions', unit: 'ms', stats: stats(r.create_ms) };
+  const d: Figure = {
+    label: '11. DELETE /sessions/:id, one at a time',
+    unit: 'ms',
+    stats: stats(r.delete_ms),
+    note: `the burst's sessions (each ran print(1)), deleted in sequence for up to ${GW.deleteBudgetS}s; the rest untimed`,
+  };
+  figures.gw_delete = d;
+  setTarget('gw_delete', d);
+  if (r.delete_ms.length === 0) d.error = 'no DELETE completed';
+}
+
+interface ChurnWorker {
+  start_ms: number;
+  iters: [number, number, number, number][];
+  new_connections: number;
+}
+
+async function benchGwChurn(f: Figure): Promise<void> {
+  const r = await runClient<{ workers: ChurnWorker[] }>({ op: 'churn', clients: GW.churnClients, seconds: GW.churnS }, GW.churnS + 60);
+  const rate = spanRate(r.workers.map((w) => ({ startMs: w.start_ms, count: w.iters.length, lastMs: w.iters.at(-1)?.[3] ?? w.start_ms })));
+  const iters = r.workers.flatMap((w) => w.iters);
+  f.value = rate?.perSecond ?? 0;
+  f.extra = { clients: GW.churnClients, sessions: rate?.count ?? 0, seconds: Number((rate?.seconds ?? 0).toFixed(3)), loop_seconds: GW.churnS };
+  f.note = `each client loops POST /sessions, print(1), DELETE for ${GW.churnS}s and finishes the loop it is in`;
+  setTarget('gw_churn', f);
+  figures.gw_churn_latency = { label: '   (diag) one loop: create + print(1) + DELETE', unit: 'ms', stats: stats(iters.map(([c, e, d]) => c + e + d)) };
+  figures.gw_churn_create = { label: '   (diag) of which POST /sessions', unit: 'ms', stats: stats(iters.map((i) => i[0])) };
+  figures.gw_churn_exec = { label: '   (diag) of which first print(1)', unit: 'ms', stats: stats(iters.map((i) => i[1])) };
+  figures.gw_churn_delete = { label: '   (diag) of which DELETE', unit: 'ms', stats: stats(iters.map((i) => i[2])) };
+}
+
+interface ThroughputWorker {
+  start_ms: number;
+  lat_ms: number[];
+  last_ms: number;
+  new_connections: number;
+}
+
+async function benchGwThroughput(f: Figure): Promise<void> {
+  const r = await runClient<{ workers: ThroughputWorker[] }>(
+    { op: 'throughput', clients: THROUGHPUT_SESSIONS, seconds: GW.throughputS, warmup: GW.throughputWarmup },
+    GW.throughputS + 60,
+  );
+  const rate = spanRate(r.workers.map((w) => ({ startMs: w.start_ms, count: w.lat_ms.length, lastMs: w.last_ms })));
+  f.value = rate?.perSecond ?? 0;
+  f.extra = { execs: rate?.count ?? 0, seconds: Number((rate?.seconds ?? 0).toFixed(3)), sessions: THROUGHPUT_SESSIONS, client_processes: r.workers.length };
+  setTarget('gw_throughput', f);
+  figures.gw_throughput_latency = { label: '   (diag) exec latency under that load', unit: 'ms', stats: stats(r.workers.flatMap((w) => w.lat_ms)) };
+}
+
+/** Host floors, no server running: fork+exec of bash, a bare bubblewrap start. */
+async function benchHostFloors(): Promise<void> {
+  const bash: Figure = { label: "   (floor) host fork+exec: bash -c 'echo hi'", unit: 'ms', stats: null };
+  const bwrap: Figure = { label: '   (floor) bare bwrap --unshare-all /bin/true', unit: 'ms', stats: null };
+  figures.floor_bash = bash;
+  figures.floor_bwrap = bwrap;
+  try {
+    const r = await runClient<{ bash_ms: number[]; bwrap_ms: number[] }>({ op: 'floors', n_bash: GW.forkBash, n_bwrap: GW.bwrap, warmup: 5 }, 30);
+    bash.stats = stats(r.bash_ms);
+    bash.note = 'subprocess.run from /usr/bin/python3, stdout captured';
+    bwrap.stats = stats(r.bwrap_ms);
+    bwrap.note = "bwrap --ro-bind / / --unshare-all --die-with-parent /bin/true, from Python's subprocess.run";
+  } catch (e) {
+    bash.error = bwrap.error = String((e as Error)?.message ?? e).slice(0, 500);
+  }
+}
+
 // ---------------------------------------------------------------- clean-up ---------
 
 let cleaning: Promise<void> | null = null;
@@ -928,7 +1212,11 @@ function cleanup(): Promise<void> {
 for (const sig of ['SIGINT', 'SIGTERM'] as const) {
   process.once(sig, () => {
     log(`${sig}: cleaning up`);
-    void cleanup().finally(() => process.exit(130));
+    notes.push(`interrupted by ${sig}; figures not shown were not measured`);
+    void cleanup().finally(() => {
+      report();
+      process.exit(130);
+    });
   });
 }
 
@@ -936,14 +1224,19 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) {
 
 const fmt = (x: number | undefined, unit: string) => {
   if (x === undefined || !Number.isFinite(x)) return '-';
-  if (unit === 'execs/s') return x.toFixed(0);
+  if (unit === 'execs/s' || unit === 'sess/s') return x.toFixed(unit === 'sess/s' && x < 100 ? 1 : 0);
   if (unit === 'x') return x.toFixed(1);
   return x < 10 ? x.toFixed(3) : x < 100 ? x.toFixed(2) : x.toFixed(1);
 };
 
 function table(): string {
   const rows: string[][] = [['figure', 'unit', 'n', 'p50', 'p90', 'max', 'mean/value', 'target', 'result']];
-  for (const [, f] of ordered()) {
+  let section = false;
+  for (const [k, f] of ordered()) {
+    if (k.startsWith('gw_') && !section) {
+      section = true;
+      rows.push(['gateway path: Python http.client keep-alive clients (bench/client.py)', '', '', '', '', '', '', '', '']);
+    }
     const s = f.stats;
     const result = f.error ? 'ERROR' : f.pass === undefined ? '' : f.pass === null ? '-' : f.pass ? 'pass' : 'MISS';
     rows.push([
@@ -1036,7 +1329,8 @@ function report(): void {
       startup_seconds: Number((serverInfo.startupMs / 1000).toFixed(2)),
       initial_pool_fill_seconds: Number((serverInfo.poolFillMs / 1000).toFixed(2)),
     },
-    targets: TARGETS,
+    mode: QUICK ? 'quick' : 'full',
+    targets: { ...TARGETS, gateway: GW_TARGETS },
     figures: Object.fromEntries(
       ordered().map(([k, f]) => [
         k,
@@ -1056,7 +1350,7 @@ function report(): void {
     duration_seconds: Number(duration.toFixed(1)),
   };
   const head = [
-    `otari-sandbox-container benchmark (${new Date().toISOString()})`,
+    `otari-sandbox-container benchmark (${new Date().toISOString()})${QUICK ? ', --quick (small counts: indicative only)' : ''}`,
     `machine: ${machine.cores} cores (${machine.cpu_model}), ${machine.memory_gib} GiB, node ${machine.node}, python ${machine.python}, kernel ${machine.kernel}, root=${machine.run_as_root}`,
     `load average: ${machine.loadavg_start.join(' ')} at start, ${out.machine.loadavg_end.join(' ')} at end`,
     `server: isolation ${iso?.mode ?? '?'}, uid per session ${String(iso?.uid_per_session ?? '?')}, memory: ${iso?.memory_limit ?? '?'}`,
@@ -1068,11 +1362,12 @@ function report(): void {
 }
 
 async function main(): Promise<number> {
-  if (!machine.run_as_root) notes.push('not run as root: sessions share the server uid, so the PSS figure cannot be attributed per session');
+  if (ROOTLESS) notes.push('--rootless: the server ran as nobody (no host uid per session, no disk quota, no memory cgroups)');
   log(`machine: ${machine.cores} cores, node ${machine.node}, load ${machine.loadavg_start.join(' ')}`);
   let exitCode = 0;
   // The floor runs first, with no server of ours running, so nothing competes with it.
   await phase('floor', '6. floor: bare python3 over a pipe', 'ms', (f) => benchFloor(f));
+  await benchHostFloors();
   try {
     const t0 = performance.now();
     const srv = await startServer();
@@ -1083,11 +1378,25 @@ async function main(): Promise<number> {
       serverInfo.isolation = (await c.json<{ isolation: unknown }>('GET', '/health')).body.isolation;
       serverInfo.poolFillMs = await c.waitPoolFull(60_000);
       log(`server at ${srv.url} (listening after ${(serverInfo.startupMs / 1000).toFixed(1)}s, pool of ${WARM_POOL} full ${(serverInfo.poolFillMs / 1000).toFixed(1)}s later)`);
+      // First, before any other figure runs code on the server (its JIT is cold).
+      await phase('gw_first150', `7. print(1), first ${GW.first} calls after start`, 'ms', (f) => benchGwFirst(f));
       await phase('create', '1. create -> first result', 'ms', (f) => benchCreate(c, f));
       await phase('warm_exec', '2. warm exec print(1), HTTP keep-alive', 'ms', (f) => benchWarm(c, srv.logFile, f));
       await phase('throughput', '3. throughput, 8 sessions in parallel', 'execs/s', (f) => benchThroughput(srv, c, f));
       await phase('import', '4. first import numpy, pandas', 'ms', (f) => benchImport(c, bulk, f));
       await phase('pss', '5. PSS per idle session', 'MiB', (f) => benchPss(c, bulk, srv.proc.pid!, f));
+      // The gateway path, each phase from a full pool.
+      const gw = (key: string, label: string, unit: string, fn: (f: Figure) => Promise<void>) =>
+        phase(key, label, unit, async (f) => {
+          await c.waitPoolFull();
+          await fn(f);
+        });
+      await gw('gw_print1', '8. print(1), steady state', 'ms', benchGwSteady);
+      await gw('gw_bash', "9. bash 'echo hi'", 'ms', benchGwBash);
+      await gw('gw_editor', '10. editor create', 'ms', benchGwEditor);
+      await gw('gw_burst', `12. burst of ${GW.burst} creates: create + first result`, 'ms', benchGwBurst);
+      await gw('gw_churn', `13. churn, ${GW.churnClients} clients: sessions/s`, 'sess/s', benchGwChurn);
+      await gw('gw_throughput', '14. throughput, 8 sessions in parallel', 'execs/s', benchGwThroughput);
     } finally {
       c.close();
       bulk.close();
