@@ -37,6 +37,7 @@ const SETTINGS = {
   maxTimeoutSeconds: int('SANDBOX_RUNNER_WALL_CLOCK_SECONDS', 120, 1, 24 * 3600, 'Ceiling of a call timeout, seconds'),
   defaultTimeoutSeconds: int('SANDBOX_DEFAULT_TIMEOUT_SECONDS', 30, 1, 24 * 3600, 'Timeout of a call that names none, seconds'),
   maxProcesses: int('SANDBOX_RUNNER_NPROC', 256, 8, 100_000, 'Processes per session'),
+  sessionPidsMax: int('SANDBOX_SESSION_PIDS_MAX', 1024, 16, 1_000_000, 'Processes and threads of one session together (pids cgroup, where one can be made)'),
   workspaceMb: int('SANDBOX_WORKSPACE_MB', 1024, 1, 1024 * 1024, 'Disk per session (workspace and /tmp together), MiB'),
   shmMb: int('SANDBOX_SHM_MB', 64, 1, 64 * 1024, 'Size of the private /dev/shm of a sandbox, MiB'),
   maxUploadBytes: int('SANDBOX_MAX_UPLOAD_BYTES', 100 * MiB, 1, 64 * 1024 * MiB, 'Largest upload, bytes'),

@@ -5,16 +5,22 @@
  * then serve. SIGTERM/SIGINT: stop accepting, let in-flight calls finish until
  * SANDBOX_SHUTDOWN_GRACE_SECONDS, destroy every session, exit.
  */
-import { closeSync, promises as fsp, readdirSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, promises as fsp, readdirSync, readFileSync } from 'node:fs';
 import { createHash, randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { loadConfig, ConfigError, preloadList, type Config } from './config.js';
 import { createLogger, type Logger } from './log.js';
 import { Launcher } from './sandbox/launcher.js';
+import { Pipes } from './sandbox/pipes.js';
 import { UidAllocator, killUid, pidsOfUids } from './sandbox/uids.js';
-import { buildSeccompFilter, probeSandbox, probeTemplate, sweepSessionsRoot, PreflightError, FIX_HINT } from './sandbox/preflight.js';
+import { claimUidRange, UidRangeTaken, type UidClaim } from './sandbox/uid-claims.js';
+import { buildSeccompFilter, hostFacts, probeBwrap, probeCommand, probeTemplate, sweepSessionsRoot, PreflightError, FIX_HINT } from './sandbox/preflight.js';
+import { Interpreter } from './runner/interpreter.js';
+import { compareKinds } from './sandbox/probe-compare.js';
+import { ETC_ALLOW_LIST, sandboxSpec } from './sandbox/spec.js';
+import { sandboxRlimits } from './limits.js';
 import { Zygote } from './sandbox/zygote.js';
-import { removeTree } from './sessions/box.js';
+import { boxFactory, removeTree } from './sessions/box.js';
 import { detectCgroups } from './sandbox/cgroups.js';
 import { canMountTmpfs } from './sandbox/mounts.js';
 import { SessionManager } from './sessions/manager.js';
@@ -23,58 +29,117 @@ import { buildApp } from './http/app.js';
 import { MemoryBudget } from './budget.js';
 import { LoopMonitor } from './loop-monitor.js';
 import { EditorWorkers } from './tools/text-editor.js';
-import type { IsolationInfo } from './http/routes/health.js';
+import type { IsolationInfo } from './http/types.js';
 
 const here = (rel: string) => fileURLToPath(new URL(rel, import.meta.url));
 const DRIVER_DIR = here('../../sandbox-python');
 const SECCOMP_GEN = here('../../sandbox-host/seccomp-gen.py');
+/** The entries of the sandbox's /etc allow-list this host has. */
+const HOST_ETC = ETC_ALLOW_LIST.filter((p) => existsSync(p));
 const VERSION = (JSON.parse(readFileSync(here('../../package.json'), 'utf8')) as { version: string }).version;
+
+/** What a verified sandbox guarantees (each is a field of the spec the probes compared). */
+const PROTECTIONS = [
+  'non-root uid inside',
+  'no capabilities',
+  'no_new_privs',
+  'seccomp filter',
+  'server environment hidden',
+  'own pid namespace',
+  'host file system hidden (allow-list)',
+  'no network',
+  'socket families filtered',
+  'no nested namespaces',
+  'read-only system',
+  'writable workspace',
+];
+const TEMPLATE_PROTECTION = 'interpreters forked from a template that has the preload modules imported, each building the same sandbox';
+const COMMANDS_PROTECTION = "bash commands started in the sandbox of the session's interpreter, each in a pid namespace of its own";
 
 async function prepareIsolation(
   config: Config,
   log: Logger,
   launcher: Launcher,
   zygote: Zygote | null,
+  commands: Zygote | null,
   uids: UidAllocator,
   privileged: boolean,
   tmpfsQuota: boolean,
-): Promise<{ isolation: IsolationInfo; templateOk: boolean }> {
+): Promise<{ isolation: IsolationInfo; templateOk: boolean; commandsOk: boolean }> {
   const dir = `${config.sessionsRoot}/probe_${randomBytes(6).toString('hex')}`;
   let templateOk = false;
+  let commandsOk = false;
   const uid = privileged ? uids.allocate() : undefined;
   try {
     for (const d of [dir, `${dir}/workspace`, `${dir}/tmp`, `${dir}/lib`]) await fsp.mkdir(d, { mode: 0o711 });
     if (uid !== undefined) for (const d of [`${dir}/workspace`, `${dir}/tmp`]) await fsp.chown(d, uid, uid);
-    const layout = { workspaceDir: `${dir}/workspace`, tmpDir: `${dir}/tmp`, libDir: `${dir}/lib`, driverDir: DRIVER_DIR, shmBytes: config.shmMb * 1024 * 1024 };
+    const folders = { workspaceDir: `${dir}/workspace`, tmpDir: `${dir}/tmp`, libDir: `${dir}/lib`, driverDir: DRIVER_DIR, shmBytes: config.shmMb * 1024 * 1024 };
     const limits = { addressSpaceBytes: config.memoryMb * 1024 * 1024, cpuSeconds: 10, fileSizeBytes: 1 << 20, openFiles: 64, processes: 16 };
+    const spec = sandboxSpec(folders, sandboxRlimits(limits), { kind: 'interpreter', preload: preloadList(config) }, HOST_ETC);
+    const host = hostFacts(privileged);
+    const identity = { uid, gid: uid };
     // bash commands run in bubblewrap; interpreters too, or forked from the template:
-    // every way a sandbox is made must pass the probe.
-    const { protections } = await probeSandbox(launcher, layout, { uid, gid: uid }, limits, config.sessionsRoot, config.pythonPath);
-    if (zygote && uid !== undefined) {
-      // A template whose sandbox does not hold is not used: interpreters then start in
-      // bubblewrap, which just passed the same checks (the same protections, more memory).
+    // every kind of sandbox the server uses is probed and compared with the spec.
+    const bwrap = await probeBwrap(launcher, spec, identity, config.sessionsRoot, config.pythonPath, host);
+    log.debug({ kind: 'bwrap', dump: bwrap.dump }, 'sandbox probe');
+    if (bwrap.differences.length > 0) throw new PreflightError(`the bubblewrap sandbox differs from its description:\n  ${bwrap.differences.join('\n  ')}`, false);
+    const protections = [...PROTECTIONS];
+    if (zygote) {
+      // A template whose sandbox differs is not used: interpreters then start in
+      // bubblewrap, which just matched the description (same sandbox, more memory).
       try {
-        const template = await probeTemplate(zygote, layout, uid, limits, config.sessionsRoot);
-        const missing = protections.filter((p) => !template.protections.includes(p));
-        if (missing.length > 0) throw new PreflightError(`its sandbox lacks: ${missing.join(', ')}`);
-        protections.push('interpreters forked from a template that has the preload modules imported, each building the same sandbox');
+        const template = await probeTemplate(zygote, spec, identity, config.sessionsRoot, host);
+        log.debug({ kind: 'template', dump: template.dump }, 'sandbox probe');
+        const differences = [...template.differences, ...compareKinds(bwrap, template)];
+        if (differences.length > 0) throw new PreflightError(`its sandbox differs:\n  ${differences.join('\n  ')}`);
+        protections.push(TEMPLATE_PROTECTION);
         templateOk = true;
       } catch (e) {
-        log.warn({ err: String((e as Error)?.message ?? e).slice(0, 1000) }, 'the interpreter template does not work here; interpreters start in bubblewrap instead');
+        log.warn({ err: String((e as Error)?.message ?? e).slice(0, 4000) }, 'the interpreter template does not work here; interpreters start in bubblewrap instead');
       }
     }
+    if (zygote && templateOk && commands) {
+      // A command started in a template interpreter's sandbox: checked against the spec of
+      // a command (its rlimits, environment, cwd; the same mounts and namespaces).
+      const interpreter = new Interpreter({
+        startProcess: () => zygote.spawn({ spec, uid: identity.uid, gid: identity.gid }),
+        interruptGraceMs: 1000,
+        startTimeoutMs: 60_000,
+        describeLimit: () => '',
+      });
+      try {
+        await interpreter.start();
+        const init = interpreter.sandboxInit();
+        if (!init) throw new PreflightError('the probe interpreter has no sandbox init to join', false);
+        const commandSpec = sandboxSpec(folders, sandboxRlimits(limits), { kind: 'command' }, HOST_ETC);
+        const command = await probeCommand(commands, commandSpec, init, identity, config.sessionsRoot, config.pythonPath, host);
+        log.debug({ kind: 'template command', dump: command.dump }, 'sandbox probe');
+        if (command.differences.length > 0) throw new PreflightError(`its sandbox differs:\n  ${command.differences.join('\n  ')}`, false);
+        protections.push(COMMANDS_PROTECTION);
+        commandsOk = true;
+      } catch (e) {
+        log.warn({ err: String((e as Error)?.message ?? e).slice(0, 4000) }, 'the command template does not work here; bash commands start in bubblewrap instead');
+      } finally {
+        await interpreter.kill();
+      }
+    }
+    const kinds = ['bwrap', ...(templateOk ? ['template'] : []), ...(commandsOk ? ['template command'] : [])];
+    log.info({ kinds, mounts: (bwrap.dump.mounts as unknown[]).length }, 'every sandbox kind matches the sandbox description');
     if (privileged) protections.push('distinct unprivileged host uid per session');
     if (tmpfsQuota) protections.push('disk quota per session (tmpfs)');
     const isolation: IsolationInfo = {
-      mode: 'bwrap',
+      mode: privileged ? 'root' : 'rootless',
+      interpreters: templateOk ? 'forked from the template' : 'bubblewrap',
+      commands: commandsOk ? "in the sandbox of the session's interpreter, each in a pid namespace of its own" : 'bubblewrap',
       protections,
       uid_per_session: privileged,
+      ...(privileged ? { uid_range: `${uids.range().first}-${uids.range().last}` } : {}),
       disk_quota: tmpfsQuota
         ? `tmpfs of ${config.workspaceMb} MiB per session`
         : 'none per session (mounting a tmpfs needs root with CAP_SYS_ADMIN); RLIMIT_FSIZE still caps each file',
       memory_limit: `RLIMIT_AS ${config.memoryMb} MiB per process`,
     };
-    return { isolation, templateOk };
+    return { isolation, templateOk, commandsOk };
   } finally {
     if (uid !== undefined) {
       await killUid(uid);
@@ -85,15 +150,11 @@ async function prepareIsolation(
 }
 
 /**
- * The interpreter template (SANDBOX_PYTHON_TEMPLATE=auto, as root). Where it cannot work
- * (no CAP_SYS_ADMIN, as in a container started without it), interpreters start in
- * bubblewrap: the same sandbox, each importing the preloads itself.
+ * The interpreter template (SANDBOX_PYTHON_TEMPLATE=auto). It needs what bubblewrap needs
+ * (user namespaces), root or not; where it does not start or its probe differs,
+ * interpreters start in bubblewrap: the same sandbox, each importing the preloads itself.
  */
 async function startTemplate(config: Config, log: Logger, seccompBpf: Buffer): Promise<Zygote | null> {
-  if (!hasCapability(CAP_SYS_ADMIN)) {
-    log.warn('no CAP_SYS_ADMIN: the interpreter template cannot build sandboxes; interpreters start in bubblewrap instead');
-    return null;
-  }
   try {
     const { zygote, info } = await Zygote.start({
       python: config.pythonPath,
@@ -107,6 +168,28 @@ async function startTemplate(config: Config, log: Logger, seccompBpf: Buffer): P
     return zygote;
   } catch (e) {
     log.warn({ err: String((e as Error)?.message ?? e).slice(0, 1000) }, 'the interpreter template did not start; interpreters start in bubblewrap instead');
+    return null;
+  }
+}
+
+/** The command template: bash commands start in the sandbox of the session's template
+ * interpreter (zygote.py, "commands"), from a small process of its own (nothing
+ * preloaded: its forks are cheap). Where it does not start, commands use bubblewrap. */
+async function startCommandTemplate(config: Config, log: Logger, seccompBpf: Buffer, pipes: Pipes): Promise<Zygote | null> {
+  try {
+    const { zygote } = await Zygote.start({
+      python: config.pythonPath,
+      driverDir: DRIVER_DIR,
+      stateDir: `${config.sessionsRoot}/.commands`,
+      preload: [],
+      seccompBpf,
+      log,
+      role: 'commands',
+      pipes,
+    });
+    return zygote;
+  } catch (e) {
+    log.warn({ err: String((e as Error)?.message ?? e).slice(0, 1000) }, 'the command template did not start; bash commands start in bubblewrap instead');
     return null;
   }
 }
@@ -128,7 +211,6 @@ async function claimSessionsRoot(root: string): Promise<void> {
   await fsp.writeFile(file, `${process.pid}\n`);
 }
 
-const CAP_SYS_ADMIN = 21;
 const CAP_SYS_NICE = 23;
 
 /** Whether this process holds a capability (its effective set, /proc/self/status). */
@@ -221,16 +303,43 @@ async function main(): Promise<void> {
   logRef = log;
   if (inherited > 0) log.warn({ descriptors: inherited }, 'closed descriptors inherited without close-on-exec (they would have reached the sandboxes)');
   const privileged = process.getuid?.() === 0;
+  // Made here: removed at a clean stop (the host as the server found it).
+  const madeRoot = !existsSync(config.sessionsRoot);
   await fsp.mkdir(config.sessionsRoot, { recursive: true, mode: 0o711 });
   await fsp.chmod(config.sessionsRoot, 0o711);
-  const uids = new UidAllocator(config.sandboxUidBase, config.maxSessions + config.warmPoolSize + 8);
-
   await claimSessionsRoot(config.sessionsRoot);
+  // Our own uid range for as long as we run: never one another server on this host uses.
+  const uidCount = config.maxSessions + config.warmPoolSize + 8;
+  let uidClaim: UidClaim | null = null;
+  if (privileged) {
+    try {
+      // The default base moves on to a free range; one the operator chose must be free.
+      uidClaim = await claimUidRange(config.sandboxUidBase, uidCount, { pick: process.env.SANDBOX_UID_BASE === undefined, root: config.sessionsRoot });
+    } catch (e) {
+      if (!(e instanceof UidRangeTaken)) throw e;
+      process.stderr.write(`otari-sandbox-container: ${e.message}\n`);
+      process.exit(1);
+    }
+    if (uidClaim.first !== config.sandboxUidBase)
+      log.info({ first: uidClaim.first, last: uidClaim.last }, 'the default sandbox uid range is in use by another server: using the next free one');
+  }
+  const uids = new UidAllocator(uidClaim?.first ?? config.sandboxUidBase, uidCount);
   if (privileged) await checkSearchable(config.sessionsRoot);
-  // What a SIGKILLed predecessor left: processes of our uids, folders, mounts.
+  // What a SIGKILLed predecessor left in our range: sandboxed processes (in a pid
+  // namespace of their own; a host process that merely has such a uid is not ours).
   if (privileged) {
     const { first, last } = uids.range();
-    for (const uid of (await pidsOfUids(first, last)).keys()) await killUid(uid);
+    const ownNs = await fsp.readlink('/proc/self/ns/pid');
+    for (const pids of (await pidsOfUids(first, last)).values()) {
+      for (const pid of pids) {
+        if ((await fsp.readlink(`/proc/${pid}/ns/pid`).catch(() => ownNs)) === ownNs) continue;
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          /* gone */
+        }
+      }
+    }
   }
   const swept = await sweepSessionsRoot(config.sessionsRoot, privileged, removeTree);
   if (swept > 0) log.warn({ folders: swept }, 'removed session folders left by an earlier run');
@@ -239,20 +348,36 @@ async function main(): Promise<void> {
   let isolation: IsolationInfo;
   let launcher: Launcher;
   let zygote: Zygote | null = null;
+  let commands: Zygote | null = null;
+  let pipes: Pipes | null = null;
   try {
     const seccompBpf = await buildSeccompFilter('/usr/bin/python3', SECCOMP_GEN);
-    launcher = new Launcher({ seccompBpf, driverDir: DRIVER_DIR });
-    if (privileged && config.pythonTemplate === 'auto') zygote = await startTemplate(config, log, seccompBpf);
-    const prepared = await prepareIsolation(config, log, launcher, zygote, uids, privileged, tmpfsQuota);
+    pipes = await Pipes.create(`${config.sessionsRoot}/.pipes`);
+    launcher = new Launcher({ seccompBpf, pipes });
+    if (config.pythonTemplate === 'auto') zygote = await startTemplate(config, log, seccompBpf);
+    if (zygote) commands = await startCommandTemplate(config, log, seccompBpf, pipes);
+    const prepared = await prepareIsolation(config, log, launcher, zygote, commands, uids, privileged, tmpfsQuota);
     isolation = prepared.isolation;
     if (zygote && !prepared.templateOk) {
       await zygote.close();
       zygote = null;
     }
+    if (commands && !prepared.commandsOk) {
+      await commands.close();
+      commands = null;
+    }
   } catch (e) {
     const message = e instanceof PreflightError ? e.message : String((e as Error)?.stack ?? e);
     log.fatal({ err: message }, 'the sandbox does not work here; refusing to start');
-    process.stderr.write(`otari-sandbox-container: refusing to start: ${message}\n${FIX_HINT}\n`);
+    const hint = !(e instanceof PreflightError) || e.hint ? `${FIX_HINT}\n` : '';
+    process.stderr.write(`otari-sandbox-container: refusing to start: ${message}\n${hint}`);
+    // nothing of ours stays behind
+    await zygote?.close().catch(() => {});
+    await commands?.close().catch(() => {});
+    await pipes?.close().catch(() => {});
+    await fsp.rm(`${config.sessionsRoot}/.server.pid`, { force: true });
+    await uidClaim?.release();
+    if (madeRoot) await fsp.rmdir(config.sessionsRoot).catch(() => {});
     process.exit(1);
   }
 
@@ -262,20 +387,38 @@ async function main(): Promise<void> {
     ? `${cgroups.describe}, and RLIMIT_AS ${config.memoryMb} MiB per process`
     : `RLIMIT_AS ${config.memoryMb} MiB per process (no writable cgroup: no per-session total)`;
   if (cgroups) isolation.protections.push('memory limit per session (cgroup)');
-  log.info({ isolation }, `isolation mode: ${isolation.mode}`);
+  if (cgroups?.controllers.includes('pids')) isolation.protections.push(`at most ${config.sessionPidsMax} processes and threads per session (pids cgroup)`);
+  if (cgroups?.controllers.includes('cpu')) isolation.protections.push('an equal CPU share per session (cpu cgroup)');
+  log.info({ isolation }, `isolation mode: ${isolation.mode}, interpreters ${isolation.interpreters}`);
   const budget = new MemoryBudget(config.serverMemoryBudgetMb * 1024 * 1024);
   const editorWorkers = new EditorWorkers();
   const sessions = new SessionManager(
     config,
-    { config, launcher, zygote, cgroups, uids, privileged, canRenice: privileged && hasCapability(CAP_SYS_NICE), tmpfsQuota, driverHostDir: DRIVER_DIR, budget },
+    boxFactory(
+      {
+        config,
+        launcher,
+        zygote,
+        commands,
+        cgroups,
+        uids,
+        privileged,
+        canRenice: privileged && hasCapability(CAP_SYS_NICE),
+        tmpfsQuota,
+        driverHostDir: DRIVER_DIR,
+        hostEtc: HOST_ETC,
+        budget,
+        log,
+      },
+      () => {
+        if (!privileged) return {};
+        const uid = uids.allocate();
+        return { uid, gid: uid };
+      },
+    ),
     log,
-    () => {
-      if (!privileged) return {};
-      const uid = uids.allocate();
-      return { uid, gid: uid };
-    },
   );
-  const exec = new ExecService(config, sessions, budget, editorWorkers);
+  const exec = new ExecService(config, budget, editorWorkers);
   const loop = new LoopMonitor();
   const app = await buildApp({ config, log, sessions, exec, isolation, version: VERSION, budget, loopStats: () => loop.snapshot() });
   await app.listen({ port: config.port, host: config.host });
@@ -302,8 +445,15 @@ async function main(): Promise<void> {
         // Every session is gone, so no call is still useful: cut what is left.
         app.server.closeAllConnections();
         await zygote?.close();
+        await commands?.close();
         await editorWorkers.close();
-        return closing;
+        await closing;
+        // The host as the server found it: its own folders, its cgroup, its root.
+        await launcher.close();
+        await cgroups?.close();
+        await fsp.rm(`${config.sessionsRoot}/.server.pid`, { force: true });
+        await uidClaim?.release();
+        if (madeRoot) await fsp.rmdir(config.sessionsRoot).catch((e: unknown) => log.warn({ err: String(e) }, 'the sessions root is not empty at exit'));
       })
       .then(
         () => {

@@ -8,39 +8,18 @@
  * detail list, as the reference answers.
  */
 import { createServer } from 'node:http';
-import Fastify, { LogController, type FastifyError, type FastifyInstance } from 'fastify';
+import Fastify, { LogController, type FastifyError } from 'fastify';
 import multipart from '@fastify/multipart';
 import swagger from '@fastify/swagger';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
-import type { Config } from '../config.js';
 import { isSandboxError, SandboxError } from '../errors.js';
 import { jsonTooComplex, MAX_JSON_TOKENS } from '../json-bounds.js';
 import { meterBody, releaseBody, SMALL_BYTES } from './hold.js';
 import { finished } from 'node:stream';
-import type { Logger } from '../log.js';
-import type { MemoryBudget } from '../budget.js';
-import type { LoopStats } from '../loop-monitor.js';
-import type { SessionManager } from '../sessions/manager.js';
-import type { ExecService } from '../sessions/exec.js';
-import { registerSessionRoutes } from './routes/sessions.js';
-import { registerExecRoutes } from './routes/exec.js';
-import { registerFileRoutes } from './routes/files.js';
-import { registerToolRoutes } from './routes/tools.js';
-import { registerHealthRoutes, type IsolationInfo } from './routes/health.js';
-
-export interface AppDeps {
-  config: Config;
-  log: Logger;
-  sessions: SessionManager;
-  exec: ExecService;
-  isolation: IsolationInfo;
-  version: string;
-  budget: MemoryBudget;
-  /** The event loop's blocking figures (loop-monitor.ts), shown in /health. */
-  loopStats?: () => LoopStats;
-}
-
-export type App = FastifyInstance<any, any, any, Logger, TypeBoxTypeProvider>;
+import type { App, AppDeps } from './types.js';
+import { healthRoutes } from './routes/health.js';
+import { sessionRoutes } from './routes/sessions.js';
+import { sessionScope } from './routes/session.js';
 
 const MiB = 1024 * 1024;
 const DEFAULT_BODY_LIMIT = 64 * 1024;
@@ -207,11 +186,12 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     return reply.code(status).send({ detail: fe.message, code: fe.code ?? 'SBX_BAD_REQUEST' });
   });
 
-  registerHealthRoutes(app, deps);
-  registerSessionRoutes(app, deps);
-  registerExecRoutes(app, deps);
-  registerFileRoutes(app, deps);
-  registerToolRoutes(app, deps);
+  // Each route group is an encapsulated plugin given what it needs. Registered after the
+  // hooks, parsers and handlers above, it inherits them.
+  const { config, sessions, exec, budget } = deps;
+  await app.register(healthRoutes, { sessions, config, budget, version: deps.version, isolation: deps.isolation, loopStats: deps.loopStats });
+  await app.register(sessionRoutes, { sessions });
+  await app.register(sessionScope, { sessions, exec, budget, config });
 
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
   return app;

@@ -10,6 +10,35 @@
 
 export const HEADER_BYTES = 5;
 
+/**
+ * The u8 kind of every frame, by name. The driver's table (FrameKind in
+ * sandbox-python/driver.py) is the same one: test/unit/frame-kinds.test.ts reads it from
+ * the driver's source and checks that the two agree. Bodies are JSON objects unless said
+ * otherwise; the driver's TypedDicts name their fields.
+ */
+export const FrameKind = {
+  /** server -> driver: run a cell. JSON {id, code, max_output_bytes}. */
+  Exec: 'E',
+  /** server -> driver: raise KeyboardInterrupt in the running cell. JSON {id}. */
+  Interrupt: 'I',
+  /** server -> driver: a tool call's answer. JSON {call_id, ok, content | error}. */
+  ToolReply: 'U',
+  /** driver -> server: ready, its pre-imports done. JSON {}: its arrival is the message. */
+  Hello: 'H',
+  /** driver -> server: raw stdout bytes of the running cell. */
+  Stdout: 'O',
+  /** driver -> server: raw stderr bytes of the running cell. */
+  Stderr: 'R',
+  /** driver -> server: a programmatic tool call. JSON {call_id, name, input}, call_id first. */
+  ToolCall: 'T',
+  /** driver -> server: the cell ended. JSON {id, return_code, limit, stdout_dropped, stderr_dropped, note}. */
+  Done: 'D',
+  /** template child (zygote.py) -> server, instead of a hello: its sandbox could not be built. JSON {error}. */
+  SetupFailed: 'X',
+} as const;
+
+export type FrameKindCode = (typeof FrameKind)[keyof typeof FrameKind];
+
 export interface Frame {
   kind: string;
   body: Buffer;

@@ -2,7 +2,7 @@
  * Client of one session interpreter (sandbox-python/driver.py running in a sandbox).
  *
  * Protocol: frames (frame-codec.ts) on the driver's fds 3 (to it) and 4 (from it);
- * see the driver's docstring for the kinds. One exec at a time (the session queues).
+ * the kinds are FrameKind there. One exec at a time (the session queues).
  *
  * Timeout policy: at the deadline an interrupt frame raises KeyboardInterrupt in the
  * cell and the driver kills whatever the cell started; the interpreter and its
@@ -20,9 +20,9 @@
  * byte counts) are checked before they are used; a value that cannot be serialised (a
  * router reply nested too deep, say) becomes an error reply, never a throw.
  */
-import { encodeFrame, FrameDecoder, type Frame } from './frame-codec.js';
+import { encodeFrame, FrameDecoder, FrameKind, type Frame, type FrameKindCode } from './frame-codec.js';
 import { CappedBuffer } from './output.js';
-import type { ControlChannel, ExitInfo, InterpreterProcess } from '../sandbox/launcher.js';
+import type { ControlChannel, ExitInfo, InterpreterProcess, SandboxInit } from '../sandbox/launcher.js';
 import { SandboxError } from '../errors.js';
 import type { LimitKind } from '../limits.js';
 import { jsonTooComplex, MAX_JSON_TOKENS } from '../json-bounds.js';
@@ -40,8 +40,6 @@ export interface ExecRequest {
   maxOutputBytes: number;
   /** `signal` aborts when the cell ends or the interpreter dies: the call is of no use then. */
   onToolCall?: (call: ToolCall, signal: AbortSignal) => Promise<ToolReply>;
-  /** Receives output chunks as they arrive (for streaming); optional. */
-  onOutput?: (stream: 'stdout' | 'stderr', chunk: Buffer) => void;
   /** The caller is gone (its client disconnected): interrupt the cell as at a timeout. */
   signal?: AbortSignal;
 }
@@ -57,7 +55,6 @@ export interface ExecOutcome {
   stateLost: boolean;
   /** Bytes the driver itself dropped past the cap (not sent to us). */
   droppedByDriver: { stdout: number; stderr: number };
-  durationMs: number;
 }
 
 const MAX_FRAME_BYTES = 2 * 1024 * 1024;
@@ -67,7 +64,7 @@ const WRITE_HIGH_WATER_BYTES = 4 * 1024 * 1024;
 /** Frames one read may bring before the loop is yielded (a chunk of 64 KiB holds at most
  * 13,107 empty frames). */
 const FRAMES_PER_TURN = 512;
-/** Hello and done frames are a few fields: anything larger is forged and ignored. */
+/** A done frame is a few fields: anything larger is forged and ignored. */
 const SMALL_FRAME_BYTES = 64 * 1024;
 /** The driver sends tool arguments of at most 1 MiB (TOOL_CALL_MAX in driver.py). */
 const TOOL_FRAME_BYTES = 1024 * 1024 + 4096;
@@ -85,7 +82,6 @@ interface Pending {
   toolCalls: AbortController | null;
   resolve: (o: ExecOutcome) => void;
   timers: NodeJS.Timeout[];
-  started: number;
 }
 
 export interface InterpreterOptions {
@@ -95,8 +91,8 @@ export interface InterpreterOptions {
   startTimeoutMs: number;
   /** Tells whether a death was the memory limit (a cgroup OOM kill); optional. */
   wasOomKilled?: () => boolean;
-  cpuSeconds: number;
-  memoryMb: number;
+  /** The verdict line of a limit and its setting (limits.ts describeLimit). */
+  describeLimit: (kind: LimitKind) => string;
 }
 
 export class Interpreter {
@@ -115,6 +111,11 @@ export class Interpreter {
 
   get alive(): boolean {
     return !this.dead && this.proc !== null && this.proc.alive;
+  }
+
+  /** The init of its template sandbox while it is up (commands join that sandbox). */
+  sandboxInit(): SandboxInit | null {
+    return this.alive ? (this.proc?.sandboxInit?.() ?? null) : null;
   }
 
   /** Host pids of the interpreter's sandbox (outer bwrap, init, driver). */
@@ -172,7 +173,8 @@ export class Interpreter {
     return this.ready;
   }
 
-  private onHello: ((hello: Record<string, unknown>) => void) | null = null;
+  /** Set while the driver's hello is awaited (its body says nothing more). */
+  private onHello: (() => void) | null = null;
 
   exec(req: ExecRequest): Promise<ExecOutcome> {
     if (this.pending) throw new SandboxError('SBX_INTERNAL', 'interpreter busy'); // the session queue prevents this
@@ -180,7 +182,7 @@ export class Interpreter {
       // It died between the readiness check and this call: report it like a crash.
       const { limit, text } = this.describeDeath(this.exitInfo ?? { exitCode: 137, signal: 'SIGKILL' });
       const empty = new CappedBuffer(0);
-      return Promise.resolve({ stdout: empty, stderr: empty, returnCode: -1, limit, notes: [text], stateLost: true, droppedByDriver: { stdout: 0, stderr: 0 }, durationMs: 0 });
+      return Promise.resolve({ stdout: empty, stderr: empty, returnCode: -1, limit, notes: [text], stateLost: true, droppedByDriver: { stdout: 0, stderr: 0 } });
     }
     const id = this.nextId++;
     return new Promise<ExecOutcome>((resolve) => {
@@ -193,14 +195,13 @@ export class Interpreter {
         toolCalls: null,
         resolve,
         timers: [],
-        started: performance.now(),
       };
       this.pending = p;
       const interrupt = (why: 'timeout' | 'abandoned') => {
         if (this.pending !== p || p.interrupted) return;
         p.interrupted = why;
-        this.send('I', { id });
-        p.timers.push(setTimeout(() => this.failPending(p, 'grace'), this.opts.interruptGraceMs));
+        this.send(FrameKind.Interrupt, { id });
+        p.timers.push(setTimeout(() => this.failPending(p), this.opts.interruptGraceMs));
       };
       p.timers.push(setTimeout(() => interrupt('timeout'), req.timeoutMs));
       this.updateReading();
@@ -212,12 +213,12 @@ export class Interpreter {
           p.cleanup = () => req.signal?.removeEventListener('abort', onAbort);
         }
       }
-      this.send('E', { id, code: req.code, max_output_bytes: req.maxOutputBytes });
+      this.send(FrameKind.Exec, { id, code: req.code, max_output_bytes: req.maxOutputBytes });
     });
   }
 
   /** Sends a frame; false if it could not be encoded (nothing is sent then). */
-  private send(kind: string, body: object): boolean {
+  private send(kind: FrameKindCode, body: object): boolean {
     const ch = this.channel;
     const s = ch?.input;
     if (!ch || !s || s.destroyed || !s.writable) return true;
@@ -286,27 +287,21 @@ export class Interpreter {
   private onFrame(f: Frame): void {
     const p = this.pending;
     switch (f.kind) {
-      case 'O':
-        if (p) {
-          p.stdout.push(f.body);
-          p.req.onOutput?.('stdout', f.body);
-        }
+      case FrameKind.Stdout:
+        p?.stdout.push(f.body);
         return;
-      case 'R':
-        if (p) {
-          p.stderr.push(f.body);
-          p.req.onOutput?.('stderr', f.body);
-        }
+      case FrameKind.Stderr:
+        p?.stderr.push(f.body);
         return;
-      case 'H':
-        this.onHello?.(parseJson(f.body, SMALL_FRAME_BYTES) ?? {});
+      case FrameKind.Hello:
+        this.onHello?.();
         this.onHello = null;
         return;
-      case 'X':
+      case FrameKind.SetupFailed:
         // The template's child could not build its sandbox: a reason for the start error.
         if (this.onHello && this.diag.length < DIAG_BYTES) this.diag += `${f.body.toString('utf8').slice(0, 1000)}\n`;
         return;
-      case 'T': {
+      case FrameKind.ToolCall: {
         if (!p) return;
         // Refusals that need no parse: the driver writes the call id first, so it can be
         // answered without building the arguments (whose parse cost follows their shape).
@@ -314,11 +309,11 @@ export class Interpreter {
         if (this.toolCallsInFlight >= MAX_TOOL_CALLS_IN_FLIGHT) {
           // Only forked children can issue calls in parallel; never let them pile up
           // router requests on the server.
-          if (early) this.send('U', { call_id: early, ok: false, error: `too many tool calls at once (limit ${MAX_TOOL_CALLS_IN_FLIGHT})` });
+          if (early) this.send(FrameKind.ToolReply, { call_id: early, ok: false, error: `too many tool calls at once (limit ${MAX_TOOL_CALLS_IN_FLIGHT})` });
           return;
         }
         if (f.body.length > TOOL_FRAME_BYTES || jsonTooComplex(f.body)) {
-          if (early) this.send('U', { call_id: early, ok: false, error: `tool arguments too large or too complex (at most ${MAX_JSON_TOKENS} JSON values)` });
+          if (early) this.send(FrameKind.ToolReply, { call_id: early, ok: false, error: `tool arguments too large or too complex (at most ${MAX_JSON_TOKENS} JSON values)` });
           return;
         }
         const msg = parseJson(f.body, TOOL_FRAME_BYTES);
@@ -333,13 +328,14 @@ export class Interpreter {
         reply
           .catch((e: unknown): ToolReply => ({ ok: false, error: String((e as Error)?.message ?? e).slice(0, 1000) }))
           .then((r) => {
-            if (!this.send('U', { call_id: callId, ...r })) this.send('U', { call_id: callId, ok: false, error: `tool '${msg.name as string}': the reply could not be passed on` });
+            if (!this.send(FrameKind.ToolReply, { call_id: callId, ...r }))
+              this.send(FrameKind.ToolReply, { call_id: callId, ok: false, error: `tool '${msg.name as string}': the reply could not be passed on` });
           })
           .catch(() => {})
           .finally(() => this.toolCallsInFlight--);
         return;
       }
-      case 'D': {
+      case FrameKind.Done: {
         const msg = parseJson(f.body, SMALL_FRAME_BYTES);
         if (!p || !msg || msg.id !== p.id) return;
         this.settle(p, msg);
@@ -367,7 +363,7 @@ export class Interpreter {
       );
     } else if (msg.limit === 'memory') {
       limit = 'memory';
-      notes.push(`runner: memory limit reached (${this.opts.memoryMb} MiB, SANDBOX_RUNNER_MEMORY_MB): MemoryError was raised; interpreter state was kept`);
+      notes.push(`runner: ${this.opts.describeLimit('memory')}: MemoryError was raised; interpreter state was kept`);
     }
     if (typeof msg.note === 'string') notes.push(msg.note.slice(0, 500)); // the driver's own remark
     this.finish(p, { returnCode, limit, notes, stateLost: false, droppedByDriver: { stdout: num(msg.stdout_dropped), stderr: num(msg.stderr_dropped) } });
@@ -379,12 +375,12 @@ export class Interpreter {
     p.toolCalls?.abort(); // the cell is over: calls it left in flight are of no use
     for (const t of p.timers) clearTimeout(t);
     p.cleanup?.();
-    p.resolve({ stdout: p.stdout, stderr: p.stderr, durationMs: performance.now() - p.started, ...o });
+    p.resolve({ stdout: p.stdout, stderr: p.stderr, ...o });
   }
 
   /** The cell would not stop after an interrupt: kill the sandbox. */
-  private failPending(p: Pending, why: 'grace'): void {
-    if (this.pending !== p || why !== 'grace') return;
+  private failPending(p: Pending): void {
+    if (this.pending !== p) return;
     const abandoned = p.interrupted === 'abandoned';
     this.finish(p, {
       returnCode: -1,
@@ -438,14 +434,9 @@ export class Interpreter {
   private describeDeath(info: ExitInfo): { limit: LimitKind | null; text: string } {
     const lost = 'the interpreter was restarted and its state was lost';
     const sig = info.exitCode > 128 ? info.exitCode - 128 : 0;
-    if (this.opts.wasOomKilled?.())
-      return { limit: 'memory', text: `runner: killed by sandbox limit (memory): the memory limit of ${this.opts.memoryMb} MiB was reached (SANDBOX_RUNNER_MEMORY_MB); ${lost}` };
-    if (sig === 24)
-      return {
-        limit: 'cpu',
-        text: `runner: killed by sandbox limit (cpu): the CPU-time limit of ${this.opts.cpuSeconds} seconds per process was reached (SANDBOX_RUNNER_CPU_SECONDS); ${lost}`,
-      };
-    if (sig === 25) return { limit: 'file_size', text: `runner: killed by sandbox limit (file_size); ${lost}` };
+    if (this.opts.wasOomKilled?.()) return { limit: 'memory', text: `runner: killed: ${this.opts.describeLimit('memory')}; ${lost}` };
+    if (sig === 24) return { limit: 'cpu', text: `runner: killed: ${this.opts.describeLimit('cpu')}; ${lost}` };
+    if (sig === 25) return { limit: 'file_size', text: `runner: killed: ${this.opts.describeLimit('file_size')}; ${lost}` };
     if (sig > 0) return { limit: null, text: `runner: process exited unexpectedly (signal ${sig}${signalName(sig)}); ${lost}` };
     return { limit: null, text: `runner: process exited unexpectedly (status ${info.exitCode}); ${lost}` };
   }

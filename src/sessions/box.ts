@@ -18,11 +18,10 @@ import { promises as fsp } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import type { Config } from '../config.js';
 import { preloadList } from '../config.js';
-import type { Launcher, SandboxedProcess } from '../sandbox/launcher.js';
-import type { ResourceLimits } from '../sandbox/bwrap-args.js';
-import { DRIVER_DIR } from '../sandbox/bwrap-args.js';
-import { Interpreter, fmtSeconds, type ExecOutcome } from '../runner/interpreter.js';
-import { detectLimit, describeLimit, type LimitKind } from '../limits.js';
+import type { ExitInfo, InterpreterProcess, Launcher } from '../sandbox/launcher.js';
+import { SANDBOX_PATHS, sandboxSpec, type SandboxRole, type SandboxSpec } from '../sandbox/spec.js';
+import { Interpreter, fmtSeconds, type ExecOutcome, type ExecRequest } from '../runner/interpreter.js';
+import { detectLimit, describeLimit, sandboxRlimits, type LimitKind, type ResourceLimits } from '../limits.js';
 import { CappedBuffer } from '../runner/output.js';
 import { WorkspaceFs } from '../files/workspace-fs.js';
 import type { UidAllocator } from '../sandbox/uids.js';
@@ -30,8 +29,9 @@ import { killUid, renice } from '../sandbox/uids.js';
 import { SandboxError } from '../errors.js';
 import { mountTmpfs, unmountLazy } from '../sandbox/mounts.js';
 import type { Cgroups, CgroupLeaf } from '../sandbox/cgroups.js';
-import type { Zygote } from '../sandbox/zygote.js';
+import { ZygoteCommand, type Zygote } from '../sandbox/zygote.js';
 import type { MemoryBudget } from '../budget.js';
+import type { Logger } from '../log.js';
 
 const MiB = 1024 * 1024;
 /** Longest bash command passed in argv (the kernel's MAX_ARG_STRLEN is 128 KiB). */
@@ -40,8 +40,11 @@ const ARGV_COMMAND_MAX = 100_000;
 export interface BoxDeps {
   config: Config;
   launcher: Launcher;
-  /** The interpreter template (root only); null: each interpreter starts in its own bwrap. */
+  /** The interpreter template; null: each interpreter starts in its own bwrap. */
   zygote: Zygote | null;
+  /** The command template: bash commands start in the sandbox of the session's running
+   * template interpreter; null (or no such interpreter): each in its own bwrap. */
+  commands: Zygote | null;
   cgroups: Cgroups | null;
   uids: UidAllocator;
   /** Server runs as root: per-box uid and kill-by-uid. */
@@ -52,8 +55,12 @@ export interface BoxDeps {
   /** A size-capped tmpfs can be mounted per box (root with CAP_SYS_ADMIN). */
   tmpfsQuota: boolean;
   driverHostDir: string;
+  /** The entries of the spec's /etc allow-list that exist on this host. */
+  hostEtc: readonly string[];
   /** Server memory for large transient work (see budget.ts). */
   budget: MemoryBudget;
+  /** Where a box says that its interpreter fell back to bubblewrap. */
+  log?: Pick<Logger, 'warn' | 'debug'>;
 }
 
 export interface BashOutcome {
@@ -76,8 +83,9 @@ export class Box {
    * box's own disk, so the history counts against the session's quota. */
   readonly undoDir: string;
   readonly fs: WorkspaceFs;
-  interpreter: Interpreter;
-  private readonly bash = new Set<SandboxedProcess>();
+  /** Reached through runPython() only: the box owns its lifetime (start, restart, kill). */
+  private interpreter: Interpreter;
+  private readonly bash = new Set<CommandProcess>();
   private destroyed = false;
   private mounted = false;
   private cgroup: CgroupLeaf | null = null;
@@ -116,8 +124,10 @@ export class Box {
     };
   }
 
-  private layout() {
-    return { workspaceDir: this.workspaceDir, tmpDir: this.tmpDir, driverDir: this.deps.driverHostDir, libDir: this.libDir, shmBytes: this.deps.config.shmMb * MiB };
+  /** The sandbox of every process of this box: its interpreter and each bash command. */
+  private spec(role: SandboxRole): SandboxSpec {
+    const folders = { workspaceDir: this.workspaceDir, tmpDir: this.tmpDir, driverDir: this.deps.driverHostDir, libDir: this.libDir, shmBytes: this.deps.config.shmMb * MiB };
+    return sandboxSpec(folders, sandboxRlimits(this.limits), role, this.deps.hostEtc);
   }
 
   /** True once per new OOM kill in the box's cgroup (any of its processes). */
@@ -142,29 +152,26 @@ export class Box {
   private newInterpreter(): Interpreter {
     const c = this.deps.config;
     const nice = this.background ? 10 : undefined;
-    const { zygote } = this.deps;
-    const startProcess =
-      zygote && this.uid !== undefined && this.gid !== undefined
-        ? // forked from the template, which has the modules imported already
-          () => zygote.spawn({ layout: this.layout(), uid: this.uid!, gid: this.gid!, limits: this.limits, cgroupProcsFile: this.cgroup?.procsFile, nice })
-        : () =>
-            this.deps.launcher.launch({
-              layout: this.layout(),
-              identity: { uid: this.uid, gid: this.gid },
-              limits: this.limits,
-              env: { SANDBOX_PRELOAD: preloadList(c).join(',') },
-              cgroupProcsFile: this.cgroup?.procsFile,
-              nice,
-              argv: [c.pythonPath, '-I', '-u', '-X', 'faulthandler', `${DRIVER_DIR}/driver.py`],
-              controlChannel: true,
-            });
+    const zygote = this.bwrapOnly ? null : this.deps.zygote;
+    const spec = () => this.spec({ kind: 'interpreter', preload: preloadList(c) });
+    const startProcess = zygote
+      ? // forked from the template, which has the modules imported already
+        () => zygote.spawn({ spec: spec(), uid: this.uid, gid: this.gid, cgroupProcsFiles: this.cgroup?.procsFiles, nice })
+      : () =>
+          this.deps.launcher.launch({
+            spec: spec(),
+            identity: { uid: this.uid, gid: this.gid },
+            cgroupProcsFiles: this.cgroup?.procsFiles,
+            nice,
+            argv: [c.pythonPath, '-I', '-u', '-X', 'faulthandler', `${SANDBOX_PATHS.driver}/driver.py`],
+            controlChannel: true,
+          });
     return new Interpreter({
       startProcess,
       wasOomKilled: () => this.consumeOomKill(),
       interruptGraceMs: c.interruptGraceMs,
       startTimeoutMs: 60_000,
-      cpuSeconds: c.cpuSeconds,
-      memoryMb: c.memoryMb,
+      describeLimit: (kind) => describeLimit(kind, c),
     });
   }
 
@@ -187,23 +194,42 @@ export class Box {
     if (this.deps.cgroups) {
       // tmpfs pages are charged to the writer's cgroup: the limit covers them too.
       const limit = (config.memoryMb + config.workspaceMb + config.shmMb) * MiB;
-      this.cgroup = await this.deps.cgroups.create(this.name, limit);
+      this.cgroup = await this.deps.cgroups.create(this.name, { memoryBytes: limit, pidsMax: config.sessionPidsMax });
       this.interpreter = this.newInterpreter();
     }
-    await this.interpreter.start();
+    await this.startInterpreter();
+  }
+
+  /** The template could not make this box's interpreter: bubblewrap makes it from then on. */
+  private bwrapOnly = false;
+
+  /** Starts `interpreter`. A template spawn that fails (a host mount its builder refuses,
+   * the template gone) is tried again in bubblewrap, the same sandbox, and the box stays
+   * with bubblewrap; the log says why. */
+  private async startInterpreter(): Promise<void> {
+    try {
+      await this.interpreter.start();
+    } catch (e) {
+      if (!this.deps.zygote || this.bwrapOnly || this.destroyed) throw e;
+      this.bwrapOnly = true;
+      this.deps.log?.warn({ box: this.name, err: String((e as Error)?.message ?? e).slice(0, 1000) }, 'the template could not start an interpreter; this session uses bubblewrap');
+      await this.interpreter.kill();
+      this.interpreter = this.newInterpreter();
+      await this.interpreter.start();
+    }
   }
 
   private restarting: Promise<void> | null = null;
 
   /** Starts a fresh interpreter after a crash, a kill or a limit (variables are gone);
    * concurrent callers share one restart. */
-  restartInterpreter(): Promise<void> {
+  private restartInterpreter(): Promise<void> {
     if (this.restarting) return this.restarting;
     const run = async () => {
       await this.interpreter.kill();
       if (this.destroyed) throw new SandboxError('SBX_SESSION_NOT_FOUND', 'session is gone');
       this.interpreter = this.newInterpreter();
-      await this.interpreter.start();
+      await this.startInterpreter();
     };
     this.restarting = run().finally(() => {
       this.restarting = null;
@@ -214,7 +240,7 @@ export class Box {
   /** Waits for a restart under way (after a loss already reported to the caller that
    * saw it), or makes one if the interpreter died between calls; true in that case
    * only: the state was lost and nobody has been told yet. */
-  async ensureInterpreter(): Promise<boolean> {
+  private async ensureInterpreter(): Promise<boolean> {
     if (this.restarting) {
       await this.restarting;
       return false;
@@ -224,45 +250,65 @@ export class Box {
     return true;
   }
 
-  /** Runs one command in its own sandbox; `signal` (the client left) kills it as a timeout would. */
+  /**
+   * Runs one cell in the session's interpreter; `signal` (the client left) interrupts it
+   * as a timeout would. An interpreter that died since the last call is replaced first,
+   * and the outcome says its state was lost; one that dies during the call (or is killed
+   * for it) is replaced in the background, ready for the next call.
+   */
+  async runPython(code: string, timeoutMs: number, maxOutputBytes: number, opts: Pick<ExecRequest, 'onToolCall' | 'signal'> = {}): Promise<ExecOutcome> {
+    if (this.destroyed) throw new SandboxError('SBX_SESSION_NOT_FOUND', 'session is gone');
+    const diedWhileIdle = await this.ensureInterpreter();
+    const outcome = await this.interpreter.exec({ code, timeoutMs, maxOutputBytes, onToolCall: opts.onToolCall, signal: opts.signal });
+    if (outcome.stateLost) this.restartInterpreter().catch(() => {});
+    if (diedWhileIdle) {
+      outcome.notes.unshift('runner: the interpreter had stopped since the last call; it was restarted and its state was lost');
+      outcome.stateLost = true;
+    }
+    return outcome;
+  }
+
+  /** Runs one command; `signal` (the client left) kills it as a timeout would. It starts
+   * in the sandbox of the session's interpreter when the command template can enter it
+   * (a pid namespace of its own: every process it starts dies with it), otherwise in a
+   * bubblewrap sandbox of its own; either is built from the box's spec. */
   async runBash(command: string, timeoutMs: number, maxOutputBytes: number, signal?: AbortSignal): Promise<BashOutcome> {
     if (this.destroyed) throw new SandboxError('SBX_SESSION_NOT_FOUND', 'session is gone');
     const started = performance.now();
-    const long = Buffer.byteLength(command) > ARGV_COMMAND_MAX;
-    const proc = this.deps.launcher.launch({
-      layout: this.layout(),
-      identity: { uid: this.uid, gid: this.gid },
-      limits: this.limits,
-      // A long script is read from fd 3 (a socket, which /dev/fd/3 cannot open), then fd 3
-      // is closed so the script's own processes do not inherit it.
-      argv: long ? ['/bin/bash', '--noprofile', '--norc', '-c', '__sbx_script=$(cat <&3); exec 3<&-; eval "$__sbx_script"'] : ['/bin/bash', '--noprofile', '--norc', '-c', command],
-      fd3Data: long ? Buffer.from(command, 'utf8') : undefined,
-      cgroupProcsFile: this.cgroup?.procsFile,
-    });
-    this.bash.add(proc);
     const stdout = new CappedBuffer(maxOutputBytes);
     const stderr = new CappedBuffer(maxOutputBytes);
-    proc.stdout.on('data', (c: Buffer) => stdout.push(c));
-    proc.stderr.on('data', (c: Buffer) => stderr.push(c));
     let timedOut = false;
     let abandoned = false;
+    let current: CommandProcess | null = null;
     const timer = setTimeout(() => {
       timedOut = true;
-      void proc.kill();
+      void current?.kill();
     }, timeoutMs);
     const onAbort = () => {
       abandoned = true;
-      void proc.kill();
+      void current?.kill();
     };
     if (signal?.aborted) onAbort();
     else signal?.addEventListener('abort', onAbort, { once: true });
-    const info = await proc.exited;
+    let info: ExitInfo = { exitCode: 127, signal: null };
+    for (const viaTemplate of this.deps.commands && !this.bwrapOnly ? [true, false] : [false]) {
+      const proc = this.startCommand(command, viaTemplate);
+      if (!proc) continue;
+      current = proc;
+      this.bash.add(proc);
+      if (timedOut || abandoned) void proc.kill();
+      proc.stdout.on('data', (c: Buffer) => stdout.push(c));
+      proc.stderr.on('data', (c: Buffer) => stderr.push(c));
+      info = await proc.exited;
+      // The pid namespace died with bash, so every writer is gone: the pipes end at once.
+      await Promise.all([ended(proc.stdout), ended(proc.stderr)]);
+      proc.destroyStreams();
+      this.bash.delete(proc);
+      if (!(proc instanceof ZygoteCommand && proc.failedToStart) || timedOut || abandoned || this.destroyed) break;
+      this.deps.log?.debug({ box: this.name, err: proc.failure.slice(0, 500) }, 'the command template could not start a command; it runs in bubblewrap');
+    }
     clearTimeout(timer);
     signal?.removeEventListener('abort', onAbort);
-    // The pid namespace died with bash, so every writer is gone: the pipes end at once.
-    await Promise.all([ended(proc.stdout), ended(proc.stderr)]);
-    proc.destroyStreams();
-    this.bash.delete(proc);
     const notes: string[] = [];
     let limit: LimitKind | null = null;
     let returnCode = info.exitCode;
@@ -275,7 +321,7 @@ export class Box {
       notes.push(`bash: command timed out after ${fmtSeconds(timeoutMs, false)}s (wall-clock limit); the command and every process it started were killed`);
     } else if (this.consumeOomKill()) {
       limit = 'memory';
-      notes.push(`bash: a process was killed by the sandbox memory limit (${this.deps.config.memoryMb} MiB, SANDBOX_RUNNER_MEMORY_MB)`);
+      notes.push(`bash: a process was killed: ${describeLimit('memory', this.deps.config)}`);
     } else {
       limit = detectLimit(info.exitCode, stderr.text());
       if (limit) notes.push(`bash: ${describeLimit(limit, this.deps.config)}`);
@@ -283,17 +329,94 @@ export class Box {
     return { stdout, stderr, returnCode, limit, notes, durationMs: performance.now() - started };
   }
 
-  /** Kills every process of the box and removes its folder. Idempotent. */
-  async destroy(): Promise<void> {
-    if (this.destroyed) return;
-    this.destroyed = true;
-    await Promise.all([this.interpreter.kill(), ...[...this.bash].map((p) => p.kill())]);
-    if (this.uid !== undefined && this.deps.privileged) await killUid(this.uid);
-    await this.cgroup?.remove();
-    if (this.mounted) await unmountLazy(this.dir);
-    await removeTree(this.dir);
-    if (this.uid !== undefined) this.deps.uids.release(this.uid);
+  /** One start of a command: in the interpreter's sandbox (`viaTemplate`, null when the
+   * interpreter is not up), or in bubblewrap. */
+  private startCommand(command: string, viaTemplate: boolean): CommandProcess | null {
+    const long = Buffer.byteLength(command) > ARGV_COMMAND_MAX;
+    // A long script is read from fd 3, then fd 3 is closed so the script's own processes
+    // do not inherit it.
+    const argv = long
+      ? ['/bin/bash', '--noprofile', '--norc', '-c', '__sbx_script=$(cat <&3); exec 3<&-; eval "$__sbx_script"']
+      : ['/bin/bash', '--noprofile', '--norc', '-c', command];
+    const spec = this.spec({ kind: 'command' });
+    if (viaTemplate) {
+      const init = this.interpreter.sandboxInit();
+      if (!init || !this.deps.commands) return null;
+      return this.deps.commands.command({
+        box: this.name,
+        argv,
+        spec,
+        init,
+        script: long ? command : undefined,
+        uid: this.uid,
+        gid: this.gid,
+        cgroupProcsFiles: this.cgroup?.procsFiles,
+      });
+    }
+    return this.deps.launcher.launch({
+      spec,
+      identity: { uid: this.uid, gid: this.gid },
+      argv,
+      fd3Data: long ? Buffer.from(command, 'utf8') : undefined,
+      cgroupProcsFiles: this.cgroup?.procsFiles,
+    });
   }
+
+  private stopping: Promise<void> | null = null;
+  private destroying: Promise<void> | null = null;
+
+  /** Sends SIGKILL to every process of the box: every process in its cgroup, and each
+   * sandbox's init (the kernel then kills the rest of that pid namespace). Resolves once
+   * the inits have been killed (their deaths reported); nothing starts in the box after.
+   * Idempotent. */
+  stop(): Promise<void> {
+    this.stopping ??= (async () => {
+      this.destroyed = true;
+      this.cgroup?.killAll();
+      this.deps.commands?.forget(this.name);
+      await Promise.all([this.interpreter.kill(), ...[...this.bash].map((p) => p.kill())]);
+    })();
+    return this.stopping;
+  }
+
+  /** stop(), then removes what is left: a process of its uid anywhere, its cgroup, its
+   * tmpfs and folder; its uid is free for another box only after. Idempotent. */
+  destroy(): Promise<void> {
+    this.destroying ??= (async () => {
+      await this.stop();
+      if (this.uid !== undefined && this.deps.privileged) await killUid(this.uid);
+      await this.cgroup?.remove();
+      if (this.mounted) await unmountLazy(this.dir);
+      await removeTree(this.dir);
+      if (this.uid !== undefined) this.deps.uids.release(this.uid);
+    })();
+    return this.destroying;
+  }
+}
+
+/**
+ * The session manager's box factory: a box with a sandbox uid from `uidFor` (which
+ * throws when none is free), prepared (folders made, interpreter running). A box that
+ * fails to prepare is destroyed before the error is passed on.
+ */
+export function boxFactory(deps: BoxDeps, uidFor: () => { uid?: number; gid?: number }): () => Promise<Box> {
+  return async () => {
+    let ids: { uid?: number; gid?: number };
+    try {
+      ids = uidFor();
+    } catch {
+      // Every sandbox uid is still held (sessions being destroyed): try again shortly.
+      throw new SandboxError('SBX_AT_CAPACITY', 'no sandbox identity is free yet', { headers: { 'retry-after': '1' } });
+    }
+    const box = new Box(deps, ids.uid, ids.gid);
+    try {
+      await box.prepare();
+      return box;
+    } catch (e) {
+      await box.destroy().catch(() => {});
+      throw e;
+    }
+  };
 }
 
 function ended(s: NodeJS.ReadableStream & { readableEnded?: boolean; destroyed?: boolean }): Promise<void> {
@@ -335,3 +458,6 @@ export async function removeTree(dir: string): Promise<void> {
 }
 
 export type { ExecOutcome };
+
+/** What runBash needs of a started command, however it was started. */
+type CommandProcess = Pick<InterpreterProcess, 'stdout' | 'stderr' | 'exited' | 'kill' | 'destroyStreams'>;

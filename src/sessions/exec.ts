@@ -10,7 +10,7 @@ import type { TSchema } from 'typebox';
 import type { Config } from '../config.js';
 import type { MemoryBudget } from '../budget.js';
 import { SandboxError } from '../errors.js';
-import type { SessionManager } from './manager.js';
+import type { Session } from './session.js';
 import type { EditorWorkers } from '../tools/text-editor.js';
 import { buildResponse, type ExecResponse } from '../tools/result.js';
 import { TOOLS, TOOL_NAMES, isToolName, type ToolName, type ToolServices } from './tools.js';
@@ -35,7 +35,6 @@ export class ExecService {
 
   constructor(
     private readonly config: Config,
-    private readonly sessions: SessionManager,
     budget: MemoryBudget,
     /** The worker pool for large editor operations (shared by every session). */
     editorWorkers: EditorWorkers,
@@ -49,12 +48,12 @@ export class ExecService {
     this.validators = Object.fromEntries(TOOL_NAMES.map((name) => [name, validator(name)])) as unknown as ExecService['validators'];
   }
 
-  /** Runs one call. `signal` aborts when the client is gone: a waiting call leaves the
-   * queue, a running one is interrupted as at a timeout. */
-  async exec(sessionId: string, body: ExecBody, signal?: AbortSignal): Promise<ExecResponse> {
+  /** Runs one call in `session` (the route resolved it once). `signal` aborts when the
+   * client is gone: a waiting call leaves the queue, a running one is interrupted as at a
+   * timeout. */
+  async exec(session: Session, body: ExecBody, signal?: AbortSignal): Promise<ExecResponse> {
     const tool = body.tool;
     if (!isToolName(tool)) throw new SandboxError('SBX_UNKNOWN_TOOL', `unknown tool: ${tool}; expected one of ${TOOL_NAMES.join(', ')}`);
-    const session = this.sessions.get(sessionId);
     session.touch();
     const toolUseId = body.tool_use_id || `srvtoolu_${randomHex(12)}`;
     const started = performance.now();

@@ -1,19 +1,28 @@
 /**
  * Session manager: create / get / destroy / reap, capacity, the warm pool, shutdown.
  *
- * Capacity: live sessions + pooled boxes + boxes being made never exceed
- * maxSessions; the pool only refills into room that sessions do not use. A create with
- * no room is refused with 503 and a Retry-After.
+ * Capacity: live sessions + pooled boxes + boxes being made + boxes being cleaned up
+ * never exceed maxSessions; the pool only refills into room that sessions do not use. A
+ * create with no room waits for a cleanup under way, else is refused with 503 and a
+ * Retry-After.
+ *
+ * Delete: the session leaves the map and every process of its box is sent SIGKILL before
+ * destroy() resolves (the 204); unmounting, removing its folder and cgroup and freeing its
+ * uid go on in the background, counted against capacity until done. A server that dies
+ * meanwhile leaves folders and cgroups that its next start sweeps.
  *
  * Warm pool: boxes whose interpreter is already running (and has imported the
  * preload modules). A create takes one (each box is handed out once: it leaves the
  * pool array synchronously) and a refill starts in the background. A pooled box has
  * never run user code, so a session cannot tell it from a fresh one.
+ *
+ * Boxes come from a factory (main.ts passes boxFactory of box.ts; unit tests a fake that
+ * starts no process), and the idle and lifetime clocks from `nowSeconds`.
  */
 import type { Config } from '../config.js';
 import { SandboxError } from '../errors.js';
-import { Box, type BoxDeps } from './box.js';
-import { Session, newSessionId } from './session.js';
+import type { Box } from './box.js';
+import { Session, newSessionId, type SessionBox } from './session.js';
 import type { Logger } from '../log.js';
 
 export interface CreateOptions {
@@ -21,15 +30,19 @@ export interface CreateOptions {
   maxLifetimeSeconds?: number;
 }
 
-export class SessionManager {
-  private readonly sessions = new Map<string, Session>();
-  private readonly pool: Box[] = [];
+/** Makes a box ready for a session (its interpreter running), or throws; a box it could
+ * not finish is its own to clean up. */
+export type BoxFactory<B extends SessionBox = Box> = () => Promise<B>;
+
+export class SessionManager<B extends SessionBox = Box> {
+  private readonly sessions = new Map<string, Session<B>>();
+  private readonly pool: B[] = [];
   /** Boxes being made for the pool (refills), boxes a create is making for itself, and
    * creates waiting for a refill to land. A create only waits while there are more
    * refills under way than creates already waiting for them. */
   private refilling = 0;
   private creating = 0;
-  private readonly waiting: { resolve: (box: Box | null) => void }[] = [];
+  private readonly waiting: { resolve: (box: B | null) => void }[] = [];
   private gcTimer: NodeJS.Timeout | null = null;
   private closing = false;
   private poolFailures = 0;
@@ -37,9 +50,10 @@ export class SessionManager {
 
   constructor(
     private readonly config: Config,
-    private readonly boxDeps: BoxDeps,
+    private readonly makeBox: BoxFactory<B>,
     private readonly log: Logger,
-    private readonly uidFor: () => { uid?: number; gid?: number },
+    /** Seconds, for session idle and lifetime (Date.now() by default). */
+    private readonly nowSeconds: () => number = () => Date.now() / 1000,
   ) {}
 
   start(): void {
@@ -57,7 +71,12 @@ export class SessionManager {
   }
 
   private get used(): number {
-    return this.sessions.size + this.pool.length + this.refilling + this.creating;
+    return this.sessions.size + this.pool.length + this.refilling + this.creating + this.destroying.size;
+  }
+
+  /** Boxes whose processes are dead but whose folders and cgroups are still being removed. */
+  get cleaning(): number {
+    return this.destroying.size;
   }
 
   private refillTimer: NodeJS.Timeout | null = null;
@@ -102,37 +121,21 @@ export class SessionManager {
     }
   }
 
-  private async makeBox(): Promise<Box> {
-    let ids: { uid?: number; gid?: number };
-    try {
-      ids = this.uidFor();
-    } catch {
-      // Every sandbox uid is still held (sessions being destroyed): try again shortly.
-      throw new SandboxError('SBX_AT_CAPACITY', 'no sandbox identity is free yet', { headers: { 'retry-after': '1' } });
-    }
-    const { uid, gid } = ids;
-    const box = new Box(this.boxDeps, uid, gid);
-    try {
-      await box.prepare();
-      return box;
-    } catch (e) {
-      await box.destroy().catch(() => {});
-      throw e;
-    }
-  }
-
-  async create(opts: CreateOptions): Promise<Session> {
+  async create(opts: CreateOptions): Promise<Session<B>> {
     if (this.closing) throw new SandboxError('SBX_SHUTTING_DOWN', 'server is shutting down', { headers: { 'retry-after': '5' } });
     let box = this.pool.shift();
     // A refill under way is room a create may take: wait for that box rather than refuse.
     if (!box && this.refilling > this.waiting.length) {
-      box = (await new Promise<Box | null>((resolve) => this.waiting.push({ resolve }))) ?? undefined;
+      box = (await new Promise<B | null>((resolve) => this.waiting.push({ resolve }))) ?? undefined;
       if (this.closing) {
         if (box) void this.discard(box);
         throw new SandboxError('SBX_SHUTTING_DOWN', 'server is shutting down', { headers: { 'retry-after': '5' } });
       }
     }
+    // No room, but a cleanup under way will make some: wait for it (each is bounded).
+    while (!box && this.used >= this.config.maxSessions && this.destroying.size > 0 && !this.closing) await Promise.race([...this.destroying]);
     if (!box) {
+      if (this.closing) throw new SandboxError('SBX_SHUTTING_DOWN', 'server is shutting down', { headers: { 'retry-after': '5' } });
       if (this.used >= this.config.maxSessions) {
         throw new SandboxError('SBX_AT_CAPACITY', `sandbox holds ${this.sessions.size} sessions (max=${this.config.maxSessions})`, {
           headers: { 'retry-after': String(Math.min(60, this.config.gcIntervalSeconds)) },
@@ -155,7 +158,7 @@ export class SessionManager {
     const maxLifetime = Math.min(opts.maxLifetimeSeconds ?? this.config.maxLifetimeSeconds, this.config.maxLifetimeSeconds);
     const idle = Math.min(opts.idleTimeoutSeconds ?? this.config.idleTimeoutSeconds, this.config.idleTimeoutSeconds);
     void box.promote().catch(() => {}); // normal priority from now on
-    const session = new Session(newSessionId(), box, idle, maxLifetime);
+    const session = new Session(newSessionId(), box, idle, maxLifetime, this.nowSeconds);
     this.sessions.set(session.id, session);
     this.refillSoon();
     return session;
@@ -165,36 +168,41 @@ export class SessionManager {
     return this.sessions.has(id);
   }
 
-  get(id: string): Session {
+  get(id: string): Session<B> {
     const s = this.sessions.get(id);
     if (!s) throw new SandboxError('SBX_SESSION_NOT_FOUND', `session not found: ${id}`);
     return s;
   }
 
-  /** Idempotent; kills every process of the session and removes its folder. */
+  /** Idempotent. Resolves once the session is gone from the API and every process of it
+   * has been sent SIGKILL; the rest of the cleanup goes on in the background. */
   async destroy(id: string): Promise<boolean> {
     const s = this.sessions.get(id);
     if (!s) return false;
     this.sessions.delete(id);
     s.closed = true;
-    await this.discard(s.box, id);
-    this.refill();
+    const cleanup = this.discard(s.box, id);
+    await Promise.race([s.box.stop().catch(() => {}), cleanup]);
     return true;
   }
 
-  /** Destroys a box; shutdown waits for every destroy under way (none is cut off by the
-   * process exiting, which would leave its folder and mounts behind). Never throws. */
-  private discard(box: Box, sessionId?: string): Promise<void> {
+  /** Destroys a box in the background, counted in `used` until done; shutdown waits for
+   * every destroy under way (none is cut off by the process exiting, which would leave
+   * its folder and mounts behind). Never throws. */
+  private discard(box: B, sessionId?: string): Promise<void> {
     const done = box
       .destroy()
       .catch((e: unknown) => this.log.error({ session_id: sessionId, err: String((e as Error)?.message ?? e) }, 'sandbox cleanup failed'))
-      .finally(() => this.destroying.delete(done));
+      .finally(() => {
+        this.destroying.delete(done);
+        this.refill(); // its room is free again
+      });
     this.destroying.add(done);
     return done;
   }
 
   async reap(): Promise<number> {
-    const now = Date.now() / 1000;
+    const now = this.nowSeconds();
     const victims = [...this.sessions.values()].filter((s) => s.expired(now));
     await Promise.all(victims.map((s) => this.destroy(s.id)));
     if (victims.length > 0) this.log.info({ reaped: victims.map((s) => s.id) }, 'reaped expired sessions');

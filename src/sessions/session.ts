@@ -27,9 +27,23 @@ export function newSessionId(): string {
   return `sbx_${randomHex(12)}`;
 }
 
-export class Session {
-  readonly createdAt = Date.now() / 1000;
-  lastActivityAt = this.createdAt;
+/** What a session and its manager need of a box: Box (box.ts) on a server; a fake in the
+ * manager's unit tests. */
+export interface SessionBox {
+  readonly undoDir: string;
+  readonly undoMaxBytes: number;
+  /** Normal priority from now on (a pooled box starts in the background). */
+  promote(): Promise<void>;
+  /** Sends SIGKILL to every process of the box; resolves once each is sent (a delete
+   * answers then). Idempotent. */
+  stop(): Promise<void>;
+  /** stop(), then removes what is left (mounts, folder, cgroup, its uid). Idempotent. */
+  destroy(): Promise<void>;
+}
+
+export class Session<B extends SessionBox = Box> {
+  readonly createdAt: number;
+  lastActivityAt: number;
   /** The text editor's undo history: on disk in the box's own folder, capped by SANDBOX_EDITOR_UNDO_MB. */
   readonly undo: UndoHistory;
   tools: ToolRegistration | null = null;
@@ -40,15 +54,19 @@ export class Session {
 
   constructor(
     readonly id: string,
-    readonly box: Box,
+    readonly box: B,
     readonly idleTimeoutSeconds: number,
     readonly maxLifetimeSeconds: number,
+    /** The clock of createdAt and lastActivityAt, in seconds (the manager's). */
+    private readonly nowSeconds: () => number = () => Date.now() / 1000,
   ) {
+    this.createdAt = nowSeconds();
+    this.lastActivityAt = this.createdAt;
     this.undo = new UndoHistory({ dir: box.undoDir, maxBytes: box.undoMaxBytes });
   }
 
   touch(): void {
-    this.lastActivityAt = Date.now() / 1000;
+    this.lastActivityAt = this.nowSeconds();
   }
 
   get busy(): boolean {

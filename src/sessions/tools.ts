@@ -80,22 +80,13 @@ export function isToolName(name: string): name is ToolName {
 
 async function runPython({ config, budget }: ToolServices, { session, input, timeoutMs, signal }: ToolCallContext): Promise<ToolRun> {
   const box = session.box;
-  const diedWhileIdle = await box.ensureInterpreter();
   const tools = session.tools;
-  const outcome = await box.interpreter.exec({
-    code: input.code as string,
-    timeoutMs,
-    maxOutputBytes: config.maxOutputBytes,
+  const outcome = await box.runPython(input.code as string, timeoutMs, config.maxOutputBytes, {
     onToolCall: tools
       ? (call, stop) => callRouter(tools, call, { maxReplyBytes: config.toolReplyMaxBytes, reserve: (bytes) => budget.reserve(bytes, 'a tool reply'), signal: stop })
       : undefined,
     signal,
   });
-  if (outcome.stateLost) box.restartInterpreter().catch(() => {}); // ready for the next call
-  if (diedWhileIdle) {
-    outcome.notes.unshift('runner: the interpreter had stopped since the last call; it was restarted and its state was lost');
-    outcome.stateLost = true;
-  }
   const stdoutDropped = outcome.stdout.dropped + outcome.droppedByDriver.stdout;
   const stderrDropped = outcome.stderr.dropped + outcome.droppedByDriver.stderr;
   const stdout = stripOneNewline(outcome.stdout.text()) + (stdoutDropped > 0 ? truncationMarker(stdoutDropped) : '');
@@ -103,7 +94,7 @@ async function runPython({ config, budget }: ToolServices, { session, input, tim
   let { limit, notes } = classify(config, 'runner', outcome.limit, outcome.returnCode, outcome.stderr, outcome.notes, stdoutDropped + stderrDropped);
   if ((limit === null || limit === 'output_bytes') && box.consumeOomKill()) {
     limit = 'memory';
-    notes = [...notes, `runner: a process was killed by the sandbox memory limit (${config.memoryMb} MiB, SANDBOX_RUNNER_MEMORY_MB); interpreter state was kept`];
+    notes = [...notes, `runner: a process was killed: ${describeLimit('memory', config)}; interpreter state was kept`];
   }
   stderr = appendNotes(stderr, notes);
   return { stdout, stderr, returnCode: outcome.returnCode, limit, interpreterRestarted: outcome.stateLost, stdoutDroppedBytes: stdoutDropped, stderrDroppedBytes: stderrDropped };

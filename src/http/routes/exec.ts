@@ -1,5 +1,8 @@
-import type { App, AppDeps } from '../app.js';
+import type { Config } from '../../config.js';
+import type { MemoryBudget } from '../../budget.js';
 import type { ExecBody as ExecBodyInput } from '../../sessions/exec.js';
+import type { Executor, RoutePlugin } from '../types.js';
+import { sessionOf } from '../scoped-session.js';
 import { ErrorBody, ExecBody, ExecResponse, SessionParams } from '../schemas.js';
 import type { ExecResponse as ExecAnswer } from '../../tools/result.js';
 import { releaseWithResponse, SMALL_BYTES } from '../hold.js';
@@ -7,7 +10,16 @@ import { releaseWithResponse, SMALL_BYTES } from '../hold.js';
 /** Characters of each stream kept in an answer the memory budget has no room for. */
 const LEAN_STREAM_CHARS = 16 * 1024;
 
-export function registerExecRoutes(app: App, deps: AppDeps): void {
+export interface ExecRoutesOptions {
+  exec: Executor;
+  budget: Pick<MemoryBudget, 'reserve'>;
+  config: Pick<Config, 'maxCodeChars'>;
+}
+
+/** Registered inside the /sessions/:id scope (session.ts). The session is resolved there
+ * but not touched: the exec service takes the id, looks the session up again and touches
+ * it once it knows the tool (an unknown tool is not activity). */
+export const execRoutes: RoutePlugin<ExecRoutesOptions> = (app, deps, done) => {
   app.post(
     '/sessions/:id/exec',
     {
@@ -29,7 +41,7 @@ export function registerExecRoutes(app: App, deps: AppDeps): void {
       reply.raw.once('close', onClose);
       let answer: ExecAnswer;
       try {
-        answer = await deps.exec.exec(req.params.id, req.body as ExecBodyInput, gone.signal);
+        answer = await deps.exec.exec(sessionOf(req), req.body as ExecBodyInput, gone.signal);
       } finally {
         reply.raw.off('close', onClose);
       }
@@ -48,7 +60,8 @@ export function registerExecRoutes(app: App, deps: AppDeps): void {
       return reply.header('content-type', 'application/json; charset=utf-8').send(text as never);
     },
   );
-}
+  done();
+};
 
 /** Characters of text an answer carries (its streams and the editor's detail lines): its
  * JSON is at most 6 times that (escapes) plus a few hundred bytes. */

@@ -17,7 +17,10 @@ import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import { Readable } from 'node:stream';
 import Type from 'typebox';
 import mime from 'mime-types';
-import type { App, AppDeps } from '../app.js';
+import type { Config } from '../../config.js';
+import type { MemoryBudget } from '../../budget.js';
+import type { RoutePlugin } from '../types.js';
+import { sessionOf } from '../scoped-session.js';
 import { ErrorBody, FileListResponse, SessionParams } from '../schemas.js';
 import { SandboxError } from '../../errors.js';
 import { releaseWithResponse } from '../hold.js';
@@ -64,10 +67,17 @@ function contentDisposition(name: string): string {
   return `attachment; filename="${ascii}"; filename*=UTF-8''${encodeURIComponent(name)}`;
 }
 
-export function registerFileRoutes(app: App, deps: AppDeps): void {
+export interface FileRoutesOptions {
+  budget: Pick<MemoryBudget, 'reserve'>;
+  config: Pick<Config, 'maxDownloadBytes' | 'maxListEntries' | 'maxListBytes'>;
+}
+
+/** Registered inside the /sessions/:id scope (session.ts): each call counts as activity. */
+export const fileRoutes: RoutePlugin<FileRoutesOptions> = (app, deps, done) => {
   app.post(
     '/sessions/:id/files',
     {
+      config: { touchSession: true },
       schema: {
         summary: 'Upload a file (multipart: part "file", optional field "path")',
         params: SessionParams,
@@ -76,8 +86,7 @@ export function registerFileRoutes(app: App, deps: AppDeps): void {
       },
     },
     async (req, reply) => {
-      const session = deps.sessions.get(req.params.id);
-      session.touch();
+      const session = sessionOf(req);
       const fs = session.box.fs;
       const cancelled = () => session.closed;
       let staged: { staged: string; size: number; filename: string } | null = null;
@@ -118,6 +127,7 @@ export function registerFileRoutes(app: App, deps: AppDeps): void {
   app.get(
     '/sessions/:id/files',
     {
+      config: { touchSession: true },
       schema: {
         summary: 'Download a file (regular files only; never follows a link)',
         params: SessionParams,
@@ -126,8 +136,7 @@ export function registerFileRoutes(app: App, deps: AppDeps): void {
       },
     },
     async (req, reply) => {
-      const session = deps.sessions.get(req.params.id);
-      session.touch();
+      const session = sessionOf(req);
       const display = req.query.path;
       const resolved = resolveInside(display);
       const { stream, size } = await session.guard(async () => {
@@ -161,6 +170,7 @@ export function registerFileRoutes(app: App, deps: AppDeps): void {
   app.get(
     '/sessions/:id/files/list',
     {
+      config: { touchSession: true },
       schema: {
         summary: 'List files (non-recursive, files only; extension: recursive=true adds folders)',
         description:
@@ -176,8 +186,7 @@ export function registerFileRoutes(app: App, deps: AppDeps): void {
       },
     },
     async (req, reply) => {
-      const session = deps.sessions.get(req.params.id);
-      session.touch();
+      const session = sessionOf(req);
       const display = req.query.path;
       const resolved = resolveInside(display);
       const limits = { maxEntries: deps.config.maxListEntries, maxBytes: deps.config.maxListBytes };
@@ -200,4 +209,5 @@ export function registerFileRoutes(app: App, deps: AppDeps): void {
       }
     },
   );
-}
+  done();
+};

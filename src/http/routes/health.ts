@@ -1,15 +1,19 @@
-import type { App, AppDeps } from '../app.js';
 import Type from 'typebox';
+import type { Config } from '../../config.js';
+import type { MemoryBudget } from '../../budget.js';
+import type { LoopStats } from '../../loop-monitor.js';
+import type { IsolationInfo, RoutePlugin, SessionStore } from '../types.js';
 
-export interface IsolationInfo {
-  mode: string;
-  protections: string[];
-  uid_per_session: boolean;
-  disk_quota: string;
-  memory_limit: string;
+export interface HealthRoutesOptions {
+  sessions: Pick<SessionStore, 'count' | 'cleaning' | 'poolState'>;
+  config: Pick<Config, 'maxSessions'>;
+  version: string;
+  isolation: IsolationInfo;
+  budget: Pick<MemoryBudget, 'usedBytes' | 'totalBytes'>;
+  loopStats?: () => LoopStats;
 }
 
-export function registerHealthRoutes(app: App, deps: AppDeps): void {
+export const healthRoutes: RoutePlugin<HealthRoutesOptions> = (app, deps, done) => {
   app.get(
     '/health',
     {
@@ -24,6 +28,7 @@ export function registerHealthRoutes(app: App, deps: AppDeps): void {
               version: Type.String(),
               isolation: Type.Unknown(),
               warm_pool: Type.Unknown(),
+              sessions_cleaning: Type.Optional(Type.Integer()),
               event_loop: Type.Optional(Type.Unknown()),
               memory_budget: Type.Unknown(),
             },
@@ -39,10 +44,14 @@ export function registerHealthRoutes(app: App, deps: AppDeps): void {
       version: deps.version,
       isolation: deps.isolation,
       warm_pool: deps.sessions.poolState(),
-      // Extensions: how long the server blocked its own event loop, and the memory that
-      // large operations hold right now (SANDBOX_SERVER_MEMORY_BUDGET_MB).
+      // Extensions: deleted sessions whose mounts, folder and cgroup are still being
+      // removed (they count against max_sessions until done); how long the server blocked
+      // its own event loop; the memory that large operations hold right now
+      // (SANDBOX_SERVER_MEMORY_BUDGET_MB).
+      sessions_cleaning: deps.sessions.cleaning,
       event_loop: deps.loopStats?.(),
       memory_budget: { used_bytes: deps.budget.usedBytes, total_bytes: deps.budget.totalBytes },
     }),
   );
-}
+  done();
+};

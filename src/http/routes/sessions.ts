@@ -1,8 +1,17 @@
+/**
+ * The session collection: create, and delete by id. DELETE is idempotent (204 for an id
+ * that is not, or no longer, a session), so it stays out of the /sessions/:id scope
+ * (session.ts), whose routes all answer 404 for such an id.
+ */
 import Type from 'typebox';
-import type { App, AppDeps } from '../app.js';
+import type { RoutePlugin, SessionStore } from '../types.js';
 import { CreateSessionBody, ErrorBody, SessionHandle, SessionParams } from '../schemas.js';
 
-export function registerSessionRoutes(app: App, deps: AppDeps): void {
+export interface SessionRoutesOptions {
+  sessions: Pick<SessionStore, 'create' | 'destroy'>;
+}
+
+export const sessionRoutes: RoutePlugin<SessionRoutesOptions> = (app, deps, done) => {
   app.post(
     '/sessions',
     {
@@ -26,12 +35,9 @@ export function registerSessionRoutes(app: App, deps: AppDeps): void {
     },
   );
 
-  app.get('/sessions/:id', { schema: { summary: 'Get a session', params: SessionParams, response: { 200: SessionHandle, 404: ErrorBody } } }, async (req) =>
-    deps.sessions.get(req.params.id).handle(),
-  );
-
   app.delete('/sessions/:id', { schema: { summary: 'Delete a session (idempotent)', params: SessionParams } }, async (req, reply) => {
     await deps.sessions.destroy(req.params.id);
     return reply.code(204).send();
   });
-}
+  done();
+};

@@ -1,10 +1,11 @@
 import Type from 'typebox';
 import { promises as fsp } from 'node:fs';
-import type { App, AppDeps } from '../app.js';
+import type { RoutePlugin } from '../types.js';
+import { sessionOf } from '../scoped-session.js';
 import { ErrorBody, SessionParams } from '../schemas.js';
 import { SandboxError } from '../../errors.js';
 import { generateStub, validateRouting, validateToolNames } from '../../tools/platform-tools.js';
-import { SESSION_LIB_DIR } from '../../sandbox/bwrap-args.js';
+import { SANDBOX_PATHS } from '../../sandbox/spec.js';
 
 /** Bounds of a registration: its body is validated (and its stub written) whole. */
 const MAX_TOOLS = 1000;
@@ -18,11 +19,14 @@ const RegisterBody = Type.Object({
   timeout_seconds: Type.Integer({ minimum: 1, maximum: 3600, default: 300 }),
 });
 
-export function registerToolRoutes(app: App, deps: AppDeps): void {
+/** Registered inside the /sessions/:id scope (session.ts): a registration counts as
+ * activity. It needs nothing beyond the session. */
+export const toolRoutes: RoutePlugin<Record<never, never>> = (app, _opts, done) => {
   app.post(
     '/sessions/:id/programmatic-tools/register',
     {
       bodyLimit: REGISTER_BODY_LIMIT,
+      config: { touchSession: true },
       schema: {
         summary: "Register programmatic tools callable from the session's Python as _platform_tools",
         params: SessionParams,
@@ -31,8 +35,7 @@ export function registerToolRoutes(app: App, deps: AppDeps): void {
       },
     },
     async (req) => {
-      const session = deps.sessions.get(req.params.id);
-      session.touch();
+      const session = sessionOf(req);
       const { callback_url, token, tools, timeout_seconds } = req.body;
       validateRouting(callback_url, token);
       validateToolNames(tools);
@@ -53,7 +56,8 @@ export function registerToolRoutes(app: App, deps: AppDeps): void {
         }
       });
       session.tools = { callbackUrl: callback_url, token, names: new Set(tools.map((t) => t.name)), timeoutSeconds: timeout_seconds };
-      return { stub_path: `${SESSION_LIB_DIR}/_platform_tools.py`, tool_count: tools.length };
+      return { stub_path: `${SANDBOX_PATHS.sessionLib}/_platform_tools.py`, tool_count: tools.length };
     },
   );
-}
+  done();
+};

@@ -1,0 +1,58 @@
+/**
+ * What app.ts and the route plugins share: the app's Fastify type, the plugin type, and
+ * what the HTTP layer uses of the rest of the server. The routes import this module,
+ * never app.ts, so types point one way: app.ts -> routes -> types.ts.
+ *
+ * The services are narrow views (`Pick`s) of the real classes: main.ts hands in the
+ * real ones, a unit test hands in fakes with only these members.
+ */
+import type { FastifyInstance, FastifyPluginCallback, FastifyPluginOptions, RawServerDefault } from 'fastify';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import type { Config } from '../config.js';
+import type { Logger } from '../log.js';
+import type { MemoryBudget } from '../budget.js';
+import type { LoopStats } from '../loop-monitor.js';
+import type { SessionManager } from '../sessions/manager.js';
+import type { ExecService } from '../sessions/exec.js';
+
+/** What the HTTP layer uses of the session manager. */
+export type SessionStore = Pick<SessionManager, 'count' | 'cleaning' | 'poolState' | 'has' | 'get' | 'create' | 'destroy'>;
+
+/** What the HTTP layer uses of the exec service. */
+export type Executor = Pick<ExecService, 'exec'>;
+
+/** How the sessions are isolated, as /health reports it (built by main.ts). */
+export interface IsolationInfo {
+  /** `root`: a host uid per session (and a disk quota and memory cgroup where the host
+   * allows, see the fields below); `rootless`: the server's own uid, the same sandbox. */
+  mode: 'root' | 'rootless';
+  /** How session interpreters start: forked from the template, or each in bubblewrap. */
+  interpreters: string;
+  /** How bash commands start: in the sandbox of the session's template interpreter (a pid
+   * namespace of their own), or each in bubblewrap. */
+  commands: string;
+  protections: string[];
+  uid_per_session: boolean;
+  /** The host uids this server's sessions run as (root only), claimed for its lifetime. */
+  uid_range?: string;
+  disk_quota: string;
+  memory_limit: string;
+}
+
+export interface AppDeps {
+  config: Config;
+  log: Logger;
+  sessions: SessionStore;
+  exec: Executor;
+  isolation: IsolationInfo;
+  version: string;
+  budget: MemoryBudget;
+  /** The event loop's blocking figures (loop-monitor.ts), shown in /health. */
+  loopStats?: () => LoopStats;
+}
+
+export type App = FastifyInstance<any, any, any, Logger, TypeBoxTypeProvider>;
+
+/** A route group: an encapsulated Fastify plugin handed exactly what it needs as options.
+ * Registered after app.ts's hooks, parsers and error handler, it inherits them. */
+export type RoutePlugin<Options extends FastifyPluginOptions> = FastifyPluginCallback<Options, RawServerDefault, TypeBoxTypeProvider, Logger>;
