@@ -7,8 +7,9 @@
  * a lexical answer is the final answer.
  */
 import { SandboxError } from '../errors.js';
+import { SANDBOX_PATHS } from '../sandbox/spec.js';
 
-export const WORKSPACE_MOUNT = '/workspace';
+export const WORKSPACE_MOUNT = SANDBOX_PATHS.workspace;
 export const MAX_PATH_CHARS = 4096;
 const MAX_SEGMENT_BYTES = 255;
 

@@ -13,6 +13,19 @@
  *
  * Writes land as the session's own uid (fchown), so code in the sandbox can change them.
  *
+ * Small files (at most SMALL_IO_BYTES, the text editor's own files) are probed, read and
+ * written with synchronous system calls on the event loop: the same walk, flags and checks
+ * as the asynchronous path, without a trip through libuv's thread pool for each of the
+ * dozen calls an edit makes (each trip cost more than the call itself). This is bounded
+ * work: a handful of calls on one folder chain and at most SMALL_IO_BYTES copied, on the
+ * box's tmpfs (memory, no disk) when the server is root. Nothing is opened that could block:
+ * a name is lstat'ed first, only a regular file is opened (O_NONBLOCK, O_NOFOLLOW, fstat'ed
+ * again), and writes go to a new file in the server's staging folder. Known limit: a call
+ * waits for the folder's lock while sandboxed code holds it inside a system call of its own
+ * (microseconds), as a thread-pool call would; and without root (no tmpfs) a small file
+ * that is not in the page cache is read from the disk on the loop. Larger files keep the
+ * asynchronous path.
+ *
  * Bounds (the workspace is hostile, so its size is no bound): a listing stops at
  * `maxEntries` entries or `maxBytes` of JSON, and after examining LIST_SCAN_FACTOR times
  * `maxEntries` names, and says `truncated`; it never holds a folder's names, only the
@@ -22,8 +35,24 @@
  * the connection): a file that shrinks or changes while it is sent never passes for a
  * shorter, complete answer.
  */
-import { promises as fsp, constants as C, createWriteStream, type Dirent } from 'node:fs';
+import {
+  promises as fsp,
+  constants as C,
+  createWriteStream,
+  closeSync,
+  fchownSync,
+  fstatSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  readSync,
+  renameSync,
+  rmSync,
+  writeSync,
+  type Dirent,
+} from 'node:fs';
 import { randomBytes } from 'node:crypto';
+import { randomHex } from '../ids.js';
 import { pipeline } from 'node:stream/promises';
 import { Readable } from 'node:stream';
 import { SandboxError } from '../errors.js';
@@ -31,6 +60,14 @@ import type { ResolvedPath } from './paths.js';
 
 const DIR_FLAGS = C.O_RDONLY | C.O_DIRECTORY | C.O_NOFOLLOW;
 const READ_FLAGS = C.O_RDONLY | C.O_NOFOLLOW | C.O_NONBLOCK;
+const STAGE_FLAGS = C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW;
+
+/** Files up to this size are probed, read and written with synchronous calls (see above). */
+export const SMALL_IO_BYTES = 64 * 1024;
+
+/** What is at a path (WorkspaceFs.probe): nothing, a folder, something else (a link, a
+ * FIFO, ...), or a regular file with its size and, when small enough, its bytes. */
+export type Probe = { kind: null | 'dir' | 'other' } | { kind: 'file'; size: number; bytes: Buffer | null };
 
 export interface Owner {
   uid: number;
@@ -251,24 +288,98 @@ export class WorkspaceFs {
     }
   }
 
-  /** Stat without following: 'file' | 'dir' | 'other' | null (missing). */
-  async kind(p: ResolvedPath): Promise<'file' | 'dir' | 'other' | null> {
-    if (p.segments.length === 0) return 'dir';
-    let dir: fsp.FileHandle;
+  /** openDir with synchronous calls (small editor I/O): the same walk, O_NOFOLLOW at
+   * every step. Returns the folder's fd; the caller closes it. */
+  private openDirSync(segments: string[], display: string, create = false): number {
+    let dir = openSync(this.root, DIR_FLAGS);
     try {
-      dir = await this.openDir(p.segments.slice(0, -1), p.rel);
+      for (const seg of segments) {
+        let next: number;
+        try {
+          next = openSync(at(dir, seg), DIR_FLAGS);
+        } catch (e) {
+          if (!create || (e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+          let made = true;
+          try {
+            mkdirSync(at(dir, seg), { mode: 0o755 });
+          } catch (m) {
+            // Made by sandboxed code since our open: opened again with O_NOFOLLOW as always.
+            if ((m as NodeJS.ErrnoException).code !== 'EEXIST') throw m;
+            made = false;
+          }
+          next = openSync(at(dir, seg), DIR_FLAGS);
+          if (made && this.owner) {
+            try {
+              fchownSync(next, this.owner.uid, this.owner.gid);
+            } catch (c) {
+              closeSync(next);
+              throw c;
+            }
+          }
+        }
+        closeSync(dir);
+        dir = next;
+      }
+      return dir;
     } catch (e) {
-      if ((e as SandboxError).code === 'SBX_FILE_NOT_FOUND') return null;
+      closeSync(dir);
+      fsError(e, display);
+    }
+  }
+
+  /**
+   * What is at p, without following a link, in one walk: nothing, a folder, something
+   * else, or a regular file with its size and, when it holds at most `readMaxBytes` (and
+   * SMALL_IO_BYTES), its bytes. Synchronous calls only; a larger file is not opened (the
+   * caller reserves its memory, then reads it with readFile).
+   */
+  async probe(p: ResolvedPath, display: string, readMaxBytes: number): Promise<Probe> {
+    if (p.segments.length === 0) return { kind: 'dir' };
+    let dir: number;
+    try {
+      dir = this.openDirSync(p.segments.slice(0, -1), display);
+    } catch (e) {
+      if ((e as SandboxError).code === 'SBX_FILE_NOT_FOUND') return { kind: null };
       throw e;
     }
     try {
-      const st = await fsp.lstat(at(dir.fd, p.segments.at(-1)!));
-      return st.isFile() ? 'file' : st.isDirectory() ? 'dir' : 'other';
+      const name = at(dir, p.segments.at(-1)!);
+      const st = lstatSync(name, { throwIfNoEntry: false });
+      if (!st) return { kind: null };
+      if (st.isDirectory()) return { kind: 'dir' };
+      if (!st.isFile()) return { kind: 'other' };
+      const readMax = Math.min(readMaxBytes, SMALL_IO_BYTES);
+      if (st.size > readMax) return { kind: 'file', size: st.size, bytes: null };
+      // The name may have been swapped since the lstat: opened without following a link
+      // and without blocking on a FIFO, and checked again on the fd.
+      let fd: number;
+      try {
+        fd = openSync(name, READ_FLAGS);
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code === 'ENOENT') return { kind: null };
+        if (code === 'ELOOP' || code === 'ENXIO') return { kind: 'other' };
+        fsError(e, display);
+      }
+      try {
+        const fst = fstatSync(fd);
+        if (!fst.isFile()) return { kind: fst.isDirectory() ? 'dir' : 'other' };
+        if (fst.size > readMax) return { kind: 'file', size: fst.size, bytes: null };
+        const buf = Buffer.alloc(fst.size);
+        let off = 0;
+        while (off < buf.length) {
+          const n = readSync(fd, buf, off, buf.length - off, off);
+          if (n === 0) break;
+          off += n;
+        }
+        return { kind: 'file', size: fst.size, bytes: off === buf.length ? buf : buf.subarray(0, off) };
+      } finally {
+        closeSync(fd);
+      }
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
-      throw e;
+      fsError(e, display);
     } finally {
-      await dir.close();
+      closeSync(dir);
     }
   }
 
@@ -370,17 +481,58 @@ export class WorkspaceFs {
     await fsp.rm(staged, { force: true });
   }
 
-  /** Writes `source` to p atomically: staged, then renamed in (see commit). */
-  async writeStream(p: ResolvedPath, display: string, source: Readable): Promise<number> {
+  /** Writes `data` to p atomically: written to a new file in the staging folder, owned by
+   * the session, then renamed in (see commit). Small data takes synchronous calls. */
+  async writeFile(p: ResolvedPath, display: string, data: Buffer | string): Promise<void> {
     if (p.segments.length === 0) throw new SandboxError('SBX_NOT_A_FILE', `is a directory: ${display}`);
-    const { staged, size } = await this.stage(source);
+    const bytes = typeof data === 'string' ? Buffer.from(data, 'utf8') : data;
+    const staged = `${this.stagingDir}/${randomHex(8)}`;
+    if (bytes.length <= SMALL_IO_BYTES) {
+      try {
+        const fd = openSync(staged, STAGE_FLAGS, 0o644);
+        try {
+          for (let off = 0; off < bytes.length;) off += writeSync(fd, bytes, off, bytes.length - off);
+          if (this.owner) fchownSync(fd, this.owner.uid, this.owner.gid);
+        } finally {
+          closeSync(fd);
+        }
+      } catch (e) {
+        rmSync(staged, { force: true });
+        fsError(e, display);
+      }
+      this.commitSync(staged, p, display);
+      return;
+    }
+    try {
+      const handle = await fsp.open(staged, STAGE_FLAGS, 0o644);
+      try {
+        await handle.writeFile(bytes);
+        if (this.owner) await handle.chown(this.owner.uid, this.owner.gid);
+      } finally {
+        await handle.close();
+      }
+    } catch (e) {
+      await fsp.rm(staged, { force: true }).catch(() => {});
+      fsError(e, display);
+    }
     await this.commit(staged, p, display);
-    return size;
   }
 
-  async writeFile(p: ResolvedPath, display: string, data: Buffer | string): Promise<void> {
-    const { Readable } = await import('node:stream');
-    await this.writeStream(p, display, Readable.from([typeof data === 'string' ? Buffer.from(data, 'utf8') : data]));
+  /** commit with synchronous calls. rename() over a folder fails (EISDIR) and replaces a
+   * planted link or file without following it. */
+  private commitSync(staged: string, p: ResolvedPath, display: string): void {
+    let dir: number | undefined;
+    try {
+      dir = this.openDirSync(p.segments.slice(0, -1), display, true);
+      renameSync(staged, at(dir, p.segments.at(-1)!));
+    } catch (e) {
+      rmSync(staged, { force: true });
+      if ((e as NodeJS.ErrnoException).code === 'EISDIR') throw new SandboxError('SBX_NOT_A_FILE', `is a directory: ${display}`);
+      if ((e as SandboxError).name === 'SandboxError') throw e;
+      fsError(e, display);
+    } finally {
+      if (dir !== undefined) closeSync(dir);
+    }
   }
 
   /** Moves a staged file to p, creating parent folders. rename() replaces a planted

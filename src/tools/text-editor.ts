@@ -13,7 +13,9 @@
  *   above INLINE_MAX_BYTES are processed in a small worker-thread pool (EditorWorkers,
  *   piscina: at most 2 threads, a bounded queue; past it the call is refused with
  *   SBX_SERVER_BUSY); the loop only does async I/O for them, and the file's bytes move
- *   between threads without copies.
+ *   between threads without copies. Files of at most SMALL_IO_BYTES (64 KiB) are probed,
+ *   read and written with a few synchronous calls instead (workspace-fs.ts): a thread-pool
+ *   trip per call cost more than the call, and an edit makes about a dozen.
  * - Memory: a large operation first reserves its worst case (a multiple of the file size,
  *   before the file is read) from the server's shared MemoryBudget; past the budget the
  *   call is refused with SBX_SERVER_BUSY (503). Files above EDITOR_MAX_FILE_BYTES are
@@ -28,20 +30,22 @@
  *   SANDBOX_RUNNER_MAX_OUTPUT_BYTES of text each, cut with the tools' truncation marker,
  *   with limit_exceeded "output_bytes" and the dropped byte count, like python and bash.
  */
-import { promises as fsp } from 'node:fs';
+import { promises as fsp, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
+import { outputLimitText } from '../limits.js';
 import { availableParallelism } from 'node:os';
 import { Piscina } from 'piscina';
 import { SandboxError, isSandboxError } from '../errors.js';
 import type { MemoryBudget, Reservation } from '../budget.js';
 import { resolveInside, type ResolvedPath } from '../files/paths.js';
-import type { WorkspaceFs } from '../files/workspace-fs.js';
+import { SMALL_IO_BYTES, type Probe, type WorkspaceFs } from '../files/workspace-fs.js';
 import { runEditorOp, type EditorErrorCode, type EditorOp, type OpOutcome } from './editor-ops.js';
 import { truncationMarker } from './result.js';
 
 export interface EditorFs {
-  kind(p: ResolvedPath): Promise<'file' | 'dir' | 'other' | null>;
-  /** Size in bytes of a regular file (refuses anything else), known before reading it. */
-  size(p: ResolvedPath, display: string): Promise<number>;
+  /** What is at p (without following a link): nothing, a folder, something else, or a
+   * regular file with its size, known before it is read, and its bytes when it holds at
+   * most `readMaxBytes` (a store may read less eagerly: bytes null, then readFile). */
+  probe(p: ResolvedPath, display: string, readMaxBytes: number): Promise<Probe>;
   readFile(p: ResolvedPath, display: string, maxBytes: number): Promise<Buffer>;
   writeFile(p: ResolvedPath, display: string, data: Buffer | string): Promise<void>;
   tree(p: ResolvedPath, display: string, maxEntries: number): Promise<string[]>;
@@ -50,13 +54,8 @@ export interface EditorFs {
 /** The session's race-free workspace access as an EditorFs. */
 export class WorkspaceEditorFs implements EditorFs {
   constructor(private readonly ws: WorkspaceFs) {}
-  kind(p: ResolvedPath) {
-    return this.ws.kind(p);
-  }
-  async size(p: ResolvedPath, display: string): Promise<number> {
-    const { handle, size } = await this.ws.openRead(p, display);
-    await handle.close();
-    return size;
+  probe(p: ResolvedPath, display: string, readMaxBytes: number) {
+    return this.ws.probe(p, display, readMaxBytes);
   }
   readFile(p: ResolvedPath, display: string, maxBytes: number) {
     return this.ws.readFile(p, display, maxBytes);
@@ -200,7 +199,10 @@ export class UndoHistory {
     const seq = this.nextSeq++;
     for (;;) {
       try {
-        await fsp.writeFile(this.file(seq), data, { flag: 'wx', mode: 0o600 });
+        // A small snapshot is written with one synchronous call (the folder is the
+        // server's own, on the box's tmpfs): see workspace-fs.ts on small I/O.
+        if (data.length <= SMALL_IO_BYTES) writeFileSync(this.file(seq), data, { flag: 'wx', mode: 0o600 });
+        else await fsp.writeFile(this.file(seq), data, { flag: 'wx', mode: 0o600 });
         break;
       } catch (e) {
         await fsp.rm(this.file(seq), { force: true }).catch(() => {});
@@ -236,7 +238,7 @@ export class UndoHistory {
   /** Reads a snapshot and removes it from the history (and the disk). */
   async take(entry: UndoEntry): Promise<Buffer> {
     try {
-      return await fsp.readFile(this.file(entry.seq));
+      return entry.bytes <= SMALL_IO_BYTES ? readFileSync(this.file(entry.seq)) : await fsp.readFile(this.file(entry.seq));
     } finally {
       await this.remove(entry, null);
     }
@@ -266,7 +268,15 @@ export class UndoHistory {
       if (reason !== null) history.lost = reason;
       if (history.entries.length === 0 && history.lost === null) this.files.delete(entry.rel);
     }
-    await fsp.rm(this.file(entry.seq), { force: true }).catch(() => {});
+    if (entry.bytes <= SMALL_IO_BYTES) {
+      try {
+        unlinkSync(this.file(entry.seq));
+      } catch {
+        // Gone with the box, or unremovable: its bytes are no longer counted either way.
+      }
+    } else {
+      await fsp.rm(this.file(entry.seq), { force: true }).catch(() => {});
+    }
     this.boundFileRecords();
   }
 
@@ -428,17 +438,20 @@ export class TextEditor {
     display: string,
     inputChars: number,
     make: (bytes: Uint8Array) => EditorOp,
+    probed?: Probe,
   ): Promise<{ out: OpOutcome & { ok: true }; reservation: Reservation | null }> {
-    const kind = await this.fs.kind(p);
-    if (kind === null) throw new EditorError(`file not found: ${display}`, 'file_not_found');
-    if (kind === 'dir') throw new EditorError(`is a directory: ${display}`);
-    if (kind === 'other') throw new EditorError(`not a regular file: ${display}`);
-    const size = await this.fs.size(p, display);
+    const found = probed ?? (await this.fs.probe(p, display, this.inlineMax));
+    if (found.kind !== 'file') {
+      if (found.kind === null) throw new EditorError(`file not found: ${display}`, 'file_not_found');
+      throw new EditorError(found.kind === 'dir' ? `is a directory: ${display}` : `not a regular file: ${display}`);
+    }
+    const size = found.size;
     if (size > EDITOR_MAX_FILE_BYTES) throw new EditorError(`file is too large for this operation: ${display} is ${size} bytes, the limit is ${EDITOR_MAX_FILE_BYTES}`);
     const large = size + inputChars > this.inlineMax;
     let reservation = this.reserve(this.opMemory(size, inputChars), large, `the text editor on ${display}`);
     try {
-      const bytes = await this.fs.readFile(p, display, EDITOR_MAX_FILE_BYTES);
+      // A small file came with the probe; a large one is read once its memory is reserved.
+      const bytes = found.bytes ?? (await this.fs.readFile(p, display, EDITOR_MAX_FILE_BYTES));
       if (bytes.length > size) {
         // The file grew since its size was read: reserve for what was read.
         reservation?.release();
@@ -458,14 +471,15 @@ export class TextEditor {
     if (droppedBytes <= 0) return;
     notes.limit = 'output_bytes';
     if (stdout) notes.stdoutDropped += droppedBytes;
-    notes.lines.push(`a limit was reached: output (${this.opts.maxOutputBytes} bytes per stream, SANDBOX_RUNNER_MAX_OUTPUT_BYTES); ${what}: ${droppedBytes} bytes were dropped`);
+    notes.lines.push(`${outputLimitText(this.opts.maxOutputBytes)}; ${what}: ${droppedBytes} bytes were dropped`);
   }
 
   private async view(input: EditorInput, notes: Notes) {
     const p = resolveInside(input.path);
-    const kind = await this.fs.kind(p);
-    if (kind === null) throw new EditorError(`file not found: ${input.path}`, 'file_not_found');
-    if (kind === 'dir') {
+    // One walk: a small file comes with its bytes, handed on to runOp.
+    const found = await this.fs.probe(p, input.path, this.inlineMax);
+    if (found.kind === null) throw new EditorError(`file not found: ${input.path}`, 'file_not_found');
+    if (found.kind === 'dir') {
       const reservation = this.reserve(MAX_TREE_ENTRIES * TREE_ENTRY_MEMORY_BYTES, true, `the listing of ${input.path}`);
       try {
         const entries = await this.fs.tree(p, input.path, MAX_TREE_ENTRIES);
@@ -476,13 +490,19 @@ export class TextEditor {
         reservation?.release();
       }
     }
-    const { out, reservation } = await this.runOp(p, input.path, 0, (bytes) => ({
-      op: 'view',
-      bytes,
-      display: input.path,
-      maxOutputBytes: this.opts.maxOutputBytes,
-      viewRange: input.view_range,
-    }));
+    const { out, reservation } = await this.runOp(
+      p,
+      input.path,
+      0,
+      (bytes) => ({
+        op: 'view',
+        bytes,
+        display: input.path,
+        maxOutputBytes: this.opts.maxOutputBytes,
+        viewRange: input.view_range,
+      }),
+      found,
+    );
     reservation?.release();
     this.capNote(notes, out.stdoutDroppedBytes, 'the file text was cut', true);
     return { stdout: out.stdout, return_code: 0, details: out.details };
@@ -491,20 +511,21 @@ export class TextEditor {
   private async create(input: EditorInput, notes: Notes) {
     if (input.file_text === undefined || input.file_text === null) throw new EditorError('create requires file_text');
     const p = resolveInside(input.path);
-    const kind = await this.fs.kind(p);
-    if (kind === 'dir') throw new EditorError(`is a directory: ${input.path}`);
-    if (kind === 'other') throw new EditorError(`not a regular file: ${input.path}`);
-    const isUpdate = kind === 'file';
+    // The previous content (the undo snapshot) comes with the probe when it is small.
+    const found = await this.fs.probe(p, input.path, this.undo.enabled ? this.inlineMax : 0);
+    if (found.kind === 'dir') throw new EditorError(`is a directory: ${input.path}`);
+    if (found.kind === 'other') throw new EditorError(`not a regular file: ${input.path}`);
+    const isUpdate = found.kind === 'file';
     let reservation: Reservation | null = null;
     try {
       let pushed: UndoPush | null = null;
-      if (isUpdate) {
+      if (found.kind === 'file') {
         // The snapshot is the file's raw bytes: nothing is decoded or scanned.
-        const size = await this.fs.size(p, input.path);
+        const size = found.size;
         if (size > EDITOR_MAX_FILE_BYTES) throw new EditorError(`file is too large for this operation: ${input.path} is ${size} bytes, the limit is ${EDITOR_MAX_FILE_BYTES}`);
         if (this.undo.enabled) {
           reservation = this.reserve(size, size > this.inlineMax, `the text editor on ${input.path}`);
-          const previous = await this.fs.readFile(p, input.path, EDITOR_MAX_FILE_BYTES);
+          const previous = found.bytes ?? (await this.fs.readFile(p, input.path, EDITOR_MAX_FILE_BYTES));
           pushed = await this.undo.push(p.rel, previous);
         }
       }

@@ -4,6 +4,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { EditorWorkers, TextEditor, UndoHistory, type EditorFs } from '../../src/tools/text-editor.js';
 import type { ResolvedPath } from '../../src/files/paths.js';
+import type { Probe } from '../../src/files/workspace-fs.js';
 
 /** Undo snapshots live on disk: one scratch folder per history, removed at the end. */
 const undoRoot = mkdtempSync(`${tmpdir()}/editor-undo-`);
@@ -13,14 +14,15 @@ const newUndo = (maxBytes = 64 * 1024 * 1024) => new UndoHistory({ dir: mkdtempS
 /** An in-memory workspace: files by relative path; folders implied by file paths. */
 class MemFs implements EditorFs {
   files = new Map<string, string>();
-  async kind(p: ResolvedPath) {
-    if (p.rel === '.') return 'dir' as const;
-    if (this.files.has(p.rel)) return 'file' as const;
-    for (const k of this.files.keys()) if (k.startsWith(`${p.rel}/`)) return 'dir' as const;
-    return null;
-  }
-  async size(p: ResolvedPath) {
-    return Buffer.byteLength(this.files.get(p.rel) ?? '', 'utf8');
+  async probe(p: ResolvedPath, _d: string, readMaxBytes: number): Promise<Probe> {
+    if (p.rel === '.') return { kind: 'dir' };
+    const text = this.files.get(p.rel);
+    if (text !== undefined) {
+      const size = Buffer.byteLength(text, 'utf8');
+      return { kind: 'file', size, bytes: size <= readMaxBytes ? Buffer.from(text, 'utf8') : null };
+    }
+    for (const k of this.files.keys()) if (k.startsWith(`${p.rel}/`)) return { kind: 'dir' };
+    return { kind: null };
   }
   async readFile(p: ResolvedPath) {
     return Buffer.from(this.files.get(p.rel) ?? '', 'utf8');
