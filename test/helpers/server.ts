@@ -5,7 +5,7 @@
  * registered before the work (t.after / after) so nothing is left behind.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmod, mkdtemp, rm } from 'node:fs/promises';
+import { chmod, chown, mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 
@@ -25,6 +25,13 @@ export interface TestServer {
 export interface StartOptions {
   /** Capabilities the server runs without (dropped from its bounding set by setpriv), e.g. ['sys_admin']. */
   dropCapabilities?: string[];
+  /** Run the server as this unprivileged user (setpriv), owning its sessions root. */
+  runAs?: { uid: number; gid: number };
+  /** Leave SANDBOX_UID_BASE unset (the server's default); `uidBase` is then NaN. */
+  defaultUidBase?: boolean;
+  /** Start the server in a mount namespace of its own (unshare), so host mounts a test
+   * adds there (nsenter) are seen by this server only. */
+  privateMounts?: boolean;
 }
 
 export async function startServer(env: Record<string, string> = {}, opts: StartOptions = {}): Promise<TestServer> {
@@ -33,16 +40,24 @@ export async function startServer(env: Record<string, string> = {}, opts: StartO
   await chmod(root, 0o711);
   const sessionsRoot = `${root}/sessions`;
   // A distinct uid range per server, so parallel test files never sweep each other.
-  const uidBase = 300_000 + Math.floor(Math.random() * 2_000) * 1_000;
+  const uidBase = opts.defaultUidBase ? NaN : 300_000 + Math.floor(Math.random() * 2_000) * 1_000;
   const drop = opts.dropCapabilities ?? [];
-  const [file, ...args] = drop.length > 0 ? ['/usr/bin/setpriv', '--bounding-set', drop.map((c) => `-${c}`).join(','), '--', process.execPath, MAIN] : [process.execPath, MAIN];
+  const setpriv: string[] = [];
+  if (drop.length > 0) setpriv.push('--bounding-set', drop.map((c) => `-${c}`).join(','));
+  if (opts.runAs) {
+    await mkdir(sessionsRoot, { mode: 0o711 });
+    await chown(sessionsRoot, opts.runAs.uid, opts.runAs.gid);
+    setpriv.push(`--reuid=${opts.runAs.uid}`, `--regid=${opts.runAs.gid}`, '--clear-groups');
+  }
+  const node = setpriv.length > 0 ? ['/usr/bin/setpriv', ...setpriv, '--', process.execPath, MAIN] : [process.execPath, MAIN];
+  const [file, ...args] = opts.privateMounts ? ['/usr/bin/unshare', '--mount', '--propagation', 'private', '--', ...node] : node;
   const proc = spawn(file!, args, {
     env: {
       PATH: '/usr/bin:/bin',
       PORT: '0',
       HOST: '127.0.0.1',
       SANDBOX_SESSIONS_ROOT: sessionsRoot,
-      SANDBOX_UID_BASE: String(uidBase),
+      ...(opts.defaultUidBase ? {} : { SANDBOX_UID_BASE: String(uidBase) }),
       SANDBOX_WARM_POOL_SIZE: '1',
       SANDBOX_PRELOAD_MODULES: '-',
       SANDBOX_SHUTDOWN_GRACE_SECONDS: '2',
@@ -63,7 +78,7 @@ export async function startServer(env: Record<string, string> = {}, opts: StartO
   process.once('exit', onExit);
   void exited.then(() => process.off('exit', onExit));
   const url = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`server did not start:\n${out}`)), 60_000);
+    const timer = setTimeout(() => reject(new Error(`server did not start:\n${out}`)), 120_000);
     const onData = () => {
       const m = /Server listening at (http:\/\/127\.0\.0\.1:\d+)/.exec(out);
       if (m) {

@@ -5,7 +5,9 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { startServer, api, createSession, exec, sh, py, type TestServer } from '../helpers/server.js';
+import { SMALL_IO_BYTES } from '../../src/files/workspace-fs.js';
 
 let server: TestServer;
 let id: string;
@@ -155,6 +157,35 @@ test('the undo history belongs to the session', async () => {
   const r = await ed({ command: 'undo_edit', path: 'mine.txt' }, other);
   assert.equal(r.return_code, 1);
   assert.match(r.stderr, /no edits to undo/);
+});
+
+test('files on both sides of the small-file threshold: every command reads and writes them whole, owned by the session', async () => {
+  // Up to SMALL_IO_BYTES the workspace is read and written with synchronous calls, above it
+  // through the thread pool: both paths must give the same files.
+  for (const size of [SMALL_IO_BYTES, SMALL_IO_BYTES + 1]) {
+    const path = `threshold/f${size}.txt`;
+    // `size` bytes in lines of 64 (63 letters and a newline), then one unique last line.
+    const text = `${'a'.repeat(63)}\n`.repeat(Math.ceil(size / 64)).slice(0, size - 8) + 'LASTLN!\n';
+    const made = await ed({ command: 'create', path, file_text: text });
+    assert.equal(made.return_code, 0, made.stderr);
+    const owner = await sh(server, id, `stat -c '%s %u' ${path}; id -u`);
+    const [stat, uid] = owner.stdout.trim().split('\n');
+    assert.equal(stat, `${size} ${uid}`, `size and owner of the ${size}-byte file`);
+    const view = await ed({ command: 'view', path });
+    assert.equal(view.stdout, text);
+    const sr = await ed({ command: 'str_replace', path, old_str: 'LASTLN!', new_str: 'END' });
+    assert.equal(sr.return_code, 0, sr.stderr);
+    const ins = await ed({ command: 'insert', path, insert_line: 0, new_str: 'TOP' });
+    assert.equal(ins.return_code, 0, ins.stderr);
+    const over = await ed({ command: 'create', path, file_text: `${text}more\n` });
+    assert.equal(content(over).is_file_update, true);
+    const edited = await sh(server, id, `head -c 4 ${path}; tail -c 9 ${path}; stat -c ' %s' ${path}`);
+    assert.equal(edited.stdout, `${text.slice(0, 4)}${`${text}more\n`.slice(-9)} ${size + 5}\n`);
+    // Undo walks back create, insert and str_replace to the bytes first written.
+    for (const step of ['create', 'insert', 'str_replace']) assert.equal((await ed({ command: 'undo_edit', path })).return_code, 0, `undo of ${step}`);
+    const back = await py(server, id, `import hashlib\nprint(hashlib.sha256(open('/workspace/${path}', 'rb').read()).hexdigest())`);
+    assert.equal(back.stdout, createHash('sha256').update(text).digest('hex'));
+  }
 });
 
 test('a missing file is file_not_found', async () => {

@@ -186,7 +186,8 @@ test('download of a directory, FIFO, socket or symlink is 400, and a FIFO never 
     const t0 = Date.now();
     const r = await download(path);
     assert.equal(r.status, 400, `${path}: ${r.status} ${r.bytes.toString().slice(0, 200)}`);
-    assert.ok(Date.now() - t0 < 2000, `${path} answered at once`);
+    // (a hang detector, not a speed test: a blocked open of a FIFO would never answer)
+    assert.ok(Date.now() - t0 < 30_000, `${path} answered, not hung`);
     assert.equal(JSON.parse(r.bytes.toString()).code, 'SBX_NOT_A_FILE');
   }
   // Links are never followed, also not through a folder link.

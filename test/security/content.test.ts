@@ -1,5 +1,5 @@
 /**
- * Hostile input 50 of sandboxing.md section 3: files written by sandboxed code are
+ * Hostile input 50 of docs/threat-model.md (cross-session and API): files written by sandboxed code are
  * attacker-controlled content. A download must never render in the API's origin: every
  * download is an attachment, with nosniff and a sandboxing CSP, and neither the file's
  * name nor a request path can inject headers or reflect markup.

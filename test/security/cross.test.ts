@@ -1,5 +1,5 @@
 /**
- * Hostile inputs 47-49 of sandboxing.md section 3: nothing shared between two sessions
+ * Hostile inputs 47-49 of docs/threat-model.md (cross-session and API): nothing shared between two sessions
  * (SysV IPC, POSIX shm, abstract Unix sockets, /tmp, processes, keyrings, host uid),
  * session ids that cannot be guessed or listed, and hostile HTTP requests (malformed and
  * 100,000-deep JSON, wrong content types, slowloris, 50 parallel creates at a small

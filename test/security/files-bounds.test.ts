@@ -83,7 +83,7 @@ function assertNo5xx(status: number, what: string): void {
 
 /** The session's host folder is gone and no staged upload of it is left anywhere. */
 async function assertNothingLeft(a: Attacker): Promise<void> {
-  const gone = await waitFor(async () => !(await exists(a.box.dir)), 5000, 50);
+  const gone = await waitFor(async () => !(await exists(a.box.dir)), 30_000, 50);
   assert.ok(gone, `host folder of the deleted session is left: ${a.box.dir}`);
   const name = a.box.dir.split('/').at(-1)!;
   assert.ok(!(await readdir(S.sessionsRoot)).includes(name), 'no folder of the session under the sessions root');

@@ -1,5 +1,5 @@
 /**
- * Hostile inputs 1-17 of sandboxing.md section 3 (file system and file API), except 16
+ * Hostile inputs 1-17 of docs/threat-model.md (file system and file API), except 16
  * (zip extraction: the server offers none). Host files that a confused server would leak
  * or overwrite are canaries in a folder of the test's own (never mounted in a sandbox):
  * any appearance of their content in a response, or any new file next to them, fails.

@@ -1,5 +1,5 @@
 /**
- * Housekeeping (sandboxing.md section 3, after case 50): sessions come and go without
+ * Housekeeping (docs/threat-model.md, Hostile inputs, after case 50): sessions come and go without
  * leaving processes, folders, mounts, cgroups, descriptors or memory behind; idle and
  * lifetime reaping kill everything a session started; and when the server itself is
  * SIGKILLed, nothing a session started survives it, and the next server on the same
@@ -109,6 +109,10 @@ test('create and delete 100 sessions: no leftover processes, folders, mounts, cg
   }
   t.diagnostic(`100 create+exec+delete in ${Math.round(performance.now() - t0)} ms; ${seenBoxes.size} box folders seen`);
   assert.deepEqual(await waitNoMarkers(markers, 5000), [], 'a process of a deleted session survives');
+  // A DELETE answers once the session's processes are killed; the folder, mounts and cgroup
+  // go in the background. Wait for that cleanup (an event the server reports), not a clock.
+  const cleaned = await waitFor(async () => (await api(server, 'GET', '/health')).body.sessions_cleaning === 0, 30_000);
+  assert.ok(cleaned, 'background cleanup of deleted sessions finishes');
   // What may remain: the victim's box and the warm pool.
   const h = await api(server, 'GET', '/health');
   assert.equal(h.body.session_count, 1, 'only the victim is left');

@@ -1,5 +1,5 @@
 /**
- * Hostile inputs 25-28 of sandboxing.md section 3, plus the CPU-time and open-files
+ * Hostile inputs 25-28 of docs/threat-model.md (processes and lifecycle), plus the CPU-time and open-files
  * limits of the issue: each limit is crossed on purpose, and the result must carry
  * `limit_exceeded` with its kind and a plain-English stderr line naming the limit and its
  * setting. The limits are set low for this file so crossing them is quick and harmless:
@@ -48,11 +48,16 @@ test('#25 memory: bytearray(8<<30), " "*10**11, np.ones((10**6,10**6)) -> Memory
 });
 
 test('#25 memory of the whole session: four processes touching 700 MiB each are bounded per session', async (t) => {
-  const a = await attacker(S, t);
+  // A server of its own with the default CPU limit: with this file's 2 CPU seconds the
+  // hogs, reclaiming pages near the cgroup limit, could die of RLIMIT_CPU before the
+  // cgroup's OOM killer picked one, and the case would test the CPU limit instead.
+  const M = await startSuite({});
+  t.after(() => stopSuite(M));
+  const a = await attacker(M, t);
   const hog = 'b = bytearray(700 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\nimport time; time.sleep(1.5); print("survived")';
-  const r = await sh(S.server, a.id, `for i in 1 2 3 4; do python3 -c '${hog}' & done; wait`, { timeout_seconds: 30 });
+  const r = await sh(M.server, a.id, `for i in 1 2 3 4; do python3 -c '${hog}' & done; wait`, { timeout_seconds: 30 });
   const survivors = (r.stdout.match(/survived/g) ?? []).length;
-  t.diagnostic(`cgroup memory limit: ${cgroupMemory}; survivors: ${survivors}; limit: ${r.limit_exceeded}`);
+  t.diagnostic(`cgroup memory limit: ${cgroupMemory}; survivors: ${survivors}; limit: ${r.limit_exceeded}; stderr: ${r.stderr.slice(0, 2000)}`);
   if (cgroupMemory) {
     assert.ok(survivors < 4, 'a per-session memory limit stops 2.8 GiB of touched memory');
     assert.equal(r.limit_exceeded, 'memory');
@@ -61,8 +66,8 @@ test('#25 memory of the whole session: four processes touching 700 MiB each are 
     // Without a cgroup only RLIMIT_AS bounds each process: /health must not claim more.
     assert.equal(survivors, 4, 'without a cgroup each process gets its own RLIMIT_AS');
   }
-  assert.equal((await py(S.server, a.id, 'print(1)')).stdout, '1', 'the session works after the memory kill');
-  await finishCase(S, a);
+  assert.equal((await py(M.server, a.id, 'print(1)')).stdout, '1', 'the session works after the memory kill');
+  await finishCase(M, a);
 });
 
 test('#26 tmpfs caps: /tmp (session quota) and /dev/shm (16 MiB) -> ENOSPC; /, /dev, /usr, /etc, /opt -> read-only', async (t) => {
@@ -227,4 +232,40 @@ test('open files (SANDBOX_RUNNER_NOFILE=64): EMFILE at the limit, cannot be rais
   const b = await sh(S.server, a.id, 'for i in $(seq 10 80); do eval "exec $i</dev/null" || { echo "stopped at $i"; break; }; done');
   assert.match(b.stdout, /stopped at 6\d/);
   await finishCase(S, a);
+});
+
+test('#K4 one session\'s processes and threads together stop at SANDBOX_SESSION_PIDS_MAX (pids cgroup), in cpu and pids cgroups of its own', async (t) => {
+  const { readFile } = await import('node:fs/promises');
+  const { existsSync } = await import('node:fs');
+  const { startServer, createSession, pidsWithMarker, waitFor } = await import('../helpers/server.js');
+  const srv = await startServer({ SANDBOX_SESSION_PIDS_MAX: '48', SANDBOX_RUNNER_NPROC: '400' });
+  t.after(() => srv.stop());
+  const h = await api(srv, 'GET', '/health');
+  const protections = (h.body.isolation?.protections ?? []) as string[];
+  const v1 = existsSync('/sys/fs/cgroup/memory/memory.limit_in_bytes');
+  if (v1) {
+    // this machine's kind (cgroup v1 with pids and cpu hierarchies): both must be in force
+    assert.ok(protections.includes('at most 48 processes and threads per session (pids cgroup)'), JSON.stringify(protections));
+    assert.ok(protections.includes('an equal CPU share per session (cpu cgroup)'), JSON.stringify(protections));
+  }
+  if (!protections.some((p) => p.includes('pids cgroup'))) return; // no pids controller here: /health says so
+  const id = await createSession(srv);
+  const marker = `555.${String(Math.floor(Math.random() * 1e9)).padStart(9, '1')}`;
+  const r = await py(
+    srv,
+    id,
+    `import subprocess\nprocs = []\ntry:\n    for i in range(200):\n        procs.append(subprocess.Popen(['sleep', '${marker}']))\nexcept (BlockingIOError, OSError) as e:\n    print('stopped at', len(procs), type(e).__name__)\n`,
+    { timeout_seconds: 60 },
+  );
+  assert.match(r.stdout, /^stopped at \d+ BlockingIOError/, r.stderr);
+  const started = Number(/stopped at (\d+)/.exec(r.stdout)![1]);
+  assert.ok(started > 10 && started < 48, `the session total stopped the processes (NPROC is 400): ${started}`);
+  // a bash command of the same session counts against the same total
+  const b = await sh(srv, id, 'sleep 1 & echo $?');
+  assert.notEqual(b.stdout, '0\n', `no room left for a bash command's processes: ${b.stdout} ${b.stderr}`);
+  const pid = (await pidsWithMarker(marker))[0]!;
+  const cg = await readFile(`/proc/${pid}/cgroup`, 'utf8');
+  for (const c of ['pids', 'cpu']) assert.match(cg, new RegExp(`^\\d+:[^:]*\\b${c}\\b[^:]*:.*/otari-[0-9a-f]+/box_[0-9a-f]+$`, 'm'), `a ${c} cgroup of its own:\n${cg}`);
+  await api(srv, 'DELETE', `/sessions/${id}`);
+  assert.ok(await waitFor(async () => (await pidsWithMarker(marker)).length === 0, 10_000));
 });

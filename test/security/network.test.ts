@@ -1,5 +1,5 @@
 /**
- * Hostile inputs 44-45 of sandboxing.md section 3: no network at all. The test listens
+ * Hostile inputs 44-45 of docs/threat-model.md (network): no network at all. The test listens
  * on the host (TCP and UDP on loopback and on a non-loopback address when there is one,
  * an abstract Unix socket, a Unix socket file) and counts what arrives: besides every
  * connect failing inside, nothing may reach the host side. All targets but the two
@@ -154,6 +154,59 @@ test('#44 #45 no network from bash: a child Python, curl, /dev/tcp', async (t) =
   assert.match(c.stdout, /Connection refused[\s\S]*tcp=1\n/);
   assert.match(c.stdout, /Network is unreachable[\s\S]*tcp2=1\n/);
   assert.doesNotMatch(c.stdout, /"status"/, 'the server API answered inside the sandbox');
+  await finishCase(S, a);
+});
+
+/** Every inherited socket of the process (stdio, the control channel): its network
+ * namespace against one made inside, and an abstract name bound on it. */
+function inheritedSocketsScript(marker: string): string {
+  return `import json, os, socket
+own = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+mine = own.getsockopt(socket.SOL_SOCKET, 71, 8)
+res = {'sockets': 0, 'foreign': [], 'bound': []}
+for name in os.listdir('/proc/self/fd'):
+    fd = int(name)
+    try:
+        if fd == own.fileno() or not os.readlink(f'/proc/self/fd/{fd}').startswith('socket:'):
+            continue
+        s = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        continue
+    res['sockets'] += 1
+    if s.getsockopt(socket.SOL_SOCKET, 71, 8) != mine:
+        res['foreign'].append(fd)
+    if s.family == socket.AF_UNIX:
+        try:
+            s.bind(b'\\0${marker}-%d' % fd)
+            res['bound'].append(fd)
+        except OSError:
+            pass
+    s.close()
+print(json.dumps(res))`;
+}
+
+async function hostUnixNames(marker: string): Promise<string[]> {
+  const { readFile } = await import('node:fs/promises');
+  return (await readFile('/proc/net/unix', 'utf8')).split('\n').filter((l) => l.includes(marker));
+}
+
+test('#45 inherited descriptors: no socket of the host network namespace reaches a sandbox (REPL, bash, a bubblewrap interpreter)', async (t) => {
+  const a = await attacker(S, t);
+  const marker = randomText('secsuite-fdbind');
+  const repl = JSON.parse((await py(S.server, a.id, inheritedSocketsScript(marker))).stdout) as { sockets: number; foreign: number[] };
+  assert.ok(repl.sockets >= 1, 'the REPL sees its control channel: the check saw a socket');
+  assert.deepEqual(repl.foreign, [], 'REPL: every inherited socket is in the sandbox network namespace');
+  const b = await sh(S.server, a.id, `cat > /tmp/fds.py <<'PYEOF'\n${inheritedSocketsScript(marker)}\nPYEOF\npython3 /tmp/fds.py`);
+  assert.equal(b.return_code, 0, b.stderr);
+  assert.deepEqual((JSON.parse(b.stdout) as { foreign: number[] }).foreign, [], 'bash: no inherited socket of another namespace');
+  // interpreters in bubblewrap (no template)
+  const { startServer, createSession } = await import('../helpers/server.js');
+  const plain = await startServer({ SANDBOX_PYTHON_TEMPLATE: 'off' });
+  t.after(() => plain.stop());
+  const id = await createSession(plain);
+  const bw = JSON.parse((await py(plain, id, inheritedSocketsScript(marker))).stdout) as { foreign: number[] };
+  assert.deepEqual(bw.foreign, [], 'bubblewrap interpreter: no inherited socket of another namespace');
+  assert.deepEqual(await hostUnixNames(marker), [], 'no abstract name bound inside shows up in the host namespace');
   await finishCase(S, a);
 });
 

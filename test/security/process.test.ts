@@ -1,5 +1,5 @@
 /**
- * Hostile inputs 18-24 and 31 of sandboxing.md section 3: runaway code, survivors that
+ * Hostile inputs 18-24 and 31 of docs/threat-model.md (processes and lifecycle): runaway code, survivors that
  * try to outlive their command or session, signals and ptrace against the sandbox's
  * init and the server, a fork bomb at the process limit, and interpreter crashes.
  * Every process an attack starts carries a marker in its command line; the cases prove
@@ -266,9 +266,9 @@ test('#31 interpreter crashes (NULL read, abort, os._exit, C stack overflow, SIG
   ];
   for (const [name, code, stderr] of crashes) {
     await py(S.server, a.id, 'before_crash = 1');
-    const t0 = performance.now();
+    // (no clock: a crash not detected would end at the 10 s wall-clock limit instead,
+    // with limit "wall_clock" and no restart, which the checks below refuse)
     const r = await py(S.server, a.id, code, { timeout_seconds: 10 });
-    const ms = performance.now() - t0;
     assert.equal(r.status, 200, `${name}: ${JSON.stringify(r.body)}`);
     assert.notEqual(r.return_code, 0, `${name}: a crash is a failure`);
     assert.match(r.stderr, stderr, `${name}: ${r.stderr}`);
@@ -276,7 +276,7 @@ test('#31 interpreter crashes (NULL read, abort, os._exit, C stack overflow, SIG
       assert.equal(r.interpreter_restarted, true, `${name}: restart reported`);
       assert.match(r.stderr, /state was lost/, `${name}: state loss reported`);
     }
-    assert.ok(ms < 8000, `${name}: detected after ${Math.round(ms)} ms`);
+    assert.notEqual(r.limit_exceeded, 'wall_clock', `${name}: detected as a crash, not timed out`);
     const next = await py(S.server, a.id, 'print(2)');
     assert.equal(next.stdout, '2', `${name}: the next call works`);
   }

@@ -1,5 +1,5 @@
 /**
- * Hostile inputs 29-30 of sandboxing.md section 3: hostile bytes on stdout/stderr must
+ * Hostile inputs 29-30 of docs/threat-model.md (processes and lifecycle): hostile bytes on stdout/stderr must
  * come back as valid JSON, and code that imitates or attacks the interpreter's control
  * protocol (fake frames and sentinels on stdout, reading stdin, closing or replacing its
  * output streams, writing garbage into the control channel, a forked child that returns
@@ -85,14 +85,13 @@ sys.exit(7)`;
 
 test('#30 stdin is /dev/null: reading it cannot grab the next request', async (t) => {
   const a = await attacker(S, t);
-  const t0 = performance.now();
   const r = await py(
     S.server,
     a.id,
     "import os, sys\nprint(os.readlink('/proc/self/fd/0'), repr(sys.stdin.read()), os.read(0, 100))\ntry:\n    input()\nexcept EOFError:\n    print('EOF')",
-    { timeout_seconds: 10 },
+    { timeout_seconds: 60 },
   );
-  assert.ok(performance.now() - t0 < 3000, 'reading stdin does not block');
+  assert.equal(r.limit_exceeded, null, 'reading stdin does not block (a blocked read would end at the timeout)');
   assert.equal(r.stdout, "/dev/null '' b''\nEOF");
   const bash = await sh(S.server, a.id, 'readlink /proc/self/fd/0; cat; read -r x; echo "read=$?"');
   assert.equal(bash.stdout, '/dev/null\nread=1\n');
@@ -183,7 +182,9 @@ test('#30 a busy session never blocks another: the victim answers while the atta
   const t0 = performance.now();
   const v = await py(S.server, S.victim, 'print(1)');
   assert.equal(v.stdout, '1');
-  assert.ok(performance.now() - t0 < 3000, 'the victim answers during the flood');
+  // (a hang detector, not a speed test: a victim blocked behind the flood would wait for
+  // its whole 20 s timeout)
+  assert.ok(performance.now() - t0 < 15_000, 'the victim answers during the flood');
   const r = await flood;
   assert.equal(r.status, 200);
   assert.equal(r.limit_exceeded, 'output_bytes');

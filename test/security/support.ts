@@ -1,5 +1,5 @@
 /**
- * Shared scaffolding of the hostile-input suite (sandboxing.md section 3).
+ * Shared scaffolding of the hostile-input suite (Hostile inputs of docs/threat-model.md).
  *
  * Every security test file starts ONE real server (startSuite in `before`, stopSuite in
  * `after`) and a "victim" session next to it. Each case runs its attack from a fresh
@@ -227,12 +227,11 @@ export async function postChecks(suite: Suite, what = 'after the case'): Promise
   const { server } = suite;
   const alive = server.proc.exitCode === null && server.proc.signalCode === null;
   assert.ok(alive, `${what}: server process exited (${server.proc.exitCode ?? server.proc.signalCode}); log tail:\n${server.logs().slice(-3000)}`);
+  // (how long /health takes is not asserted: the event loop's own blocking figures are, below)
   let t = performance.now();
   const health = await api(server, 'GET', '/health');
-  const healthMs = performance.now() - t;
   assert.equal(health.status, 200, `${what}: /health status`);
   assert.equal(health.body?.status, 'ok', `${what}: /health body`);
-  assert.ok(healthMs < 2000, `${what}: /health took ${Math.round(healthMs)} ms`);
   // The server's own measure (loop-monitor.ts: CPU of its loop thread, not the machine's
   // load): no stretch of its own work held every other session for 100 ms.
   const loop = health.body.event_loop as { busy_over_100ms: number; max_busy_ms: number };
@@ -262,7 +261,7 @@ export async function finishCase(suite: Suite, a: Attacker | null, markers: stri
     let old: number[] = [];
     const noOld = await waitFor(async () => (old = await oldPidsOfUid(a.box.uid, before)).length === 0, 5000, 100);
     assert.ok(noOld, `processes of the deleted session (uid ${a.box.uid}) survive: ${await describePids(old)}`);
-    const folderGone = await waitFor(async () => !(await exists(a.box.dir)), 5000, 100);
+    const folderGone = await waitFor(async () => !(await exists(a.box.dir)), 30_000, 100);
     assert.ok(folderGone, `host folder of the deleted session is left: ${a.box.dir}`);
     const mounts = await mountsUnder(a.box.dir);
     assert.deepEqual(mounts, [], 'no mount of the deleted session is left');
