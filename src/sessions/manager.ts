@@ -41,6 +41,8 @@ export class SessionManager<B extends SessionBox = Box> {
    * creates waiting for a refill to land. A create only waits while there are more
    * refills under way than creates already waiting for them. */
   private refilling = 0;
+  /** Creates waiting for a cleanup under way to free room; refills leave that room to them. */
+  private waitingForRoom = 0;
   private creating = 0;
   private readonly waiting: { resolve: (box: B | null) => void }[] = [];
   private gcTimer: NodeJS.Timeout | null = null;
@@ -92,7 +94,7 @@ export class SessionManager<B extends SessionBox = Box> {
 
   /** Keeps the pool at its target size within the capacity left over by sessions. */
   private refill(): void {
-    while (!this.closing && this.pool.length + this.refilling < this.config.warmPoolSize && this.used < this.config.maxSessions && this.poolFailures < 5) {
+    while (!this.closing && this.pool.length + this.refilling < this.config.warmPoolSize && this.used + this.waitingForRoom < this.config.maxSessions && this.poolFailures < 5) {
       this.refilling++;
       this.makeBox().then(
         (box) => {
@@ -122,25 +124,34 @@ export class SessionManager<B extends SessionBox = Box> {
   }
 
   async create(opts: CreateOptions): Promise<Session<B>> {
-    if (this.closing) throw new SandboxError('SBX_SHUTTING_DOWN', 'server is shutting down', { headers: { 'retry-after': '5' } });
-    let box = this.pool.shift();
-    // A refill under way is room a create may take: wait for that box rather than refuse.
-    if (!box && this.refilling > this.waiting.length) {
-      box = (await new Promise<B | null>((resolve) => this.waiting.push({ resolve }))) ?? undefined;
-      if (this.closing) {
-        if (box) void this.discard(box);
-        throw new SandboxError('SBX_SHUTTING_DOWN', 'server is shutting down', { headers: { 'retry-after': '5' } });
-      }
-    }
-    // No room, but a cleanup under way will make some: wait for it (each is bounded).
-    while (!box && this.used >= this.config.maxSessions && this.destroying.size > 0 && !this.closing) await Promise.race([...this.destroying]);
-    if (!box) {
+    let box: B | undefined;
+    for (;;) {
       if (this.closing) throw new SandboxError('SBX_SHUTTING_DOWN', 'server is shutting down', { headers: { 'retry-after': '5' } });
-      if (this.used >= this.config.maxSessions) {
+      box = this.pool.shift();
+      if (box) break;
+      // A refill under way is room a create may take: wait for that box rather than refuse.
+      if (this.refilling > this.waiting.length) {
+        box = (await new Promise<B | null>((resolve) => this.waiting.push({ resolve }))) ?? undefined;
+        if (box && this.closing) void this.discard(box);
+        else if (box) break;
+        continue; // that refill failed (or shutdown began): look again
+      }
+      if (this.used < this.config.maxSessions) break; // room to make a box of its own
+      // No room, but a cleanup under way will make some: wait for it (each is bounded). The
+      // refill a finished cleanup starts leaves that room to the creates waiting for it.
+      if (this.destroying.size === 0) {
         throw new SandboxError('SBX_AT_CAPACITY', `sandbox holds ${this.sessions.size} sessions (max=${this.config.maxSessions})`, {
           headers: { 'retry-after': String(Math.min(60, this.config.gcIntervalSeconds)) },
         });
       }
+      this.waitingForRoom++;
+      try {
+        await Promise.race([...this.destroying]);
+      } finally {
+        this.waitingForRoom--;
+      }
+    }
+    if (!box) {
       this.creating++;
       try {
         box = await this.makeBox();

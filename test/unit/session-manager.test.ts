@@ -148,6 +148,24 @@ test('a delete answers once the processes are killed; the cleanup after it count
   assert.equal(m.count, 2);
 });
 
+test('room a cleanup frees goes to the creates waiting for it, not to a pool refill', async () => {
+  // The pool wants 1 box; 2 sessions fill capacity; a delete's cleanup is under way. When
+  // it ends, the create waiting for that room must get it (a refill taking it first
+  // answered that create 503: seen in CI).
+  const factory = new Factory(false, true);
+  const m = manager({ SANDBOX_MAX_SESSIONS: '2', SANDBOX_WARM_POOL_SIZE: '1' }, factory);
+  const a = await m.create({});
+  await m.create({});
+  await m.destroy(a.id);
+  const c = m.create({});
+  await settle();
+  a.box.finishCleanup();
+  const s = await c;
+  assert.equal(m.count, 2);
+  assert.equal(m.poolState().ready + m.poolState().starting, 0, 'no pool box past capacity');
+  assert.notEqual(s.box, a.box);
+});
+
 test('a delete racing a reap of the same session stops and destroys its box once', async () => {
   const clock = { now: 1_000 };
   const factory = new Factory();
