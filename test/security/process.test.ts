@@ -260,22 +260,23 @@ test('#31 interpreter crashes (NULL read, abort, os._exit, C stack overflow, SIG
     ['os.abort()', 'import os\nos.abort()', /signal 6|SIGABRT/],
     ['os._exit(0)', 'import os\nos._exit(0)', /exited unexpectedly/],
     ['os._exit(3)', 'import os\nos._exit(3)', /exited unexpectedly/],
-    ['deep recursion', 'import sys\nsys.setrecursionlimit(10**6)\ndef f(n):\n    return f(n + 1)\nf(0)', /signal 11|SIGSEGV|RecursionError/],
+    // Python 3.11 keeps Python-to-Python calls off the C stack (a deep def recursion only
+    // grows the heap, slowly under memory pressure); a C-level recursion overflows it.
+    ['C stack overflow', 'import sys\nsys.setrecursionlimit(10**6)\nnest = []\nfor _ in range(10**6):\n    nest = [nest]\nrepr(nest)', /signal 11|SIGSEGV/],
     ['SIGKILL to itself', 'import os, signal\nos.kill(os.getpid(), signal.SIGKILL)', /signal 9|SIGKILL/],
     ['close the control channel', 'import os\nfor fd in range(3, 1024):\n    try: os.close(fd)\n    except OSError: pass\nimport time; time.sleep(5)', /.*/],
   ];
   for (const [name, code, stderr] of crashes) {
     await py(S.server, a.id, 'before_crash = 1');
-    // (no clock: a crash not detected would end at the 10 s wall-clock limit instead,
-    // with limit "wall_clock" and no restart, which the checks below refuse)
-    const r = await py(S.server, a.id, code, { timeout_seconds: 10 });
+    // (no clock: a crash not detected would end at the wall-clock limit instead, with
+    // limit "wall_clock" and no restart, which the checks below refuse; the limit is only
+    // that backstop, generous for a loaded machine)
+    const r = await py(S.server, a.id, code, { timeout_seconds: 60 });
     assert.equal(r.status, 200, `${name}: ${JSON.stringify(r.body)}`);
     assert.notEqual(r.return_code, 0, `${name}: a crash is a failure`);
     assert.match(r.stderr, stderr, `${name}: ${r.stderr}`);
-    if (name !== 'deep recursion' || r.interpreter_restarted) {
-      assert.equal(r.interpreter_restarted, true, `${name}: restart reported`);
-      assert.match(r.stderr, /state was lost/, `${name}: state loss reported`);
-    }
+    assert.equal(r.interpreter_restarted, true, `${name}: restart reported`);
+    assert.match(r.stderr, /state was lost/, `${name}: state loss reported`);
     assert.notEqual(r.limit_exceeded, 'wall_clock', `${name}: detected as a crash, not timed out`);
     const next = await py(S.server, a.id, 'print(2)');
     assert.equal(next.stdout, '2', `${name}: the next call works`);
