@@ -13,6 +13,7 @@ import { createLogger, type Logger } from './log.js';
 import { Launcher } from './sandbox/launcher.js';
 import { Pipes } from './sandbox/pipes.js';
 import { UidAllocator, killUid, pidsOfUids } from './sandbox/uids.js';
+import { hostFileMax, openFilesBound } from './sandbox/open-files.js';
 import { claimUidRange, UidRangeTaken, type UidClaim } from './sandbox/uid-claims.js';
 import { buildSeccompFilter, hostFacts, probeBwrap, probeCommand, probeTemplate, sweepSessionsRoot, PreflightError, FIX_HINT } from './sandbox/preflight.js';
 import { Interpreter } from './runner/interpreter.js';
@@ -389,6 +390,15 @@ async function main(): Promise<void> {
   if (cgroups) isolation.protections.push('memory limit per session (cgroup)');
   if (cgroups?.controllers.includes('pids')) isolation.protections.push(`at most ${config.sessionPidsMax} processes and threads per session (pids cgroup)`);
   if (cgroups?.controllers.includes('cpu')) isolation.protections.push('an equal CPU share per session (cpu cgroup)');
+  const files = openFilesBound({
+    nofile: config.maxOpenFiles,
+    sessionPidsMax: config.sessionPidsMax,
+    pidsCgroup: cgroups?.controllers.includes('pids') ?? false,
+    maxSessions: config.maxSessions,
+    fileMax: hostFileMax(),
+  });
+  isolation.open_files = files.text;
+  if (files.hostExhaustible) log.warn({ open_files: files.text }, 'open files: sessions together could exhaust the host');
   log.info({ isolation }, `isolation mode: ${isolation.mode}, interpreters ${isolation.interpreters}`);
   const budget = new MemoryBudget(config.serverMemoryBudgetMb * 1024 * 1024);
   const editorWorkers = new EditorWorkers();

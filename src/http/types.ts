@@ -37,6 +37,8 @@ export interface IsolationInfo {
   uid_range?: string;
   disk_quota: string;
   memory_limit: string;
+  /** A session's bound on open files, and whether all sessions could reach fs.file-max. */
+  open_files?: string;
 }
 
 export interface AppDeps {

@@ -241,6 +241,8 @@ test('/health reports status, session count, max sessions, version, isolation an
   assert.match(h1.body.version, /^\d+\.\d+\.\d+/);
   assert.equal(typeof h1.body.isolation, 'object');
   assert.equal(typeof h1.body.isolation.mode, 'string');
+  // Open files have no per-cgroup count: /health says the session bound and the host's.
+  assert.match(h1.body.isolation.open_files, /RLIMIT_NOFILE 256 .*fs\.file-max/);
   assert.ok(h1.body.warm_pool && typeof h1.body.warm_pool === 'object');
   const sid = await createSession(server);
   const h2 = await api(server, 'GET', '/health');
