@@ -26,5 +26,5 @@ test('without a pids cgroup there is no per-session total; an unreadable or unli
   assert.equal(none.hostExhaustible, true);
   assert.match(none.text, /no total per session/);
   assert.equal(openFilesBound({ nofile: 256, sessionPidsMax: 1024, pidsCgroup: true, maxSessions: 1, fileMax: null }).hostExhaustible, true);
-  assert.equal(openFilesBound({ nofile: 256, sessionPidsMax: 1024, pidsCgroup: true, maxSessions: 10_000, fileMax: 9223372036854775807 }).hostExhaustible, false);
+  assert.equal(openFilesBound({ nofile: 256, sessionPidsMax: 1024, pidsCgroup: true, maxSessions: 10_000, fileMax: Number('9223372036854775807') }).hostExhaustible, false);
 });
