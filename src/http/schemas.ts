@@ -29,6 +29,9 @@ export const CreateSessionBody = Type.Object(
   { additionalProperties: true, description: 'Lifetime hints (null or absent: the server default); values above the server ceilings are clamped' },
 );
 
+/** Longest tool_use_id accepted (Anthropic's ids are about 30 characters). */
+export const TOOL_USE_ID_MAX_CHARS = 256;
+
 export const ExecBody = Type.Object(
   {
     tool: Type.String({ description: TOOL_NAMES.join(' | ') }),
@@ -41,7 +44,8 @@ export const ExecBody = Type.Object(
       },
     ),
     timeout_seconds: Type.Optional(Type.Integer({ minimum: 1, description: 'Default 30; clamped to SANDBOX_RUNNER_WALL_CLOCK_SECONDS' })),
-    tool_use_id: Type.Optional(Type.Union([Type.String(), Type.Null()])),
+    // Echoed twice in the answer: bounded, so no id can make an answer large.
+    tool_use_id: Type.Optional(Type.Union([Type.String({ maxLength: TOOL_USE_ID_MAX_CHARS }), Type.Null()])),
   },
   { additionalProperties: true },
 );

@@ -123,6 +123,14 @@ test('tool_use_id is echoed when given, else generated as srvtoolu_ + 24 hex', a
     seen.add(r.body.tool_use_id);
   }
   assert.equal(seen.size, 3, 'a fresh id each time');
+  // It is echoed twice in the answer, so it is bounded (red team: 1.6 MB ids made answers
+  // that escaped the memory budget): 256 characters pass, 257 are a 422.
+  const long = await py(server, id, 'print(1)', { tool_use_id: 'a'.repeat(256) });
+  assert.equal(long.status, 200);
+  assert.equal(long.body.tool_use_id, 'a'.repeat(256));
+  const tooLong = await py(server, id, 'print(1)', { tool_use_id: 'a'.repeat(257) });
+  assert.equal(tooLong.status, 422, JSON.stringify(tooLong.body));
+  assert.match(JSON.stringify(tooLong.body.detail), /tool_use_id/);
 });
 
 test('unknown tool is 400', async () => {

@@ -67,7 +67,7 @@ export const execRoutes: RoutePlugin<ExecRoutesOptions> = (app, deps, done) => {
  * JSON is at most 6 times that (escapes) plus a few hundred bytes. */
 function textChars(a: ExecAnswer): number {
   const c = a.result_block.content;
-  let n = c.stdout.length + c.stderr.length + 512;
+  let n = c.stdout.length + c.stderr.length + 2 * a.tool_use_id.length + 512;
   const lines = c.lines;
   if (Array.isArray(lines)) for (const l of lines) n += typeof l === 'string' ? l.length + 8 : 64;
   return n;
