@@ -199,6 +199,27 @@ export async function pidsWithMarker(marker: string): Promise<number[]> {
   return pids;
 }
 
+/**
+ * The bound on a hang, never a speed check (the project's rule: no timing thresholds in
+ * tests; speed is measured by `npm run bench`). Each wait it bounds normally takes well
+ * under a second, also on a loaded machine: 60 s only turns "never answers" into a failure
+ * that names what hung, instead of the runner's timeout.
+ */
+export const HANG_BACKSTOP_MS = 60_000;
+
+/** `p`, or a failure naming `what` when it has not settled by the hang backstop. */
+export async function notHung<T>(p: Promise<T>, what: string, backstopMs = HANG_BACKSTOP_MS): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const hung = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: no answer after ${backstopMs} ms (hung)`)), backstopMs);
+  });
+  try {
+    return await Promise.race([p, hung]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** Polls until check() is true or the time is up; returns the last value. */
 export async function waitFor(check: () => Promise<boolean> | boolean, timeoutMs = 5000, stepMs = 50): Promise<boolean> {
   const end = Date.now() + timeoutMs;

@@ -7,7 +7,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { startServer, api, createSession, py, sh, pidsWithMarker, waitFor, type TestServer } from '../helpers/server.js';
 
@@ -29,7 +29,7 @@ async function spawnSleeper(server: TestServer, id: string): Promise<string> {
   const marker = sleepMarker();
   const r = await py(server, id, `import subprocess\nsubprocess.Popen(['sleep', '${marker}'], start_new_session=True)\nprint('spawned')`);
   assert.equal(r.stdout, 'spawned', JSON.stringify(r.body));
-  assert.ok(await waitFor(async () => (await pidsWithMarker(marker)).length > 0, 5000), 'the sleeper is running on the host');
+  assert.ok(await waitFor(async () => (await pidsWithMarker(marker)).length > 0, 10_000), 'the sleeper is running on the host');
   return marker;
 }
 
@@ -159,24 +159,29 @@ test('422 for non-integer or < 1 lifetime hints', async () => {
 });
 
 test('an idle session is reaped: processes killed, folder removed, then 404', async () => {
-  const id = await createSession(server, { idle_timeout_seconds: 1 });
+  // One call after the create (the session must not be reaped before it, on a loaded
+  // machine too: 2 s idle), which marks the folder and starts a sleeper that outlives it.
+  const id = await createSession(server, { idle_timeout_seconds: 2 });
   const tag = `idle_${unique()}`;
-  assert.equal((await sh(server, id, `touch ${tag}`)).return_code, 0);
+  const marker = sleepMarker();
+  const r = await py(server, id, `import subprocess\nopen('/workspace/${tag}', 'w').close()\nsubprocess.Popen(['sleep', '${marker}'], start_new_session=True)\nprint('spawned')`);
+  assert.equal(r.stdout, 'spawned', JSON.stringify(r.body));
   const box = await boxDirWith(server.sessionsRoot, tag);
   assert.ok(box, 'found the session folder');
-  const marker = await spawnSleeper(server, id);
-  // idle 1 s + GC every 1 s: gone within a few seconds.
-  assert.ok(await waitFor(async () => (await api(server, 'GET', `/sessions/${id}`)).status === 404, 8000, 200), 'reaped');
-  assert.ok(await waitFor(async () => (await pidsWithMarker(marker)).length === 0, 5000), 'its processes are dead');
-  assert.ok(await waitFor(() => !existsSync(box), 5000), 'its folder is removed');
+  assert.ok((await pidsWithMarker(marker)).length > 0, 'the sleeper is running on the host');
+  // idle 2 s + GC every 1 s: gone within a few seconds (the waits below are backstops).
+  assert.ok(await waitFor(async () => (await api(server, 'GET', `/sessions/${id}`)).status === 404, 30_000, 200), 'reaped');
+  assert.ok(await waitFor(async () => (await pidsWithMarker(marker)).length === 0, 10_000), 'its processes are dead');
+  assert.ok(await waitFor(() => !existsSync(box), 30_000), 'its folder is removed');
 });
 
 test('a session past its max lifetime is reaped even while in use', async () => {
   const id = await createSession(server, { max_lifetime_seconds: 2 });
   const started = Date.now();
   let reaped = false;
-  // Keep it busy: activity does not extend a lifetime.
-  while (Date.now() - started < 9000) {
+  // Keep it busy: activity does not extend a lifetime. (60 s only bounds the loop; the
+  // reaping itself comes a second or two after the lifetime.)
+  while (Date.now() - started < 60_000) {
     const r = await py(server, id, 'x = 1');
     if (r.status === 404) {
       reaped = true;
@@ -191,11 +196,13 @@ test('a session past its max lifetime is reaped even while in use', async () => 
 });
 
 test('a busy-but-young session with activity is not reaped by its idle timeout', async () => {
-  const id = await createSession(server, { idle_timeout_seconds: 2 });
-  for (let i = 0; i < 5; i++) {
+  // 8 calls 500 ms apart span 4 s, past the 3 s idle timeout; each gap leaves 2.5 s of
+  // room for a slow answer on a loaded machine.
+  const id = await createSession(server, { idle_timeout_seconds: 3 });
+  for (let i = 0; i < 8; i++) {
     const r = await py(server, id, `print(${i})`);
     assert.equal(r.status, 200, `call ${i} while active`);
-    await sleep(600);
+    await sleep(500);
   }
   assert.equal((await api(server, 'GET', `/sessions/${id}`)).status, 200);
 });
@@ -208,7 +215,7 @@ test('DELETE kills every process of the session and removes its folder', async (
   assert.ok(box);
   const marker = await spawnSleeper(server, id);
   assert.equal((await api(server, 'DELETE', `/sessions/${id}`)).status, 204);
-  assert.ok(await waitFor(async () => (await pidsWithMarker(marker)).length === 0, 3000), 'processes gone');
+  assert.ok(await waitFor(async () => (await pidsWithMarker(marker)).length === 0, 10_000), 'processes gone');
   // The folder, mounts and cgroup go in the background after the 204.
   assert.ok(await waitFor(() => !existsSync(box), 10_000), 'folder removed');
 });
@@ -230,7 +237,12 @@ test('a DELETE racing a running exec, a queued exec and an upload in progress: e
     },
   });
   push(`--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="late.bin"\r\nContent-Type: application/octet-stream\r\n\r\n${'x'.repeat(64 * 1024)}`);
-  const uploading = fetch(`${server.url}/sessions/${id}/files`, { method: 'POST', body, headers: { 'content-type': `multipart/form-data; boundary=${boundary}` }, duplex: 'half' } as RequestInit);
+  const uploading = fetch(`${server.url}/sessions/${id}/files`, {
+    method: 'POST',
+    body,
+    headers: { 'content-type': `multipart/form-data; boundary=${boundary}` },
+    duplex: 'half',
+  } as RequestInit);
   assert.equal((await api(server, 'DELETE', `/sessions/${id}`)).status, 204);
   assert.equal((await api(server, 'GET', `/sessions/${id}`)).status, 404, 'gone from the API when DELETE answers');
   push(`${'y'.repeat(64 * 1024)}\r\n--${boundary}--\r\n`);
@@ -239,7 +251,7 @@ test('a DELETE racing a running exec, a queued exec and an upload in progress: e
   assert.equal(r.status, 404, JSON.stringify(r.body));
   assert.equal(q.status, 404, JSON.stringify(q.body));
   assert.equal(u.status, 404, u.text);
-  assert.ok(await waitFor(async () => (await pidsWithMarker(marker)).length === 0, 3000), 'processes gone');
+  assert.ok(await waitFor(async () => (await pidsWithMarker(marker)).length === 0, 10_000), 'processes gone');
   assert.ok(await waitFor(() => !existsSync(box), 10_000), 'folder removed');
   assert.equal((await api(server, 'GET', '/health')).status, 200);
 });
@@ -287,7 +299,7 @@ test('capacity: 503 with Retry-After at SANDBOX_MAX_SESSIONS, room again after a
 });
 
 test('SIGTERM: in-flight calls finish, long ones are cut at the deadline, nothing is left behind', async () => {
-  const srv = await startServer({ SANDBOX_SHUTDOWN_GRACE_SECONDS: '2' });
+  const srv = await startServer({ SANDBOX_SHUTDOWN_GRACE_SECONDS: '5' });
   let stopped = false;
   try {
     const health = await api(srv, 'GET', '/health');
@@ -296,12 +308,24 @@ test('SIGTERM: in-flight calls finish, long ones are cut at the deadline, nothin
     const b = await createSession(srv);
     const markers = [await spawnSleeper(srv, a), await spawnSleeper(srv, b)];
     await sh(srv, a, 'touch marker_a');
-    assert.ok(await boxDirWith(srv.sessionsRoot, 'marker_a'));
-    const short = py(srv, a, 'import time\ntime.sleep(1)\nprint("finished")');
-    const long = py(srv, b, 'import time\ntime.sleep(60)\nprint("never")', { timeout_seconds: 120 }).catch((e: unknown) => e);
-    await sleep(300); // both calls are running
+    const boxA = await boxDirWith(srv.sessionsRoot, 'marker_a');
+    assert.ok(boxA);
+    // Events, not clocks: each call says it runs (a file in its workspace); the short one
+    // then waits for a flag the test makes only after the SIGTERM, so it is in flight
+    // during the shutdown and ends well inside the 5 s grace; the long one never ends by
+    // itself within it.
+    const short = py(
+      srv,
+      a,
+      "import os, time\nopen('/workspace/short_runs', 'w').close()\nwhile not os.path.exists('/workspace/finish'):\n    time.sleep(0.02)\nprint('finished')",
+      { timeout_seconds: 60 },
+    );
+    const long = py(srv, b, "import time\nopen('/workspace/long_runs', 'w').close()\ntime.sleep(60)\nprint('never')", { timeout_seconds: 120 }).catch((e: unknown) => e);
+    const running = await waitFor(async () => existsSync(`${boxA}/workspace/short_runs`) && (await boxDirWith(srv.sessionsRoot, 'long_runs')) !== null, 30_000);
+    assert.ok(running, 'both calls are running');
     const exited = new Promise<number | null>((resolve) => srv.proc.once('exit', (code) => resolve(code)));
     srv.proc.kill('SIGTERM');
+    await writeFile(`${boxA}/workspace/finish`, '');
     const code = await exited;
     stopped = true;
     assert.equal(code, 0, `clean exit:\n${srv.logs().slice(-2000)}`);
@@ -322,7 +346,7 @@ test('SIGTERM: in-flight calls finish, long ones are cut at the deadline, nothin
   }
 });
 
-test('two servers started at once with the default uid base both work, on ranges of their own; one deleting its sessions leaves the other\'s alone', async () => {
+test("two servers started at once with the default uid base both work, on ranges of their own; one deleting its sessions leaves the other's alone", async () => {
   const [one, two] = await Promise.all([startServer({}, { defaultUidBase: true }), startServer({}, { defaultUidBase: true })]);
   try {
     const ranges = await Promise.all([one, two].map(async (s) => String((await api(s, 'GET', '/health')).body.isolation.uid_range)));

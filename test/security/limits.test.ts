@@ -170,16 +170,18 @@ test('#28 output floods (20 MB on stdout, 100 MB in one line, 10 MB on stderr) a
   ] as const;
   for (const f of floods) {
     const t0 = performance.now();
-    const r = f.tool === 'sh' ? await sh(S.server, a.id, f.code) : await py(S.server, a.id, f.code);
-    const ms = performance.now() - t0;
+    // (60 s: the backstop of a flood the server could not keep up with, not a speed check;
+    // return code 0 below says each flood ran to its end, not into that limit)
+    const r = f.tool === 'sh' ? await sh(S.server, a.id, f.code, { timeout_seconds: 60 }) : await py(S.server, a.id, f.code, { timeout_seconds: 60 });
+    t.diagnostic(`${f.code}: ${Math.round(performance.now() - t0)} ms`);
     const text = f.stream === 'stdout' ? r.stdout : r.stderr;
     assert.equal(r.status, 200);
+    assert.equal(r.return_code, 0, `${f.code}: the flood ran to its end (${JSON.stringify(r.stderr.slice(-300))})`);
     assert.ok(text.length >= OUTPUT_CAP && text.length < OUTPUT_CAP + 2048, `${f.code}: ${f.stream} is ${text.length} chars`);
     assert.match(text, /truncat/i, `${f.code}: a truncation marker`);
     assert.equal(r.limit_exceeded, 'output_bytes', f.code);
     const dropped = f.stream === 'stdout' ? r.body.stdout_dropped_bytes : r.body.stderr_dropped_bytes;
     assert.equal(dropped, f.total - OUTPUT_CAP, `${f.code}: dropped bytes are counted`);
-    assert.ok(ms < 15_000, `${f.code}: took ${Math.round(ms)} ms`);
   }
   const rss1 = await serverRssKb(S.server);
   t.diagnostic(`server RSS ${rss0} kB -> ${rss1} kB`);
@@ -195,10 +197,9 @@ test('CPU time (SANDBOX_RUNNER_CPU_SECONDS=2): busy loops in bash, a bash child 
     ['sh', "python3 -c 'while True: pass'"],
     ['py', 'while True: pass'],
   ] as const) {
-    const t0 = performance.now();
-    const r = tool === 'sh' ? await sh(S.server, a.id, code, { timeout_seconds: 20 }) : await py(S.server, a.id, code, { timeout_seconds: 20 });
-    const ms = performance.now() - t0;
-    assert.ok(ms < 10_000, `${code}: stopped after ${Math.round(ms)} ms (well before the 20 s wall clock)`);
+    // No clock: limit "cpu" below says the CPU limit stopped it, not the wall clock (2 s of
+    // CPU can take a while on a loaded machine: the 60 s wall clock is only a backstop).
+    const r = tool === 'sh' ? await sh(S.server, a.id, code, { timeout_seconds: 60 }) : await py(S.server, a.id, code, { timeout_seconds: 60 });
     assert.notEqual(r.return_code, 0, code);
     assert.equal(r.limit_exceeded, 'cpu', `${code}: limit_exceeded (rc ${r.return_code}, stderr ${JSON.stringify(r.stderr)})`);
     assert.match(r.stderr, /CPU.*2.*SANDBOX_RUNNER_CPU_SECONDS/, `${code}: a plain-English line names the limit`);
@@ -234,7 +235,7 @@ test('open files (SANDBOX_RUNNER_NOFILE=64): EMFILE at the limit, cannot be rais
   await finishCase(S, a);
 });
 
-test('#K4 one session\'s processes and threads together stop at SANDBOX_SESSION_PIDS_MAX (pids cgroup), in cpu and pids cgroups of its own', async (t) => {
+test("#K4 one session's processes and threads together stop at SANDBOX_SESSION_PIDS_MAX (pids cgroup), in cpu and pids cgroups of its own", async (t) => {
   const { readFile } = await import('node:fs/promises');
   const { existsSync } = await import('node:fs');
   const { startServer, createSession, pidsWithMarker, waitFor } = await import('../helpers/server.js');

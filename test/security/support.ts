@@ -7,8 +7,10 @@
  *   1. deletes the attacking session (204) and checks that nothing of it is left: no
  *      process with any of the case's markers in its command line, no process of the
  *      session's host uid that started before the delete, and no host folder;
- *   2. checks GET /health answers 200 promptly;
- *   3. checks the victim session still runs print(1) -> "1" within a few seconds.
+ *   2. checks GET /health answers 200 and the server's own event-loop figures;
+ *   3. checks the victim session still runs print(1) -> "1".
+ * No check here measures time with a clock (a loaded machine would fail it): waits for
+ * leftovers to go are bounded only by generous backstops.
  *
  * Markers: processes an attack leaves behind are given unique command lines
  * (`sleep 777.<random>` or `python3 -c "#m-<random>..."`) so leftovers are found by
@@ -23,11 +25,11 @@ import http from 'node:http';
 import { chmod, mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { api, createSession, exec, pidsWithMarker, py, sh, startServer, waitFor, type TestServer } from '../helpers/server.js';
+import { api, createSession, exec, HANG_BACKSTOP_MS, notHung, pidsWithMarker, py, sh, startServer, waitFor, type TestServer } from '../helpers/server.js';
 
 const execFileP = promisify(execFile);
 
-export { api, createSession, pidsWithMarker, py, sh, waitFor };
+export { api, createSession, HANG_BACKSTOP_MS, notHung, pidsWithMarker, py, sh, waitFor };
 
 export interface Suite {
   server: TestServer;
@@ -160,8 +162,9 @@ export async function exists(path: string): Promise<boolean> {
   return (await stat(path).catch(() => null)) !== null;
 }
 
-/** Polls until no process has any marker; returns what is left. */
-export async function waitNoMarkers(markers: string[], timeoutMs = 5000): Promise<number[]> {
+/** Polls until no process has any marker; returns what is left. `timeoutMs` is a backstop
+ * (a killed process is gone within milliseconds), generous for a loaded machine. */
+export async function waitNoMarkers(markers: string[], timeoutMs = 30_000): Promise<number[]> {
   let left: number[] = [];
   await waitFor(
     async () => {
@@ -222,29 +225,51 @@ export async function serverRssKb(server: TestServer): Promise<number> {
   return Number(/VmRSS:\s+(\d+)/.exec(text)?.[1] ?? NaN);
 }
 
+/**
+ * Bytes the server process has read so far: rchar of /proc/<pid>/io, every read(2) and
+ * sendfile(2) of all its threads (files, pipes and sockets alike). A case that says
+ * "refused before reading the file" compares it before and after the request: a server
+ * that read a 100 MB file first shows 100 MB more, however fast the machine is.
+ */
+export async function serverReadBytes(server: TestServer): Promise<number> {
+  const text = await readFile(`/proc/${server.proc.pid}/io`, 'utf8');
+  return Number(/^rchar:\s+(\d+)/m.exec(text)?.[1] ?? NaN);
+}
+
 /** The standard post-checks: /health answers 200 promptly; the victim runs print(1). */
 export async function postChecks(suite: Suite, what = 'after the case'): Promise<void> {
   const { server } = suite;
   const alive = server.proc.exitCode === null && server.proc.signalCode === null;
   assert.ok(alive, `${what}: server process exited (${server.proc.exitCode ?? server.proc.signalCode}); log tail:\n${server.logs().slice(-3000)}`);
   // (how long /health takes is not asserted: the event loop's own blocking figures are, below)
-  let t = performance.now();
-  const health = await api(server, 'GET', '/health');
+  const health = await notHung(api(server, 'GET', '/health'), `${what}: GET /health`);
   assert.equal(health.status, 200, `${what}: /health status`);
   assert.equal(health.body?.status, 'ok', `${what}: /health body`);
-  // The server's own measure (loop-monitor.ts: CPU of its loop thread, not the machine's
-  // load): no stretch of its own work held every other session for 100 ms.
-  const loop = health.body.event_loop as { busy_over_100ms: number; max_busy_ms: number };
-  assert.equal(loop.busy_over_100ms, suite.loopBusy, `${what}: the server blocked its event loop for >= 100 ms (longest ${loop.max_busy_ms} ms)`);
+  // The server's own measure (loop-monitor.ts): no stretch of its own work held every other
+  // session for 100 ms. This is a threshold, but not on the wall clock: a stretch counts
+  // for the CPU time its loop thread used in it, and a CPU hog only makes the thread wait
+  // (it lengthens max_delay_ms, not the busy figures). What load can still add is batching:
+  // events that piled up while the thread waited are handled in one turn. That is bounded
+  // by what a case sends at once, and measured: across all 13 hostile files, with two
+  // `while :; do :; done` hogs on the 2-core machine, the longest busy stretch was 50 ms
+  // (max_delay_ms up to 578 ms), against 100 ms here; the blocking bugs this is for
+  // (unbounded JSON.parse, sync reads, a frame flood handled in one go) cost hundreds of ms.
+  const loop = health.body.event_loop as { busy_over_100ms: number; max_busy_ms: number; max_delay_ms: number };
+  assert.equal(
+    loop.busy_over_100ms,
+    suite.loopBusy,
+    `${what}: the server's own work held its event loop for >= 100 ms of CPU (longest ${loop.max_busy_ms} ms; longest late tick ${loop.max_delay_ms} ms)`,
+  );
   suite.loopBusy = loop.busy_over_100ms;
   const peakKb = await serverPeakRssKb(server);
   assert.ok(peakKb < SERVER_PEAK_RSS_KB, `${what}: the server's peak resident set reached ${Math.round(peakKb / 1024)} MiB`);
-  t = performance.now();
-  const v = await py(server, suite.victim, 'print(1)', { timeout_seconds: 10 });
-  const victimMs = performance.now() - t;
+  // The victim still works. No clock: a victim held up by what the attack left would run
+  // into its wall clock (limit "wall_clock") or not answer at all (notHung); the 60 s limit
+  // is only that backstop. How fast it answers is the bench's business.
+  const v = await notHung(py(server, suite.victim, 'print(1)', { timeout_seconds: 60 }), `${what}: victim print(1)`);
   assert.equal(v.status, 200, `${what}: victim exec status ${JSON.stringify(v.body)}`);
+  assert.equal(v.limit_exceeded, null, `${what}: victim print(1) ran into a limit (stderr: ${v.stderr})`);
   assert.equal(v.stdout, '1', `${what}: victim print(1) stdout (stderr: ${v.stderr})`);
-  assert.ok(victimMs < 5000, `${what}: victim print(1) took ${Math.round(victimMs)} ms`);
 }
 
 /**
@@ -259,7 +284,8 @@ export async function finishCase(suite: Suite, a: Attacker | null, markers: stri
     const gone = await api(suite.server, 'GET', `/sessions/${a.id}`);
     assert.equal(gone.status, 404, 'the deleted session is gone');
     let old: number[] = [];
-    const noOld = await waitFor(async () => (old = await oldPidsOfUid(a.box.uid, before)).length === 0, 5000, 100);
+    // (backstops, not speed checks: DELETE answers once they are SIGKILLed)
+    const noOld = await waitFor(async () => (old = await oldPidsOfUid(a.box.uid, before)).length === 0, 30_000, 100);
     assert.ok(noOld, `processes of the deleted session (uid ${a.box.uid}) survive: ${await describePids(old)}`);
     const folderGone = await waitFor(async () => !(await exists(a.box.dir)), 30_000, 100);
     assert.ok(folderGone, `host folder of the deleted session is left: ${a.box.dir}`);
