@@ -28,10 +28,14 @@ Control channel (fd 3 in, fd 4 out), one JSON object per line:
   server -> zygote  {"op": "init", "seccomp": base64, "preload", "driver_source",
                      "driver_file", "probe_file", "socket_path"}  first
                     {"op": "spawn", "id", ...}             see Zygote.spawn()
-                    {"op": "kill", "id"}                   SIGKILL the B of that spawn
+                    {"op": "kill", "id"}                   SIGKILL the init of that spawn
+                    {"op": "command", "id", "box", ...}    see Zygote.command()
+                    {"op": "forget", "box"}                the box is gone (its host too)
   zygote -> server  {"t": "ready", "pid", "preloaded", "preload_errors"}
                     {"t": "spawned", "id", "pid"} | {"t": "failed", "id", "error"}
                     {"t": "exit", "pid", "code" | "signal"}
+Starts are answered as they finish, not in the order they were asked for: one session's
+slow start never holds up another's (see Zygote).
 The source arrives on stdin and is compiled under its in-sandbox name; its environment
 holds relative paths only (its working folder is the server's state folder), so the
 environment block every interpreter inherits names no host folder.
@@ -888,18 +892,50 @@ def run_command_init(req, stdio, script, inner, a_pidfd, zygote_pidfd, started_f
 SECCOMP = b""
 CTL_PATH_FD = -1  # an O_PATH descriptor of the server's socket (spawns connect through it)
 
+# How long a spawn's A, or a box's command host, may take to report a start.
+START_WAIT_S = 10
+# Children reaped while starts were waiting, kept for those starts (see Zygote.remember).
+UNCLAIMED_MAX = 4096
+# Commands of one box waiting for its host to finish the one it is starting.
+BOX_QUEUE_MAX = 4
+
+
+class Start:
+    """A start under way: a spawn waiting for its A to exit (A's report is then complete,
+    and the B it forked is the zygote's child), or a command waiting for its box's host to
+    answer. `since`: the zygote's reap count when it began (only children reaped after
+    that can be the ones it reports)."""
+
+    __slots__ = ("req", "deadline", "since", "pid", "fd")
+
+    def __init__(self, req, since, pid=-1, fd=-1):
+        self.req, self.deadline, self.since = req, time.monotonic() + START_WAIT_S, since
+        self.pid, self.fd = pid, fd
+
 
 class Zygote:
+    """One loop serves every session: no request waits for another one's start. A spawn
+    forks A and goes on; A's exit (SIGCHLD, on the wake-up pipe) finishes it. A command is
+    handed to its box's host on a non-blocking socket, which the loop polls; a box has at
+    most one command at its host, the next ones wait in that box's queue. Each start has a
+    deadline, and the poll's timeout is the nearest one; past it, the spawn's A is killed
+    or the box's host dropped, and the start fails. A session whose processes are slow (a
+    host or an A in its own cgroups, starved by it) delays its own starts only."""
+
     def __init__(self):
         self.out = CTL_OUT
         self.inbuf = b""
-        self.inits = {}  # pid -> spawn id of live B processes (our children after A exits)
-        self.pending = []  # requests read but not handled yet
-        self.unclaimed = {}  # pid -> status of reaped children not (yet) known as a B
-        self.spawning = False
+        self.inits = {}  # pid -> spawn id of live inits (B, or a command's Y): our children
         self.init_of = {}  # spawn id -> pid
+        self.pending = []  # requests read but not handled yet
+        self.spawns = {}  # pid of A -> Start
+        self.commands = {}  # box -> Start of the command its host is starting
+        self.queued = {}  # box -> requests waiting for that
+        self.unclaimed = {}  # pid -> (reap count, status) of children not (yet) known as inits
+        self.reaped = 0
         self.hosts = {}  # box name -> {"pid", "sock"} of its command host (the command zygote)
         self.host_of = {}  # pid -> box name
+        self.poller = select.poll()
 
     def send(self, msg):
         data = (json.dumps(msg, separators=(",", ":")) + "\n").encode()
@@ -907,6 +943,9 @@ class Zygote:
         while view:
             n = os.write(self.out, view)
             view = view[n:]
+
+    def failed(self, req, error):
+        self.send({"t": "failed", "id": req["id"], "error": error})
 
     def read_messages(self):
         chunk = os.read(CTL_IN, 1 << 20)
@@ -916,84 +955,133 @@ class Zygote:
         *lines, self.inbuf = self.inbuf.split(b"\n")
         return [json.loads(line) for line in lines if line.strip()]
 
-    def spawn(self, req, run=run_spawner):
-        """Forks the first process of a sandbox (A, or X for a command: `run`) and waits for
-        its report: the pid of the sandbox's init, or why it failed."""
-        r, w = os.pipe2(os.O_CLOEXEC)
-        pid = os.fork()
+    # -------------------------------------------------------------- spawns --------------
+
+    def spawn(self, req):
+        """Forks A (run_spawner), which reports the pid of the sandbox's init, or why it
+        failed, on a pipe and exits; finish_spawn() reads the report once A is reaped."""
+        try:
+            r, w = os.pipe2(os.O_CLOEXEC)
+        except OSError as e:
+            self.failed(req, f"{type(e).__name__}: {e}")
+            return
+        try:
+            pid = os.fork()
+        except OSError as e:
+            os.close(r)
+            os.close(w)
+            self.failed(req, f"{type(e).__name__}: {e}")
+            return
         if pid == 0:
             os.close(r)
-            run(req, w, self.pid)
+            for other in self.spawns.values():
+                os.close(other.fd)  # (other sessions' reports are none of this sandbox's business)
+            run_spawner(req, w, self.pid)
             os._exit(1)
         os.close(w)
-        self.spawning = True
+        os.set_blocking(r, False)  # (read once A is gone: all it wrote is there)
+        self.spawns[pid] = Start(req, self.reaped, pid=pid, fd=r)
+
+    def finish_spawn(self, start):
+        """A has exited and been reaped: its report is complete, and the B it forked (if
+        any) is our child now, or has died and been reaped as one (see reap)."""
         data = b""
-        deadline = time.monotonic() + 10
-        # While A works, kills and deaths of other sessions are still served (a slow
-        # spawn must not hold them up); further spawns wait their turn.
-        poller = select.poll()
-        for fd in (r, CTL_IN, self.wake_r):
-            poller.register(fd, select.POLLIN)
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            try:
-                ready = [fd for fd, _ in poller.poll(left * 1000)]
-            except InterruptedError:
-                continue
-            if self.wake_r in ready:
-                self.drain_wake()
-                self.reap()
-            if CTL_IN in ready:
-                for m in self.read_messages():
-                    if m.get("op") == "kill":
-                        self.handle(m)
-                    else:
-                        self.pending.append(m)
-            if r in ready:
-                chunk = os.read(r, 4096)
-                if not chunk:
-                    break
+        try:
+            while len(data) < 65536 and (chunk := os.read(start.fd, 65536)):
                 data += chunk
-        os.close(r)
+        except BlockingIOError:
+            pass  # (B has not closed its copy of the write end yet)
+        finally:
+            os.close(start.fd)
         try:
             msg = json.loads(data or b"{}")
         except ValueError:
             msg = {}
+        if not isinstance(msg, dict):
+            msg = {}
         if isinstance(msg.get("pid"), int):
-            self.inits[msg["pid"]] = req["id"]
-            self.init_of[req["id"]] = msg["pid"]
-            early = self.unclaimed.pop(msg["pid"], None)
+            self.started(start, msg["pid"], with_start_time=True)
+        else:
+            self.failed(start.req, str(msg.get("error", "the spawner did not answer")))
+
+    def started(self, start, pid, with_start_time=False):
+        """The init `pid` a start reported: ours to kill by spawn id while it lives. Its
+        death may already have been reaped (it died before it was reported)."""
+        sid = start.req["id"]
+        early = self.claim(start, pid)
+        if early is None:
+            info = child_stat(pid)
+            if info is None or info[0] != self.pid or pid in self.inits or pid in self.host_of:
+                # Not (or no longer) a child of ours: it died, and its status was not kept
+                # (UNCLAIMED_MAX). Never taken as an init: its pid may be another's now.
+                self.send({"t": "spawned", "id": sid, "pid": pid, "start": None})
+                self.send({"t": "exit", "pid": pid, "signal": signal.SIGKILL.value})
+                return
+            self.inits[pid] = sid
+            self.init_of[sid] = pid
             # Not reaped yet, the pid is still that init's: its start time tells it from
             # any later process with the same pid (a command joins its sandbox by both).
-            start = None if early is not None else start_time(msg["pid"])
-            self.send({"t": "spawned", "id": req["id"], "pid": msg["pid"], "start": start})
-            if early is not None:
-                self.report_exit(msg["pid"], early)  # it died (and was reaped) before A reported it
-        else:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.send({"t": "failed", "id": req["id"], "error": msg.get("error", "the spawner did not answer")})
-        self.unclaimed.clear()  # a later child may get these pids again
-        self.spawning = False
+            self.send({"t": "spawned", "id": sid, "pid": pid, "start": info[1] if with_start_time else None})
+            return
+        self.send({"t": "spawned", "id": sid, "pid": pid, "start": None})
+        self.report_exit(pid, early)  # it died (and was reaped) before it was reported
+
+    # -------------------------------------------------------------- reaping -------------
 
     def reap(self):
+        finished = []
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             if pid == 0:
-                return
+                break
             if pid in self.inits:
                 self.report_exit(pid, status)
             elif pid in self.host_of:
-                self.drop_host(self.host_of[pid])
-            elif self.spawning:
-                self.unclaimed[pid] = status  # this spawn's A, or its B dead before A reported it
+                self.drop_host(self.host_of[pid], "the box's command host died")
+            elif pid in self.spawns:
+                finished.append(self.spawns.pop(pid))
+            elif self.spawns or self.commands or finished:
+                self.remember(pid, status)  # an init that died before its start reported it?
+        # (after the loop: a B dead before its A is reaped in it too, A's exit having made
+        # it our child)
+        for start in finished:
+            self.finish_spawn(start)
+
+    def remember(self, pid, status):
+        """Keeps a reaped child's status for the starts waiting now. Bounded: with starts
+        always under way, the oldest entries go (a start whose init is not found here nor
+        among our children reports it dead; see started)."""
+        self.reaped += 1
+        self.unclaimed.pop(pid, None)
+        self.unclaimed[pid] = (self.reaped, status)
+        while len(self.unclaimed) > UNCLAIMED_MAX:
+            del self.unclaimed[next(iter(self.unclaimed))]
+
+    def claim(self, start, pid):
+        """The status of `pid` if it was reaped after `start` began (before, it was another
+        process with that pid)."""
+        entry = self.unclaimed.get(pid)
+        if entry is None or entry[0] <= start.since:
+            return None
+        del self.unclaimed[pid]
+        return entry[1]
+
+    def prune(self):
+        """Forgets what no start under way can claim any more (a later child may get these
+        pids again)."""
+        waiting = [s.since for s in self.spawns.values()] + [s.since for s in self.commands.values()]
+        if not waiting:
+            self.unclaimed.clear()
+            return
+        oldest = min(waiting)
+        while self.unclaimed:
+            pid = next(iter(self.unclaimed))
+            if self.unclaimed[pid][0] > oldest:
+                break
+            del self.unclaimed[pid]
 
     def report_exit(self, pid, status):
         self.init_of.pop(self.inits.pop(pid, None), None)
@@ -1001,6 +1089,8 @@ class Zygote:
             self.send({"t": "exit", "pid": pid, "signal": os.WTERMSIG(status)})
         else:
             self.send({"t": "exit", "pid": pid, "code": os.WEXITSTATUS(status)})
+
+    # -------------------------------------------------------------- the loop ------------
 
     def serve(self):
         global SECCOMP, DRIVER_FILE, PROBE_FILE, CTL_PATH_FD
@@ -1037,21 +1127,49 @@ class Zygote:
         gc.collect()
         gc.freeze()  # the children's collector then never writes to the template's objects
         self.send({"t": "ready", "pid": self.pid, "preloaded": preloaded, "preload_errors": errors})
-        poller = select.poll()
-        poller.register(CTL_IN, select.POLLIN)
-        poller.register(wake_r, select.POLLIN)
+        self.poller.register(CTL_IN, select.POLLIN)
+        self.poller.register(wake_r, select.POLLIN)
         while True:
             while self.pending:
                 self.handle(self.pending.pop(0))
+            self.start_queued()
             try:
-                ready = [fd for fd, _ in poller.poll()]
+                ready = dict(self.poller.poll(self.poll_timeout_ms()))
             except InterruptedError:
                 continue
+            # (answers first: a host that answered and died is then not taken for a failure)
+            for box, start in list(self.commands.items()):
+                if start.fd in ready:
+                    self.host_answered(box)
             if wake_r in ready:
                 self.drain_wake()
             self.reap()
+            self.expire()
+            self.prune()
             if CTL_IN in ready:
                 self.pending.extend(self.read_messages())
+
+    def poll_timeout_ms(self):
+        """Until the nearest deadline (None: no start under way)."""
+        deadlines = [s.deadline for s in self.spawns.values()] + [s.deadline for s in self.commands.values()]
+        if not deadlines:
+            return None
+        return max(0, int((min(deadlines) - time.monotonic()) * 1000) + 1)
+
+    def expire(self):
+        now = time.monotonic()
+        for pid, start in list(self.spawns.items()):
+            if start.deadline <= now:
+                del self.spawns[pid]
+                try:
+                    os.kill(pid, signal.SIGKILL)  # (not reaped yet: still our A)
+                except ProcessLookupError:
+                    pass
+                os.close(start.fd)
+                self.failed(start.req, "the spawner did not answer")
+        for box, start in list(self.commands.items()):
+            if start.deadline <= now:
+                self.drop_host(box, "the box's command host did not answer")
 
     def drain_wake(self):
         try:
@@ -1060,17 +1178,34 @@ class Zygote:
         except BlockingIOError:
             pass
 
+    # -------------------------------------------------------------- commands ------------
+
     def command(self, req):
         """A command in the sandbox of a running interpreter (see "commands" above), started
-        by its box's host. Its stdout and stderr are FIFOs the server holds the read ends
-        of; opened here, so the server can unlink them once it hears "spawned"."""
-        try:
+        by its box's host, one at a time per box; the others wait in the box's queue."""
+        box = str(req["box"])
+        if box not in self.commands and not self.queued.get(box):
             self.start_command(req)
-        finally:
-            self.spawning = False
-            self.unclaimed.clear()  # a later child may get these pids again
+            return
+        queue = self.queued.setdefault(box, [])
+        if len(queue) >= BOX_QUEUE_MAX:
+            self.failed(req, f"{len(queue)} commands of this box are already waiting for its command host")
+            return
+        queue.append(req)
+
+    def start_queued(self):
+        for box in list(self.queued):
+            queue = self.queued[box]
+            while queue and box not in self.commands:
+                self.start_command(queue.pop(0))
+            if not queue:
+                del self.queued[box]
 
     def start_command(self, req):
+        """Hands the command to its box's host. Its stdout and stderr are FIFOs the server
+        holds the read ends of; opened here, so the server can unlink them once it hears
+        "spawned"; they go to the host with the request and are closed here at once."""
+        box = str(req["box"])
         fds = []
         try:
             # (the host first: a host forked while this command's FIFOs are open here
@@ -1083,31 +1218,42 @@ class Zygote:
             view = memoryview(json.dumps(req).encode())
             while view:
                 view = view[os.write(memfd, view):]
-            socket.send_fds(host["sock"], [b"c"], fds)
+            try:
+                socket.send_fds(host["sock"], [b"c"], fds)
+            except BlockingIOError:
+                # (its socket is full: it reads no requests; the next command makes a new one)
+                self.drop_host(box, "")
+                raise OSError(errno.EAGAIN, "the box's command host takes no more requests") from None
         except OSError as e:
-            self.send({"t": "failed", "id": req["id"], "error": f"{type(e).__name__}: {e}"})
+            self.failed(req, f"{type(e).__name__}: {e}")
             return
         finally:
             for fd in fds:
                 os.close(fd)
-        answer = {}
-        if self.wait_readable(host["sock"].fileno(), time.monotonic() + 10):
-            try:
-                answer = json.loads(host["sock"].recv(4096) or b"{}")
-            except (OSError, ValueError):
-                answer = {}
-        if not isinstance(answer.get("pid"), int):
-            if not answer:
-                self.drop_host(req["box"])  # dead or stuck: the next command makes a new one
-            self.send({"t": "failed", "id": req["id"], "error": answer.get("error", "the box's command host did not answer")})
-            return
-        pid = answer["pid"]
-        self.inits[pid] = req["id"]
-        self.init_of[req["id"]] = pid
-        self.send({"t": "spawned", "id": req["id"], "pid": pid, "start": None})
-        early = self.unclaimed.pop(pid, None)
-        if early is not None:
-            self.report_exit(pid, early)  # it died (and was reaped) before H reported it
+        start = self.commands[box] = Start(req, self.reaped, fd=host["sock"].fileno())
+        self.poller.register(start.fd, select.POLLIN)
+
+    def host_answered(self, box):
+        """The box's host socket is readable: its answer, or its end (it died)."""
+        host = self.hosts[box]
+        try:
+            data = host["sock"].recv(4096)
+        except BlockingIOError:
+            return  # (nothing after all)
+        except OSError:
+            data = b""
+        answer = parse_answer(data)
+        start = self.commands.pop(box)
+        self.poller.unregister(start.fd)
+        if not answer:
+            self.drop_host(box, "")  # dead or stuck: the next command makes a new one
+        self.command_answered(start, answer, "the box's command host did not answer")
+
+    def command_answered(self, start, answer, why):
+        if isinstance(answer.get("pid"), int):
+            self.started(start, answer["pid"])
+        else:
+            self.failed(start.req, str(answer.get("error", why)))
 
     def host_for(self, req):
         box = str(req["box"])
@@ -1125,47 +1271,38 @@ class Zygote:
                 run_command_host(req, theirs, self.pid)
                 os._exit(1)
             theirs.close()
+            mine.setblocking(False)  # (a host that reads nothing never holds the zygote)
             host = self.hosts[box] = {"pid": pid, "sock": mine}
             self.host_of[pid] = box
         return host
 
-    def drop_host(self, box):
+    def drop_host(self, box, why):
+        """Kills the box's host. The command it was starting gets its answer if it is there
+        already, or fails with `why`."""
+        start = self.commands.pop(box, None)
         host = self.hosts.pop(box, None)
-        if host is None:
-            return
-        self.host_of.pop(host["pid"], None)
-        host["sock"].close()
-        try:
-            os.kill(host["pid"], signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-    def wait_readable(self, fd, deadline):
-        """Waits for `fd`, serving kills and reaping meanwhile (a slow start must not hold
-        up other sessions); other requests wait their turn."""
-        self.spawning = True
-        poller = select.poll()
-        for f in (fd, CTL_IN, self.wake_r):
-            poller.register(f, select.POLLIN)
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
+        answer = {}
+        if host is not None:
+            self.host_of.pop(host["pid"], None)
+            if start is not None:
+                self.poller.unregister(start.fd)
+                try:
+                    answer = parse_answer(host["sock"].recv(4096))
+                except OSError:
+                    answer = {}
+            host["sock"].close()
             try:
-                ready = [f for f, _ in poller.poll(left * 1000)]
-            except InterruptedError:
-                continue
-            if self.wake_r in ready:
-                self.drain_wake()
-                self.reap()
-            if CTL_IN in ready:
-                for m in self.read_messages():
-                    if m.get("op") in ("kill", "forget"):
-                        self.handle(m)
-                    else:
-                        self.pending.append(m)
-            if fd in ready:
-                return True
+                os.kill(host["pid"], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if start is not None:
+            self.command_answered(start, answer, why)
+
+    def forget(self, box):
+        """The box is gone: its host is killed, its commands fail."""
+        self.drop_host(box, "the box is gone")
+        for req in self.queued.pop(box, []):
+            self.failed(req, "the box is gone")
 
     def handle(self, msg):
         op = msg.get("op")
@@ -1174,7 +1311,7 @@ class Zygote:
         elif op == "command":
             self.command(msg)
         elif op == "forget":
-            self.drop_host(msg.get("box"))
+            self.forget(str(msg.get("box")))
         elif op == "kill":
             # By spawn id, never by pid: a pid is only ours until we reap it, and could
             # name another session's init after that.
@@ -1186,14 +1323,23 @@ class Zygote:
                     pass
 
 
-def start_time(pid):
+def parse_answer(data):
+    try:
+        answer = json.loads(data or b"{}")
+    except ValueError:
+        return {}
+    return answer if isinstance(answer, dict) else {}
+
+
+def child_stat(pid):
+    """(parent pid, start time) of process `pid`, None if there is none."""
     try:
         fd = os.open(f"/proc/{pid}", os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
         return None
     try:
-        return proc_stat(fd)[1]
-    except OSError:
+        return proc_stat(fd)
+    except (OSError, ValueError, IndexError):
         return None
     finally:
         os.close(fd)

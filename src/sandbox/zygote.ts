@@ -10,7 +10,8 @@
  * Root or not: each spawn first makes a user namespace (as bubblewrap does), so the
  * template needs what bubblewrap needs (unprivileged user namespaces), no capability.
  *
- * Channels: the zygote's fds 3/4 carry JSON lines (spawn, kill; ready, spawned, exit).
+ * Channels: the zygote's fds 3/4 carry JSON lines (spawn, kill; ready, spawned, exit);
+ * starts are answered as they finish, in any order (by id).
  * Each interpreter reaches us on a Unix socket in the server's private state folder and
  * names itself with a one-time token; that socket is its control channel (frames).
  */

@@ -56,6 +56,109 @@ async function hostUid(server: TestServer, id: string): Promise<number> {
   return Number(out);
 }
 
+/** A box's command host: the command template's child that lives in the template's own pid
+ * namespace (a command's init has one of its own) as the box's host uid. */
+async function commandHostOf(server: TestServer, uid: number): Promise<number | null> {
+  const zygote = await templatePid(server, 'commands');
+  if (!zygote) return null;
+  const ns = await readlink(`/proc/${zygote}/ns/pid`);
+  for (const child of (await readFile(`/proc/${zygote}/task/${zygote}/children`, 'utf8')).trim().split(/\s+/).filter(Boolean)) {
+    if ((await readlink(`/proc/${child}/ns/pid`).catch(() => '')) !== ns) continue;
+    const status = await readFile(`/proc/${child}/status`, 'utf8').catch(() => '');
+    if (Number(/^Uid:\s+(\d+)/m.exec(status)?.[1]) === uid) return Number(child);
+  }
+  return null;
+}
+
+/** Bytes waiting unread in the sockets of process `pid` (a command host: the requests the
+ * template sent it); -1 when the process is gone. Each socket is borrowed with
+ * pidfd_getfd and measured with FIONREAD, which reads nothing. */
+function unreadSocketBytes(pid: number): number {
+  const code = [
+    'import ctypes, fcntl, os, struct, sys, termios',
+    'pid = int(sys.argv[1])',
+    'libc = ctypes.CDLL(None, use_errno=True)',
+    'pidfd = os.pidfd_open(pid)',
+    'total = 0',
+    "for name in os.listdir(f'/proc/{pid}/fd'):",
+    '    try:',
+    "        if not os.readlink(f'/proc/{pid}/fd/{name}').startswith('socket:'):",
+    '            continue',
+    '    except OSError:',
+    '        continue',
+    '    fd = libc.syscall(438, pidfd, int(name), 0)  # pidfd_getfd',
+    '    if fd >= 0:',
+    "        total += struct.unpack('i', fcntl.ioctl(fd, termios.FIONREAD, bytes(4)))[0]",
+    '        os.close(fd)',
+    'print(total)',
+  ].join('\n');
+  try {
+    return Number(execFileSync('/usr/bin/python3', ['-c', code, String(pid)], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim());
+  } catch {
+    return -1;
+  }
+}
+
+/** A promise and whether it has settled yet. */
+function track<T>(promise: Promise<T>): { promise: Promise<T>; settled: boolean } {
+  const t = { promise, settled: false };
+  t.promise = promise.finally(() => {
+    t.settled = true;
+  });
+  return t;
+}
+
+/** A box's cgroup in which the test can make every process that joins it stop where it
+ * is: on cgroup v1 the memory cgroup, its limit set to what it holds and its OOM killer
+ * disabled (a process that then needs a page waits, in the kernel, until the limit is
+ * raised); on v2 the box's cgroup, frozen. `stuck()`: the processes of the cgroup waiting
+ * so (none while nothing waits). Null when the box has neither. */
+async function stallableCgroup(pid: number): Promise<{ stall(): Promise<void>; stuck(): Promise<number[]>; release(): Promise<void> } | null> {
+  const lines = (await readFile(`/proc/${pid}/cgroup`, 'utf8')).split('\n');
+  const procs = async (dir: string) => (await readFile(`${dir}/cgroup.procs`, 'utf8').catch(() => '')).split('\n').filter(Boolean).map(Number);
+  const v1 = lines.find((l) => /^\d+:([^:]*,)?memory(,[^:]*)?:\/./.test(l));
+  if (v1) {
+    const dir = `/sys/fs/cgroup/memory${v1.slice(v1.indexOf(':/') + 1)}`;
+    const limit = (await readFile(`${dir}/memory.limit_in_bytes`, 'utf8')).trim();
+    const { writeFile } = await import('node:fs/promises');
+    return {
+      async stall() {
+        await writeFile(`${dir}/memory.force_empty`, '0').catch(() => {}); // (page cache would be reclaimed first)
+        await writeFile(`${dir}/memory.oom_control`, '1');
+        for (let i = 0; ; i++) {
+          const usage = (await readFile(`${dir}/memory.usage_in_bytes`, 'utf8')).trim();
+          try {
+            await writeFile(`${dir}/memory.limit_in_bytes`, usage);
+            return;
+          } catch (e) {
+            if (i > 100) throw e; // (EBUSY: the usage grew meanwhile)
+          }
+        }
+      },
+      async stuck() {
+        const oom = await readFile(`${dir}/memory.oom_control`, 'utf8').catch(() => '');
+        return /^under_oom 1$/m.test(oom) ? procs(dir) : [];
+      },
+      async release() {
+        await writeFile(`${dir}/memory.limit_in_bytes`, limit).catch(() => {});
+        await writeFile(`${dir}/memory.oom_control`, '0').catch(() => {});
+      },
+    };
+  }
+  const v2 = lines.find((l) => l.startsWith('0::/') && l.length > 4);
+  if (v2) {
+    const dir = `/sys/fs/cgroup${v2.slice(3)}`;
+    const { writeFile } = await import('node:fs/promises');
+    if ((await readFile(`${dir}/cgroup.freeze`, 'utf8').catch(() => null)) === null) return null;
+    return {
+      stall: () => writeFile(`${dir}/cgroup.freeze`, '1'),
+      stuck: () => procs(dir),
+      release: () => writeFile(`${dir}/cgroup.freeze`, '0').catch(() => {}),
+    };
+  }
+  return null;
+}
+
 describe('interpreters forked from the template', () => {
   let server: TestServer;
   before(async () => {
@@ -241,8 +344,99 @@ describe('interpreters forked from the template', () => {
         const target = await readlink(`/proc/${host}/fd/${fd}`).catch(() => 'gone');
         targets.push(target.startsWith('socket:') ? 'socket' : target);
       }
-      assert.deepEqual(targets.filter((t) => t !== '/dev/null' && t !== 'gone'), ['socket'], `host ${host}: ${targets.join(', ')}`);
+      assert.deepEqual(
+        targets.filter((t) => t !== '/dev/null' && t !== 'gone'),
+        ['socket'],
+        `host ${host}: ${targets.join(', ')}`,
+      );
     }
+  });
+
+  it("serve other sessions' commands while a box's command host does not answer (one session cannot starve the others), and drop such a host at its deadline", async (t) => {
+    const attacker = await createSession(server);
+    const victim = await createSession(server);
+    assert.equal((await sh(server, attacker, 'echo first')).stdout, 'first\n', 'the box has its command host');
+    const uid = await hostUid(server, attacker);
+    const host = await commandHostOf(server, uid);
+    assert.ok(host, "the attacker's command host");
+    t.after(() => {
+      try {
+        process.kill(host, 'SIGCONT');
+      } catch {
+        /* gone */
+      }
+    });
+    // (as a host starved in its own cgroups would be, only more so)
+    process.kill(host, 'SIGSTOP');
+    const cmdline = "tr '\\0' ' ' < /proc/1/cmdline";
+    const waiting = track(sh(server, attacker, cmdline, { timeout_seconds: 120 }));
+    assert.ok(await waitFor(() => unreadSocketBytes(host) > 0, 30_000), 'the command reached its host, which does not read it');
+    const v = await sh(server, victim, 'echo hi', { timeout_seconds: 120 });
+    assert.equal(v.stdout, 'hi\n', v.stderr);
+    assert.equal(waiting.settled, false, "the attacker's command is not done");
+    // (the template drops a host that does not answer by its deadline, which would have let
+    // a victim queued behind it through as well: the host is still there, still unread)
+    assert.ok(unreadSocketBytes(host) > 0, "the victim's command went ahead of the attacker's, still at its host");
+    process.kill(host, 'SIGCONT');
+    const r = await waiting.promise;
+    assert.equal(r.return_code, 0, r.stderr);
+    assert.match(r.stdout, /zygote\.py.* commands $/, 'started by its host once that answered');
+    // A host that never answers: at the deadline the template kills it, the command runs
+    // in bubblewrap instead, and the box's next command gets a new host.
+    process.kill(host, 'SIGSTOP');
+    const late = await sh(server, attacker, cmdline, { timeout_seconds: 120 });
+    assert.equal(late.return_code, 0, late.stderr);
+    assert.match(late.stdout, /^\/usr\/bin\/bwrap /, 'started in bubblewrap');
+    assert.ok(await waitFor(() => unreadSocketBytes(host) < 0, 10_000), 'the stuck host was killed');
+    const next = await sh(server, attacker, cmdline);
+    assert.match(next.stdout, /zygote\.py.* commands $/, next.stderr);
+    const again = await commandHostOf(server, uid);
+    assert.ok(again !== null && again !== host, 'a new host');
+  });
+
+  it("start other sessions' interpreters while one session's spawn is stuck in its own cgroup (out of memory there, or frozen)", async (t) => {
+    const attacker = await createSession(server);
+    const victim = await createSession(server);
+    const uid = await hostUid(server, attacker);
+    const [init] = await pidsOfUid(uid);
+    assert.ok(init, "the attacker's sandbox");
+    const cgroup = await stallableCgroup(init);
+    if (!cgroup) {
+      t.skip('no per-session memory cgroup (v1) or freezable cgroup (v2)');
+      return;
+    }
+    t.after(() => cgroup.release());
+    // Its interpreter dies between calls (its next call starts a new one), then whatever
+    // joins its cgroup stops there: the template's spawner of the next interpreter.
+    process.kill(init, 'SIGKILL');
+    assert.ok(await waitFor(async () => (await pidsOfUid(uid)).length === 0, 10_000), 'the interpreter is gone');
+    await cgroup.stall();
+    const restart = track(py(server, attacker, 'print(2)', { timeout_seconds: 120 }));
+    const interpreters = await templatePid(server);
+    let stuck: number[] = [];
+    const spawnerStuck = async () => {
+      stuck = [];
+      for (const p of await cgroup.stuck()) {
+        const status = await readFile(`/proc/${p}/status`, 'utf8').catch(() => '');
+        if (Number(/^PPid:\s+(\d+)/m.exec(status)?.[1]) === interpreters) stuck.push(p);
+      }
+      return stuck.length > 0;
+    };
+    assert.ok(await waitFor(spawnerStuck, 30_000), "the template's spawner for the attacker waits in the attacker's cgroup");
+    const spawner = stuck[0];
+    // The victim's interpreter crashes and is replaced: a spawn while the attacker's waits.
+    const crash = await py(server, victim, 'import os; os._exit(3)', { timeout_seconds: 120 });
+    assert.equal(crash.interpreter_restarted, true, crash.stderr);
+    const v = await py(server, victim, "print(3, 'zygote' in open('/proc/1/cmdline').read())", { timeout_seconds: 120 });
+    assert.equal(v.stdout, '3 True', v.stderr);
+    assert.equal(restart.settled, false, "the attacker's call is not done");
+    // (past its deadline the spawner is killed, which would have let a victim queued behind
+    // it through as well: it is still there, still stuck)
+    assert.ok((await spawnerStuck()) && stuck.includes(spawner!), "the victim's spawn went ahead of the attacker's, still stuck");
+    await cgroup.release();
+    const r = await restart.promise;
+    assert.equal(r.stdout, '2', r.stderr);
+    assert.equal(r.interpreter_restarted, true);
   });
 
   it('start a command in bubblewrap when the interpreter cannot be joined (here: made not dumpable), with the same result', async () => {
