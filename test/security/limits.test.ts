@@ -234,7 +234,7 @@ test('open files (SANDBOX_RUNNER_NOFILE=64): EMFILE at the limit, cannot be rais
   await finishCase(S, a);
 });
 
-test('#K4 one session\'s processes and threads together stop at SANDBOX_SESSION_PIDS_MAX (pids cgroup), in cpu and pids cgroups of its own', async (t) => {
+test("#K4 one session's processes and threads together stop at SANDBOX_SESSION_PIDS_MAX (pids cgroup), in cpu and pids cgroups of its own", async (t) => {
   const { readFile } = await import('node:fs/promises');
   const { existsSync } = await import('node:fs');
   const { startServer, createSession, pidsWithMarker, waitFor } = await import('../helpers/server.js');
