@@ -185,7 +185,9 @@ test('#S9 tool-call frames whose replies are never read: the server stops readin
     `import _sandbox_driver as d, os
 ch = d.DRIVER.chan
 ch.rfd = os.open('/dev/null', os.O_RDONLY)  # the driver never reads the server's frames again
-body = b'{"call_id":"' + b'c' * 60 + b'","name":"' + b'n' * 120 + b'","input":{}}'
+# (ids as the driver makes them: past four in flight each call is refused with an answer,
+# and the answers back up; an unanswerable call would be a frame of no use, see T8)
+body = b'{"call_id":"' + b'c' * 32 + b'","name":"' + b'n' * 120 + b'","input":{}}'
 for i in range(400000):
     ch.send(ord('T'), body)
 print('never')`,
@@ -367,7 +369,11 @@ test('#S17 a client that disconnects cancels its call: the running one is interr
     await waitFor(async () => (third = (await py(S.server, a.id, 'print(3)')).status) === 429, 20_000),
     `a third call is refused while one runs and one waits (got ${third})`,
   );
-  const execLines = () => S.server.logs().split('\n').filter((l) => l.includes('"msg":"request"') && l.includes('/exec') && l.includes(a.id)).length;
+  const execLines = () =>
+    S.server
+      .logs()
+      .split('\n')
+      .filter((l) => l.includes('"msg":"request"') && l.includes('/exec') && l.includes(a.id)).length;
   const answered = execLines();
   waiting.abort();
   assert.equal(await waiting.settled, 'AbortError');
@@ -727,7 +733,7 @@ os._exit(0)`,
   await finishCase(S, a);
 });
 
-test('#T3 #T4 floods of empty control frames, during a call and from a process left running after it, never hold the loop', async (t) => {
+test('#T3 #T4 floods of empty control frames, during a call (which they end, see T8) and from a process left running after it, never hold the loop', async (t) => {
   const a = await attacker(S, t);
   const flood = `import _sandbox_driver as d, os, struct, time
 raw = struct.pack('>IB', 0, ord('O')) * 13000
@@ -739,12 +745,20 @@ def flood(seconds):
         except BlockingIOError:
             time.sleep(0.001)
 `;
-  // During a call: the victim's calls go on meanwhile.
+  // During a call: the victim's calls go on meanwhile; empty frames are of no use, so the
+  // flood ends with its interpreter (T8).
   const during = py(S.server, a.id, `${flood}flood(3)\nprint('flooded')`, { timeout_seconds: 30 });
   for (let i = 0; i < 5; i++) assert.equal((await py(S.server, S.victim, 'print(1)')).stdout, '1');
-  assert.equal((await during).stdout, 'flooded');
-  // After it: a detached grandchild keeps the channel and floods while no call runs.
-  const after = await py(S.server, a.id, `${flood}if os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        flood(3)\n    os._exit(0)\nos.wait()\nprint('returned')`);
+  const d = await during;
+  assert.equal(d.interpreter_restarted, true, d.stdout);
+  assert.match(d.stderr, /flooded the interpreter's control channel/);
+  // After it: a detached grandchild keeps the channel and floods while no call runs (it
+  // starts once the cell's output pipe is closed, that is once the call is over).
+  const after = await py(
+    S.server,
+    a.id,
+    `${flood}if os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        try:\n            while True:\n                os.write(1, b'.')\n                time.sleep(0.01)\n        except OSError:\n            pass\n        time.sleep(0.2)\n        flood(3)\n    os._exit(0)\nos.wait()\nprint('returned')`,
+  );
   // Its frames may interleave with the driver's own (pipe writes over 4 KiB are not atomic):
   // that garbles only this session's channel, which the server then restarts.
   assert.equal(after.status, 200);
@@ -791,6 +805,34 @@ test('#T6 a queued call holds its parsed input, not its request body, in the mem
   );
   assert.ok(seenWhileQueued, 'the budget was free while calls were still queued');
   for (const c of await Promise.all(calls)) assert.ok(c.status === 200 || c.status === 429, String(c.status));
+  await finishCase(S, a);
+});
+
+test('#T8 a flood of forged frames of no use (empty output, done frames of no call, hellos, unanswerable tool calls) ends its interpreter with a note; the next call gets a fresh one', async (t) => {
+  const a = await attacker(S, t);
+  assert.equal((await py(S.server, a.id, 'kept = 1')).status, 200);
+  // The junk goes out before the cell's own done frame, so the server meets it first.
+  const r = await py(
+    S.server,
+    a.id,
+    `import _sandbox_driver as d, json, struct
+def frame(kind, body):
+    return struct.pack('>IB', len(body), ord(kind)) + body
+cell = d.DRIVER.cell.id
+junk = [frame('O', b''), frame('R', b''), frame('D', json.dumps({'id': cell + 1000, 'return_code': 0}).encode()), frame('H', b'{}'), frame('X', b'{"error": "x"}'), frame('T', b'{"name": "x"}')]
+d.DRIVER.chan.send_raw(b''.join(junk[i % len(junk)] for i in range(6000)))
+print('sent')`,
+    { timeout_seconds: 20 },
+  );
+  assert.equal(r.status, 200);
+  assert.equal(r.return_code, -1);
+  assert.equal(r.interpreter_restarted, true, JSON.stringify(r.body).slice(0, 400));
+  assert.match(
+    r.stderr,
+    /runner: the code flooded the interpreter's control channel: 1025 frames in this call were of no use to the server \(at most 1024 more than the 0 it used\); the interpreter was restarted and its state was lost/,
+  );
+  const next = await py(S.server, a.id, "print('kept' in globals())");
+  assert.equal(next.stdout, 'False', 'the next call runs in a fresh interpreter');
   await finishCase(S, a);
 });
 
