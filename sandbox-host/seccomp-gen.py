@@ -70,4 +70,27 @@ for domain in range(0, 64):
         deny("socket", seccomp.ERRNO(errno.EAFNOSUPPORT), seccomp.Arg(0, seccomp.EQ, domain))
 deny("socket", seccomp.ERRNO(errno.EAFNOSUPPORT), seccomp.Arg(0, seccomp.GE, 64))
 
+# The page cache of the shared read-only system files (/usr is the same inodes in every
+# session and on the host) is a side channel: reading whether a page of a library is
+# resident tells what another session or the host ran. Its readers are refused...
+#   mincore and cachestat: ENOSYS, the answer of a kernel without them (libunwind and
+#   others fall back to msync when mincore is missing);
+for name in ("mincore", "cachestat"):
+    deny(name, seccomp.ERRNO(errno.ENOSYS))
+#   reads that fail rather than wait for the disk (preadv2/pwritev2 flags, the 6th
+#   argument, with RWF_NOWAIT): EOPNOTSUPP, as for a file that cannot do it;
+RWF_NOWAIT = 0x08
+for name in ("preadv2", "pwritev2"):
+    deny(name, seccomp.ERRNO(errno.EOPNOTSUPP), seccomp.Arg(5, seccomp.MASKED_EQ, RWF_NOWAIT, RWF_NOWAIT))
+# ... and so are the evictions that would make a probe repeatable: POSIX_FADV_DONTNEED
+# (the other advices only tune this file's own read-ahead: NORMAL, RANDOM, SEQUENTIAL,
+# WILLNEED, NOREUSE), MADV_COLD and MADV_PAGEOUT (DONTNEED, FREE, HUGEPAGE and the rest
+# stay: glibc malloc and numpy use them), and process_madvise, whose advice is the same.
+# The advice is an int: compare its low 32 bits only.
+POSIX_FADV_DONTNEED, MADV_COLD, MADV_PAGEOUT = 4, 20, 21
+deny("fadvise64", EPERM, seccomp.Arg(3, seccomp.MASKED_EQ, 0xFFFFFFFF, POSIX_FADV_DONTNEED))
+for advice in (MADV_COLD, MADV_PAGEOUT):
+    deny("madvise", EPERM, seccomp.Arg(2, seccomp.MASKED_EQ, 0xFFFFFFFF, advice))
+deny("process_madvise")
+
 f.export_bpf(sys.stdout.buffer)

@@ -1,6 +1,8 @@
 /**
  * The server's memory budget for large transient work done on behalf of a client or a
- * session: a text-editor operation on a big file, a file listing, a tool router's reply.
+ * session: a text-editor operation on a big file, a file listing, a tool router's reply,
+ * a large request body (until its call is answered, queued or not: http/hold.ts), a large
+ * answer (until it is sent).
  * Each such operation reserves what it may hold (an upper bound, not a guess) before it
  * reads anything, and releases it when done. The sum of reservations never exceeds
  * SANDBOX_SERVER_MEMORY_BUDGET_MB: past it the call is refused with a 503 and a

@@ -51,7 +51,7 @@ const SETTINGS = {
     512,
     16,
     64 * 1024,
-    'Server memory that large transient work (editor operations, listings, tool replies) may hold at once, across all sessions; past it such calls answer 503, MiB',
+    'Server memory that large transient work (editor operations, listings, tool replies, large request bodies and answers) may hold at once, across all sessions; past it such calls answer 503, MiB',
   ),
   maxListEntries: int('SANDBOX_MAX_LIST_ENTRIES', 20_000, 1, 1_000_000, 'Entries in one file listing at most (the answer says truncated past it)'),
   maxListBytes: int('SANDBOX_MAX_LIST_BYTES', 8 * MiB, 64 * 1024, 256 * MiB, 'Size of one file listing answer at most (the answer says truncated past it), bytes'),

@@ -13,6 +13,12 @@ export const MAX_JSON_TOKENS = 50_000;
 /** True if `text` has more than `limit` structural tokens outside strings. A text that is
  * not valid JSON is judged the same way (JSON.parse rejects it afterwards). */
 export function jsonTooComplex(text: Uint8Array, limit = MAX_JSON_TOKENS): boolean {
+  return jsonTokens(text, limit) > limit;
+}
+
+/** The structural tokens of `text` outside strings, counted up to `limit + 1` (where the
+ * scan stops). */
+export function jsonTokens(text: Uint8Array, limit = MAX_JSON_TOKENS): number {
   let tokens = 0;
   let inString = false;
   for (let i = 0; i < text.length; i++) {
@@ -24,8 +30,8 @@ export function jsonTooComplex(text: Uint8Array, limit = MAX_JSON_TOKENS): boole
     } else if (c === 0x22) {
       inString = true;
     } else if (c === 0x7b || c === 0x5b || c === 0x2c || c === 0x3a) {
-      if (++tokens > limit) return true;
+      if (++tokens > limit) return tokens;
     }
   }
-  return false;
+  return tokens;
 }

@@ -13,8 +13,8 @@ import multipart from '@fastify/multipart';
 import swagger from '@fastify/swagger';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { isSandboxError, SandboxError } from '../errors.js';
-import { jsonTooComplex, MAX_JSON_TOKENS } from '../json-bounds.js';
-import { meterBody, releaseBody, SMALL_BYTES } from './hold.js';
+import { jsonTokens, MAX_JSON_TOKENS } from '../json-bounds.js';
+import { holdParsed, meterBody, parsedBodyBytes, SMALL_BYTES, trackBody } from './hold.js';
 import { finished } from 'node:stream';
 import type { App, AppDeps } from './types.js';
 import { healthRoutes } from './routes/health.js';
@@ -55,9 +55,11 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   // descriptor each until the process runs out.
   app.server.maxConnections = deps.config.httpMaxConnections;
 
-  // A JSON body is held whole while it arrives and is parsed: what has arrived of it is
-  // charged to the memory budget (hold.ts) until it is parsed, so many clients sending big
-  // bodies slowly get 503s, not the heap. (Multipart uploads stream to disk.)
+  // A JSON body is held whole while it arrives, and its parsed value until the response
+  // ends (a call waits in its session's queue with it): what has arrived of it, then what
+  // its parsed value may hold, is charged to the memory budget (hold.ts), so many clients
+  // sending big bodies, slowly or to full queues, get 503s, not the heap. (Multipart
+  // uploads stream to disk.)
   // (Callback-style hooks: no promise per request on the exec path.)
   app.addHook('preParsing', (req, reply, payload, done) => {
     if (!/^application\/json/i.test(req.headers['content-type'] ?? '')) return done(null, payload);
@@ -65,21 +67,30 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     const id = (req.params as { id?: unknown } | undefined)?.id;
     if (req.method === 'POST' && typeof id === 'string' && !deps.sessions.has(id))
       return done(new SandboxError('SBX_SESSION_NOT_FOUND', `session not found: ${id}`) as unknown as Error);
+    trackBody(req, reply.raw);
     // A body that announces at most SMALL_BYTES cannot hold more (HTTP framing): the hot
     // path is not metered.
     const declared = Number(req.headers['content-length']);
     if (req.headers['content-length'] !== undefined && declared <= SMALL_BYTES) return done(null, payload);
-    done(null, meterBody(req, payload, deps.budget, reply.raw));
+    done(null, meterBody(req, payload, deps.budget));
   });
 
   // An empty JSON body is an empty object (the reference accepts POST /sessions with none).
   // Bodies too complex to parse cheaply (json-bounds.ts) are refused before JSON.parse.
   app.removeContentTypeParser('application/json');
   app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (req, body, done) => {
-    releaseBody(req); // parsed below: the raw bytes are not held past this call
     const bytes = body as Buffer;
-    if (jsonTooComplex(bytes)) {
+    const tokens = jsonTokens(bytes);
+    if (tokens > MAX_JSON_TOKENS) {
       done(new SandboxError('SBX_BODY_TOO_LARGE', `request body too complex: more than ${MAX_JSON_TOKENS} JSON values`) as unknown as Error, undefined);
+      return;
+    }
+    // From here to the end of the response, the body holds what its parsed value may (the
+    // raw bytes are not kept past this call).
+    try {
+      holdParsed(req, parsedBodyBytes(bytes.length, tokens), deps.budget);
+    } catch (e) {
+      done(e as Error, undefined);
       return;
     }
     const text = bytes.toString('utf8');

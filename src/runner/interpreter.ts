@@ -19,6 +19,17 @@
  * the replies of MAX_TOOL_CALLS_IN_FLIGHT router calls. Numbers in frames (return codes,
  * byte counts) are checked before they are used; a value that cannot be serialised (a
  * router reply nested too deep, say) becomes an error reply, never a throw.
+ *
+ * Frames of no use: session code shares the driver's process, so it can write any frame
+ * to the channel. During a call, a frame the server reads and then drops (an output frame
+ * that keeps no byte, a done frame that does not end the call, a hello or setup failure
+ * after the start, a tool call that cannot even be answered) is counted. Past
+ * MAX_WASTED_FRAMES more of them than frames the call used (output kept, tool calls taken,
+ * the done), the interpreter is killed as at a protocol error: the call answers at once
+ * with a note, and the session's next call gets a fresh interpreter. The real driver never
+ * sends such frames (it frames non-empty output only, up to the same cap), so only forged
+ * floods are cut; the work a call makes the server do is then bounded by its output cap
+ * and tool calls, not by how fast its code can write.
  */
 import { encodeFrame, FrameDecoder, FrameKind, type Frame, type FrameKindCode } from './frame-codec.js';
 import { CappedBuffer } from './output.js';
@@ -68,6 +79,8 @@ const FRAMES_PER_TURN = 512;
 const SMALL_FRAME_BYTES = 64 * 1024;
 /** The driver sends tool arguments of at most 1 MiB (TOOL_CALL_MAX in driver.py). */
 const TOOL_FRAME_BYTES = 1024 * 1024 + 4096;
+/** Frames of no use a call may bring beyond those it uses (see the top of this file). */
+export const MAX_WASTED_FRAMES = 1024;
 
 interface Pending {
   id: number;
@@ -106,6 +119,11 @@ export class Interpreter {
   private ready: Promise<void> | null = null;
   private exitInfo: ExitInfo | null = null;
   private toolCallsInFlight = 0;
+  /** Frames of the running call the server had no use for, and those it used. */
+  private wastedFrames = 0;
+  private usedFrames = 0;
+  /** Killed for what it sent: the rest of what it sends is not read. */
+  private refused = false;
 
   constructor(private readonly opts: InterpreterOptions) {}
 
@@ -185,6 +203,8 @@ export class Interpreter {
       return Promise.resolve({ stdout: empty, stderr: empty, returnCode: -1, limit, notes: [text], stateLost: true, droppedByDriver: { stdout: 0, stderr: 0 } });
     }
     const id = this.nextId++;
+    this.wastedFrames = 0;
+    this.usedFrames = 0;
     return new Promise<ExecOutcome>((resolve) => {
       const p: Pending = {
         id,
@@ -259,6 +279,7 @@ export class Interpreter {
   }
 
   private onData(chunk: Buffer): void {
+    if (this.refused) return;
     let frames: Frame[];
     try {
       frames = this.decoder.push(chunk);
@@ -267,7 +288,10 @@ export class Interpreter {
       return;
     }
     const idle = this.pending === null && this.onHello === null;
-    for (const f of frames) this.onFrame(f);
+    for (const f of frames) {
+      this.onFrame(f);
+      if (this.refused) return;
+    }
     if (frames.length > FRAMES_PER_TURN && !this.yielding) {
       // Many tiny frames in one read (a flood of empty output frames, say): every other
       // session and request gets the loop before the next read.
@@ -288,18 +312,23 @@ export class Interpreter {
     const p = this.pending;
     switch (f.kind) {
       case FrameKind.Stdout:
-        p?.stdout.push(f.body);
+      case FrameKind.Stderr: {
+        if (!p) return;
+        const stream = f.kind === FrameKind.Stdout ? p.stdout : p.stderr;
+        const kept = stream.size;
+        stream.push(f.body);
+        this.count(stream.size > kept);
         return;
-      case FrameKind.Stderr:
-        p?.stderr.push(f.body);
-        return;
+      }
       case FrameKind.Hello:
-        this.onHello?.();
+        if (!this.onHello) return this.count(false);
+        this.onHello();
         this.onHello = null;
         return;
       case FrameKind.SetupFailed:
         // The template's child could not build its sandbox: a reason for the start error.
-        if (this.onHello && this.diag.length < DIAG_BYTES) this.diag += `${f.body.toString('utf8').slice(0, 1000)}\n`;
+        if (!this.onHello) return this.count(false);
+        if (this.diag.length < DIAG_BYTES) this.diag += `${f.body.toString('utf8').slice(0, 1000)}\n`;
         return;
       case FrameKind.ToolCall: {
         if (!p) return;
@@ -309,16 +338,21 @@ export class Interpreter {
         if (this.toolCallsInFlight >= MAX_TOOL_CALLS_IN_FLIGHT) {
           // Only forked children can issue calls in parallel; never let them pile up
           // router requests on the server.
+          // (An answered refusal is not counted as of no use: a driver that does not read
+          // the answers is stopped by backpressure, see send.)
           if (early) this.send(FrameKind.ToolReply, { call_id: early, ok: false, error: `too many tool calls at once (limit ${MAX_TOOL_CALLS_IN_FLIGHT})` });
+          else this.count(false);
           return;
         }
         if (f.body.length > TOOL_FRAME_BYTES || jsonTooComplex(f.body)) {
           if (early) this.send(FrameKind.ToolReply, { call_id: early, ok: false, error: `tool arguments too large or too complex (at most ${MAX_JSON_TOKENS} JSON values)` });
+          else this.count(false);
           return;
         }
         const msg = parseJson(f.body, TOOL_FRAME_BYTES);
         // The driver makes 32-hex-digit ids and Python names; anything else is not echoed.
-        if (!msg || typeof msg.call_id !== 'string' || typeof msg.name !== 'string' || msg.call_id.length > 64 || msg.name.length > 128) return;
+        if (!msg || typeof msg.call_id !== 'string' || typeof msg.name !== 'string' || msg.call_id.length > 64 || msg.name.length > 128) return this.count(false);
+        this.count(true);
         const callId = msg.call_id;
         this.toolCallsInFlight++;
         const handler = p.req.onToolCall;
@@ -336,14 +370,30 @@ export class Interpreter {
         return;
       }
       case FrameKind.Done: {
+        if (!p) return; // (the start's own silent cell, id 0, ends before its hello)
         const msg = parseJson(f.body, SMALL_FRAME_BYTES);
-        if (!p || !msg || msg.id !== p.id) return;
+        if (!msg || msg.id !== p.id) return this.count(false);
         this.settle(p, msg);
         return;
       }
       default:
         this.protocolError(`unknown frame kind ${JSON.stringify(f.kind)} from the interpreter`);
     }
+  }
+
+  /** Counts a frame of the running call as used or of no use; past the bound, the
+   * interpreter is killed (see the top of this file). Frames between calls are not
+   * counted: reading stops then (updateReading). */
+  private count(used: boolean): void {
+    if (!this.pending) return;
+    if (used) {
+      this.usedFrames++;
+      return;
+    }
+    if (++this.wastedFrames <= MAX_WASTED_FRAMES + this.usedFrames) return;
+    this.protocolError(
+      `the code flooded the interpreter's control channel: ${this.wastedFrames} frames in this call were of no use to the server (at most ${MAX_WASTED_FRAMES} more than the ${this.usedFrames} it used)`,
+    );
   }
 
   private settle(p: Pending, msg: Record<string, unknown>): void {
@@ -397,6 +447,8 @@ export class Interpreter {
   }
 
   private protocolError(message: string): void {
+    this.refused = true;
+    this.channel?.output.pause(); // until the kill ends it: nothing more of it is read
     const p = this.pending;
     if (p) {
       this.finish(p, {

@@ -203,6 +203,19 @@ export const SECCOMP_CHECKS: Readonly<Record<string, string>> = {
   'io_uring_setup()': 'EPERM',
   'io_setup(1)': 'EPERM',
   'inotify_init1()': 'EPERM',
+  // The page-cache side channel (docs/threat-model.md, host-wide kernel resources): its
+  // probes and evictions are refused; the harmless neighbours still work.
+  'mincore()': 'ENOSYS',
+  'cachestat()': 'ENOSYS',
+  'fadvise64(DONTNEED)': 'EPERM',
+  'fadvise64(WILLNEED)': 'ok',
+  'madvise(MADV_COLD)': 'EPERM',
+  'madvise(MADV_PAGEOUT)': 'EPERM',
+  'madvise(MADV_DONTNEED)': 'ok',
+  'process_madvise()': 'EPERM',
+  'preadv2(RWF_NOWAIT)': 'EOPNOTSUPP',
+  'preadv2(0)': 'ok',
+  'pwritev2(RWF_NOWAIT)': 'EOPNOTSUPP',
 };
 
 export function sandboxSpec(folders: SandboxFolders, rlimits: readonly Rlimit[], role: SandboxRole, etc: readonly string[]): SandboxSpec {

@@ -117,6 +117,99 @@ test("#K1 #K5 host-wide kernel objects: no Linux AIO contexts (fs.aio-max-nr is 
   await finishCase(S, a);
 });
 
+/** Probes and evictions of the page cache, from ctypes and os, on a system file every
+ * session shares with the host; then the ordinary work that must still run. */
+const PAGE_CACHE_SCRIPT = `import ctypes, errno, json, mmap, os, platform
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+nr = {'x86_64': {'mincore': 27, 'cachestat': 451, 'process_madvise': 440}, 'aarch64': {'mincore': 232, 'cachestat': 451, 'process_madvise': 440}}[platform.machine()]
+path = os.__file__  # /usr/lib/python3.x/os.py: the same inode in every session and on the host
+page = mmap.PAGESIZE
+fd = os.open(path, os.O_RDONLY)
+m = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+addr = libc.mmap(None, page, mmap.PROT_READ, mmap.MAP_PRIVATE, fd, 0)
+vec = ctypes.create_string_buffer(1)
+span = (ctypes.c_uint64 * 2)(0, page)
+cs = (ctypes.c_uint64 * 5)()
+r, w = os.pipe()  # offset -1: the pipe's own position; RWF_NOWAIT works on pipes
+
+def outcome(f):
+    try:
+        ctypes.set_errno(0)
+        r = f()
+    except OSError as e:
+        n = e.errno
+    else:
+        if not (isinstance(r, int) and r < 0):
+            return 'ok'
+        n = ctypes.get_errno()
+    return 'EOPNOTSUPP' if n == errno.EOPNOTSUPP else errno.errorcode.get(n, str(n))
+
+res = {
+    'mincore': outcome(lambda: libc.syscall(ctypes.c_long(nr['mincore']), ctypes.c_void_p(addr), ctypes.c_size_t(page), vec)),
+    'cachestat': outcome(lambda: libc.syscall(ctypes.c_long(nr['cachestat']), fd, span, cs, 0)),
+    'process_madvise': outcome(lambda: libc.syscall(ctypes.c_long(nr['process_madvise']), -1, 0, 0, 21, 0)),
+    'preadv2 RWF_NOWAIT': outcome(lambda: os.preadv(fd, [bytearray(64)], 0, os.RWF_NOWAIT)),
+    'pwritev2 RWF_NOWAIT': outcome(lambda: os.pwritev(w, [b'x'], -1, os.RWF_NOWAIT)),
+    'preadv2': outcome(lambda: os.preadv(fd, [bytearray(64)], 0, 0)),
+    'pwritev2 RWF_DSYNC': outcome(lambda: os.pwritev(w, [b'x'], -1, os.RWF_DSYNC)),
+}
+for name in ('DONTNEED', 'NOREUSE', 'NORMAL', 'RANDOM', 'SEQUENTIAL', 'WILLNEED'):
+    res['fadvise ' + name] = outcome(lambda: os.posix_fadvise(fd, 0, 0, getattr(os, 'POSIX_FADV_' + name)))
+# (Python's mmap module may lack the constants of MADV_COLD and MADV_PAGEOUT: 20 and 21)
+for name, advice in (('PAGEOUT', 21), ('COLD', 20), ('DONTNEED', mmap.MADV_DONTNEED), ('WILLNEED', mmap.MADV_WILLNEED), ('SEQUENTIAL', mmap.MADV_SEQUENTIAL), ('RANDOM', mmap.MADV_RANDOM), ('NORMAL', mmap.MADV_NORMAL)):
+    res['madvise ' + name] = outcome(lambda: m.madvise(advice))
+anon = mmap.mmap(-1, 1 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+anon.write(b'a' * (1 << 20))
+res['madvise DONTNEED anon'] = outcome(lambda: anon.madvise(mmap.MADV_DONTNEED))
+res['madvise FREE anon'] = outcome(lambda: anon.madvise(mmap.MADV_FREE))
+import numpy, pandas
+res['numpy'] = int(numpy.ones(4 << 20).sum())
+res['pandas'] = int(pandas.DataFrame({'a': range(1000)})['a'].sum())
+with open(path) as f:
+    res['read'] = len(f.read()) > 1000
+print(json.dumps(res))`;
+
+test('#K6 the page cache of shared system files is no side channel: mincore, cachestat, RWF_NOWAIT reads refused; no eviction (fadvise DONTNEED, MADV_PAGEOUT/COLD); ordinary work runs', async (t) => {
+  const a = await attacker(S, t);
+  const want = {
+    mincore: 'ENOSYS',
+    cachestat: 'ENOSYS',
+    process_madvise: 'EPERM',
+    'preadv2 RWF_NOWAIT': 'EOPNOTSUPP',
+    'pwritev2 RWF_NOWAIT': 'EOPNOTSUPP',
+    preadv2: 'ok',
+    'pwritev2 RWF_DSYNC': 'ok',
+    'fadvise DONTNEED': 'EPERM',
+    'fadvise NOREUSE': 'ok',
+    'fadvise NORMAL': 'ok',
+    'fadvise RANDOM': 'ok',
+    'fadvise SEQUENTIAL': 'ok',
+    'fadvise WILLNEED': 'ok',
+    'madvise PAGEOUT': 'EPERM',
+    'madvise COLD': 'EPERM',
+    'madvise DONTNEED': 'ok',
+    'madvise WILLNEED': 'ok',
+    'madvise SEQUENTIAL': 'ok',
+    'madvise RANDOM': 'ok',
+    'madvise NORMAL': 'ok',
+    'madvise DONTNEED anon': 'ok',
+    'madvise FREE anon': 'ok',
+    numpy: 4 << 20,
+    pandas: 499500,
+    read: true,
+  };
+  // The REPL (an interpreter of the template, or bubblewrap's) and a bash child.
+  const r = await py(S.server, a.id, PAGE_CACHE_SCRIPT, { timeout_seconds: 60 });
+  assert.equal(r.return_code, 0, r.stderr);
+  assert.deepEqual(JSON.parse(r.stdout), want, 'REPL');
+  const b = await pyChild(a.id, PAGE_CACHE_SCRIPT);
+  assert.equal(b.return_code, 0, b.stderr);
+  assert.deepEqual(JSON.parse(b.stdout), want, 'bash child');
+  await finishCase(S, a);
+});
+
 test('#34 no nested namespaces, mounts or chroot: unshare, mount, chroot, new mount API, clone(CLONE_NEW*), clone3', async (t) => {
   const a = await attacker(S, t);
   const b = await sh(

@@ -18,6 +18,7 @@ import { createSession, startServer, upload } from '../helpers/server.js';
 import {
   api,
   attacker,
+  download,
   exists,
   finishCase,
   py,
@@ -185,7 +186,9 @@ test('#S9 tool-call frames whose replies are never read: the server stops readin
     `import _sandbox_driver as d, os
 ch = d.DRIVER.chan
 ch.rfd = os.open('/dev/null', os.O_RDONLY)  # the driver never reads the server's frames again
-body = b'{"call_id":"' + b'c' * 60 + b'","name":"' + b'n' * 120 + b'","input":{}}'
+# (ids as the driver makes them: past four in flight each call is refused with an answer,
+# and the answers back up; an unanswerable call would be a frame of no use, see T8)
+body = b'{"call_id":"' + b'c' * 32 + b'","name":"' + b'n' * 120 + b'","input":{}}'
 for i in range(400000):
     ch.send(ord('T'), body)
 print('never')`,
@@ -731,7 +734,7 @@ os._exit(0)`,
   await finishCase(S, a);
 });
 
-test('#T3 #T4 floods of empty control frames, during a call and from a process left running after it, never hold the loop', async (t) => {
+test('#T3 #T4 floods of empty control frames, during a call (which they end, see T8) and from a process left running after it, never hold the loop', async (t) => {
   const a = await attacker(S, t);
   const flood = `import _sandbox_driver as d, os, struct, time
 raw = struct.pack('>IB', 0, ord('O')) * 13000
@@ -743,12 +746,20 @@ def flood(seconds):
         except BlockingIOError:
             time.sleep(0.001)
 `;
-  // During a call: the victim's calls go on meanwhile.
+  // During a call: the victim's calls go on meanwhile; empty frames are of no use, so the
+  // flood ends with its interpreter (T8).
   const during = py(S.server, a.id, `${flood}flood(3)\nprint('flooded')`, { timeout_seconds: 30 });
   for (let i = 0; i < 5; i++) assert.equal((await py(S.server, S.victim, 'print(1)')).stdout, '1');
-  assert.equal((await during).stdout, 'flooded');
-  // After it: a detached grandchild keeps the channel and floods while no call runs.
-  const after = await py(S.server, a.id, `${flood}if os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        flood(3)\n    os._exit(0)\nos.wait()\nprint('returned')`);
+  const d = await during;
+  assert.equal(d.interpreter_restarted, true, d.stdout);
+  assert.match(d.stderr, /flooded the interpreter's control channel/);
+  // After it: a detached grandchild keeps the channel and floods while no call runs (it
+  // starts once the cell's output pipe is closed, that is once the call is over).
+  const after = await py(
+    S.server,
+    a.id,
+    `${flood}if os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        try:\n            while True:\n                os.write(1, b'.')\n                time.sleep(0.01)\n        except OSError:\n            pass\n        time.sleep(0.2)\n        flood(3)\n    os._exit(0)\nos.wait()\nprint('returned')`,
+  );
   // Its frames may interleave with the driver's own (pipe writes over 4 KiB are not atomic):
   // that garbles only this session's channel, which the server then restarts.
   assert.equal(after.status, 200);
@@ -777,24 +788,146 @@ test('#T5 a reader that trickles a large answer is cut at its deadline (send tim
   assert.ok(cut, 'the trickled download is cut');
 });
 
-test('#T6 a queued call holds its parsed input, not its request body, in the memory budget', async (t) => {
+/** A cell that waits until /workspace/go exists (uploaded by the test), after saying it
+ * started in /workspace/started. */
+const BLOCKER = "import os, time\nopen('/workspace/started', 'w').close()\nwhile not os.path.exists('/workspace/go'):\n    time.sleep(0.05)\nprint('released')";
+
+/** Starts BLOCKER in session `id` and waits until it runs; its answer comes in `call`. */
+async function block(server: { url: string }, id: string) {
+  const call = py(server, id, BLOCKER, { timeout_seconds: 120 });
+  assert.ok(await waitFor(async () => (await download(server, id, 'started')).status === 200, 30_000), 'the blocking call runs');
+  return { call };
+}
+
+/** An exec body of about `bytes` bytes (a padding field the call never reads). */
+function bigExecBody(code: string, bytes: number): string {
+  return JSON.stringify({ tool: 'code_execution', input: { code }, padding: 'p'.repeat(bytes) });
+}
+
+test('#T6 a queued call and the running one hold their parsed bodies in the memory budget until their answers end, at their parsed size', async (t) => {
   const a = await attacker(S, t);
-  let pending = 6;
-  const calls = Array.from({ length: 6 }, () =>
-    api(S.server, 'POST', `/sessions/${a.id}/exec`, { tool: 'code_execution', input: { code: 'import time\ntime.sleep(1)' }, padding: 'p'.repeat(1_000_000) }).finally(
-      () => pending--,
-    ),
+  const used = async () => ((await api(S.server, 'GET', '/health')).body as { memory_budget: { used_bytes: number } }).memory_budget.used_bytes;
+  assert.equal(await used(), 0);
+  const blocker = bigExecBody(BLOCKER, 1_000_000);
+  const running = fetch(`${S.server.url}/sessions/${a.id}/exec`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: blocker });
+  assert.ok(await waitFor(async () => (await download(S.server, a.id, 'started')).status === 200, 30_000), 'the blocking call runs');
+  const queued = api(S.server, 'POST', `/sessions/${a.id}/exec`, JSON.parse(bigExecBody("print('queued')", 1_000_000)));
+  // Queued once a third call is refused (this suite's queue holds one).
+  assert.ok(await waitFor(async () => (await py(S.server, a.id, 'print(3)')).status === 429, 20_000), 'the second call waits in the queue');
+  // Both bodies are held as parsed (two bytes per byte of text and a few tokens), not
+  // released at parse, and not at the three times their size they held while arriving.
+  const held = await used();
+  assert.ok(held >= 4 * blocker.length && held < 4 * blocker.length + 64 * 1024, `${held} bytes held for two bodies of ${blocker.length}`);
+  assert.equal((await upload(S.server, a.id, 'go', { path: 'go' })).status, 201);
+  assert.equal((await running).status, 200);
+  const q = await queued;
+  assert.equal(q.status, 200);
+  assert.equal(q.body.result_block.content.stdout, 'queued');
+  assert.ok(await waitFor(async () => (await used()) === 0, 20_000), 'the budget is freed with the answers');
+  await finishCase(S, a);
+});
+
+test('#T7 full queues of large bodies in many sessions stay within the memory budget: past it 503 SBX_SERVER_BUSY with Retry-After; freed when the calls end', async (t) => {
+  const srv = await startServer({ SANDBOX_SERVER_MEMORY_BUDGET_MB: '16', SANDBOX_EXEC_QUEUE_MAX: '8' });
+  t.after(() => srv.stop());
+  const budgetBytes = 16 * 1024 * 1024;
+  const used = async () => ((await api(srv, 'GET', '/health')).body as { memory_budget: { used_bytes: number } }).memory_budget.used_bytes;
+  const ids = await Promise.all([0, 1, 2].map(() => createSession(srv)));
+  const blockers = [];
+  for (const id of ids) blockers.push((await block(srv, id)).call);
+  const before = await serverRssKb(srv);
+  const u = new URL(srv.url);
+  const sockets: net.Socket[] = [];
+  t.after(() => {
+    for (const x of sockets) x.destroy();
+  });
+  // 8 bodies of 1 MB for each session's queue (24 MB of text, 48 MB parsed, against a
+  // budget of 16 MiB), one at a time: each is either refused or held before the next.
+  const body = bigExecBody("print('ran')", 1_000_000);
+  const answers: Promise<string>[] = [];
+  let refused = 0;
+  let queued = 0;
+  let peak = 0;
+  for (const id of ids) {
+    for (let i = 0; i < 8; i++) {
+      const start = await used();
+      const s = net.connect(Number(u.port), u.hostname);
+      sockets.push(s);
+      s.on('error', () => {});
+      // (A refused body's answer comes while the rest of it is unread: the answer is taken
+      // as soon as it is whole, not when the server closes the connection.)
+      let got = '';
+      let answered = false;
+      answers.push(
+        new Promise((resolve) => {
+          const end = () => {
+            answered = true;
+            resolve(got);
+            s.destroy();
+          };
+          s.on('data', (d: Buffer) => {
+            got += d.toString('latin1');
+            const head = got.indexOf('\r\n\r\n');
+            const length = Number(/\r\ncontent-length: (\d+)/i.exec(got)?.[1] ?? NaN);
+            if (head >= 0 && got.length - head - 4 >= length) end();
+          });
+          s.once('close', end);
+        }),
+      );
+      s.write(`POST /sessions/${id}/exec HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n`);
+      s.write(body);
+      let now = start;
+      assert.ok(await waitFor(async () => answered || (now = await used()) >= start + 2 * body.length, 30_000), 'each body is refused or held');
+      peak = Math.max(peak, now);
+      if (answered) refused++;
+      else queued++;
+    }
+  }
+  t.diagnostic(`${queued} bodies held, ${refused} refused; at most ${peak} bytes charged`);
+  assert.ok(queued >= 1 && refused >= 1, `${queued} held, ${refused} refused`);
+  assert.ok(peak <= budgetBytes, `${peak} bytes charged, more than the budget`);
+  const rss = (await serverRssKb(srv)) - before;
+  assert.ok(rss < RSS_GROWTH_KB, `server RSS grew by ${rss} KiB`);
+  for (const id of ids) assert.equal((await upload(srv, id, 'go', { path: 'go' })).status, 201);
+  for (const b of await Promise.all(blockers)) assert.equal(b.stdout, 'released');
+  const texts = await Promise.all(answers);
+  const statuses = texts.map((x) => x.slice(0, 12));
+  assert.equal(statuses.filter((x) => x === 'HTTP/1.1 200').length, queued, `statuses: ${[...new Set(statuses)].join(' | ')}`);
+  const busy = texts.filter((x) => x.startsWith('HTTP/1.1 503'));
+  assert.equal(busy.length, refused);
+  for (const x of busy) {
+    assert.match(x, /\r\nretry-after: 1\r\n/i);
+    assert.match(x, /"code":"SBX_SERVER_BUSY"/);
+  }
+  assert.ok(await waitFor(async () => (await used()) === 0, 20_000), 'the budget is back to 0');
+  assert.equal((await py(srv, ids[0]!, 'print(6 * 7)')).stdout, '42');
+});
+
+test('#T8 a flood of forged frames of no use (empty output, done frames of no call, hellos, unanswerable tool calls) ends its interpreter with a note; the next call gets a fresh one', async (t) => {
+  const a = await attacker(S, t);
+  assert.equal((await py(S.server, a.id, 'kept = 1')).status, 200);
+  // The junk goes out before the cell's own done frame, so the server meets it first.
+  const r = await py(
+    S.server,
+    a.id,
+    `import _sandbox_driver as d, json, struct
+def frame(kind, body):
+    return struct.pack('>IB', len(body), ord(kind)) + body
+cell = d.DRIVER.cell.id
+junk = [frame('O', b''), frame('R', b''), frame('D', json.dumps({'id': cell + 1000, 'return_code': 0}).encode()), frame('H', b'{}'), frame('X', b'{"error": "x"}'), frame('T', b'{"name": "x"}')]
+d.DRIVER.chan.send_raw(b''.join(junk[i % len(junk)] for i in range(6000)))
+print('sent')`,
+    { timeout_seconds: 20 },
   );
-  let seenWhileQueued = false;
-  assert.ok(
-    await waitFor(async () => {
-      const used = (await api(S.server, 'GET', '/health')).body.memory_budget.used_bytes;
-      if (used === 0 && pending >= 2) seenWhileQueued = true;
-      return seenWhileQueued || pending === 0;
-    }, 30_000),
+  assert.equal(r.status, 200);
+  assert.equal(r.return_code, -1);
+  assert.equal(r.interpreter_restarted, true, JSON.stringify(r.body).slice(0, 400));
+  assert.match(
+    r.stderr,
+    /runner: the code flooded the interpreter's control channel: 1025 frames in this call were of no use to the server \(at most 1024 more than the 0 it used\); the interpreter was restarted and its state was lost/,
   );
-  assert.ok(seenWhileQueued, 'the budget was free while calls were still queued');
-  for (const c of await Promise.all(calls)) assert.ok(c.status === 200 || c.status === 429, String(c.status));
+  const next = await py(S.server, a.id, "print('kept' in globals())");
+  assert.equal(next.stdout, 'False', 'the next call runs in a fresh interpreter');
   await finishCase(S, a);
 });
 

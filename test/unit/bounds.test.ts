@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { MemoryBudget } from '../../src/budget.js';
-import { jsonTooComplex } from '../../src/json-bounds.js';
+import { jsonTokens, jsonTooComplex } from '../../src/json-bounds.js';
 import { CappedBuffer } from '../../src/runner/output.js';
 import { nestedDeeperThan } from '../../src/tools/platform-tools.js';
 
@@ -37,6 +37,9 @@ test('jsonTooComplex counts structural tokens outside strings only', () => {
   assert.equal(jsonTooComplex(enc(JSON.stringify({ code: `x = [${'1,'.repeat(10_000)}]; s = "{[:,\\"]}"` })), 10), false);
   assert.equal(jsonTooComplex(enc(JSON.stringify({ s: 'a\\"b' })), 3), false);
   assert.equal(jsonTooComplex(enc(`[${'['.repeat(100)}`), 50), true);
+  // The count itself (what a parsed body is charged by), up to the limit plus one.
+  assert.equal(jsonTokens(enc('{"a":[1,2,3],"b":"x,y"}')), 7);
+  assert.equal(jsonTokens(enc(`[${Array(100).fill('0').join(',')}]`), 10), 11);
 });
 
 test('nestedDeeperThan walks iteratively (no stack overflow) and measures nesting', () => {

@@ -50,7 +50,7 @@ interface Fixture {
   count(method: string): number;
 }
 
-async function setup(t: TestContext): Promise<Fixture> {
+async function setup(t: TestContext, opts: { budget?: MemoryBudget; exec?: Executor['exec'] } = {}): Promise<Fixture> {
   const libDir = await mkdtemp(`${tmpdir()}/sbx-unit-lib-`);
   t.after(() => rm(libDir, { recursive: true, force: true }));
   const calls: unknown[][] = [];
@@ -97,7 +97,7 @@ async function setup(t: TestContext): Promise<Fixture> {
   const exec: Executor = {
     async exec(target: Session, body: ExecBody, signal?: AbortSignal) {
       calls.push(['exec.exec', target.id, body, signal instanceof AbortSignal]);
-      return answer('hi\n');
+      return opts.exec ? opts.exec(target, body, signal) : answer('hi\n');
     },
   };
   const app = await buildApp({
@@ -107,7 +107,7 @@ async function setup(t: TestContext): Promise<Fixture> {
     exec,
     isolation: ISOLATION,
     version: '0.0.0-test',
-    budget: new MemoryBudget(64 * 1024 * 1024),
+    budget: opts.budget ?? new MemoryBudget(64 * 1024 * 1024),
   });
   t.after(() => app.close());
   return { app, session, libDir, calls, vanishing, count: (method) => calls.filter((c) => c[0] === method).length };
@@ -251,4 +251,45 @@ test('POST /sessions and /health answer from the services they are given', async
   assert.equal(h.version, '0.0.0-test');
   assert.deepEqual(h.warm_pool, { target: 2, ready: 1, starting: 1 });
   assert.deepEqual(h.isolation, ISOLATION);
+});
+
+test('a large body stays charged to the memory budget until its answer ends (a waiting call holds it); past the budget, 503 with Retry-After', async (t) => {
+  const budget = new MemoryBudget(1024 * 1024);
+  const waiting: (() => void)[] = [];
+  const f = await setup(t, {
+    budget,
+    exec: () => new Promise<ExecResponse>((resolve) => waiting.push(() => resolve(answer('done\n')))),
+  });
+  const post = (body: unknown) => f.app.inject({ method: 'POST', url: '/sessions/sbx_known/exec', ...json(body) });
+  const call = (padding: number) => post({ tool: 'code_execution', input: { code: 'x' }, padding: 'p'.repeat(padding) });
+  /** Until `n` calls wait in the (fake) exec service. */
+  const calls = async (n: number) => {
+    while (waiting.length < n) await new Promise((r) => setImmediate(r));
+  };
+  const raw = JSON.stringify({ tool: 'code_execution', input: { code: 'x' }, padding: 'p'.repeat(200_000) }).length;
+  const first = call(200_000);
+  const second = call(200_000);
+  await calls(2);
+  // Both held at their parsed size (2 bytes per byte of text, plus their few tokens), not
+  // the three times their raw size they held while arriving.
+  assert.ok(budget.usedBytes >= 2 * 2 * raw && budget.usedBytes < 2 * 3 * raw, `${budget.usedBytes} bytes held for two bodies of ${raw}`);
+  // A third does not fit: refused before the call is made.
+  const third = await call(200_000);
+  assert.equal(third.statusCode, 503);
+  assert.equal(third.json().code, 'SBX_SERVER_BUSY');
+  assert.equal(third.headers['retry-after'], '1');
+  assert.equal(waiting.length, 2);
+  // A small body is never charged, however full the budget.
+  const small = call(1000);
+  await calls(3);
+  for (const w of waiting.splice(0)) w();
+  for (const r of await Promise.all([first, second, small])) assert.equal(r.statusCode, 200);
+  assert.equal(budget.usedBytes, 0);
+  // Few bytes with many values are charged by their values.
+  const values = post({ tool: 'code_execution', input: { code: 'x' }, many: Array(5_000).fill(0) });
+  await calls(1);
+  assert.ok(budget.usedBytes >= 96 * 5_000, `${budget.usedBytes} bytes held for 5,000 values`);
+  waiting[0]!();
+  assert.equal((await values).statusCode, 200);
+  assert.equal(budget.usedBytes, 0);
 });

@@ -9,7 +9,7 @@ import { describeLimit, type LimitKind } from '../../src/limits.js';
 import assert from 'node:assert/strict';
 import { PassThrough } from 'node:stream';
 import { encodeFrame, FrameDecoder, FrameKind, type Frame } from '../../src/runner/frame-codec.js';
-import { Interpreter, type ExecOutcome, type ExecRequest, type InterpreterOptions } from '../../src/runner/interpreter.js';
+import { Interpreter, MAX_WASTED_FRAMES, type ExecOutcome, type ExecRequest, type InterpreterOptions } from '../../src/runner/interpreter.js';
 import type { ControlChannel, ExitInfo, InterpreterProcess } from '../../src/sandbox/launcher.js';
 
 /** An InterpreterProcess whose driver is the test: it reads what the client sends
@@ -195,6 +195,56 @@ test('a frame of an unknown kind is a protocol error: the call reports the state
   assert.match(o.notes.join('\n'), /unknown frame kind "E" from the interpreter/);
   assert.equal(proc.kills, 1);
   assert.equal(interp.alive, false);
+});
+
+test('frames of no use past MAX_WASTED_FRAMES beyond those a call used kill the interpreter with a note', async (t) => {
+  const { interp, proc } = await started(t);
+  // A call that uses some frames may waste as many more than MAX_WASTED_FRAMES: it ends normally.
+  const fine = exec(interp, { maxOutputBytes: 4 });
+  const req = await proc.expect(FrameKind.Exec);
+  const junk = [
+    encodeFrame(FrameKind.Stdout, ''), // keeps no byte
+    encodeFrame(FrameKind.Done, done(Number(req.id) + 7)), // another call's
+    encodeFrame(FrameKind.Hello, {}), // after the start
+    encodeFrame(FrameKind.SetupFailed, { error: 'x' }),
+    encodeFrame(FrameKind.ToolCall, '{"name":"no id"}'), // cannot even be answered
+  ];
+  const wire = (n: number) => Buffer.concat(Array.from({ length: n }, (_, i) => junk[i % junk.length]!));
+  proc.send(FrameKind.Stdout, 'abc'); // used: 3 bytes kept
+  proc.send(FrameKind.Stderr, 'd'); // used
+  proc.sendRaw(wire(MAX_WASTED_FRAMES + 2));
+  proc.send(FrameKind.Stdout, 'e'); // the fourth byte: used
+  proc.send(FrameKind.Stdout, 'f'); // past the cap: of no use (the limit is reached exactly)
+  proc.send(FrameKind.Done, done(req.id));
+  const o = await fine;
+  assert.equal(o.returnCode, 0, o.notes.join('\n'));
+  assert.equal(o.stdout.text(), 'abce');
+  assert.equal(proc.kills, 0);
+  // The count starts again with each call; one more than the bound is a kill.
+  const flood = exec(interp);
+  await proc.expect(FrameKind.Exec);
+  proc.sendRaw(wire(MAX_WASTED_FRAMES + 1));
+  const f = await flood;
+  assert.equal(f.returnCode, -1);
+  assert.equal(f.stateLost, true);
+  assert.match(
+    f.notes.join('\n'),
+    /^runner: the code flooded the interpreter's control channel: 1025 frames in this call were of no use to the server \(at most 1024 more than the 0 it used\); the interpreter was restarted and its state was lost$/,
+  );
+  assert.equal(proc.kills, 1);
+  assert.equal(interp.alive, false);
+});
+
+test('answered tool-call refusals are not frames of no use: a driver that never reads them meets backpressure instead', async (t) => {
+  const { interp, proc } = await started(t);
+  const run = exec(interp, { onToolCall: () => new Promise(() => {}) }); // calls never return
+  const req = await proc.expect(FrameKind.Exec);
+  const call = (i: number) => encodeFrame(FrameKind.ToolCall, { call_id: i.toString(16).padStart(32, '0'), name: 't', input: {} });
+  proc.sendRaw(Buffer.concat(Array.from({ length: 3 * MAX_WASTED_FRAMES }, (_, i) => call(i))));
+  for (let i = 0; i < 3 * MAX_WASTED_FRAMES - 4; i++) assert.equal((await proc.expect(FrameKind.ToolReply)).ok, false);
+  proc.send(FrameKind.Done, done(req.id));
+  assert.equal((await run).returnCode, 0);
+  assert.equal(proc.kills, 0);
 });
 
 test('a frame longer than the limit is a protocol error before its body arrives', async (t) => {
