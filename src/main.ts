@@ -20,8 +20,8 @@ import { compareKinds } from './sandbox/probe-compare.js';
 import { ETC_ALLOW_LIST, sandboxSpec } from './sandbox/spec.js';
 import { sandboxRlimits } from './limits.js';
 import { Zygote } from './sandbox/zygote.js';
-import { boxFactory, removeTree } from './sessions/box.js';
-import { detectCgroups } from './sandbox/cgroups.js';
+import { boxFactory, removeTree, sessionCgroupLimits } from './sessions/box.js';
+import { detectCgroups, type ParentBound } from './sandbox/cgroups.js';
 import { canMountTmpfs } from './sandbox/mounts.js';
 import { SessionManager } from './sessions/manager.js';
 import { ExecService } from './sessions/exec.js';
@@ -138,6 +138,9 @@ async function prepareIsolation(
         ? `tmpfs of ${config.workspaceMb} MiB per session`
         : 'none per session (mounting a tmpfs needs root with CAP_SYS_ADMIN); RLIMIT_FSIZE still caps each file',
       memory_limit: `RLIMIT_AS ${config.memoryMb} MiB per process`,
+      socket_memory: 'not bounded per session (no memory cgroup)',
+      kernel_memory: 'not bounded per session (no memory cgroup)',
+      sessions_total: 'not bounded as a whole (no writable cgroup)',
     };
     return { isolation, templateOk, commandsOk };
   } finally {
@@ -147,6 +150,18 @@ async function prepareIsolation(
     }
     await removeTree(dir).catch((e: unknown) => log.warn({ err: String(e) }, 'could not remove the probe folder'));
   }
+}
+
+/** The parent cgroup's bound, as /health says it: what holds, and what the kernel refused. */
+function describeParentBound(bound: ParentBound, parent: string): string {
+  const MiB = 1024 * 1024;
+  const held = [
+    bound.memoryBytes !== null ? `memory ${Math.floor(bound.memoryBytes / MiB)} MiB` : null,
+    bound.tcpBytes !== null ? `TCP buffers ${Math.floor(bound.tcpBytes / MiB)} MiB` : null,
+    bound.pidsMax !== null ? `${bound.pidsMax} processes and threads` : null,
+  ].filter((x) => x !== null);
+  const text = held.length > 0 ? `${held.join(', ')} for all sessions together (SANDBOX_MAX_SESSIONS times a session's limits; ${parent})` : 'not bounded as a whole';
+  return bound.problems.length > 0 ? `${text}; not set: ${bound.problems.join('; ')}` : text;
 }
 
 /**
@@ -386,7 +401,14 @@ async function main(): Promise<void> {
   isolation.memory_limit = cgroups
     ? `${cgroups.describe}, and RLIMIT_AS ${config.memoryMb} MiB per process`
     : `RLIMIT_AS ${config.memoryMb} MiB per process (no writable cgroup: no per-session total)`;
-  if (cgroups) isolation.protections.push('memory limit per session (cgroup)');
+  if (cgroups) {
+    isolation.protections.push('memory limit per session (cgroup)');
+    isolation.socket_memory = cgroups.socketMemory;
+    isolation.kernel_memory = cgroups.kernelMemory;
+    const bound = await cgroups.boundParent(sessionCgroupLimits(config), config.maxSessions);
+    isolation.sessions_total = describeParentBound(bound, cgroups.parent);
+    if (bound.problems.length > 0) log.warn({ problems: bound.problems }, "the kernel refused part of the bound on all sessions together (the server's parent cgroup)");
+  }
   if (cgroups?.controllers.includes('pids')) isolation.protections.push(`at most ${config.sessionPidsMax} processes and threads per session (pids cgroup)`);
   if (cgroups?.controllers.includes('cpu')) isolation.protections.push('an equal CPU share per session (cpu cgroup)');
   log.info({ isolation }, `isolation mode: ${isolation.mode}, interpreters ${isolation.interpreters}`);

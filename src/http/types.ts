@@ -37,6 +37,12 @@ export interface IsolationInfo {
   uid_range?: string;
   disk_quota: string;
   memory_limit: string;
+  /** Whether a session's socket buffers count against a limit of its own. */
+  socket_memory: string;
+  /** Whether memory the kernel holds for a session's objects counts against its limit. */
+  kernel_memory: string;
+  /** The bound on all of this server's sessions together (its parent cgroup). */
+  sessions_total: string;
 }
 
 export interface AppDeps {
