@@ -43,6 +43,8 @@ export interface IsolationInfo {
   kernel_memory: string;
   /** The bound on all of this server's sessions together (its parent cgroup). */
   sessions_total: string;
+  /** The ptys a sandbox may hold, and whether all sessions together fit the host's. */
+  ptys: string;
 }
 
 export interface AppDeps {

@@ -126,7 +126,14 @@ export class Box {
 
   /** The sandbox of every process of this box: its interpreter and each bash command. */
   private spec(role: SandboxRole): SandboxSpec {
-    const folders = { workspaceDir: this.workspaceDir, tmpDir: this.tmpDir, driverDir: this.deps.driverHostDir, libDir: this.libDir, shmBytes: this.deps.config.shmMb * MiB };
+    const folders = {
+      workspaceDir: this.workspaceDir,
+      tmpDir: this.tmpDir,
+      driverDir: this.deps.driverHostDir,
+      libDir: this.libDir,
+      shmBytes: this.deps.config.shmMb * MiB,
+      ptysMax: this.deps.config.sessionPtysMax,
+    };
     return sandboxSpec(folders, sandboxRlimits(this.limits), role, this.deps.hostEtc);
   }
 

@@ -35,6 +35,7 @@ const ISOLATION = {
   socket_memory: 'none',
   kernel_memory: 'none',
   sessions_total: 'none',
+  ptys: 'none',
 };
 
 function answer(stdout: string): ExecResponse {
