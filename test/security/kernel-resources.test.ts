@@ -5,12 +5,15 @@
  *   - socket buffers: loopback TCP connections filled without reading stop at the
  *     session's limit (cgroup v1: memory.kmem.tcp; v2: the memory cgroup itself);
  *   - all sessions together: the server's parent cgroup holds memory and processes to
- *     SANDBOX_MAX_SESSIONS times a session's limits, even with a session's own limits gone.
+ *     SANDBOX_MAX_SESSIONS times a session's limits, even with a session's own limits gone;
+ *   - ptys: a session that opens ptys until it cannot gets SANDBOX_SESSION_PTYS_MAX of
+ *     them, and the victim still opens one meanwhile; in both kinds of sandbox (the
+ *     template's, and bubblewrap's on a server of its own with SANDBOX_PYTHON_TEMPLATE=off).
  * Settings are small so the limits are crossed quickly: 2 sessions at most, 128 MiB of
  * memory, 16 MiB of disk and 1 MiB of /dev/shm per session (a 145 MiB memory cgroup), 48
- * processes per session.
+ * processes and 8 ptys per session.
  */
-import { before, after, test } from 'node:test';
+import { before, after, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
@@ -20,6 +23,7 @@ const MiB = 1024 * 1024;
 const SESSION_MEMORY_BYTES = (128 + 16 + 1) * MiB;
 const SESSION_PIDS = 48;
 const MAX_SESSIONS = 2;
+const PTYS = 8;
 let S: Suite;
 
 before(async () => {
@@ -32,6 +36,7 @@ before(async () => {
     SANDBOX_SESSION_PIDS_MAX: String(SESSION_PIDS),
     SANDBOX_RUNNER_NPROC: '400',
     SANDBOX_RUNNER_NOFILE: '1024',
+    SANDBOX_SESSION_PTYS_MAX: String(PTYS),
   });
 });
 
@@ -261,4 +266,45 @@ test('all sessions together: the parent cgroup holds SANDBOX_MAX_SESSIONS times 
   }
   assert.equal(r.limit_exceeded, 'memory');
   await finishCase(S, a, [cg.marker, marker]);
+});
+
+/** Opens ptys until the kernel refuses one, keeps them (`held`); prints how many and why it stopped. */
+const OPEN_PTYS = [
+  'import errno, os',
+  'held = []',
+  'try:',
+  '    while len(held) < 5000:',
+  '        held.append(os.openpty())',
+  'except OSError as e:',
+  '    print(len(held), errno.errorcode[e.errno])',
+].join('\n');
+const ONE_PTY = 'import os\nm, s = os.openpty()\nprint(os.ttyname(s))\nos.close(m)\nos.close(s)';
+
+async function ptyCase(suite: Suite, t: TestContext, kind: 'template' | 'bubblewrap'): Promise<void> {
+  const h = await api(suite.server, 'GET', '/health');
+  assert.equal(h.body.isolation.interpreters, kind === 'template' ? 'forked from the template' : 'bubblewrap', 'the kind of sandbox under test');
+  const a = await attacker(suite, t);
+  const r = await py(suite.server, a.id, OPEN_PTYS);
+  assert.equal(r.stdout, `${PTYS} ENOSPC`, `the session stops at its cap: ${r.stdout} ${r.stderr}`);
+  // Meanwhile another session still gets one (from its own devpts).
+  const v = await py(suite.server, suite.victim, ONE_PTY);
+  assert.match(v.stdout, /^\/dev\/pts\/\d+$/, `the victim opens a pty while the attacker holds ${PTYS}: ${v.stdout} ${v.stderr}`);
+  // A bash command of the attacker: in the template's sandbox it shares the interpreter's
+  // devpts (the cap is the session's); in bubblewrap it has one of its own, capped alike.
+  const b = await sh(suite.server, a.id, `python3 -c '${OPEN_PTYS.replace(/'/g, '"')}'`);
+  assert.equal(b.stdout, kind === 'template' ? '0 ENOSPC\n' : `${PTYS} ENOSPC\n`, `a bash command of the session: ${b.stdout} ${b.stderr}`);
+  // Released, they can be opened again.
+  const again = await py(suite.server, a.id, `for m, s in held:\n    os.close(m)\n    os.close(s)\n${ONE_PTY}`);
+  assert.match(again.stdout, /^\/dev\/pts\/\d+$/, again.stderr);
+  await finishCase(suite, a);
+}
+
+test('ptys: a session opening ptys in a loop gets SANDBOX_SESSION_PTYS_MAX, the victim still opens one (template sandbox)', async (t) => {
+  await ptyCase(S, t, 'template');
+});
+
+test('ptys: the same in bubblewrap sandboxes (SANDBOX_PYTHON_TEMPLATE=off), whose devpts is capped while bwrap waits', async (t) => {
+  const B = await startSuite({ SANDBOX_PYTHON_TEMPLATE: 'off', SANDBOX_SESSION_PTYS_MAX: String(PTYS) });
+  t.after(() => stopSuite(B));
+  await ptyCase(B, t, 'bubblewrap');
 });
