@@ -70,6 +70,22 @@ def mounts() -> list[list[Any]]:
     return sorted(e[3] for e in template_rule("reachable")(entries))
 
 
+def devpts() -> dict[str, str]:
+    """The options of the devpts at /dev/pts (mode, ptmxmode, and max when it has one:
+    how many ptys the sandbox may hold), from the mount table."""
+    found = ""  # the last one listed, if /dev/pts were mounted over
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.rstrip("\n").partition(" - ")
+            if unescape(left.split(" ")[4]) == "/dev/pts" and right.split(" ")[0] == "devpts":
+                found = right.split(" ")[2]
+    options: dict[str, str] = {}
+    for option in found.split(","):
+        key, _, value = option.partition("=")
+        options[key] = value
+    return {k: options[k] for k in ("mode", "ptmxmode", "max") if k in options}
+
+
 def rlimits() -> dict[str, list[int]]:
     out, seen = {}, set()
     for name in sorted(n for n in dir(resource) if n.startswith("RLIMIT_")):
@@ -267,6 +283,7 @@ def main() -> None:
     os.umask(umask)
     report: dict[str, Any] = {
         "mounts": mounts(),
+        "devpts": devpts(),
         "rlimits": rlimits(),
         "uid": list(os.getresuid()),
         "gid": list(os.getresgid()),

@@ -305,7 +305,7 @@ def build_root(mounts, base):
             os.makedirs(dest, 0o755, exist_ok=True)
             mount_proc(dest)
         elif op == "dev":
-            build_dev(dest, host)
+            build_dev(dest, host, int(m["ptysMax"]))
         elif op == "tmpfs":
             os.makedirs(dest, 0o755, exist_ok=True)
             mount("tmpfs", dest, "tmpfs", MS_NOSUID | MS_NODEV, f"mode={int(m['mode']):o},size={int(m['sizeBytes'])}")
@@ -349,9 +349,10 @@ def verify_mounts(mounts, new):
                 raise OSError(errno.EPERM, f"mount {point[len(new):]} lacks {'ro, ' if m['readonly'] else ''}nosuid or nodev")
 
 
-def build_dev(dev, host):
+def build_dev(dev, host, ptys_max):
     """bubblewrap's --dev: a tmpfs with the harmless device nodes bound in from the host,
-    the standard symlinks, a private devpts and a folder for shm."""
+    the standard symlinks, a private devpts and a folder for shm. The devpts holds at most
+    `ptys_max` ptys (bubblewrap's gets the same cap from the server while bwrap waits)."""
     os.makedirs(dev, 0o755, exist_ok=True)
     mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
     for node in ("null", "zero", "full", "random", "urandom", "tty"):
@@ -363,7 +364,7 @@ def build_dev(dev, host):
     os.symlink("/proc/kcore", f"{dev}/core")
     os.mkdir(f"{dev}/shm", 0o755)
     os.mkdir(f"{dev}/pts", 0o755)
-    mount("devpts", f"{dev}/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=620")
+    mount("devpts", f"{dev}/pts", "devpts", MS_NOSUID | MS_NOEXEC, f"newinstance,ptmxmode=0666,mode=620,max={ptys_max}")
     os.symlink("pts/ptmx", f"{dev}/ptmx")
 
 

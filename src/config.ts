@@ -38,6 +38,13 @@ const SETTINGS = {
   defaultTimeoutSeconds: int('SANDBOX_DEFAULT_TIMEOUT_SECONDS', 30, 1, 24 * 3600, 'Timeout of a call that names none, seconds'),
   maxProcesses: int('SANDBOX_RUNNER_NPROC', 256, 8, 100_000, 'Processes per session'),
   sessionPidsMax: int('SANDBOX_SESSION_PIDS_MAX', 1024, 16, 1_000_000, 'Processes and threads of one session together (pids cgroup, where one can be made)'),
+  sessionPtysMax: int(
+    'SANDBOX_SESSION_PTYS_MAX',
+    16,
+    1,
+    65536,
+    "Pseudo-terminals a sandbox may hold at once (its private devpts is mounted with this max, below the host's kernel.pty.max)",
+  ),
   workspaceMb: int('SANDBOX_WORKSPACE_MB', 1024, 1, 1024 * 1024, 'Disk per session (workspace and /tmp together), MiB'),
   shmMb: int('SANDBOX_SHM_MB', 64, 1, 64 * 1024, 'Size of the private /dev/shm of a sandbox, MiB'),
   maxUploadBytes: int('SANDBOX_MAX_UPLOAD_BYTES', 100 * MiB, 1, 64 * 1024 * MiB, 'Largest upload, bytes'),

@@ -12,6 +12,7 @@ import { loadConfig, ConfigError, preloadList, type Config } from './config.js';
 import { createLogger, type Logger } from './log.js';
 import { Launcher } from './sandbox/launcher.js';
 import { Pipes } from './sandbox/pipes.js';
+import { DevptsCap } from './sandbox/devpts-cap.js';
 import { UidAllocator, killUid, pidsOfUids } from './sandbox/uids.js';
 import { hostFileMax, openFilesBound } from './sandbox/open-files.js';
 import { claimUidRange, UidRangeTaken, type UidClaim } from './sandbox/uid-claims.js';
@@ -21,8 +22,8 @@ import { compareKinds } from './sandbox/probe-compare.js';
 import { ETC_ALLOW_LIST, sandboxSpec } from './sandbox/spec.js';
 import { sandboxRlimits } from './limits.js';
 import { Zygote } from './sandbox/zygote.js';
-import { boxFactory, removeTree } from './sessions/box.js';
-import { detectCgroups } from './sandbox/cgroups.js';
+import { boxFactory, removeTree, sessionCgroupLimits } from './sessions/box.js';
+import { detectCgroups, type ParentBound } from './sandbox/cgroups.js';
 import { canMountTmpfs } from './sandbox/mounts.js';
 import { SessionManager } from './sessions/manager.js';
 import { ExecService } from './sessions/exec.js';
@@ -35,6 +36,7 @@ import type { IsolationInfo } from './http/types.js';
 const here = (rel: string) => fileURLToPath(new URL(rel, import.meta.url));
 const DRIVER_DIR = here('../../sandbox-python');
 const SECCOMP_GEN = here('../../sandbox-host/seccomp-gen.py');
+const DEVPTS_CAP = here('../../sandbox-host/devpts-cap.py');
 /** The entries of the sandbox's /etc allow-list this host has. */
 const HOST_ETC = ETC_ALLOW_LIST.filter((p) => existsSync(p));
 const VERSION = (JSON.parse(readFileSync(here('../../package.json'), 'utf8')) as { version: string }).version;
@@ -74,7 +76,14 @@ async function prepareIsolation(
   try {
     for (const d of [dir, `${dir}/workspace`, `${dir}/tmp`, `${dir}/lib`]) await fsp.mkdir(d, { mode: 0o711 });
     if (uid !== undefined) for (const d of [`${dir}/workspace`, `${dir}/tmp`]) await fsp.chown(d, uid, uid);
-    const folders = { workspaceDir: `${dir}/workspace`, tmpDir: `${dir}/tmp`, libDir: `${dir}/lib`, driverDir: DRIVER_DIR, shmBytes: config.shmMb * 1024 * 1024 };
+    const folders = {
+      workspaceDir: `${dir}/workspace`,
+      tmpDir: `${dir}/tmp`,
+      libDir: `${dir}/lib`,
+      driverDir: DRIVER_DIR,
+      shmBytes: config.shmMb * 1024 * 1024,
+      ptysMax: config.sessionPtysMax,
+    };
     const limits = { addressSpaceBytes: config.memoryMb * 1024 * 1024, cpuSeconds: 10, fileSizeBytes: 1 << 20, openFiles: 64, processes: 16 };
     const spec = sandboxSpec(folders, sandboxRlimits(limits), { kind: 'interpreter', preload: preloadList(config) }, HOST_ETC);
     const host = hostFacts(privileged);
@@ -128,6 +137,8 @@ async function prepareIsolation(
     log.info({ kinds, mounts: (bwrap.dump.mounts as unknown[]).length }, 'every sandbox kind matches the sandbox description');
     if (privileged) protections.push('distinct unprivileged host uid per session');
     if (tmpfsQuota) protections.push('disk quota per session (tmpfs)');
+    // (the probes just compared each kind's devpts options with the spec)
+    protections.push(`at most ${config.sessionPtysMax} ptys per sandbox (its own devpts)`);
     const isolation: IsolationInfo = {
       mode: privileged ? 'root' : 'rootless',
       interpreters: templateOk ? 'forked from the template' : 'bubblewrap',
@@ -139,6 +150,10 @@ async function prepareIsolation(
         ? `tmpfs of ${config.workspaceMb} MiB per session`
         : 'none per session (mounting a tmpfs needs root with CAP_SYS_ADMIN); RLIMIT_FSIZE still caps each file',
       memory_limit: `RLIMIT_AS ${config.memoryMb} MiB per process`,
+      socket_memory: 'not bounded per session (no memory cgroup)',
+      kernel_memory: 'not bounded per session (no memory cgroup)',
+      sessions_total: 'not bounded as a whole (no writable cgroup)',
+      ptys: describePtys(config, log),
     };
     return { isolation, templateOk, commandsOk };
   } finally {
@@ -148,6 +163,43 @@ async function prepareIsolation(
     }
     await removeTree(dir).catch((e: unknown) => log.warn({ err: String(e) }, 'could not remove the probe folder'));
   }
+}
+
+/**
+ * Ptys: a sandbox's devpts holds at most SANDBOX_SESSION_PTYS_MAX; a session has one
+ * devpts (its interpreter's, which template commands share) or two at once (a bubblewrap
+ * command's next to it). New devpts instances share kernel.pty.max less kernel.pty.reserve
+ * (the reserve is the host's own): where all sessions together could take them all, the
+ * log says so, and /health.
+ */
+function describePtys(config: Config, log: Logger): string {
+  const perSandbox = `at most ${config.sessionPtysMax} per sandbox (its devpts is mounted with max=${config.sessionPtysMax}), two sandboxes per session at most`;
+  const read = (name: string) => Number(readFileSync(`/proc/sys/kernel/pty/${name}`, 'utf8'));
+  let shared: number;
+  try {
+    shared = read('max') - read('reserve');
+  } catch {
+    return perSandbox;
+  }
+  const worst = 2 * config.maxSessions * config.sessionPtysMax;
+  if (worst <= shared) return `${perSandbox}; all sessions together ${worst} at most, within the ${shared} the host lets sandboxes share`;
+  log.warn(
+    { worst, shared },
+    'all sessions together could hold every pty the host lets sandboxes share (raise kernel.pty.max, or lower SANDBOX_SESSION_PTYS_MAX or SANDBOX_MAX_SESSIONS)',
+  );
+  return `${perSandbox}; all sessions together up to ${worst}, more than the ${shared} the host lets sandboxes share (kernel.pty.max less kernel.pty.reserve): raise kernel.pty.max`;
+}
+
+/** The parent cgroup's bound, as /health says it: what holds, and what the kernel refused. */
+function describeParentBound(bound: ParentBound, parent: string): string {
+  const MiB = 1024 * 1024;
+  const held = [
+    bound.memoryBytes !== null ? `memory ${Math.floor(bound.memoryBytes / MiB)} MiB` : null,
+    bound.tcpBytes !== null ? `TCP buffers ${Math.floor(bound.tcpBytes / MiB)} MiB` : null,
+    bound.pidsMax !== null ? `${bound.pidsMax} processes and threads` : null,
+  ].filter((x) => x !== null);
+  const text = held.length > 0 ? `${held.join(', ')} for all sessions together (SANDBOX_MAX_SESSIONS times a session's limits; ${parent})` : 'not bounded as a whole';
+  return bound.problems.length > 0 ? `${text}; not set: ${bound.problems.join('; ')}` : text;
 }
 
 /**
@@ -351,10 +403,14 @@ async function main(): Promise<void> {
   let zygote: Zygote | null = null;
   let commands: Zygote | null = null;
   let pipes: Pipes | null = null;
+  let devpts: DevptsCap | null = null;
   try {
     const seccompBpf = await buildSeccompFilter('/usr/bin/python3', SECCOMP_GEN);
     pipes = await Pipes.create(`${config.sessionsRoot}/.pipes`);
-    launcher = new Launcher({ seccompBpf, pipes });
+    devpts = await DevptsCap.start('/usr/bin/python3', DEVPTS_CAP, log).catch((e: unknown) => {
+      throw new PreflightError(`could not start the devpts helper (${DEVPTS_CAP}): ${String((e as Error)?.message ?? e)}`);
+    });
+    launcher = new Launcher({ seccompBpf, pipes, devpts });
     if (config.pythonTemplate === 'auto') zygote = await startTemplate(config, log, seccompBpf);
     if (zygote) commands = await startCommandTemplate(config, log, seccompBpf, pipes);
     const prepared = await prepareIsolation(config, log, launcher, zygote, commands, uids, privileged, tmpfsQuota);
@@ -376,6 +432,7 @@ async function main(): Promise<void> {
     await zygote?.close().catch(() => {});
     await commands?.close().catch(() => {});
     await pipes?.close().catch(() => {});
+    await devpts?.close().catch(() => {});
     await fsp.rm(`${config.sessionsRoot}/.server.pid`, { force: true });
     await uidClaim?.release();
     if (madeRoot) await fsp.rmdir(config.sessionsRoot).catch(() => {});
@@ -387,7 +444,14 @@ async function main(): Promise<void> {
   isolation.memory_limit = cgroups
     ? `${cgroups.describe}, and RLIMIT_AS ${config.memoryMb} MiB per process`
     : `RLIMIT_AS ${config.memoryMb} MiB per process (no writable cgroup: no per-session total)`;
-  if (cgroups) isolation.protections.push('memory limit per session (cgroup)');
+  if (cgroups) {
+    isolation.protections.push('memory limit per session (cgroup)');
+    isolation.socket_memory = cgroups.socketMemory;
+    isolation.kernel_memory = cgroups.kernelMemory;
+    const bound = await cgroups.boundParent(sessionCgroupLimits(config), config.maxSessions);
+    isolation.sessions_total = describeParentBound(bound, cgroups.parent);
+    if (bound.problems.length > 0) log.warn({ problems: bound.problems }, "the kernel refused part of the bound on all sessions together (the server's parent cgroup)");
+  }
   if (cgroups?.controllers.includes('pids')) isolation.protections.push(`at most ${config.sessionPidsMax} processes and threads per session (pids cgroup)`);
   if (cgroups?.controllers.includes('cpu')) isolation.protections.push('an equal CPU share per session (cpu cgroup)');
   const files = openFilesBound({

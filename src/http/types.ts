@@ -39,6 +39,14 @@ export interface IsolationInfo {
   memory_limit: string;
   /** A session's bound on open files, and whether all sessions could reach fs.file-max. */
   open_files?: string;
+  /** Whether a session's socket buffers count against a limit of its own. */
+  socket_memory: string;
+  /** Whether memory the kernel holds for a session's objects counts against its limit. */
+  kernel_memory: string;
+  /** The bound on all of this server's sessions together (its parent cgroup). */
+  sessions_total: string;
+  /** The ptys a sandbox may hold, and whether all sessions together fit the host's. */
+  ptys: string;
 }
 
 export interface AppDeps {

@@ -6,14 +6,19 @@
  *
  * File descriptors bwrap itself reads (consumed by bwrap, not passed on):
  *   FD.args (the options, NUL-separated, so /proc/1/cmdline shows none of them),
- *   FD.seccomp (cBPF), FD.status (json status), then one descriptor per `data` mount
- *   (its content), from FD.firstData up.
+ *   FD.seccomp (cBPF), FD.status (json status), FD.block (bwrap waits for a byte on it
+ *   once the sandbox is built, before the seccomp filter and the program: the server caps
+ *   the devpts meanwhile, devpts-cap.ts), then one descriptor per `data` mount (its
+ *   content), from FD.firstData up.
  * fds 3 and 4 are left for the sandboxed program (the interpreter's control channel).
+ *
+ * `dev` is --dev, whose devpts has DEVPTS_OPTIONS and no max=: the spec's `ptysMax` is
+ * returned as `devpts` for the launcher to apply before the block descriptor is written.
  */
 import type { Rlimit } from '../limits.js';
-import type { SandboxSpec } from './spec.js';
+import { DEVPTS_OPTIONS, type SandboxSpec } from './spec.js';
 
-export const FD = { args: 5, seccomp: 6, status: 7, firstData: 8 } as const;
+export const FD = { args: 5, seccomp: 6, status: 7, block: 8, firstData: 9 } as const;
 
 export interface BwrapCommand {
   /** What bwrap reads from FD.args. */
@@ -22,11 +27,15 @@ export interface BwrapCommand {
   dataFds: { fd: number; content: string }[];
   /** prlimit … --, run inside the user namespace, before the program. */
   prefix: string[];
+  /** The cap the launcher puts on the devpts of `dev` while bwrap waits on FD.block
+   * (null: no `dev`, nothing to wait for). */
+  devpts: { max: number; options: string } | null;
 }
 
 export function renderBwrap(spec: SandboxSpec): BwrapCommand {
   const o: string[] = [];
   const dataFds: { fd: number; content: string }[] = [];
+  let devpts: BwrapCommand['devpts'] = null;
   // identity and namespaces: non-root inside (mapped to the unprivileged host uid bwrap
   // runs as), no nested user namespaces, and a namespace of every kind.
   o.push('--unshare-user', '--uid', String(spec.user.uid), '--gid', String(spec.user.gid));
@@ -62,6 +71,7 @@ export function renderBwrap(spec: SandboxSpec): BwrapCommand {
         break;
       case 'dev':
         o.push('--dev', m.dest);
+        devpts = { max: m.ptysMax, options: DEVPTS_OPTIONS };
         break;
       case 'tmpfs':
         o.push('--perms', m.mode.toString(8).padStart(4, '0'), '--size', String(m.sizeBytes), '--tmpfs', m.dest);
@@ -76,9 +86,10 @@ export function renderBwrap(spec: SandboxSpec): BwrapCommand {
     }
   }
   o.push('--chdir', spec.cwd);
+  if (devpts) o.push('--block-fd', String(FD.block));
   // seccomp last: it also applies to bwrap's init; bwrap sets no_new_privs with it
   o.push('--seccomp', String(FD.seccomp));
-  return { options: o, dataFds, prefix: prlimitPrefix(spec.rlimits) };
+  return { options: o, dataFds, prefix: prlimitPrefix(spec.rlimits), devpts };
 }
 
 /** prlimit argv prefix (RLIMIT_NPROC counts per user namespace and uid, so it is set inside). */

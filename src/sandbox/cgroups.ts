@@ -14,6 +14,22 @@
  * the kernel lets us say so; v2 also kills the whole group on OOM. Every sandbox of the
  * box (interpreter and bash commands) joins the leaf before bwrap forks, through a
  * one-line shell wrapper that writes its own pid to cgroup.procs and execs bwrap.
+ *
+ * Memory the kernel holds for a session (docs/threat-model.md, "Host-wide kernel
+ * resources"): on v2 socket buffers and kernel objects are charged to the leaf like any
+ * page. On v1 kernel objects are too (since Linux 4.6, unless booted with
+ * cgroup.memory=nokmem), Unix socket buffers with them, but TCP and UDP buffers only once
+ * the leaf's memory.kmem.tcp.limit_in_bytes is set, which also turns that accounting on
+ * (for every socket with memory accounting, UDP included, despite its name): each leaf
+ * gets it, at its memory limit (a second budget next to the memory one, not a share of
+ * it). memory.kmem.limit_in_bytes is written too where the kernel honours it (before 4.6
+ * that is what turns kernel-object accounting on; since 6.1 it is ignored). Which of
+ * these the kernel honours is found once, on a probe leaf, and reported (`socketMemory`,
+ * `kernelMemory`); test/security/kernel-resources.test.ts checks each charge.
+ *
+ * The server's parent cgroup (one per sessions root) is bounded too, to the number of
+ * sessions times a leaf's limits (`boundParent`): all sessions together stay within what
+ * the settings promise even if a leaf's own limit did not apply.
  */
 import { closeSync, existsSync, openSync, promises as fsp, readFileSync, readSync, writeFileSync } from 'node:fs';
 import { execFile } from 'node:child_process';
@@ -35,6 +51,15 @@ export interface CgroupLeaf {
 export interface Cgroups {
   version: 'v1' | 'v2';
   describe: string;
+  /** The server's parent cgroup (in the memory hierarchy on v1): every leaf is below it. */
+  parent: string;
+  /** Whether a session's socket buffers count against a limit of its own, in words. */
+  socketMemory: string;
+  /** Whether memory the kernel holds for a session (its objects) counts, in words. */
+  kernelMemory: string;
+  /** Bounds the parent cgroup to `sessions` leaves of `leaf` (called once the stale leaves
+   * of an earlier run are swept): what is in force, and what the kernel refused. */
+  boundParent(leaf: LeafLimits, sessions: number): Promise<ParentBound>;
   /** Removes leaves (box_*) an earlier run left; their processes must be dead. */
   sweep(): Promise<number>;
   /** Removes this server's parent cgroup (at shutdown, every leaf gone). */
@@ -48,6 +73,62 @@ export interface LeafLimits {
   memoryBytes: number;
   /** Processes and threads of the session together. */
   pidsMax: number;
+}
+
+/** The limits of the server's parent cgroup as read back after writing them (null: not
+ * set), and a line for each one the kernel refused. */
+export interface ParentBound {
+  memoryBytes: number | null;
+  pidsMax: number | null;
+  /** TCP buffers of all sessions together (v1; on v2 they are part of memory). */
+  tcpBytes: number | null;
+  problems: string[];
+}
+
+/** `leaf` times `n`, exactly (the product may pass 2^53), as the decimal a cgroup file takes. */
+function times(leaf: number, n: number): string {
+  return (BigInt(leaf) * BigInt(n)).toString();
+}
+
+/** A number a cgroup file holds, or null ("max", unreadable). */
+async function readNumber(file: string): Promise<bigint | null> {
+  const text = (await fsp.readFile(file, 'utf8').catch(() => '')).trim();
+  return /^\d+$/.test(text) ? BigInt(text) : null;
+}
+
+/** Writes `value` to `file` and reads it back: null when both agree (byte limits are
+ * rounded down to whole pages by the kernel), otherwise a line saying what it did. */
+async function writeChecked(file: string, value: string, bytes: boolean): Promise<string | null> {
+  try {
+    await fsp.writeFile(file, value);
+  } catch (e) {
+    return `${file}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`;
+  }
+  const back = await readNumber(file);
+  const want = BigInt(value);
+  const ok = back !== null && (bytes ? want - back >= 0n && want - back < 65536n : back === want);
+  return ok ? null : `${file}: wrote ${value}, reads ${back ?? 'nothing'}`;
+}
+
+/** Writes each limit of the parent cgroup (in order) and reads back what is in force. */
+async function boundFiles(writes: { file: string; value: string; bytes: boolean; field?: 'memoryBytes' | 'pidsMax' | 'tcpBytes' }[]): Promise<ParentBound> {
+  const bound: ParentBound = { memoryBytes: null, pidsMax: null, tcpBytes: null, problems: [] };
+  for (const w of writes) {
+    if (w.value === '-1') {
+      await tryWrite(w.file, w.value); // a reset on the way, not a limit
+      continue;
+    }
+    const problem = await writeChecked(w.file, w.value, w.bytes);
+    if (problem) bound.problems.push(problem);
+    if (w.field && !problem) bound[w.field] = Number(await readNumber(w.file));
+  }
+  return bound;
+}
+
+/** Kernel objects (slab, pipe buffers, page tables) of a v1 cgroup count against its memory
+ * limit since Linux 4.6, unless the kernel was booted with cgroup.memory=nokmem. */
+function v1KernelMemoryCounted(): boolean {
+  return !/\bcgroup\.memory=(\S*,)?nokmem\b/.test(readFileSync('/proc/cmdline', 'utf8'));
 }
 
 function ownPath(controllerLine: (fields: string[]) => boolean): string | null {
@@ -186,6 +267,14 @@ async function detectV2(privileged: boolean, scope: string): Promise<Cgroups | n
     version: 'v2',
     controllers: enabled,
     describe: `cgroup v2 ${enabled.join(', ')} per session (${parent})`,
+    parent,
+    socketMemory: "socket buffers are charged to the session's memory limit (cgroup v2)",
+    kernelMemory: "kernel objects (slab, pipe buffers, page tables) are charged to the session's memory limit (cgroup v2)",
+    boundParent: (leaf, sessions) =>
+      boundFiles([
+        { file: `${parent}/memory.max`, value: times(leaf.memoryBytes, sessions), bytes: true, field: 'memoryBytes' },
+        ...(enabled.includes('pids') ? [{ file: `${parent}/pids.max`, value: times(leaf.pidsMax, sessions), bytes: false, field: 'pidsMax' as const }] : []),
+      ]),
     sweep: () => sweepLeaves(parent),
     close: async () => {
       await sweepLeaves(parent);
@@ -242,10 +331,34 @@ async function detectV1(privileged: boolean, scope: string): Promise<Cgroups | n
       extra.push({ name: c, parent: p });
   }
   const parents = [parent, ...extra.map((e) => e.parent)];
+  const kmem = await probeV1KernelMemory(parent);
+  const pidsParent = extra.find((e) => e.name === 'pids')?.parent;
   return {
     version: 'v1',
     controllers: ['memory', ...extra.map((e) => e.name)],
     describe: `cgroup v1 ${['memory', ...extra.map((e) => e.name)].join(', ')} per session (${parent})`,
+    parent,
+    socketMemory: kmem.tcp
+      ? 'TCP and UDP buffers are limited per session to its memory limit, as a budget of their own next to it (cgroup v1 memory.kmem.tcp.limit_in_bytes); Unix socket buffers count against the memory limit itself'
+      : `TCP and UDP buffers are not limited per session: cgroup v1 charges them only through memory.kmem.tcp.limit_in_bytes, which this kernel refused (${kmem.tcpProblem})`,
+    kernelMemory: kmem.describe,
+    boundParent: (leaf, sessions) =>
+      boundFiles([
+        // unlimited first: a memsw limit below the new memory limit would refuse it
+        ...(existsSync(`${parent}/memory.memsw.limit_in_bytes`) ? [{ file: `${parent}/memory.memsw.limit_in_bytes`, value: '-1', bytes: false }] : []),
+        { file: `${parent}/memory.limit_in_bytes`, value: times(leaf.memoryBytes, sessions), bytes: true, field: 'memoryBytes' },
+        ...(existsSync(`${parent}/memory.memsw.limit_in_bytes`) ? [{ file: `${parent}/memory.memsw.limit_in_bytes`, value: times(leaf.memoryBytes, sessions), bytes: true }] : []),
+        ...(kmem.tcp ? [{ file: `${parent}/memory.kmem.tcp.limit_in_bytes`, value: times(leaf.memoryBytes, sessions), bytes: true, field: 'tcpBytes' as const }] : []),
+        ...(pidsParent ? [{ file: `${pidsParent}/pids.max`, value: times(leaf.pidsMax, sessions), bytes: false, field: 'pidsMax' as const }] : []),
+      ]).then(async (bound) => {
+        // Without hierarchical accounting (kernels before 6.0 let it be off) the parent's
+        // limit would not hold its leaves.
+        if ((await readNumber(`${parent}/memory.use_hierarchy`)) === 0n) {
+          const problem = await writeChecked(`${parent}/memory.use_hierarchy`, '1', false);
+          if (problem) bound.problems.push(`${problem} (the parent's limits do not hold its leaves)`);
+        }
+        return bound;
+      }),
     sweep: async () => (await Promise.all(parents.map((p) => sweepLeaves(p))))[0]!,
     close: async () => {
       for (const p of parents) {
@@ -259,6 +372,9 @@ async function detectV1(privileged: boolean, scope: string): Promise<Cgroups | n
       await fsp.writeFile(`${dir}/memory.limit_in_bytes`, String(limits.memoryBytes));
       await tryWrite(`${dir}/memory.memsw.limit_in_bytes`, String(limits.memoryBytes));
       await tryWrite(`${dir}/memory.swappiness`, '0');
+      // before any process joins: sockets are accounted from their creation on
+      if (kmem.tcp) await fsp.writeFile(`${dir}/memory.kmem.tcp.limit_in_bytes`, String(limits.memoryBytes));
+      if (kmem.limitHonoured) await tryWrite(`${dir}/memory.kmem.limit_in_bytes`, String(limits.memoryBytes));
       const dirs = [dir];
       for (const e of extra) {
         const d = `${e.parent}/${name}`;
@@ -270,6 +386,32 @@ async function detectV1(privileged: boolean, scope: string): Promise<Cgroups | n
       return leaf(dirs, 'memory.oom_control');
     },
   };
+}
+
+/**
+ * What this kernel does with v1's kernel-memory files, tried once on an empty leaf:
+ * whether memory.kmem.tcp.limit_in_bytes takes (it is deprecated, and may go), and whether
+ * memory.kmem.limit_in_bytes does (since 6.1 it is accepted and ignored).
+ */
+async function probeV1KernelMemory(parent: string): Promise<{ tcp: boolean; tcpProblem: string; limitHonoured: boolean; describe: string }> {
+  const dir = `${parent}/box_probe-${process.pid}`;
+  const value = String(256 * 1024 * 1024);
+  let tcpProblem: string | null = 'no probe leaf';
+  let kmemProblem: string | null = 'no probe leaf';
+  try {
+    await fsp.mkdir(dir);
+    tcpProblem = await writeChecked(`${dir}/memory.kmem.tcp.limit_in_bytes`, value, true);
+    kmemProblem = await writeChecked(`${dir}/memory.kmem.limit_in_bytes`, value, true);
+  } catch (e) {
+    tcpProblem = kmemProblem = `${dir}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`;
+  } finally {
+    await removeLeaf(dir);
+  }
+  const counted = kmemProblem === null || v1KernelMemoryCounted();
+  const describe = counted
+    ? `kernel objects (slab, pipe buffers, page tables) are charged to the session's memory limit (cgroup v1)${kmemProblem === null ? '; memory.kmem.limit_in_bytes is set to it as well' : `; memory.kmem.limit_in_bytes is not used (this kernel ignores it: ${kmemProblem})`}`
+    : 'kernel objects are not charged to the session (the kernel was booted with cgroup.memory=nokmem)';
+  return { tcp: tcpProblem === null, tcpProblem: tcpProblem ?? '', limitHonoured: kmemProblem === null, describe };
 }
 
 /**

@@ -14,6 +14,10 @@
  * --die-with-parent, so a SIGKILLed server takes every sandbox with it. Session-level
  * sweeps (all processes of uid U) are in sessions/, on top of this.
  *
+ * Start-up of one launch: bwrap builds the sandbox and waits on FD.block; when it reports
+ * its child's pid, the devpts of the sandbox is capped (devpts-cap.ts), then FD.block is
+ * written and the program starts. A cap that fails kills the sandbox first.
+ *
  * Known limits: without cgroups, memory is bounded per process (RLIMIT_AS), not per
  * session; see cgroups.ts for the per-session limit where a cgroup can be made.
  */
@@ -23,7 +27,8 @@ import type { Socket } from 'node:net';
 import { constants as osConstants } from 'node:os';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { closeChildFds, type Pipes } from './pipes.js';
-import { FD, renderBwrap } from './bwrap-args.js';
+import { FD, renderBwrap, type BwrapCommand } from './bwrap-args.js';
+import type { DevptsCap } from './devpts-cap.js';
 import type { SandboxSpec } from './spec.js';
 
 export interface Identity {
@@ -107,7 +112,14 @@ export class SandboxedProcess implements InterpreterProcess {
   }
 
   /** @internal Launcher.launch: opens the pipes, spawns, wires the streams. */
-  async start(pipes: Pipes, argv: string[], spawnOptions: SpawnOptions, bwrapFds: { fd: number; data: Buffer | string }[], opts: LaunchOptions): Promise<void> {
+  async start(
+    pipes: Pipes,
+    argv: string[],
+    spawnOptions: SpawnOptions,
+    bwrapFds: { fd: number; data: Buffer | string }[],
+    opts: LaunchOptions,
+    devpts: { cap: DevptsCap; limit: NonNullable<BwrapCommand['devpts']> } | null,
+  ): Promise<void> {
     const ctl = opts.controlChannel === true;
     const childFds: number[] = [];
     // Each pipe is ours to close from the moment it is open (a later one may fail).
@@ -126,6 +138,7 @@ export class SandboxedProcess implements InterpreterProcess {
       if (this.killWanted) throw new Error('killed before it started');
       const stdio: (number | 'pipe' | 'ignore')[] = ['ignore', out.childFd, err.childFd, fd3?.childFd ?? 'ignore', fd4?.childFd ?? 'ignore', 'pipe', 'pipe', 'pipe'];
       for (const d of bwrapFds) stdio[d.fd] = 'pipe';
+      if (devpts) stdio[FD.block] = 'pipe';
       const [file, ...args] = argv;
       child = spawn(file!, args, { ...spawnOptions, stdio });
       this.child = child;
@@ -158,16 +171,38 @@ export class SandboxedProcess implements InterpreterProcess {
       if (statusText.length > 4096) return;
       statusText += d;
       const m = /"child-pid":\s*(\d+)/.exec(statusText);
-      if (m && this.initPid === null) this.initPid = Number(m[1]);
+      if (m && this.initPid === null) {
+        this.initPid = Number(m[1]);
+        if (devpts) this.capDevpts(devpts.cap, devpts.limit, child);
+      }
     });
     for (const s of child.stdio) s?.on('error', () => {});
     child.once('exit', (code, signal) => this.finish({ exitCode: code ?? 128 + signalNumber(signal), signal }));
     child.once('error', () => this.finish({ exitCode: 127, signal: null }));
   }
 
+  /** The sandbox ended (or failed to start): a cap still under way is cancelled. */
+  private readonly ended = new AbortController();
+
+  /** Caps the sandbox's devpts while bwrap waits on FD.block, then lets it go on; a
+   * sandbox whose devpts cannot be capped is killed before its program runs. */
+  private capDevpts(cap: DevptsCap, limit: NonNullable<BwrapCommand['devpts']>, child: ChildProcess): void {
+    const block = (child.stdio as unknown as (Writable | null | undefined)[])[FD.block] ?? null;
+    block?.on('error', () => {});
+    cap.cap({ pid: this.initPid!, parent: child.pid!, max: limit.max, options: limit.options }, this.ended.signal).then(
+      () => block?.end(Buffer.from([1])),
+      (e: unknown) => {
+        if (this.done) return;
+        this.stderr.write(`could not start the sandbox: its ptys could not be capped: ${String((e as Error)?.message ?? e)}\n`);
+        void this.kill();
+      },
+    );
+  }
+
   private finish(info: ExitInfo): void {
     if (this.done) return;
     this.done = true;
+    this.ended.abort();
     this.resolveControl(null);
     this.resolveExit(info);
   }
@@ -228,18 +263,21 @@ export interface LauncherDeps {
   seccompBpf: Buffer;
   /** Fresh pipes for each launch (never Node's socket pairs: see pipes.ts). */
   pipes: Pipes;
+  /** Caps each sandbox's devpts at the spec's ptysMax (bwrap's --dev has no max=). */
+  devpts: DevptsCap;
 }
 
 export class Launcher {
   constructor(private readonly deps: LauncherDeps) {}
 
   /** At shutdown, after every sandbox is gone. */
-  close(): Promise<void> {
-    return this.deps.pipes.close();
+  async close(): Promise<void> {
+    await this.deps.devpts.close();
+    await this.deps.pipes.close();
   }
 
   launch(opts: LaunchOptions): SandboxedProcess {
-    const { options, dataFds, prefix } = renderBwrap(opts.spec);
+    const { options, dataFds, prefix, devpts } = renderBwrap(opts.spec);
     // bwrap reads only options from --args; the command stays on its real argv.
     const command = ['--', ...prefix, ...opts.argv];
     const niced = opts.nice ? ['/usr/bin/nice', '-n', String(opts.nice)] : [];
@@ -272,7 +310,14 @@ export class Launcher {
       ...dataFds.map((d) => ({ fd: d.fd, data: d.content })),
     ];
     // bwrap's own environment is what /proc/1/environ shows inside: keep it minimal.
-    void proc.start(this.deps.pipes, argv, { env: { PATH: '/usr/bin:/bin' }, cwd: '/', ...spawnAs, windowsHide: true }, bwrapFds, opts);
+    void proc.start(
+      this.deps.pipes,
+      argv,
+      { env: { PATH: '/usr/bin:/bin' }, cwd: '/', ...spawnAs, windowsHide: true },
+      bwrapFds,
+      opts,
+      devpts ? { cap: this.deps.devpts, limit: devpts } : null,
+    );
     return proc;
   }
 }

@@ -7,7 +7,7 @@
  * `<field>: <kind a> has <x>, <kind b> has <y>` between kinds.
  */
 import type { Rlimit } from '../limits.js';
-import type { MountOp, SandboxSpec } from './spec.js';
+import { DEVPTS_OPTIONS, type MountOp, type SandboxSpec } from './spec.js';
 
 const FLAGS = ['ro', 'nosuid', 'nodev', 'noexec'] as const;
 type Flag = (typeof FLAGS)[number];
@@ -224,6 +224,20 @@ export function normaliseDump(dump: Dump, host: HostFacts): Dump {
   };
 }
 
+/** The options of the sandbox's devpts as the probe reports them from the mount table
+ * (modes in octal without a leading zero, as the kernel prints them), from its `dev` op. */
+export function expectedDevpts(mounts: readonly MountOp[]): Record<string, string> {
+  const dev = mounts.find((m) => m.op === 'dev');
+  if (!dev || dev.op !== 'dev') return {};
+  const out: Record<string, string> = {};
+  for (const option of DEVPTS_OPTIONS.split(',')) {
+    const [key, value] = option.split('=') as [string, string];
+    out[key] = parseInt(value, 8).toString(8);
+  }
+  out.max = String(dev.ptysMax);
+  return out;
+}
+
 /** Every field the spec decides, as the probe must report it (normalised). */
 export function expectedDump(spec: SandboxSpec, host: HostFacts, reported: Dump): Dump {
   const nsReported = Object.keys((reported.namespaces ?? {}) as object);
@@ -231,6 +245,7 @@ export function expectedDump(spec: SandboxSpec, host: HostFacts, reported: Dump)
   const symlinks = spec.mounts.filter((m) => m.op === 'symlink' && m.dest.lastIndexOf('/') === 0).map((m) => (m.op === 'symlink' ? `${m.dest.slice(1)} -> ${m.target}` : ''));
   return {
     mounts: expectedMounts(spec.mounts, host),
+    devpts: expectedDevpts(spec.mounts),
     rlimits: expectedRlimits(spec.rlimits, (reported.rlimits ?? {}) as Record<string, unknown>, host),
     uid: [uid, uid, uid],
     gid: [gid, gid, gid],

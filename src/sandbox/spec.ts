@@ -53,7 +53,9 @@ export type Namespace = (typeof NAMESPACES)[number];
  *  - proc: a proc of the sandbox's pid namespace (nosuid, nodev, noexec); those of sys,
  *    sysrq-trigger, irq and bus that the builder could write to are covered read-only;
  *  - dev: a tmpfs with null zero full random urandom tty bound in (devices allowed),
- *    fd/stdin/stdout/stderr/core/ptmx symlinks, a private devpts at pts, and a shm folder;
+ *    fd/stdin/stdout/stderr/core/ptmx symlinks, a private devpts at pts holding at most
+ *    `ptysMax` ptys (DEVPTS_OPTIONS and max=; below the host's shared kernel.pty.max),
+ *    and a shm folder;
  *  - tmpfs: nosuid, nodev, of the given size and mode;
  *  - remount-ro: that mount point only (not its submounts).
  * Missing parent folders of a destination are made (0755); a file is made for the
@@ -64,7 +66,7 @@ export type MountOp =
   | { op: 'data'; dest: string; content: string }
   | { op: 'symlink'; target: string; dest: string }
   | { op: 'proc'; dest: string }
-  | { op: 'dev'; dest: string }
+  | { op: 'dev'; dest: string; ptysMax: number }
   | { op: 'tmpfs'; dest: string; sizeBytes: number; mode: number }
   | { op: 'remount-ro'; dest: string };
 
@@ -80,7 +82,13 @@ export interface SandboxFolders {
   libDir: string;
   /** Size of the private /dev/shm, bytes. */
   shmBytes: number;
+  /** Ptys the sandbox's devpts holds at most. */
+  ptysMax: number;
 }
+
+/** The options of a sandbox's devpts besides `newinstance` and its `max`: bubblewrap's
+ * --dev mounts it with these, and the template builder (zygote.py) does the same. */
+export const DEVPTS_OPTIONS = 'ptmxmode=0666,mode=620';
 
 /** Host paths under /etc that are bound read-only when they exist on the host. */
 export const ETC_ALLOW_LIST = [
@@ -176,7 +184,7 @@ export function sandboxMounts(folders: SandboxFolders, etc: readonly string[]): 
   m.push({ op: 'bind', source: folders.libDir, dest: SANDBOX_PATHS.sessionLib, readonly: true });
   // kernel views: own /proc (own pid namespace), minimal /dev, private capped /dev/shm
   m.push({ op: 'proc', dest: '/proc' });
-  m.push({ op: 'dev', dest: '/dev' });
+  m.push({ op: 'dev', dest: '/dev', ptysMax: folders.ptysMax });
   m.push({ op: 'tmpfs', dest: '/dev/shm', sizeBytes: folders.shmBytes, mode: 0o1777 });
   // the session's folders
   m.push({ op: 'bind', source: folders.workspaceDir, dest: SANDBOX_PATHS.workspace, readonly: false });

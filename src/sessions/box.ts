@@ -28,7 +28,7 @@ import type { UidAllocator } from '../sandbox/uids.js';
 import { killUid, renice } from '../sandbox/uids.js';
 import { SandboxError } from '../errors.js';
 import { mountTmpfs, unmountLazy } from '../sandbox/mounts.js';
-import type { Cgroups, CgroupLeaf } from '../sandbox/cgroups.js';
+import type { Cgroups, CgroupLeaf, LeafLimits } from '../sandbox/cgroups.js';
 import { ZygoteCommand, type Zygote } from '../sandbox/zygote.js';
 import type { MemoryBudget } from '../budget.js';
 import type { Logger } from '../log.js';
@@ -126,7 +126,14 @@ export class Box {
 
   /** The sandbox of every process of this box: its interpreter and each bash command. */
   private spec(role: SandboxRole): SandboxSpec {
-    const folders = { workspaceDir: this.workspaceDir, tmpDir: this.tmpDir, driverDir: this.deps.driverHostDir, libDir: this.libDir, shmBytes: this.deps.config.shmMb * MiB };
+    const folders = {
+      workspaceDir: this.workspaceDir,
+      tmpDir: this.tmpDir,
+      driverDir: this.deps.driverHostDir,
+      libDir: this.libDir,
+      shmBytes: this.deps.config.shmMb * MiB,
+      ptysMax: this.deps.config.sessionPtysMax,
+    };
     return sandboxSpec(folders, sandboxRlimits(this.limits), role, this.deps.hostEtc);
   }
 
@@ -192,9 +199,7 @@ export class Box {
     await fsp.mkdir(this.stagingDir, { mode: 0o700 });
     await fsp.mkdir(this.undoDir, { mode: 0o700 });
     if (this.deps.cgroups) {
-      // tmpfs pages are charged to the writer's cgroup: the limit covers them too.
-      const limit = (config.memoryMb + config.workspaceMb + config.shmMb) * MiB;
-      this.cgroup = await this.deps.cgroups.create(this.name, { memoryBytes: limit, pidsMax: config.sessionPidsMax });
+      this.cgroup = await this.deps.cgroups.create(this.name, sessionCgroupLimits(config));
       this.interpreter = this.newInterpreter();
     }
     await this.startInterpreter();
@@ -392,6 +397,13 @@ export class Box {
     })();
     return this.destroying;
   }
+}
+
+/** The limits of a box's cgroup (and, times the number of sessions, of the server's
+ * parent cgroup). tmpfs pages are charged to the writer's cgroup: the memory limit
+ * covers the box's disk quota and /dev/shm too. */
+export function sessionCgroupLimits(config: Pick<Config, 'memoryMb' | 'workspaceMb' | 'shmMb' | 'sessionPidsMax'>): LeafLimits {
+  return { memoryBytes: (config.memoryMb + config.workspaceMb + config.shmMb) * MiB, pidsMax: config.sessionPidsMax };
 }
 
 /**

@@ -24,7 +24,19 @@ const UNTOUCHED = 1000;
 
 /** Not typed here: main's IsolationInfo gains fields (`interpreters`) and narrows `mode`;
  * a variable (not a literal) passes either shape. */
-const ISOLATION = { mode: 'root' as const, interpreters: 'fake', commands: 'fake', protections: [], uid_per_session: true, disk_quota: 'none', memory_limit: 'none' };
+const ISOLATION = {
+  mode: 'root' as const,
+  interpreters: 'fake',
+  commands: 'fake',
+  protections: [],
+  uid_per_session: true,
+  disk_quota: 'none',
+  memory_limit: 'none',
+  socket_memory: 'none',
+  kernel_memory: 'none',
+  sessions_total: 'none',
+  ptys: 'none',
+};
 
 function answer(stdout: string): ExecResponse {
   return {

@@ -11,7 +11,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, readFileSync, realpathSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
-import { ETC_ALLOW_LIST, NAMESPACES, SANDBOX_PATHS, sandboxEnv, sandboxSpec, type MountOp, type SandboxSpec } from '../../src/sandbox/spec.js';
+import { DEVPTS_OPTIONS, ETC_ALLOW_LIST, NAMESPACES, SANDBOX_PATHS, sandboxEnv, sandboxSpec, type MountOp, type SandboxSpec } from '../../src/sandbox/spec.js';
 import { FD, renderBwrap } from '../../src/sandbox/bwrap-args.js';
 import { sandboxRlimits, RLIMIT_NAMES, type Rlimit } from '../../src/limits.js';
 import {
@@ -33,7 +33,7 @@ function withFolders<T>(fn: (spec: SandboxSpec, base: string) => T): T {
   const root = mkdtempSync(`${tmpdir()}/spec-test-`);
   try {
     for (const d of ['workspace', 'tmp', 'lib', 'base']) mkdirSync(`${root}/${d}`);
-    const folders = { workspaceDir: `${root}/workspace`, tmpDir: `${root}/tmp`, libDir: `${root}/lib`, driverDir: repo('sandbox-python'), shmBytes: 1 << 20 };
+    const folders = { workspaceDir: `${root}/workspace`, tmpDir: `${root}/tmp`, libDir: `${root}/lib`, driverDir: repo('sandbox-python'), shmBytes: 1 << 20, ptysMax: 12 };
     const etc = ETC_ALLOW_LIST.filter((p) => {
       try {
         realpathSync(p);
@@ -48,8 +48,9 @@ function withFolders<T>(fn: (spec: SandboxSpec, base: string) => T): T {
   }
 }
 
-/** bwrap's options back into spec fields (only the flags renderBwrap uses). */
-function parseBwrap(options: string[], dataFds: { fd: number; content: string }[]) {
+/** bwrap's options back into spec fields (only the flags renderBwrap uses); `--dev`'s pty
+ * cap is not a bwrap option but what the launcher applies while bwrap waits (`devpts`). */
+function parseBwrap(options: string[], dataFds: { fd: number; content: string }[], devpts: { max: number } | null) {
   const mounts: MountOp[] = [];
   const env: Record<string, string> = {};
   const unshare: string[] = [];
@@ -78,8 +79,11 @@ function parseBwrap(options: string[], dataFds: { fd: number; content: string }[
         mounts.push({ op: 'symlink', target: arg(), dest: arg() });
         break;
       case '--proc':
+        mounts.push({ op: 'proc', dest: arg() });
+        break;
       case '--dev':
-        mounts.push({ op: o.slice(2) as 'proc' | 'dev', dest: arg() });
+        assert.ok(devpts, '--dev comes with a pty cap for the launcher');
+        mounts.push({ op: 'dev', dest: arg(), ptysMax: devpts.max });
         break;
       case '--perms':
         perms = parseInt(arg(), 8);
@@ -102,6 +106,7 @@ function parseBwrap(options: string[], dataFds: { fd: number; content: string }[
       case '--chdir':
       case '--seccomp':
       case '--json-status-fd':
+      case '--block-fd':
       case '--cap-drop':
         seen[o] = arg();
         break;
@@ -137,8 +142,8 @@ function hostFacts(): HostFacts {
 describe('the sandbox description', () => {
   it('is carried out in full by the bubblewrap options: every mount in order, env, ids, namespaces, cwd, rlimits', () => {
     withFolders((spec) => {
-      const { options, dataFds, prefix } = renderBwrap(spec);
-      const back = parseBwrap(options, dataFds);
+      const { options, dataFds, prefix, devpts } = renderBwrap(spec);
+      const back = parseBwrap(options, dataFds, devpts);
       assert.deepEqual(back.mounts, spec.mounts);
       assert.deepEqual(back.env, spec.env);
       assert.equal(back.seen['--clearenv'], 'yes', 'nothing of the server environment');
@@ -146,13 +151,16 @@ describe('the sandbox description', () => {
       assert.equal(back.seen['--hostname'], spec.hostname);
       assert.equal(back.seen['--chdir'], spec.cwd);
       assert.equal(back.seen['--seccomp'], String(FD.seccomp));
+      // bwrap waits for the devpts cap before it loads the filter and runs the program
+      assert.equal(back.seen['--block-fd'], String(FD.block));
+      assert.deepEqual(devpts, { max: 12, options: DEVPTS_OPTIONS });
       assert.equal(back.seen['--cap-drop'], 'ALL');
       assert.equal(back.seen['--new-session'], 'yes');
       assert.equal(back.seen['--disable-userns'], 'yes');
       assert.deepEqual(back.unshare.sort(), NAMESPACES.filter((n) => n !== 'mnt').sort(), 'every namespace (bwrap always makes the mount namespace)');
       assert.deepEqual(parsePrlimit(prefix), spec.rlimits);
       // data descriptors stay clear of the program's control channel and of bwrap's own
-      for (const d of dataFds) assert.ok(d.fd >= FD.firstData && ![3, 4, FD.args, FD.seccomp, FD.status].includes(d.fd));
+      for (const d of dataFds) assert.ok(d.fd >= FD.firstData && ![3, 4, FD.args, FD.seccomp, FD.status, FD.block].includes(d.fd));
     });
   });
 
@@ -232,8 +240,10 @@ describe('the probe comparison', () => {
       bad.seccomp_checks['unshare(0)'] = 'ok';
       bad.capabilities.CapBnd = '000001ffffffffff';
       bad.namespaces.net = 'host';
+      delete bad.devpts.max;
       const lines = compareWithSpec('template', bad, expectedDump(spec, host, bad));
-      assert.equal(lines.length, 6, lines.join('\n'));
+      assert.equal(lines.length, 7, lines.join('\n'));
+      assert.ok(lines.includes('template: devpts.max: expected "12", saw nothing'), lines.join('\n'));
       assert.ok(
         lines.some((l) => /^template: mounts: expected \/usr \S+ ro,nosuid,nodev, saw \/usr \S+ nosuid,nodev$/.test(l)),
         lines.join('\n'),

@@ -1,0 +1,269 @@
+"""Caps the devpts of bubblewrap sandboxes: bwrap's --dev mounts a private devpts instance
+with no max=, so without this one sandbox could open ptys up to the host's kernel.pty.max
+and make openpty() fail for every other sandbox and the host. One process per server, on
+the host, as the server's uid (src/sandbox/devpts-cap.ts starts it).
+
+Protocol, one JSON object per line:
+  stdin   {"id": n, "pid": P, "parent": Q, "max": N, "options": "ptmxmode=0666,mode=620"}
+              P: the sandbox's first process (bwrap's "child-pid"), child of Q (the
+              outer bwrap, the server's child); N: the pty cap; options: the ones bwrap
+              mounted the devpts with (a reconfigure resets those it does not name)
+          {"id": n, "cancel": true}           the sandbox is gone: forget the request
+  stdout  {"id": n, "ok": true} | {"id": n, "error": "..."}
+
+Order of events: bwrap builds the sandbox's mounts (devpts among them), then waits on its
+--block-fd before it loads the seccomp filter and runs the program. The server sends the
+request as soon as bwrap reports the child's pid; this process watches that process's
+mount table (poll() on /proc/P/mountinfo wakes on every change), and once a devpts that
+is not one of the host's appears, reconfigures it with max=N; the server then releases
+the block fd. No program of the sandbox has run before the cap holds.
+
+The reconfiguration is made from a forked child that becomes the owner of the user
+namespace that owns the sandbox's mount namespace (the box's uid, when the server is
+root), joins it and then that mount namespace (fspick needs a capability there): so it
+can only ever change a devpts that the sandbox's own user namespace mounted (the kernel
+refuses one of the host or of another sandbox: EPERM, which is skipped), root or not, and
+needs no CAP_SYS_ADMIN on the host. Requests wait concurrently; each is dropped when its process ends
+(a pidfd) or the server cancels it.
+"""
+
+import ctypes
+import errno
+import json
+import os
+import select
+import stat
+import sys
+
+NR = {"fspick": 433, "fsconfig": 431}  # the same on every architecture (new syscall table)
+FSPICK_CLOEXEC, FSPICK_EMPTY_PATH = 0x1, 0x8
+FSCONFIG_SET_STRING, FSCONFIG_CMD_RECONFIGURE = 1, 7
+CLONE_NEWNS, CLONE_NEWUSER = 0x20000, 0x10000000
+NS_GET_USERNS = 0xB701  # ioctl: the user namespace that owns a namespace
+NS_GET_OWNER_UID = 0xB704  # ioctl: the uid that owns a user namespace
+SETNS_FAILED = 128  # a child's exit status past this: joining the namespaces failed
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+
+
+def check(ret, what):
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return ret
+
+
+def devpts_mounts(text):
+    """(device, mount point, super options) of each devpts in a mountinfo text."""
+    out = []
+    for line in text.splitlines():
+        left, _, right = line.partition(" - ")
+        fields, rest = left.split(" "), right.split(" ")
+        if len(fields) >= 5 and len(rest) >= 3 and rest[0] == "devpts":
+            out.append((fields[2], fields[4].replace("\\040", " "), rest[2]))
+    return out
+
+
+def super_options(text):
+    options = {}
+    for option in text.split(","):
+        key, _, value = option.partition("=")
+        options[key] = value
+    return options
+
+
+with open("/proc/self/mountinfo") as _own:
+    HOST_DEVICES = {m[0] for m in devpts_mounts(_own.read())}
+
+
+def reconfigure(path_fd, userns_fd, mntns_fd, settings):
+    """In a forked child: become the owner of the sandbox's user namespace (a root server's
+    sandboxes run as the box's uid; this needs CAP_SETUID only), join that namespace and
+    the sandbox's mount namespace, then set the options on the devpts `path_fd` is on.
+    Returns 0, the errno of the reconfiguration, or SETNS_FAILED + the errno of a join."""
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            owner = ctypes.c_uint(0)
+            check(libc.ioctl(userns_fd, NS_GET_OWNER_UID, ctypes.byref(owner)), "NS_GET_OWNER_UID")
+            if os.geteuid() != owner.value:
+                os.setgroups([])
+                os.setresuid(owner.value, owner.value, owner.value)
+            check(libc.setns(userns_fd, CLONE_NEWUSER), "setns user")
+            check(libc.setns(mntns_fd, CLONE_NEWNS), "setns mnt")
+        except OSError as e:
+            os._exit(SETNS_FAILED + min(e.errno or 1, 127))
+        try:
+            fc = check(libc.syscall(NR["fspick"], path_fd, b"", FSPICK_CLOEXEC | FSPICK_EMPTY_PATH), "fspick")
+            for key, value in settings:
+                check(libc.syscall(NR["fsconfig"], fc, FSCONFIG_SET_STRING, key.encode(), value.encode(), 0), f"fsconfig {key}")
+            check(libc.syscall(NR["fsconfig"], fc, FSCONFIG_CMD_RECONFIGURE, None, None, 0), "reconfigure")
+        except OSError as e:
+            code = min(e.errno or 1, 127)
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+class Request:
+    def __init__(self, msg):
+        self.id = msg["id"]
+        self.max = int(msg["max"])
+        self.settings = [kv.split("=", 1) for kv in str(msg["options"]).split(",") if kv] + [["max", str(self.max)]]
+        self.refused = set()  # devices the sandbox's namespace may not reconfigure
+        self.capped = None  # the device reconfigured, until the table shows its cap
+        self.fds = []
+        try:
+            self.open(int(msg["pid"]), int(msg["parent"]))
+        except OSError:
+            self.close()
+            raise
+
+    def open(self, pid, parent):
+        self.pidfd = self.keep(os.pidfd_open(pid))
+        self.proc = self.keep(os.open(f"/proc/{pid}", os.O_PATH | os.O_DIRECTORY))
+        # the pidfd pins the process: from here on /proc/{pid} is that process, and it must
+        # be a child of the server's own child (the outer bwrap), not a reused pid
+        stat_fd = os.open("stat", os.O_RDONLY, dir_fd=self.proc)
+        try:
+            ppid = int(os.read(stat_fd, 4096).decode().rsplit(")", 1)[1].split()[1])
+        finally:
+            os.close(stat_fd)
+        if ppid != parent:
+            raise OSError(errno.ESRCH, f"process {pid} is not a child of {parent}")
+        # (polled only: it wakes on every change of the sandbox's mount namespace)
+        self.mountinfo = self.keep(os.open("mountinfo", os.O_RDONLY, dir_fd=self.proc))
+        self.mntns = self.keep(os.open("ns/mnt", os.O_RDONLY, dir_fd=self.proc))
+        self.userns = self.keep(check(libc.ioctl(self.mntns, NS_GET_USERNS), "NS_GET_USERNS"))
+
+    def keep(self, fd):
+        self.fds.append(fd)
+        return fd
+
+    def close(self):
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+
+    def table(self):
+        """The sandbox's mount table now, as seen from its root now: opened afresh each
+        time, since the file shows only what is below the root its opener had then (bwrap
+        changes its root twice while it builds the sandbox)."""
+        fd = os.open("mountinfo", os.O_RDONLY, dir_fd=self.proc)
+        try:
+            chunks = []
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        return b"".join(chunks).decode(errors="replace")
+
+    def try_cap(self):
+        """True once the sandbox's devpts has the cap; False while it is not mounted yet
+        (or, reconfigured, not in view: a table read while bwrap changes its root can be
+        empty, and the change that ends that wakes the poll again)."""
+        if self.capped is not None:
+            return self.verify(self.capped)
+        for device, point, _ in devpts_mounts(self.table()):
+            if device in HOST_DEVICES or device in self.refused:
+                continue
+            try:
+                path_fd = os.open(f"root{point}", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=self.proc)
+            except OSError:
+                continue  # the sandbox's root moved since the table was read: next change
+            try:
+                # the folder opened is on that very mount (the path was read a moment ago)
+                st = os.fstat(path_fd)
+                if f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}" != device or not stat.S_ISDIR(st.st_mode):
+                    continue
+                code = reconfigure(path_fd, self.userns, self.mntns, self.settings)
+            finally:
+                os.close(path_fd)
+            if code == errno.EPERM:
+                self.refused.add(device)  # not the sandbox's own devpts
+                continue
+            if code > SETNS_FAILED:
+                raise OSError(code - SETNS_FAILED, f"joining the sandbox's namespaces: {os.strerror(code - SETNS_FAILED)}")
+            if code != 0:
+                raise OSError(code, f"devpts {point}: {os.strerror(code)}")
+            self.capped = device
+            return self.verify(device)
+        return False
+
+    def verify(self, device):
+        for dev, point, options in devpts_mounts(self.table()):
+            if dev == device:
+                if super_options(options).get("max") != str(self.max):
+                    raise OSError(errno.EIO, f"devpts {point} reads {options} after the reconfiguration")
+                return True
+        return False
+
+
+def reply(msg):
+    sys.stdout.write(json.dumps(msg) + "\n")
+    sys.stdout.flush()
+
+
+def main():
+    poller = select.poll()
+    poller.register(sys.stdin.fileno(), select.POLLIN)
+    by_fd = {}  # fd -> request (its mountinfo and its pidfd)
+    pending = {}  # id -> request
+    buf = b""
+
+    def drop(req):
+        pending.pop(req.id, None)
+        for fd in (req.mountinfo, req.pidfd):
+            poller.unregister(fd)
+            by_fd.pop(fd, None)
+        req.close()
+
+    def attempt(req):
+        try:
+            done = req.try_cap()
+        except OSError as e:
+            reply({"id": req.id, "error": str(e)})
+            drop(req)
+            return
+        if done:
+            reply({"id": req.id, "ok": True})
+            drop(req)
+
+    while True:
+        for fd, _events in poller.poll():
+            if fd == sys.stdin.fileno():
+                data = os.read(fd, 65536)
+                if not data:
+                    return  # the server is gone
+                buf += data
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    msg = json.loads(line)
+                    if msg.get("cancel"):
+                        if msg["id"] in pending:
+                            drop(pending[msg["id"]])
+                        continue
+                    try:
+                        req = Request(msg)
+                    except OSError as e:
+                        reply({"id": msg["id"], "error": str(e)})
+                        continue
+                    pending[req.id] = req
+                    by_fd[req.mountinfo] = by_fd[req.pidfd] = req
+                    poller.register(req.mountinfo, select.POLLPRI | select.POLLERR)
+                    poller.register(req.pidfd, select.POLLIN)
+                    attempt(req)
+                continue
+            req = by_fd.get(fd)
+            if req is None:
+                continue
+            if fd == req.pidfd:
+                reply({"id": req.id, "error": "the sandbox ended before its devpts was capped"})
+                drop(req)
+            else:
+                attempt(req)
+
+
+main()

@@ -1,0 +1,310 @@
+/**
+ * Host-wide kernel resources (docs/threat-model.md, "Host-wide kernel resources"): what one
+ * session could take from every other session and from the host, each crossed on purpose
+ * from an attacker session next to a victim:
+ *   - socket buffers: loopback TCP connections filled without reading stop at the
+ *     session's limit (cgroup v1: memory.kmem.tcp; v2: the memory cgroup itself);
+ *   - all sessions together: the server's parent cgroup holds memory and processes to
+ *     SANDBOX_MAX_SESSIONS times a session's limits, even with a session's own limits gone;
+ *   - ptys: a session that opens ptys until it cannot gets SANDBOX_SESSION_PTYS_MAX of
+ *     them, and the victim still opens one meanwhile; in both kinds of sandbox (the
+ *     template's, and bubblewrap's on a server of its own with SANDBOX_PYTHON_TEMPLATE=off).
+ * Settings are small so the limits are crossed quickly: 2 sessions at most, 128 MiB of
+ * memory, 16 MiB of disk and 1 MiB of /dev/shm per session (a 145 MiB memory cgroup), 48
+ * processes and 8 ptys per session.
+ */
+import { before, after, test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { readFile, writeFile } from 'node:fs/promises';
+import { api, attacker, finishCase, pidsWithMarker, py, sh, sleepMarker, startSuite, stopSuite, type Suite } from './support.js';
+
+const MiB = 1024 * 1024;
+const SESSION_MEMORY_BYTES = (128 + 16 + 1) * MiB;
+const SESSION_PIDS = 48;
+const MAX_SESSIONS = 2;
+const PTYS = 8;
+let S: Suite;
+
+before(async () => {
+  S = await startSuite({
+    SANDBOX_MAX_SESSIONS: String(MAX_SESSIONS),
+    SANDBOX_WARM_POOL_SIZE: '0',
+    SANDBOX_RUNNER_MEMORY_MB: '128',
+    SANDBOX_WORKSPACE_MB: '16',
+    SANDBOX_SHM_MB: '1',
+    SANDBOX_SESSION_PIDS_MAX: String(SESSION_PIDS),
+    SANDBOX_RUNNER_NPROC: '400',
+    SANDBOX_RUNNER_NOFILE: '1024',
+    SANDBOX_SESSION_PTYS_MAX: String(PTYS),
+  });
+});
+
+after(async () => {
+  await stopSuite(S);
+});
+
+/** The cgroup folders of a host process: v1 per hierarchy (memory, pids), or v2's one. */
+async function cgroupDirs(pid: number): Promise<{ memory: string | null; pids: string | null; v2: boolean }> {
+  const text = await readFile(`/proc/${pid}/cgroup`, 'utf8');
+  const v2mount = existsSync('/sys/fs/cgroup/cgroup.controllers') ? '/sys/fs/cgroup' : '/sys/fs/cgroup/unified';
+  const v1 = (c: string) => {
+    const line = text.split('\n').find((l) => l.split(':')[1]?.split(',').includes(c));
+    return line ? `/sys/fs/cgroup/${c}${line.split(':').slice(2).join(':')}` : null;
+  };
+  const memory = v1('memory');
+  if (memory !== null && /\/box_[0-9a-f]+$/.test(memory)) return { memory, pids: v1('pids'), v2: false };
+  const unified = text.split('\n').find((l) => l.startsWith('0::'));
+  const dir = unified ? `${v2mount}${unified.slice(3)}` : null;
+  return { memory: dir, pids: dir, v2: true };
+}
+
+/** The cgroups of a session, found through a process it keeps running (`sleep <marker>`). */
+async function sessionCgroups(id: string): Promise<{ memory: string | null; pids: string | null; v2: boolean; marker: string }> {
+  const marker = sleepMarker();
+  const r = await py(S.server, id, `import subprocess\n_keep = subprocess.Popen(['sleep', '${marker}'])`);
+  assert.equal(r.return_code, 0, r.stderr);
+  const pid = (await pidsWithMarker(marker))[0];
+  assert.ok(pid, 'the marker process runs');
+  return { ...(await cgroupDirs(pid)), marker };
+}
+
+/** What /health says when a session's socket buffers are bounded (cgroup v2, or v1 with its TCP limit). */
+const BOUNDED = /^(TCP and UDP buffers are limited per session|socket buffers are charged to the session's memory limit)/;
+const num = async (file: string) => Number((await readFile(file, 'utf8')).trim());
+const stat = async (file: string, key: string) => Number(new RegExp(`^${key} (\\d+)$`, 'm').exec(await readFile(file, 'utf8'))?.[1] ?? NaN);
+
+test('socket memory: 128 loopback TCP connections filled without reading stop at the session memory limit, not at 128 full buffers', async (t) => {
+  const h = await api(S.server, 'GET', '/health');
+  const socketMemory = String(h.body.isolation.socket_memory);
+  t.diagnostic(`/health socket_memory: ${socketMemory}`);
+  if (!BOUNDED.test(socketMemory)) {
+    assert.match(socketMemory, /not (bounded|limited) per session/, '/health says socket buffers are not bounded here');
+    return;
+  }
+  const a = await attacker(S, t);
+  const cg = await sessionCgroups(a.id);
+  assert.ok(cg.memory, 'the session has a memory cgroup');
+  // Each connection's sender writes until the kernel says EAGAIN: alone, one holds its
+  // full buffers (a few MiB); 128 of them would hold far more than the session's limit.
+  const r = await py(
+    S.server,
+    a.id,
+    [
+      'import socket',
+      'ls = socket.socket()',
+      "ls.bind(('127.0.0.1', 0))",
+      'ls.listen(256)',
+      'held = []',
+      'def fill():',
+      '    c = socket.create_connection(ls.getsockname())',
+      '    s, _ = ls.accept()',
+      '    held.append((c, s))',
+      '    c.setblocking(False)',
+      '    n = 0',
+      '    try:',
+      '        while True:',
+      "            n += c.send(b'x' * 65536)",
+      '    except OSError:',
+      '        return n',
+      'one = fill()',
+      'total = one + sum(fill() for _ in range(127))',
+      'print(one, total)',
+    ].join('\n'),
+    { timeout_seconds: 60 },
+  );
+  assert.equal(r.return_code, 0, r.stderr);
+  const [one, total] = r.stdout.split(' ').map(Number) as [number, number];
+  t.diagnostic(`one connection alone: ${(one / MiB).toFixed(1)} MiB; 128 connections: ${(total / MiB).toFixed(1)} MiB; session limit ${SESSION_MEMORY_BYTES / MiB} MiB`);
+  // TCP may always queue one packet (up to 64 KiB) on a socket with nothing queued, to
+  // make progress: past the limit, 256 sockets may each still take one.
+  const slack = 256 * 64 * 1024;
+  assert.ok(one * 128 > 2 * (SESSION_MEMORY_BYTES + slack), `the attack could hold more than the limit without it (${one} bytes per connection)`);
+  assert.ok(total <= SESSION_MEMORY_BYTES + slack, `the session's sockets hold ${total} bytes, past its ${SESSION_MEMORY_BYTES}`);
+  if (!cg.v2) {
+    const leaf = cg.memory!;
+    const limit = await num(`${leaf}/memory.kmem.tcp.limit_in_bytes`);
+    assert.equal(limit, await num(`${leaf}/memory.limit_in_bytes`), 'the TCP limit is the session memory limit');
+    const peak = await num(`${leaf}/memory.kmem.tcp.max_usage_in_bytes`);
+    t.diagnostic(`memory.kmem.tcp: limit ${limit}, max usage ${peak}, failcnt ${await num(`${leaf}/memory.kmem.tcp.failcnt`)}`);
+    assert.ok(peak > limit / 2, `TCP buffers are charged to the session (max usage ${peak})`);
+    assert.ok(peak <= limit + slack, `TCP buffers stopped at the limit: max usage ${peak}, limit ${limit}`);
+  } else {
+    const sock = await stat(`${cg.memory}/memory.stat`, 'sock');
+    t.diagnostic(`memory.stat sock ${sock}`);
+    assert.ok(sock > total / 2, `socket buffers are charged to the session's memory cgroup (sock ${sock})`);
+  }
+  await finishCase(S, a, [cg.marker]);
+});
+
+test('socket memory: UDP and Unix socket buffers a session fills are charged to its cgroup too (v1: UDP to the TCP counter, Unix to memory)', async (t) => {
+  const h = await api(S.server, 'GET', '/health');
+  if (!BOUNDED.test(String(h.body.isolation.socket_memory))) return; // (the case above checks what /health says)
+  const a = await attacker(S, t);
+  const cg = await sessionCgroups(a.id);
+  const leaf = cg.memory!;
+  const udpFile = cg.v2 ? 'memory.current' : 'memory.kmem.tcp.usage_in_bytes';
+  const unixFile = cg.v2 ? 'memory.current' : 'memory.usage_in_bytes';
+  // UDP: 100 sockets whose receive queues are filled and never read; what they hold is
+  // what the kernel reports per socket (/proc/net/udp rx_queue, the sandbox's own network).
+  const udp0 = await num(`${leaf}/${udpFile}`);
+  const u = await py(
+    S.server,
+    a.id,
+    [
+      'import socket',
+      'udp = []',
+      'for i in range(100):',
+      '    r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)',
+      "    r.bind(('127.0.0.1', 0))",
+      '    w = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)',
+      '    for j in range(8):',
+      "        w.sendto(b'x' * 60000, r.getsockname())",
+      '    udp += [r, w]',
+      "print(sum(int(l.split()[4].split(':')[1], 16) for l in open('/proc/net/udp').read().splitlines()[1:]))",
+    ].join('\n'),
+  );
+  assert.equal(u.return_code, 0, u.stderr);
+  const udpHeld = Number(u.stdout);
+  const udpCharged = (await num(`${leaf}/${udpFile}`)) - udp0;
+  t.diagnostic(`UDP receive queues hold ${udpHeld} bytes; ${udpFile} grew by ${udpCharged}`);
+  assert.ok(udpHeld > 8 * MiB, `the UDP queues hold something (${udpHeld})`);
+  assert.ok(udpCharged >= udpHeld / 2, `UDP buffers are charged to the session (${udpFile} grew by ${udpCharged} for ${udpHeld})`);
+  // Unix: 100 socket pairs, each written until the kernel says EAGAIN, never read.
+  const unix0 = await num(`${leaf}/${unixFile}`);
+  const x = await py(
+    S.server,
+    a.id,
+    [
+      'import socket',
+      'pairs = []',
+      'n = 0',
+      'for i in range(100):',
+      '    r, w = socket.socketpair()',
+      '    w.setblocking(False)',
+      '    pairs.append((r, w))',
+      '    try:',
+      '        while True:',
+      "            n += w.send(b'x' * 65536)",
+      '    except OSError:',
+      '        pass',
+      'print(n)',
+    ].join('\n'),
+  );
+  assert.equal(x.return_code, 0, x.stderr);
+  const unixHeld = Number(x.stdout);
+  const unixCharged = (await num(`${leaf}/${unixFile}`)) - unix0;
+  t.diagnostic(`Unix socket pairs hold ${unixHeld} bytes; ${unixFile} grew by ${unixCharged}`);
+  assert.ok(unixHeld > 8 * MiB, `the Unix sockets hold something (${unixHeld})`);
+  assert.ok(unixCharged >= unixHeld / 2, `Unix socket buffers are charged to the session (${unixFile} grew by ${unixCharged} for ${unixHeld})`);
+  await finishCase(S, a, [cg.marker]);
+});
+
+test('all sessions together: the parent cgroup holds SANDBOX_MAX_SESSIONS times the memory and processes of a session, also with a session limit gone', async (t) => {
+  const h = await api(S.server, 'GET', '/health');
+  const total = String(h.body.isolation.sessions_total);
+  t.diagnostic(`/health sessions_total: ${total}`);
+  if (!/cgroup/.test(String(h.body.isolation.memory_limit))) {
+    assert.match(total, /not bounded as a whole/);
+    return;
+  }
+  assert.match(total, new RegExp(`^memory ${(MAX_SESSIONS * SESSION_MEMORY_BYTES) / MiB} MiB, .*${MAX_SESSIONS * SESSION_PIDS} processes and threads for all sessions together`));
+  assert.doesNotMatch(total, /not set/);
+  const a = await attacker(S, t);
+  const cg = await sessionCgroups(a.id);
+  const parent = (dir: string) => dir.replace(/\/box_[0-9a-f]+$/, '');
+  const memParent = parent(cg.memory!);
+  // Read back: what the parent holds is what the settings promise.
+  const memFile = cg.v2 ? 'memory.max' : 'memory.limit_in_bytes';
+  assert.equal(await num(`${memParent}/${memFile}`), MAX_SESSIONS * SESSION_MEMORY_BYTES);
+  if (!cg.v2) assert.equal(await num(`${memParent}/memory.kmem.tcp.limit_in_bytes`), MAX_SESSIONS * SESSION_MEMORY_BYTES);
+  const pidsParent = cg.pids ? parent(cg.pids) : null;
+  if (pidsParent) assert.equal(await num(`${pidsParent}/pids.max`), MAX_SESSIONS * SESSION_PIDS);
+
+  // A session whose own limits did not apply (lifted here, as root): the parent still
+  // stops it. Processes first: past its own 48, short of the parent's 96.
+  if (cg.v2) {
+    await writeFile(`${cg.memory}/memory.max`, 'max');
+    await writeFile(`${cg.pids}/pids.max`, 'max');
+  } else {
+    await writeFile(`${cg.memory}/memory.memsw.limit_in_bytes`, '-1').catch(() => {});
+    await writeFile(`${cg.memory}/memory.limit_in_bytes`, '-1');
+    if (cg.pids) await writeFile(`${cg.pids}/pids.max`, 'max');
+  }
+  const marker = sleepMarker();
+  if (pidsParent) {
+    const p = await py(
+      S.server,
+      a.id,
+      `import subprocess\nprocs = []\ntry:\n    for i in range(300):\n        procs.append(subprocess.Popen(['sleep', '${marker}']))\nexcept OSError as e:\n    print(len(procs), type(e).__name__)\nfor p in procs:\n    p.kill()\n    p.wait()`,
+      { timeout_seconds: 60 },
+    );
+    const m = /^(\d+) BlockingIOError/.exec(p.stdout);
+    assert.ok(m, `the fork loop stopped with EAGAIN: ${p.stdout} ${p.stderr}`);
+    const started = Number(m[1]);
+    t.diagnostic(`processes started with the session's own limit gone: ${started}`);
+    assert.ok(started > SESSION_PIDS && started < MAX_SESSIONS * SESSION_PIDS, `stopped by the parent's ${MAX_SESSIONS * SESSION_PIDS}: ${started}`);
+  }
+  // Memory: five processes touching 80 MiB each (each under its RLIMIT_AS), 400 MiB in
+  // all: the session goes past its own 145 MiB (gone), and the parent's 290 MiB stops it
+  // (the kernel's OOM killer takes some of them).
+  const eventsBefore = cg.v2 ? await stat(`${memParent}/memory.events`, 'max') : 0;
+  const hog = 'b = bytearray(80 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\nimport time; time.sleep(1); print("survived")';
+  const r = await sh(S.server, a.id, `for i in 1 2 3 4 5; do python3 -c '${hog}' & done; wait`, { timeout_seconds: 60 });
+  const survivors = (r.stdout.match(/survived/g) ?? []).length;
+  t.diagnostic(`survivors ${survivors}; limit ${r.limit_exceeded}; stderr ${r.stderr.slice(0, 300)}`);
+  assert.ok(survivors < 5, 'the parent cgroup stopped 400 MiB of touched memory');
+  if (cg.v2) {
+    assert.ok((await stat(`${memParent}/memory.events`, 'max')) > eventsBefore, "the parent's limit is what was hit");
+  } else {
+    // (a failed charge is not counted in failcnt when swap is accounted: the peaks tell)
+    const leafPeak = await num(`${cg.memory}/memory.max_usage_in_bytes`);
+    const parentPeak = await num(`${memParent}/memory.max_usage_in_bytes`);
+    t.diagnostic(`peak usage: session ${leafPeak}, parent ${parentPeak}`);
+    assert.ok(leafPeak > SESSION_MEMORY_BYTES, 'the session went past its own (lifted) limit');
+    assert.ok(parentPeak <= MAX_SESSIONS * SESSION_MEMORY_BYTES, 'and no further than the parent let it');
+  }
+  assert.equal(r.limit_exceeded, 'memory');
+  await finishCase(S, a, [cg.marker, marker]);
+});
+
+/** Opens ptys until the kernel refuses one, keeps them (`held`); prints how many and why it stopped. */
+const OPEN_PTYS = [
+  'import errno, os',
+  'held = []',
+  'try:',
+  '    while len(held) < 5000:',
+  '        held.append(os.openpty())',
+  'except OSError as e:',
+  '    print(len(held), errno.errorcode[e.errno])',
+].join('\n');
+const ONE_PTY = 'import os\nm, s = os.openpty()\nprint(os.ttyname(s))\nos.close(m)\nos.close(s)';
+
+async function ptyCase(suite: Suite, t: TestContext, kind: 'template' | 'bubblewrap'): Promise<void> {
+  const h = await api(suite.server, 'GET', '/health');
+  assert.equal(h.body.isolation.interpreters, kind === 'template' ? 'forked from the template' : 'bubblewrap', 'the kind of sandbox under test');
+  const a = await attacker(suite, t);
+  const r = await py(suite.server, a.id, OPEN_PTYS);
+  assert.equal(r.stdout, `${PTYS} ENOSPC`, `the session stops at its cap: ${r.stdout} ${r.stderr}`);
+  // Meanwhile another session still gets one (from its own devpts).
+  const v = await py(suite.server, suite.victim, ONE_PTY);
+  assert.match(v.stdout, /^\/dev\/pts\/\d+$/, `the victim opens a pty while the attacker holds ${PTYS}: ${v.stdout} ${v.stderr}`);
+  // A bash command of the attacker: in the template's sandbox it shares the interpreter's
+  // devpts (the cap is the session's); in bubblewrap it has one of its own, capped alike.
+  const b = await sh(suite.server, a.id, `python3 -c '${OPEN_PTYS.replace(/'/g, '"')}'`);
+  assert.equal(b.stdout, kind === 'template' ? '0 ENOSPC\n' : `${PTYS} ENOSPC\n`, `a bash command of the session: ${b.stdout} ${b.stderr}`);
+  // Released, they can be opened again.
+  const again = await py(suite.server, a.id, `for m, s in held:\n    os.close(m)\n    os.close(s)\n${ONE_PTY}`);
+  assert.match(again.stdout, /^\/dev\/pts\/\d+$/, again.stderr);
+  await finishCase(suite, a);
+}
+
+test('ptys: a session opening ptys in a loop gets SANDBOX_SESSION_PTYS_MAX, the victim still opens one (template sandbox)', async (t) => {
+  await ptyCase(S, t, 'template');
+});
+
+test('ptys: the same in bubblewrap sandboxes (SANDBOX_PYTHON_TEMPLATE=off), whose devpts is capped while bwrap waits', async (t) => {
+  const B = await startSuite({ SANDBOX_PYTHON_TEMPLATE: 'off', SANDBOX_SESSION_PTYS_MAX: String(PTYS) });
+  t.after(() => stopSuite(B));
+  await ptyCase(B, t, 'bubblewrap');
+});
