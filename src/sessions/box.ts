@@ -367,21 +367,24 @@ export class Box {
     });
   }
 
-  private stopping: Promise<void> | null = null;
+  /** The deaths of the box's sandbox inits, once stop() has sent their kills. */
+  private exits: Promise<void> | null = null;
   private destroying: Promise<void> | null = null;
 
-  /** Sends SIGKILL to every process of the box: every process in its cgroup, and each
-   * sandbox's init (the kernel then kills the rest of that pid namespace). Resolves once
-   * the inits have been killed (their deaths reported); nothing starts in the box after.
+  /** Sends SIGKILL to every process of the box: every process in its cgroup (at once,
+   * from here), and each sandbox's init (the kernel then kills the rest of that pid
+   * namespace; a template interpreter's through the template). Resolves once the kills
+   * are sent, not once the processes are gone (a process with a large address space
+   * takes milliseconds to die): a delete answers then. Nothing starts in the box after.
    * Idempotent. */
   stop(): Promise<void> {
-    this.stopping ??= (async () => {
+    if (!this.exits) {
       this.destroyed = true;
       this.cgroup?.killAll();
       this.deps.commands?.forget(this.name);
-      await Promise.all([this.interpreter.kill(), ...[...this.bash].map((p) => p.kill())]);
-    })();
-    return this.stopping;
+      this.exits = Promise.all([this.interpreter.kill(), ...[...this.bash].map((p) => p.kill())]).then(() => {});
+    }
+    return Promise.resolve();
   }
 
   /** stop(), then removes what is left: a process of its uid anywhere, its cgroup, its
@@ -389,6 +392,7 @@ export class Box {
   destroy(): Promise<void> {
     this.destroying ??= (async () => {
       await this.stop();
+      await this.exits;
       if (this.uid !== undefined && this.deps.privileged) await killUid(this.uid);
       await this.cgroup?.remove();
       if (this.mounted) await unmountLazy(this.dir);
