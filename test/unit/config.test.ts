@@ -59,6 +59,19 @@ test('the warm pool: SANDBOX_WARM_POOL_SIZE is its minimum (the maximum follows 
   assert.equal(warmPoolParallelism(loadConfig({ SANDBOX_WARM_POOL_PARALLEL: '6' }), 2), 6);
 });
 
+test('boolean settings take true/false (1/0, yes/no, on/off) and refuse anything else', () => {
+  assert.equal(loadConfig({}).warmUp, true);
+  for (const [text, value] of [
+    ['true', true],
+    ['FALSE', false],
+    ['0', false],
+    [' yes ', true],
+    ['off', false],
+  ] as const)
+    assert.equal(loadConfig({ SANDBOX_WARMUP: text }).warmUp, value, text);
+  assert.throws(() => loadConfig({ SANDBOX_WARMUP: 'maybe' }), /SANDBOX_WARMUP="maybe": must be true or false/);
+});
+
 test('every setting is described with its variable and a default', () => {
   const rows = describeSettings();
   assert.ok(rows.length >= 25);

@@ -439,6 +439,22 @@ test('the pool target grows under a burst of creates, never past the maximum, an
   await m.shutdown(0);
 });
 
+test("forgotten creates (the start-up warm-up's) are no demand", async () => {
+  const clock = { now: 1_000 };
+  const factory = new Factory();
+  // Each box takes 2 s of the injected clock.
+  const slowMake = () => {
+    clock.now += 2;
+    return factory.make();
+  };
+  const m = new SessionManager<FakeBox>(loadConfig({ SANDBOX_WARM_POOL_SIZE: '0', SANDBOX_WARM_POOL_MAX: '4' }), slowMake, silent, () => clock.now);
+  const s = await m.create({});
+  assert.ok(m.poolState().target > 0, 'one create a second, 2 s per box: demand');
+  m.forgetCreates();
+  assert.equal(m.poolState().target, 0);
+  await m.destroy(s.id);
+});
+
 test('a grown pool never takes the server past SANDBOX_MAX_SESSIONS: sessions, pool, boxes being made and cleanups together', async () => {
   const clock = { now: 1_000 };
   const factory = new Factory(true, true);
