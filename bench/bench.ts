@@ -26,7 +26,8 @@
  * process each when they run in parallel), as the Otari gateway does; a Node client hides
  * costs a Python gateway pays. The client returns raw timings; the figures are computed here.
  *   7. print(1), the first 150 calls after start: taken right after the warm pool first
- *      fills, before any other figure runs code (the server's JIT is cold).
+ *      fills, before any other figure runs code (the server's JIT has seen only its own
+ *      start-up warm-up).
  *   8. print(1) in the steady state (after the Node figures' thousands of calls and a
  *      warm-up of its own); with it, the floor of an HTTP no-op (GET /health).
  *   9. bash `echo hi`; 10. editor `create` (a new small file per call).
@@ -1059,7 +1060,7 @@ async function gwCalls(f: Figure, job: Record<string, unknown>, n: number): Prom
 /** Right after start, before anything else has run code on the server. */
 async function benchGwFirst(f: Figure): Promise<void> {
   await gwCalls(f, { op: 'exec', ...PY_PRINT1, warmup: 0 }, GW.first);
-  f.note = 'one new session on a server that has served nothing but GET /health; its first call included';
+  f.note = 'one new session on a server that has served nothing but its start-up warm-up (SANDBOX_WARMUP) and GET /health; its first call included';
   setTarget('gw_first150', f);
 }
 

@@ -15,6 +15,21 @@ const int = (env: string, def: number, min: number, max: number, description: st
   env,
   schema: Type.Integer({ default: def, minimum: min, maximum: max, description: `${description} (${env})` }),
 });
+const bool = (env: string, def: boolean, description: string) => ({
+  env,
+  schema: Type.Boolean({ default: def, description: `${description} (${env})` }),
+});
+/** How a boolean setting may be written. */
+const BOOLEAN_WORDS = new Map<string, boolean>([
+  ['true', true],
+  ['1', true],
+  ['yes', true],
+  ['on', true],
+  ['false', false],
+  ['0', false],
+  ['no', false],
+  ['off', false],
+]);
 const str = (env: string, def: string, description: string) => ({
   env,
   schema: Type.String({ default: def, minLength: 1, description: `${description} (${env})` }),
@@ -90,7 +105,20 @@ const SETTINGS = {
     }),
   },
   sandboxUidBase: int('SANDBOX_UID_BASE', 200_000, 1000, 4_000_000_000, 'When the server runs as root: first host uid of the per-session uids'),
-  warmPoolSize: int('SANDBOX_WARM_POOL_SIZE', 2, 0, 1000, 'Ready sandboxes kept waiting for POST /sessions'),
+  warmPoolSize: int('SANDBOX_WARM_POOL_SIZE', 2, 0, 1000, 'Ready sandboxes kept waiting for POST /sessions, at least (the pool grows with the create rate)'),
+  warmPoolMax: int(
+    'SANDBOX_WARM_POOL_MAX',
+    8,
+    0,
+    1000,
+    'Ready sandboxes kept waiting at most, when the recent create rate calls for more than SANDBOX_WARM_POOL_SIZE (left unset, never below it)',
+  ),
+  warmPoolParallel: int('SANDBOX_WARM_POOL_PARALLEL', 0, 0, 64, 'Sandboxes the pool prepares at once (0: one per CPU, at most 4); one at a time while calls are running'),
+  warmUp: bool(
+    'SANDBOX_WARMUP',
+    true,
+    'Before listening, run one session through the request path (create, calls of each tool, files, delete), so the first calls are as fast as later ones',
+  ),
   preloadModules: str('SANDBOX_PRELOAD_MODULES', 'numpy,pandas,matplotlib.pyplot', 'Modules imported before a session is handed out, comma-separated ("-" for none)'),
   pythonTemplate: {
     env: 'SANDBOX_PYTHON_TEMPLATE',
@@ -132,12 +160,18 @@ export function loadConfig(env: Record<string, string | undefined>, overrides: P
   for (const [key, { env: name, schema }] of Object.entries(SETTINGS)) {
     const text = env[name];
     if (text === undefined || text === '') continue;
-    const isInt = (schema as { type?: string }).type === 'integer';
-    if (isInt && !/^\s*-?\d+\s*$/.test(text)) {
+    const type = (schema as { type?: string }).type;
+    if (type === 'integer' && !/^\s*-?\d+\s*$/.test(text)) {
       problems.push(`${name}=${JSON.stringify(text)}: must be an integer`);
       continue;
     }
-    raw[key] = isInt ? Number(text) : text.trim();
+    if (type === 'boolean') {
+      const value = BOOLEAN_WORDS.get(text.trim().toLowerCase());
+      if (value === undefined) problems.push(`${name}=${JSON.stringify(text)}: must be true or false`);
+      else raw[key] = value;
+      continue;
+    }
+    raw[key] = type === 'integer' ? Number(text) : text.trim();
   }
   Object.assign(raw, overrides);
   const value = Value.Default(SCHEMA, raw) as Record<string, unknown>;
@@ -161,7 +195,21 @@ export function loadConfig(env: Record<string, string | undefined>, overrides: P
     }
     config.defaultTimeoutSeconds = config.maxTimeoutSeconds;
   }
+  const pool = config as { warmPoolSize: number; warmPoolMax: number };
+  if (pool.warmPoolMax < pool.warmPoolSize) {
+    // As above: a deployment of the reference sets the pool size alone, which may be above
+    // our default maximum; the maximum follows it. An explicit smaller maximum is an error.
+    if ((env.SANDBOX_WARM_POOL_MAX ?? '') !== '' || overrides.warmPoolMax !== undefined) {
+      throw new ConfigError([`SANDBOX_WARM_POOL_MAX (${pool.warmPoolMax}) is below SANDBOX_WARM_POOL_SIZE (${pool.warmPoolSize})`]);
+    }
+    pool.warmPoolMax = pool.warmPoolSize;
+  }
   return Object.freeze(config);
+}
+
+/** SANDBOX_WARM_POOL_PARALLEL, with 0 (the default) resolved against the host's CPUs. */
+export function warmPoolParallelism(config: Pick<Config, 'warmPoolParallel'>, cpus: number): number {
+  return config.warmPoolParallel > 0 ? config.warmPoolParallel : Math.max(1, Math.min(4, cpus));
 }
 
 /** The settings table, for the README and `--help`. */

@@ -2,7 +2,8 @@
  * The only file that reads the environment, listens, handles signals and exits.
  * Start-up: validate the configuration (all problems at once), sweep what a killed
  * predecessor left, build the seccomp filter, prove the sandbox holds (fail closed),
- * then serve. SIGTERM/SIGINT: stop accepting, let in-flight calls finish until
+ * start the warm pool, warm the request path up (SANDBOX_WARMUP, http/warm-up.ts), then
+ * listen. SIGTERM/SIGINT: stop accepting, let in-flight calls finish until
  * SANDBOX_SHUTDOWN_GRACE_SECONDS, destroy every session, exit.
  */
 import { closeSync, existsSync, promises as fsp, readdirSync, readFileSync } from 'node:fs';
@@ -28,6 +29,7 @@ import { canMountTmpfs } from './sandbox/mounts.js';
 import { SessionManager } from './sessions/manager.js';
 import { ExecService } from './sessions/exec.js';
 import { buildApp } from './http/app.js';
+import { warmUp } from './http/warm-up.js';
 import { MemoryBudget } from './budget.js';
 import { LoopMonitor } from './loop-monitor.js';
 import { EditorWorkers } from './tools/text-editor.js';
@@ -494,9 +496,9 @@ async function main(): Promise<void> {
   );
   const exec = new ExecService(config, budget, editorWorkers);
   const loop = new LoopMonitor();
-  const app = await buildApp({ config, log, sessions, exec, isolation, version: VERSION, budget, loopStats: () => loop.snapshot() });
-  await app.listen({ port: config.port, host: config.host });
-  loop.start();
+  // Requests get access-log lines once the server serves clients (not the warm-up's).
+  let serving = false;
+  const app = await buildApp({ config, log, sessions, exec, isolation, version: VERSION, budget, loopStats: () => loop.snapshot(), logRequests: () => serving });
   sessions.start();
 
   let stopping = false;
@@ -542,6 +544,21 @@ async function main(): Promise<void> {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+
+  // Not listening yet: no client can reach the server (nor its /health) until this ends.
+  if (config.warmUp) {
+    const report = await warmUp(app);
+    if (report.sessionId !== undefined) await sessions.destroy(report.sessionId); // a no-op unless its DELETE failed
+    sessions.forgetCreates();
+    await sessions.cleanupsDone();
+    const fields = { duration_ms: Math.round(report.durationMs), requests: report.requests };
+    if (report.error === undefined) log.info(fields, 'warm-up done');
+    else if (!stopping) log.warn({ ...fields, err: report.error.slice(0, 1000) }, 'warm-up ended early; the first calls may be slower');
+  }
+  if (stopping) return;
+  serving = true;
+  await app.listen({ port: config.port, host: config.host });
+  loop.start();
 }
 
 main().catch((e: unknown) => {

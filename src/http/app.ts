@@ -145,6 +145,7 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   });
 
   app.addHook('onResponse', async (req, reply) => {
+    if (deps.logRequests?.() === false) return;
     const params = req.params as { id?: string } | undefined;
     req.log.info(
       {

@@ -59,6 +59,9 @@ export interface AppDeps {
   budget: MemoryBudget;
   /** The event loop's blocking figures (loop-monitor.ts), shown in /health. */
   loopStats?: () => LoopStats;
+  /** Whether requests get access-log lines now (main.ts: not during the start-up warm-up,
+   * whose requests are not clients'); always when absent. */
+  logRequests?: () => boolean;
 }
 
 export type App = FastifyInstance<any, any, any, Logger, TypeBoxTypeProvider>;

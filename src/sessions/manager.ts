@@ -15,15 +15,27 @@
  * preload modules). A create takes one (each box is handed out once: it leaves the
  * pool array synchronously) and a refill starts in the background. A pooled box has
  * never run user code, so a session cannot tell it from a fresh one.
+ * - Its target follows demand (pool-demand.ts): SANDBOX_WARM_POOL_SIZE at least, more
+ *   while the recent create rate takes boxes faster than one refill makes them, at most
+ *   SANDBOX_WARM_POOL_MAX (and never past capacity: the refill loop checks `used`).
+ *   Ready boxes above a target that has fallen are destroyed at the next GC tick.
+ * - Refills run in parallel up to SANDBOX_WARM_POOL_PARALLEL (default: one per CPU, at
+ *   most 4), and one at a time while any session has a call running: a refill costs CPU
+ *   (the sandbox's set-up, the interpreter's start), which running calls should not wait
+ *   for. Pool boxes also start at nice 10 where the server may raise them back
+ *   (box.ts, promote()). A create that finds the pool empty still makes its own box at
+ *   once (not bounded by the refill limit): its client is waiting.
  *
  * Boxes come from a factory (main.ts passes boxFactory of box.ts; unit tests a fake that
- * starts no process), and the idle and lifetime clocks from `nowSeconds`.
+ * starts no process), and the idle, lifetime and pool-demand clocks from `nowSeconds`.
  */
-import type { Config } from '../config.js';
+import { availableParallelism } from 'node:os';
+import { warmPoolParallelism, type Config } from '../config.js';
 import { SandboxError } from '../errors.js';
 import type { Box } from './box.js';
 import { Session, newSessionId, type SessionBox } from './session.js';
 import type { Logger } from '../log.js';
+import { PoolDemand } from './pool-demand.js';
 
 export interface CreateOptions {
   idleTimeoutSeconds?: number;
@@ -33,6 +45,16 @@ export interface CreateOptions {
 /** Makes a box ready for a session (its interpreter running), or throws; a box it could
  * not finish is its own to clean up. */
 export type BoxFactory<B extends SessionBox = Box> = () => Promise<B>;
+
+/** The warm pool as /health reports it: its current target (between min and max), boxes
+ * ready, boxes being made for it. */
+export interface PoolState {
+  target: number;
+  ready: number;
+  starting: number;
+  min: number;
+  max: number;
+}
 
 export class SessionManager<B extends SessionBox = Box> {
   private readonly sessions = new Map<string, Session<B>>();
@@ -49,17 +71,34 @@ export class SessionManager<B extends SessionBox = Box> {
   private closing = false;
   private poolFailures = 0;
   private readonly destroying = new Set<Promise<void>>();
+  private readonly demand: PoolDemand;
+  /** Refills at once at most (while no call is running). */
+  private readonly refillParallel: number;
+  /** Calls running in sessions right now; refills go one at a time while there are any. */
+  private runningCalls = 0;
+  /** A refill was held back because calls were running: start it when they end. */
+  private refillHeldBack = false;
+  private readonly onRunning = (delta: 1 | -1): void => {
+    this.runningCalls += delta;
+    if (this.runningCalls === 0 && this.refillHeldBack) this.refillSoon();
+  };
 
   constructor(
     private readonly config: Config,
     private readonly makeBox: BoxFactory<B>,
     private readonly log: Logger,
-    /** Seconds, for session idle and lifetime (Date.now() by default). */
+    /** Seconds, for session idle and lifetime and the pool's demand (Date.now() by default). */
     private readonly nowSeconds: () => number = () => Date.now() / 1000,
-  ) {}
+  ) {
+    this.demand = new PoolDemand(config.warmPoolSize, Math.max(config.warmPoolSize, config.warmPoolMax));
+    this.refillParallel = warmPoolParallelism(config, availableParallelism());
+  }
 
   start(): void {
-    this.gcTimer = setInterval(() => void this.reap(), this.config.gcIntervalSeconds * 1000);
+    this.gcTimer = setInterval(() => {
+      void this.reap();
+      this.balancePool();
+    }, this.config.gcIntervalSeconds * 1000);
     this.gcTimer.unref();
     this.refill();
   }
@@ -68,8 +107,18 @@ export class SessionManager<B extends SessionBox = Box> {
     return this.sessions.size;
   }
 
-  poolState(): { target: number; ready: number; starting: number } {
-    return { target: this.config.warmPoolSize, ready: this.pool.length, starting: this.refilling };
+  poolState(): PoolState {
+    return { target: this.demand.target(this.nowSeconds()), ready: this.pool.length, starting: this.refilling, min: this.demand.min, max: this.demand.max };
+  }
+
+  /** Forgets the creates seen so far: the start-up warm-up's is not demand. */
+  forgetCreates(): void {
+    this.demand.forgetCreates();
+  }
+
+  /** Resolves once no cleanup is under way (the warm-up leaves no folder behind). */
+  async cleanupsDone(): Promise<void> {
+    while (this.destroying.size > 0) await Promise.all([...this.destroying]);
   }
 
   private get used(): number {
@@ -92,11 +141,36 @@ export class SessionManager<B extends SessionBox = Box> {
     this.refillTimer.unref();
   }
 
-  /** Keeps the pool at its target size within the capacity left over by sessions. */
+  /** Brings the pool to its target: destroys ready boxes above a target that has fallen
+   * since they were made, and starts refills up to it. */
+  balancePool(): void {
+    const target = this.demand.target(this.nowSeconds());
+    while (!this.closing && this.pool.length > target) void this.discard(this.pool.pop()!);
+    this.refill();
+  }
+
+  /** Makes a box, timed for the pool's refill estimate. */
+  private async timedMakeBox(): Promise<B> {
+    const started = this.nowSeconds();
+    const box = await this.makeBox();
+    this.demand.recordRefill(this.nowSeconds() - started);
+    return box;
+  }
+
+  /** Starts refills towards the pool's target within the capacity left over by sessions,
+   * at most `refillParallel` at once (one while calls are running). */
   private refill(): void {
-    while (!this.closing && this.pool.length + this.refilling < this.config.warmPoolSize && this.used + this.waitingForRoom < this.config.maxSessions && this.poolFailures < 5) {
+    this.refillHeldBack = false;
+    if (this.closing || this.poolFailures >= 5) return;
+    const target = this.demand.target(this.nowSeconds());
+    const parallel = this.runningCalls > 0 ? 1 : this.refillParallel;
+    while (this.pool.length + this.refilling < target && this.used + this.waitingForRoom < this.config.maxSessions) {
+      if (this.refilling >= parallel) {
+        this.refillHeldBack = parallel < this.refillParallel;
+        return;
+      }
       this.refilling++;
-      this.makeBox().then(
+      this.timedMakeBox().then(
         (box) => {
           this.refilling--;
           this.poolFailures = 0;
@@ -104,8 +178,16 @@ export class SessionManager<B extends SessionBox = Box> {
           if (this.closing) {
             void this.discard(box);
             waiter?.resolve(null);
-          } else if (waiter) waiter.resolve(box);
-          else this.pool.push(box);
+            return;
+          }
+          if (waiter) {
+            waiter.resolve(box);
+            // Its session's first call comes next: the next refill waits a moment (see create).
+            this.refillSoon();
+          } else {
+            this.pool.push(box);
+            this.refill(); // the next one, if the target wants more than ran at once
+          }
         },
         (e: unknown) => {
           this.refilling--;
@@ -124,6 +206,7 @@ export class SessionManager<B extends SessionBox = Box> {
   }
 
   async create(opts: CreateOptions): Promise<Session<B>> {
+    this.demand.recordCreate(this.nowSeconds());
     let box: B | undefined;
     for (;;) {
       if (this.closing) throw new SandboxError('SBX_SHUTTING_DOWN', 'server is shutting down', { headers: { 'retry-after': '5' } });
@@ -154,7 +237,7 @@ export class SessionManager<B extends SessionBox = Box> {
     if (!box) {
       this.creating++;
       try {
-        box = await this.makeBox();
+        box = await this.timedMakeBox();
       } finally {
         this.creating--;
       }
@@ -169,7 +252,7 @@ export class SessionManager<B extends SessionBox = Box> {
     const maxLifetime = Math.min(opts.maxLifetimeSeconds ?? this.config.maxLifetimeSeconds, this.config.maxLifetimeSeconds);
     const idle = Math.min(opts.idleTimeoutSeconds ?? this.config.idleTimeoutSeconds, this.config.idleTimeoutSeconds);
     void box.promote().catch(() => {}); // normal priority from now on
-    const session = new Session(newSessionId(), box, idle, maxLifetime, this.nowSeconds);
+    const session = new Session(newSessionId(), box, idle, maxLifetime, this.nowSeconds, this.onRunning);
     this.sessions.set(session.id, session);
     this.refillSoon();
     return session;

@@ -59,6 +59,9 @@ export class Session<B extends SessionBox = Box> {
     readonly maxLifetimeSeconds: number,
     /** The clock of createdAt and lastActivityAt, in seconds (the manager's). */
     private readonly nowSeconds: () => number = () => Date.now() / 1000,
+    /** Told +1 when a call of this session starts running and -1 when it ends (the
+     * manager counts the calls running on the server). */
+    private readonly onRunning?: (delta: 1 | -1) => void,
   ) {
     this.createdAt = nowSeconds();
     this.lastActivityAt = this.createdAt;
@@ -127,11 +130,13 @@ export class Session<B extends SessionBox = Box> {
       left = true;
       this.queued--;
       this.active++;
+      this.onRunning?.(1);
       try {
         if (this.closed) throw new SandboxError('SBX_SESSION_NOT_FOUND', `session not found: ${this.id}`);
         return await fn();
       } finally {
         this.active--;
+        this.onRunning?.(-1);
         this.touch();
       }
     };

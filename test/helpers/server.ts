@@ -59,6 +59,9 @@ export async function startServer(env: Record<string, string> = {}, opts: StartO
       SANDBOX_SESSIONS_ROOT: sessionsRoot,
       ...(opts.defaultUidBase ? {} : { SANDBOX_UID_BASE: String(uidBase) }),
       SANDBOX_WARM_POOL_SIZE: '1',
+      // A pool of a fixed size unless a test sets its maximum: tests that count boxes,
+      // descriptors or processes compare with the size they asked for.
+      SANDBOX_WARM_POOL_MAX: env.SANDBOX_WARM_POOL_SIZE ?? '1',
       SANDBOX_PRELOAD_MODULES: '-',
       SANDBOX_SHUTDOWN_GRACE_SECONDS: '2',
       SANDBOX_MAX_SESSIONS: '32',

@@ -7,13 +7,13 @@ import assert from 'node:assert/strict';
 import { startServer, api, createSession, py, sh, waitFor, type TestServer } from '../helpers/server.js';
 
 async function health(server: TestServer) {
-  return (await api(server, 'GET', '/health')).body as { session_count: number; max_sessions: number; warm_pool: { target: number; ready: number; starting: number } };
+  return (await api(server, 'GET', '/health')).body as { session_count: number; max_sessions: number; warm_pool: { target: number; ready: number; starting: number; min: number; max: number } };
 }
 
 describe('warm pool', () => {
   let server: TestServer;
   before(async () => {
-    server = await startServer({ SANDBOX_WARM_POOL_SIZE: '2', SANDBOX_MAX_SESSIONS: '4', SANDBOX_PRELOAD_MODULES: 'csv,json,no_such_module_xyz' });
+    server = await startServer({ SANDBOX_WARM_POOL_SIZE: '2', SANDBOX_WARM_POOL_MAX: '2', SANDBOX_MAX_SESSIONS: '4', SANDBOX_PRELOAD_MODULES: 'csv,json,no_such_module_xyz' });
   });
   after(() => server.stop());
 
@@ -21,6 +21,8 @@ describe('warm pool', () => {
     assert.ok(await waitFor(async () => (await health(server)).warm_pool.ready === 2, 20_000), 'pool never reached 2 ready');
     const h = await health(server);
     assert.equal(h.warm_pool.target, 2);
+    assert.equal(h.warm_pool.min, 2);
+    assert.equal(h.warm_pool.max, 2);
     assert.equal(h.session_count, 0);
   });
 

@@ -1,8 +1,9 @@
 /**
- * Sessions over HTTP against the real server: create / get / delete, the handle's
- * fields, lifetime clamping and validation, idle and lifetime reaping, capacity (503 +
- * Retry-After), delete and reap killing every process and removing the folder (also
- * after `chmod -R 000`), and a SIGTERM shutdown that leaves nothing behind.
+ * Sessions over HTTP against the real server: the start-up warm-up leaving nothing
+ * behind, create / get / delete, the handle's fields, lifetime clamping and validation,
+ * idle and lifetime reaping, capacity (503 + Retry-After), delete and reap killing every
+ * process and removing the folder (also after `chmod -R 000`), and a SIGTERM shutdown
+ * that leaves nothing behind.
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -44,6 +45,67 @@ after(async () => {
     console.error(`server died early (${server.proc.exitCode ?? server.proc.signalCode}):\n${server.logs().slice(-4000)}`);
   }
   await server.stop();
+});
+
+/** The server's JSON log lines, up to the one that says it listens and after it. */
+function logLines(server: TestServer): { before: Record<string, unknown>[]; after: Record<string, unknown>[] } {
+  const lines = server
+    .logs()
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+  const listening = lines.findIndex((l) => String(l.msg).startsWith('Server listening at'));
+  assert.ok(listening >= 0, 'the server logged that it listens');
+  return { before: lines.slice(0, listening), after: lines.slice(listening) };
+}
+
+// First in this file: the server has served nothing but what the tests below send.
+test('the start-up warm-up leaves no session, no box folder beyond the pool, no access-log line, and one log line with its duration', async () => {
+  const { before, after } = logLines(server);
+  const done = [...before, ...after].filter((l) => typeof l.msg === 'string' && l.msg.startsWith('warm-up'));
+  assert.equal(done.length, 1, `one warm-up line: ${JSON.stringify(done)}`);
+  assert.equal(done[0]!.msg, 'warm-up done');
+  assert.ok(before.includes(done[0]!), 'before the server listens');
+  assert.equal(typeof done[0]!.duration_ms, 'number');
+  assert.ok((done[0]!.requests as number) > 10, `it made its calls: ${JSON.stringify(done[0])}`);
+  assert.deepEqual(
+    before.filter((l) => l.msg === 'request' || JSON.stringify(l).includes('sbx_')),
+    [],
+    'its requests and its session are in no log line',
+  );
+  // Its session is gone and its box cleaned up: what is left is the pool's.
+  const h = (await api(server, 'GET', '/health')).body;
+  assert.equal(h.session_count, 0);
+  assert.equal(h.sessions_cleaning, 0);
+  let pool = h.warm_pool;
+  assert.ok(
+    await waitFor(async () => {
+      pool = (await api(server, 'GET', '/health')).body.warm_pool;
+      return pool.starting === 0 && pool.ready === pool.target;
+    }, 20_000),
+    `the pool settles: ${JSON.stringify(pool)}`,
+  );
+  const boxes = (await readdir(server.sessionsRoot)).filter((n) => n.startsWith('box_'));
+  assert.equal(boxes.length, pool.ready, `box folders: ${boxes.join(', ')}`);
+  // And the server works.
+  const id = await createSession(server);
+  assert.equal((await py(server, id, 'print(6 * 7)')).stdout, '42');
+  assert.equal((await api(server, 'DELETE', `/sessions/${id}`)).status, 204);
+});
+
+test('SANDBOX_WARMUP=false starts without a warm-up, and the server works', async () => {
+  const cold = await startServer({ SANDBOX_WARMUP: 'false', SANDBOX_WARM_POOL_SIZE: '0' });
+  try {
+    assert.deepEqual(
+      logLines(cold).before.filter((l) => String(l.msg).startsWith('warm-up')),
+      [],
+    );
+    const id = await createSession(cold);
+    assert.equal((await py(cold, id, 'print(1)')).stdout, '1');
+    assert.equal((await api(cold, 'DELETE', `/sessions/${id}`)).status, 204);
+  } finally {
+    await cold.stop();
+  }
 });
 
 test('POST /sessions answers 201 with a handle: sbx_ id, float times, default timeouts', async () => {

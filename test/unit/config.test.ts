@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { loadConfig, ConfigError, describeSettings, preloadList } from '../../src/config.js';
+import { loadConfig, ConfigError, describeSettings, preloadList, warmPoolParallelism } from '../../src/config.js';
 
 test('defaults match the reference image', () => {
   const c = loadConfig({});
@@ -44,6 +44,32 @@ test('an explicit default timeout above the ceiling is refused; an implicit one 
   const c = loadConfig({ SANDBOX_RUNNER_WALL_CLOCK_SECONDS: '20' });
   assert.equal(c.defaultTimeoutSeconds, 20);
   assert.equal(c.maxTimeoutSeconds, 20);
+});
+
+test('the warm pool: SANDBOX_WARM_POOL_SIZE is its minimum (the maximum follows a larger one), an explicit smaller maximum is refused; parallel 0 is one per CPU, at most 4', () => {
+  const d = loadConfig({});
+  assert.deepEqual([d.warmPoolSize, d.warmPoolMax, d.warmPoolParallel], [2, 8, 0]);
+  assert.equal(loadConfig({ SANDBOX_WARM_POOL_SIZE: '20' }).warmPoolMax, 20, 'a reference deployment that sets the size alone');
+  assert.equal(loadConfig({ SANDBOX_WARM_POOL_SIZE: '3', SANDBOX_WARM_POOL_MAX: '3' }).warmPoolMax, 3);
+  assert.throws(() => loadConfig({ SANDBOX_WARM_POOL_SIZE: '4', SANDBOX_WARM_POOL_MAX: '3' }), /SANDBOX_WARM_POOL_MAX \(3\) is below SANDBOX_WARM_POOL_SIZE \(4\)/);
+  assert.deepEqual(
+    [1, 2, 3, 64].map((cpus) => warmPoolParallelism(d, cpus)),
+    [1, 2, 3, 4],
+  );
+  assert.equal(warmPoolParallelism(loadConfig({ SANDBOX_WARM_POOL_PARALLEL: '6' }), 2), 6);
+});
+
+test('boolean settings take true/false (1/0, yes/no, on/off) and refuse anything else', () => {
+  assert.equal(loadConfig({}).warmUp, true);
+  for (const [text, value] of [
+    ['true', true],
+    ['FALSE', false],
+    ['0', false],
+    [' yes ', true],
+    ['off', false],
+  ] as const)
+    assert.equal(loadConfig({ SANDBOX_WARMUP: text }).warmUp, value, text);
+  assert.throws(() => loadConfig({ SANDBOX_WARMUP: 'maybe' }), /SANDBOX_WARMUP="maybe": must be true or false/);
 });
 
 test('every setting is described with its variable and a default', () => {

@@ -86,7 +86,7 @@ async function setup(t: TestContext, opts: { budget?: MemoryBudget; exec?: Execu
       return live.size;
     },
     cleaning: 0,
-    poolState: () => ({ target: 2, ready: 1, starting: 1 }),
+    poolState: () => ({ target: 2, ready: 1, starting: 1, min: 2, max: 8 }),
     has(id) {
       calls.push(['sessions.has', id]);
       return live.has(id) || vanishing.has(id);
@@ -261,7 +261,7 @@ test('POST /sessions and /health answer from the services they are given', async
   const h = health.json();
   assert.equal(h.session_count, 1);
   assert.equal(h.version, '0.0.0-test');
-  assert.deepEqual(h.warm_pool, { target: 2, ready: 1, starting: 1 });
+  assert.deepEqual(h.warm_pool, { target: 2, ready: 1, starting: 1, min: 2, max: 8 });
   assert.deepEqual(h.isolation, ISOLATION);
 });
 
