@@ -812,8 +812,26 @@ test('#T6 a queued call and the running one hold their parsed bodies in the memo
   const running = fetch(`${S.server.url}/sessions/${a.id}/exec`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: blocker });
   assert.ok(await waitFor(async () => (await download(S.server, a.id, 'started')).status === 200, 30_000), 'the blocking call runs');
   const queued = api(S.server, 'POST', `/sessions/${a.id}/exec`, JSON.parse(bigExecBody("print('queued')", 1_000_000)));
-  // Queued once a third call is refused (this suite's queue holds one).
-  assert.ok(await waitFor(async () => (await py(S.server, a.id, 'print(3)')).status === 429, 20_000), 'the second call waits in the queue');
+  // Queued once both bodies are held and a third call is refused (this suite's queue holds
+  // one). A probe that came before the big body took the slot would wait behind the
+  // blocker: it is given up after a while (a waiting call that loses its client leaves the
+  // queue), and the next probe tries again.
+  assert.ok(await waitFor(async () => (await used()) >= 4 * blocker.length, 30_000), 'both bodies are held');
+  const probe = async () => {
+    try {
+      const r = await fetch(`${S.server.url}/sessions/${a.id}/exec`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ tool: 'code_execution', input: { code: 'print(3)' } }),
+        signal: AbortSignal.timeout(2000),
+      });
+      await r.arrayBuffer();
+      return r.status === 429;
+    } catch {
+      return false;
+    }
+  };
+  assert.ok(await waitFor(probe, 30_000), 'the second call waits in the queue');
   // Both bodies are held as parsed (two bytes per byte of text and a few tokens), not
   // released at parse, and not at the three times their size they held while arriving.
   const held = await used();
