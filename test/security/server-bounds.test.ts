@@ -619,13 +619,16 @@ test('#R5 answers that clients never read hold the memory budget: past it an ans
   const srv = await startServer({ SANDBOX_SERVER_MEMORY_BUDGET_MB: '96' });
   t.after(() => srv.stop());
   const id = await createSession(srv);
-  const code = "import os\nos.write(1, b'\\x01' * 1048576)\nos.write(2, b'\\x01' * 1048576)";
+  // Control bytes escape to six characters each, and the euro sign makes the decoded
+  // streams two-byte strings (second red team: such answers held twice their charge).
+  const code = "import os\nos.write(1, b'\\x01' * 1048573 + '€'.encode())\nos.write(2, b'\\x01' * 1048573 + '€'.encode())";
   const u = new URL(srv.url);
   const sockets: net.Socket[] = [];
   t.after(() => {
     for (const s of sockets) s.destroy();
   });
   const body = JSON.stringify({ tool: 'code_execution', input: { code } });
+  const rss0Kb = await serverRssKb(srv);
   for (let i = 0; i < 8; i++) {
     const s = net.connect(Number(u.port), u.hostname);
     sockets.push(s);
@@ -633,9 +636,15 @@ test('#R5 answers that clients never read hold the memory budget: past it an ans
     s.pause(); // never read the ~12 MB answer
     s.write(`POST /sessions/${id}/exec HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
   }
-  // Each stalled answer holds its size (~25 MB as text): three fill the 96 MB budget.
+  // Each answer reserves what building it may take (20 bytes a character) before it is
+  // built, then holds what it does take (~17 MB: its UTF-8 bytes and decoded streams):
+  // four held fill the 96 MB budget for a fifth.
   const used = async () => ((await api(srv, 'GET', '/health')).body as { memory_budget: { used_bytes: number } }).memory_budget.used_bytes;
-  assert.ok(await waitFor(async () => (await used()) > 64 * 1024 * 1024, 60_000), 'the stalled answers hold the budget');
+  assert.ok(await waitFor(async () => (await used()) > 48 * 1024 * 1024, 60_000), 'the stalled answers hold the budget');
+  // What the server holds follows its charge (not twice it): its resident set grew by at
+  // most the budget and some slack.
+  const rssKb = await serverRssKb(srv);
+  assert.ok(rssKb - rss0Kb < 96 * 1024 + 160 * 1024, `server RSS grew by ${Math.round((rssKb - rss0Kb) / 1024)} MiB`);
   // The call runs in full; its answer, without room, is cut short and says why.
   const lean = await py(srv, id, `${code}\nprint('ran')`);
   assert.equal(lean.status, 200);

@@ -49,15 +49,35 @@ export const execRoutes: RoutePlugin<ExecRoutesOptions> = (app, deps, done) => {
       // that never read cannot make the server hold many. The call has run, so its answer
       // is never refused: without room, it goes out with its output cut short and says so.
       // (Most answers are small: they take the schema's serializer, as any route.)
-      if (textChars(answer) * 6 <= SMALL_BYTES) return answer;
-      let text = JSON.stringify(answer);
+      const chars = textChars(answer);
+      if (chars * 6 <= SMALL_BYTES) return answer;
+      // Reserved before it is serialised, at what that may take: the JSON text (six
+      // characters per character at most, escapes, two bytes each), its UTF-8 bytes (six
+      // per character at most) and the decoded streams. Without room the full answer is
+      // never built. Once built, it is charged at what it holds until sent: its bytes and
+      // the decoded streams (until the collector frees them).
+      const c = answer.result_block.content;
+      let payload: Buffer | string;
+      let upper;
       try {
-        releaseWithResponse(reply.raw, deps.budget.reserve(text.length * 2, 'the answer'));
+        upper = deps.budget.reserve(20 * chars, 'the answer');
       } catch {
-        text = JSON.stringify(leanAnswer(answer));
+        upper = null;
+      }
+      if (upper) {
+        payload = Buffer.from(JSON.stringify(answer), 'utf8');
+        upper.release();
+        // (within what was just released, in the same turn: room is there)
+        try {
+          releaseWithResponse(reply.raw, deps.budget.reserve(payload.length + 2 * (c.stdout.length + c.stderr.length), 'the answer'));
+        } catch {
+          payload = JSON.stringify(leanAnswer(answer));
+        }
+      } else {
+        payload = JSON.stringify(leanAnswer(answer));
       }
       // Already serialised: sent as it is (the 200 schema above documents its shape).
-      return reply.header('content-type', 'application/json; charset=utf-8').send(text as never);
+      return reply.header('content-type', 'application/json; charset=utf-8').send(payload as never);
     },
   );
   done();
