@@ -113,6 +113,11 @@ export const fileRoutes: RoutePlugin<FileRoutesOptions> = (app, deps, done) => {
         return reply.code(201).send({ path: resolved.rel, size_bytes: staged.size });
       } catch (e) {
         if (staged) await fs.discard(staged.staged).catch(() => {});
+        // Refused before the body was read to its end (a full disk, a file too large): the
+        // rest of it is never read, so the connection cannot carry another request. Closed
+        // after the answer (a keep-alive client that reused it waited for an answer that
+        // could not come).
+        if (!req.raw.complete) reply.header('connection', 'close');
         if (session.closed) throw session.gone();
         const err = e as { name?: string; statusCode?: number; code?: string; message?: string };
         // A body busboy cannot parse is the client's fault: a 400, never a 500.
