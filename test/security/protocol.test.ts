@@ -188,7 +188,7 @@ test('#30 a busy session never blocks another: the victim answers while the atta
   const flood = py(
     S.server,
     a.id,
-    `import os, sys\nstarted = False\nwhile not os.path.exists('/tmp/${stop}'):\n    for i in range(1000):\n        sys.stdout.write('x' * 100)\n        sys.stderr.write('y' * 100)\n    if not started:\n        open('/tmp/${stop}.started', 'w').close()\n        started = True`,
+    `import os, sys\nstarted = False\nwritten = 0\nwhile not os.path.exists('/tmp/${stop}'):\n    for i in range(1000):\n        sys.stdout.write('x' * 100)\n        sys.stderr.write('y' * 100)\n    written += 100_000\n    if not started:\n        open('/tmp/${stop}.started', 'w').close()\n        started = True\n    if written == 2_000_000:\n        open('/tmp/${stop}.pastcap', 'w').close()`,
     { timeout_seconds: 60 },
   );
   let floodEnded = false;
@@ -198,6 +198,8 @@ test('#30 a busy session never blocks another: the victim answers while the atta
   const v = await notHung(py(S.server, S.victim, 'print(1)', { timeout_seconds: 60 }), 'the victim during the flood');
   assert.equal(v.stdout, '1');
   assert.equal(floodEnded, false, 'the victim answered only after the flood ended');
+  // Stopped once it has written past the output cap (1 MiB a stream), so its verdict says so.
+  assert.ok(await waitFor(() => exists(`${a.box.dir}/tmp/${stop}.pastcap`), HANG_BACKSTOP_MS), 'the flood wrote past the cap');
   await writeFile(`${a.box.dir}/tmp/${stop}`, '');
   const r = await flood;
   assert.equal(r.status, 200);
