@@ -56,8 +56,12 @@ test('#25 memory of the whole session: four processes touching 700 MiB each are 
   const M = await startSuite({});
   t.after(() => stopSuite(M));
   const a = await attacker(M, t);
-  const hog = 'b = bytearray(700 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\nimport time; time.sleep(1.5); print("survived")';
-  const r = await sh(M.server, a.id, `for i in 1 2 3 4; do python3 -c '${hog}' & done; wait`, { timeout_seconds: 30 });
+  // Each holds its memory until all four have touched theirs (a marker each), so they are
+  // all resident at once however slowly a loaded machine runs them; 20 s only bounds the
+  // wait of survivors whose sibling was killed.
+  const hog =
+    'import os, sys, time\nb = bytearray(700 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\nopen("/tmp/touched-" + sys.argv[1], "w").close()\nend = time.monotonic() + 20\nwhile len([n for n in os.listdir("/tmp") if n.startswith("touched-")]) < 4 and time.monotonic() < end: time.sleep(0.05)\nprint("survived")';
+  const r = await sh(M.server, a.id, `for i in 1 2 3 4; do python3 -c '${hog}' $i & done; wait`, { timeout_seconds: 60 });
   const survivors = (r.stdout.match(/survived/g) ?? []).length;
   t.diagnostic(`cgroup memory limit: ${cgroupMemory}; survivors: ${survivors}; limit: ${r.limit_exceeded}; stderr: ${r.stderr.slice(0, 2000)}`);
   if (cgroupMemory) {
