@@ -114,10 +114,15 @@ export const fileRoutes: RoutePlugin<FileRoutesOptions> = (app, deps, done) => {
       } catch (e) {
         if (staged) await fs.discard(staged.staged).catch(() => {});
         // Refused before the body was read to its end (a full disk, a file too large): the
-        // rest of it is never read, so the connection cannot carry another request. Closed
-        // after the answer (a keep-alive client that reused it waited for an answer that
-        // could not come).
-        if (!req.raw.complete) reply.header('connection', 'close');
+        // rest of it is read and dropped (no memory: bounded by the route's body limit and
+        // the request timeout), so the client can finish sending and read the answer, and
+        // the connection can carry its next request. (Left unread, a keep-alive client that
+        // reused the connection waited for an answer that could not come; closed at once,
+        // a client still sending saw a reset instead of the answer.)
+        if (!req.raw.complete) {
+          req.raw.unpipe();
+          req.raw.resume();
+        }
         if (session.closed) throw session.gone();
         const err = e as { name?: string; statusCode?: number; code?: string; message?: string };
         // A body busboy cannot parse is the client's fault: a 400, never a 500.
