@@ -9,7 +9,8 @@
 import { closeSync, existsSync, promises as fsp, readdirSync, readFileSync } from 'node:fs';
 import { createHash, randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
-import { loadConfig, ConfigError, preloadList, type Config } from './config.js';
+import { loadConfig, ConfigError, parseTokens, preloadList, type Config } from './config.js';
+import { allowedHosts, isLoopbackAddress } from './http/auth.js';
 import { createLogger, type Logger } from './log.js';
 import { Launcher } from './sandbox/launcher.js';
 import { Pipes } from './sandbox/pipes.js';
@@ -547,7 +548,7 @@ async function main(): Promise<void> {
 
   // Not listening yet: no client can reach the server (nor its /health) until this ends.
   if (config.warmUp) {
-    const report = await warmUp(app);
+    const report = await warmUp(app, { headers: warmUpHeaders(config) });
     if (report.sessionId !== undefined) await sessions.destroy(report.sessionId); // a no-op unless its DELETE failed
     sessions.forgetCreates();
     await sessions.cleanupsDone();
@@ -558,7 +559,21 @@ async function main(): Promise<void> {
   if (stopping) return;
   serving = true;
   await app.listen({ port: config.port, host: config.host });
+  const tokens = parseTokens(config.apiToken).tokens.length;
+  if (tokens > 0) log.info({ tokens }, 'bearer authentication on: every route but /health needs a token (SANDBOX_API_TOKEN)');
+  else if (!isLoopbackAddress(config.host))
+    log.warn({ host: config.host }, 'listening beyond loopback without SANDBOX_API_TOKEN: anyone who can reach this port can run code; set a token');
   loop.start();
+}
+
+/** What the warm-up's requests carry so the auth hook lets them through (and is warmed too). */
+function warmUpHeaders(config: Config): Record<string, string> {
+  const headers: Record<string, string> = {};
+  const token = parseTokens(config.apiToken).tokens[0];
+  if (token !== undefined) headers.authorization = `Bearer ${token}`;
+  const hosts = allowedHosts(config.allowedHosts, config.host);
+  if (hosts !== null) headers.host = [...hosts][0]!.includes(':') ? `[${[...hosts][0]}]` : [...hosts][0]!;
+  return headers;
 }
 
 main().catch((e: unknown) => {

@@ -17,6 +17,8 @@ import { jsonTokens, MAX_JSON_TOKENS } from '../json-bounds.js';
 import { holdParsed, meterBody, parsedBodyBytes, SMALL_BYTES, trackBody } from './hold.js';
 import { finished } from 'node:stream';
 import type { App, AppDeps } from './types.js';
+import { allowedHosts, bearerCheck, hostName } from './auth.js';
+import { parseTokens } from '../config.js';
 import { healthRoutes } from './routes/health.js';
 import { sessionRoutes } from './routes/sessions.js';
 import { sessionScope } from './routes/session.js';
@@ -54,6 +56,20 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   // Past this many open connections new ones are closed at once, before they can hold a
   // descriptor each until the process runs out.
   app.server.maxConnections = deps.config.httpMaxConnections;
+
+  // Who may call: the Host header first (DNS rebinding), then the bearer token on every
+  // route but /health; before any body is read (auth.ts).
+  const hosts = allowedHosts(deps.config.allowedHosts, deps.config.host);
+  const bearer = bearerCheck(parseTokens(deps.config.apiToken).tokens);
+  if (hosts !== null || bearer !== null) {
+    app.addHook('onRequest', (req, _reply, done) => {
+      if (hosts !== null && !hosts.has(hostName(req.headers.host)))
+        return done(new SandboxError('SBX_HOST_NOT_ALLOWED', 'Host header not allowed (SANDBOX_ALLOWED_HOSTS)') as unknown as Error);
+      if (bearer !== null && req.routeOptions.url !== '/health' && !bearer(req.headers.authorization))
+        return done(new SandboxError('SBX_UNAUTHORIZED', 'missing or invalid bearer token', { headers: { 'www-authenticate': 'Bearer' } }) as unknown as Error);
+      done();
+    });
+  }
 
   // A JSON body is held whole while it arrives, and its parsed value until the response
   // ends (a call waits in its session's queue with it): what has arrived of it, then what

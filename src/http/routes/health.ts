@@ -1,12 +1,12 @@
 import Type from 'typebox';
-import type { Config } from '../../config.js';
+import { parseTokens, type Config } from '../../config.js';
 import type { MemoryBudget } from '../../budget.js';
 import type { LoopStats } from '../../loop-monitor.js';
 import type { IsolationInfo, RoutePlugin, SessionStore } from '../types.js';
 
 export interface HealthRoutesOptions {
   sessions: Pick<SessionStore, 'count' | 'cleaning' | 'poolState'>;
-  config: Pick<Config, 'maxSessions'>;
+  config: Pick<Config, 'maxSessions' | 'apiToken'>;
   version: string;
   isolation: IsolationInfo;
   budget: Pick<MemoryBudget, 'usedBytes' | 'totalBytes'>;
@@ -31,6 +31,7 @@ export const healthRoutes: RoutePlugin<HealthRoutesOptions> = (app, deps, done) 
               sessions_cleaning: Type.Optional(Type.Integer()),
               event_loop: Type.Optional(Type.Unknown()),
               memory_budget: Type.Unknown(),
+              auth: Type.Optional(Type.String()),
             },
             { additionalProperties: true },
           ),
@@ -51,6 +52,8 @@ export const healthRoutes: RoutePlugin<HealthRoutesOptions> = (app, deps, done) 
       sessions_cleaning: deps.sessions.cleaning,
       event_loop: deps.loopStats?.(),
       memory_budget: { used_bytes: deps.budget.usedBytes, total_bytes: deps.budget.totalBytes },
+      // Whether the API needs a bearer token (SANDBOX_API_TOKEN); never the token.
+      auth: parseTokens(deps.config.apiToken).tokens.length > 0 ? 'bearer' : 'none',
     }),
   );
   done();
