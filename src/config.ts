@@ -51,6 +51,7 @@ const SETTINGS = {
     'auto',
     "Host names a request's Host header may carry, comma-separated (against DNS rebinding); auto: loopback names when HOST is a loopback address, any otherwise; *: any",
   ),
+  metricsPublic: bool('SANDBOX_METRICS_PUBLIC', false, 'Serve GET /metrics without the bearer token (SANDBOX_API_TOKEN), e.g. to a scraper on a private port'),
   sessionsRoot: str('SANDBOX_SESSIONS_ROOT', '/var/sandbox/sessions', 'Folder holding one private folder per session'),
   idleTimeoutSeconds: int('SANDBOX_SESSION_IDLE_TIMEOUT', 900, 1, 30 * 24 * 3600, 'Ceiling and default of a session idle timeout, seconds'),
   maxLifetimeSeconds: int('SANDBOX_SESSION_MAX_LIFETIME', 7200, 1, 30 * 24 * 3600, 'Ceiling and default of a session lifetime, seconds'),

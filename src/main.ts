@@ -30,6 +30,7 @@ import { canMountTmpfs } from './sandbox/mounts.js';
 import { SessionManager } from './sessions/manager.js';
 import { ExecService } from './sessions/exec.js';
 import { buildApp } from './http/app.js';
+import { ServerMetrics } from './http/metrics.js';
 import { warmUp } from './http/warm-up.js';
 import { MemoryBudget } from './budget.js';
 import { LoopMonitor } from './loop-monitor.js';
@@ -499,7 +500,8 @@ async function main(): Promise<void> {
   const loop = new LoopMonitor();
   // Requests get access-log lines once the server serves clients (not the warm-up's).
   let serving = false;
-  const app = await buildApp({ config, log, sessions, exec, isolation, version: VERSION, budget, loopStats: () => loop.snapshot(), logRequests: () => serving });
+  const metrics = new ServerMetrics(sessions, budget, config);
+  const app = await buildApp({ config, log, sessions, exec, isolation, version: VERSION, budget, metrics, loopStats: () => loop.snapshot(), logRequests: () => serving });
   sessions.start();
 
   let stopping = false;
@@ -551,6 +553,7 @@ async function main(): Promise<void> {
     const report = await warmUp(app, { headers: warmUpHeaders(config) });
     if (report.sessionId !== undefined) await sessions.destroy(report.sessionId); // a no-op unless its DELETE failed
     sessions.forgetCreates();
+    metrics.reset();
     await sessions.cleanupsDone();
     const fields = { duration_ms: Math.round(report.durationMs), requests: report.requests };
     if (report.error === undefined) log.info(fields, 'warm-up done');

@@ -65,7 +65,8 @@ export async function buildApp(deps: AppDeps): Promise<App> {
     app.addHook('onRequest', (req, _reply, done) => {
       if (hosts !== null && !hosts.has(hostName(req.headers.host)))
         return done(new SandboxError('SBX_HOST_NOT_ALLOWED', 'Host header not allowed (SANDBOX_ALLOWED_HOSTS)') as unknown as Error);
-      if (bearer !== null && req.routeOptions.url !== '/health' && !bearer(req.headers.authorization))
+      const open = req.routeOptions.url === '/health' || (req.routeOptions.url === '/metrics' && deps.config.metricsPublic);
+      if (bearer !== null && !open && !bearer(req.headers.authorization))
         return done(new SandboxError('SBX_UNAUTHORIZED', 'missing or invalid bearer token', { headers: { 'www-authenticate': 'Bearer' } }) as unknown as Error);
       done();
     });
@@ -181,6 +182,7 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   });
 
   app.setErrorHandler((error: FastifyError | SandboxError, req, reply) => {
+    if (deps.metrics) deps.metrics.refused(errorCode(error), req.routeOptions.url === '/sessions/:id/exec' ? (req.body as { tool?: unknown } | undefined)?.tool : undefined);
     if (isSandboxError(error)) {
       for (const [k, v] of Object.entries(error.headers)) void reply.header(k, v);
       if (error.status === 500) {
@@ -219,10 +221,25 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   const { config, sessions, exec, budget } = deps;
   await app.register(healthRoutes, { sessions, config, budget, version: deps.version, isolation: deps.isolation, loopStats: deps.loopStats });
   await app.register(sessionRoutes, { sessions });
-  await app.register(sessionScope, { sessions, exec, budget, config });
+  await app.register(sessionScope, { sessions, exec, budget, config, metrics: deps.metrics });
 
+  if (deps.metrics) {
+    const metrics = deps.metrics;
+    app.get('/metrics', { schema: { summary: 'Prometheus metrics (text format)', produces: ['text/plain'] } }, async (_req, reply) =>
+      reply.header('content-type', metrics.contentType).send(await metrics.text()),
+    );
+  }
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
   return app;
+}
+
+/** The SBX_* code an error is answered with (the handler above), for /metrics. */
+function errorCode(error: FastifyError | SandboxError): string {
+  if (isSandboxError(error)) return error.code;
+  const fe = error as FastifyError & { validation?: unknown };
+  if (fe.validation) return 'SBX_VALIDATION';
+  if (fe.code === 'FST_REQ_FILE_TOO_LARGE' || fe.code === 'FST_FILES_LIMIT' || fe.code === 'FST_ERR_CTP_BODY_TOO_LARGE') return 'SBX_FILE_TOO_LARGE';
+  return typeof fe.statusCode === 'number' && fe.statusCode >= 400 && fe.statusCode < 500 ? 'SBX_BAD_REQUEST' : 'SBX_INTERNAL';
 }
 
 const GENERIC_5XX: Partial<Record<string, string>> = {

@@ -14,6 +14,7 @@ import type { MemoryBudget } from '../budget.js';
 import type { LoopStats } from '../loop-monitor.js';
 import type { SessionManager } from '../sessions/manager.js';
 import type { ExecService } from '../sessions/exec.js';
+import type { ServerMetrics } from './metrics.js';
 
 /** What the HTTP layer uses of the session manager. */
 export type SessionStore = Pick<SessionManager, 'count' | 'cleaning' | 'poolState' | 'has' | 'get' | 'create' | 'destroy'>;
@@ -57,6 +58,8 @@ export interface AppDeps {
   isolation: IsolationInfo;
   version: string;
   budget: MemoryBudget;
+  /** Prometheus metrics (GET /metrics); none in unit tests that do not ask. */
+  metrics?: ServerMetrics;
   /** The event loop's blocking figures (loop-monitor.ts), shown in /health. */
   loopStats?: () => LoopStats;
   /** Whether requests get access-log lines now (main.ts: not during the start-up warm-up,

@@ -92,6 +92,11 @@ export class Session<B extends SessionBox = Box> {
     return !this.busy && nowSeconds - this.lastActivityAt > this.idleTimeoutSeconds;
   }
 
+  /** Calls waiting behind the running one. */
+  get queuedCalls(): number {
+    return this.queued;
+  }
+
   /** Runs fn after every call queued before it; refuses past the queue bound. A call
    * whose `signal` aborts while it waits leaves the queue at once (its slot is free). */
   serialize<T>(queueMax: number, fn: () => Promise<T>, signal?: AbortSignal): Promise<T> {

@@ -6,6 +6,7 @@ import { sessionOf } from '../scoped-session.js';
 import { ErrorBody, ExecBody, ExecResponse, SessionParams } from '../schemas.js';
 import type { ExecResponse as ExecAnswer } from '../../tools/result.js';
 import { releaseWithResponse, SMALL_BYTES } from '../hold.js';
+import type { ServerMetrics } from '../metrics.js';
 
 /** Characters of each stream kept in an answer the memory budget has no room for. */
 const LEAN_STREAM_CHARS = 16 * 1024;
@@ -14,6 +15,7 @@ export interface ExecRoutesOptions {
   exec: Executor;
   budget: Pick<MemoryBudget, 'reserve'>;
   config: Pick<Config, 'maxCodeChars'>;
+  metrics?: Pick<ServerMetrics, 'execAnswered'>;
 }
 
 /** Registered inside the /sessions/:id scope (session.ts). The session is resolved there
@@ -45,6 +47,7 @@ export const execRoutes: RoutePlugin<ExecRoutesOptions> = (app, deps, done) => {
       } finally {
         reply.raw.off('close', onClose);
       }
+      deps.metrics?.execAnswered((req.body as ExecBodyInput).tool, answer);
       // A large answer holds its size of the memory budget until it is sent, so clients
       // that never read cannot make the server hold many. The call has run, so its answer
       // is never refused: without room, it goes out with its output cut short and says so.
