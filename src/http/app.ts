@@ -11,6 +11,7 @@ import { createServer } from 'node:http';
 import Fastify, { LogController, type FastifyError } from 'fastify';
 import multipart from '@fastify/multipart';
 import swagger from '@fastify/swagger';
+import swaggerUi from '@fastify/swagger-ui';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { isSandboxError, SandboxError } from '../errors.js';
 import { jsonTokens, MAX_JSON_TOKENS } from '../json-bounds.js';
@@ -128,8 +129,13 @@ export async function buildApp(deps: AppDeps): Promise<App> {
         version: deps.version,
         description: 'Code-execution sandbox server: a conforming backend of the Otari code-execution contract v1, with per-session isolation.',
       },
+      // Every route but /health needs it when SANDBOX_API_TOKEN is set.
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer', description: 'SANDBOX_API_TOKEN (when set)' } } },
+      security: [{ bearer: [] }],
     },
   });
+  // The API's page (GET /docs): Swagger UI served from its npm package, no CDN.
+  await app.register(swaggerUi, { routePrefix: '/docs', staticCSP: true, uiConfig: { deepLinking: true, docExpansion: 'list' } });
   await app.register(multipart, {
     // The reference keeps the client's filename as sent, folders included.
     preservePath: true,

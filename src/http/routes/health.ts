@@ -19,6 +19,8 @@ export const healthRoutes: RoutePlugin<HealthRoutesOptions> = (app, deps, done) 
     {
       schema: {
         summary: 'Liveness and state',
+        // Open even when SANDBOX_API_TOKEN is set (probes carry no token).
+        security: [],
         response: {
           200: Type.Object(
             {
