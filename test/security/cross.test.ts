@@ -185,7 +185,7 @@ test('#49 slowloris: 200 connections trickling partial headers do not stop the s
     s.on('error', () => {});
     s.on('close', () => closed.add(s));
     connected.push(new Promise((resolve) => s.once('connect', () => resolve())));
-    s.write('POST /sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n');
+    s.write('POST /sessions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n');
     sockets.push(s);
   }
   let trickled = 0;
