@@ -52,6 +52,15 @@ const SETTINGS = {
     "Host names a request's Host header may carry, comma-separated (against DNS rebinding); auto: loopback names when HOST is a loopback address, any otherwise; *: any",
   ),
   metricsPublic: bool('SANDBOX_METRICS_PUBLIC', false, 'Serve GET /metrics without the bearer token (SANDBOX_API_TOKEN), e.g. to a scraper on a private port'),
+  replicaId: {
+    env: 'SANDBOX_REPLICA_ID',
+    schema: Type.String({
+      default: '',
+      pattern: '^(|[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)$',
+      description:
+        "This server's name in its session ids (sbx_<name>_<random>), by which a proxy routes a session's calls to it; a DNS label; empty: the host name (a Kubernetes pod's name) (SANDBOX_REPLICA_ID)",
+    }),
+  },
   sessionsRoot: str('SANDBOX_SESSIONS_ROOT', '/var/sandbox/sessions', 'Folder holding one private folder per session'),
   idleTimeoutSeconds: int('SANDBOX_SESSION_IDLE_TIMEOUT', 900, 1, 30 * 24 * 3600, 'Ceiling and default of a session idle timeout, seconds'),
   maxLifetimeSeconds: int('SANDBOX_SESSION_MAX_LIFETIME', 7200, 1, 30 * 24 * 3600, 'Ceiling and default of a session lifetime, seconds'),

@@ -28,6 +28,8 @@ import { boxFactory, removeTree, sessionCgroupLimits } from './sessions/box.js';
 import { detectCgroups, type ParentBound } from './sandbox/cgroups.js';
 import { canMountTmpfs } from './sandbox/mounts.js';
 import { SessionManager } from './sessions/manager.js';
+import { replicaName } from './sessions/session.js';
+import { hostname } from 'node:os';
 import { ExecService } from './sessions/exec.js';
 import { buildApp } from './http/app.js';
 import { ServerMetrics } from './http/metrics.js';
@@ -469,6 +471,8 @@ async function main(): Promise<void> {
   if (files.hostExhaustible) log.warn({ open_files: files.text }, 'open files: sessions together could exhaust the host');
   log.info({ isolation }, `isolation mode: ${isolation.mode}, interpreters ${isolation.interpreters}`);
   const budget = new MemoryBudget(config.serverMemoryBudgetMb * 1024 * 1024);
+  const replica = replicaName(config.replicaId, hostname());
+  log.info({ replica }, 'replica name (in every session id)');
   const editorWorkers = new EditorWorkers();
   const sessions = new SessionManager(
     config,
@@ -495,6 +499,8 @@ async function main(): Promise<void> {
       },
     ),
     log,
+    undefined,
+    replica,
   );
   const exec = new ExecService(config, budget, editorWorkers);
   const loop = new LoopMonitor();

@@ -17,7 +17,7 @@ import type { ExecService } from '../sessions/exec.js';
 import type { ServerMetrics } from './metrics.js';
 
 /** What the HTTP layer uses of the session manager. */
-export type SessionStore = Pick<SessionManager, 'count' | 'cleaning' | 'poolState' | 'has' | 'get' | 'create' | 'destroy'>;
+export type SessionStore = Pick<SessionManager, 'count' | 'cleaning' | 'poolState' | 'replica' | 'has' | 'get' | 'create' | 'destroy'>;
 
 /** What the HTTP layer uses of the exec service. */
 export type Executor = Pick<ExecService, 'exec'>;

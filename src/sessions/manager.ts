@@ -91,6 +91,8 @@ export class SessionManager<B extends SessionBox = Box> {
     private readonly log: Logger,
     /** Seconds, for session idle and lifetime and the pool's demand (Date.now() by default). */
     private readonly nowSeconds: () => number = () => Date.now() / 1000,
+    /** This server's name in session ids (SANDBOX_REPLICA_ID, see replicaName). */
+    readonly replica = 'local',
   ) {
     this.demand = new PoolDemand(config.warmPoolSize, Math.max(config.warmPoolSize, config.warmPoolMax));
     this.refillParallel = warmPoolParallelism(config, availableParallelism());
@@ -266,7 +268,7 @@ export class SessionManager<B extends SessionBox = Box> {
     const maxLifetime = Math.min(opts.maxLifetimeSeconds ?? this.config.maxLifetimeSeconds, this.config.maxLifetimeSeconds);
     const idle = Math.min(opts.idleTimeoutSeconds ?? this.config.idleTimeoutSeconds, this.config.idleTimeoutSeconds);
     void box.promote().catch(() => {}); // normal priority from now on
-    const session = new Session(newSessionId(), box, idle, maxLifetime, this.nowSeconds, this.onRunning);
+    const session = new Session(newSessionId(this.replica), box, idle, maxLifetime, this.nowSeconds, this.onRunning);
     this.sessions.set(session.id, session);
     this.stats.created++;
     this.refillSoon();

@@ -5,7 +5,7 @@ import type { LoopStats } from '../../loop-monitor.js';
 import type { IsolationInfo, RoutePlugin, SessionStore } from '../types.js';
 
 export interface HealthRoutesOptions {
-  sessions: Pick<SessionStore, 'count' | 'cleaning' | 'poolState'>;
+  sessions: Pick<SessionStore, 'count' | 'cleaning' | 'poolState' | 'replica'>;
   config: Pick<Config, 'maxSessions' | 'apiToken'>;
   version: string;
   isolation: IsolationInfo;
@@ -34,6 +34,7 @@ export const healthRoutes: RoutePlugin<HealthRoutesOptions> = (app, deps, done) 
               event_loop: Type.Optional(Type.Unknown()),
               memory_budget: Type.Unknown(),
               auth: Type.Optional(Type.String()),
+              replica: Type.Optional(Type.String()),
             },
             { additionalProperties: true },
           ),
@@ -55,6 +56,8 @@ export const healthRoutes: RoutePlugin<HealthRoutesOptions> = (app, deps, done) 
       event_loop: deps.loopStats?.(),
       memory_budget: { used_bytes: deps.budget.usedBytes, total_bytes: deps.budget.totalBytes },
       // Whether the API needs a bearer token (SANDBOX_API_TOKEN); never the token.
+      // The name in this server's session ids, by which a proxy routes to it.
+      replica: deps.sessions.replica,
       auth: parseTokens(deps.config.apiToken).tokens.length > 0 ? 'bearer' : 'none',
     }),
   );
