@@ -197,7 +197,10 @@ test('validation errors are 422 with a FastAPI-style detail, before the session 
     },
     { req: { method: 'GET', url: '/sessions/sbx_nope/files' }, detail: [{ type: 'missing', loc: ['query', 'path'], msg: 'Field required', input: null }] },
     { req: { method: 'GET', url: '/sessions/sbx_known/files/list?recursive=maybe' }, detail: [{ type: 'type', loc: ['query', 'recursive'], msg: 'must be boolean', input: null }] },
-    { req: { method: 'GET', url: `/sessions/${'x'.repeat(129)}` }, detail: [{ type: 'maxLength', loc: ['path', 'id'], msg: 'must NOT have more than 128 characters', input: null }] },
+    {
+      req: { method: 'GET', url: `/sessions/${'x'.repeat(129)}` },
+      detail: [{ type: 'maxLength', loc: ['path', 'id'], msg: 'must NOT have more than 128 characters', input: null }],
+    },
   ] as const;
   for (const { req, detail } of cases) {
     const res = await f.app.inject(req);
