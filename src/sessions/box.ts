@@ -296,6 +296,7 @@ export class Box {
     if (signal?.aborted) onAbort();
     else signal?.addEventListener('abort', onAbort, { once: true });
     let info: ExitInfo = { exitCode: 127, signal: null };
+    let refused = false;
     for (const viaTemplate of this.deps.commands && !this.bwrapOnly ? [true, false] : [false]) {
       const proc = this.startCommand(command, viaTemplate);
       if (!proc) continue;
@@ -310,6 +311,17 @@ export class Box {
       proc.destroyStreams();
       this.bash.delete(proc);
       if (!(proc instanceof ZygoteCommand && proc.failedToStart) || timedOut || abandoned || this.destroyed) break;
+      // Not in bubblewrap while the interpreter lives: that sandbox's devpts would be a
+      // second one beside the interpreter's, and a pty master passed out of it (over a
+      // socket in /workspace) keeps it, capped anew, after the command ended; the
+      // session's pty cap must hold whatever its code does (docs/threat-model.md,
+      // "Host-wide kernel resources", ptys). (A devpts with max=0 is no way out: the
+      // kernel then allows any number.)
+      if (this.interpreter.sandboxInit()) {
+        refused = true;
+        this.deps.log?.warn({ box: this.name, err: proc.failure.slice(0, 500) }, "the command template could not start a command in the interpreter's sandbox; it did not run");
+        break;
+      }
       this.deps.log?.debug({ box: this.name, err: proc.failure.slice(0, 500) }, 'the command template could not start a command; it runs in bubblewrap');
     }
     clearTimeout(timer);
@@ -317,7 +329,12 @@ export class Box {
     const notes: string[] = [];
     let limit: LimitKind | null = null;
     let returnCode = info.exitCode;
-    if (abandoned && !timedOut) {
+    if (refused && !timedOut && !abandoned) {
+      returnCode = 1;
+      notes.push(
+        `bash: the command did not run: it could not be started in the session's sandbox (the server's log says why); the interpreter's state is kept. Try again; if this persists, restart the interpreter (e.g. run \`import os; os._exit(0)\` in Python: its state is then lost)`,
+      );
+    } else if (abandoned && !timedOut) {
       returnCode = -1;
       notes.push('bash: the client disconnected; the command and every process it started were killed');
     } else if (timedOut) {

@@ -303,6 +303,31 @@ test('ptys: a session opening ptys in a loop gets SANDBOX_SESSION_PTYS_MAX, the 
   await ptyCase(S, t, 'template');
 });
 
+test('#K7 ptys: an interpreter that makes itself not dumpable (prctl PR_SET_DUMPABLE 0) still has its bash commands in its own devpts, under the one cap', async (t) => {
+  const h = await api(S.server, 'GET', '/health');
+  assert.equal(h.body.isolation.interpreters, 'forked from the template');
+  const a = await attacker(S, t);
+  // Before: opening /proc/<interpreter>/ns/* was a ptrace check the box's uid failed once
+  // the interpreter was not dumpable, and each command fell back to a bubblewrap sandbox
+  // with a devpts of its own (another SANDBOX_SESSION_PTYS_MAX, kept past the command's
+  // end by a master passed out of it).
+  const PTMX = "import os\nprint(os.stat('/dev/pts/ptmx').st_dev)";
+  // (not dumpable: its /proc files belong to the host's root, seen inside as nobody)
+  const r = await py(S.server, a.id, `import ctypes, os\nprint(ctypes.CDLL(None).prctl(4, 0, 0, 0, 0), os.stat('/proc/self/stat').st_uid)\n${PTMX}\n${OPEN_PTYS}`);
+  assert.equal(r.return_code, 0, r.stderr);
+  const [prctl, dev, opened] = r.stdout.split('\n');
+  assert.equal(prctl, '0 65534', `prctl(PR_SET_DUMPABLE, 0) took: ${r.stdout}`);
+  assert.match(dev!, /^\d+$/, r.stdout);
+  assert.equal(opened, `${PTYS} ENOSPC`, `the interpreter holds the session's ${PTYS}: ${r.stdout}`);
+  const b = await sh(S.server, a.id, `tr '\\0' ' ' < /proc/1/cmdline; echo; python3 -c '${PTMX.replace(/'/g, '"')}'; python3 -c '${OPEN_PTYS.replace(/'/g, '"')}'`);
+  assert.equal(b.return_code, 0, b.stderr);
+  const [cmdline, bdev, bopened] = b.stdout.split('\n');
+  assert.match(cmdline!, /zygote\.py.* commands $/, "the command runs in the interpreter's sandbox, not in a bubblewrap one of its own");
+  assert.equal(bdev, dev, 'the same devpts instance as the interpreter');
+  assert.equal(bopened, '0 ENOSPC', 'no pty past the cap the interpreter holds');
+  await finishCase(S, a);
+});
+
 test('ptys: the same in bubblewrap sandboxes (SANDBOX_PYTHON_TEMPLATE=off), whose devpts is capped while bwrap waits', async (t) => {
   const B = await startSuite({ SANDBOX_PYTHON_TEMPLATE: 'off', SANDBOX_SESSION_PTYS_MAX: String(PTYS) });
   t.after(() => stopSuite(B));
