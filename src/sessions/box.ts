@@ -26,6 +26,7 @@ import { CappedBuffer } from '../runner/output.js';
 import { WorkspaceFs } from '../files/workspace-fs.js';
 import type { UidAllocator } from '../sandbox/uids.js';
 import { killUid, renice } from '../sandbox/uids.js';
+import { isOutOfTasks } from '../sandbox/host-tasks.js';
 import { SandboxError } from '../errors.js';
 import { mountTmpfs, unmountLazy } from '../sandbox/mounts.js';
 import type { Cgroups, CgroupLeaf, LeafLimits } from '../sandbox/cgroups.js';
@@ -215,12 +216,13 @@ export class Box {
     try {
       await this.interpreter.start();
     } catch (e) {
+      throwIfOutOfTasks(e);
       if (!this.deps.zygote || this.bwrapOnly || this.destroyed) throw e;
       this.bwrapOnly = true;
       this.deps.log?.warn({ box: this.name, err: String((e as Error)?.message ?? e).slice(0, 1000) }, 'the template could not start an interpreter; this session uses bubblewrap');
       await this.interpreter.kill();
       this.interpreter = this.newInterpreter();
-      await this.interpreter.start();
+      await this.interpreter.start().catch((e2: unknown) => throwIfOutOfTasks(e2, e2));
     }
   }
 
@@ -418,6 +420,24 @@ export class Box {
     })();
     return this.destroying;
   }
+}
+
+/**
+ * A sandbox that could not start because the kernel refused a fork or clone for want of
+ * tasks (EAGAIN: the session's or the server's pids cgroup, kernel.pid_max, threads-max)
+ * is no fault of the server's: the call answers 503 SBX_SERVER_BUSY with Retry-After
+ * instead of a 500 (and a template spawn that failed so is not taken for a mount the
+ * template cannot build: the box does not switch to bubblewrap for it). Otherwise returns,
+ * or throws `rethrow` when given.
+ */
+function throwIfOutOfTasks(e: unknown, rethrow?: unknown): void {
+  if (isOutOfTasks(String((e as Error)?.message ?? e))) {
+    throw new SandboxError('SBX_SERVER_BUSY', 'the host cannot start more processes now (a fork failed with EAGAIN: a process or thread limit is reached); try again later', {
+      cause: e,
+      headers: { 'retry-after': '5' },
+    });
+  }
+  if (rethrow !== undefined) throw rethrow;
 }
 
 /** The limits of a box's cgroup (and, times the number of sessions, of the server's

@@ -6,9 +6,12 @@
  *     session's limit (cgroup v1: memory.kmem.tcp; v2: the memory cgroup itself);
  *   - all sessions together: the server's parent cgroup holds memory and processes to
  *     SANDBOX_MAX_SESSIONS times a session's limits, even with a session's own limits gone;
+ *   - processes (#K8): the per-session limit in force keeps all sessions within half of
+ *     the host's pids, and a sandbox that cannot fork answers 503, never 500;
  *   - ptys: a session that opens ptys until it cannot gets SANDBOX_SESSION_PTYS_MAX of
  *     them, and the victim still opens one meanwhile; in both kinds of sandbox (the
- *     template's, and bubblewrap's on a server of its own with SANDBOX_PYTHON_TEMPLATE=off).
+ *     template's, and bubblewrap's on a server of its own with SANDBOX_PYTHON_TEMPLATE=off);
+ *     also after the interpreter made itself not dumpable (#K7).
  * Settings are small so the limits are crossed quickly: 2 sessions at most, 128 MiB of
  * memory, 16 MiB of disk and 1 MiB of /dev/shm per session (a 145 MiB memory cgroup), 48
  * processes and 8 ptys per session.
@@ -266,6 +269,68 @@ test('all sessions together: the parent cgroup holds SANDBOX_MAX_SESSIONS times 
   }
   assert.equal(r.limit_exceeded, 'memory');
   await finishCase(S, a, [cg.marker, marker]);
+});
+
+test("#K8 processes of all sessions together: the limit in force is reported; once no process can be forked (here the server's parent pids cgroup is full), an interpreter restart and a create answer 503 with Retry-After, never 500, and a bash command says it did not run", async (t) => {
+  const h = await api(S.server, 'GET', '/health');
+  const processes = String(h.body.isolation.processes);
+  t.diagnostic(`/health processes: ${processes}`);
+  // (2 sessions x 48 fit in half of any host's pid_max: the limit stays as configured)
+  assert.match(
+    processes,
+    new RegExp(
+      `^at most ${SESSION_PIDS} per session \\(SANDBOX_SESSION_PIDS_MAX\\); ${MAX_SESSIONS * SESSION_PIDS} for all sessions together, within half of the host's \\d+ tasks`,
+    ),
+  );
+  const a = await attacker(S, t);
+  const cg = await sessionCgroups(a.id);
+  if (!cg.pids) {
+    assert.match(processes, /not enforced per session \(no pids cgroup\)/);
+    await finishCase(S, a, [cg.marker]);
+    return;
+  }
+  // What a host out of pids does to every fork (EAGAIN), done to this server's sessions
+  // only: the parent cgroup's limit set to what it holds now, and restored after.
+  const parentDir = cg.pids.replace(/\/box_[0-9a-f]+$/, '');
+  const limitFile = `${parentDir}/pids.max`;
+  const saved = (await readFile(limitFile, 'utf8')).trim();
+  const restore = () => writeFile(limitFile, saved);
+  t.after(restore);
+  /** The limit set to what the parent holds now, less `freed` (the tasks of a sandbox about to end). */
+  const fill = async (freed = 0) => writeFile(limitFile, String((await num(`${parentDir}/pids.current`)) - freed));
+  const run = (id: string, tool: string, input: object) => api(S.server, 'POST', `/sessions/${id}/exec`, { tool, input });
+  const busy = (r: { status: number; headers: Headers; body: { code?: string; detail?: unknown } }, what: string) => {
+    assert.equal(r.status, 503, `${what}: ${r.status} ${JSON.stringify(r.body)}`);
+    assert.equal(r.body.code, 'SBX_SERVER_BUSY', what);
+    assert.match(String(r.body.detail), /cannot start more processes/, what);
+    assert.match(r.headers.get('retry-after') ?? '', /^[1-9]\d*$/, `${what}: Retry-After`);
+  };
+  // (what the attacker's interpreter holds is freed when it ends below: not room for a new one)
+  await fill(await num(`${cg.pids}/pids.current`));
+  const forks = await run(a.id, 'code_execution', { code: "import subprocess\ntry:\n    subprocess.run(['true'])\nexcept OSError as e:\n    print(type(e).__name__)" });
+  assert.equal(forks.status, 200);
+  assert.equal(forks.body.result_block.content.stdout, 'BlockingIOError', 'a fork in the session fails with EAGAIN');
+  const crash = await run(a.id, 'code_execution', { code: 'import os\nos._exit(3)' });
+  assert.equal(crash.status, 200, JSON.stringify(crash.body));
+  busy(await run(a.id, 'code_execution', { code: 'print(1)' }), 'an exec whose interpreter must restart');
+  const bash = await run(a.id, 'bash_code_execution', { command: 'echo ran' });
+  assert.equal(bash.status, 200, JSON.stringify(bash.body));
+  assert.notEqual(bash.body.result_block.content.return_code, 0, 'the command could not start');
+  assert.doesNotMatch(bash.body.result_block.content.stdout, /ran/);
+  await restore();
+  const back = await run(a.id, 'code_execution', { code: 'print(2)' });
+  assert.equal(back.status, 200, JSON.stringify(back.body));
+  assert.equal(back.body.result_block.content.stdout, '2', 'the interpreter restarts once processes are free again');
+  await finishCase(S, a, [cg.marker]);
+  // A create (one session left, room for one more) while nothing can be forked.
+  await fill();
+  busy(await api(S.server, 'POST', '/sessions', {}), 'a create');
+  await restore();
+  const c = await api(S.server, 'POST', '/sessions', {});
+  assert.equal(c.status, 201, JSON.stringify(c.body));
+  assert.equal((await api(S.server, 'DELETE', `/sessions/${c.body.session_id}`)).status, 204);
+  assert.match(S.server.logs(), /"status":503\b/, 'the access log has the 503s');
+  assert.doesNotMatch(S.server.logs(), /"status":500\b/, 'and no 500 anywhere');
 });
 
 /** Opens ptys until the kernel refuses one, keeps them (`held`); prints how many and why it stopped. */
