@@ -442,7 +442,7 @@ async function main(): Promise<void> {
     process.exit(1);
   }
 
-  const cgroups = await detectCgroups(privileged, `otari-${createHash('sha256').update(config.sessionsRoot).digest('hex').slice(0, 12)}`);
+  const cgroups = await detectCgroups(privileged, `otari-${createHash('sha256').update(config.sessionsRoot).digest('hex').slice(0, 12)}`, config.maxSessions);
   if (cgroups) await cgroups.sweep();
   // All sessions' processes and threads together stay within half of the host's
   // (host-tasks.ts): where SANDBOX_SESSION_PIDS_MAX would not, the limit in force from
@@ -466,6 +466,11 @@ async function main(): Promise<void> {
     isolation.protections.push('memory limit per session (cgroup)');
     isolation.socket_memory = cgroups.socketMemory;
     isolation.kernel_memory = cgroups.kernelMemory;
+    // TCP buffers are host-wide (net.ipv4.tcp_mem): each session's share (tcp-memory.ts)
+    const tcp = cgroups.tcpMemory(sessionCgroupLimits(config).memoryBytes);
+    isolation.tcp_memory = tcp.text;
+    if (tcp.hostExhaustible) log.warn({ tcp_memory: tcp.text }, "TCP buffers: sessions together could pass the host's TCP memory");
+    else log.info({ tcp_memory: tcp.text, tcp_bytes_per_session: tcp.perSessionBytes }, 'TCP buffers per session');
     const bound = await cgroups.boundParent(sessionCgroupLimits(config), config.maxSessions);
     isolation.sessions_total = describeParentBound(bound, cgroups.parent);
     if (bound.problems.length > 0) log.warn({ problems: bound.problems }, "the kernel refused part of the bound on all sessions together (the server's parent cgroup)");

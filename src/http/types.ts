@@ -44,6 +44,9 @@ export interface IsolationInfo {
   open_files?: string;
   /** Whether a session's socket buffers count against a limit of its own. */
   socket_memory: string;
+  /** A session's share of the host-wide TCP buffer memory (net.ipv4.tcp_mem), and whether
+   * all sessions together stay below it. */
+  tcp_memory?: string;
   /** Whether memory the kernel holds for a session's objects counts against its limit. */
   kernel_memory: string;
   /** The bound on all of this server's sessions together (its parent cgroup). */

@@ -63,13 +63,20 @@ async function cgroupDirs(pid: number): Promise<{ memory: string | null; pids: s
 }
 
 /** The cgroups of a session, found through a process it keeps running (`sleep <marker>`). */
-async function sessionCgroups(id: string): Promise<{ memory: string | null; pids: string | null; v2: boolean; marker: string }> {
+async function sessionCgroups(id: string, suite: Suite = S): Promise<{ memory: string | null; pids: string | null; v2: boolean; marker: string }> {
   const marker = sleepMarker();
-  const r = await py(S.server, id, `import subprocess\n_keep = subprocess.Popen(['sleep', '${marker}'])`);
+  const r = await py(suite.server, id, `import subprocess\n_keep = subprocess.Popen(['sleep', '${marker}'])`);
   assert.equal(r.return_code, 0, r.stderr);
   const pid = (await pidsWithMarker(marker))[0];
   assert.ok(pid, 'the marker process runs');
   return { ...(await cgroupDirs(pid)), marker };
+}
+
+/** A session's share of the host's TCP memory on a server of `sessions` sessions: half of
+ * net.ipv4.tcp_mem's pressure threshold, split evenly, in whole pages (src/sandbox/tcp-memory.ts). */
+async function tcpShare(sessions: number): Promise<number> {
+  const pressure = Number((await readFile('/proc/sys/net/ipv4/tcp_mem', 'utf8')).trim().split(/\s+/)[1]) * 4096;
+  return Math.max(MiB, Math.floor((pressure * 0.5) / sessions / 4096) * 4096);
 }
 
 /** What /health says when a session's socket buffers are bounded (cgroup v2, or v1 with its TCP limit). */
@@ -127,7 +134,11 @@ test('socket memory: 128 loopback TCP connections filled without reading stop at
   if (!cg.v2) {
     const leaf = cg.memory!;
     const limit = await num(`${leaf}/memory.kmem.tcp.limit_in_bytes`);
-    assert.equal(limit, await num(`${leaf}/memory.limit_in_bytes`), 'the TCP limit is the session memory limit');
+    assert.equal(
+      limit,
+      Math.min(await num(`${leaf}/memory.limit_in_bytes`), await tcpShare(MAX_SESSIONS)),
+      "the TCP limit is the session's memory limit, or its share of tcp_mem if smaller (#K9)",
+    );
     const peak = await num(`${leaf}/memory.kmem.tcp.max_usage_in_bytes`);
     t.diagnostic(`memory.kmem.tcp: limit ${limit}, max usage ${peak}, failcnt ${await num(`${leaf}/memory.kmem.tcp.failcnt`)}`);
     assert.ok(peak > limit / 2, `TCP buffers are charged to the session (max usage ${peak})`);
@@ -138,6 +149,103 @@ test('socket memory: 128 loopback TCP connections filled without reading stop at
     assert.ok(sock > total / 2, `socket buffers are charged to the session's memory cgroup (sock ${sock})`);
   }
   await finishCase(S, a, [cg.marker]);
+});
+
+/** Opens `n` loopback TCP connections and writes to each until the kernel says EAGAIN,
+ * keeping them all (`held`); prints what the first one alone took, then the total. */
+const fillTcp = (n: number) =>
+  [
+    'import socket',
+    'ls = socket.socket()',
+    "ls.bind(('127.0.0.1', 0))",
+    'ls.listen(256)',
+    'held = []',
+    'def fill():',
+    '    c = socket.create_connection(ls.getsockname())',
+    '    s, _ = ls.accept()',
+    '    held.append((c, s))',
+    '    c.setblocking(False)',
+    '    n = 0',
+    '    try:',
+    '        while True:',
+    "            n += c.send(b'x' * 65536)",
+    '    except OSError:',
+    '        return n',
+    'one = fill()',
+    `total = one + sum(fill() for _ in range(${n - 1}))`,
+    'print(one, total)',
+  ].join('\n');
+
+test("#K9 TCP buffers are host-wide (net.ipv4.tcp_mem): a session's TCP limit is its share, so one that fills its sockets stops there while another session's loopback transfer goes through", async (t) => {
+  const pressure = Number((await readFile('/proc/sys/net/ipv4/tcp_mem', 'utf8')).trim().split(/\s+/)[1]) * 4096;
+  // As many sessions as make a share of about 8 MiB: the same arithmetic as 256 sessions
+  // on a host with a smaller tcp_mem (the defaults here: 2.9 MiB each, not 2.6 GiB).
+  const sessions = Math.max(2, Math.floor((pressure * 0.5) / (8 * MiB)));
+  const cap = await tcpShare(sessions);
+  const T = await startSuite({ SANDBOX_MAX_SESSIONS: String(sessions), SANDBOX_WARM_POOL_SIZE: '0' });
+  t.after(() => stopSuite(T));
+  const h = await api(T.server, 'GET', '/health');
+  const tcp = String(h.body.isolation.tcp_memory);
+  t.diagnostic(`/health tcp_memory: ${tcp}`);
+  const a = await attacker(T, t);
+  const cg = await sessionCgroups(a.id, T);
+  assert.ok(cg.memory, 'the session has a memory cgroup');
+  if (cg.v2) {
+    // (no TCP limit of its own on v2: /health says what bounds it)
+    assert.match(tcp, /^a session's TCP buffers are bounded by its memory limit/);
+    await finishCase(T, a, [cg.marker]);
+    return;
+  }
+  assert.match(
+    tcp,
+    new RegExp(
+      `^TCP buffers capped at ${(cap / MiB).toFixed(1)} MiB per session \\(a 1/${sessions} share of half the host's TCP pressure threshold\\); ${sessions} sessions together at most`,
+    ),
+  );
+  assert.equal(await num(`${cg.memory}/memory.kmem.tcp.limit_in_bytes`), cap, "the session's TCP limit is its share");
+  const parent = cg.memory.replace(/\/box_[0-9a-f]+$/, '');
+  const all = await num(`${parent}/memory.kmem.tcp.limit_in_bytes`);
+  assert.equal(all, cap * sessions, 'the parent holds all sessions to the sum of their shares');
+  assert.ok(all <= pressure / 2, 'which is below half the pressure point');
+  // 32 connections, each written until EAGAIN: alone, each holds a few MiB.
+  const r = await py(T.server, a.id, fillTcp(32), { timeout_seconds: 60 });
+  assert.equal(r.return_code, 0, r.stderr);
+  const [one, total] = r.stdout.split(' ').map(Number) as [number, number];
+  // (past the limit TCP still queues one packet per socket to make progress: both ends of
+  // each connection are the session's)
+  const slack = 32 * 2 * 64 * 1024;
+  t.diagnostic(`one connection: ${(one / MiB).toFixed(1)} MiB; 32 connections: ${(total / MiB).toFixed(1)} MiB; the session's share ${(cap / MiB).toFixed(1)} MiB`);
+  assert.ok(one * 32 > 2 * (cap + slack), `the attack could hold more than the share without it (${one} bytes per connection)`);
+  assert.ok(total <= cap + slack, `the session's sockets hold ${total} bytes, past its share of ${cap}`);
+  // Meanwhile the victim moves 16 MiB through a loopback connection of its own.
+  const v = await py(
+    T.server,
+    T.victim,
+    [
+      'import socket, threading',
+      'ls = socket.socket()',
+      "ls.bind(('127.0.0.1', 0))",
+      'ls.listen(1)',
+      'got = []',
+      'def receive():',
+      '    s, _ = ls.accept()',
+      '    n = 0',
+      '    while b := s.recv(1 << 16):',
+      '        n += len(b)',
+      '    got.append(n)',
+      'th = threading.Thread(target=receive)',
+      'th.start()',
+      'c = socket.create_connection(ls.getsockname())',
+      "c.sendall(b'x' * (16 << 20))",
+      'c.close()',
+      'th.join(30)',
+      'print(got)',
+    ].join('\n'),
+    { timeout_seconds: 60 },
+  );
+  assert.equal(v.return_code, 0, v.stderr);
+  assert.equal(v.stdout, `[${16 * MiB}]`, "the victim's transfer arrives whole");
+  await finishCase(T, a, [cg.marker]);
 });
 
 test('socket memory: UDP and Unix socket buffers a session fills are charged to its cgroup too (v1: UDP to the TCP counter, Unix to memory)', async (t) => {
@@ -220,7 +328,7 @@ test('all sessions together: the parent cgroup holds SANDBOX_MAX_SESSIONS times 
   // Read back: what the parent holds is what the settings promise.
   const memFile = cg.v2 ? 'memory.max' : 'memory.limit_in_bytes';
   assert.equal(await num(`${memParent}/${memFile}`), MAX_SESSIONS * SESSION_MEMORY_BYTES);
-  if (!cg.v2) assert.equal(await num(`${memParent}/memory.kmem.tcp.limit_in_bytes`), MAX_SESSIONS * SESSION_MEMORY_BYTES);
+  if (!cg.v2) assert.equal(await num(`${memParent}/memory.kmem.tcp.limit_in_bytes`), MAX_SESSIONS * Math.min(SESSION_MEMORY_BYTES, await tcpShare(MAX_SESSIONS)));
   const pidsParent = cg.pids ? parent(cg.pids) : null;
   if (pidsParent) assert.equal(await num(`${pidsParent}/pids.max`), MAX_SESSIONS * SESSION_PIDS);
 
