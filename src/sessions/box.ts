@@ -287,18 +287,27 @@ export class Box {
     let timedOut = false;
     let abandoned = false;
     let current: CommandProcess | null = null;
+    let wake = () => {};
     const timer = setTimeout(() => {
       timedOut = true;
+      wake();
       void current?.kill();
     }, timeoutMs);
     const onAbort = () => {
       abandoned = true;
+      wake();
       void current?.kill();
     };
     if (signal?.aborted) onAbort();
     else signal?.addEventListener('abort', onAbort, { once: true });
     let info: ExitInfo = { exitCode: 127, signal: null };
     let refused = false;
+    // An interpreter being restarted (after a crash or a limit) cannot be joined until its
+    // sandbox is built, and while it lives a command is never sent to bubblewrap instead:
+    // wait for the restart, within this call's time.
+    if (this.restarting && this.deps.commands && !this.bwrapOnly && !timedOut && !abandoned) {
+      await Promise.race([this.restarting.catch(() => {}), new Promise<void>((r) => (wake = r))]);
+    }
     for (const viaTemplate of this.deps.commands && !this.bwrapOnly ? [true, false] : [false]) {
       const proc = this.startCommand(command, viaTemplate);
       if (!proc) continue;

@@ -452,6 +452,16 @@ describe('interpreters forked from the template', () => {
     assert.match(after.stdout, /zygote\.py.* commands \n1000\n2\n$/);
   });
 
+  it("run a command sent while the interpreter restarts (after a crash) in the new interpreter's sandbox, not refused", async () => {
+    const id = await createSession(server);
+    const crash = await py(server, id, 'import os\nos._exit(3)');
+    assert.equal(crash.interpreter_restarted, true, crash.stderr);
+    // (at once: the restart is under way in the background)
+    const r = await sh(server, id, "tr '\\0' ' ' < /proc/1/cmdline");
+    assert.equal(r.return_code, 0, r.stderr);
+    assert.match(r.stdout, /zygote\.py.* commands $/);
+  });
+
   it('share nothing they can observe: module changes, variables, /tmp and host uids stay per session', async () => {
     const a = await createSession(server);
     const b = await createSession(server);
