@@ -343,7 +343,15 @@ async function detectV1(privileged: boolean, scope: string, maxSessions: number)
   const pidsParent = extra.find((e) => e.name === 'pids')?.parent;
   // A leaf's TCP limit: a share of the host's tcp_mem, at most its memory limit (tcp-memory.ts).
   const tcpMem = hostTcpMem();
-  const tcpMemory = (memoryBytes: number) => tcpMemoryBound({ memoryBytes, maxSessions, tcpMem, perSessionLimit: kmem.tcp });
+  const tcpMemory = (memoryBytes: number): TcpMemoryBound =>
+    kmem.tcp
+      ? tcpMemoryBound({ memoryBytes, maxSessions, tcpMem, perSessionLimit: true })
+      : {
+          perSessionBytes: memoryBytes,
+          lowered: false,
+          hostExhaustible: true,
+          text: "TCP buffers are not bounded per session (this kernel refused memory.kmem.tcp.limit_in_bytes): one session can reach the host's net.ipv4.tcp_mem",
+        };
   const tcpBytes = (memoryBytes: number) => tcpMemory(memoryBytes).perSessionBytes;
   return {
     version: 'v1',
