@@ -658,11 +658,13 @@ def run_spawner(req, report_fd, zygote_pid):
 #   └─ H  the box's command host, made at its first command: enter_box once (joining a
 #      │   cgroup costs milliseconds, tens under load: never per command), then one fork
 #      │   per command; requests come from Zc on a socket pair (a descriptor of the
-#      │   request and the command's stdout and stderr); it runs as the box's uid in the
-#      │   host's namespaces, where session code cannot name it; killed with the box
+#      │   request, the command's stdout and stderr, and the namespaces to join); it runs
+#      │   as the box's uid in the host's namespaces, where session code cannot name it;
+#      │   killed with the box
 #      └─ X  joins the user namespace of the session's
 #         │   sandbox and its mount, network, ipc, uts and cgroup namespaces (those of a
-#         │   process of the running interpreter, found and checked by session_namespaces);
+#         │   process of the running interpreter, found, checked and opened by Zc in
+#         │   session_namespaces, and passed down with the request);
 #         │   then a pid namespace and a mount namespace of the command's own; forks Y,
 #         │   reports it to H, exits (Y's parent is then Zc, a subreaper)
 #         └─ Y  pid 1 of the command's pid namespace: a /proc of that namespace over the
@@ -695,13 +697,25 @@ def proc_stat(dir_fd):
 
 
 def session_namespaces(init):
-    """X: descriptors of the namespaces of the session's running interpreter, whose
+    """Zc: descriptors of the namespaces of the session's running interpreter, whose
     pid-namespace init is init["pid"], started at init["start"] (so a reused pid is never
     taken for it). Any child of that init is a process of the session (the interpreter, or
     an orphan of it); one qualifies when its user namespace is two levels below ours (the
     sandbox user's, inside the box's own): a process still building its sandbox does not.
     Each check reads through the process's /proc folder descriptor, which stays with that
-    process whatever happens to its pid."""
+    process whatever happens to its pid.
+
+    Why Zc and not X (the box's uid): opening /proc/<pid>/ns/* is a ptrace access check,
+    which a process that is not dumpable passes only for a caller with CAP_SYS_PTRACE over
+    its memory's user namespace. A forked interpreter never ran execve, so that is the
+    host's: once session code calls prctl(PR_SET_DUMPABLE, 0), the box's uid could not
+    enter its sandbox any more, and every command went to a bubblewrap sandbox of its own
+    (a devpts of its own beside the session's capped one). Zc, root of the host when the
+    server is, passes the check whatever the interpreter did to itself; unprivileged, it
+    fails as X did, and the server answers that the command did not run: never in
+    bubblewrap while the interpreter lives (src/sessions/box.ts). In Zc's loop, which serves every session, this is a few system
+    calls per child of that init up to the first that qualifies (the interpreter, its
+    oldest child, in practice)."""
     pid = int(init["pid"])
     b = os.open(f"/proc/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -741,14 +755,18 @@ def session_namespaces(init):
     raise OSError(errno.ESRCH, "the session's interpreter has no process to join")
 
 
+# The order of the namespace descriptors that follow a command's request and stdio.
+NS_FDS = ("inner", "user", *(name for name, _ in JOINED))
+
+
 def setns(fd, kind):
     check(libc.setns(fd, kind), "setns")
 
 
 def run_command_host(req, sock, zygote_pid):
-    """H: see the diagram above. Each request on `sock` carries three descriptors: a memfd
-    holding the request (JSON), the command's stdout and its stderr; the answer is
-    {"pid": Y} or {"error": why}."""
+    """H: see the diagram above. Each request on `sock` carries descriptors: a memfd
+    holding the request (JSON), the command's stdout and its stderr, then the namespaces
+    of the session's sandbox (NS_FDS); the answer is {"pid": Y} or {"error": why}."""
     try:
         # (never picked by the OOM killer: it holds nothing but the box's next command)
         enter_box(req, oom_score_adj="-1000")
@@ -756,15 +774,15 @@ def run_command_host(req, sock, zygote_pid):
         if os.getppid() != zygote_pid:
             os._exit(0)  # the zygote died before the death signal was armed
         while True:
-            _, fds, _, _ = socket.recv_fds(sock, 16, 3)
-            if len(fds) != 3:
+            _, fds, _, _ = socket.recv_fds(sock, 16, 3 + len(NS_FDS))
+            if len(fds) != 3 + len(NS_FDS):
                 os._exit(0)  # the zygote is gone (or spoke nonsense)
             try:
                 for fd in fds:  # (received without close-on-exec: they would reach bash)
                     os.set_inheritable(fd, False)
                 os.lseek(fds[0], 0, os.SEEK_SET)
                 request = json.loads(read_fd(fds[0]))
-                answer = start_command(request, (fds[1], fds[2]), sock, zygote_pid)
+                answer = start_command(request, (fds[1], fds[2]), dict(zip(NS_FDS, fds[3:], strict=True)), sock, zygote_pid)
             except BaseException as e:  # noqa: BLE001
                 answer = {"error": f"{type(e).__name__}: {e}"}
             finally:
@@ -782,14 +800,14 @@ def read_fd(fd):
     return b"".join(parts)
 
 
-def start_command(req, stdio, sock, zygote_pid):
+def start_command(req, stdio, ns, sock, zygote_pid):
     """H: forks X for one command and waits for its report."""
     r, w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
         os.close(r)
         sock.close()  # (a socket of the host's network namespace: never into the sandbox)
-        run_command_spawner(req, w, zygote_pid, stdio)
+        run_command_spawner(req, w, zygote_pid, stdio, ns)
         os._exit(1)
     os.close(w)
     try:
@@ -805,14 +823,13 @@ def start_command(req, stdio, sock, zygote_pid):
         return {"error": "the command's spawner did not answer"}
 
 
-def run_command_spawner(req, report_fd, zygote_pid, stdio):
-    """X: see the diagram above."""
+def run_command_spawner(req, report_fd, zygote_pid, stdio, ns):
+    """X: see the diagram above. `ns`: descriptors of the namespaces to join (NS_FDS)."""
     try:
         try:
             write_file("/proc/self/oom_score_adj", "0")  # (H's is not for session processes)
         except OSError:
             pass
-        ns = session_namespaces(req["init"])
         setns(ns["user"], CLONE_NEWUSER)  # root of the box's namespace: owner of the others
         for name, kind in JOINED:
             setns(ns[name], kind)
@@ -1216,6 +1233,8 @@ class Zygote:
                 fds.append(open_fifo(path))
             memfd = os.memfd_create("request", os.MFD_CLOEXEC)
             fds.insert(0, memfd)
+            ns = session_namespaces(req["init"])
+            fds.extend(ns[name] for name in NS_FDS)
             view = memoryview(json.dumps(req).encode())
             while view:
                 view = view[os.write(memfd, view):]

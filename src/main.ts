@@ -17,6 +17,7 @@ import { Pipes } from './sandbox/pipes.js';
 import { DevptsCap } from './sandbox/devpts-cap.js';
 import { UidAllocator, killUid, pidsOfUids } from './sandbox/uids.js';
 import { hostFileMax, openFilesBound } from './sandbox/open-files.js';
+import { hostTaskLimits, hostTasksBound } from './sandbox/host-tasks.js';
 import { claimUidRange, UidRangeTaken, type UidClaim } from './sandbox/uid-claims.js';
 import { buildSeccompFilter, hostFacts, probeBwrap, probeCommand, probeTemplate, sweepSessionsRoot, PreflightError, FIX_HINT } from './sandbox/preflight.js';
 import { Interpreter } from './runner/interpreter.js';
@@ -445,8 +446,23 @@ async function main(): Promise<void> {
     process.exit(1);
   }
 
-  const cgroups = await detectCgroups(privileged, `otari-${createHash('sha256').update(config.sessionsRoot).digest('hex').slice(0, 12)}`);
+  const cgroups = await detectCgroups(privileged, `otari-${createHash('sha256').update(config.sessionsRoot).digest('hex').slice(0, 12)}`, config.maxSessions);
   if (cgroups) await cgroups.sweep();
+  // All sessions' processes and threads together stay within half of the host's
+  // (host-tasks.ts): where SANDBOX_SESSION_PIDS_MAX would not, the limit in force from
+  // here on (cgroups, open-files arithmetic, /health) is lowered.
+  const tasks = hostTasksBound({ sessionPidsMax: config.sessionPidsMax, maxSessions: config.maxSessions, ...hostTaskLimits() });
+  if (tasks.lowered) {
+    log.warn(
+      { configured: config.sessionPidsMax, in_force: tasks.perSession, processes: tasks.text },
+      "SANDBOX_SESSION_PIDS_MAX lowered: all sessions together would pass half of the host's processes and threads",
+    );
+    config = Object.freeze({ ...config, sessionPidsMax: tasks.perSession });
+  }
+  if (tasks.hostExhaustible) log.warn({ processes: tasks.text }, "processes: sessions together could exhaust the host's pids");
+  isolation.processes = cgroups?.controllers.includes('pids')
+    ? tasks.text
+    : `${tasks.text}; not enforced per session (no pids cgroup): RLIMIT_NPROC ${config.maxProcesses} per sandbox`;
   isolation.memory_limit = cgroups
     ? `${cgroups.describe}, and RLIMIT_AS ${config.memoryMb} MiB per process`
     : `RLIMIT_AS ${config.memoryMb} MiB per process (no writable cgroup: no per-session total)`;
@@ -454,6 +470,11 @@ async function main(): Promise<void> {
     isolation.protections.push('memory limit per session (cgroup)');
     isolation.socket_memory = cgroups.socketMemory;
     isolation.kernel_memory = cgroups.kernelMemory;
+    // TCP buffers are host-wide (net.ipv4.tcp_mem): each session's share (tcp-memory.ts)
+    const tcp = cgroups.tcpMemory(sessionCgroupLimits(config).memoryBytes);
+    isolation.tcp_memory = tcp.text;
+    if (tcp.hostExhaustible) log.warn({ tcp_memory: tcp.text }, "TCP buffers: sessions together could pass the host's TCP memory");
+    else log.info({ tcp_memory: tcp.text, tcp_bytes_per_session: tcp.perSessionBytes }, 'TCP buffers per session');
     const bound = await cgroups.boundParent(sessionCgroupLimits(config), config.maxSessions);
     isolation.sessions_total = describeParentBound(bound, cgroups.parent);
     if (bound.problems.length > 0) log.warn({ problems: bound.problems }, "the kernel refused part of the bound on all sessions together (the server's parent cgroup)");

@@ -38,10 +38,16 @@ export interface IsolationInfo {
   uid_range?: string;
   disk_quota: string;
   memory_limit: string;
+  /** A session's bound on processes and threads (SANDBOX_SESSION_PIDS_MAX, lowered where all
+   * sessions together would pass half of the host's pid_max or threads-max). */
+  processes?: string;
   /** A session's bound on open files, and whether all sessions could reach fs.file-max. */
   open_files?: string;
   /** Whether a session's socket buffers count against a limit of its own. */
   socket_memory: string;
+  /** A session's share of the host-wide TCP buffer memory (net.ipv4.tcp_mem), and whether
+   * all sessions together stay below it. */
+  tcp_memory?: string;
   /** Whether memory the kernel holds for a session's objects counts against its limit. */
   kernel_memory: string;
   /** The bound on all of this server's sessions together (its parent cgroup). */

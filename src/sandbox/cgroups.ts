@@ -21,8 +21,11 @@
  * cgroup.memory=nokmem), Unix socket buffers with them, but TCP and UDP buffers only once
  * the leaf's memory.kmem.tcp.limit_in_bytes is set, which also turns that accounting on
  * (for every socket with memory accounting, UDP included, despite its name): each leaf
- * gets it, at its memory limit (a second budget next to the memory one, not a share of
- * it). memory.kmem.limit_in_bytes is written too where the kernel honours it (before 4.6
+ * gets it (a second budget next to the memory one, not a share of it), at its memory
+ * limit or less: TCP memory is host-wide (net.ipv4.tcp_mem), so the leaf's is a share of
+ * it small enough that all sessions together stay below its pressure point (tcp-memory.ts;
+ * v2 cannot say so, and `tcpMemory` reports whether its memory limits keep below it).
+ * memory.kmem.limit_in_bytes is written too where the kernel honours it (before 4.6
  * that is what turns kernel-object accounting on; since 6.1 it is ignored). Which of
  * these the kernel honours is found once, on a probe leaf, and reported (`socketMemory`,
  * `kernelMemory`); test/security/kernel-resources.test.ts checks each charge.
@@ -34,6 +37,7 @@
 import { closeSync, existsSync, openSync, promises as fsp, readFileSync, readSync, writeFileSync } from 'node:fs';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
+import { hostTcpMem, tcpMemoryBound, type TcpMemoryBound } from './tcp-memory.js';
 
 const execFileP = promisify(execFile);
 
@@ -57,6 +61,9 @@ export interface Cgroups {
   socketMemory: string;
   /** Whether memory the kernel holds for a session (its objects) counts, in words. */
   kernelMemory: string;
+  /** What bounds a session's TCP buffers against the host-wide net.ipv4.tcp_mem, for a
+   * leaf of `memoryBytes` (tcp-memory.ts): v1's per-session TCP limit, or v2's memory limit. */
+  tcpMemory(memoryBytes: number): TcpMemoryBound;
   /** Bounds the parent cgroup to `sessions` leaves of `leaf` (called once the stale leaves
    * of an earlier run are swept): what is in force, and what the kernel refused. */
   boundParent(leaf: LeafLimits, sessions: number): Promise<ParentBound>;
@@ -229,7 +236,7 @@ async function sweepLeaves(base: string): Promise<number> {
   return stale.length;
 }
 
-async function detectV2(privileged: boolean, scope: string): Promise<Cgroups | null> {
+async function detectV2(privileged: boolean, scope: string, maxSessions: number): Promise<Cgroups | null> {
   const mount = existsSync('/sys/fs/cgroup/cgroup.controllers') ? '/sys/fs/cgroup' : existsSync('/sys/fs/cgroup/unified/cgroup.controllers') ? '/sys/fs/cgroup/unified' : null;
   if (!mount) return null;
   const own = ownPath((f) => f[0] === '0' && f[1] === '');
@@ -270,6 +277,7 @@ async function detectV2(privileged: boolean, scope: string): Promise<Cgroups | n
     parent,
     socketMemory: "socket buffers are charged to the session's memory limit (cgroup v2)",
     kernelMemory: "kernel objects (slab, pipe buffers, page tables) are charged to the session's memory limit (cgroup v2)",
+    tcpMemory: (memoryBytes) => tcpMemoryBound({ memoryBytes, maxSessions, tcpMem: hostTcpMem(), perSessionLimit: false }),
     boundParent: (leaf, sessions) =>
       boundFiles([
         { file: `${parent}/memory.max`, value: times(leaf.memoryBytes, sessions), bytes: true, field: 'memoryBytes' },
@@ -306,7 +314,7 @@ function v1Base(controller: string): string | null {
   return mount ? `${mount}${own === '/' ? '' : own}` : null;
 }
 
-async function detectV1(privileged: boolean, scope: string): Promise<Cgroups | null> {
+async function detectV1(privileged: boolean, scope: string, maxSessions: number): Promise<Cgroups | null> {
   if (!privileged || !existsSync('/sys/fs/cgroup/memory/memory.limit_in_bytes')) return null;
   const base = v1Base('memory');
   if (base === null) return null;
@@ -333,22 +341,35 @@ async function detectV1(privileged: boolean, scope: string): Promise<Cgroups | n
   const parents = [parent, ...extra.map((e) => e.parent)];
   const kmem = await probeV1KernelMemory(parent);
   const pidsParent = extra.find((e) => e.name === 'pids')?.parent;
+  // A leaf's TCP limit: a share of the host's tcp_mem, at most its memory limit (tcp-memory.ts).
+  const tcpMem = hostTcpMem();
+  const tcpMemory = (memoryBytes: number): TcpMemoryBound =>
+    kmem.tcp
+      ? tcpMemoryBound({ memoryBytes, maxSessions, tcpMem, perSessionLimit: true })
+      : {
+          perSessionBytes: memoryBytes,
+          lowered: false,
+          hostExhaustible: true,
+          text: "TCP buffers are not bounded per session (this kernel refused memory.kmem.tcp.limit_in_bytes): one session can reach the host's net.ipv4.tcp_mem",
+        };
+  const tcpBytes = (memoryBytes: number) => tcpMemory(memoryBytes).perSessionBytes;
   return {
     version: 'v1',
     controllers: ['memory', ...extra.map((e) => e.name)],
     describe: `cgroup v1 ${['memory', ...extra.map((e) => e.name)].join(', ')} per session (${parent})`,
     parent,
     socketMemory: kmem.tcp
-      ? 'TCP and UDP buffers are limited per session to its memory limit, as a budget of their own next to it (cgroup v1 memory.kmem.tcp.limit_in_bytes); Unix socket buffers count against the memory limit itself'
+      ? 'TCP and UDP buffers are limited per session, as a budget of their own next to its memory limit, at most that limit and a share of the host-wide net.ipv4.tcp_mem (cgroup v1 memory.kmem.tcp.limit_in_bytes; isolation.tcp_memory says how much); Unix socket buffers count against the memory limit itself'
       : `TCP and UDP buffers are not limited per session: cgroup v1 charges them only through memory.kmem.tcp.limit_in_bytes, which this kernel refused (${kmem.tcpProblem})`,
     kernelMemory: kmem.describe,
+    tcpMemory,
     boundParent: (leaf, sessions) =>
       boundFiles([
         // unlimited first: a memsw limit below the new memory limit would refuse it
         ...(existsSync(`${parent}/memory.memsw.limit_in_bytes`) ? [{ file: `${parent}/memory.memsw.limit_in_bytes`, value: '-1', bytes: false }] : []),
         { file: `${parent}/memory.limit_in_bytes`, value: times(leaf.memoryBytes, sessions), bytes: true, field: 'memoryBytes' },
         ...(existsSync(`${parent}/memory.memsw.limit_in_bytes`) ? [{ file: `${parent}/memory.memsw.limit_in_bytes`, value: times(leaf.memoryBytes, sessions), bytes: true }] : []),
-        ...(kmem.tcp ? [{ file: `${parent}/memory.kmem.tcp.limit_in_bytes`, value: times(leaf.memoryBytes, sessions), bytes: true, field: 'tcpBytes' as const }] : []),
+        ...(kmem.tcp ? [{ file: `${parent}/memory.kmem.tcp.limit_in_bytes`, value: times(tcpBytes(leaf.memoryBytes), sessions), bytes: true, field: 'tcpBytes' as const }] : []),
         ...(pidsParent ? [{ file: `${pidsParent}/pids.max`, value: times(leaf.pidsMax, sessions), bytes: false, field: 'pidsMax' as const }] : []),
       ]).then(async (bound) => {
         // Without hierarchical accounting (kernels before 6.0 let it be off) the parent's
@@ -373,7 +394,7 @@ async function detectV1(privileged: boolean, scope: string): Promise<Cgroups | n
       await tryWrite(`${dir}/memory.memsw.limit_in_bytes`, String(limits.memoryBytes));
       await tryWrite(`${dir}/memory.swappiness`, '0');
       // before any process joins: sockets are accounted from their creation on
-      if (kmem.tcp) await fsp.writeFile(`${dir}/memory.kmem.tcp.limit_in_bytes`, String(limits.memoryBytes));
+      if (kmem.tcp) await fsp.writeFile(`${dir}/memory.kmem.tcp.limit_in_bytes`, String(tcpBytes(limits.memoryBytes)));
       if (kmem.limitHonoured) await tryWrite(`${dir}/memory.kmem.limit_in_bytes`, String(limits.memoryBytes));
       const dirs = [dir];
       for (const e of extra) {
@@ -419,6 +440,6 @@ async function probeV1KernelMemory(parent: string): Promise<{ tcp: boolean; tcpP
  * server per sessions root): its start-up sweep must never touch the leaves of another
  * server on the same host, which share the same base cgroup.
  */
-export async function detectCgroups(privileged: boolean, scope: string): Promise<Cgroups | null> {
-  return (await detectV2(privileged, scope)) ?? (await detectV1(privileged, scope));
+export async function detectCgroups(privileged: boolean, scope: string, maxSessions: number): Promise<Cgroups | null> {
+  return (await detectV2(privileged, scope, maxSessions)) ?? (await detectV1(privileged, scope, maxSessions));
 }

@@ -178,7 +178,11 @@ export class SandboxedProcess implements InterpreterProcess {
     });
     for (const s of child.stdio) s?.on('error', () => {});
     child.once('exit', (code, signal) => this.finish({ exitCode: code ?? 128 + signalNumber(signal), signal }));
-    child.once('error', () => this.finish({ exitCode: 127, signal: null }));
+    child.once('error', (e: NodeJS.ErrnoException) => {
+      // (spawn EAGAIN: out of processes; the interpreter's start failure names it)
+      if (!this.done && !this.stderr.writableEnded) this.stderr.write(`could not start the sandbox: spawn ${e.code ?? e.message}\n`);
+      this.finish({ exitCode: 127, signal: null });
+    });
   }
 
   /** The sandbox ended (or failed to start): a cap still under way is cancelled. */

@@ -26,6 +26,7 @@ import { CappedBuffer } from '../runner/output.js';
 import { WorkspaceFs } from '../files/workspace-fs.js';
 import type { UidAllocator } from '../sandbox/uids.js';
 import { killUid, renice } from '../sandbox/uids.js';
+import { isOutOfTasks } from '../sandbox/host-tasks.js';
 import { SandboxError } from '../errors.js';
 import { mountTmpfs, unmountLazy } from '../sandbox/mounts.js';
 import type { Cgroups, CgroupLeaf, LeafLimits } from '../sandbox/cgroups.js';
@@ -215,12 +216,13 @@ export class Box {
     try {
       await this.interpreter.start();
     } catch (e) {
+      throwIfOutOfTasks(e);
       if (!this.deps.zygote || this.bwrapOnly || this.destroyed) throw e;
       this.bwrapOnly = true;
       this.deps.log?.warn({ box: this.name, err: String((e as Error)?.message ?? e).slice(0, 1000) }, 'the template could not start an interpreter; this session uses bubblewrap');
       await this.interpreter.kill();
       this.interpreter = this.newInterpreter();
-      await this.interpreter.start();
+      await this.interpreter.start().catch((e2: unknown) => throwIfOutOfTasks(e2, e2));
     }
   }
 
@@ -285,17 +287,27 @@ export class Box {
     let timedOut = false;
     let abandoned = false;
     let current: CommandProcess | null = null;
+    let wake = () => {};
     const timer = setTimeout(() => {
       timedOut = true;
+      wake();
       void current?.kill();
     }, timeoutMs);
     const onAbort = () => {
       abandoned = true;
+      wake();
       void current?.kill();
     };
     if (signal?.aborted) onAbort();
     else signal?.addEventListener('abort', onAbort, { once: true });
     let info: ExitInfo = { exitCode: 127, signal: null };
+    let refused = false;
+    // An interpreter being restarted (after a crash or a limit) cannot be joined until its
+    // sandbox is built, and while it lives a command is never sent to bubblewrap instead:
+    // wait for the restart, within this call's time.
+    if (this.restarting && this.deps.commands && !this.bwrapOnly && !timedOut && !abandoned) {
+      await Promise.race([this.restarting.catch(() => {}), new Promise<void>((r) => (wake = r))]);
+    }
     for (const viaTemplate of this.deps.commands && !this.bwrapOnly ? [true, false] : [false]) {
       const proc = this.startCommand(command, viaTemplate);
       if (!proc) continue;
@@ -310,6 +322,17 @@ export class Box {
       proc.destroyStreams();
       this.bash.delete(proc);
       if (!(proc instanceof ZygoteCommand && proc.failedToStart) || timedOut || abandoned || this.destroyed) break;
+      // Not in bubblewrap while the interpreter lives: that sandbox's devpts would be a
+      // second one beside the interpreter's, and a pty master passed out of it (over a
+      // socket in /workspace) keeps it, capped anew, after the command ended; the
+      // session's pty cap must hold whatever its code does (docs/threat-model.md,
+      // "Host-wide kernel resources", ptys). (A devpts with max=0 is no way out: the
+      // kernel then allows any number.)
+      if (this.interpreter.sandboxInit()) {
+        refused = true;
+        this.deps.log?.warn({ box: this.name, err: proc.failure.slice(0, 500) }, "the command template could not start a command in the interpreter's sandbox; it did not run");
+        break;
+      }
       this.deps.log?.debug({ box: this.name, err: proc.failure.slice(0, 500) }, 'the command template could not start a command; it runs in bubblewrap');
     }
     clearTimeout(timer);
@@ -317,7 +340,12 @@ export class Box {
     const notes: string[] = [];
     let limit: LimitKind | null = null;
     let returnCode = info.exitCode;
-    if (abandoned && !timedOut) {
+    if (refused && !timedOut && !abandoned) {
+      returnCode = 1;
+      notes.push(
+        `bash: the command did not run: it could not be started in the session's sandbox (the server's log says why); the interpreter's state is kept. Try again; if this persists, restart the interpreter (e.g. run \`import os; os._exit(0)\` in Python: its state is then lost)`,
+      );
+    } else if (abandoned && !timedOut) {
       returnCode = -1;
       notes.push('bash: the client disconnected; the command and every process it started were killed');
     } else if (timedOut) {
@@ -401,6 +429,24 @@ export class Box {
     })();
     return this.destroying;
   }
+}
+
+/**
+ * A sandbox that could not start because the kernel refused a fork or clone for want of
+ * tasks (EAGAIN: the session's or the server's pids cgroup, kernel.pid_max, threads-max)
+ * is no fault of the server's: the call answers 503 SBX_SERVER_BUSY with Retry-After
+ * instead of a 500 (and a template spawn that failed so is not taken for a mount the
+ * template cannot build: the box does not switch to bubblewrap for it). Otherwise returns,
+ * or throws `rethrow` when given.
+ */
+function throwIfOutOfTasks(e: unknown, rethrow?: unknown): void {
+  if (isOutOfTasks(String((e as Error)?.message ?? e))) {
+    throw new SandboxError('SBX_SERVER_BUSY', 'the host cannot start more processes now (a fork failed with EAGAIN: a process or thread limit is reached); try again later', {
+      cause: e,
+      headers: { 'retry-after': '5' },
+    });
+  }
+  if (rethrow !== undefined) throw rethrow;
 }
 
 /** The limits of a box's cgroup (and, times the number of sessions, of the server's

@@ -381,15 +381,17 @@ describe('interpreters forked from the template', () => {
     const r = await waiting.promise;
     assert.equal(r.return_code, 0, r.stderr);
     assert.match(r.stdout, /zygote\.py.* commands $/, 'started by its host once that answered');
-    // A host that never answers: at the deadline the template kills it, the command runs
-    // in bubblewrap instead, and the box's next command gets a new host.
+    // A host that never answers: at the deadline the template kills it; the command did
+    // not run (never in bubblewrap while the interpreter lives: a devpts of its own would
+    // be a second one of the session), and the box's next command gets a new host.
     process.kill(host, 'SIGSTOP');
-    const late = await sh(server, attacker, cmdline, { timeout_seconds: 120 });
-    assert.equal(late.return_code, 0, late.stderr);
-    assert.match(late.stdout, /^\/usr\/bin\/bwrap /, 'started in bubblewrap');
+    const late = await sh(server, attacker, 'echo ran > /tmp/late', { timeout_seconds: 120 });
+    assert.equal(late.return_code, 1, late.stderr);
+    assert.match(late.stderr, /^bash: the command did not run: it could not be started in the session's sandbox/m);
+    assert.ok(!late.stderr.includes(server.sessionsRoot), 'no host path');
     assert.ok(await waitFor(() => unreadSocketBytes(host) < 0, 10_000), 'the stuck host was killed');
-    const next = await sh(server, attacker, cmdline);
-    assert.match(next.stdout, /zygote\.py.* commands $/, next.stderr);
+    const next = await sh(server, attacker, `${cmdline}; test -e /tmp/late || echo ' not run'`);
+    assert.match(next.stdout, /zygote\.py.* commands {2}not run\n$/, next.stderr);
     const again = await commandHostOf(server, uid);
     assert.ok(again !== null && again !== host, 'a new host');
   });
@@ -439,7 +441,7 @@ describe('interpreters forked from the template', () => {
     assert.equal(r.interpreter_restarted, true);
   });
 
-  it('start a command in bubblewrap when the interpreter cannot be joined (here: made not dumpable), with the same result', async () => {
+  it("start a command in the interpreter's sandbox also when the interpreter made itself not dumpable (the template opens its namespaces)", async () => {
     const id = await createSession(server);
     const before = await sh(server, id, "tr '\\0' ' ' < /proc/1/cmdline");
     assert.match(before.stdout, /zygote\.py.* commands $/);
@@ -447,7 +449,17 @@ describe('interpreters forked from the template', () => {
     assert.equal(r.stdout, '0', r.stderr);
     const after = await sh(server, id, "tr '\\0' ' ' < /proc/1/cmdline; echo; id -u; echo $$");
     assert.equal(after.return_code, 0, after.stderr);
-    assert.match(after.stdout, /^\/usr\/bin\/bwrap .*\n1000\n2\n$/);
+    assert.match(after.stdout, /zygote\.py.* commands \n1000\n2\n$/);
+  });
+
+  it("run a command sent while the interpreter restarts (after a crash) in the new interpreter's sandbox, not refused", async () => {
+    const id = await createSession(server);
+    const crash = await py(server, id, 'import os\nos._exit(3)');
+    assert.equal(crash.interpreter_restarted, true, crash.stderr);
+    // (at once: the restart is under way in the background)
+    const r = await sh(server, id, "tr '\\0' ' ' < /proc/1/cmdline");
+    assert.equal(r.return_code, 0, r.stderr);
+    assert.match(r.stdout, /zygote\.py.* commands $/);
   });
 
   it('share nothing they can observe: module changes, variables, /tmp and host uids stay per session', async () => {

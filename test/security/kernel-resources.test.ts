@@ -6,9 +6,12 @@
  *     session's limit (cgroup v1: memory.kmem.tcp; v2: the memory cgroup itself);
  *   - all sessions together: the server's parent cgroup holds memory and processes to
  *     SANDBOX_MAX_SESSIONS times a session's limits, even with a session's own limits gone;
+ *   - processes (#K8): the per-session limit in force keeps all sessions within half of
+ *     the host's pids, and a sandbox that cannot fork answers 503, never 500;
  *   - ptys: a session that opens ptys until it cannot gets SANDBOX_SESSION_PTYS_MAX of
  *     them, and the victim still opens one meanwhile; in both kinds of sandbox (the
- *     template's, and bubblewrap's on a server of its own with SANDBOX_PYTHON_TEMPLATE=off).
+ *     template's, and bubblewrap's on a server of its own with SANDBOX_PYTHON_TEMPLATE=off);
+ *     also after the interpreter made itself not dumpable (#K7).
  * Settings are small so the limits are crossed quickly: 2 sessions at most, 128 MiB of
  * memory, 16 MiB of disk and 1 MiB of /dev/shm per session (a 145 MiB memory cgroup), 48
  * processes and 8 ptys per session.
@@ -60,13 +63,20 @@ async function cgroupDirs(pid: number): Promise<{ memory: string | null; pids: s
 }
 
 /** The cgroups of a session, found through a process it keeps running (`sleep <marker>`). */
-async function sessionCgroups(id: string): Promise<{ memory: string | null; pids: string | null; v2: boolean; marker: string }> {
+async function sessionCgroups(id: string, suite: Suite = S): Promise<{ memory: string | null; pids: string | null; v2: boolean; marker: string }> {
   const marker = sleepMarker();
-  const r = await py(S.server, id, `import subprocess\n_keep = subprocess.Popen(['sleep', '${marker}'])`);
+  const r = await py(suite.server, id, `import subprocess\n_keep = subprocess.Popen(['sleep', '${marker}'])`);
   assert.equal(r.return_code, 0, r.stderr);
   const pid = (await pidsWithMarker(marker))[0];
   assert.ok(pid, 'the marker process runs');
   return { ...(await cgroupDirs(pid)), marker };
+}
+
+/** A session's share of the host's TCP memory on a server of `sessions` sessions: half of
+ * net.ipv4.tcp_mem's pressure threshold, split evenly, in whole pages (src/sandbox/tcp-memory.ts). */
+async function tcpShare(sessions: number): Promise<number> {
+  const pressure = Number((await readFile('/proc/sys/net/ipv4/tcp_mem', 'utf8')).trim().split(/\s+/)[1]) * 4096;
+  return Math.max(MiB, Math.floor((pressure * 0.5) / sessions / 4096) * 4096);
 }
 
 /** What /health says when a session's socket buffers are bounded (cgroup v2, or v1 with its TCP limit). */
@@ -124,7 +134,11 @@ test('socket memory: 128 loopback TCP connections filled without reading stop at
   if (!cg.v2) {
     const leaf = cg.memory!;
     const limit = await num(`${leaf}/memory.kmem.tcp.limit_in_bytes`);
-    assert.equal(limit, await num(`${leaf}/memory.limit_in_bytes`), 'the TCP limit is the session memory limit');
+    assert.equal(
+      limit,
+      Math.min(await num(`${leaf}/memory.limit_in_bytes`), await tcpShare(MAX_SESSIONS)),
+      "the TCP limit is the session's memory limit, or its share of tcp_mem if smaller (#K9)",
+    );
     const peak = await num(`${leaf}/memory.kmem.tcp.max_usage_in_bytes`);
     t.diagnostic(`memory.kmem.tcp: limit ${limit}, max usage ${peak}, failcnt ${await num(`${leaf}/memory.kmem.tcp.failcnt`)}`);
     assert.ok(peak > limit / 2, `TCP buffers are charged to the session (max usage ${peak})`);
@@ -135,6 +149,103 @@ test('socket memory: 128 loopback TCP connections filled without reading stop at
     assert.ok(sock > total / 2, `socket buffers are charged to the session's memory cgroup (sock ${sock})`);
   }
   await finishCase(S, a, [cg.marker]);
+});
+
+/** Opens `n` loopback TCP connections and writes to each until the kernel says EAGAIN,
+ * keeping them all (`held`); prints what the first one alone took, then the total. */
+const fillTcp = (n: number) =>
+  [
+    'import socket',
+    'ls = socket.socket()',
+    "ls.bind(('127.0.0.1', 0))",
+    'ls.listen(256)',
+    'held = []',
+    'def fill():',
+    '    c = socket.create_connection(ls.getsockname())',
+    '    s, _ = ls.accept()',
+    '    held.append((c, s))',
+    '    c.setblocking(False)',
+    '    n = 0',
+    '    try:',
+    '        while True:',
+    "            n += c.send(b'x' * 65536)",
+    '    except OSError:',
+    '        return n',
+    'one = fill()',
+    `total = one + sum(fill() for _ in range(${n - 1}))`,
+    'print(one, total)',
+  ].join('\n');
+
+test("#K9 TCP buffers are host-wide (net.ipv4.tcp_mem): a session's TCP limit is its share, so one that fills its sockets stops there while another session's loopback transfer goes through", async (t) => {
+  const pressure = Number((await readFile('/proc/sys/net/ipv4/tcp_mem', 'utf8')).trim().split(/\s+/)[1]) * 4096;
+  // As many sessions as make a share of about 8 MiB: the same arithmetic as 256 sessions
+  // on a host with a smaller tcp_mem (the defaults here: 2.9 MiB each, not 2.6 GiB).
+  const sessions = Math.max(2, Math.floor((pressure * 0.5) / (8 * MiB)));
+  const cap = await tcpShare(sessions);
+  const T = await startSuite({ SANDBOX_MAX_SESSIONS: String(sessions), SANDBOX_WARM_POOL_SIZE: '0' });
+  t.after(() => stopSuite(T));
+  const h = await api(T.server, 'GET', '/health');
+  const tcp = String(h.body.isolation.tcp_memory);
+  t.diagnostic(`/health tcp_memory: ${tcp}`);
+  const a = await attacker(T, t);
+  const cg = await sessionCgroups(a.id, T);
+  assert.ok(cg.memory, 'the session has a memory cgroup');
+  if (cg.v2) {
+    // (no TCP limit of its own on v2: /health says what bounds it)
+    assert.match(tcp, /^a session's TCP buffers are bounded by its memory limit/);
+    await finishCase(T, a, [cg.marker]);
+    return;
+  }
+  assert.match(
+    tcp,
+    new RegExp(
+      `^TCP buffers capped at ${(cap / MiB).toFixed(1)} MiB per session \\(a 1/${sessions} share of half the host's TCP pressure threshold\\); ${sessions} sessions together at most`,
+    ),
+  );
+  assert.equal(await num(`${cg.memory}/memory.kmem.tcp.limit_in_bytes`), cap, "the session's TCP limit is its share");
+  const parent = cg.memory.replace(/\/box_[0-9a-f]+$/, '');
+  const all = await num(`${parent}/memory.kmem.tcp.limit_in_bytes`);
+  assert.equal(all, cap * sessions, 'the parent holds all sessions to the sum of their shares');
+  assert.ok(all <= pressure / 2, 'which is below half the pressure point');
+  // 32 connections, each written until EAGAIN: alone, each holds a few MiB.
+  const r = await py(T.server, a.id, fillTcp(32), { timeout_seconds: 60 });
+  assert.equal(r.return_code, 0, r.stderr);
+  const [one, total] = r.stdout.split(' ').map(Number) as [number, number];
+  // (past the limit TCP still queues one packet per socket to make progress: both ends of
+  // each connection are the session's)
+  const slack = 32 * 2 * 64 * 1024;
+  t.diagnostic(`one connection: ${(one / MiB).toFixed(1)} MiB; 32 connections: ${(total / MiB).toFixed(1)} MiB; the session's share ${(cap / MiB).toFixed(1)} MiB`);
+  assert.ok(one * 32 > 2 * (cap + slack), `the attack could hold more than the share without it (${one} bytes per connection)`);
+  assert.ok(total <= cap + slack, `the session's sockets hold ${total} bytes, past its share of ${cap}`);
+  // Meanwhile the victim moves 16 MiB through a loopback connection of its own.
+  const v = await py(
+    T.server,
+    T.victim,
+    [
+      'import socket, threading',
+      'ls = socket.socket()',
+      "ls.bind(('127.0.0.1', 0))",
+      'ls.listen(1)',
+      'got = []',
+      'def receive():',
+      '    s, _ = ls.accept()',
+      '    n = 0',
+      '    while b := s.recv(1 << 16):',
+      '        n += len(b)',
+      '    got.append(n)',
+      'th = threading.Thread(target=receive)',
+      'th.start()',
+      'c = socket.create_connection(ls.getsockname())',
+      "c.sendall(b'x' * (16 << 20))",
+      'c.close()',
+      'th.join(30)',
+      'print(got)',
+    ].join('\n'),
+    { timeout_seconds: 60 },
+  );
+  assert.equal(v.return_code, 0, v.stderr);
+  assert.equal(v.stdout, `[${16 * MiB}]`, "the victim's transfer arrives whole");
+  await finishCase(T, a, [cg.marker]);
 });
 
 test('socket memory: UDP and Unix socket buffers a session fills are charged to its cgroup too (v1: UDP to the TCP counter, Unix to memory)', async (t) => {
@@ -217,7 +328,7 @@ test('all sessions together: the parent cgroup holds SANDBOX_MAX_SESSIONS times 
   // Read back: what the parent holds is what the settings promise.
   const memFile = cg.v2 ? 'memory.max' : 'memory.limit_in_bytes';
   assert.equal(await num(`${memParent}/${memFile}`), MAX_SESSIONS * SESSION_MEMORY_BYTES);
-  if (!cg.v2) assert.equal(await num(`${memParent}/memory.kmem.tcp.limit_in_bytes`), MAX_SESSIONS * SESSION_MEMORY_BYTES);
+  if (!cg.v2) assert.equal(await num(`${memParent}/memory.kmem.tcp.limit_in_bytes`), MAX_SESSIONS * Math.min(SESSION_MEMORY_BYTES, await tcpShare(MAX_SESSIONS)));
   const pidsParent = cg.pids ? parent(cg.pids) : null;
   if (pidsParent) assert.equal(await num(`${pidsParent}/pids.max`), MAX_SESSIONS * SESSION_PIDS);
 
@@ -268,6 +379,68 @@ test('all sessions together: the parent cgroup holds SANDBOX_MAX_SESSIONS times 
   await finishCase(S, a, [cg.marker, marker]);
 });
 
+test("#K8 processes of all sessions together: the limit in force is reported; once no process can be forked (here the server's parent pids cgroup is full), an interpreter restart and a create answer 503 with Retry-After, never 500, and a bash command says it did not run", async (t) => {
+  const h = await api(S.server, 'GET', '/health');
+  const processes = String(h.body.isolation.processes);
+  t.diagnostic(`/health processes: ${processes}`);
+  // (2 sessions x 48 fit in half of any host's pid_max: the limit stays as configured)
+  assert.match(
+    processes,
+    new RegExp(
+      `^at most ${SESSION_PIDS} per session \\(SANDBOX_SESSION_PIDS_MAX\\); ${MAX_SESSIONS * SESSION_PIDS} for all sessions together, within half of the host's \\d+ tasks`,
+    ),
+  );
+  const a = await attacker(S, t);
+  const cg = await sessionCgroups(a.id);
+  if (!cg.pids) {
+    assert.match(processes, /not enforced per session \(no pids cgroup\)/);
+    await finishCase(S, a, [cg.marker]);
+    return;
+  }
+  // What a host out of pids does to every fork (EAGAIN), done to this server's sessions
+  // only: the parent cgroup's limit set to what it holds now, and restored after.
+  const parentDir = cg.pids.replace(/\/box_[0-9a-f]+$/, '');
+  const limitFile = `${parentDir}/pids.max`;
+  const saved = (await readFile(limitFile, 'utf8')).trim();
+  const restore = () => writeFile(limitFile, saved);
+  t.after(restore);
+  /** The limit set to what the parent holds now, less `freed` (the tasks of a sandbox about to end). */
+  const fill = async (freed = 0) => writeFile(limitFile, String((await num(`${parentDir}/pids.current`)) - freed));
+  const run = (id: string, tool: string, input: object) => api(S.server, 'POST', `/sessions/${id}/exec`, { tool, input });
+  const busy = (r: { status: number; headers: Headers; body: { code?: string; detail?: unknown } }, what: string) => {
+    assert.equal(r.status, 503, `${what}: ${r.status} ${JSON.stringify(r.body)}`);
+    assert.equal(r.body.code, 'SBX_SERVER_BUSY', what);
+    assert.match(String(r.body.detail), /cannot start more processes/, what);
+    assert.match(r.headers.get('retry-after') ?? '', /^[1-9]\d*$/, `${what}: Retry-After`);
+  };
+  // (what the attacker's interpreter holds is freed when it ends below: not room for a new one)
+  await fill(await num(`${cg.pids}/pids.current`));
+  const forks = await run(a.id, 'code_execution', { code: "import subprocess\ntry:\n    subprocess.run(['true'])\nexcept OSError as e:\n    print(type(e).__name__)" });
+  assert.equal(forks.status, 200);
+  assert.equal(forks.body.result_block.content.stdout, 'BlockingIOError', 'a fork in the session fails with EAGAIN');
+  const crash = await run(a.id, 'code_execution', { code: 'import os\nos._exit(3)' });
+  assert.equal(crash.status, 200, JSON.stringify(crash.body));
+  busy(await run(a.id, 'code_execution', { code: 'print(1)' }), 'an exec whose interpreter must restart');
+  const bash = await run(a.id, 'bash_code_execution', { command: 'echo ran' });
+  assert.equal(bash.status, 200, JSON.stringify(bash.body));
+  assert.notEqual(bash.body.result_block.content.return_code, 0, 'the command could not start');
+  assert.doesNotMatch(bash.body.result_block.content.stdout, /ran/);
+  await restore();
+  const back = await run(a.id, 'code_execution', { code: 'print(2)' });
+  assert.equal(back.status, 200, JSON.stringify(back.body));
+  assert.equal(back.body.result_block.content.stdout, '2', 'the interpreter restarts once processes are free again');
+  await finishCase(S, a, [cg.marker]);
+  // A create (one session left, room for one more) while nothing can be forked.
+  await fill();
+  busy(await api(S.server, 'POST', '/sessions', {}), 'a create');
+  await restore();
+  const c = await api(S.server, 'POST', '/sessions', {});
+  assert.equal(c.status, 201, JSON.stringify(c.body));
+  assert.equal((await api(S.server, 'DELETE', `/sessions/${c.body.session_id}`)).status, 204);
+  assert.match(S.server.logs(), /"status":503\b/, 'the access log has the 503s');
+  assert.doesNotMatch(S.server.logs(), /"status":500\b/, 'and no 500 anywhere');
+});
+
 /** Opens ptys until the kernel refuses one, keeps them (`held`); prints how many and why it stopped. */
 const OPEN_PTYS = [
   'import errno, os',
@@ -301,6 +474,31 @@ async function ptyCase(suite: Suite, t: TestContext, kind: 'template' | 'bubblew
 
 test('ptys: a session opening ptys in a loop gets SANDBOX_SESSION_PTYS_MAX, the victim still opens one (template sandbox)', async (t) => {
   await ptyCase(S, t, 'template');
+});
+
+test('#K7 ptys: an interpreter that makes itself not dumpable (prctl PR_SET_DUMPABLE 0) still has its bash commands in its own devpts, under the one cap', async (t) => {
+  const h = await api(S.server, 'GET', '/health');
+  assert.equal(h.body.isolation.interpreters, 'forked from the template');
+  const a = await attacker(S, t);
+  // Before: opening /proc/<interpreter>/ns/* was a ptrace check the box's uid failed once
+  // the interpreter was not dumpable, and each command fell back to a bubblewrap sandbox
+  // with a devpts of its own (another SANDBOX_SESSION_PTYS_MAX, kept past the command's
+  // end by a master passed out of it).
+  const PTMX = "import os\nprint(os.stat('/dev/pts/ptmx').st_dev)";
+  // (not dumpable: its /proc files belong to the host's root, seen inside as nobody)
+  const r = await py(S.server, a.id, `import ctypes, os\nprint(ctypes.CDLL(None).prctl(4, 0, 0, 0, 0), os.stat('/proc/self/stat').st_uid)\n${PTMX}\n${OPEN_PTYS}`);
+  assert.equal(r.return_code, 0, r.stderr);
+  const [prctl, dev, opened] = r.stdout.split('\n');
+  assert.equal(prctl, '0 65534', `prctl(PR_SET_DUMPABLE, 0) took: ${r.stdout}`);
+  assert.match(dev!, /^\d+$/, r.stdout);
+  assert.equal(opened, `${PTYS} ENOSPC`, `the interpreter holds the session's ${PTYS}: ${r.stdout}`);
+  const b = await sh(S.server, a.id, `tr '\\0' ' ' < /proc/1/cmdline; echo; python3 -c '${PTMX.replace(/'/g, '"')}'; python3 -c '${OPEN_PTYS.replace(/'/g, '"')}'`);
+  assert.equal(b.return_code, 0, b.stderr);
+  const [cmdline, bdev, bopened] = b.stdout.split('\n');
+  assert.match(cmdline!, /zygote\.py.* commands $/, "the command runs in the interpreter's sandbox, not in a bubblewrap one of its own");
+  assert.equal(bdev, dev, 'the same devpts instance as the interpreter');
+  assert.equal(bopened, '0 ENOSPC', 'no pty past the cap the interpreter holds');
+  await finishCase(S, a);
 });
 
 test('ptys: the same in bubblewrap sandboxes (SANDBOX_PYTHON_TEMPLATE=off), whose devpts is capped while bwrap waits', async (t) => {

@@ -1,0 +1,86 @@
+/**
+ * Processes and threads: the host counts them all together against `kernel.pid_max` (every
+ * task takes a pid of the host's pid namespace, whatever namespaces it sits in) and
+ * `kernel.threads-max`. When they run out, every fork on the host fails with EAGAIN: the
+ * server's own spawns, other sessions' and the host's. SANDBOX_SESSION_PIDS_MAX times
+ * SANDBOX_MAX_SESSIONS (1,024 x 256 = 262,144 by default) can be far more than a host has
+ * (pid_max is 32,768 on many), so the per-session limit in force is lowered until all
+ * sessions together stay within a share of the smaller of the two (HOST_TASKS_SHARE; the
+ * rest is the host's and the server's own), and the start-up log and /health say so.
+ *
+ * Limits: a session needs a few processes to work at all (its sandbox's init, the
+ * interpreter and its threads, a bash command's init and bash), so the per-session
+ * limit is never lowered below MIN_SESSION_TASKS; where even that does not fit, the
+ * report says the host can still run out, and which settings to change. Other servers on
+ * the same host share the same pids: each one keeps its sessions within the share on its
+ * own.
+ */
+import { readFileSync } from 'node:fs';
+
+/** The share of the host's tasks all sessions of one server may hold together. */
+export const HOST_TASKS_SHARE = 0.5;
+/** The lowest per-session limit the server lowers to (SANDBOX_SESSION_PIDS_MAX's minimum). */
+export const MIN_SESSION_TASKS = 16;
+
+export interface HostTasksBound {
+  /** The per-session limit in force (SANDBOX_SESSION_PIDS_MAX, or lower). */
+  perSession: number;
+  /** True when perSession is below the configured SANDBOX_SESSION_PIDS_MAX. */
+  lowered: boolean;
+  /** min(kernel.pid_max, kernel.threads-max); null: neither readable. */
+  hostTasks: number | null;
+  /** True when all sessions at perSession could still pass the share of hostTasks. */
+  hostExhaustible: boolean;
+  /** The /health text. */
+  text: string;
+}
+
+export function hostTasksBound(opts: { sessionPidsMax: number; maxSessions: number; pidMax: number | null; threadsMax: number | null }): HostTasksBound {
+  const known = [opts.pidMax, opts.threadsMax].filter((n): n is number => n !== null && Number.isFinite(n) && n > 0);
+  const hostTasks = known.length > 0 ? Math.min(...known) : null;
+  if (hostTasks === null) {
+    return {
+      perSession: opts.sessionPidsMax,
+      lowered: false,
+      hostTasks,
+      hostExhaustible: true,
+      text: `at most ${opts.sessionPidsMax} per session (SANDBOX_SESSION_PIDS_MAX); the host's kernel.pid_max and kernel.threads-max are unreadable`,
+    };
+  }
+  const share = Math.floor(hostTasks * HOST_TASKS_SHARE);
+  const fair = Math.floor(share / opts.maxSessions);
+  const perSession = Math.min(opts.sessionPidsMax, Math.max(fair, MIN_SESSION_TASKS));
+  const lowered = perSession < opts.sessionPidsMax;
+  const total = perSession * opts.maxSessions;
+  const hostExhaustible = total > share;
+  const host = `the host's ${hostTasks} tasks (the smaller of kernel.pid_max ${opts.pidMax ?? 'unreadable'} and kernel.threads-max ${opts.threadsMax ?? 'unreadable'})`;
+  const each = lowered
+    ? `at most ${perSession} per session (SANDBOX_SESSION_PIDS_MAX ${opts.sessionPidsMax}, lowered for ${opts.maxSessions} sessions to stay within half of ${host})`
+    : `at most ${perSession} per session (SANDBOX_SESSION_PIDS_MAX)`;
+  const whole = hostExhaustible
+    ? `${opts.maxSessions} sessions could still hold ${total}, past half of ${host}: lower SANDBOX_MAX_SESSIONS or raise kernel.pid_max`
+    : lowered
+      ? `${total} for all sessions together`
+      : `${total} for all sessions together, within half of ${host}`;
+  return { perSession, lowered, hostTasks, hostExhaustible, text: `${each}; ${whole}` };
+}
+
+/** kernel.pid_max and kernel.threads-max, each null when unreadable. */
+export function hostTaskLimits(): { pidMax: number | null; threadsMax: number | null } {
+  const read = (name: string) => {
+    try {
+      const n = Number(readFileSync(`/proc/sys/kernel/${name}`, 'utf8').trim());
+      return Number.isFinite(n) && n > 0 ? n : null;
+    } catch {
+      return null;
+    }
+  };
+  return { pidMax: read('pid_max'), threadsMax: read('threads-max') };
+}
+
+/** Whether a failure to start a sandbox came from a fork or clone the kernel refused for
+ * want of tasks (EAGAIN: a pids cgroup, RLIMIT_NPROC, kernel.pid_max or threads-max), as
+ * the starters word it: Node's spawn error, Python's BlockingIOError, bwrap's perror. */
+export function isOutOfTasks(text: string): boolean {
+  return /\bEAGAIN\b|Resource temporarily unavailable|\[Errno 11\]/.test(text);
+}

@@ -1,0 +1,61 @@
+/**
+ * The bound on processes and threads all sessions together may hold (src/sandbox/host-tasks.ts):
+ * SANDBOX_SESSION_PIDS_MAX is lowered so that SANDBOX_MAX_SESSIONS sessions stay within half
+ * of the host's kernel.pid_max / kernel.threads-max (docs/threat-model.md, "Host-wide kernel
+ * resources", processes and threads).
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { hostTasksBound, isOutOfTasks } from '../../src/sandbox/host-tasks.js';
+
+test('the defaults on a host with pid_max 32768: 1024 per session is lowered to 64, 256 sessions hold 16384 at most', () => {
+  const b = hostTasksBound({ sessionPidsMax: 1024, maxSessions: 256, pidMax: 32_768, threadsMax: 192_725 });
+  assert.equal(b.hostTasks, 32_768);
+  assert.equal(b.perSession, 64);
+  assert.equal(b.lowered, true);
+  assert.equal(b.hostExhaustible, false);
+  assert.ok(b.perSession * 256 <= 32_768 / 2);
+  assert.match(b.text, /^at most 64 per session \(SANDBOX_SESSION_PIDS_MAX 1024, lowered for 256 sessions to stay within half of the host's 32768 tasks/);
+  assert.match(b.text, /16384 for all sessions together$/);
+});
+
+test('threads-max counts when it is the smaller; odd figures round down', () => {
+  const b = hostTasksBound({ sessionPidsMax: 1024, maxSessions: 3, pidMax: 4_194_304, threadsMax: 1001 });
+  assert.equal(b.hostTasks, 1001);
+  assert.equal(b.perSession, 166, 'floor(floor(1001 / 2) / 3)');
+  assert.ok(b.perSession * 3 <= 500);
+});
+
+test('a limit that fits is kept as configured', () => {
+  const b = hostTasksBound({ sessionPidsMax: 1024, maxSessions: 8, pidMax: 4_194_304, threadsMax: 192_725 });
+  assert.equal(b.perSession, 1024);
+  assert.equal(b.lowered, false);
+  assert.equal(b.hostExhaustible, false);
+  assert.match(b.text, /^at most 1024 per session \(SANDBOX_SESSION_PIDS_MAX\); 8192 for all sessions together, within half of the host's 192725 tasks/);
+});
+
+test('never below 16 per session: where even that does not fit, the report says the host can run out and what to change', () => {
+  const b = hostTasksBound({ sessionPidsMax: 1024, maxSessions: 10_000, pidMax: 32_768, threadsMax: null });
+  assert.equal(b.perSession, 16);
+  assert.equal(b.lowered, true);
+  assert.equal(b.hostExhaustible, true, '10,000 x 16 > 16,384');
+  assert.match(b.text, /10000 sessions could still hold 160000, past half of the host's 32768 tasks .*: lower SANDBOX_MAX_SESSIONS or raise kernel.pid_max/);
+  // a configured limit below the floor is never raised
+  assert.equal(hostTasksBound({ sessionPidsMax: 16, maxSessions: 10_000, pidMax: 32_768, threadsMax: null }).perSession, 16);
+});
+
+test('unreadable host limits: the configured value, reported as unchecked', () => {
+  const b = hostTasksBound({ sessionPidsMax: 1024, maxSessions: 256, pidMax: null, threadsMax: null });
+  assert.equal(b.perSession, 1024);
+  assert.equal(b.lowered, false);
+  assert.equal(b.hostExhaustible, true);
+  assert.match(b.text, /unreadable/);
+});
+
+test('a failed start is told apart as out of tasks by how each starter words EAGAIN', () => {
+  assert.equal(isOutOfTasks('could not start the sandbox: BlockingIOError: [Errno 11] Resource temporarily unavailable'), true);
+  assert.equal(isOutOfTasks('bwrap: Creating new namespace failed: Resource temporarily unavailable'), true);
+  assert.equal(isOutOfTasks('could not start the sandbox: spawn EAGAIN'), true);
+  assert.equal(isOutOfTasks('the sandbox exited while starting (status 1): bwrap: execvp python3: No such file or directory'), false);
+  assert.equal(isOutOfTasks('the sandbox did not start in time'), false);
+});
