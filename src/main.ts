@@ -527,8 +527,9 @@ async function main(): Promise<void> {
   const loop = new LoopMonitor();
   // Requests get access-log lines once the server serves clients (not the warm-up's).
   let serving = false;
+  let draining = false;
   const metrics = new ServerMetrics(sessions, budget, config);
-  const app = await buildApp({ config, log, sessions, exec, isolation, version: VERSION, budget, metrics, loopStats: () => loop.snapshot(), logRequests: () => serving });
+  const app = await buildApp({ config, log, sessions, exec, isolation, version: VERSION, budget, metrics, loopStats: () => loop.snapshot(), logRequests: () => serving, draining: () => draining });
   sessions.start();
 
   let stopping = false;
@@ -544,11 +545,16 @@ async function main(): Promise<void> {
       (config.shutdownGraceSeconds + 20) * 1000,
     );
     hardStop.unref();
-    const closing = app.close();
+    // Draining: the server keeps listening through the grace, so a client (or a proxy's
+    // retry) gets an answer, not a refused connection: creates get 503 SBX_SHUTTING_DOWN
+    // with Retry-After (the session manager), /health 503 "draining" (a readiness probe
+    // takes the replica out), and calls on live sessions run until their deadline.
+    draining = true;
     sessions
       .shutdown(config.shutdownGraceSeconds * 1000)
       .then(async () => {
-        // Every session is gone, so no call is still useful: cut what is left.
+        // Every session is gone, so no call is still useful: stop listening, cut what is left.
+        const closing = app.close();
         app.server.closeAllConnections();
         await zygote?.close();
         await commands?.close();

@@ -225,7 +225,7 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   // Each route group is an encapsulated plugin given what it needs. Registered after the
   // hooks, parsers and handlers above, it inherits them.
   const { config, sessions, exec, budget } = deps;
-  await app.register(healthRoutes, { sessions, config, budget, version: deps.version, isolation: deps.isolation, loopStats: deps.loopStats });
+  await app.register(healthRoutes, { sessions, config, budget, version: deps.version, isolation: deps.isolation, loopStats: deps.loopStats, draining: deps.draining });
   await app.register(sessionRoutes, { sessions });
   await app.register(sessionScope, { sessions, exec, budget, config, metrics: deps.metrics });
 

@@ -68,6 +68,8 @@ export interface AppDeps {
   metrics?: ServerMetrics;
   /** The event loop's blocking figures (loop-monitor.ts), shown in /health. */
   loopStats?: () => LoopStats;
+  /** Whether the server is draining after SIGTERM (/health answers 503 then). */
+  draining?: () => boolean;
   /** Whether requests get access-log lines now (main.ts: not during the start-up warm-up,
    * whose requests are not clients'); always when absent. */
   logRequests?: () => boolean;

@@ -8,6 +8,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { chmod, chown, mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
+import { SandboxApiError, SandboxClient, type CreateSessionOptions, type ToolName } from '../../src/client/index.js';
 
 export const MAIN = fileURLToPath(new URL('../../src/main.js', import.meta.url));
 
@@ -140,10 +141,14 @@ export async function api<T = any>(server: { url: string }, method: string, path
   return { status: res.status, headers: res.headers, body: parsed as T };
 }
 
-export async function createSession(server: { url: string }, body: unknown = {}): Promise<string> {
-  const r = await api<{ session_id: string }>(server, 'POST', '/sessions', body);
-  if (r.status !== 201) throw new Error(`create failed: ${r.status} ${JSON.stringify(r.body)}`);
-  return r.body.session_id;
+/** The typed client (src/client) for a server: what the integration tests call the API with,
+ * where they do not test the HTTP layer itself (raw statuses, malformed bodies: `api`). */
+export function client(server: { url: string }, token?: string): SandboxClient {
+  return new SandboxClient({ baseUrl: server.url, token });
+}
+
+export async function createSession(server: { url: string }, body: CreateSessionOptions = {}): Promise<string> {
+  return (await client(server).createSession(body)).session_id;
 }
 
 export interface ExecResult {
@@ -157,16 +162,29 @@ export interface ExecResult {
 }
 
 export async function exec(server: { url: string }, sessionId: string, tool: string, input: Record<string, unknown>, extra: Record<string, unknown> = {}): Promise<ExecResult> {
-  const r = await api(server, 'POST', `/sessions/${sessionId}/exec`, { tool, input, ...extra });
-  const content = r.body?.result_block?.content ?? {};
+  let status = 200;
+  let body: any;
+  try {
+    const { timeout_seconds: timeoutSeconds, tool_use_id: toolUseId, ...rest } = extra as { timeout_seconds?: number; tool_use_id?: string };
+    body =
+      Object.keys(rest).length === 0
+        ? await client(server).exec(sessionId, tool as ToolName, input, { timeoutSeconds, toolUseId })
+        : // Fields the client does not name (tests of the server's own checks) go as they are.
+          (await api(server, 'POST', `/sessions/${sessionId}/exec`, { tool, input, ...extra })).body;
+  } catch (e) {
+    if (!(e instanceof SandboxApiError)) throw e;
+    status = e.status;
+    body = { detail: e.detail, code: e.code };
+  }
+  const content = body?.result_block?.content ?? {};
   return {
-    status: r.status,
+    status,
     stdout: content.stdout,
     stderr: content.stderr,
     return_code: content.return_code,
-    limit_exceeded: r.body?.limit_exceeded ?? null,
-    interpreter_restarted: r.body?.interpreter_restarted ?? false,
-    body: r.body,
+    limit_exceeded: body?.limit_exceeded ?? null,
+    interpreter_restarted: body?.interpreter_restarted ?? false,
+    body,
   };
 }
 

@@ -11,7 +11,26 @@ export interface HealthRoutesOptions {
   isolation: IsolationInfo;
   budget: Pick<MemoryBudget, 'usedBytes' | 'totalBytes'>;
   loopStats?: () => LoopStats;
+  draining?: () => boolean;
 }
+
+/** The same body while serving (200) and while draining after SIGTERM (503). */
+const HealthBody = Type.Object(
+  {
+    status: Type.String(),
+    session_count: Type.Integer(),
+    max_sessions: Type.Integer(),
+    version: Type.String(),
+    isolation: Type.Unknown(),
+    warm_pool: Type.Unknown(),
+    sessions_cleaning: Type.Optional(Type.Integer()),
+    event_loop: Type.Optional(Type.Unknown()),
+    memory_budget: Type.Unknown(),
+    auth: Type.Optional(Type.String()),
+    replica: Type.Optional(Type.String()),
+  },
+  { additionalProperties: true },
+);
 
 export const healthRoutes: RoutePlugin<HealthRoutesOptions> = (app, deps, done) => {
   app.get(
@@ -22,44 +41,37 @@ export const healthRoutes: RoutePlugin<HealthRoutesOptions> = (app, deps, done) 
         // Open even when SANDBOX_API_TOKEN is set (probes carry no token).
         security: [],
         response: {
-          200: Type.Object(
-            {
-              status: Type.String(),
-              session_count: Type.Integer(),
-              max_sessions: Type.Integer(),
-              version: Type.String(),
-              isolation: Type.Unknown(),
-              warm_pool: Type.Unknown(),
-              sessions_cleaning: Type.Optional(Type.Integer()),
-              event_loop: Type.Optional(Type.Unknown()),
-              memory_budget: Type.Unknown(),
-              auth: Type.Optional(Type.String()),
-              replica: Type.Optional(Type.String()),
-            },
-            { additionalProperties: true },
-          ),
+          200: HealthBody,
+          503: HealthBody,
         },
       },
     },
-    async () => ({
-      status: 'ok',
-      session_count: deps.sessions.count,
-      max_sessions: deps.config.maxSessions,
-      version: deps.version,
-      isolation: deps.isolation,
-      warm_pool: deps.sessions.poolState(),
-      // Extensions: deleted sessions whose mounts, folder and cgroup are still being
-      // removed (they count against max_sessions until done); how long the server blocked
-      // its own event loop; the memory that large operations hold right now
-      // (SANDBOX_SERVER_MEMORY_BUDGET_MB).
-      sessions_cleaning: deps.sessions.cleaning,
-      event_loop: deps.loopStats?.(),
-      memory_budget: { used_bytes: deps.budget.usedBytes, total_bytes: deps.budget.totalBytes },
-      // Whether the API needs a bearer token (SANDBOX_API_TOKEN); never the token.
-      // The name in this server's session ids, by which a proxy routes to it.
-      replica: deps.sessions.replica,
-      auth: parseTokens(deps.config.apiToken).tokens.length > 0 ? 'bearer' : 'none',
-    }),
+    async (_req, reply) => {
+      // Draining after SIGTERM: 503, so a readiness probe takes this replica out while its
+      // calls finish; the body is the same.
+      const draining = deps.draining?.() === true;
+      if (draining) void reply.code(503).header('retry-after', '5');
+      return health(draining);
+    },
   );
+  const health = (draining: boolean) => ({
+    status: draining ? 'draining' : 'ok',
+    session_count: deps.sessions.count,
+    max_sessions: deps.config.maxSessions,
+    version: deps.version,
+    isolation: deps.isolation,
+    warm_pool: deps.sessions.poolState(),
+    // Extensions: deleted sessions whose mounts, folder and cgroup are still being
+    // removed (they count against max_sessions until done); how long the server blocked
+    // its own event loop; the memory that large operations hold right now
+    // (SANDBOX_SERVER_MEMORY_BUDGET_MB).
+    sessions_cleaning: deps.sessions.cleaning,
+    event_loop: deps.loopStats?.(),
+    memory_budget: { used_bytes: deps.budget.usedBytes, total_bytes: deps.budget.totalBytes },
+    // The name in this server's session ids, by which a proxy routes to it.
+    replica: deps.sessions.replica,
+    // Whether the API needs a bearer token (SANDBOX_API_TOKEN); never the token.
+    auth: parseTokens(deps.config.apiToken).tokens.length > 0 ? 'bearer' : 'none',
+  });
   done();
 };

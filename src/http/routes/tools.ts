@@ -12,7 +12,7 @@ const MAX_TOOLS = 1000;
 const MAX_DOC_CHARS = 16 * 1024;
 const REGISTER_BODY_LIMIT = 4 * 1024 * 1024;
 
-const RegisterBody = Type.Object({
+export const RegisterBody = Type.Object({
   callback_url: Type.String({ maxLength: 4096 }),
   token: Type.String({ maxLength: 4096 }),
   tools: Type.Array(Type.Object({ name: Type.String({ maxLength: 128 }), doc: Type.Optional(Type.String({ maxLength: MAX_DOC_CHARS })) }), { default: [], maxItems: MAX_TOOLS }),
