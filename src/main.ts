@@ -29,6 +29,7 @@ import { canMountTmpfs } from './sandbox/mounts.js';
 import { SessionManager } from './sessions/manager.js';
 import { ExecService } from './sessions/exec.js';
 import { buildApp } from './http/app.js';
+import { ExecStreams } from './http/exec-streams.js';
 import { warmUp } from './http/warm-up.js';
 import { MemoryBudget } from './budget.js';
 import { LoopMonitor } from './loop-monitor.js';
@@ -498,7 +499,8 @@ async function main(): Promise<void> {
   const loop = new LoopMonitor();
   // Requests get access-log lines once the server serves clients (not the warm-up's).
   let serving = false;
-  const app = await buildApp({ config, log, sessions, exec, isolation, version: VERSION, budget, loopStats: () => loop.snapshot(), logRequests: () => serving });
+  const streams = new ExecStreams(config);
+  const app = await buildApp({ config, log, sessions, exec, streams, isolation, version: VERSION, budget, loopStats: () => loop.snapshot(), logRequests: () => serving });
   sessions.start();
 
   let stopping = false;
@@ -518,7 +520,9 @@ async function main(): Promise<void> {
     sessions
       .shutdown(config.shutdownGraceSeconds * 1000)
       .then(async () => {
-        // Every session is gone, so no call is still useful: cut what is left.
+        // Every session is gone, so no call is still useful: streamed calls are sent their
+        // last event and ended (app.close() began that), then what is left is cut.
+        await streams.close();
         app.server.closeAllConnections();
         await zygote?.close();
         await commands?.close();

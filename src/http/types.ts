@@ -14,6 +14,7 @@ import type { MemoryBudget } from '../budget.js';
 import type { LoopStats } from '../loop-monitor.js';
 import type { SessionManager } from '../sessions/manager.js';
 import type { ExecService } from '../sessions/exec.js';
+import type { ExecStreams } from './exec-streams.js';
 
 /** What the HTTP layer uses of the session manager. */
 export type SessionStore = Pick<SessionManager, 'count' | 'cleaning' | 'poolState' | 'has' | 'get' | 'create' | 'destroy'>;
@@ -59,6 +60,9 @@ export interface AppDeps {
   budget: MemoryBudget;
   /** The event loop's blocking figures (loop-monitor.ts), shown in /health. */
   loopStats?: () => LoopStats;
+  /** Streamed exec calls (exec-streams.ts); main.ts makes it, to end them before it cuts
+   * the last connections at shutdown. Made by buildApp when absent. */
+  streams?: ExecStreams;
   /** Whether requests get access-log lines now (main.ts: not during the start-up warm-up,
    * whose requests are not clients'); always when absent. */
   logRequests?: () => boolean;

@@ -22,10 +22,13 @@ import { attachSession, sessionOf, SESSION_DECORATOR } from '../scoped-session.j
 import { execRoutes } from './exec.js';
 import { fileRoutes } from './files.js';
 import { toolRoutes } from './tools.js';
+import { streamRoutes } from './streams.js';
+import type { ExecStreams } from '../exec-streams.js';
 
 export interface SessionScopeOptions {
   sessions: Pick<SessionStore, 'get'>;
   exec: Executor;
+  streams: ExecStreams;
   budget: Pick<MemoryBudget, 'reserve'>;
   config: Pick<Config, 'maxCodeChars' | 'maxDownloadBytes' | 'maxListEntries' | 'maxListBytes'>;
 }
@@ -50,7 +53,8 @@ export const sessionScope: RoutePlugin<SessionScopeOptions> = (scope, deps, done
     sessionOf(req).handle(),
   );
 
-  void scope.register(execRoutes, { exec: deps.exec, budget: deps.budget, config: deps.config });
+  void scope.register(execRoutes, { exec: deps.exec, streams: deps.streams, budget: deps.budget, config: deps.config });
+  void scope.register(streamRoutes, { streams: deps.streams });
   void scope.register(fileRoutes, { budget: deps.budget, config: deps.config });
   void scope.register(toolRoutes, {});
   done();
