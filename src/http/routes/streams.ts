@@ -44,8 +44,8 @@ export const streamRoutes: RoutePlugin<StreamRoutesOptions> = (app, deps, done) 
 
 /** The id of the last event a client has (0: none). */
 export function parseLastEventId(value: string | string[] | undefined): number {
-  if (value === undefined) return 0;
-  const text = Array.isArray(value) ? value.join(',') : value;
+  const text = Array.isArray(value) ? value.join(',') : (value ?? '');
+  if (text.trim() === '') return 0; // an empty id is no id (as EventSource sends it)
   if (!/^\s*\d{1,15}\s*$/.test(text)) {
     throw new SandboxError('SBX_BAD_REQUEST', `Last-Event-ID must be the id of an event of this stream (a non-negative integer), not ${JSON.stringify(text.slice(0, 40))}`);
   }
