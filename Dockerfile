@@ -4,8 +4,9 @@ FROM node:24-bookworm-slim
 
 WORKDIR /app
 COPY . .
-# apt (bubblewrap, Python and its data stack), npm ci, build; then drop dev dependencies.
-RUN bash scripts/install.sh \
+# apt (bubblewrap, Python and its data stack; not the tests' browser and proxy), npm ci,
+# build; then drop dev dependencies.
+RUN SKIP_TEST_TOOLS=1 bash scripts/install.sh \
  && npm prune --omit=dev \
  && rm -rf /var/lib/apt/lists/* /root/.npm
 

@@ -4,6 +4,7 @@
 # dependencies and the build. Idempotent and quick when everything is already there.
 #   scripts/install.sh            apt (if anything is missing) + npm ci (if needed) + build
 #   SKIP_APT=1 scripts/install.sh  Node side only
+#   SKIP_TEST_TOOLS=1 scripts/install.sh  without what only the tests use (the image)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,11 @@ APT_PACKAGES=(
   python3-openpyxl python3-xlrd python3-xlsxwriter python3-bs4 python3-lxml python3-pypdf
   python3-docx python3-pil python3-requests python3-dateutil python3-tz
 )
+# Only the tests use these: a headless browser for the /docs page, and nginx for the
+# scale-out proxy test. (Debian's nginx package starts no service where there is no init.)
+if [ "${SKIP_TEST_TOOLS:-0}" != 1 ]; then
+  APT_PACKAGES+=(chromium nginx)
+fi
 
 missing=()
 if [ "${SKIP_APT:-0}" != 1 ]; then

@@ -39,6 +39,28 @@ const str = (env: string, def: string, description: string) => ({
 const SETTINGS = {
   port: int('PORT', 8080, 0, 65535, 'TCP port to listen on'),
   host: str('HOST', '0.0.0.0', 'Address to listen on'),
+  apiToken: {
+    env: 'SANDBOX_API_TOKEN',
+    schema: Type.String({
+      default: '',
+      description: `Bearer token every route but /health requires (several comma-separated, for rotation; at least 16 characters each); empty: no authentication (SANDBOX_API_TOKEN)`,
+    }),
+  },
+  allowedHosts: str(
+    'SANDBOX_ALLOWED_HOSTS',
+    'auto',
+    "Host names a request's Host header may carry, comma-separated (against DNS rebinding); auto: loopback names when HOST is a loopback address, any otherwise; *: any",
+  ),
+  metricsPublic: bool('SANDBOX_METRICS_PUBLIC', false, 'Serve GET /metrics without the bearer token (SANDBOX_API_TOKEN), e.g. to a scraper on a private port'),
+  replicaId: {
+    env: 'SANDBOX_REPLICA_ID',
+    schema: Type.String({
+      default: '',
+      pattern: '^(|[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)$',
+      description:
+        "This server's name in its session ids (sbx_<name>_<random>), by which a proxy routes a session's calls to it; a DNS label; empty: the host name (a Kubernetes pod's name) (SANDBOX_REPLICA_ID)",
+    }),
+  },
   sessionsRoot: str('SANDBOX_SESSIONS_ROOT', '/var/sandbox/sessions', 'Folder holding one private folder per session'),
   idleTimeoutSeconds: int('SANDBOX_SESSION_IDLE_TIMEOUT', 900, 1, 30 * 24 * 3600, 'Ceiling and default of a session idle timeout, seconds'),
   maxLifetimeSeconds: int('SANDBOX_SESSION_MAX_LIFETIME', 7200, 1, 30 * 24 * 3600, 'Ceiling and default of a session lifetime, seconds'),
@@ -207,6 +229,11 @@ export function loadConfig(env: Record<string, string | undefined>, overrides: P
     const message = choices ? `must be one of ${choices.join(', ')}` : error.message;
     problems.push(`${setting?.env ?? key}=${JSON.stringify(value[key])}: ${message}`);
   }
+  // Checked apart from the schema, whose messages would repeat the value: a token's
+  // problems never name the token.
+  if (typeof value.apiToken === 'string') problems.push(...parseTokens(value.apiToken).problems);
+  if (typeof value.allowedHosts === 'string' && value.allowedHosts.split(',').every((h) => h.trim() === ''))
+    problems.push(`SANDBOX_ALLOWED_HOSTS=${JSON.stringify(value.allowedHosts)}: names no host (auto, * or a comma-separated list)`);
   if (problems.length > 0) throw new ConfigError([...new Set(problems)]);
   const config = value as Config & { defaultTimeoutSeconds: number };
   if (config.defaultTimeoutSeconds > config.maxTimeoutSeconds) {
@@ -249,4 +276,29 @@ export function preloadList(config: Config): string[] {
         .split(',')
         .map((s) => s.trim())
         .filter(Boolean);
+}
+
+/** Shortest token the server accepts: shorter ones are guessable. */
+export const MIN_TOKEN_CHARS = 16;
+/** RFC 6750 b64token characters. */
+const TOKEN_CHARS = /^[A-Za-z0-9\-._~+/]+=*$/;
+
+/**
+ * SANDBOX_API_TOKEN: one token or several comma-separated (rotation). Problems are
+ * described without the token itself.
+ */
+export function parseTokens(text: string): { tokens: string[]; problems: string[] } {
+  const tokens: string[] = [];
+  const problems: string[] = [];
+  text
+    .split(',')
+    .map((t) => t.trim())
+    .filter(Boolean)
+    .forEach((t, i) => {
+      if (t.length < MIN_TOKEN_CHARS) problems.push(`SANDBOX_API_TOKEN: token ${i + 1} is shorter than ${MIN_TOKEN_CHARS} characters`);
+      else if (t.length > 4096) problems.push(`SANDBOX_API_TOKEN: token ${i + 1} is longer than 4096 characters`);
+      else if (!TOKEN_CHARS.test(t)) problems.push(`SANDBOX_API_TOKEN: token ${i + 1} holds characters a bearer token cannot (RFC 6750: letters, digits, -._~+/ and trailing =)`);
+      else tokens.push(t);
+    });
+  return { tokens, problems };
 }

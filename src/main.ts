@@ -9,7 +9,8 @@
 import { closeSync, existsSync, promises as fsp, readdirSync, readFileSync } from 'node:fs';
 import { createHash, randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
-import { loadConfig, ConfigError, preloadList, type Config } from './config.js';
+import { loadConfig, ConfigError, parseTokens, preloadList, type Config } from './config.js';
+import { allowedHosts, isLoopbackAddress } from './http/auth.js';
 import { createLogger, type Logger } from './log.js';
 import { Launcher } from './sandbox/launcher.js';
 import { Pipes } from './sandbox/pipes.js';
@@ -27,9 +28,12 @@ import { boxFactory, removeTree, sessionCgroupLimits } from './sessions/box.js';
 import { detectCgroups, type ParentBound } from './sandbox/cgroups.js';
 import { canMountTmpfs } from './sandbox/mounts.js';
 import { SessionManager } from './sessions/manager.js';
+import { replicaName } from './sessions/session.js';
+import { hostname } from 'node:os';
 import { ExecService } from './sessions/exec.js';
 import { buildApp } from './http/app.js';
 import { ExecStreams } from './http/exec-streams.js';
+import { ServerMetrics } from './http/metrics.js';
 import { warmUp } from './http/warm-up.js';
 import { MemoryBudget } from './budget.js';
 import { LoopMonitor } from './loop-monitor.js';
@@ -468,6 +472,8 @@ async function main(): Promise<void> {
   if (files.hostExhaustible) log.warn({ open_files: files.text }, 'open files: sessions together could exhaust the host');
   log.info({ isolation }, `isolation mode: ${isolation.mode}, interpreters ${isolation.interpreters}`);
   const budget = new MemoryBudget(config.serverMemoryBudgetMb * 1024 * 1024);
+  const replica = replicaName(config.replicaId, hostname());
+  log.info({ replica }, 'replica name (in every session id)');
   const editorWorkers = new EditorWorkers();
   const sessions = new SessionManager(
     config,
@@ -494,13 +500,16 @@ async function main(): Promise<void> {
       },
     ),
     log,
+    undefined,
+    replica,
   );
   const exec = new ExecService(config, budget, editorWorkers);
   const loop = new LoopMonitor();
   // Requests get access-log lines once the server serves clients (not the warm-up's).
   let serving = false;
   const streams = new ExecStreams(config);
-  const app = await buildApp({ config, log, sessions, exec, streams, isolation, version: VERSION, budget, loopStats: () => loop.snapshot(), logRequests: () => serving });
+  const metrics = new ServerMetrics(sessions, budget, config);
+  const app = await buildApp({ config, log, sessions, exec, streams, isolation, version: VERSION, budget, metrics, loopStats: () => loop.snapshot(), logRequests: () => serving });
   sessions.start();
 
   let stopping = false;
@@ -551,9 +560,10 @@ async function main(): Promise<void> {
 
   // Not listening yet: no client can reach the server (nor its /health) until this ends.
   if (config.warmUp) {
-    const report = await warmUp(app);
+    const report = await warmUp(app, { headers: warmUpHeaders(config) });
     if (report.sessionId !== undefined) await sessions.destroy(report.sessionId); // a no-op unless its DELETE failed
     sessions.forgetCreates();
+    metrics.reset();
     await sessions.cleanupsDone();
     const fields = { duration_ms: Math.round(report.durationMs), requests: report.requests };
     if (report.error === undefined) log.info(fields, 'warm-up done');
@@ -562,7 +572,21 @@ async function main(): Promise<void> {
   if (stopping) return;
   serving = true;
   await app.listen({ port: config.port, host: config.host });
+  const tokens = parseTokens(config.apiToken).tokens.length;
+  if (tokens > 0) log.info({ tokens }, 'bearer authentication on: every route but /health needs a token (SANDBOX_API_TOKEN)');
+  else if (!isLoopbackAddress(config.host))
+    log.warn({ host: config.host }, 'listening beyond loopback without SANDBOX_API_TOKEN: anyone who can reach this port can run code; set a token');
   loop.start();
+}
+
+/** What the warm-up's requests carry so the auth hook lets them through (and is warmed too). */
+function warmUpHeaders(config: Config): Record<string, string> {
+  const headers: Record<string, string> = {};
+  const token = parseTokens(config.apiToken).tokens[0];
+  if (token !== undefined) headers.authorization = `Bearer ${token}`;
+  const hosts = allowedHosts(config.allowedHosts, config.host);
+  if (hosts !== null) headers.host = [...hosts][0]!.includes(':') ? `[${[...hosts][0]}]` : [...hosts][0]!;
+  return headers;
 }
 
 main().catch((e: unknown) => {

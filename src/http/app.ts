@@ -11,12 +11,15 @@ import { createServer } from 'node:http';
 import Fastify, { LogController, type FastifyError } from 'fastify';
 import multipart from '@fastify/multipart';
 import swagger from '@fastify/swagger';
+import swaggerUi from '@fastify/swagger-ui';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { isSandboxError, SandboxError } from '../errors.js';
 import { jsonTokens, MAX_JSON_TOKENS } from '../json-bounds.js';
 import { holdParsed, meterBody, parsedBodyBytes, SMALL_BYTES, trackBody } from './hold.js';
 import { finished } from 'node:stream';
 import type { App, AppDeps } from './types.js';
+import { allowedHosts, bearerCheck, hostName } from './auth.js';
+import { parseTokens } from '../config.js';
 import { healthRoutes } from './routes/health.js';
 import { sessionRoutes } from './routes/sessions.js';
 import { sessionScope } from './routes/session.js';
@@ -55,6 +58,21 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   // Past this many open connections new ones are closed at once, before they can hold a
   // descriptor each until the process runs out.
   app.server.maxConnections = deps.config.httpMaxConnections;
+
+  // Who may call: the Host header first (DNS rebinding), then the bearer token on every
+  // route but /health; before any body is read (auth.ts).
+  const hosts = allowedHosts(deps.config.allowedHosts, deps.config.host);
+  const bearer = bearerCheck(parseTokens(deps.config.apiToken).tokens);
+  if (hosts !== null || bearer !== null) {
+    app.addHook('onRequest', (req, _reply, done) => {
+      if (hosts !== null && !hosts.has(hostName(req.headers.host)))
+        return done(new SandboxError('SBX_HOST_NOT_ALLOWED', 'Host header not allowed (SANDBOX_ALLOWED_HOSTS)') as unknown as Error);
+      const open = req.routeOptions.url === '/health' || (req.routeOptions.url === '/metrics' && deps.config.metricsPublic);
+      if (bearer !== null && !open && !bearer(req.headers.authorization))
+        return done(new SandboxError('SBX_UNAUTHORIZED', 'missing or invalid bearer token', { headers: { 'www-authenticate': 'Bearer' } }) as unknown as Error);
+      done();
+    });
+  }
 
   // A JSON body is held whole while it arrives, and its parsed value until the response
   // ends (a call waits in its session's queue with it): what has arrived of it, then what
@@ -112,8 +130,13 @@ export async function buildApp(deps: AppDeps): Promise<App> {
         version: deps.version,
         description: 'Code-execution sandbox server: a conforming backend of the Otari code-execution contract v1, with per-session isolation.',
       },
+      // Every route but /health needs it when SANDBOX_API_TOKEN is set.
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer', description: 'SANDBOX_API_TOKEN (when set)' } } },
+      security: [{ bearer: [] }],
     },
   });
+  // The API's page (GET /docs): Swagger UI served from its npm package, no CDN.
+  await app.register(swaggerUi, { routePrefix: '/docs', staticCSP: true, uiConfig: { deepLinking: true, docExpansion: 'list' } });
   await app.register(multipart, {
     // The reference keeps the client's filename as sent, folders included.
     preservePath: true,
@@ -166,6 +189,7 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   });
 
   app.setErrorHandler((error: FastifyError | SandboxError, req, reply) => {
+    if (deps.metrics) deps.metrics.refused(errorCode(error), req.routeOptions.url === '/sessions/:id/exec' ? (req.body as { tool?: unknown } | undefined)?.tool : undefined);
     if (isSandboxError(error)) {
       for (const [k, v] of Object.entries(error.headers)) void reply.header(k, v);
       if (error.status === 500) {
@@ -209,10 +233,25 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   });
   await app.register(healthRoutes, { sessions, config, budget, version: deps.version, isolation: deps.isolation, loopStats: deps.loopStats });
   await app.register(sessionRoutes, { sessions });
-  await app.register(sessionScope, { sessions, exec, streams, budget, config });
+  await app.register(sessionScope, { sessions, exec, streams, budget, config, metrics: deps.metrics });
 
+  if (deps.metrics) {
+    const metrics = deps.metrics;
+    app.get('/metrics', { schema: { summary: 'Prometheus metrics (text format)', produces: ['text/plain'] } }, async (_req, reply) =>
+      reply.header('content-type', metrics.contentType).send(await metrics.text()),
+    );
+  }
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
   return app;
+}
+
+/** The SBX_* code an error is answered with (the handler above), for /metrics. */
+function errorCode(error: FastifyError | SandboxError): string {
+  if (isSandboxError(error)) return error.code;
+  const fe = error as FastifyError & { validation?: unknown };
+  if (fe.validation) return 'SBX_VALIDATION';
+  if (fe.code === 'FST_REQ_FILE_TOO_LARGE' || fe.code === 'FST_FILES_LIMIT' || fe.code === 'FST_ERR_CTP_BODY_TOO_LARGE') return 'SBX_FILE_TOO_LARGE';
+  return typeof fe.statusCode === 'number' && fe.statusCode >= 400 && fe.statusCode < 500 ? 'SBX_BAD_REQUEST' : 'SBX_INTERNAL';
 }
 
 const GENERIC_5XX: Partial<Record<string, string>> = {

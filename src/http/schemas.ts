@@ -3,7 +3,7 @@ import Type from 'typebox';
 import { LimitKindSchema } from '../limits.js';
 import { TOOL_NAMES } from '../sessions/tools.js';
 
-export const SessionParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 64, description: 'Session id (sbx_…)' }) });
+export const SessionParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 128, description: 'Session id (sbx_<replica>_…)' }) });
 
 export const ErrorBody = Type.Object(
   {

@@ -15,9 +15,10 @@ import type { LoopStats } from '../loop-monitor.js';
 import type { SessionManager } from '../sessions/manager.js';
 import type { ExecService } from '../sessions/exec.js';
 import type { ExecStreams } from './exec-streams.js';
+import type { ServerMetrics } from './metrics.js';
 
 /** What the HTTP layer uses of the session manager. */
-export type SessionStore = Pick<SessionManager, 'count' | 'cleaning' | 'poolState' | 'has' | 'get' | 'create' | 'destroy'>;
+export type SessionStore = Pick<SessionManager, 'count' | 'cleaning' | 'poolState' | 'replica' | 'has' | 'get' | 'create' | 'destroy'>;
 
 /** What the HTTP layer uses of the exec service. */
 export type Executor = Pick<ExecService, 'exec'>;
@@ -58,6 +59,8 @@ export interface AppDeps {
   isolation: IsolationInfo;
   version: string;
   budget: MemoryBudget;
+  /** Prometheus metrics (GET /metrics); none in unit tests that do not ask. */
+  metrics?: ServerMetrics;
   /** The event loop's blocking figures (loop-monitor.ts), shown in /health. */
   loopStats?: () => LoopStats;
   /** Streamed exec calls (exec-streams.ts); main.ts makes it, to end them before it cuts

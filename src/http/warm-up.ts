@@ -41,6 +41,8 @@ const REQUEST_TIMEOUT_MS = 60_000;
 export interface WarmUpOptions {
   rounds?: number;
   budgetMs?: number;
+  /** Sent with every request: the bearer token and a Host the allow-list takes, when set. */
+  headers?: Record<string, string>;
 }
 
 export interface WarmUpReport {
@@ -74,7 +76,7 @@ export async function warmUp(app: App, opts: WarmUpOptions = {}): Promise<WarmUp
 
   const send = (method: string, path: string, body?: Buffer, contentType?: string): Promise<Answer> =>
     new Promise((resolve, reject) => {
-      const headers: Record<string, string | number> = {};
+      const headers: Record<string, string | number> = { ...opts.headers };
       if (body) Object.assign(headers, { 'content-type': contentType ?? 'application/json', 'content-length': body.length });
       const req = request({ socketPath, agent, method, path, headers, timeout: REQUEST_TIMEOUT_MS }, (res) => {
         const chunks: Buffer[] = [];

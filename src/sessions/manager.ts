@@ -58,6 +58,8 @@ export interface PoolState {
 
 export class SessionManager<B extends SessionBox = Box> {
   private readonly sessions = new Map<string, Session<B>>();
+  /** Since start, for /metrics: plain numbers, read at scrape time. */
+  readonly stats = { created: 0, deleted: 0, reaped: 0, poolHits: 0, poolMisses: 0 };
   private readonly pool: B[] = [];
   /** Boxes being made for the pool (refills), boxes a create is making for itself, and
    * creates waiting for a refill to land. A create only waits while there are more
@@ -89,6 +91,8 @@ export class SessionManager<B extends SessionBox = Box> {
     private readonly log: Logger,
     /** Seconds, for session idle and lifetime and the pool's demand (Date.now() by default). */
     private readonly nowSeconds: () => number = () => Date.now() / 1000,
+    /** This server's name in session ids (SANDBOX_REPLICA_ID, see replicaName). */
+    readonly replica = 'local',
   ) {
     this.demand = new PoolDemand(config.warmPoolSize, Math.max(config.warmPoolSize, config.warmPoolMax));
     this.refillParallel = warmPoolParallelism(config, availableParallelism());
@@ -111,9 +115,10 @@ export class SessionManager<B extends SessionBox = Box> {
     return { target: this.demand.target(this.nowSeconds()), ready: this.pool.length, starting: this.refilling, min: this.demand.min, max: this.demand.max };
   }
 
-  /** Forgets the creates seen so far: the start-up warm-up's is not demand. */
+  /** Forgets the creates seen so far: the start-up warm-up's is not demand (nor counted in /metrics). */
   forgetCreates(): void {
     this.demand.forgetCreates();
+    for (const k of Object.keys(this.stats) as (keyof typeof this.stats)[]) this.stats[k] = 0;
   }
 
   /** Resolves once no cleanup is under way (the warm-up leaves no folder behind). */
@@ -123,6 +128,13 @@ export class SessionManager<B extends SessionBox = Box> {
 
   private get used(): number {
     return this.sessions.size + this.pool.length + this.refilling + this.creating + this.destroying.size;
+  }
+
+  /** Calls queued behind a running one, across sessions (a scrape walks the sessions). */
+  get queuedCalls(): number {
+    let n = 0;
+    for (const s of this.sessions.values()) n += s.queuedCalls;
+    return n;
   }
 
   /** Boxes whose processes are dead but whose folders and cgroups are still being removed. */
@@ -211,7 +223,10 @@ export class SessionManager<B extends SessionBox = Box> {
     for (;;) {
       if (this.closing) throw new SandboxError('SBX_SHUTTING_DOWN', 'server is shutting down', { headers: { 'retry-after': '5' } });
       box = this.pool.shift();
-      if (box) break;
+      if (box) {
+        this.stats.poolHits++;
+        break;
+      }
       // A refill under way is room a create may take: wait for that box rather than refuse.
       if (this.refilling > this.waiting.length) {
         box = (await new Promise<B | null>((resolve) => this.waiting.push({ resolve }))) ?? undefined;
@@ -235,6 +250,7 @@ export class SessionManager<B extends SessionBox = Box> {
       }
     }
     if (!box) {
+      this.stats.poolMisses++;
       this.creating++;
       try {
         box = await this.timedMakeBox();
@@ -252,8 +268,9 @@ export class SessionManager<B extends SessionBox = Box> {
     const maxLifetime = Math.min(opts.maxLifetimeSeconds ?? this.config.maxLifetimeSeconds, this.config.maxLifetimeSeconds);
     const idle = Math.min(opts.idleTimeoutSeconds ?? this.config.idleTimeoutSeconds, this.config.idleTimeoutSeconds);
     void box.promote().catch(() => {}); // normal priority from now on
-    const session = new Session(newSessionId(), box, idle, maxLifetime, this.nowSeconds, this.onRunning);
+    const session = new Session(newSessionId(this.replica), box, idle, maxLifetime, this.nowSeconds, this.onRunning);
     this.sessions.set(session.id, session);
+    this.stats.created++;
     this.refillSoon();
     return session;
   }
@@ -270,10 +287,11 @@ export class SessionManager<B extends SessionBox = Box> {
 
   /** Idempotent. Resolves once the session is gone from the API and every process of it
    * has been sent SIGKILL; the rest of the cleanup goes on in the background. */
-  async destroy(id: string): Promise<boolean> {
+  async destroy(id: string, why: 'deleted' | 'reaped' = 'deleted'): Promise<boolean> {
     const s = this.sessions.get(id);
     if (!s) return false;
     this.sessions.delete(id);
+    this.stats[why]++;
     s.closed = true;
     const cleanup = this.discard(s.box, id);
     await Promise.race([s.box.stop().catch(() => {}), cleanup]);
@@ -298,7 +316,7 @@ export class SessionManager<B extends SessionBox = Box> {
   async reap(): Promise<number> {
     const now = this.nowSeconds();
     const victims = [...this.sessions.values()].filter((s) => s.expired(now));
-    await Promise.all(victims.map((s) => this.destroy(s.id)));
+    await Promise.all(victims.map((s) => this.destroy(s.id, 'reaped')));
     if (victims.length > 0) this.log.info({ reaped: victims.map((s) => s.id) }, 'reaped expired sessions');
     return victims.length;
   }

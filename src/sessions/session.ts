@@ -23,8 +23,26 @@ export interface SessionHandle {
   max_lifetime_seconds: number;
 }
 
-export function newSessionId(): string {
-  return `sbx_${randomHex(12)}`;
+/** `sbx_<replica>_<24 hex>`: 96 random bits, and the name of the replica that holds the
+ * session, so a proxy can route by id (deploy/nginx). */
+export function newSessionId(replica: string): string {
+  return `sbx_${replica}_${randomHex(12)}`;
+}
+
+/** A DNS label: what a replica name may be (a StatefulSet pod's name is one). */
+export const REPLICA_NAME = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
+
+/** SANDBOX_REPLICA_ID, or the host name made a DNS label (its first label, lower case,
+ * other characters as '-'); `local` if nothing is left. */
+export function replicaName(setting: string, hostname: string): string {
+  if (setting !== '') return setting;
+  const label = (hostname.split('.')[0] ?? '')
+    .toLowerCase()
+    .replace(/[^a-z0-9-]+/g, '-')
+    .replace(/^-+|-+$/g, '')
+    .slice(0, 63)
+    .replace(/-+$/, '');
+  return label === '' ? 'local' : label;
 }
 
 /** What a session and its manager need of a box: Box (box.ts) on a server; a fake in the
@@ -90,6 +108,11 @@ export class Session<B extends SessionBox = Box> {
   expired(nowSeconds: number): boolean {
     if (nowSeconds - this.createdAt > this.maxLifetimeSeconds) return true;
     return !this.busy && nowSeconds - this.lastActivityAt > this.idleTimeoutSeconds;
+  }
+
+  /** Calls waiting behind the running one. */
+  get queuedCalls(): number {
+    return this.queued;
   }
 
   /** Runs fn after every call queued before it; refuses past the queue bound. A call

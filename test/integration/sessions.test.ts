@@ -116,7 +116,8 @@ test('POST /sessions answers 201 with a handle: sbx_ id, float times, default ti
   assert.match(r.headers.get('content-type') ?? '', /^application\/json/);
   const h = r.body;
   assert.deepEqual(Object.keys(h).sort(), ['created_at', 'idle_timeout_seconds', 'last_activity_at', 'max_lifetime_seconds', 'session_id']);
-  assert.match(h.session_id, /^sbx_[0-9a-f]{24}$/);
+  // sbx_<replica>_<96 random bits>: the replica (SANDBOX_REPLICA_ID, the host name by default) routes it.
+  assert.match(h.session_id, /^sbx_[a-z0-9-]{1,63}_[0-9a-f]{24}$/);
   assert.equal(typeof h.created_at, 'number');
   assert.ok(h.created_at >= before - 1 && h.created_at <= afterT + 1, `created_at ${h.created_at} is now`);
   assert.equal(h.last_activity_at, h.created_at);

@@ -109,10 +109,10 @@ test('#48 session ids are unguessable (sbx_ + 96 random bits), cannot be listed,
     ids.push(r.body.session_id);
     assert.equal((await api(S.server, 'DELETE', `/sessions/${r.body.session_id}`)).status, 204);
   }
-  for (const id of ids) assert.match(id, /^sbx_[0-9a-f]{24}$/);
+  for (const id of ids) assert.match(id, /^sbx_[a-z0-9-]+_[0-9a-f]{24}$/);
   assert.equal(new Set(ids).size, ids.length);
   const names = await readdir(S.sessionsRoot);
-  for (const id of [...ids, S.victim]) assert.ok(!names.some((n) => n.includes(id.slice(4))), 'host folder names are not derived from session ids');
+  for (const id of [...ids, S.victim]) assert.ok(!names.some((n) => n.includes(id.slice(-24))), 'host folder names are not derived from session ids');
   const list = await api(S.server, 'GET', '/sessions');
   assert.ok(list.status === 404 || list.status === 405, `GET /sessions must not list sessions: ${list.status}`);
   assert.ok(!JSON.stringify(list.body).includes(S.victim));
@@ -185,7 +185,7 @@ test('#49 slowloris: 200 connections trickling partial headers do not stop the s
     s.on('error', () => {});
     s.on('close', () => closed.add(s));
     connected.push(new Promise((resolve) => s.once('connect', () => resolve())));
-    s.write('POST /sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n');
+    s.write('POST /sessions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n');
     sockets.push(s);
   }
   let trickled = 0;

@@ -156,13 +156,13 @@ test('#27b an upload refused for a full disk before its body has arrived: the cl
   sock.on('error', () => {});
   let got = '';
   sock.on('data', (c: Buffer) => (got += c.toString('latin1')));
-  sock.write(`POST /sessions/${a.id}/files HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=${boundary}\r\nContent-Length: ${total}\r\n\r\n${head}`);
+  sock.write(`POST /sessions/${a.id}/files HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data; boundary=${boundary}\r\nContent-Length: ${total}\r\n\r\n${head}`);
   sock.write(Buffer.alloc(1024 * 1024, 0x61));
   assert.ok(await waitFor(() => got.includes('\r\n\r\n'), 60_000), 'an answer arrives before the body is complete');
   assert.match(got, /^HTTP\/1\.1 413 /);
   // The rest of the body, then a second request on the same connection: it is answered.
   sock.write(Buffer.alloc(3 * 1024 * 1024, 0x61));
-  sock.write(`${tail}GET /health HTTP/1.1\r\nHost: x\r\n\r\n`);
+  sock.write(`${tail}GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n`);
   assert.ok(await waitFor(() => /HTTP\/1\.1 200 /.test(got), 60_000), `the next request on the connection is answered: ${got.slice(0, 300)}`);
   await finishCase(S, a);
 });

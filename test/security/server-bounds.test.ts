@@ -142,7 +142,7 @@ test('#S6 a register body of 600k wrong items is refused unparsed (413); 40k wro
     s.on('data', (d: Buffer) => ((head += d.toString('latin1')), r()));
     s.once('close', () => r());
   });
-  s.write(`POST /sessions/${a.id}/programmatic-tools/register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${15 * 1024 * 1024}\r\n\r\n{`);
+  s.write(`POST /sessions/${a.id}/programmatic-tools/register HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: ${15 * 1024 * 1024}\r\n\r\n{`);
   await answered;
   assert.match(head, /^HTTP\/1\.1 413/);
   s.destroy();
@@ -217,7 +217,7 @@ test('#S11 connections that send headers and one byte of body are timed out; pas
     s.on('error', () => {});
     s.resume(); // read the 408 and the end, so 'close' can come
     closed.push(new Promise((r) => s.once('close', () => r())));
-    s.write(`POST /sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{`);
+    s.write(`POST /sessions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{`);
   }
   // Every one of them ends: the ones over the cap at once, the rest at the request timeout.
   await Promise.all(closed);
@@ -228,7 +228,7 @@ test('#S11 connections that send headers and one byte of body are timed out; pas
   slow.on('error', () => {});
   slow.resume();
   const slowClosed = new Promise<void>((r) => slow.once('close', () => r()));
-  slow.write('GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ');
+  slow.write('GET /health HTTP/1.1\r\nHost: localhost\r\nX-Slow: ');
   await slowClosed;
   await finishCase(S, null);
 });
@@ -253,7 +253,7 @@ test('#S11b a client that stops reading a large download has its connection cut;
   s.on('error', () => {});
   await new Promise<void>((r) => s.once('connect', () => r()));
   const port = s.localPort!;
-  s.write(`GET /sessions/${a.id}/files?path=big.bin HTTP/1.1\r\nHost: x\r\n\r\n`);
+  s.write(`GET /sessions/${a.id}/files?path=big.bin HTTP/1.1\r\nHost: localhost\r\n\r\n`);
   s.pause(); // never read: the server's writes stall once the socket buffers are full
   // The server closes its end: no longer ESTABLISHED (its FIN waits behind the unread
   // bytes, in the kernel, without a descriptor of ours).
@@ -599,7 +599,7 @@ test('#R4 many half-sent large bodies: past the memory budget the server answers
         s.once('close', () => resolve(got.slice(0, 12)));
       }),
     );
-    s.write(`POST /sessions/${a.id}/programmatic-tools/register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length + 10}\r\n\r\n`);
+    s.write(`POST /sessions/${a.id}/programmatic-tools/register HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: ${body.length + 10}\r\n\r\n`);
     s.write(body);
   }
   // Some are refused with 503 while the rest wait for their last bytes (then time out).
@@ -634,7 +634,7 @@ test('#R5 answers that clients never read hold the memory budget: past it an ans
     sockets.push(s);
     s.on('error', () => {});
     s.pause(); // never read the ~12 MB answer
-    s.write(`POST /sessions/${id}/exec HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+    s.write(`POST /sessions/${id}/exec HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
   }
   // Each answer reserves what building it may take (20 bytes a character) before it is
   // built, then holds what it does take (~17 MB: its UTF-8 bytes and decoded streams):
@@ -692,7 +692,7 @@ test('#T1 half-sent bodies hold only what arrived; a body for an unknown session
     sockets.push(s);
     s.on('error', () => {});
     s.resume();
-    s.write(`POST /sessions/${a.id}/exec HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1600000\r\n\r\n{`);
+    s.write(`POST /sessions/${a.id}/exec HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 1600000\r\n\r\n{`);
   }
   await new Promise<void>((r) => sockets.at(-1)!.write('', () => r()));
   const health = await api(S.server, 'GET', '/health');
@@ -706,7 +706,7 @@ test('#T1 half-sent bodies hold only what arrived; a body for an unknown session
     s.on('data', (d: Buffer) => ((got += d.toString('latin1')), r()));
     s.once('close', () => r());
   });
-  s.write(`POST /sessions/sbx_nosuch/exec HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1600000\r\n\r\n{`);
+  s.write(`POST /sessions/sbx_nosuch/exec HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 1600000\r\n\r\n{`);
   await answered;
   assert.match(got, /^HTTP\/1\.1 404/);
   for (const x of sockets) x.destroy();
@@ -788,7 +788,7 @@ test('#T5 a reader that trickles a large answer is cut at its deadline (send tim
   await new Promise<void>((r) => s.once('connect', () => r()));
   const port = s.localPort!;
   s.pause();
-  s.write(`GET /sessions/${id}/files?path=big.bin HTTP/1.1\r\nHost: x\r\n\r\n`);
+  s.write(`GET /sessions/${id}/files?path=big.bin HTTP/1.1\r\nHost: localhost\r\n\r\n`);
   // Read a little every half second: always some progress, never the pace.
   const trickle = setInterval(() => s.read(1024), 500);
   t.after(() => clearInterval(trickle));
@@ -901,7 +901,7 @@ test('#T7 full queues of large bodies in many sessions stay within the memory bu
           s.once('close', end);
         }),
       );
-      s.write(`POST /sessions/${id}/exec HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n`);
+      s.write(`POST /sessions/${id}/exec HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n`);
       s.write(body);
       let now = start;
       assert.ok(await waitFor(async () => answered || (now = await used()) >= start + 2 * body.length, 30_000), 'each body is refused or held');

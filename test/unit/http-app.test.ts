@@ -86,6 +86,7 @@ async function setup(t: TestContext, opts: { budget?: MemoryBudget; exec?: Execu
       return live.size;
     },
     cleaning: 0,
+    replica: 'test',
     poolState: () => ({ target: 2, ready: 1, starting: 1, min: 2, max: 8 }),
     has(id) {
       calls.push(['sessions.has', id]);
@@ -196,7 +197,10 @@ test('validation errors are 422 with a FastAPI-style detail, before the session 
     },
     { req: { method: 'GET', url: '/sessions/sbx_nope/files' }, detail: [{ type: 'missing', loc: ['query', 'path'], msg: 'Field required', input: null }] },
     { req: { method: 'GET', url: '/sessions/sbx_known/files/list?recursive=maybe' }, detail: [{ type: 'type', loc: ['query', 'recursive'], msg: 'must be boolean', input: null }] },
-    { req: { method: 'GET', url: `/sessions/${'x'.repeat(65)}` }, detail: [{ type: 'maxLength', loc: ['path', 'id'], msg: 'must NOT have more than 64 characters', input: null }] },
+    {
+      req: { method: 'GET', url: `/sessions/${'x'.repeat(129)}` },
+      detail: [{ type: 'maxLength', loc: ['path', 'id'], msg: 'must NOT have more than 128 characters', input: null }],
+    },
   ] as const;
   for (const { req, detail } of cases) {
     const res = await f.app.inject(req);

@@ -7,6 +7,7 @@ import { sessionOf } from '../scoped-session.js';
 import { ErrorBody, ExecBody, ExecResponse, SessionParams } from '../schemas.js';
 import type { ExecResponse as ExecAnswer } from '../../tools/result.js';
 import { releaseWithResponse, SMALL_BYTES } from '../hold.js';
+import type { ServerMetrics } from '../metrics.js';
 
 /** Characters of each stream kept in an answer the memory budget has no room for. */
 const LEAN_STREAM_CHARS = 16 * 1024;
@@ -17,6 +18,7 @@ export interface ExecRoutesOptions {
   streams: ExecStreams;
   budget: Pick<MemoryBudget, 'reserve'>;
   config: Pick<Config, 'maxCodeChars'>;
+  metrics?: Pick<ServerMetrics, 'execAnswered'>;
 }
 
 /** Registered inside the /sessions/:id scope (session.ts). The session is resolved there
@@ -38,7 +40,11 @@ export const execRoutes: RoutePlugin<ExecRoutesOptions> = (app, deps, done) => {
     },
     async (req, reply) => {
       if (wantsEventStream(req)) {
-        const run = (signal: AbortSignal, hooks: ExecHooks) => deps.exec.exec(sessionOf(req), req.body as ExecBodyInput, signal, hooks);
+        const run = async (signal: AbortSignal, hooks: ExecHooks) => {
+          const answer = await deps.exec.exec(sessionOf(req), req.body as ExecBodyInput, signal, hooks);
+          deps.metrics?.execAnswered((req.body as ExecBodyInput).tool, answer);
+          return answer;
+        };
         return streamExec(deps.streams, req, reply, req.params.id, run, (a) => shapeAnswer(a, deps.budget));
       }
       // A client that goes away before its answer cancels the call: a waiting call leaves
@@ -54,6 +60,7 @@ export const execRoutes: RoutePlugin<ExecRoutesOptions> = (app, deps, done) => {
       } finally {
         reply.raw.off('close', onClose);
       }
+      deps.metrics?.execAnswered((req.body as ExecBodyInput).tool, answer);
       const shaped = shapeAnswer(answer, deps.budget);
       if (shaped.held) releaseWithResponse(reply.raw, shaped.held);
       if (shaped.text === null) return shaped.answer;

@@ -1,12 +1,12 @@
 import Type from 'typebox';
-import type { Config } from '../../config.js';
+import { parseTokens, type Config } from '../../config.js';
 import type { MemoryBudget } from '../../budget.js';
 import type { LoopStats } from '../../loop-monitor.js';
 import type { IsolationInfo, RoutePlugin, SessionStore } from '../types.js';
 
 export interface HealthRoutesOptions {
-  sessions: Pick<SessionStore, 'count' | 'cleaning' | 'poolState'>;
-  config: Pick<Config, 'maxSessions'>;
+  sessions: Pick<SessionStore, 'count' | 'cleaning' | 'poolState' | 'replica'>;
+  config: Pick<Config, 'maxSessions' | 'apiToken'>;
   version: string;
   isolation: IsolationInfo;
   budget: Pick<MemoryBudget, 'usedBytes' | 'totalBytes'>;
@@ -19,6 +19,8 @@ export const healthRoutes: RoutePlugin<HealthRoutesOptions> = (app, deps, done) 
     {
       schema: {
         summary: 'Liveness and state',
+        // Open even when SANDBOX_API_TOKEN is set (probes carry no token).
+        security: [],
         response: {
           200: Type.Object(
             {
@@ -31,6 +33,8 @@ export const healthRoutes: RoutePlugin<HealthRoutesOptions> = (app, deps, done) 
               sessions_cleaning: Type.Optional(Type.Integer()),
               event_loop: Type.Optional(Type.Unknown()),
               memory_budget: Type.Unknown(),
+              auth: Type.Optional(Type.String()),
+              replica: Type.Optional(Type.String()),
             },
             { additionalProperties: true },
           ),
@@ -51,6 +55,10 @@ export const healthRoutes: RoutePlugin<HealthRoutesOptions> = (app, deps, done) 
       sessions_cleaning: deps.sessions.cleaning,
       event_loop: deps.loopStats?.(),
       memory_budget: { used_bytes: deps.budget.usedBytes, total_bytes: deps.budget.totalBytes },
+      // Whether the API needs a bearer token (SANDBOX_API_TOKEN); never the token.
+      // The name in this server's session ids, by which a proxy routes to it.
+      replica: deps.sessions.replica,
+      auth: parseTokens(deps.config.apiToken).tokens.length > 0 ? 'bearer' : 'none',
     }),
   );
   done();

@@ -20,6 +20,7 @@ import type { Executor, RoutePlugin, SessionStore } from '../types.js';
 import { ErrorBody, SessionHandle, SessionParams } from '../schemas.js';
 import { attachSession, sessionOf, SESSION_DECORATOR } from '../scoped-session.js';
 import { execRoutes } from './exec.js';
+import type { ServerMetrics } from '../metrics.js';
 import { fileRoutes } from './files.js';
 import { toolRoutes } from './tools.js';
 import { streamRoutes } from './streams.js';
@@ -31,6 +32,7 @@ export interface SessionScopeOptions {
   streams: ExecStreams;
   budget: Pick<MemoryBudget, 'reserve'>;
   config: Pick<Config, 'maxCodeChars' | 'maxDownloadBytes' | 'maxListEntries' | 'maxListBytes'>;
+  metrics?: Pick<ServerMetrics, 'execAnswered'>;
 }
 
 export const sessionScope: RoutePlugin<SessionScopeOptions> = (scope, deps, done) => {
@@ -53,7 +55,7 @@ export const sessionScope: RoutePlugin<SessionScopeOptions> = (scope, deps, done
     sessionOf(req).handle(),
   );
 
-  void scope.register(execRoutes, { exec: deps.exec, streams: deps.streams, budget: deps.budget, config: deps.config });
+  void scope.register(execRoutes, { exec: deps.exec, streams: deps.streams, budget: deps.budget, config: deps.config, metrics: deps.metrics });
   void scope.register(streamRoutes, { streams: deps.streams });
   void scope.register(fileRoutes, { budget: deps.budget, config: deps.config });
   void scope.register(toolRoutes, {});
