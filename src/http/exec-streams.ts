@@ -27,8 +27,10 @@
  *
  * Bounds: a stream keeps output events up to SANDBOX_STREAM_REPLAY_BYTES, dropping the
  * oldest past it (a resume from before what is kept is answered 410, naming the id to
- * resume from instead; a client too slow to keep up has its response ended, and resumes
- * so); its result event is charged to the memory budget as a non-streamed answer is. At
+ * resume from instead); events the client reading now has not had yet are kept until it
+ * has them (backpressure: at most the call's output, which the output cap bounds; a client
+ * that takes nothing is cut after SANDBOX_HTTP_SEND_TIMEOUT_SECONDS, sse.ts); its result
+ * event is charged to the memory budget as a non-streamed answer is. At
  * most SANDBOX_STREAM_MAX streams are open or resumable at once: past it the oldest ended
  * unread stream is forgotten, and with none a new stream is refused with 503.
  *
@@ -193,14 +195,19 @@ export class ExecStream {
   private push(event: string, data: string | Buffer, counted: boolean): void {
     const e: SseEvent = { id: this.nextId++, event, data };
     this.events.push(e);
-    if (counted) {
-      this.bytes += eventBytes(e);
-      // The oldest output goes first; the newest event is always kept.
-      while (this.bytes > this.owner.config.streamReplayBytes && this.events.length > 1) {
-        this.bytes -= eventBytes(this.events.shift()!);
-      }
-    }
+    if (counted) this.bytes += eventBytes(e);
     if (this.client) this.pump();
+    this.trim();
+  }
+
+  /** Drops the oldest output past the replay bound, but never an event the client reading
+   * now has not had yet (those are at most the call's output, which its cap bounds) nor
+   * the newest event. */
+  private trim(): void {
+    const sent = this.client?.cursor ?? Infinity;
+    while (this.bytes > this.owner.config.streamReplayBytes && this.events.length > 1 && this.events[0]!.id <= sent) {
+      this.bytes -= eventBytes(this.events.shift()!);
+    }
   }
 
   /** Why a resume after `afterId` cannot be served, if it cannot. */
@@ -237,6 +244,7 @@ export class ExecStream {
             log?.debug({ stream_id: this.id, session_id: this.sessionId, from_event: afterId + 1, to_event: client.cursor, events: sent }, 'event stream closed');
             if (this.client !== client) return;
             this.client = null;
+            this.trim();
             this.noClient?.();
             // Delivered: the result was written and the response flushed to the client.
             if (this.done && client.cursor >= this.lastId && res.writableFinished) this.owner.drop(this);
@@ -254,13 +262,15 @@ export class ExecStream {
           if (this.done) client.writer.end();
           return;
         }
-        // A client too slow to keep up: the events it has not had were dropped. Its
-        // response ends; it resumes and is told which ids it missed (checkResume).
+        // (Not while it reads: trim keeps what it has not had. Kept as a guard: a gap ends
+        // the response, and a resume is told which ids are gone, checkResume.)
         if (next < this.oldestId) return client.writer.end();
         const e = this.events[next - this.oldestId]!;
         client.cursor = e.id;
         sent++;
-        if (!client.writer.send(e)) return;
+        const more = client.writer.send(e);
+        this.trim();
+        if (!more) return;
       }
     };
     if (res.destroyed) return client.writer.destroy();
