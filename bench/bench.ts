@@ -36,6 +36,8 @@
  *  13. churn: 8 clients each looping POST /sessions + print(1) + DELETE for a fixed time
  *      (sessions/s, and the latency of one loop split into its three calls).
  *  14. throughput: 8 sessions, one client process each, print(1) in a loop.
+ *  15. streaming (bench/stream-latency.ts): the delay from a program's write to the client
+ *      receiving its `stdout` event, python and bash.
  * Host floors in the same run, before the server starts: fork+exec of `bash -c 'echo hi'`
  * and a bare `bwrap --ro-bind / / --unshare-all --die-with-parent /bin/true`, both from
  * Python's subprocess.run.
@@ -66,6 +68,7 @@ import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import type { Readable, Writable } from 'node:stream';
 import { encodeFrame, FrameDecoder, FrameKind } from '../src/runner/frame-codec.js';
+import { measureStreamLatency } from './stream-latency.js';
 import { describeTarget, judge, parseFlags, spanRate, stats, type Flags, type Stats, type Target } from './figures.js';
 
 // ---------------------------------------------------------------- settings ---------
@@ -661,6 +664,8 @@ const ORDER = [
   'gw_churn_delete',
   'gw_throughput',
   'gw_throughput_latency',
+  'stream_latency',
+  'stream_latency_bash',
 ];
 /** The figures in report order. */
 const ordered = (): [string, Figure][] => Object.entries(figures).sort(([a], [b]) => (ORDER.indexOf(a) >>> 0) - (ORDER.indexOf(b) >>> 0));
@@ -1149,6 +1154,24 @@ async function benchGwThroughput(f: Figure): Promise<void> {
 }
 
 /** Host floors, no server running: fork+exec of bash, a bare bubblewrap start. */
+/** Figure 15 (bench/stream-latency.ts): print -> stdout event, python, and bash next to it. */
+async function benchStreamLatency(s: Server, c: Client, f: Figure): Promise<void> {
+  // About 2 x (10 + n) x 25 ms: skipped when the run has no room left for it.
+  if (elapsed() > BUDGET.total - 20_000) {
+    f.note = 'skipped: the run is short of time';
+    return;
+  }
+  const id = (await c.json<{ session_id: string }>('POST', '/sessions')).body.session_id;
+  try {
+    await measureStreamLatency(s.url, id, 10);
+    const r = await measureStreamLatency(s.url, id, QUICK ? 50 : 200);
+    f.stats = stats(r.python);
+    figures.stream_latency_bash = { label: '    streaming: bash echo -> client stdout event', unit: 'ms', stats: stats(r.bash) };
+  } finally {
+    await c.json('DELETE', `/sessions/${id}`);
+  }
+}
+
 async function benchHostFloors(): Promise<void> {
   const bash: Figure = { label: "   (floor) host fork+exec: bash -c 'echo hi'", unit: 'ms', stats: null };
   const bwrap: Figure = { label: '   (floor) bare bwrap --unshare-all /bin/true', unit: 'ms', stats: null };
@@ -1398,6 +1421,7 @@ async function main(): Promise<number> {
       await gw('gw_burst', `12. burst of ${GW.burst} creates: create + first result`, 'ms', benchGwBurst);
       await gw('gw_churn', `13. churn, ${GW.churnClients} clients: sessions/s`, 'sess/s', benchGwChurn);
       await gw('gw_throughput', '14. throughput, 8 sessions in parallel', 'execs/s', benchGwThroughput);
+      await phase('stream_latency', '15. streaming: python print -> client stdout event', 'ms', (f) => benchStreamLatency(srv, c, f));
     } finally {
       c.close();
       bulk.close();

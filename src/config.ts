@@ -118,6 +118,28 @@ const SETTINGS = {
     1024 * MiB,
     'Slowest pace at which a client must read a large answer: past the send timeout plus its size at this pace, it is cut, bytes per second',
   ),
+  streamResumeSeconds: int(
+    'SANDBOX_STREAM_RESUME_SECONDS',
+    60,
+    1,
+    24 * 3600,
+    'How long a streamed exec call stays resumable (GET /sessions/{id}/exec/streams/{stream_id}) once it has ended and no client is reading it, seconds',
+  ),
+  streamReplayBytes: int(
+    'SANDBOX_STREAM_REPLAY_BYTES',
+    256 * 1024,
+    64 * 1024,
+    64 * MiB,
+    'Output events of one streamed call kept for a client that resumes (the oldest are dropped past it; the result event is always kept), bytes',
+  ),
+  streamHeartbeatSeconds: int(
+    'SANDBOX_STREAM_HEARTBEAT_SECONDS',
+    15,
+    1,
+    3600,
+    'How often an open event stream gets a comment line, so proxies do not close it while idle, seconds',
+  ),
+  streamMax: int('SANDBOX_STREAM_MAX', 256, 1, 100_000, 'Streamed exec calls open or resumable at once, across all sessions; past it a new stream answers 503'),
   httpMaxConnections: int('SANDBOX_HTTP_MAX_CONNECTIONS', 1024, 8, 1_000_000, 'Open client connections at most; further connections are closed at once'),
   isolation: {
     env: 'SANDBOX_ISOLATION',

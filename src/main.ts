@@ -33,6 +33,7 @@ import { replicaName } from './sessions/session.js';
 import { hostname } from 'node:os';
 import { ExecService } from './sessions/exec.js';
 import { buildApp } from './http/app.js';
+import { ExecStreams } from './http/exec-streams.js';
 import { ServerMetrics } from './http/metrics.js';
 import { warmUp } from './http/warm-up.js';
 import { MemoryBudget } from './budget.js';
@@ -528,8 +529,9 @@ async function main(): Promise<void> {
   // Requests get access-log lines once the server serves clients (not the warm-up's).
   let serving = false;
   let draining = false;
+  const streams = new ExecStreams(config);
   const metrics = new ServerMetrics(sessions, budget, config);
-  const app = await buildApp({ config, log, sessions, exec, isolation, version: VERSION, budget, metrics, loopStats: () => loop.snapshot(), logRequests: () => serving, draining: () => draining });
+  const app = await buildApp({ config, log, sessions, exec, streams, isolation, version: VERSION, budget, metrics, loopStats: () => loop.snapshot(), logRequests: () => serving, draining: () => draining });
   sessions.start();
 
   let stopping = false;
@@ -553,7 +555,9 @@ async function main(): Promise<void> {
     sessions
       .shutdown(config.shutdownGraceSeconds * 1000)
       .then(async () => {
-        // Every session is gone, so no call is still useful: stop listening, cut what is left.
+        // Every session is gone, so no call is still useful: streamed calls are sent their
+        // last event and ended, the server stops listening, and what is left is cut.
+        await streams.close();
         const closing = app.close();
         app.server.closeAllConnections();
         await zygote?.close();

@@ -23,6 +23,7 @@ import { parseTokens } from '../config.js';
 import { healthRoutes } from './routes/health.js';
 import { sessionRoutes } from './routes/sessions.js';
 import { sessionScope } from './routes/session.js';
+import { ExecStreams } from './exec-streams.js';
 
 const MiB = 1024 * 1024;
 const DEFAULT_BODY_LIMIT = 64 * 1024;
@@ -225,9 +226,14 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   // Each route group is an encapsulated plugin given what it needs. Registered after the
   // hooks, parsers and handlers above, it inherits them.
   const { config, sessions, exec, budget } = deps;
+  // Streamed exec calls end cleanly at shutdown: their results are sent, then they end.
+  const streams = deps.streams ?? new ExecStreams(config);
+  app.addHook('preClose', async () => {
+    await streams.close();
+  });
   await app.register(healthRoutes, { sessions, config, budget, version: deps.version, isolation: deps.isolation, loopStats: deps.loopStats, draining: deps.draining });
   await app.register(sessionRoutes, { sessions });
-  await app.register(sessionScope, { sessions, exec, budget, config, metrics: deps.metrics });
+  await app.register(sessionScope, { sessions, exec, streams, budget, config, metrics: deps.metrics });
 
   if (deps.metrics) {
     const metrics = deps.metrics;

@@ -14,6 +14,7 @@ import type { MemoryBudget } from '../budget.js';
 import type { LoopStats } from '../loop-monitor.js';
 import type { SessionManager } from '../sessions/manager.js';
 import type { ExecService } from '../sessions/exec.js';
+import type { ExecStreams } from './exec-streams.js';
 import type { ServerMetrics } from './metrics.js';
 
 /** What the HTTP layer uses of the session manager. */
@@ -70,6 +71,9 @@ export interface AppDeps {
   loopStats?: () => LoopStats;
   /** Whether the server is draining after SIGTERM (/health answers 503 then). */
   draining?: () => boolean;
+  /** Streamed exec calls (exec-streams.ts); main.ts makes it, to end them before it cuts
+   * the last connections at shutdown. Made by buildApp when absent. */
+  streams?: ExecStreams;
   /** Whether requests get access-log lines now (main.ts: not during the start-up warm-up,
    * whose requests are not clients'); always when absent. */
   logRequests?: () => boolean;

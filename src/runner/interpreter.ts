@@ -53,7 +53,13 @@ export interface ExecRequest {
   onToolCall?: (call: ToolCall, signal: AbortSignal) => Promise<ToolReply>;
   /** The caller is gone (its client disconnected): interrupt the cell as at a timeout. */
   signal?: AbortSignal;
+  /** Told of each piece of output as it is kept (what the cap drops is never passed on).
+   * Called synchronously with a view of a read buffer: copy or decode it before returning. */
+  onOutput?: OutputListener;
 }
+
+/** A listener for a call's output as it comes (streaming); absent, nothing is done. */
+export type OutputListener = (stream: 'stdout' | 'stderr', chunk: Buffer) => void;
 
 export interface ExecOutcome {
   stdout: CappedBuffer;
@@ -315,9 +321,9 @@ export class Interpreter {
       case FrameKind.Stderr: {
         if (!p) return;
         const stream = f.kind === FrameKind.Stdout ? p.stdout : p.stderr;
-        const kept = stream.size;
-        stream.push(f.body);
-        this.count(stream.size > kept);
+        const kept = stream.push(f.body);
+        this.count(kept > 0);
+        if (kept > 0 && p.req.onOutput) p.req.onOutput(f.kind === FrameKind.Stdout ? 'stdout' : 'stderr', f.body.subarray(0, kept));
         return;
       }
       case FrameKind.Hello:

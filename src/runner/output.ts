@@ -17,11 +17,12 @@ export class CappedBuffer {
 
   constructor(private readonly capBytes: number) {}
 
-  push(chunk: Buffer): void {
+  /** Keeps what fits of `chunk`; returns how many of its first bytes were kept. */
+  push(chunk: Buffer): number {
     const room = this.capBytes - this.kept;
     if (room <= 0 || chunk.length === 0) {
       this.dropped += chunk.length;
-      return;
+      return 0;
     }
     const n = Math.min(room, chunk.length);
     const need = this.kept + n;
@@ -33,6 +34,7 @@ export class CappedBuffer {
     chunk.copy(this.buf, this.kept, 0, n);
     this.kept = need;
     this.dropped += chunk.length - n;
+    return n;
   }
 
   get size(): number {

@@ -20,7 +20,7 @@ import type { Config } from '../config.js';
 import { preloadList } from '../config.js';
 import type { ExitInfo, InterpreterProcess, Launcher } from '../sandbox/launcher.js';
 import { SANDBOX_PATHS, sandboxSpec, type SandboxRole, type SandboxSpec } from '../sandbox/spec.js';
-import { Interpreter, fmtSeconds, type ExecOutcome, type ExecRequest } from '../runner/interpreter.js';
+import { Interpreter, fmtSeconds, type ExecOutcome, type ExecRequest, type OutputListener } from '../runner/interpreter.js';
 import { detectLimit, describeLimit, sandboxRlimits, type LimitKind, type ResourceLimits } from '../limits.js';
 import { CappedBuffer } from '../runner/output.js';
 import { WorkspaceFs } from '../files/workspace-fs.js';
@@ -263,10 +263,10 @@ export class Box {
    * and the outcome says its state was lost; one that dies during the call (or is killed
    * for it) is replaced in the background, ready for the next call.
    */
-  async runPython(code: string, timeoutMs: number, maxOutputBytes: number, opts: Pick<ExecRequest, 'onToolCall' | 'signal'> = {}): Promise<ExecOutcome> {
+  async runPython(code: string, timeoutMs: number, maxOutputBytes: number, opts: Pick<ExecRequest, 'onToolCall' | 'signal' | 'onOutput'> = {}): Promise<ExecOutcome> {
     if (this.destroyed) throw new SandboxError('SBX_SESSION_NOT_FOUND', 'session is gone');
     const diedWhileIdle = await this.ensureInterpreter();
-    const outcome = await this.interpreter.exec({ code, timeoutMs, maxOutputBytes, onToolCall: opts.onToolCall, signal: opts.signal });
+    const outcome = await this.interpreter.exec({ code, timeoutMs, maxOutputBytes, onToolCall: opts.onToolCall, signal: opts.signal, onOutput: opts.onOutput });
     if (outcome.stateLost) this.restartInterpreter().catch(() => {});
     if (diedWhileIdle) {
       outcome.notes.unshift('runner: the interpreter had stopped since the last call; it was restarted and its state was lost');
@@ -278,8 +278,9 @@ export class Box {
   /** Runs one command; `signal` (the client left) kills it as a timeout would. It starts
    * in the sandbox of the session's interpreter when the command template can enter it
    * (a pid namespace of its own: every process it starts dies with it), otherwise in a
-   * bubblewrap sandbox of its own; either is built from the box's spec. */
-  async runBash(command: string, timeoutMs: number, maxOutputBytes: number, signal?: AbortSignal): Promise<BashOutcome> {
+   * bubblewrap sandbox of its own; either is built from the box's spec. `onOutput` is told
+   * of the output it keeps as it comes (streaming). */
+  async runBash(command: string, timeoutMs: number, maxOutputBytes: number, signal?: AbortSignal, onOutput?: OutputListener): Promise<BashOutcome> {
     if (this.destroyed) throw new SandboxError('SBX_SESSION_NOT_FOUND', 'session is gone');
     const started = performance.now();
     const stdout = new CappedBuffer(maxOutputBytes);
@@ -314,8 +315,17 @@ export class Box {
       current = proc;
       this.bash.add(proc);
       if (timedOut || abandoned) void proc.kill();
-      proc.stdout.on('data', (c: Buffer) => stdout.push(c));
-      proc.stderr.on('data', (c: Buffer) => stderr.push(c));
+      if (onOutput) {
+        const pass = (buf: CappedBuffer, name: 'stdout' | 'stderr') => (c: Buffer) => {
+          const kept = buf.push(c);
+          if (kept > 0) onOutput(name, c.subarray(0, kept));
+        };
+        proc.stdout.on('data', pass(stdout, 'stdout'));
+        proc.stderr.on('data', pass(stderr, 'stderr'));
+      } else {
+        proc.stdout.on('data', (c: Buffer) => stdout.push(c));
+        proc.stderr.on('data', (c: Buffer) => stderr.push(c));
+      }
       info = await proc.exited;
       // The pid namespace died with bash, so every writer is gone: the pipes end at once.
       await Promise.all([ended(proc.stdout), ended(proc.stderr)]);

@@ -13,6 +13,7 @@ import { SandboxError } from '../errors.js';
 import type { Session } from './session.js';
 import type { EditorWorkers } from '../tools/text-editor.js';
 import { buildResponse, type ExecResponse } from '../tools/result.js';
+import type { OutputListener } from '../runner/interpreter.js';
 import { TOOLS, TOOL_NAMES, isToolName, type ToolName, type ToolServices } from './tools.js';
 
 export interface ExecBody {
@@ -27,6 +28,14 @@ function preview(v: unknown): unknown {
   if (typeof v === 'string') return v.length > 200 ? `${v.slice(0, 200)}…` : v;
   if (v === null || typeof v === 'number' || typeof v === 'boolean') return v;
   return Array.isArray(v) ? '<array>' : typeof v === 'object' ? '<object>' : String(v);
+}
+
+/** What a streamed call is told as it runs (http/exec-streams.ts). */
+export interface ExecHooks {
+  /** The call leaves the queue and starts (called once, synchronously, before the tool runs). */
+  onStart?: (toolUseId: string) => void;
+  /** Output the call keeps, as it comes (python and bash; the editor has none). */
+  onOutput?: OutputListener;
 }
 
 export class ExecService {
@@ -50,8 +59,8 @@ export class ExecService {
 
   /** Runs one call in `session` (the route resolved it once). `signal` aborts when the
    * client is gone: a waiting call leaves the queue, a running one is interrupted as at a
-   * timeout. */
-  async exec(session: Session, body: ExecBody, signal?: AbortSignal): Promise<ExecResponse> {
+   * timeout. `hooks` (streaming) are told when the call starts and of its output. */
+  async exec(session: Session, body: ExecBody, signal?: AbortSignal, hooks?: ExecHooks): Promise<ExecResponse> {
     const tool = body.tool;
     if (!isToolName(tool)) throw new SandboxError('SBX_UNKNOWN_TOOL', `unknown tool: ${tool}; expected one of ${TOOL_NAMES.join(', ')}`);
     session.touch();
@@ -59,8 +68,14 @@ export class ExecService {
     const started = performance.now();
     this.validate(tool, body.input);
     const timeoutMs = Math.min(body.timeout_seconds ?? this.config.defaultTimeoutSeconds, this.config.maxTimeoutSeconds) * 1000;
-    const call = { session, input: body.input, timeoutMs, signal };
-    const run = await session.guard(() => session.serialize(this.config.execQueueMax, () => TOOLS[tool].run(this.services, call), signal));
+    const call = { session, input: body.input, timeoutMs, signal, onOutput: hooks?.onOutput };
+    const start = hooks?.onStart
+      ? () => {
+          hooks.onStart?.(toolUseId);
+          return TOOLS[tool].run(this.services, call);
+        }
+      : () => TOOLS[tool].run(this.services, call);
+    const run = await session.guard(() => session.serialize(this.config.execQueueMax, start, signal));
     return buildResponse(TOOLS[tool].resultBlockType, toolUseId, run, performance.now() - started);
   }
 

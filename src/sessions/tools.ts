@@ -18,6 +18,7 @@ import { TextEditor, WorkspaceEditorFs, type EditorWorkers, type EditorInput } f
 import { truncationMarker, appendNotes, stripOneNewline, type ToolRun } from '../tools/result.js';
 import { callRouter } from '../tools/platform-tools.js';
 import type { CappedBuffer } from '../runner/output.js';
+import type { OutputListener } from '../runner/interpreter.js';
 
 /** What a tool needs of the server besides its session. */
 export interface ToolServices {
@@ -34,6 +35,8 @@ export interface ToolCallContext {
   timeoutMs: number;
   /** Aborts when the client disconnects. */
   signal: AbortSignal | undefined;
+  /** Streaming: told of the output the call keeps as it comes (python and bash). */
+  onOutput?: OutputListener;
 }
 
 export interface ToolDef {
@@ -78,7 +81,7 @@ export function isToolName(name: string): name is ToolName {
   return Object.hasOwn(TOOLS, name);
 }
 
-async function runPython({ config, budget }: ToolServices, { session, input, timeoutMs, signal }: ToolCallContext): Promise<ToolRun> {
+async function runPython({ config, budget }: ToolServices, { session, input, timeoutMs, signal, onOutput }: ToolCallContext): Promise<ToolRun> {
   const box = session.box;
   const tools = session.tools;
   const outcome = await box.runPython(input.code as string, timeoutMs, config.maxOutputBytes, {
@@ -86,6 +89,7 @@ async function runPython({ config, budget }: ToolServices, { session, input, tim
       ? (call, stop) => callRouter(tools, call, { maxReplyBytes: config.toolReplyMaxBytes, reserve: (bytes) => budget.reserve(bytes, 'a tool reply'), signal: stop })
       : undefined,
     signal,
+    onOutput,
   });
   const stdoutDropped = outcome.stdout.dropped + outcome.droppedByDriver.stdout;
   const stderrDropped = outcome.stderr.dropped + outcome.droppedByDriver.stderr;
@@ -100,8 +104,8 @@ async function runPython({ config, budget }: ToolServices, { session, input, tim
   return { stdout, stderr, returnCode: outcome.returnCode, limit, interpreterRestarted: outcome.stateLost, stdoutDroppedBytes: stdoutDropped, stderrDroppedBytes: stderrDropped };
 }
 
-async function runBash({ config }: ToolServices, { session, input, timeoutMs, signal }: ToolCallContext): Promise<ToolRun> {
-  const o = await session.box.runBash(input.command as string, timeoutMs, config.maxOutputBytes, signal);
+async function runBash({ config }: ToolServices, { session, input, timeoutMs, signal, onOutput }: ToolCallContext): Promise<ToolRun> {
+  const o = await session.box.runBash(input.command as string, timeoutMs, config.maxOutputBytes, signal, onOutput);
   const stdout = o.stdout.text() + (o.stdout.dropped > 0 ? truncationMarker(o.stdout.dropped) : '');
   let stderr = o.stderr.text() + (o.stderr.dropped > 0 ? truncationMarker(o.stderr.dropped) : '');
   const dropped = o.stdout.dropped + o.stderr.dropped;

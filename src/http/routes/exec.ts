@@ -1,6 +1,7 @@
 import type { Config } from '../../config.js';
-import type { MemoryBudget } from '../../budget.js';
-import type { ExecBody as ExecBodyInput } from '../../sessions/exec.js';
+import type { MemoryBudget, Reservation } from '../../budget.js';
+import type { ExecBody as ExecBodyInput, ExecHooks } from '../../sessions/exec.js';
+import { streamExec, wantsEventStream, type ExecStreams } from '../exec-streams.js';
 import type { Executor, RoutePlugin } from '../types.js';
 import { sessionOf } from '../scoped-session.js';
 import { ErrorBody, ExecBody, ExecResponse, SessionParams } from '../schemas.js';
@@ -13,6 +14,8 @@ const LEAN_STREAM_CHARS = 16 * 1024;
 
 export interface ExecRoutesOptions {
   exec: Executor;
+  /** Streamed calls (`Accept: text/event-stream`, exec-streams.ts). */
+  streams: ExecStreams;
   budget: Pick<MemoryBudget, 'reserve'>;
   config: Pick<Config, 'maxCodeChars'>;
   metrics?: Pick<ServerMetrics, 'execAnswered'>;
@@ -28,12 +31,22 @@ export const execRoutes: RoutePlugin<ExecRoutesOptions> = (app, deps, done) => {
       bodyLimit: execBodyLimit(deps.config.maxCodeChars),
       schema: {
         summary: 'Run Python, bash or the text editor in the session',
+        description:
+          'With `Accept: text/event-stream` the call is streamed as server-sent events (`stream`, `stdout`, `stderr`, then `result` with this 200 body); see the README.',
         params: SessionParams,
         body: ExecBody,
         response: { 200: ExecResponse, 400: ErrorBody, 404: ErrorBody, 422: ErrorBody, 429: ErrorBody, 503: ErrorBody },
       },
     },
     async (req, reply) => {
+      if (wantsEventStream(req)) {
+        const run = async (signal: AbortSignal, hooks: ExecHooks) => {
+          const answer = await deps.exec.exec(sessionOf(req), req.body as ExecBodyInput, signal, hooks);
+          deps.metrics?.execAnswered((req.body as ExecBodyInput).tool, answer);
+          return answer;
+        };
+        return streamExec(deps.streams, req, reply, req.params.id, run, (a) => shapeAnswer(a, deps.budget));
+      }
       // A client that goes away before its answer cancels the call: a waiting call leaves
       // the queue, a running one is interrupted as at a timeout (its slot is freed).
       const gone = new AbortController();
@@ -48,43 +61,59 @@ export const execRoutes: RoutePlugin<ExecRoutesOptions> = (app, deps, done) => {
         reply.raw.off('close', onClose);
       }
       deps.metrics?.execAnswered((req.body as ExecBodyInput).tool, answer);
-      // A large answer holds its size of the memory budget until it is sent, so clients
-      // that never read cannot make the server hold many. The call has run, so its answer
-      // is never refused: without room, it goes out with its output cut short and says so.
-      // (Most answers are small: they take the schema's serializer, as any route.)
-      const chars = textChars(answer);
-      if (chars * 6 <= SMALL_BYTES) return answer;
-      // Reserved before it is serialised, at what that may take: the JSON text (six
-      // characters per character at most, escapes, two bytes each), its UTF-8 bytes (six
-      // per character at most) and the decoded streams. Without room the full answer is
-      // never built. Once built, it is charged at what it holds until sent: its bytes and
-      // the decoded streams (until the collector frees them).
-      const c = answer.result_block.content;
-      let payload: Buffer | string;
-      let upper;
-      try {
-        upper = deps.budget.reserve(20 * chars, 'the answer');
-      } catch {
-        upper = null;
-      }
-      if (upper) {
-        payload = Buffer.from(JSON.stringify(answer), 'utf8');
-        upper.release();
-        // (within what was just released, in the same turn: room is there)
-        try {
-          releaseWithResponse(reply.raw, deps.budget.reserve(payload.length + 2 * (c.stdout.length + c.stderr.length), 'the answer'));
-        } catch {
-          payload = JSON.stringify(leanAnswer(answer));
-        }
-      } else {
-        payload = JSON.stringify(leanAnswer(answer));
-      }
+      const shaped = shapeAnswer(answer, deps.budget);
+      if (shaped.held) releaseWithResponse(reply.raw, shaped.held);
+      if (shaped.text === null) return shaped.answer;
       // Already serialised: sent as it is (the 200 schema above documents its shape).
-      return reply.header('content-type', 'application/json; charset=utf-8').send(payload as never);
+      return reply.header('content-type', 'application/json; charset=utf-8').send(shaped.text as never);
     },
   );
   done();
 };
+
+/** An answer as it is sent: small answers as they are (`text` null: the route hands the
+ * object to the schema's serializer; JSON.stringify gives the same text), large ones
+ * serialised, holding their share of the memory budget (`held`, released by whoever sends
+ * them once sent). The non-streaming route and the streams' `result` event both send what
+ * this returns, so the two always carry the same answer. */
+export interface ShapedAnswer {
+  answer: ExecAnswer;
+  text: Buffer | string | null;
+  held: Reservation | null;
+}
+
+export function shapeAnswer(answer: ExecAnswer, budget: Pick<MemoryBudget, 'reserve'>): ShapedAnswer {
+  // A large answer holds its size of the memory budget until it is sent, so clients
+  // that never read cannot make the server hold many. The call has run, so its answer
+  // is never refused: without room, it goes out with its output cut short and says so.
+  // (Most answers are small: they take the schema's serializer, as any route.)
+  const chars = textChars(answer);
+  if (chars * 6 <= SMALL_BYTES) return { answer, text: null, held: null };
+  // Reserved before it is serialised, at what that may take: the JSON text (six
+  // characters per character at most, escapes, two bytes each), its UTF-8 bytes (six
+  // per character at most) and the decoded streams. Without room the full answer is
+  // never built. Once built, it is charged at what it holds until sent: its bytes and
+  // the decoded streams (until the collector frees them).
+  const c = answer.result_block.content;
+  let upper;
+  try {
+    upper = budget.reserve(20 * chars, 'the answer');
+  } catch {
+    upper = null;
+  }
+  if (upper) {
+    const payload = Buffer.from(JSON.stringify(answer), 'utf8');
+    upper.release();
+    // (within what was just released, in the same turn: room is there)
+    try {
+      return { answer, text: payload, held: budget.reserve(payload.length + 2 * (c.stdout.length + c.stderr.length), 'the answer') };
+    } catch {
+      /* below: the lean answer */
+    }
+  }
+  const lean = leanAnswer(answer);
+  return { answer: lean, text: JSON.stringify(lean), held: null };
+}
 
 /** Characters of text an answer carries (its streams and the editor's detail lines): its
  * JSON is at most 6 times that (escapes) plus a few hundred bytes. */

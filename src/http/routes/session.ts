@@ -23,10 +23,13 @@ import { execRoutes } from './exec.js';
 import type { ServerMetrics } from '../metrics.js';
 import { fileRoutes } from './files.js';
 import { toolRoutes } from './tools.js';
+import { streamRoutes } from './streams.js';
+import type { ExecStreams } from '../exec-streams.js';
 
 export interface SessionScopeOptions {
   sessions: Pick<SessionStore, 'get'>;
   exec: Executor;
+  streams: ExecStreams;
   budget: Pick<MemoryBudget, 'reserve'>;
   config: Pick<Config, 'maxCodeChars' | 'maxDownloadBytes' | 'maxListEntries' | 'maxListBytes'>;
   metrics?: Pick<ServerMetrics, 'execAnswered'>;
@@ -52,7 +55,8 @@ export const sessionScope: RoutePlugin<SessionScopeOptions> = (scope, deps, done
     sessionOf(req).handle(),
   );
 
-  void scope.register(execRoutes, { exec: deps.exec, budget: deps.budget, config: deps.config, metrics: deps.metrics });
+  void scope.register(execRoutes, { exec: deps.exec, streams: deps.streams, budget: deps.budget, config: deps.config, metrics: deps.metrics });
+  void scope.register(streamRoutes, { streams: deps.streams });
   void scope.register(fileRoutes, { budget: deps.budget, config: deps.config });
   void scope.register(toolRoutes, {});
   done();
