@@ -30,7 +30,7 @@
  *
  * Choices where this server has more than the Anthropic tool (documented in the README):
  * - Python (`code_execution`) answers with the bash blocks: the 20250825 tool has only
- *   bash and the text editor, and Anthropic's own clients run Python through bash.
+ *   bash and the text editor (Python runs there as a bash command).
  * - A wall-clock timeout is `execution_time_exceeded` and a file over the file-size limit
  *   `output_file_too_large` (error blocks: no stdout or stderr, as Anthropic answers);
  *   any other limit is a normal result whose stderr says which limit fired.
