@@ -274,3 +274,17 @@ test('the editor without undo history answers undo_edit with unavailable', async
   assert.equal(e.error_code, 'unavailable');
   assert.match(e.error_message, /SANDBOX_EDITOR_UNDO_MB=0/);
 });
+
+test('an answer the memory budget has no room for is cut and still native', async () => {
+  // About 1 MB of output: the answer would reserve 20 bytes per character, more than
+  // SANDBOX_SERVER_MEMORY_BUDGET_MB=16 holds, so it goes out lean (as v1 answers do).
+  const r = await run('bash_code_execution', { command: "head -c 1000000 /dev/zero | tr '\\0' a" });
+  const c = native(r, 'bash_code_execution_tool_result', 'bash_code_execution_result');
+  assert.ok(c.stdout.startsWith('aaaa') && c.stdout.length < 100_000, `stdout of ${c.stdout.length} characters`);
+  assert.match(c.stdout, /output cut: the server is short of memory for answers/);
+  assert.match(c.stderr, /SANDBOX_SERVER_MEMORY_BUDGET_MB/);
+  assert.equal(c.return_code, 0);
+  assert.equal(r.body.limit_exceeded, 'output_bytes');
+  const v1 = await sh(server, id, "head -c 1000000 /dev/zero | tr '\\0' a");
+  assert.match(v1.stderr, /SANDBOX_SERVER_MEMORY_BUDGET_MB/);
+});
