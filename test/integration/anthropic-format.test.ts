@@ -288,3 +288,29 @@ test('an answer the memory budget has no room for is cut and still native', asyn
   const v1 = await sh(server, id, "head -c 1000000 /dev/zero | tr '\\0' a");
   assert.match(v1.stderr, /SANDBOX_SERVER_MEMORY_BUDGET_MB/);
 });
+
+test('the OpenAPI document describes result_format and the native answer shapes', async () => {
+  const doc = (await api(server, 'GET', '/openapi.json')).body;
+  const execPath = Object.keys(doc.paths).find((p) => p.endsWith('/exec'))!;
+  const post = doc.paths[execPath].post;
+  const body = post.requestBody.content['application/json'].schema;
+  const format = JSON.stringify(body.properties.result_format);
+  for (const f of ['"v1"', '"anthropic"', '"null"']) assert.ok(format.includes(f), `${f} in ${format}`);
+  const answer = JSON.stringify(post.responses['200']);
+  for (const type of [
+    'code_execution_result',
+    'bash_code_execution_tool_result',
+    'bash_code_execution_result',
+    'bash_code_execution_output',
+    'bash_code_execution_tool_result_error',
+    'text_editor_code_execution_tool_result',
+    'text_editor_code_execution_view_result',
+    'text_editor_code_execution_create_result',
+    'text_editor_code_execution_str_replace_result',
+    'text_editor_code_execution_tool_result_error',
+    'output_file_too_large',
+    'file_not_found',
+  ]) {
+    assert.ok(answer.includes(`"${type}"`), `${type} in the 200 schema`);
+  }
+});
