@@ -232,7 +232,7 @@ test('a call past the session queue is too_many_requests (v1: 429)', async () =>
 });
 
 test('an editor call the memory budget has no room for is unavailable (v1: 503)', async () => {
-  // Another session's call holds its large request body (over 64 KiB) of the memory budget
+  // Another session's call holds its large request body (150 KB, over 64 KiB) of the memory budget
   // until it is answered; it waits for a file the test uploads. The editor then views a
   // file whose reservation (4 times its size plus 3 output caps of 1 MiB) fits the whole
   // budget but not what is left of it.
@@ -241,7 +241,7 @@ test('an editor call the memory budget has no room for is unavailable (v1: 503)'
   const holder = run('code_execution', { code }, {}, other);
   const budget = async () => (await api(server, 'GET', '/health')).body.memory_budget as { used_bytes: number; total_bytes: number };
   let b = await budget();
-  while (b.used_bytes === 0) {
+  while (b.used_bytes < 150_000) {
     await new Promise((r) => setTimeout(r, 20));
     b = await budget();
   }
