@@ -531,7 +531,20 @@ async function main(): Promise<void> {
   let draining = false;
   const streams = new ExecStreams(config);
   const metrics = new ServerMetrics(sessions, budget, config);
-  const app = await buildApp({ config, log, sessions, exec, streams, isolation, version: VERSION, budget, metrics, loopStats: () => loop.snapshot(), logRequests: () => serving, draining: () => draining });
+  const app = await buildApp({
+    config,
+    log,
+    sessions,
+    exec,
+    streams,
+    isolation,
+    version: VERSION,
+    budget,
+    metrics,
+    loopStats: () => loop.snapshot(),
+    logRequests: () => serving,
+    draining: () => draining,
+  });
   sessions.start();
 
   let stopping = false;

@@ -11,14 +11,19 @@
  * becomes a SandboxApiError whose `code` is one of the server's stable SBX_* codes.
  */
 import type { Static } from 'typebox';
-import type { CreateSessionBody, ExecBody, ExecResponse, FileListResponse, SessionHandle } from '../http/schemas.js';
+import type { CreateSessionBody, ExecBody, FileListResponse, SessionHandle } from '../http/schemas.js';
+import type { ExecResponse as V1Answer } from '../tools/result.js';
+import type { AnthropicExecResponse } from '../tools/anthropic-format.js';
 import type { RegisterBody } from '../http/routes/tools.js';
 import type { ErrorCode } from '../errors.js';
 
 export type SessionHandleT = Static<typeof SessionHandle>;
 export type CreateSessionOptions = Static<typeof CreateSessionBody>;
 export type ExecRequest = Static<typeof ExecBody>;
-export type ExecAnswer = Static<typeof ExecResponse>;
+/** A call's answer in contract v1 (the default). */
+export type ExecAnswer = V1Answer;
+/** A call's answer with `resultFormat: 'anthropic'`: result_block in Anthropic's shapes. */
+export type AnthropicExecAnswer = AnthropicExecResponse;
 export type FileList = Static<typeof FileListResponse>;
 export type ToolRegistration = Static<typeof RegisterBody>;
 export type ToolName = 'code_execution' | 'bash_code_execution' | 'text_editor_code_execution';
@@ -33,6 +38,8 @@ export type EditorInput =
 
 export interface CallOptions {
   timeoutSeconds?: number;
+  /** 'anthropic': result_block in Anthropic's code_execution_20250825 shapes (README). */
+  resultFormat?: 'v1' | 'anthropic';
   toolUseId?: string;
   signal?: AbortSignal;
 }
@@ -96,25 +103,28 @@ export class SandboxClient {
   }
 
   /** POST /sessions/{id}/exec: one call of a tool; a program's failure is a result, not an error. */
-  exec(id: string, tool: ToolName, input: Record<string, unknown>, opts: CallOptions = {}): Promise<ExecAnswer> {
+  exec(id: string, tool: ToolName, input: Record<string, unknown>, opts?: CallOptions & { resultFormat?: 'v1' }): Promise<ExecAnswer>;
+  exec(id: string, tool: ToolName, input: Record<string, unknown>, opts: CallOptions & { resultFormat: 'anthropic' }): Promise<AnthropicExecAnswer>;
+  exec(id: string, tool: ToolName, input: Record<string, unknown>, opts: CallOptions = {}): Promise<ExecAnswer | AnthropicExecAnswer> {
     const body: ExecRequest = {
       tool,
       input,
       ...(opts.timeoutSeconds !== undefined ? { timeout_seconds: opts.timeoutSeconds } : {}),
       ...(opts.toolUseId ? { tool_use_id: opts.toolUseId } : {}),
+      ...(opts.resultFormat ? { result_format: opts.resultFormat } : {}),
     };
     return this.json('POST', `/sessions/${enc(id)}/exec`, body, opts.signal);
   }
 
-  runPython(id: string, code: string, opts?: CallOptions): Promise<ExecAnswer> {
+  runPython(id: string, code: string, opts?: CallOptions & { resultFormat?: 'v1' }): Promise<ExecAnswer> {
     return this.exec(id, 'code_execution', { code }, opts);
   }
 
-  runBash(id: string, command: string, opts?: CallOptions): Promise<ExecAnswer> {
+  runBash(id: string, command: string, opts?: CallOptions & { resultFormat?: 'v1' }): Promise<ExecAnswer> {
     return this.exec(id, 'bash_code_execution', { command }, opts);
   }
 
-  edit(id: string, input: EditorInput, opts?: CallOptions): Promise<ExecAnswer> {
+  edit(id: string, input: EditorInput, opts?: CallOptions & { resultFormat?: 'v1' }): Promise<ExecAnswer> {
     return this.exec(id, 'text_editor_code_execution', input, opts);
   }
 

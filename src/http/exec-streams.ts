@@ -45,10 +45,11 @@ import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify';
 import type { Config } from '../config.js';
 import type { Reservation } from '../budget.js';
 import type { ExecHooks } from '../sessions/exec.js';
-import type { ExecResponse } from '../tools/result.js';
+import type { ExecAnswer as ExecResponse } from '../tools/anthropic-format.js';
 import { isSandboxError, SandboxError } from '../errors.js';
 import { randomHex } from '../ids.js';
 import { eventBytes, SseWriter, type SseEvent } from './sse.js';
+import { releaseWithResponse } from './hold.js';
 
 export type StreamsConfig = Pick<Config, 'streamResumeSeconds' | 'streamReplayBytes' | 'streamHeartbeatSeconds' | 'streamMax' | 'httpSendTimeoutSeconds' | 'shutdownGraceSeconds'>;
 
@@ -425,6 +426,15 @@ export async function streamExec(
     }
     stream.fail(streams.closing ? SHUTDOWN_ERROR : errorBody(e, req.log));
     return reply;
+  }
+  reply.raw.off('close', onClose);
+  if (!started) {
+    // Answered without running (result_format "anthropic" turns a refusal into an error
+    // block): no stream began, so the answer goes as plain JSON, as a refusal would.
+    streams.drop(stream);
+    const sent = shape(answer);
+    if (sent.held) releaseWithResponse(reply.raw, sent.held);
+    return reply.header('content-type', 'application/json; charset=utf-8').send((sent.text ?? JSON.stringify(sent.answer)) as never);
   }
   stream.finish(shape(answer));
   return reply;

@@ -13,7 +13,7 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { ERROR_STATUS } from '../errors.js';
 import { LIMIT_KINDS } from '../limits.js';
-import type { ExecResponse } from '../tools/result.js';
+import type { ExecAnswer } from '../tools/anthropic-format.js';
 import type { SessionManager } from '../sessions/manager.js';
 import type { MemoryBudget } from '../budget.js';
 
@@ -90,10 +90,12 @@ export class ServerMetrics {
   }
 
   /** A call that produced a result. */
-  execAnswered(tool: unknown, answer: ExecResponse): void {
+  execAnswered(tool: unknown, answer: ExecAnswer): void {
     const t = toolLabel(tool);
     const limit = answer.limit_exceeded;
-    const outcome = limit ? limitLabel(limit) : answer.result_block.content.return_code === 0 ? 'ok' : 'error';
+    // (an Anthropic-native error block has no return code: an error)
+    const rc = (answer.result_block.content as { return_code?: unknown }).return_code;
+    const outcome = limit ? limitLabel(limit) : rc === 0 ? 'ok' : 'error';
     this.execs.inc({ tool: t, outcome });
     this.execSeconds.observe({ tool: t }, answer.execution_time_ms / 1000);
     if (limit) this.limits.inc({ kind: limitLabel(limit) });

@@ -2,6 +2,7 @@
 import Type from 'typebox';
 import { LimitKindSchema } from '../limits.js';
 import { TOOL_NAMES } from '../sessions/tools.js';
+import { BashToolResultSchema, EditorToolResultSchema, RESULT_FORMATS } from '../tools/anthropic-format.js';
 
 export const SessionParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 128, description: 'Session id (sbx_<replica>_…)' }) });
 
@@ -46,26 +47,37 @@ export const ExecBody = Type.Object(
     timeout_seconds: Type.Optional(Type.Integer({ minimum: 1, description: 'Default 30; clamped to SANDBOX_RUNNER_WALL_CLOCK_SECONDS' })),
     // Echoed twice in the answer: bounded, so no id can make an answer large.
     tool_use_id: Type.Optional(Type.Union([Type.String({ maxLength: TOOL_USE_ID_MAX_CHARS }), Type.Null()])),
+    result_format: Type.Optional(
+      Type.Union([Type.Literal(RESULT_FORMATS[0]), Type.Literal(RESULT_FORMATS[1]), Type.Null()], {
+        description:
+          'extension: "v1" (default) or "anthropic": result_block in the native shapes of Anthropic\'s code_execution_20250825 tool (bash and text editor blocks, *_tool_result_error variants)',
+      }),
+    ),
   },
   { additionalProperties: true },
 );
 
 export const ExecResponse = Type.Object({
   tool_use_id: Type.String(),
-  result_block: Type.Object({
-    type: Type.String(),
-    tool_use_id: Type.String(),
-    content: Type.Object(
-      {
-        type: Type.Literal('code_execution_result'),
-        stdout: Type.String(),
-        stderr: Type.String(),
-        return_code: Type.Integer(),
-        content: Type.Array(Type.Object({ type: Type.String(), file_id: Type.String(), filename: Type.String() }, { additionalProperties: true })),
-      },
-      { additionalProperties: true },
-    ),
-  }),
+  // Contract v1 first (the default), then the native blocks of result_format "anthropic".
+  result_block: Type.Union([
+    Type.Object({
+      type: Type.String(),
+      tool_use_id: Type.String(),
+      content: Type.Object(
+        {
+          type: Type.Literal('code_execution_result'),
+          stdout: Type.String(),
+          stderr: Type.String(),
+          return_code: Type.Integer(),
+          content: Type.Array(Type.Object({ type: Type.String(), file_id: Type.String(), filename: Type.String() }, { additionalProperties: true })),
+        },
+        { additionalProperties: true },
+      ),
+    }),
+    BashToolResultSchema,
+    EditorToolResultSchema,
+  ]),
   execution_time_ms: Type.Integer(),
   limit_exceeded: Type.Union([LimitKindSchema, Type.Null()], { description: 'extension: which limit fired' }),
   interpreter_restarted: Type.Boolean({ description: 'extension: the interpreter was restarted and its state lost' }),

@@ -9,11 +9,12 @@ import { Compile } from 'typebox/compile';
 import type { TSchema } from 'typebox';
 import type { Config } from '../config.js';
 import type { MemoryBudget } from '../budget.js';
-import { SandboxError } from '../errors.js';
+import { SandboxError, isSandboxError } from '../errors.js';
 import type { Session } from './session.js';
 import type { EditorWorkers } from '../tools/text-editor.js';
-import { buildResponse, type ExecResponse } from '../tools/result.js';
+import { buildResponse } from '../tools/result.js';
 import type { OutputListener } from '../runner/interpreter.js';
+import { refusalAnswer, refusalCodeOf, refusalMessage, toAnthropicAnswer, type EditorCommand, type ExecAnswer, type ResultFormat } from '../tools/anthropic-format.js';
 import { TOOLS, TOOL_NAMES, isToolName, type ToolName, type ToolServices } from './tools.js';
 
 export interface ExecBody {
@@ -21,6 +22,8 @@ export interface ExecBody {
   input: Record<string, unknown>;
   timeout_seconds?: number;
   tool_use_id?: string | null;
+  /** 'anthropic': answer with Anthropic's native blocks (tools/anthropic-format.ts). */
+  result_format?: ResultFormat | null;
 }
 
 /** A safe echo of an offending value: scalars (strings cut short); never a deep structure. */
@@ -57,26 +60,38 @@ export class ExecService {
     this.validators = Object.fromEntries(TOOL_NAMES.map((name) => [name, validator(name)])) as unknown as ExecService['validators'];
   }
 
-  /** Runs one call in `session` (the route resolved it once). `signal` aborts when the
-   * client is gone: a waiting call leaves the queue, a running one is interrupted as at a
-   * timeout. `hooks` (streaming) are told when the call starts and of its output. */
-  async exec(session: Session, body: ExecBody, signal?: AbortSignal, hooks?: ExecHooks): Promise<ExecResponse> {
+  /** Runs one call in `session` (the route resolved it once) and returns the whole answer
+   * in the format the body asks for. `signal` aborts when the client is gone: a waiting
+   * call leaves the queue, a running one is interrupted as at a timeout. `hooks`
+   * (streaming) are told when the call starts and of its output. */
+  async exec(session: Session, body: ExecBody, signal?: AbortSignal, hooks?: ExecHooks): Promise<ExecAnswer> {
     const tool = body.tool;
     if (!isToolName(tool)) throw new SandboxError('SBX_UNKNOWN_TOOL', `unknown tool: ${tool}; expected one of ${TOOL_NAMES.join(', ')}`);
     session.touch();
     const toolUseId = body.tool_use_id || `srvtoolu_${randomHex(12)}`;
     const started = performance.now();
-    this.validate(tool, body.input);
-    const timeoutMs = Math.min(body.timeout_seconds ?? this.config.defaultTimeoutSeconds, this.config.maxTimeoutSeconds) * 1000;
-    const call = { session, input: body.input, timeoutMs, signal, onOutput: hooks?.onOutput };
-    const start = hooks?.onStart
-      ? () => {
-          hooks.onStart?.(toolUseId);
-          return TOOLS[tool].run(this.services, call);
-        }
-      : () => TOOLS[tool].run(this.services, call);
-    const run = await session.guard(() => session.serialize(this.config.execQueueMax, start, signal));
-    return buildResponse(TOOLS[tool].resultBlockType, toolUseId, run, performance.now() - started);
+    const blockType = TOOLS[tool].resultBlockType;
+    try {
+      this.validate(tool, body.input);
+      const timeoutMs = Math.min(body.timeout_seconds ?? this.config.defaultTimeoutSeconds, this.config.maxTimeoutSeconds) * 1000;
+      const call = { session, input: body.input, timeoutMs, signal, onOutput: hooks?.onOutput };
+      const start = hooks?.onStart
+        ? () => {
+            hooks.onStart?.(toolUseId);
+            return TOOLS[tool].run(this.services, call);
+          }
+        : () => TOOLS[tool].run(this.services, call);
+      const run = await session.guard(() => session.serialize(this.config.execQueueMax, start, signal));
+      const v1 = buildResponse(blockType, toolUseId, run, performance.now() - started);
+      if (body.result_format !== 'anthropic') return v1;
+      // (the editor's input was validated: its command is one of EditorCommand)
+      return toAnthropicAnswer(v1, tool === 'text_editor_code_execution' ? { editorCommand: body.input.command as EditorCommand } : {});
+    } catch (e) {
+      // Native format: a call refused before it ran is an error block, not an HTTP error.
+      const code = body.result_format === 'anthropic' && isSandboxError(e) ? refusalCodeOf(e.code) : null;
+      if (code === null) throw e;
+      return refusalAnswer(blockType, toolUseId, code, refusalMessage((e as SandboxError).detail), performance.now() - started);
+    }
   }
 
   private validate(tool: ToolName, input: Record<string, unknown>): void {

@@ -340,3 +340,27 @@ test('shutdown ends open streams cleanly: a call that ends within the grace send
   assert.equal(JSON.parse(err.data).code, 'SBX_SHUTTING_DOWN');
   assert.equal(await notHung(server.stop(), 'server exit'), 0);
 });
+
+test('result_format "anthropic" streams too: the result event carries the native answer; a refusal block comes back as plain JSON, not a hung stream', async (t) => {
+  const server = await startServer({ SANDBOX_WARMUP: '0' });
+  t.after(() => server.stop());
+  const id = await createSession(server);
+  const s = await SseClient.exec(server, id, 'bash_code_execution', { command: 'echo streamed' }, { result_format: 'anthropic' });
+  assert.equal(s.status, 200);
+  assert.deepEqual(await s.done(), { clean: true });
+  assert.ok(s.events.some(isText('stdout', 'streamed')));
+  const streamed = s.result();
+  assert.equal(streamed.result_block.type, 'bash_code_execution_tool_result');
+  assert.equal(streamed.result_block.content.type, 'bash_code_execution_result');
+  assert.equal(streamed.result_block.content.stdout, 'streamed\n');
+  const plain = await api(server, 'POST', `/sessions/${id}/exec`, { tool: 'bash_code_execution', input: { command: 'echo streamed' }, result_format: 'anthropic' });
+  assert.deepEqual(
+    stable({ ...streamed, tool_use_id: 'x', result_block: { ...streamed.result_block, tool_use_id: 'x' } }),
+    stable({ ...plain.body, tool_use_id: 'x', result_block: { ...plain.body.result_block, tool_use_id: 'x' } }),
+  );
+
+  const refused = await SseClient.exec(server, id, 'bash_code_execution', { nope: 1 }, { result_format: 'anthropic' });
+  assert.deepEqual(await notHung(refused.done(), 'the refused call'), { clean: true });
+  assert.equal(refused.status, 200);
+  assert.equal(refused.json().result_block.content.error_code, 'invalid_tool_input');
+});

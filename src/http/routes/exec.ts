@@ -5,7 +5,8 @@ import { streamExec, wantsEventStream, type ExecStreams } from '../exec-streams.
 import type { Executor, RoutePlugin } from '../types.js';
 import { sessionOf } from '../scoped-session.js';
 import { ErrorBody, ExecBody, ExecResponse, SessionParams } from '../schemas.js';
-import type { ExecResponse as ExecAnswer } from '../../tools/result.js';
+import { leanAnthropicAnswer, type AnthropicExecResponse, type ExecAnswer } from '../../tools/anthropic-format.js';
+import type { ExecResponse as V1Answer } from '../../tools/result.js';
 import { releaseWithResponse, SMALL_BYTES } from '../hold.js';
 import type { ServerMetrics } from '../metrics.js';
 
@@ -94,7 +95,6 @@ export function shapeAnswer(answer: ExecAnswer, budget: Pick<MemoryBudget, 'rese
   // per character at most) and the decoded streams. Without room the full answer is
   // never built. Once built, it is charged at what it holds until sent: its bytes and
   // the decoded streams (until the collector frees them).
-  const c = answer.result_block.content;
   let upper;
   try {
     upper = budget.reserve(20 * chars, 'the answer');
@@ -106,7 +106,7 @@ export function shapeAnswer(answer: ExecAnswer, budget: Pick<MemoryBudget, 'rese
     upper.release();
     // (within what was just released, in the same turn: room is there)
     try {
-      return { answer, text: payload, held: budget.reserve(payload.length + 2 * (c.stdout.length + c.stderr.length), 'the answer') };
+      return { answer, text: payload, held: budget.reserve(payload.length + 2 * stringChars(answer), 'the answer') };
     } catch {
       /* below: the lean answer */
     }
@@ -115,30 +115,40 @@ export function shapeAnswer(answer: ExecAnswer, budget: Pick<MemoryBudget, 'rese
   return { answer: lean, text: JSON.stringify(lean), held: null };
 }
 
-/** Characters of text an answer carries (its streams and the editor's detail lines): its
- * JSON is at most 6 times that (escapes) plus a few hundred bytes. */
+/** Characters of text an answer carries (its streams, the viewed text, the editor's detail
+ * lines): its JSON is at most 6 times that (escapes) plus a few hundred bytes. */
 function textChars(a: ExecAnswer): number {
-  const c = a.result_block.content;
-  let n = c.stdout.length + c.stderr.length + 2 * a.tool_use_id.length + 512;
-  const lines = c.lines;
-  if (Array.isArray(lines)) for (const l of lines) n += typeof l === 'string' ? l.length + 8 : 64;
+  return stringChars(a) + 2 * a.tool_use_id.length + 512;
+}
+
+/** Characters of the strings in the answer's result content, v1 or native (a list entry
+ * that is not a string counts 64). */
+function stringChars(a: ExecAnswer): number {
+  let n = 0;
+  for (const v of Object.values(a.result_block.content)) {
+    if (typeof v === 'string') n += v.length;
+    else if (Array.isArray(v)) for (const l of v as unknown[]) n += typeof l === 'string' ? l.length + 8 : 64;
+  }
   return n;
 }
 
+const LEAN_NOTE = 'server: this answer was cut to fit the memory the server has free for answers (SANDBOX_SERVER_MEMORY_BUDGET_MB); the call itself ran in full\n';
+
 /** The answer with each stream cut to LEAN_STREAM_CHARS and the text editor's details
- * dropped, with a line in stderr that says why. */
+ * dropped, with a line that says why (native blocks: anthropic-format.ts). */
 function leanAnswer(a: ExecAnswer): ExecAnswer {
-  const c = a.result_block.content;
+  if (a.result_block.content.type !== 'code_execution_result') return leanAnthropicAnswer(a as AnthropicExecResponse, LEAN_STREAM_CHARS, LEAN_NOTE);
+  const v1 = a as V1Answer;
+  const c = v1.result_block.content;
   const cut = (s: string) => (s.length > LEAN_STREAM_CHARS ? `${s.slice(0, LEAN_STREAM_CHARS)}\n... [output cut: the server is short of memory for answers]` : s);
-  const note = 'server: this answer was cut to fit the memory the server has free for answers (SANDBOX_SERVER_MEMORY_BUDGET_MB); the call itself ran in full\n';
   return {
-    ...a,
+    ...v1,
     result_block: {
-      ...a.result_block,
+      ...v1.result_block,
       content: {
         type: c.type,
         stdout: cut(c.stdout),
-        stderr: `${cut(c.stderr)}${c.stderr.endsWith('\n') || c.stderr === '' ? '' : '\n'}${note}`,
+        stderr: `${cut(c.stderr)}${c.stderr.endsWith('\n') || c.stderr === '' ? '' : '\n'}${LEAN_NOTE}`,
         return_code: c.return_code,
         content: c.content,
       },
