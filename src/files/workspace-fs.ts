@@ -249,9 +249,14 @@ function fsError(e: unknown, display: string): never {
 }
 
 export class WorkspaceFs {
+  /** Bumped by every write through this class (uploads, editor writes, spill files): the
+   * artifact scan (artifacts.ts) takes a new baseline when it moved between calls. */
+  generation = 0;
+
   constructor(
     private readonly root: string,
-    private readonly owner: Owner | null,
+    /** Who files written here belong to (the session's uid); null: the server's own. */
+    readonly owner: Owner | null,
     /** A folder on the same file system as the workspace, invisible to the sandbox. */
     private readonly stagingDir: string,
   ) {}
@@ -524,6 +529,7 @@ export class WorkspaceFs {
     let dir: number | undefined;
     try {
       dir = this.openDirSync(p.segments.slice(0, -1), display, true);
+      this.generation++;
       renameSync(staged, at(dir, p.segments.at(-1)!));
     } catch (e) {
       rmSync(staged, { force: true });
@@ -548,6 +554,7 @@ export class WorkspaceFs {
       const dest = at(dir.fd, p.segments.at(-1)!);
       const st = await fsp.lstat(dest).catch(() => null);
       if (st?.isDirectory()) throw new SandboxError('SBX_NOT_A_FILE', `is a directory: ${display}`);
+      this.generation++;
       await fsp.rename(staged, dest);
     } catch (e) {
       await fsp.rm(staged, { force: true });

@@ -12,7 +12,7 @@
  * timeout + grace + a kill.
  *
  * Every byte the driver sends is bounded: frames by maxFrameBytes, output by the
- * per-stream cap (CappedBuffer), diagnostics by DIAG_BYTES. Every byte we send it is
+ * per-stream cap (CappedBuffer: head and tail), diagnostics by DIAG_BYTES. Every byte we send it is
  * bounded too: when the driver stops reading (say it floods tool calls and never reads
  * the replies), more than WRITE_HIGH_WATER_BYTES unsent makes us stop reading its frames
  * until our writes drain, so what we hold for it is at most that mark, one exec frame and
@@ -32,7 +32,7 @@
  * and tool calls, not by how fast its code can write.
  */
 import { encodeFrame, FrameDecoder, FrameKind, type Frame, type FrameKindCode } from './frame-codec.js';
-import { CappedBuffer } from './output.js';
+import { CappedBuffer, type OutputSink } from './output.js';
 import type { ControlChannel, ExitInfo, InterpreterProcess, SandboxInit } from '../sandbox/launcher.js';
 import { SandboxError } from '../errors.js';
 import type { LimitKind } from '../limits.js';
@@ -53,6 +53,9 @@ export interface ExecRequest {
   onToolCall?: (call: ToolCall, signal: AbortSignal) => Promise<ToolReply>;
   /** The caller is gone (its client disconnected): interrupt the cell as at a timeout. */
   signal?: AbortSignal;
+  /** Where a stream past maxOutputBytes is saved whole, up to `maxBytes` (files/spill.ts):
+   * the driver then sends that much of each stream, and the tail of the rest. */
+  spill?: { stdout: OutputSink; stderr: OutputSink; maxBytes: number };
 }
 
 export interface ExecOutcome {
@@ -87,6 +90,8 @@ interface Pending {
   req: ExecRequest;
   stdout: CappedBuffer;
   stderr: CappedBuffer;
+  /** Bytes of a stream the driver sends at most: its first max_output_bytes and its tail. */
+  usefulBytes: number;
   /** Why the cell was interrupted, if it was. */
   interrupted: false | 'timeout' | 'abandoned';
   cleanup?: () => void;
@@ -205,12 +210,17 @@ export class Interpreter {
     const id = this.nextId++;
     this.wastedFrames = 0;
     this.usedFrames = 0;
+    // The driver sends the first driverMax bytes of each stream and the last tail_bytes of
+    // the rest (the tail the result keeps); it counts what it leaves out.
+    const driverMax = Math.max(req.maxOutputBytes, req.spill?.maxBytes ?? 0);
+    const tailBytes = Math.floor(req.maxOutputBytes / 2);
     return new Promise<ExecOutcome>((resolve) => {
       const p: Pending = {
+        usefulBytes: driverMax + tailBytes,
         id,
         req,
-        stdout: new CappedBuffer(req.maxOutputBytes),
-        stderr: new CappedBuffer(req.maxOutputBytes),
+        stdout: new CappedBuffer(req.maxOutputBytes, req.spill?.stdout),
+        stderr: new CappedBuffer(req.maxOutputBytes, req.spill?.stderr),
         interrupted: false,
         toolCalls: null,
         resolve,
@@ -233,7 +243,7 @@ export class Interpreter {
           p.cleanup = () => req.signal?.removeEventListener('abort', onAbort);
         }
       }
-      this.send(FrameKind.Exec, { id, code: req.code, max_output_bytes: req.maxOutputBytes });
+      this.send(FrameKind.Exec, { id, code: req.code, max_output_bytes: driverMax, tail_bytes: tailBytes });
     });
   }
 
@@ -315,9 +325,11 @@ export class Interpreter {
       case FrameKind.Stderr: {
         if (!p) return;
         const stream = f.kind === FrameKind.Stdout ? p.stdout : p.stderr;
-        const kept = stream.size;
+        // Used: a non-empty frame within what the driver sends of a stream (its first
+        // driverMax bytes and a tail); past that, only a forged flood sends more.
+        const before = stream.total;
         stream.push(f.body);
-        this.count(stream.size > kept);
+        this.count(f.body.length > 0 && before < p.usefulBytes);
         return;
       }
       case FrameKind.Hello:

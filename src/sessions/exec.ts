@@ -12,8 +12,8 @@ import type { MemoryBudget } from '../budget.js';
 import { SandboxError } from '../errors.js';
 import type { Session } from './session.js';
 import type { EditorWorkers } from '../tools/text-editor.js';
-import { buildResponse, type ExecResponse } from '../tools/result.js';
-import { TOOLS, TOOL_NAMES, isToolName, type ToolName, type ToolServices } from './tools.js';
+import { appendNotes, buildResponse, type ExecResponse, type ToolRun } from '../tools/result.js';
+import { TOOLS, TOOL_NAMES, isToolName, type ToolCallContext, type ToolName, type ToolServices } from './tools.js';
 
 export interface ExecBody {
   tool: string;
@@ -60,8 +60,19 @@ export class ExecService {
     this.validate(tool, body.input);
     const timeoutMs = Math.min(body.timeout_seconds ?? this.config.defaultTimeoutSeconds, this.config.maxTimeoutSeconds) * 1000;
     const call = { session, input: body.input, timeoutMs, signal };
-    const run = await session.guard(() => session.serialize(this.config.execQueueMax, () => TOOLS[tool].run(this.services, call), signal));
+    const run = await session.guard(() => session.serialize(this.config.execQueueMax, () => this.runWithArtifacts(tool, call), signal));
     return buildResponse(TOOLS[tool].resultBlockType, toolUseId, run, performance.now() - started);
+  }
+
+  /** Runs the tool between two looks at the workspace: the files the call created or
+   * modified are kept and listed in its result (files/artifacts.ts). */
+  private async runWithArtifacts(tool: ToolName, call: ToolCallContext): Promise<ToolRun> {
+    if (this.config.artifactsMaxFiles === 0) return TOOLS[tool].run(this.services, call);
+    const store = call.session.box.artifacts;
+    store.begin();
+    const run = await TOOLS[tool].run(this.services, call);
+    const { files, notes } = await store.collect();
+    return { ...run, files, stderr: appendNotes(run.stderr, notes) };
   }
 
   private validate(tool: ToolName, input: Record<string, unknown>): void {
