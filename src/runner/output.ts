@@ -43,7 +43,7 @@ export class CappedBuffer {
   push(chunk: Buffer): void {
     if (chunk.length === 0) return;
     this.total += chunk.length;
-    const room = this.capBytes - this.kept;
+    const room = this.ring ? 0 : this.capBytes - this.kept;
     if (room > 0) {
       const n = Math.min(room, chunk.length);
       const need = this.kept + n;

@@ -173,7 +173,7 @@ export const fileRoutes: RoutePlugin<FileRoutesOptions> = (app, deps, done) => {
         description:
           "file_id comes from a result's inner content. The bytes are the session's own copy: a later rewrite or delete of the workspace file does not change them. 404 for an id this session does not hold (another session's, or one evicted past SANDBOX_ARTIFACTS_KEEP_MAX / _KEEP_MB).",
         params: Type.Object({ id: SessionParams.properties.id, file_id: Type.String({ minLength: 1, maxLength: 64 }) }),
-        response: { 404: ErrorBody },
+        response: { 404: ErrorBody, 422: ErrorBody },
       },
     },
     async (req, reply) => {
