@@ -75,7 +75,7 @@ const SETTINGS = {
     10_000,
     1,
     1_000_000,
-    'Names the workspace scan after each call examines at most (files past them are not listed); the scan runs on the event loop, about a microsecond a name',
+    'Names the workspace scan after each call examines at most (files past them are not listed); the scan runs on the event loop, a few microseconds a file',
   ),
   artifactsKeepMax: int('SANDBOX_ARTIFACTS_KEEP_MAX', 1000, 1, 1_000_000, 'Artifacts a session keeps for download at most; the oldest is evicted first'),
   artifactsKeepMb: int(

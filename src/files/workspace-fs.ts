@@ -40,6 +40,7 @@ import {
   constants as C,
   createWriteStream,
   closeSync,
+  copyFileSync,
   fchownSync,
   fstatSync,
   lstatSync,
@@ -385,6 +386,41 @@ export class WorkspaceFs {
       fsError(e, display);
     } finally {
       closeSync(dir);
+    }
+  }
+
+  /**
+   * Copies a small regular file (at most SMALL_IO_BYTES) at p to `dest` (a new file in a
+   * server-only folder) with synchronous calls: the same walk and checks as openRead (no
+   * link followed, regular files only), then copy_file_range/sendfile from the open fd.
+   * Returns the bytes copied, or null when p is not a regular file any more, or is larger
+   * (the caller then takes the asynchronous path). Throws the copy's own errors (ENOSPC).
+   */
+  copySmallSync(p: ResolvedPath, dest: string): number | null {
+    if (p.segments.length === 0) return null;
+    let dir: number;
+    try {
+      dir = this.openDirSync(p.segments.slice(0, -1), p.rel);
+    } catch {
+      return null;
+    }
+    let fd: number;
+    try {
+      fd = openSync(at(dir, p.segments.at(-1)!), READ_FLAGS);
+    } catch {
+      return null;
+    } finally {
+      closeSync(dir);
+    }
+    try {
+      const st = fstatSync(fd);
+      if (!st.isFile() || st.size > SMALL_IO_BYTES) return null;
+      // (/proc/self/fd/N is the file already opened: no path is resolved again.)
+      copyFileSync(`/proc/self/fd/${fd}`, dest, C.COPYFILE_EXCL);
+      // The copy's own size (the file may have grown meanwhile): what a download announces.
+      return lstatSync(dest).size;
+    } finally {
+      closeSync(fd);
     }
   }
 
