@@ -39,7 +39,7 @@ async function inProcess(): Promise<Record<string, string>> {
       const xs: number[] = [];
       for (let i = 0; i < n; i++) {
         const t0 = performance.now();
-        a.begin();
+        await a.begin();
         const r = await a.collect();
         xs.push(performance.now() - t0);
         if (r.files.length !== 0) throw new Error('a call that wrote nothing listed files');
@@ -49,12 +49,12 @@ async function inProcess(): Promise<Record<string, string>> {
     {
       await noChange('no file written, empty workspace', 5000);
       for (let i = 0; i < 100; i++) writeFileSync(`${ws}/f${i}.txt`, `seed ${i}\n`);
-      a.begin();
+      await a.begin();
       await a.collect();
       await noChange('no file written, workspace of 100 files', 5000);
       const xs: number[] = [];
       for (let k = 0; k < 60; k++) {
-        a.begin();
+        await a.begin();
         for (let i = 0; i < 100; i++) writeFileSync(`${ws}/f${i}.txt`, `call ${k} file ${i}\n`);
         const t0 = performance.now();
         const r = await a.collect();

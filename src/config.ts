@@ -83,7 +83,7 @@ const SETTINGS = {
     256,
     1,
     1024 * 1024,
-    "Artifact copies a session keeps at most (on the session's own disk, its quota), MiB; the oldest is evicted first",
+    "Artifact copies a session keeps at most (on the session's own disk, its quota; never more than a quarter of SANDBOX_WORKSPACE_MB), MiB; the oldest is evicted first",
   ),
   maxTimeoutSeconds: int('SANDBOX_RUNNER_WALL_CLOCK_SECONDS', 120, 1, 24 * 3600, 'Ceiling of a call timeout, seconds'),
   defaultTimeoutSeconds: int('SANDBOX_DEFAULT_TIMEOUT_SECONDS', 30, 1, 24 * 3600, 'Timeout of a call that names none, seconds'),

@@ -35,6 +35,7 @@
  * quota (a full disk stops the copying and says so), and they go with the session.
  */
 import { promises as fsp, closeSync, constants as C, lstatSync, openSync, opendirSync, rmSync, type Dir } from 'node:fs';
+import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import { randomHex } from '../ids.js';
 import { resolveInside } from './paths.js';
 import { SMALL_IO_BYTES, type WorkspaceFs } from './workspace-fs.js';
@@ -43,6 +44,10 @@ import { SPILL_DIR } from './spill.js';
 const DIR_FLAGS = C.O_RDONLY | C.O_DIRECTORY | C.O_NOFOLLOW;
 /** Folder levels the scan descends at most (it holds one fd per level). */
 export const MAX_DEPTH = 32;
+/** Names the scan examines, and small files it copies, between two yields to the event
+ * loop: a large workspace never holds the loop for long (a small one never yields). */
+const NAMES_PER_TURN = 256;
+const COPIES_PER_TURN = 16;
 
 const at = (fd: number, name: string) => `/proc/self/fd/${fd}/${name}`;
 
@@ -95,17 +100,17 @@ export class ArtifactStore {
   ) {}
 
   /** Before a call: the baseline, unless the one the last call left is still good. */
-  begin(): void {
+  async begin(): Promise<void> {
     if (this.baseline !== null && this.baselineGeneration === this.fs.generation) return;
-    this.baseline = this.scan().files;
     this.baselineGeneration = this.fs.generation;
+    this.baseline = (await this.scan()).files;
   }
 
   /** After a call: copies what changed since begin() and returns its entries, with plain
    * lines for stderr about anything left out. */
   async collect(): Promise<{ files: ArtifactEntry[]; notes: string[] }> {
     const before = this.baseline ?? new Map<string, string>();
-    const scan = this.scan();
+    const scan = await this.scan();
     this.baseline = scan.files;
     this.baselineGeneration = this.fs.generation;
     const notes: string[] = [];
@@ -122,6 +127,7 @@ export class ArtifactStore {
     let bytes = 0;
     let overBytes = 0;
     for (const [i, path] of changed.entries()) {
+      if (i > 0 && i % COPIES_PER_TURN === 0) await yieldToLoop();
       if (files.length >= this.limits.maxFiles) {
         notes.push(`artifacts: ${changed.length} files changed; the first ${this.limits.maxFiles} are listed (SANDBOX_ARTIFACTS_MAX_FILES)`);
         break;
@@ -227,17 +233,18 @@ export class ArtifactStore {
       if (this.kept.size < this.limits.keepMax && this.keptBytes + size <= this.limits.keepBytes) break;
       this.kept.delete(id);
       this.keptBytes -= k.size;
-      void fsp.rm(k.file, { force: true }).catch(() => {});
+      // At once: the room it frees on the session's disk is counted on by the next copy.
+      rmSync(k.file, { force: true });
     }
   }
 
   /** Path -> "mtime_ns:size:ino:ctime_ns" of every regular file the rule lets in. */
-  scan(): Scan {
+  async scan(): Promise<Scan> {
     const files = new Map<string, string>();
     let examined = 0;
     let truncated: Scan['truncated'] = false;
     const max = this.limits.scanMaxEntries;
-    const walk = (fd: number, prefix: string, depth: number): void => {
+    const walk = async (fd: number, prefix: string, depth: number): Promise<void> => {
       let dir: Dir;
       try {
         dir = opendirSync(`/proc/self/fd/${fd}`);
@@ -250,6 +257,7 @@ export class ArtifactStore {
             truncated = 'entries';
             return;
           }
+          if (examined % NAMES_PER_TURN === 0) await yieldToLoop();
           const name = d.name;
           if (name.startsWith('.') && !(depth === 0 && name === SPILL_DIR)) continue;
           const rel = prefix + name;
@@ -265,7 +273,7 @@ export class ArtifactStore {
               continue; // replaced by a link since readdir, or gone
             }
             try {
-              walk(sub, `${rel}/`, depth + 1);
+              await walk(sub, `${rel}/`, depth + 1);
             } finally {
               closeSync(sub);
             }
@@ -291,7 +299,7 @@ export class ArtifactStore {
       return { files, truncated };
     }
     try {
-      walk(root, '', 0);
+      await walk(root, '', 0);
     } finally {
       closeSync(root);
     }

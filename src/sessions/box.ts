@@ -123,7 +123,8 @@ export class Box {
         maxBytes: c.artifactsMaxBytes,
         scanMaxEntries: c.artifactsScanMaxEntries,
         keepMax: c.artifactsKeepMax,
-        keepBytes: c.artifactsKeepMb * MiB,
+        // At most a quarter of the session's disk: copies never crowd out the workspace.
+        keepBytes: Math.min(c.artifactsKeepMb, c.workspaceMb / 4) * MiB,
       },
       mimeOf,
     );

@@ -69,7 +69,7 @@ export class ExecService {
   private async runWithArtifacts(tool: ToolName, call: ToolCallContext): Promise<ToolRun> {
     if (this.config.artifactsMaxFiles === 0) return TOOLS[tool].run(this.services, call);
     const store = call.session.box.artifacts;
-    store.begin();
+    await store.begin();
     const run = await TOOLS[tool].run(this.services, call);
     const { files, notes } = await store.collect();
     return { ...run, files, stderr: appendNotes(run.stderr, notes) };
