@@ -16,7 +16,12 @@ Invariants:
   - Output written after a cell ended (a background child of that cell) never reaches a
     later cell: the cell's pipes are drained and closed at the cell's end, so late
     writers get EPIPE.
-  - Per stream, at most max_output_bytes are forwarded; the rest is counted, not sent.
+  - Per stream, at most max_output_bytes are forwarded, then, when the cell ends, the last
+    tail_bytes of the rest (the tail the result keeps); what is between is counted, not
+    sent. The driver holds at most tail_bytes per stream for this.
+  - Matplotlib figures (the backend is Agg, set by the server's environment): plt.show()
+    and the end of a cell save every open figure as /workspace/figures/figure_<n>.png and
+    close it, so a plot comes back as an artifact without the code naming a file.
   - The control fds are moved to high, close-on-exec descriptors, so processes the code
     starts never inherit them.
 Known limit: user code runs in this very process, so with deliberate effort (gc,
@@ -52,7 +57,7 @@ class FrameKind(IntEnum):
     and test/unit/frame-kinds.test.ts checks that the two agree: one `NAME = ord(...)`
     line per kind (that test reads them from this source)."""
 
-    EXEC = ord("E")  # server -> driver: run a cell; JSON {"id", "code", "max_output_bytes"}
+    EXEC = ord("E")  # server -> driver: run a cell; JSON {"id", "code", "max_output_bytes", "tail_bytes"}
     INTERRUPT = ord("I")  # server -> driver: KeyboardInterrupt in the running cell; JSON {"id"}
     TOOL_REPLY = ord("U")  # server -> driver: a tool call's answer; JSON {"call_id", "ok", "content" | "error"}
     HELLO = ord("H")  # driver -> server: ready, pre-imports done; JSON {}
@@ -72,11 +77,13 @@ if TYPE_CHECKING:
     from typing import Literal, NotRequired, TypedDict
 
     class ExecRequest(TypedDict):
-        """FrameKind.EXEC: run `code` as cell `id`, forwarding at most max_output_bytes per stream."""
+        """FrameKind.EXEC: run `code` as cell `id`, forwarding at most max_output_bytes per
+        stream, then the last tail_bytes of the rest."""
 
         id: int
         code: str
         max_output_bytes: int
+        tail_bytes: NotRequired[int]
 
     class InterruptRequest(TypedDict):
         """FrameKind.INTERRUPT: stop cell `id` (ignored if another cell runs by then)."""
@@ -104,7 +111,8 @@ if TYPE_CHECKING:
 
     class Done(TypedDict):
         """FrameKind.DONE: cell `id` ended. limit: "memory" (MemoryError) or "interrupted";
-        *_dropped: bytes past max_output_bytes, counted, not sent; note: a line for stderr."""
+        *_dropped: bytes past max_output_bytes and not in the tail, counted, not sent;
+        note: a line for stderr."""
 
         id: int
         return_code: int
@@ -218,11 +226,14 @@ class Channel:
 class Cell:
     """One running exec: its output pipes and byte accounting."""
 
-    def __init__(self, cell_id, max_output_bytes):
+    def __init__(self, cell_id, max_output_bytes, tail_bytes=0):
         self.id = cell_id
         self.max = max_output_bytes
+        self.tail_max = tail_bytes
         self.sent = {1: 0, 2: 0}
         self.dropped = {1: 0, 2: 0}
+        # The last tail_max bytes past max of each stream, sent when the cell ends.
+        self.tail = {1: bytearray(), 2: bytearray()}
         self.out_r, self.out_w = os.pipe2(os.O_CLOEXEC)
         self.err_r, self.err_w = os.pipe2(os.O_CLOEXEC)
         for fd in (self.out_r, self.err_r):
@@ -360,8 +371,25 @@ class Driver:
                 else:
                     frames.append(frame(kind, part))
                 data = data[room:]
-            cell.dropped[stream] += len(data)
+            if data:
+                tail = cell.tail[stream]
+                tail += data
+                excess = len(tail) - cell.tail_max
+                if excess > 0:
+                    del tail[:excess]
+                    cell.dropped[stream] += excess
         return True
+
+    def flush_tails(self, cell, frames=None):
+        """Sends what each stream's tail holds (after its first max bytes)."""
+        for stream, kind in ((1, FrameKind.STDOUT), (2, FrameKind.STDERR)):
+            tail = bytes(cell.tail[stream])
+            cell.tail[stream] = bytearray()
+            for off in range(0, len(tail), CHUNK):
+                if frames is None:
+                    self.chan.send(kind, tail[off:off + CHUNK])
+                else:
+                    frames.append(frame(kind, tail[off:off + CHUNK]))
 
     def drain_and_close(self, cell, frames=None):
         # The cell's code has returned and the main thread has pointed fds 1/2 back at
@@ -372,6 +400,7 @@ class Driver:
         self.pump(cell, cell.err_r, 2, 256, frames)
         os.close(cell.out_r)
         os.close(cell.err_r)
+        self.flush_tails(cell, frames)
 
     def finish_cell(self, cell):
         self.drain_and_close(cell)
@@ -392,12 +421,12 @@ class Driver:
     def new_cell(self, req: "ExecRequest"):
         """The cell's pipes; at the open-files limit, the reserve pays for them."""
         try:
-            return Cell(req["id"], int(req.get("max_output_bytes", 1 << 20))), None
+            return Cell(req["id"], int(req.get("max_output_bytes", 1 << 20)), int(req.get("tail_bytes", 0))), None
         except OSError:
             # The code holds RLIMIT_NOFILE descriptors: spend the reserve on this call's
             # pipes, so it can still run (and close some files); state is kept.
             self.release_fd_reserve()
-            return Cell(req["id"], int(req.get("max_output_bytes", 1 << 20))), (
+            return Cell(req["id"], int(req.get("max_output_bytes", 1 << 20)), int(req.get("tail_bytes", 0))), (
                 "runner: the interpreter is at its open-files limit (SANDBOX_RUNNER_NOFILE); "
                 "close some files; interpreter state was kept")
 
@@ -407,6 +436,7 @@ class Driver:
         if self.session_lib:
             sys.path.insert(0, self.session_lib)
         threading.Thread(target=self.relay, name="relay", daemon=True).start()
+        sys.meta_path.insert(0, PyplotHook)
         preload()
         # One silent cell through the whole path, so the first real call does not pay for
         # cold code (its frames carry id 0, which the server never waits for).
@@ -450,7 +480,10 @@ class Driver:
         sys.stdout, sys.stderr = self.stdout_obj, self.stderr_obj
         return_code, limit = 1, None
         try:
+            patch_pyplot()
             return_code, limit = self.run_code(req["code"])
+            if not cell.interrupted:
+                save_figures()
         except BaseException:  # noqa: BLE001 - a D frame is sent whatever happened
             pass  # the driver's own reporting failed (e.g. stderr closed): still answer
         finally:
@@ -624,6 +657,75 @@ def kill_other_processes():
                 pass
         except ChildProcessError:
             pass
+
+
+FIGURES_DIR = "/workspace/figures"
+_figure_next = [1]
+
+
+def save_figures():
+    """Saves every open matplotlib figure as a PNG in FIGURES_DIR and closes it. Only if
+    the code imported pyplot; a figure that cannot be saved gets one line in stderr."""
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is None:
+        return
+    try:
+        numbers = plt.get_fignums()
+    except Exception:  # noqa: BLE001 - user code may have broken pyplot: nothing to save
+        return
+    for num in numbers:
+        try:
+            os.makedirs(FIGURES_DIR, exist_ok=True)
+            while os.path.lexists(f"{FIGURES_DIR}/figure_{_figure_next[0]}.png"):
+                _figure_next[0] += 1
+            path = f"{FIGURES_DIR}/figure_{_figure_next[0]}.png"
+            _figure_next[0] += 1
+            fig = plt.figure(num)
+            fig.savefig(path, format="png")
+            plt.close(fig)
+        except Exception as e:  # noqa: BLE001 - reported, never fatal to the cell
+            print(f"figure {num} could not be saved: {type(e).__name__}: {e}", file=sys.stderr)
+            try:
+                plt.close(num)
+            except Exception:  # noqa: BLE001 - best effort
+                pass
+
+
+def _show(*args, **kwargs):
+    """plt.show() under Agg: what a notebook would display is saved (save_figures)."""
+    save_figures()
+
+
+class PyplotHook:
+    """A meta-path finder that patches pyplot.show the moment pyplot is imported, so a
+    cell that imports pyplot and calls show() in one go gets its figures saved (and no
+    "non-GUI backend" warning). Every other import is left to the usual finders."""
+
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name != "matplotlib.pyplot":
+            return None
+        import importlib.machinery
+        spec = importlib.machinery.PathFinder.find_spec(name, path, target)
+        loader = getattr(spec, "loader", None)
+        exec_module = getattr(loader, "exec_module", None)
+        if spec is None or exec_module is None:
+            return spec
+
+        def exec_and_patch(module):
+            exec_module(module)
+            setattr(module, "show", _show)  # noqa: B010 - see patch_pyplot
+
+        setattr(loader, "exec_module", exec_and_patch)  # noqa: B010 - this spec's loader only
+        return spec
+
+
+def patch_pyplot():
+    """Points pyplot.show at _show once pyplot is imported (by the preload, or by the
+    previous cell: a cell that imports pyplot itself gets its figures saved at its end)."""
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is not None and getattr(plt, "show", None) is not _show:
+        setattr(plt, "show", _show)  # noqa: B010 - a module attribute the type checker does not know
 
 
 def preload():

@@ -40,6 +40,7 @@ import {
   constants as C,
   createWriteStream,
   closeSync,
+  copyFileSync,
   fchownSync,
   fstatSync,
   lstatSync,
@@ -249,9 +250,14 @@ function fsError(e: unknown, display: string): never {
 }
 
 export class WorkspaceFs {
+  /** Bumped by every write through this class (uploads, editor writes, spill files): the
+   * artifact scan (artifacts.ts) takes a new baseline when it moved between calls. */
+  generation = 0;
+
   constructor(
     private readonly root: string,
-    private readonly owner: Owner | null,
+    /** Who files written here belong to (the session's uid); null: the server's own. */
+    readonly owner: Owner | null,
     /** A folder on the same file system as the workspace, invisible to the sandbox. */
     private readonly stagingDir: string,
   ) {}
@@ -380,6 +386,41 @@ export class WorkspaceFs {
       fsError(e, display);
     } finally {
       closeSync(dir);
+    }
+  }
+
+  /**
+   * Copies a small regular file (at most SMALL_IO_BYTES) at p to `dest` (a new file in a
+   * server-only folder) with synchronous calls: the same walk and checks as openRead (no
+   * link followed, regular files only), then copy_file_range/sendfile from the open fd.
+   * Returns the bytes copied, or null when p is not a regular file any more, or is larger
+   * (the caller then takes the asynchronous path). Throws the copy's own errors (ENOSPC).
+   */
+  copySmallSync(p: ResolvedPath, dest: string): number | null {
+    if (p.segments.length === 0) return null;
+    let dir: number;
+    try {
+      dir = this.openDirSync(p.segments.slice(0, -1), p.rel);
+    } catch {
+      return null;
+    }
+    let fd: number;
+    try {
+      fd = openSync(at(dir, p.segments.at(-1)!), READ_FLAGS);
+    } catch {
+      return null;
+    } finally {
+      closeSync(dir);
+    }
+    try {
+      const st = fstatSync(fd);
+      if (!st.isFile() || st.size > SMALL_IO_BYTES) return null;
+      // (/proc/self/fd/N is the file already opened: no path is resolved again.)
+      copyFileSync(`/proc/self/fd/${fd}`, dest, C.COPYFILE_EXCL);
+      // The copy's own size (the file may have grown meanwhile): what a download announces.
+      return lstatSync(dest).size;
+    } finally {
+      closeSync(fd);
     }
   }
 
@@ -524,6 +565,7 @@ export class WorkspaceFs {
     let dir: number | undefined;
     try {
       dir = this.openDirSync(p.segments.slice(0, -1), display, true);
+      this.generation++;
       renameSync(staged, at(dir, p.segments.at(-1)!));
     } catch (e) {
       rmSync(staged, { force: true });
@@ -548,6 +590,7 @@ export class WorkspaceFs {
       const dest = at(dir.fd, p.segments.at(-1)!);
       const st = await fsp.lstat(dest).catch(() => null);
       if (st?.isDirectory()) throw new SandboxError('SBX_NOT_A_FILE', `is a directory: ${display}`);
+      this.generation++;
       await fsp.rename(staged, dest);
     } catch (e) {
       await fsp.rm(staged, { force: true });

@@ -12,7 +12,7 @@
  * timeout + grace + a kill.
  *
  * Every byte the driver sends is bounded: frames by maxFrameBytes, output by the
- * per-stream cap (CappedBuffer), diagnostics by DIAG_BYTES. Every byte we send it is
+ * per-stream cap (CappedBuffer: head and tail), diagnostics by DIAG_BYTES. Every byte we send it is
  * bounded too: when the driver stops reading (say it floods tool calls and never reads
  * the replies), more than WRITE_HIGH_WATER_BYTES unsent makes us stop reading its frames
  * until our writes drain, so what we hold for it is at most that mark, one exec frame and
@@ -32,7 +32,7 @@
  * and tool calls, not by how fast its code can write.
  */
 import { encodeFrame, FrameDecoder, FrameKind, type Frame, type FrameKindCode } from './frame-codec.js';
-import { CappedBuffer } from './output.js';
+import { CappedBuffer, type OutputSink } from './output.js';
 import type { ControlChannel, ExitInfo, InterpreterProcess, SandboxInit } from '../sandbox/launcher.js';
 import { SandboxError } from '../errors.js';
 import type { LimitKind } from '../limits.js';
@@ -56,6 +56,9 @@ export interface ExecRequest {
   /** Told of each piece of output as it is kept (what the cap drops is never passed on).
    * Called synchronously with a view of a read buffer: copy or decode it before returning. */
   onOutput?: OutputListener;
+  /** Where a stream past maxOutputBytes is saved whole, up to `maxBytes` (files/spill.ts):
+   * the driver then sends that much of each stream, and the tail of the rest. */
+  spill?: { stdout: OutputSink; stderr: OutputSink; maxBytes: number };
 }
 
 /** A listener for a call's output as it comes (streaming); absent, nothing is done. */
@@ -93,6 +96,8 @@ interface Pending {
   req: ExecRequest;
   stdout: CappedBuffer;
   stderr: CappedBuffer;
+  /** Bytes of a stream the driver sends at most: its first max_output_bytes and its tail. */
+  usefulBytes: number;
   /** Why the cell was interrupted, if it was. */
   interrupted: false | 'timeout' | 'abandoned';
   cleanup?: () => void;
@@ -211,12 +216,17 @@ export class Interpreter {
     const id = this.nextId++;
     this.wastedFrames = 0;
     this.usedFrames = 0;
+    // The driver sends the first driverMax bytes of each stream and the last tail_bytes of
+    // the rest (the tail the result keeps); it counts what it leaves out.
+    const driverMax = Math.max(req.maxOutputBytes, req.spill?.maxBytes ?? 0);
+    const tailBytes = Math.floor(req.maxOutputBytes / 2);
     return new Promise<ExecOutcome>((resolve) => {
       const p: Pending = {
+        usefulBytes: driverMax + tailBytes,
         id,
         req,
-        stdout: new CappedBuffer(req.maxOutputBytes),
-        stderr: new CappedBuffer(req.maxOutputBytes),
+        stdout: new CappedBuffer(req.maxOutputBytes, req.spill?.stdout),
+        stderr: new CappedBuffer(req.maxOutputBytes, req.spill?.stderr),
         interrupted: false,
         toolCalls: null,
         resolve,
@@ -239,7 +249,7 @@ export class Interpreter {
           p.cleanup = () => req.signal?.removeEventListener('abort', onAbort);
         }
       }
-      this.send(FrameKind.Exec, { id, code: req.code, max_output_bytes: req.maxOutputBytes });
+      this.send(FrameKind.Exec, { id, code: req.code, max_output_bytes: driverMax, tail_bytes: tailBytes });
     });
   }
 
@@ -321,8 +331,11 @@ export class Interpreter {
       case FrameKind.Stderr: {
         if (!p) return;
         const stream = f.kind === FrameKind.Stdout ? p.stdout : p.stderr;
+        // Used: a non-empty frame within what the driver sends of a stream (its first
+        // driverMax bytes and a tail); past that, only a forged flood sends more.
+        const before = stream.total;
         const kept = stream.push(f.body);
-        this.count(kept > 0);
+        this.count(f.body.length > 0 && before < p.usefulBytes);
         if (kept > 0 && p.req.onOutput) p.req.onOutput(f.kind === FrameKind.Stdout ? 'stdout' : 'stderr', f.body.subarray(0, kept));
         return;
       }

@@ -11,6 +11,7 @@
  *     lib/         -> /opt/session-lib (read-only inside; _platform_tools.py)
  *     staging/                        uploads land here first, then rename() in
  *     undo/                           the text editor's undo snapshots (server-only, 0700)
+ *     artifacts/                      copies of the files calls produced (server-only, 0700)
  * The tmpfs gives each session a hard disk quota (ENOSPC) that counts the workspace and
  * /tmp together, and makes deletion one umount.
  */
@@ -24,6 +25,9 @@ import { Interpreter, fmtSeconds, type ExecOutcome, type ExecRequest, type Outpu
 import { detectLimit, describeLimit, sandboxRlimits, type LimitKind, type ResourceLimits } from '../limits.js';
 import { CappedBuffer } from '../runner/output.js';
 import { WorkspaceFs } from '../files/workspace-fs.js';
+import { ArtifactStore } from '../files/artifacts.js';
+import { mimeOf } from '../files/mime.js';
+import type { OutputSpill } from '../files/spill.js';
 import type { UidAllocator } from '../sandbox/uids.js';
 import { killUid, renice } from '../sandbox/uids.js';
 import { isOutOfTasks } from '../sandbox/host-tasks.js';
@@ -84,6 +88,9 @@ export class Box {
    * box's own disk, so the history counts against the session's quota. */
   readonly undoDir: string;
   readonly fs: WorkspaceFs;
+  /** Server-only folder of artifact copies (files/artifacts.ts): on the box's own disk. */
+  readonly artifactsDir: string;
+  readonly artifacts: ArtifactStore;
   /** Reached through runPython() only: the box owns its lifetime (start, restart, kill). */
   private interpreter: Interpreter;
   private readonly bash = new Set<CommandProcess>();
@@ -106,6 +113,22 @@ export class Box {
     this.undoDir = `${this.dir}/undo`;
     this.background = deps.canRenice && uid !== undefined;
     this.fs = new WorkspaceFs(this.workspaceDir, uid !== undefined && gid !== undefined ? { uid, gid } : null, this.stagingDir);
+    this.artifactsDir = `${this.dir}/artifacts`;
+    const c = deps.config;
+    this.artifacts = new ArtifactStore(
+      this.workspaceDir,
+      this.artifactsDir,
+      this.fs,
+      {
+        maxFiles: c.artifactsMaxFiles,
+        maxBytes: c.artifactsMaxBytes,
+        scanMaxEntries: c.artifactsScanMaxEntries,
+        keepMax: c.artifactsKeepMax,
+        // At most a quarter of the session's disk: copies never crowd out the workspace.
+        keepBytes: Math.min(c.artifactsKeepMb, c.workspaceMb / 4) * MiB,
+      },
+      mimeOf,
+    );
     this.interpreter = this.newInterpreter();
   }
 
@@ -199,6 +222,7 @@ export class Box {
     await fsp.mkdir(this.libDir, { mode: 0o755 });
     await fsp.mkdir(this.stagingDir, { mode: 0o700 });
     await fsp.mkdir(this.undoDir, { mode: 0o700 });
+    await fsp.mkdir(this.artifactsDir, { mode: 0o700 });
     if (this.deps.cgroups) {
       this.cgroup = await this.deps.cgroups.create(this.name, sessionCgroupLimits(config));
       this.interpreter = this.newInterpreter();
@@ -263,10 +287,10 @@ export class Box {
    * and the outcome says its state was lost; one that dies during the call (or is killed
    * for it) is replaced in the background, ready for the next call.
    */
-  async runPython(code: string, timeoutMs: number, maxOutputBytes: number, opts: Pick<ExecRequest, 'onToolCall' | 'signal' | 'onOutput'> = {}): Promise<ExecOutcome> {
+  async runPython(code: string, timeoutMs: number, maxOutputBytes: number, opts: Pick<ExecRequest, 'onToolCall' | 'signal' | 'onOutput' | 'spill'> = {}): Promise<ExecOutcome> {
     if (this.destroyed) throw new SandboxError('SBX_SESSION_NOT_FOUND', 'session is gone');
     const diedWhileIdle = await this.ensureInterpreter();
-    const outcome = await this.interpreter.exec({ code, timeoutMs, maxOutputBytes, onToolCall: opts.onToolCall, signal: opts.signal, onOutput: opts.onOutput });
+    const outcome = await this.interpreter.exec({ code, timeoutMs, maxOutputBytes, onToolCall: opts.onToolCall, signal: opts.signal, onOutput: opts.onOutput, spill: opts.spill });
     if (outcome.stateLost) this.restartInterpreter().catch(() => {});
     if (diedWhileIdle) {
       outcome.notes.unshift('runner: the interpreter had stopped since the last call; it was restarted and its state was lost');
@@ -279,12 +303,19 @@ export class Box {
    * in the sandbox of the session's interpreter when the command template can enter it
    * (a pid namespace of its own: every process it starts dies with it), otherwise in a
    * bubblewrap sandbox of its own; either is built from the box's spec. `onOutput` is told
-   * of the output it keeps as it comes (streaming). */
-  async runBash(command: string, timeoutMs: number, maxOutputBytes: number, signal?: AbortSignal, onOutput?: OutputListener): Promise<BashOutcome> {
+   * of the output it keeps as it comes (streaming); `spill` saves a stream past the cap. */
+  async runBash(
+    command: string,
+    timeoutMs: number,
+    maxOutputBytes: number,
+    signal?: AbortSignal,
+    onOutput?: OutputListener,
+    spill?: { stdout: OutputSpill; stderr: OutputSpill },
+  ): Promise<BashOutcome> {
     if (this.destroyed) throw new SandboxError('SBX_SESSION_NOT_FOUND', 'session is gone');
     const started = performance.now();
-    const stdout = new CappedBuffer(maxOutputBytes);
-    const stderr = new CappedBuffer(maxOutputBytes);
+    const stdout = new CappedBuffer(maxOutputBytes, spill?.stdout);
+    const stderr = new CappedBuffer(maxOutputBytes, spill?.stderr);
     let timedOut = false;
     let abandoned = false;
     let current: CommandProcess | null = null;

@@ -12,10 +12,10 @@ import type { MemoryBudget } from '../budget.js';
 import { SandboxError, isSandboxError } from '../errors.js';
 import type { Session } from './session.js';
 import type { EditorWorkers } from '../tools/text-editor.js';
-import { buildResponse } from '../tools/result.js';
+import { appendNotes, buildResponse, type ToolRun } from '../tools/result.js';
 import type { OutputListener } from '../runner/interpreter.js';
 import { refusalAnswer, refusalCodeOf, refusalMessage, toAnthropicAnswer, type EditorCommand, type ExecAnswer, type ResultFormat } from '../tools/anthropic-format.js';
-import { TOOLS, TOOL_NAMES, isToolName, type ToolName, type ToolServices } from './tools.js';
+import { TOOLS, TOOL_NAMES, isToolName, type ToolCallContext, type ToolName, type ToolServices } from './tools.js';
 
 export interface ExecBody {
   tool: string;
@@ -78,9 +78,9 @@ export class ExecService {
       const start = hooks?.onStart
         ? () => {
             hooks.onStart?.(toolUseId);
-            return TOOLS[tool].run(this.services, call);
+            return this.runWithArtifacts(tool, call);
           }
-        : () => TOOLS[tool].run(this.services, call);
+        : () => this.runWithArtifacts(tool, call);
       const run = await session.guard(() => session.serialize(this.config.execQueueMax, start, signal));
       const v1 = buildResponse(blockType, toolUseId, run, performance.now() - started);
       if (body.result_format !== 'anthropic') return v1;
@@ -92,6 +92,17 @@ export class ExecService {
       if (code === null) throw e;
       return refusalAnswer(blockType, toolUseId, code, refusalMessage((e as SandboxError).detail), performance.now() - started);
     }
+  }
+
+  /** Runs the tool between two looks at the workspace: the files the call created or
+   * modified are kept and listed in its result (files/artifacts.ts). */
+  private async runWithArtifacts(tool: ToolName, call: ToolCallContext): Promise<ToolRun> {
+    if (this.config.artifactsMaxFiles === 0) return TOOLS[tool].run(this.services, call);
+    const store = call.session.box.artifacts;
+    await store.begin();
+    const run = await TOOLS[tool].run(this.services, call);
+    const { files, notes } = await store.collect();
+    return { ...run, files, stderr: appendNotes(run.stderr, notes) };
   }
 
   private validate(tool: ToolName, input: Record<string, unknown>): void {

@@ -6,8 +6,9 @@
  *
  * Output policy (as the reference, clients compare exact strings): Python's stdout and
  * stderr lose one trailing newline, bash output is returned as written; a stream over the
- * cap ends with the reference's truncation marker; any limit adds one plain-English line
- * to stderr and sets limit_exceeded.
+ * cap keeps its head and its tail with the reference's truncation marker between them,
+ * which names the spill file holding the complete output (files/spill.ts); any limit adds
+ * one plain-English line to stderr and sets limit_exceeded.
  */
 import Type, { type TSchema } from 'typebox';
 import type { Config } from '../config.js';
@@ -19,6 +20,8 @@ import { truncationMarker, appendNotes, stripOneNewline, type ToolRun } from '..
 import { callRouter } from '../tools/platform-tools.js';
 import type { CappedBuffer } from '../runner/output.js';
 import type { OutputListener } from '../runner/interpreter.js';
+import { OutputSpill, spillCallName } from '../files/spill.js';
+import type { Box } from './box.js';
 
 /** What a tool needs of the server besides its session. */
 export interface ToolServices {
@@ -84,17 +87,28 @@ export function isToolName(name: string): name is ToolName {
 async function runPython({ config, budget }: ToolServices, { session, input, timeoutMs, signal, onOutput }: ToolCallContext): Promise<ToolRun> {
   const box = session.box;
   const tools = session.tools;
-  const outcome = await box.runPython(input.code as string, timeoutMs, config.maxOutputBytes, {
-    onToolCall: tools
-      ? (call, stop) => callRouter(tools, call, { maxReplyBytes: config.toolReplyMaxBytes, reserve: (bytes) => budget.reserve(bytes, 'a tool reply'), signal: stop })
-      : undefined,
-    signal,
-    onOutput,
-  });
-  const stdoutDropped = outcome.stdout.dropped + outcome.droppedByDriver.stdout;
-  const stderrDropped = outcome.stderr.dropped + outcome.droppedByDriver.stderr;
-  const stdout = stripOneNewline(outcome.stdout.text()) + (stdoutDropped > 0 ? truncationMarker(stdoutDropped) : '');
-  let stderr = stripOneNewline(outcome.stderr.text()) + (stderrDropped > 0 ? truncationMarker(stderrDropped) : '');
+  const spill = newSpills(config, box);
+  let outcome;
+  try {
+    outcome = await box.runPython(input.code as string, timeoutMs, config.maxOutputBytes, {
+      onToolCall: tools
+        ? (call, stop) => callRouter(tools, call, { maxReplyBytes: config.toolReplyMaxBytes, reserve: (bytes) => budget.reserve(bytes, 'a tool reply'), signal: stop })
+        : undefined,
+      signal,
+      onOutput,
+      spill: spill ? { ...spill, maxBytes: config.outputSpillMaxBytes } : undefined,
+    });
+  } catch (e) {
+    discardSpills(spill);
+    throw e;
+  }
+  const name = spillCallName();
+  const out = await shapeStream(outcome.stdout, outcome.droppedByDriver.stdout, spill?.stdout, `${name}-stdout.txt`, stripOneNewline);
+  const err = await shapeStream(outcome.stderr, outcome.droppedByDriver.stderr, spill?.stderr, `${name}-stderr.txt`, stripOneNewline);
+  const stdoutDropped = out.dropped;
+  const stderrDropped = err.dropped;
+  const stdout = out.text;
+  let stderr = err.text;
   let { limit, notes } = classify(config, 'runner', outcome.limit, outcome.returnCode, outcome.stderr, outcome.notes, stdoutDropped + stderrDropped);
   if ((limit === null || limit === 'output_bytes') && box.consumeOomKill()) {
     limit = 'memory';
@@ -105,13 +119,66 @@ async function runPython({ config, budget }: ToolServices, { session, input, tim
 }
 
 async function runBash({ config }: ToolServices, { session, input, timeoutMs, signal, onOutput }: ToolCallContext): Promise<ToolRun> {
-  const o = await session.box.runBash(input.command as string, timeoutMs, config.maxOutputBytes, signal, onOutput);
-  const stdout = o.stdout.text() + (o.stdout.dropped > 0 ? truncationMarker(o.stdout.dropped) : '');
-  let stderr = o.stderr.text() + (o.stderr.dropped > 0 ? truncationMarker(o.stderr.dropped) : '');
-  const dropped = o.stdout.dropped + o.stderr.dropped;
+  const spill = newSpills(config, session.box);
+  let o;
+  try {
+    o = await session.box.runBash(input.command as string, timeoutMs, config.maxOutputBytes, signal, onOutput, spill);
+  } catch (e) {
+    discardSpills(spill);
+    throw e;
+  }
+  const name = spillCallName();
+  const out = await shapeStream(o.stdout, 0, spill?.stdout, `${name}-stdout.txt`, (s) => s);
+  const err = await shapeStream(o.stderr, 0, spill?.stderr, `${name}-stderr.txt`, (s) => s);
+  const dropped = out.dropped + err.dropped;
   const { limit, notes } = classify(config, 'bash', o.limit, o.returnCode, null, o.notes, dropped);
-  stderr = appendNotes(stderr, notes);
-  return { stdout, stderr, returnCode: o.returnCode, limit, interpreterRestarted: false, stdoutDroppedBytes: o.stdout.dropped, stderrDroppedBytes: o.stderr.dropped };
+  const stderr = appendNotes(err.text, notes);
+  return { stdout: out.text, stderr, returnCode: o.returnCode, limit, interpreterRestarted: false, stdoutDroppedBytes: out.dropped, stderrDroppedBytes: err.dropped };
+}
+
+/** A call's spill sinks, when SANDBOX_OUTPUT_SPILL_MAX_BYTES is above the output cap. */
+function newSpills(config: Config, box: Box): { stdout: OutputSpill; stderr: OutputSpill } | undefined {
+  if (config.outputSpillMaxBytes <= config.maxOutputBytes) return undefined;
+  return {
+    stdout: new OutputSpill(box.stagingDir, config.outputSpillMaxBytes, box.fs),
+    stderr: new OutputSpill(box.stagingDir, config.outputSpillMaxBytes, box.fs),
+  };
+}
+
+function discardSpills(spill: { stdout: OutputSpill; stderr: OutputSpill } | undefined): void {
+  spill?.stdout.discard();
+  spill?.stderr.discard();
+}
+
+/**
+ * A stream's text for the result: whole when it fit its cap; else its head, the marker
+ * (how many bytes were left out, and the spill file that holds the complete output), and
+ * its tail. `trim` is applied to the end of the text (Python loses one trailing newline).
+ */
+async function shapeStream(
+  buf: CappedBuffer,
+  droppedByDriver: number,
+  spill: OutputSpill | undefined,
+  spillName: string,
+  trim: (s: string) => string,
+): Promise<{ text: string; dropped: number }> {
+  const dropped = buf.dropped + droppedByDriver;
+  if (!buf.overflowed && dropped === 0) {
+    spill?.discard();
+    return { text: trim(buf.head()), dropped: 0 };
+  }
+  let where: string | undefined;
+  if (spill?.used) {
+    const path = await spill.commit(spillName);
+    if (path === null) where = `the complete output could not be saved: ${spill.failure ?? 'unknown error'}`;
+    else if (spill.failure !== null) where = `its first ${spill.written} bytes are in ${path} (then ${spill.failure})`;
+    else if (spill.dropped > 0 || droppedByDriver > 0) where = `its first ${spill.written} bytes are in ${path} (SANDBOX_OUTPUT_SPILL_MAX_BYTES)`;
+    else where = `the complete output is in ${path}`;
+  } else {
+    spill?.discard();
+  }
+  const marker = truncationMarker(dropped, where);
+  return { text: buf.overflowed ? `${buf.head()}${marker}\n${trim(buf.tail())}` : trim(buf.head()) + marker, dropped };
 }
 
 async function runEditor({ config, budget, editorWorkers }: ToolServices, { session, input }: ToolCallContext): Promise<ToolRun> {

@@ -63,9 +63,10 @@ export function buildResponse(resultBlockType: string, toolUseId: string, run: T
   };
 }
 
-/** The reference's truncation marker, appended to a stream that hit the cap. */
-export function truncationMarker(droppedBytes: number): string {
-  return `\n... [output truncated by sandbox: ${droppedBytes} bytes elided]`;
+/** The reference's truncation marker, put where bytes were left out (between a stream's
+ * head and tail; at the end of an editor view); `where` says where the whole output is. */
+export function truncationMarker(droppedBytes: number, where?: string): string {
+  return `\n... [output truncated by sandbox: ${droppedBytes} bytes elided${where ? `; ${where}` : ''}]`;
 }
 
 /** Adds the server's plain-English lines (which limit fired, state kept or lost) to stderr. */

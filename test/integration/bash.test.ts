@@ -117,14 +117,22 @@ test('timeout kills the command and everything it started, nohup and setsid incl
   assert.equal((await sh(server, id, 'echo still-works')).stdout, 'still-works\n');
 });
 
-test('bash output is capped per stream at SANDBOX_RUNNER_MAX_OUTPUT_BYTES, with the marker', async () => {
+test('bash output is capped per stream at SANDBOX_RUNNER_MAX_OUTPUT_BYTES: head and tail, the marker between them naming the spill file', async () => {
   const cap = 1024 * 1024;
   const total = 2_000_000;
   const r = await sh(server, id, `head -c ${total} /dev/zero | tr '\\0' x; head -c 10 /dev/zero | tr '\\0' e >&2`);
   assert.equal(r.status, 200);
   assert.equal(r.body.stdout_dropped_bytes, total - cap);
   assert.equal(r.body.stderr_dropped_bytes, 0);
-  assert.equal(r.stdout, 'x'.repeat(cap) + `\n... [output truncated by sandbox: ${total - cap} bytes elided]`);
+  const m = /\n\.\.\. \[output truncated by sandbox: (\d+) bytes elided; the complete output is in \/workspace\/(\.output\/call-[0-9a-f]{8}-stdout\.txt)\]\n/.exec(r.stdout);
+  assert.ok(m, r.stdout.slice(cap / 2 - 10, cap / 2 + 200));
+  assert.equal(Number(m[1]), total - cap);
+  assert.equal(r.stdout, 'x'.repeat(cap / 2) + m[0] + 'x'.repeat(cap / 2));
+  assert.deepEqual(
+    r.body.result_block.content.content.map((f: { filename: string; size_bytes: number }) => [f.filename, f.size_bytes]),
+    [[m[2], total]],
+    'the complete output, listed',
+  );
   // The program's own stderr, then one plain-English line naming the limit and its value.
   assert.ok(r.stderr.startsWith('eeeeeeeeee'), r.stderr);
   const note = r.stderr.slice(10).trim();

@@ -32,7 +32,11 @@ test('create writes a new file (parents too) and reports is_file_update false', 
   assert.match(r.stdout, /notes\/a\.txt/);
   assert.equal(r.body.result_block.type, 'text_editor_code_execution_tool_result');
   assert.equal(content(r).type, 'code_execution_result');
-  assert.deepEqual(content(r).content, []);
+  assert.deepEqual(
+    content(r).content.map((f: { type: string; filename: string; size_bytes: number }) => [f.type, f.filename, f.size_bytes]),
+    [['code_execution_output', 'notes/a.txt', 12]],
+    'the file it wrote, as an artifact',
+  );
   assert.equal(content(r).is_file_update, false);
   assert.equal((await sh(server, id, 'cat notes/a.txt')).stdout, 'hello\nworld\n');
 });

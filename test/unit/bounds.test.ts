@@ -51,18 +51,51 @@ test('nestedDeeperThan walks iteratively (no stack overflow) and measures nestin
   assert.equal(nestedDeeperThan('text', 0), false);
 });
 
-test('CappedBuffer keeps copies in one buffer: a million one-byte chunks hold no more than the cap', () => {
+test('CappedBuffer keeps copies in one buffer: a million one-byte chunks hold no more than 1.5 times the cap', () => {
   const cap = 8192;
   const c = new CappedBuffer(cap);
   const big = Buffer.alloc(64 * 1024, 0x61);
   for (let i = 0; i < 1_000_000; i++) c.push(big.subarray(i % 1000, (i % 1000) + 1));
   assert.equal(c.size, cap);
   assert.equal(c.dropped, 1_000_000 - cap);
-  assert.ok(c.heldBytes <= cap, `holds ${c.heldBytes} bytes`);
+  assert.ok(c.heldBytes <= 1.5 * cap, `holds ${c.heldBytes} bytes`);
   assert.equal(c.text(), 'a'.repeat(cap));
   const d = new CappedBuffer(10);
   d.push(enc('hello '));
   d.push(enc('world!'));
-  assert.equal(d.text(), 'hello worl');
+  assert.equal(d.head(), 'hello');
+  assert.equal(d.tail(), 'world!'.slice(1));
   assert.equal(d.dropped, 2);
+});
+
+test('CappedBuffer keeps the head and the tail, however the stream is split; the sink gets every byte once past the cap', () => {
+  const stream = Buffer.from(Array.from({ length: 5000 }, (_, i) => String.fromCharCode(97 + (i % 26))).join(''));
+  for (const size of [1, 7, 1000, 1024, 4096, 5000]) {
+    const sunk: Buffer[] = [];
+    const c = new CappedBuffer(2048, { write: (b) => sunk.push(Buffer.from(b)) });
+    for (let off = 0; off < stream.length; off += size) c.push(stream.subarray(off, off + size));
+    assert.equal(c.overflowed, true);
+    assert.equal(c.head(), stream.toString('latin1', 0, 1024), `head, chunks of ${size}`);
+    assert.equal(c.tail(), stream.toString('latin1', 5000 - 1024), `tail, chunks of ${size}`);
+    assert.equal(c.dropped, 5000 - 2048);
+    assert.equal(c.total, 5000);
+    assert.deepEqual(Buffer.concat(sunk), stream, `sink, chunks of ${size}`);
+  }
+  const under: Buffer[] = [];
+  const u = new CappedBuffer(2048, { write: (b) => under.push(b) });
+  u.push(stream.subarray(0, 2048));
+  assert.equal(u.overflowed, false);
+  assert.equal(u.head(), stream.toString('latin1', 0, 2048));
+  assert.deepEqual(under, [], 'a stream that fits never touches the sink');
+});
+
+test('CappedBuffer never cuts a UTF-8 character in two at the head or the tail', () => {
+  const c = new CappedBuffer(1024);
+  c.push(enc('é'.repeat(2000))); // 4000 bytes, 2 bytes each
+  assert.equal(c.head(), 'é'.repeat(256));
+  assert.equal(c.tail(), 'é'.repeat(256));
+  const d = new CappedBuffer(1024);
+  d.push(enc('x' + '€'.repeat(1000))); // head cut 1 byte into a 3-byte character
+  assert.ok(/^x(€)*$/.test(d.head()), d.head().slice(-3));
+  assert.ok(!d.head().includes('\ufffd') && !d.tail().includes('\ufffd'));
 });

@@ -118,7 +118,8 @@ test('an exec sends the code, collects the output frames and settles on its done
   const { interp, proc } = await started(t);
   const run = exec(interp, { code: 'x = 1', maxOutputBytes: 8 });
   const req = await proc.expect(FrameKind.Exec);
-  assert.deepEqual(Object.keys(req).sort(), ['code', 'id', 'max_output_bytes']);
+  assert.deepEqual(Object.keys(req).sort(), ['code', 'id', 'max_output_bytes', 'tail_bytes']);
+  assert.equal(req.tail_bytes, 4, 'the tail the result keeps: half the cap');
   assert.equal(req.code, 'x = 1');
   assert.equal(req.max_output_bytes, 8);
   proc.send(FrameKind.Stdout, 'out ');
@@ -128,7 +129,8 @@ test('an exec sends the code, collects the output frames and settles on its done
   proc.send(FrameKind.Done, done(req.id, { return_code: 3, stdout_dropped: 40, note: 'a remark' }));
   const o = await run;
   assert.equal(o.returnCode, 3);
-  assert.equal(o.stdout.text(), 'out more', 'the client keeps maxOutputBytes per stream');
+  assert.equal(o.stdout.head(), 'out ', 'the client keeps maxOutputBytes per stream: its head');
+  assert.equal(o.stdout.tail(), 'ight', 'and its tail');
   assert.equal(o.stdout.dropped, 11);
   assert.equal(o.stderr.text(), 'err');
   assert.deepEqual(o.droppedByDriver, { stdout: 40, stderr: 0 });
@@ -214,11 +216,13 @@ test('frames of no use past MAX_WASTED_FRAMES beyond those a call used kill the 
   proc.send(FrameKind.Stderr, 'd'); // used
   proc.sendRaw(wire(MAX_WASTED_FRAMES + 2));
   proc.send(FrameKind.Stdout, 'e'); // the fourth byte: used
-  proc.send(FrameKind.Stdout, 'f'); // past the cap: of no use (the limit is reached exactly)
+  proc.send(FrameKind.Stdout, 'f'); // past the cap but within the tail the driver sends (2 bytes): used
+  proc.send(FrameKind.Stdout, 'g'); // used
+  proc.send(FrameKind.Stdout, 'h'); // past the cap and the tail: of no use (the limit is reached exactly)
   proc.send(FrameKind.Done, done(req.id));
   const o = await fine;
   assert.equal(o.returnCode, 0, o.notes.join('\n'));
-  assert.equal(o.stdout.text(), 'abce');
+  assert.equal(o.stdout.text(), 'abgh', 'head and tail');
   assert.equal(proc.kills, 0);
   // The count starts again with each call; one more than the bound is a kill.
   const flood = exec(interp);

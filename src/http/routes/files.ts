@@ -14,9 +14,9 @@
  * table is a null-prototype object): `x.constructor` or `x.__proto__` is just a name.
  */
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
+import { promises as fsp } from 'node:fs';
 import { Readable } from 'node:stream';
 import Type from 'typebox';
-import mime from 'mime-types';
 import type { Config } from '../../config.js';
 import type { MemoryBudget } from '../../budget.js';
 import type { RoutePlugin } from '../types.js';
@@ -25,26 +25,13 @@ import { ErrorBody, FileListResponse, SessionParams } from '../schemas.js';
 import { SandboxError } from '../../errors.js';
 import { releaseWithResponse } from '../hold.js';
 import { resolveInside } from '../../files/paths.js';
+import { mimeOf } from '../../files/mime.js';
 import { listHeldBytes, listReserveBytes, type FileEntry as Entry } from '../../files/workspace-fs.js';
 
 /** Size of the pieces a listing answer is written in; the event loop runs between them. */
 const LIST_CHUNK_CHARS = 64 * 1024;
 /** How often a running download checks that its session still exists. */
 const WATCH_INTERVAL_MS = 250;
-
-const EXTRA_TYPES = new Map<string, string>([
-  ['py', 'text/x-python'],
-  ['ipynb', 'application/x-ipynb+json'],
-  ['parquet', 'application/vnd.apache.parquet'],
-  ['log', 'text/plain'],
-  ['tsv', 'text/tab-separated-values'],
-]);
-
-export function mimeOf(name: string): string | null {
-  const ext = name.includes('.') ? name.slice(name.lastIndexOf('.') + 1).toLowerCase() : '';
-  const type = EXTRA_TYPES.get(ext) ?? mime.lookup(name);
-  return typeof type === 'string' ? type : null;
-}
 
 /** A listing answer as JSON text in pieces of about LIST_CHUNK_CHARS, yielding to the
  * event loop between pieces: the same bytes the response schema would give. */
@@ -62,7 +49,7 @@ async function* listingJson(entries: Entry[], truncated: boolean): AsyncGenerato
 }
 
 /** RFC 6266 attachment header with an ASCII fallback and the UTF-8 name. */
-function contentDisposition(name: string): string {
+export function contentDisposition(name: string): string {
   const ascii = name.replace(/[^\x20-\x7e]|["\\]/g, '_');
   return `attachment; filename="${ascii}"; filename*=UTF-8''${encodeURIComponent(name)}`;
 }
@@ -174,6 +161,53 @@ export const fileRoutes: RoutePlugin<FileRoutesOptions> = (app, deps, done) => {
         .header('x-content-type-options', 'nosniff')
         .header('content-security-policy', 'sandbox')
         .send(stream as never);
+    },
+  );
+
+  app.get(
+    '/sessions/:id/artifacts/:file_id',
+    {
+      config: { touchSession: true },
+      schema: {
+        summary: 'Download an artifact: a file as it was when the call that listed it ended (extension)',
+        description:
+          "file_id comes from a result's inner content. The bytes are the session's own copy: a later rewrite or delete of the workspace file does not change them. 404 for an id this session does not hold (another session's, or one evicted past SANDBOX_ARTIFACTS_KEEP_MAX / _KEEP_MB).",
+        params: Type.Object({ id: SessionParams.properties.id, file_id: Type.String({ minLength: 1, maxLength: 64 }) }),
+        response: { 404: ErrorBody, 422: ErrorBody },
+      },
+    },
+    async (req, reply) => {
+      const session = sessionOf(req);
+      const fileId = (req.params as { file_id: string }).file_id;
+      const kept = session.box.artifacts.get(fileId);
+      const notFound = () => new SandboxError('SBX_FILE_NOT_FOUND', `artifact not found: ${fileId.slice(0, 64)}`);
+      if (!kept) throw notFound();
+      // The copy is the server's own (a 0700 folder the sandbox cannot see): a plain path.
+      const handle = await session
+        .guard(() => fsp.open(kept.file, 'r'))
+        .catch((e: unknown) => {
+          if ((e as SandboxError).code === 'SBX_SESSION_NOT_FOUND') throw e;
+          throw notFound(); // evicted since the lookup
+        });
+      const size = kept.entry.size_bytes;
+      let body: Buffer | Readable;
+      if (size === 0) {
+        await handle.close();
+        body = Buffer.alloc(0);
+      } else {
+        // (Nobody writes the copy: it holds exactly size bytes.)
+        body = handle.createReadStream({ start: 0, end: size - 1 });
+      }
+      const name = kept.entry.filename.split('/').at(-1) ?? 'file';
+      let type = kept.entry.mime_type ?? 'application/octet-stream';
+      if (type.startsWith('text/')) type += '; charset=utf-8';
+      return reply
+        .header('content-type', type)
+        .header('content-length', String(size))
+        .header('content-disposition', contentDisposition(name))
+        .header('x-content-type-options', 'nosniff')
+        .header('content-security-policy', 'sandbox')
+        .send(body as never);
     },
   );
 

@@ -1,0 +1,312 @@
+/**
+ * Artifacts: the files a call created or modified in the workspace, listed in its result
+ * and kept as they were when the call ended, downloadable by file_id
+ * (GET /sessions/{id}/artifacts/{file_id}) even after a later call rewrites or deletes them.
+ *
+ * How a change is seen: a scan records (mtime_ns, size, ino, ctime_ns) of every regular
+ * file below the workspace; a call's artifacts are the files whose record differs from
+ * the scan taken before it (or that are new). The scan after a call is the baseline of the
+ * next one, so a call costs one scan, not two; the baseline is taken again before a call
+ * when the server wrote to the workspace since (an upload, WorkspaceFs.generation), so an
+ * upload is not listed as a call's file. Known limit: a file changed between calls by a
+ * process that a call left running is listed with the next call.
+ *
+ * The rule for what is looked at (one rule, documented in the README): a path with a
+ * component that starts with '.' is skipped, except the top-level `.output/` folder, where
+ * the server writes spill files (spill.ts) (hidden names inside it are skipped too). Links,
+ * FIFOs, sockets and devices are never listed or followed.
+ *
+ * The workspace is hostile: the scan opens every folder relative to its parent's fd with
+ * O_NOFOLLOW (through /proc/self/fd, as workspace-fs.ts), lstat()s files without following
+ * them (by plain path, see scan()), and copies a file through WorkspaceFs (copySmallSync or
+ * openRead: no link is followed, only a regular file is read), so only workspace files are
+ * ever listed. It runs with synchronous calls on the event loop (a scan of a small
+ * workspace costs less than one trip through libuv's thread pool), bounded by
+ * SANDBOX_ARTIFACTS_SCAN_MAX_ENTRIES names and MAX_DEPTH folder levels (one fd each);
+ * files of at most 64 KiB are copied with synchronous calls too, larger ones
+ * asynchronously. Cost (bench/artifacts.ts, README "Performance"): tens of microseconds
+ * for a small workspace, a few microseconds more per file, plus a copy per changed file.
+ *
+ * Bounds: at most SANDBOX_ARTIFACTS_MAX_FILES files and SANDBOX_ARTIFACTS_MAX_BYTES bytes
+ * are kept per call (the first by path; the result's stderr says what was left out); a
+ * session keeps at most SANDBOX_ARTIFACTS_KEEP_MAX artifacts and SANDBOX_ARTIFACTS_KEEP_MB
+ * of them, the oldest evicted first. Copies live in the box's own `artifacts/` folder
+ * (0700, not mounted in the sandbox): on the session's disk, so they count against its
+ * quota (a full disk stops the copying and says so), and they go with the session.
+ */
+import { promises as fsp, closeSync, constants as C, lstatSync, openSync, opendirSync, rmSync, type Dir } from 'node:fs';
+import { setImmediate as yieldToLoop } from 'node:timers/promises';
+import { randomHex } from '../ids.js';
+import { resolveInside } from './paths.js';
+import { SMALL_IO_BYTES, type WorkspaceFs } from './workspace-fs.js';
+import { SPILL_DIR } from './spill.js';
+
+const DIR_FLAGS = C.O_RDONLY | C.O_DIRECTORY | C.O_NOFOLLOW;
+/** Folder levels the scan descends at most (it holds one fd per level). */
+export const MAX_DEPTH = 32;
+/** Names the scan examines, and small files it copies, between two yields to the event
+ * loop: a large workspace never holds the loop for long (a small one never yields). */
+const NAMES_PER_TURN = 256;
+const COPIES_PER_TURN = 16;
+
+const at = (fd: number, name: string) => `/proc/self/fd/${fd}/${name}`;
+
+export interface ArtifactLimits {
+  maxFiles: number;
+  maxBytes: number;
+  scanMaxEntries: number;
+  keepMax: number;
+  keepBytes: number;
+}
+
+/** One entry of a result's inner `content`: contract v1's fields plus extensions. */
+export interface ArtifactEntry {
+  type: 'code_execution_output';
+  file_id: string;
+  /** Workspace-relative path (what the gateway shows the model). */
+  filename: string;
+  /** Extension: the same path under /workspace/. */
+  path: string;
+  size_bytes: number;
+  mime_type: string | null;
+}
+
+interface Kept {
+  entry: ArtifactEntry;
+  file: string;
+  size: number;
+}
+
+interface Scan {
+  files: Map<string, string>;
+  /** The walk stopped at a bound (entries or depth): files past it were not looked at. */
+  truncated: false | 'entries' | 'depth';
+}
+
+export class ArtifactStore {
+  private baseline: Map<string, string> | null = null;
+  private baselineGeneration = -1;
+  /** Insertion order is age: the first is evicted first. */
+  private readonly kept = new Map<string, Kept>();
+  private keptBytes = 0;
+
+  constructor(
+    private readonly workspaceDir: string,
+    /** The server-only folder of the copies (made by the box). */
+    private readonly storeDir: string,
+    private readonly fs: WorkspaceFs,
+    private readonly limits: ArtifactLimits,
+    private readonly mimeOf: (name: string) => string | null,
+  ) {}
+
+  /** Before a call: the baseline, unless the one the last call left is still good. */
+  async begin(): Promise<void> {
+    if (this.baseline !== null && this.baselineGeneration === this.fs.generation) return;
+    this.baselineGeneration = this.fs.generation;
+    this.baseline = (await this.scan()).files;
+  }
+
+  /** After a call: copies what changed since begin() and returns its entries, with plain
+   * lines for stderr about anything left out. */
+  async collect(): Promise<{ files: ArtifactEntry[]; notes: string[] }> {
+    const before = this.baseline ?? new Map<string, string>();
+    const scan = await this.scan();
+    this.baseline = scan.files;
+    this.baselineGeneration = this.fs.generation;
+    const notes: string[] = [];
+    if (scan.truncated === 'entries') {
+      notes.push(`artifacts: the workspace has more than ${this.limits.scanMaxEntries} names; files past them were not looked at (SANDBOX_ARTIFACTS_SCAN_MAX_ENTRIES)`);
+    } else if (scan.truncated === 'depth') {
+      notes.push(`artifacts: folders nested deeper than ${MAX_DEPTH} levels were not looked at`);
+    }
+    const changed: string[] = [];
+    for (const [path, sig] of scan.files) if (before.get(path) !== sig) changed.push(path);
+    if (changed.length === 0) return { files: [], notes };
+    changed.sort();
+    const files: ArtifactEntry[] = [];
+    let bytes = 0;
+    let overBytes = 0;
+    for (const [i, path] of changed.entries()) {
+      if (i > 0 && i % COPIES_PER_TURN === 0) await yieldToLoop();
+      if (files.length >= this.limits.maxFiles) {
+        notes.push(`artifacts: ${changed.length} files changed; the first ${this.limits.maxFiles} are listed (SANDBOX_ARTIFACTS_MAX_FILES)`);
+        break;
+      }
+      const size = sizeOf(scan.files.get(path)!);
+      if (bytes + size > this.limits.maxBytes || size > this.limits.keepBytes) {
+        overBytes++;
+        continue;
+      }
+      const copied = await this.keep(path, size);
+      if (copied === 'disk full') {
+        notes.push(`artifacts: the session's disk is full; ${changed.length - i} changed files were not kept (SANDBOX_WORKSPACE_MB)`);
+        break;
+      }
+      if (copied === null) continue; // gone, or no longer a regular file, since the scan
+      bytes += copied.size;
+      files.push(copied.entry);
+    }
+    if (overBytes > 0) notes.push(`artifacts: ${overBytes} changed files were not kept: past ${this.limits.maxBytes} bytes per call (SANDBOX_ARTIFACTS_MAX_BYTES)`);
+    return { files, notes };
+  }
+
+  /** The kept copy of an artifact of this session, if it still exists. */
+  get(fileId: string): { file: string; entry: ArtifactEntry } | undefined {
+    return this.kept.get(fileId);
+  }
+
+  /** Artifacts kept, and their bytes (for tests and /health-style figures). */
+  get stats(): { count: number; bytes: number } {
+    return { count: this.kept.size, bytes: this.keptBytes };
+  }
+
+  /** Copies one file into the store: the entry, null if it is no longer a regular file,
+   * or 'disk full'. */
+  private async keep(path: string, expected: number): Promise<Kept | 'disk full' | null> {
+    this.evictFor(expected);
+    const fileId = `file_${randomHex(12)}`;
+    const file = `${this.storeDir}/${fileId}`;
+    let size: number | null = null;
+    if (expected <= SMALL_IO_BYTES) {
+      // Small files (most artifacts) are copied with synchronous calls: a dozen system
+      // calls each, cheaper than a dozen trips through libuv's thread pool.
+      try {
+        size = this.fs.copySmallSync(resolveInside(path), file);
+      } catch (e) {
+        rmSync(file, { force: true });
+        const code = (e as NodeJS.ErrnoException).code;
+        return code === 'ENOSPC' || code === 'EDQUOT' ? 'disk full' : null;
+      }
+    }
+    const copied = size ?? (await this.copyLarge(path, file));
+    if (copied === 'disk full' || copied === null) return copied;
+    return this.add(fileId, file, path, copied);
+  }
+
+  /** Copies a file of any size through WorkspaceFs.openRead (asynchronous calls). */
+  private async copyLarge(path: string, file: string): Promise<number | 'disk full' | null> {
+    let opened;
+    try {
+      opened = await this.fs.openRead(resolveInside(path), path);
+    } catch {
+      return null;
+    }
+    let size: number;
+    try {
+      // (/proc/self/fd/N names the file already opened: no path is resolved again.)
+      await fsp.copyFile(`/proc/self/fd/${opened.handle.fd}`, file, fsp.constants.COPYFILE_EXCL);
+      size = (await fsp.stat(file)).size;
+    } catch (e) {
+      await fsp.rm(file, { force: true }).catch(() => {});
+      const code = (e as NodeJS.ErrnoException).code;
+      return code === 'ENOSPC' || code === 'EDQUOT' ? 'disk full' : null;
+    } finally {
+      await opened.handle.close();
+    }
+    return size;
+  }
+
+  private async add(fileId: string, file: string, path: string, size: number): Promise<Kept | null> {
+    if (size > this.limits.keepBytes) {
+      // It grew since the scan, past what a session keeps.
+      await fsp.rm(file, { force: true });
+      return null;
+    }
+    this.evictFor(size);
+    const entry: ArtifactEntry = {
+      type: 'code_execution_output',
+      file_id: fileId,
+      filename: path,
+      path: `/workspace/${path}`,
+      size_bytes: size,
+      mime_type: this.mimeOf(path),
+    };
+    const kept = { entry, file, size };
+    this.kept.set(fileId, kept);
+    this.keptBytes += size;
+    return kept;
+  }
+
+  /** Evicts the oldest artifacts until one more of `size` bytes fits the session's keep. */
+  private evictFor(size: number): void {
+    for (const [id, k] of this.kept) {
+      if (this.kept.size < this.limits.keepMax && this.keptBytes + size <= this.limits.keepBytes) break;
+      this.kept.delete(id);
+      this.keptBytes -= k.size;
+      // At once: the room it frees on the session's disk is counted on by the next copy.
+      rmSync(k.file, { force: true });
+    }
+  }
+
+  /** Path -> "mtime_ns:size:ino:ctime_ns" of every regular file the rule lets in. */
+  async scan(): Promise<Scan> {
+    const files = new Map<string, string>();
+    let examined = 0;
+    let truncated: Scan['truncated'] = false;
+    const max = this.limits.scanMaxEntries;
+    const walk = async (fd: number, prefix: string, depth: number): Promise<void> => {
+      let dir: Dir;
+      try {
+        dir = opendirSync(`/proc/self/fd/${fd}`);
+      } catch {
+        return;
+      }
+      try {
+        for (let d = dir.readSync(); d !== null; d = dir.readSync()) {
+          if (++examined > max) {
+            truncated = 'entries';
+            return;
+          }
+          if (examined % NAMES_PER_TURN === 0) await yieldToLoop();
+          const name = d.name;
+          if (name.startsWith('.') && !(depth === 0 && name === SPILL_DIR)) continue;
+          const rel = prefix + name;
+          if (d.isDirectory()) {
+            if (depth + 1 >= MAX_DEPTH) {
+              truncated ||= 'depth';
+              continue;
+            }
+            let sub: number;
+            try {
+              sub = openSync(at(fd, name), DIR_FLAGS);
+            } catch {
+              continue; // replaced by a link since readdir, or gone
+            }
+            try {
+              await walk(sub, `${rel}/`, depth + 1);
+            } finally {
+              closeSync(sub);
+            }
+            if (truncated === 'entries') return;
+          } else if (d.isFile()) {
+            // By its plain path (half the cost of one through /proc/self/fd): a folder
+            // swapped for a link since it was opened can at most make a host file look
+            // changed here, and the copy (through WorkspaceFs, no link followed) then
+            // refuses it, so it is never listed. mtime and ctime in ms as doubles keep
+            // sub-microsecond precision.
+            const st = lstatSync(`${this.workspaceDir}/${rel}`, { throwIfNoEntry: false });
+            if (st?.isFile()) files.set(rel, `${st.mtimeMs}:${st.size}:${st.ino}:${st.ctimeMs}`);
+          }
+        }
+      } finally {
+        dir.closeSync();
+      }
+    };
+    let root: number;
+    try {
+      root = openSync(this.workspaceDir, DIR_FLAGS);
+    } catch {
+      return { files, truncated };
+    }
+    try {
+      await walk(root, '', 0);
+    } finally {
+      closeSync(root);
+    }
+    return { files, truncated };
+  }
+}
+
+function sizeOf(sig: string): number {
+  return Number(sig.split(':')[1]);
+}
