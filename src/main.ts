@@ -565,6 +565,7 @@ async function main(): Promise<void> {
     // with Retry-After (the session manager), /health 503 "draining" (a readiness probe
     // takes the replica out), and calls on live sessions run until their deadline.
     draining = true;
+    streams.beginShutdown();
     sessions
       .shutdown(config.shutdownGraceSeconds * 1000)
       .then(async () => {

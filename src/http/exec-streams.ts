@@ -359,9 +359,16 @@ export class ExecStreams {
     return (this.closed ??= this.shutdown());
   }
 
-  /** Whether close() was called. */
+  /** The server is shutting down (SIGTERM): calls cut from now on end their streams with
+   * SBX_SHUTTING_DOWN, whatever cut them (their session destroyed at the deadline). */
+  beginShutdown(): void {
+    this.shuttingDown = true;
+  }
+  private shuttingDown = false;
+
+  /** Whether the server is shutting down or close() was called. */
   get closing(): boolean {
-    return this.closed !== null;
+    return this.shuttingDown || this.closed !== null;
   }
 
   private async shutdown(): Promise<void> {
