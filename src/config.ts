@@ -49,7 +49,7 @@ const SETTINGS = {
   allowedHosts: str(
     'SANDBOX_ALLOWED_HOSTS',
     'auto',
-    "Host names a request's Host header may carry, comma-separated (against DNS rebinding); auto: loopback names when HOST is a loopback address, any otherwise; *: any",
+    "Host names a request's Host header may carry, comma-separated (against DNS rebinding); auto: localhost and IP addresses when HOST is a loopback address, any otherwise; *: any",
   ),
   metricsPublic: bool('SANDBOX_METRICS_PUBLIC', false, 'Serve GET /metrics without the bearer token (SANDBOX_API_TOKEN), e.g. to a scraper on a private port'),
   replicaId: {

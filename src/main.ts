@@ -626,7 +626,7 @@ function warmUpHeaders(config: Config): Record<string, string> {
   const token = parseTokens(config.apiToken).tokens[0];
   if (token !== undefined) headers.authorization = `Bearer ${token}`;
   const hosts = allowedHosts(config.allowedHosts, config.host);
-  if (hosts !== null) headers.host = [...hosts][0]!.includes(':') ? `[${[...hosts][0]}]` : [...hosts][0]!;
+  if (hosts !== null) headers.host = hosts.example;
   return headers;
 }
 

@@ -65,7 +65,7 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   const bearer = bearerCheck(parseTokens(deps.config.apiToken).tokens);
   if (hosts !== null || bearer !== null) {
     app.addHook('onRequest', (req, _reply, done) => {
-      if (hosts !== null && !hosts.has(hostName(req.headers.host)))
+      if (hosts !== null && !hosts.allows(hostName(req.headers.host)))
         return done(new SandboxError('SBX_HOST_NOT_ALLOWED', 'Host header not allowed (SANDBOX_ALLOWED_HOSTS)') as unknown as Error);
       const open = req.routeOptions.url === '/health' || (req.routeOptions.url === '/metrics' && deps.config.metricsPublic);
       if (bearer !== null && !open && !bearer(req.headers.authorization))

@@ -27,25 +27,33 @@ export function bearerCheck(tokens: readonly string[]): ((authorization: string 
   };
 }
 
-const LOOPBACK_NAMES = ['localhost', '127.0.0.1', '::1'];
-
 export function isLoopbackAddress(host: string): boolean {
   const h = host.replace(/^\[|\]$/g, '').toLowerCase();
   if (h === 'localhost' || h === '::1') return true;
   return isIP(h) === 4 && h.startsWith('127.');
 }
 
+/** Which Host headers a request may carry; `example` is one it allows (the warm-up's). */
+export interface HostRule {
+  allows(name: string): boolean;
+  example: string;
+}
+
 /**
- * SANDBOX_ALLOWED_HOSTS resolved against the listen address: the host names (without
- * port) a request's Host header may carry, or null for any. `auto`: loopback names when
- * the server listens on loopback only (what a DNS-rebinding page cannot send), any
- * otherwise; `*`: any; otherwise the listed names.
+ * SANDBOX_ALLOWED_HOSTS resolved against the listen address, or null for any Host.
+ * `auto`: when the server listens on loopback only, `localhost` and IP literals (a DNS
+ * rebinding page reaches the server under a host *name* of its own; an address in Host
+ * cannot be the attacker's, and the listen address itself is one); any Host otherwise.
+ * `*`: any. Otherwise the listed names (lower case, without brackets) only.
  */
-export function allowedHosts(setting: string, listenHost: string): ReadonlySet<string> | null {
+export function allowedHosts(setting: string, listenHost: string): HostRule | null {
   const s = setting.trim();
   if (s === '*') return null;
-  if (s === 'auto') return isLoopbackAddress(listenHost) ? new Set(LOOPBACK_NAMES) : null;
-  return new Set(
+  if (s === 'auto') {
+    if (!isLoopbackAddress(listenHost)) return null;
+    return { allows: (name) => name === 'localhost' || isIP(name) !== 0, example: 'localhost' };
+  }
+  const names = new Set(
     s
       .split(',')
       .map((h) =>
@@ -56,6 +64,8 @@ export function allowedHosts(setting: string, listenHost: string): ReadonlySet<s
       )
       .filter(Boolean),
   );
+  const first = [...names][0] ?? 'localhost';
+  return { allows: (name) => names.has(name), example: first.includes(':') ? `[${first}]` : first };
 }
 
 /** The host name of a Host header, without port or IPv6 brackets, lower case. */

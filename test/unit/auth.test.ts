@@ -29,13 +29,22 @@ test('bearerCheck: null when open; accepts each token, case-insensitive scheme; 
     assert.equal(check(h), false, String(h));
 });
 
-test('allowedHosts: auto follows the listen address; * is any; a list is lower-cased without brackets', () => {
-  assert.deepEqual([...allowedHosts('auto', '127.0.0.1')!].sort(), ['127.0.0.1', '::1', 'localhost']);
+test('allowedHosts: auto follows the listen address (localhost and IP literals on loopback); * is any; a list is exact', () => {
+  const auto = allowedHosts('auto', '127.0.0.2')!;
+  for (const ok of ['localhost', '127.0.0.1', '127.0.0.2', '::1', '10.0.0.1']) assert.equal(auto.allows(ok), true, ok);
+  for (const bad of ['evil.example', '127.0.0.1.evil.example', 'localhost.evil.example', 'localhos', '']) assert.equal(auto.allows(bad), false, bad);
+  assert.equal(auto.allows(auto.example), true);
   assert.ok(allowedHosts('auto', '::1'));
   assert.equal(allowedHosts('auto', '0.0.0.0'), null);
   assert.equal(allowedHosts('auto', '10.1.2.3'), null);
   assert.equal(allowedHosts('*', '127.0.0.1'), null);
-  assert.deepEqual([...allowedHosts(' A.example , [::1] ', '0.0.0.0')!], ['a.example', '::1']);
+  const listed = allowedHosts(' A.example , [::1] ', '0.0.0.0')!;
+  assert.equal(listed.allows('a.example'), true);
+  assert.equal(listed.allows('::1'), true);
+  assert.equal(listed.allows('localhost'), false);
+  assert.equal(listed.allows('127.0.0.1'), false);
+  assert.equal(listed.example, 'a.example');
+  assert.equal(allowedHosts('[::1]', '0.0.0.0')!.example, '[::1]');
   assert.equal(isLoopbackAddress('127.8.9.10'), true);
   assert.equal(isLoopbackAddress('128.0.0.1'), false);
 });
