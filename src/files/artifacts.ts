@@ -51,6 +51,31 @@ const COPIES_PER_TURN = 16;
 
 const at = (fd: number, name: string) => `/proc/self/fd/${fd}/${name}`;
 
+/** Bytes of workspace-relative names one scan looks at, at most (with
+ * SANDBOX_ARTIFACTS_SCAN_MAX_ENTRIES, what a call's scan holds and sorts). */
+export const SCAN_MAX_NAME_BYTES = 1024 * 1024;
+
+/** A 53-bit hash (cyrb53) of a path and its signature: what the baseline keeps. */
+function fingerprint(path: string, sig: string): number {
+  let h1 = 0xdeadbeef;
+  let h2 = 0x41c6ce57;
+  const text = `${path}\0${sig}`;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    h1 = Math.imul(h1 ^ c, 2654435761);
+    h2 = Math.imul(h2 ^ c, 1597334677);
+  }
+  h1 = Math.imul(h1 ^ (h1 >>> 16), 2246822507) ^ Math.imul(h2 ^ (h2 >>> 13), 3266489909);
+  h2 = Math.imul(h2 ^ (h2 >>> 16), 2246822507) ^ Math.imul(h1 ^ (h1 >>> 13), 3266489909);
+  return 4294967296 * (2097151 & h2) + (h1 >>> 0);
+}
+
+function fingerprints(files: Map<string, string>): Set<number> {
+  const set = new Set<number>();
+  for (const [path, sig] of files) set.add(fingerprint(path, sig));
+  return set;
+}
+
 export interface ArtifactLimits {
   maxFiles: number;
   maxBytes: number;
@@ -80,11 +105,13 @@ interface Kept {
 interface Scan {
   files: Map<string, string>;
   /** The walk stopped at a bound (entries or depth): files past it were not looked at. */
-  truncated: false | 'entries' | 'depth';
+  truncated: false | 'entries' | 'names' | 'depth';
 }
 
 export class ArtifactStore {
-  private baseline: Map<string, string> | null = null;
+  /** Between calls only a 53-bit hash of each (path, signature): a few bytes a file, however
+   * long the names (a workspace of long names would otherwise hold megabytes per session). */
+  private baseline: Set<number> | null = null;
   private baselineGeneration = -1;
   /** Insertion order is age: the first is evicted first. */
   private readonly kept = new Map<string, Kept>();
@@ -103,24 +130,26 @@ export class ArtifactStore {
   async begin(): Promise<void> {
     if (this.baseline !== null && this.baselineGeneration === this.fs.generation) return;
     this.baselineGeneration = this.fs.generation;
-    this.baseline = (await this.scan()).files;
+    this.baseline = fingerprints((await this.scan()).files);
   }
 
   /** After a call: copies what changed since begin() and returns its entries, with plain
    * lines for stderr about anything left out. */
   async collect(): Promise<{ files: ArtifactEntry[]; notes: string[] }> {
-    const before = this.baseline ?? new Map<string, string>();
+    const before = this.baseline ?? new Set<number>();
     const scan = await this.scan();
-    this.baseline = scan.files;
+    this.baseline = fingerprints(scan.files);
     this.baselineGeneration = this.fs.generation;
     const notes: string[] = [];
-    if (scan.truncated === 'entries') {
+    if (scan.truncated === 'names') {
+      notes.push(`artifacts: the workspace's file names add up to more than ${SCAN_MAX_NAME_BYTES} bytes; files past them were not looked at`);
+    } else if (scan.truncated === 'entries') {
       notes.push(`artifacts: the workspace has more than ${this.limits.scanMaxEntries} names; files past them were not looked at (SANDBOX_ARTIFACTS_SCAN_MAX_ENTRIES)`);
     } else if (scan.truncated === 'depth') {
       notes.push(`artifacts: folders nested deeper than ${MAX_DEPTH} levels were not looked at`);
     }
     const changed: string[] = [];
-    for (const [path, sig] of scan.files) if (before.get(path) !== sig) changed.push(path);
+    for (const [path, sig] of scan.files) if (!before.has(fingerprint(path, sig))) changed.push(path);
     if (changed.length === 0) return { files: [], notes };
     changed.sort();
     const files: ArtifactEntry[] = [];
@@ -242,6 +271,7 @@ export class ArtifactStore {
   async scan(): Promise<Scan> {
     const files = new Map<string, string>();
     let examined = 0;
+    let nameBytes = 0;
     let truncated: Scan['truncated'] = false;
     const max = this.limits.scanMaxEntries;
     const walk = async (fd: number, prefix: string, depth: number): Promise<void> => {
@@ -261,6 +291,12 @@ export class ArtifactStore {
           const name = d.name;
           if (name.startsWith('.') && !(depth === 0 && name === SPILL_DIR)) continue;
           const rel = prefix + name;
+          // What a scan holds is bounded by its names' bytes too, not only their count.
+          nameBytes += rel.length;
+          if (nameBytes > SCAN_MAX_NAME_BYTES) {
+            truncated = 'names';
+            return;
+          }
           if (d.isDirectory()) {
             if (depth + 1 >= MAX_DEPTH) {
               truncated ||= 'depth';
@@ -277,14 +313,18 @@ export class ArtifactStore {
             } finally {
               closeSync(sub);
             }
-            if (truncated === 'entries') return;
+            if (truncated === 'entries' || truncated === 'names') return;
           } else if (d.isFile()) {
-            // By its plain path (half the cost of one through /proc/self/fd): a folder
-            // swapped for a link since it was opened can at most make a host file look
-            // changed here, and the copy (through WorkspaceFs, no link followed) then
-            // refuses it, so it is never listed. mtime and ctime in ms as doubles keep
-            // sub-microsecond precision.
-            const st = lstatSync(`${this.workspaceDir}/${rel}`, { throwIfNoEntry: false });
+            // Through the folder's open handle, never by its path: a folder swapped for a
+            // link since it was opened cannot make the server stat a host file, and a path
+            // too long for the kernel is no error. A name that vanished or changed kind is
+            // skipped. mtime and ctime in ms as doubles keep sub-microsecond precision.
+            let st;
+            try {
+              st = lstatSync(at(fd, name), { throwIfNoEntry: false });
+            } catch {
+              continue;
+            }
             if (st?.isFile()) files.set(rel, `${st.mtimeMs}:${st.size}:${st.ino}:${st.ctimeMs}`);
           }
         }

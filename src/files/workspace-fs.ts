@@ -40,7 +40,6 @@ import {
   constants as C,
   createWriteStream,
   closeSync,
-  copyFileSync,
   fchownSync,
   fstatSync,
   lstatSync,
@@ -50,6 +49,7 @@ import {
   renameSync,
   rmSync,
   writeSync,
+  writeFileSync,
   type Dirent,
 } from 'node:fs';
 import { randomBytes } from 'node:crypto';
@@ -415,10 +415,15 @@ export class WorkspaceFs {
     try {
       const st = fstatSync(fd);
       if (!st.isFile() || st.size > SMALL_IO_BYTES) return null;
-      // (/proc/self/fd/N is the file already opened: no path is resolved again.)
-      copyFileSync(`/proc/self/fd/${fd}`, dest, C.COPYFILE_EXCL);
-      // The copy's own size (the file may have grown meanwhile): what a download announces.
-      return lstatSync(dest).size;
+      // At most SMALL_IO_BYTES are read, whatever the file has grown to since its fstat (a
+      // sandbox may grow it meanwhile): one byte more says it did, and the copy is left to
+      // the bounded asynchronous path (null).
+      const buf = Buffer.allocUnsafe(SMALL_IO_BYTES + 1);
+      let n = 0;
+      for (let r = -1; r !== 0 && n < buf.length; n += r) r = readSync(fd, buf, n, buf.length - n, n);
+      if (n > SMALL_IO_BYTES) return null;
+      writeFileSync(dest, buf.subarray(0, n), { flag: 'wx', mode: 0o600 });
+      return n;
     } finally {
       closeSync(fd);
     }

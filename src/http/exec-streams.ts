@@ -28,8 +28,9 @@
  * Bounds: a stream keeps output events up to SANDBOX_STREAM_REPLAY_BYTES, dropping the
  * oldest past it (a resume from before what is kept is answered 410, naming the id to
  * resume from instead); events the client reading now has not had yet are kept until it
- * has them (backpressure: at most the call's output, which the output cap bounds; a client
- * that takes nothing is cut after SANDBOX_HTTP_SEND_TIMEOUT_SECONDS, sse.ts); its result
+ * has them (backpressure), up to twice SANDBOX_STREAM_REPLAY_BYTES: a client further behind
+ * is cut (it may resume from what is kept), as is one that takes nothing for
+ * SANDBOX_HTTP_SEND_TIMEOUT_SECONDS (sse.ts); its result
  * event is charged to the memory budget as a non-streamed answer is. At
  * most SANDBOX_STREAM_MAX streams are open or resumable at once: past it the oldest ended
  * unread stream is forgotten, and with none a new stream is refused with 503.
@@ -205,6 +206,15 @@ export class ExecStream {
    * now has not had yet (those are at most the call's output, which its cap bounds) nor
    * the newest event. */
   private trim(): void {
+    // A client more than a replay buffer behind (it reads slowly, or not at all) is cut:
+    // what it has not had never grows past twice SANDBOX_STREAM_REPLAY_BYTES, however much
+    // escape-heavy output the call writes. It may resume from what is still kept.
+    if (this.client && this.bytes > 2 * this.owner.config.streamReplayBytes) {
+      const behind = this.client;
+      this.client = null;
+      behind.writer.destroy();
+      if (this.done) this.startExpiry();
+    }
     const sent = this.client?.cursor ?? Infinity;
     while (this.bytes > this.owner.config.streamReplayBytes && this.events.length > 1 && this.events[0]!.id <= sent) {
       this.bytes -= eventBytes(this.events.shift()!);

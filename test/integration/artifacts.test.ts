@@ -128,7 +128,7 @@ test('an artifact keeps its bytes after a later rewrite and a delete; the rewrit
   assert.equal((await download(server, id, byName(r, 's.txt').file_id)).body, 'bbbb');
 });
 
-test('unknown ids, other sessions\' ids and ids of deleted sessions answer 404', async () => {
+test("unknown ids, other sessions' ids and ids of deleted sessions answer 404", async () => {
   const a = await createSession(server);
   const b = await createSession(server);
   const f = byName(await py(server, a, "open('mine.txt', 'w').write('secret')"), 'mine.txt');
@@ -259,11 +259,12 @@ for (const tool of ['python', 'bash'] as const) {
     const lines = Array.from({ length: 9 }, (_, i) => String(i).repeat(1000));
     const whole = lines.map((l) => `${l}\n`).join('');
     const r =
-      tool === 'python'
-        ? await py(tight, id, 'for i in range(9): print(str(i) * 1000)')
-        : await sh(tight, id, 'for i in $(seq 0 8); do printf "%01000d\\n" 0 | tr 0 $i; done');
+      tool === 'python' ? await py(tight, id, 'for i in range(9): print(str(i) * 1000)') : await sh(tight, id, 'for i in $(seq 0 8); do printf "%01000d\\n" 0 | tr 0 $i; done');
     assert.equal(r.return_code, 0, r.stderr);
-    const m = /^([\s\S]*)\n\.\.\. \[output truncated by sandbox: (\d+) bytes elided; the complete output is in \/workspace\/(\.output\/call-[0-9a-f]{8}-stdout\.txt)\]\n([\s\S]*)$/.exec(r.stdout);
+    const m =
+      /^([\s\S]*)\n\.\.\. \[output truncated by sandbox: (\d+) bytes elided; the complete output is in \/workspace\/(\.output\/call-[0-9a-f]{8}-stdout\.txt)\]\n([\s\S]*)$/.exec(
+        r.stdout,
+      );
     assert.ok(m, r.stdout.slice(0, 200) + ' ... ' + r.stdout.slice(-300));
     const [, head, elided, spill, tail] = m;
     assert.equal(head, whole.slice(0, HALF));
@@ -281,13 +282,19 @@ for (const tool of ['python', 'bash'] as const) {
 test('a stream past the spill cap: the spill holds its first bytes and the marker says so; stderr spills too', async () => {
   const id = await createSession(tight);
   const r = await py(tight, id, "import sys\nsys.stdout.write('a' * 40000 + 'END')\nsys.stderr.write('e' * 3000)");
-  const m = /\n\.\.\. \[output truncated by sandbox: (\d+) bytes elided; its first 16384 bytes are in \/workspace\/(\.output\/call-[0-9a-f]{8}-stdout\.txt) \(SANDBOX_OUTPUT_SPILL_MAX_BYTES\)\]\n/.exec(r.stdout);
+  const m =
+    /\n\.\.\. \[output truncated by sandbox: (\d+) bytes elided; its first 16384 bytes are in \/workspace\/(\.output\/call-[0-9a-f]{8}-stdout\.txt) \(SANDBOX_OUTPUT_SPILL_MAX_BYTES\)\]\n/.exec(
+      r.stdout,
+    );
   assert.ok(m, r.stdout.slice(1000, 1300));
   assert.equal(Number(m[1]), 40003 - 2 * HALF);
   assert.ok(r.stdout.startsWith('a'.repeat(HALF) + '\n... ['));
   assert.ok(r.stdout.endsWith('a'.repeat(HALF - 3) + 'END'), 'the true tail, past the spill cap');
   assert.equal(await workspaceText(tight, id, m[2]!), 'a'.repeat(16384));
-  assert.match(r.stderr, /^e{1024}\n\.\.\. \[output truncated by sandbox: 952 bytes elided; the complete output is in \/workspace\/\.output\/call-[0-9a-f]{8}-stderr\.txt\]\ne{1024}\n/);
+  assert.match(
+    r.stderr,
+    /^e{1024}\n\.\.\. \[output truncated by sandbox: 952 bytes elided; the complete output is in \/workspace\/\.output\/call-[0-9a-f]{8}-stderr\.txt\]\ne{1024}\n/,
+  );
   assert.equal(names(r).length, 2);
 });
 
@@ -297,4 +304,34 @@ test('output under the cap writes no spill file', async () => {
   assert.equal(r.stdout, 'x'.repeat(2000));
   assert.deepEqual(files(r), []);
   assert.equal((await sh(tight, id, 'ls -A')).stdout, '');
+});
+
+test('names too long for a path (ENAMETOOLONG) are no error: the call answers 200 and the session works on', async () => {
+  const id = await createSession(server);
+  // 20 nested folders of 240-character names: the full path is far past PATH_MAX.
+  const r = await py(
+    server,
+    id,
+    "import os\nos.chdir('/workspace')\nfor _ in range(20):\n    os.mkdir('n' * 240)\n    os.chdir('n' * 240)\nopen('deep.txt', 'w').write('x')\nprint('made')",
+  );
+  assert.equal(r.status, 200, JSON.stringify(r.body));
+  assert.equal(r.stdout, 'made');
+  const again = await sh(server, id, 'echo ok > shallow.txt && cat shallow.txt');
+  assert.equal(again.status, 200, JSON.stringify(again.body));
+  assert.equal(again.stdout, 'ok\n');
+  assert.ok(names(again).includes('shallow.txt'));
+});
+
+test("what a scan holds is bounded by its names' bytes: past 1 MiB of names the scan stops and says so", async () => {
+  const id = await createSession(server);
+  // 4,600 files of 240-character names: about 1.1 MB of names, under the entry bound.
+  const r = await py(
+    server,
+    id,
+    "import os\nos.makedirs('/workspace/many', exist_ok=True)\nfor i in range(4600):\n    open('/workspace/many/%04d' % i + 'n' * 236, 'w').close()\nprint('made')",
+  );
+  assert.equal(r.status, 200);
+  assert.equal(r.stdout, 'made');
+  assert.match(r.stderr, /file names add up to more than 1048576 bytes/);
+  assert.ok(files(r).length > 0, 'files before the bound are still listed');
 });

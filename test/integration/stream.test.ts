@@ -368,3 +368,35 @@ test('result_format "anthropic" streams too: the result event carries the native
   assert.equal(refused.status, 200);
   assert.equal(refused.json().result_block.content.error_code, 'invalid_tool_input');
 });
+
+test('a client that stops reading is cut once it is more than a replay buffer behind: escape-heavy output cannot pile up in the server', async (t) => {
+  // (a long send timeout: the cut comes from the bound, not from the stalled-client timer)
+  const server = await startServer({
+    SANDBOX_WARMUP: '0',
+    SANDBOX_STREAM_REPLAY_BYTES: '65536',
+    SANDBOX_RUNNER_MAX_OUTPUT_BYTES: String(8 * 1024 * 1024),
+    SANDBOX_HTTP_SEND_TIMEOUT_SECONDS: '600',
+  });
+  t.after(() => server.stop());
+  const id = await createSession(server);
+  // 6 MiB of \x01: 36 MB of JSON-escaped events, far past what the socket buffers hold.
+  const s = await SseClient.exec(server, id, 'code_execution', {
+    code: "import sys\nfor _ in range(96):\n    sys.stdout.write('\\x01' * 65536)\n    sys.stdout.flush()\nprint('end')",
+  });
+  s.res.pause();
+  assert.deepEqual(await s.done('the cut'), { clean: false }, 'the slow client was cut');
+  // The call ran to its end regardless, and the session works on.
+  for (;;) {
+    const r = await exec(server, id, 'code_execution', { code: 'print(2)' });
+    if (r.status === 200) {
+      assert.equal(r.stdout, '2');
+      break;
+    }
+    assert.equal(r.status, 429); // the streamed call is still running: wait for it (an event: its end)
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  // What is kept for a resume is bounded: the oldest output is gone (410, naming where to
+  // resume), and resuming from there gives the result.
+  const old = await api(server, 'GET', `/sessions/${id}/exec/streams/${String(s.res.headers['x-stream-id'])}?last_event_id=1`);
+  assert.equal(old.status, 410);
+});
