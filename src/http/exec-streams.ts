@@ -414,7 +414,10 @@ export async function streamExec(
   run: (signal: AbortSignal, hooks: ExecHooks) => Promise<ExecResponse>,
   shape: (answer: ExecResponse) => SentAnswer,
 ): Promise<FastifyReply> {
-  const stream = streams.open(sessionId);
+  // The stream (a slot of SANDBOX_STREAM_MAX) is taken when the call starts, not while it
+  // waits in its session's queue: one session's queued calls never hold slots others need.
+  // Past the bound the call is refused then, before it runs, with the usual JSON 503.
+  let stream: ExecStream | null = null;
   // Until the call starts, a client that leaves takes it out of the queue; after, the
   // call runs to its end (the signal is never aborted then).
   const gone = new AbortController();
@@ -427,33 +430,30 @@ export async function streamExec(
   try {
     answer = await run(gone.signal, {
       onStart: (toolUseId) => {
+        stream = streams.open(sessionId);
         started = true;
         reply.raw.off('close', onClose);
         void reply.hijack();
         stream.begin(toolUseId);
         stream.attach(reply.raw, 0, req.log);
       },
-      onOutput: (kind, chunk) => stream.output(kind, chunk),
+      onOutput: (kind, chunk) => stream?.output(kind, chunk),
     });
   } catch (e) {
     reply.raw.off('close', onClose);
-    if (!started) {
-      streams.drop(stream);
-      throw e;
-    }
-    stream.fail(streams.closing ? SHUTDOWN_ERROR : errorBody(e, req.log));
+    if (!started || stream === null) throw e;
+    (stream as ExecStream).fail(streams.closing ? SHUTDOWN_ERROR : errorBody(e, req.log));
     return reply;
   }
   reply.raw.off('close', onClose);
-  if (!started) {
+  if (!started || stream === null) {
     // Answered without running (result_format "anthropic" turns a refusal into an error
     // block): no stream began, so the answer goes as plain JSON, as a refusal would.
-    streams.drop(stream);
     const sent = shape(answer);
     if (sent.held) releaseWithResponse(reply.raw, sent.held);
     return reply.header('content-type', 'application/json; charset=utf-8').send((sent.text ?? JSON.stringify(sent.answer)) as never);
   }
-  stream.finish(shape(answer));
+  (stream as ExecStream).finish(shape(answer));
   return reply;
 }
 

@@ -123,12 +123,15 @@ export interface JsonResponse<T = any> {
   status: number;
   headers: Headers;
   body: T;
+  text: string;
 }
 
-export async function api<T = any>(server: { url: string }, method: string, path: string, body?: unknown): Promise<JsonResponse<T>> {
+/** A raw request: the status, headers and body as the server sent them (JSON parsed when it
+ * is JSON; `text` always). `headers` are sent as given (a bearer token, say). */
+export async function api<T = any>(server: { url: string }, method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<JsonResponse<T>> {
   const res = await fetch(`${server.url}${path}`, {
     method,
-    headers: body === undefined ? {} : { 'content-type': 'application/json' },
+    headers: { ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers },
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   const text = await res.text();
@@ -138,7 +141,7 @@ export async function api<T = any>(server: { url: string }, method: string, path
   } catch {
     /* not JSON: keep the text */
   }
-  return { status: res.status, headers: res.headers, body: parsed as T };
+  return { status: res.status, headers: res.headers, body: parsed as T, text };
 }
 
 /** The typed client (src/client) for a server: what the integration tests call the API with,

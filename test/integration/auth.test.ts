@@ -7,7 +7,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { request } from 'node:http';
-import { startServer, type TestServer } from '../helpers/server.js';
+import { api, startServer, type TestServer } from '../helpers/server.js';
 
 const TOKEN_A = 'tok-a-0123456789abcdef0123';
 const TOKEN_B = 'tok-b-fedcba9876543210fedc';
@@ -22,21 +22,7 @@ after(async () => {
   await server?.stop();
 });
 
-async function call(method: string, path: string, headers: Record<string, string> = {}, body?: unknown) {
-  const res = await fetch(`${server.url}${path}`, {
-    method,
-    headers: { ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await res.text();
-  let parsed: any = text;
-  try {
-    parsed = JSON.parse(text);
-  } catch {
-    /* keep the text */
-  }
-  return { status: res.status, headers: res.headers, body: parsed };
-}
+const call = (method: string, path: string, headers: Record<string, string> = {}, body?: unknown) => api(server, method, path, body, headers);
 
 const bearer = (t: string) => ({ authorization: `Bearer ${t}` });
 

@@ -5,7 +5,7 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startServer, type TestServer } from '../helpers/server.js';
+import { api, startServer, type TestServer } from '../helpers/server.js';
 
 const TOKEN = 'metrics-token-0123456789abcdef';
 const auth = { authorization: `Bearer ${TOKEN}` };
@@ -18,21 +18,7 @@ after(async () => {
   await server?.stop();
 });
 
-async function call(method: string, path: string, body?: unknown, headers: Record<string, string> = auth) {
-  const res = await fetch(`${server.url}${path}`, {
-    method,
-    headers: { ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await res.text();
-  let parsed: any = text;
-  try {
-    parsed = JSON.parse(text);
-  } catch {
-    /* text */
-  }
-  return { status: res.status, headers: res.headers, body: parsed, text };
-}
+const call = (method: string, path: string, body?: unknown, headers: Record<string, string> = auth) => api(server, method, path, body, headers);
 
 /** Every sample of the exposition: `name{labels}` -> value. */
 async function scrape(): Promise<{ text: string; value: (name: string, labels?: Record<string, string>) => number }> {

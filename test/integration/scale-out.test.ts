@@ -12,7 +12,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
-import { startServer, type TestServer } from '../helpers/server.js';
+import { api, startServer, type TestServer } from '../helpers/server.js';
 
 const ROUTES = fileURLToPath(new URL('../../../deploy/nginx/otari-routes.conf', import.meta.url));
 const NAMES = ['r0', 'r1', 'r2'];
@@ -92,21 +92,7 @@ after(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
-async function call(method: string, path: string, body?: unknown): Promise<{ status: number; body: any }> {
-  const res = await fetch(`${proxy}${path}`, {
-    method,
-    headers: body === undefined ? {} : { 'content-type': 'application/json' },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await res.text();
-  let parsed: any = text;
-  try {
-    parsed = JSON.parse(text);
-  } catch {
-    /* text */
-  }
-  return { status: res.status, body: parsed };
-}
+const call = (method: string, path: string, body?: unknown) => api({ url: proxy }, method, path, body);
 
 const replicaOf = (id: string) => /^sbx_([a-z0-9-]+)_[0-9a-f]{24}$/.exec(id)?.[1];
 const sessions: string[] = [];

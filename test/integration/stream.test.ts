@@ -314,6 +314,26 @@ describe('streaming bounds', () => {
     await again.done();
     assert.equal(again.result().result_block.content.stdout, '2');
   });
+
+  test("one session's queued streamed calls hold no stream slot: another session still streams", async () => {
+    const [a, b] = [await createSession(server), await createSession(server)];
+    const running = await SseClient.exec(server, a, 'code_execution', { code: waitingPython('go91') }, LONG);
+    await running.waitFor(isText('stdout', 'first'), 'the first print');
+    // Two more streamed calls wait in a's queue (their answers come once they start).
+    const queued = [0, 1].map(() => SseClient.exec(server, a, 'code_execution', { code: 'print(1)' }));
+    // An event, not a clock: the server counts them as queued.
+    while (!/^sandbox_queued_calls 2$/m.test((await api(server, 'GET', '/metrics')).text)) await new Promise((r) => setTimeout(r, 20));
+    const other = await SseClient.exec(server, b, 'code_execution', { code: 'print(3)' });
+    assert.equal(other.status, 200, other.body);
+    assert.deepEqual(await other.done(), { clean: true });
+    assert.equal(other.result().result_block.content.stdout, '3');
+    await upload(server, a, 'x', { path: 'go91' });
+    assert.deepEqual(await running.done(), { clean: true });
+    for (const q of await Promise.all(queued)) {
+      assert.deepEqual(await q.done(), { clean: true });
+      assert.equal(q.result().result_block.content.stdout, '1');
+    }
+  });
 });
 
 test('shutdown ends open streams cleanly: a call that ends within the grace sends its result, one that does not gets an error event', async (t) => {

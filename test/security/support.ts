@@ -73,7 +73,7 @@ export async function startSuite(env: Record<string, string> = {}): Promise<Suit
     suite.victimBox = await findBox(suite, suite.victim);
     const first = await py(server, suite.victim, 'print(1)');
     assert.equal(first.stdout, '1', 'victim session works before the attacks');
-    suite.loopBusy = (await api(server, 'GET', '/health')).body.event_loop.busy_over_100ms;
+    suite.loopBusy = (await api(server, 'GET', '/health')).body.event_loop.busy_over_250ms;
   } catch (e) {
     await stopSuite(suite);
     throw e;
@@ -252,15 +252,18 @@ export async function postChecks(suite: Suite, what = 'after the case'): Promise
   // events that piled up while the thread waited are handled in one turn. That is bounded
   // by what a case sends at once, and measured: across all 13 hostile files, with two
   // `while :; do :; done` hogs on the 2-core machine, the longest busy stretch was 50 ms
-  // (max_delay_ms up to 578 ms), against 100 ms here; the blocking bugs this is for
-  // (unbounded JSON.parse, sync reads, a frame flood handled in one go) cost hundreds of ms.
-  const loop = health.body.event_loop as { busy_over_100ms: number; max_busy_ms: number; max_delay_ms: number };
+  // (max_delay_ms up to 578 ms). Later, on the same kind of machine, the unchanged server
+  // measured 100-125 ms in "create and delete 100 sessions" (ten creates at once: their
+  // forks of the server process land in one turn), so the bound here is 250 ms: a margin
+  // over that, and still well under what the blocking bugs this is for (unbounded
+  // JSON.parse, sync reads, a frame flood handled in one go) cost: hundreds of ms to seconds.
+  const loop = health.body.event_loop as { busy_over_250ms: number; max_busy_ms: number; max_delay_ms: number };
   assert.equal(
-    loop.busy_over_100ms,
+    loop.busy_over_250ms,
     suite.loopBusy,
-    `${what}: the server's own work held its event loop for >= 100 ms of CPU (longest ${loop.max_busy_ms} ms; longest late tick ${loop.max_delay_ms} ms)`,
+    `${what}: the server's own work held its event loop for >= 250 ms of CPU (longest ${loop.max_busy_ms} ms; longest late tick ${loop.max_delay_ms} ms)`,
   );
-  suite.loopBusy = loop.busy_over_100ms;
+  suite.loopBusy = loop.busy_over_250ms;
   const peakKb = await serverPeakRssKb(server);
   assert.ok(peakKb < SERVER_PEAK_RSS_KB, `${what}: the server's peak resident set reached ${Math.round(peakKb / 1024)} MiB`);
   // The victim still works. No clock: a victim held up by what the attack left would run

@@ -189,27 +189,35 @@ test('the replay buffer keeps the newest output up to its bound and always the r
   assert.ok(outputBytes >= CONFIG.streamReplayBytes / 2, 'and the newest of it');
 });
 
-test('a slow client gets every event past the replay bound; once it is gone, the stream is trimmed to the bound', async () => {
+test('a slow client gets every event up to twice the replay bound behind; further behind it is cut, and the stream is trimmed to the bound', async () => {
   const streams = new ExecStreams(CONFIG);
   const s = streams.open('sbx_a');
   s.begin('srvtoolu_x');
   const res = new FakeRes();
   res.ok = false; // full after the first write
   s.attach(asRes(res), 0);
-  for (let i = 0; i < 40; i++) s.output('stdout', Buffer.from('y'.repeat(CHUNK_CHARS)));
+  // 6 events of ~16 KiB: past the 64 KiB bound, within twice it.
+  for (let i = 0; i < 6; i++) s.output('stdout', Buffer.from('y'.repeat(CHUNK_CHARS)));
   await turn();
   assert.equal(s.oldestId, 2, 'nothing the client has not had (after event 1) is dropped');
+  assert.equal(res.destroyed, false);
   res.ok = true;
   res.emit('drain');
   assert.deepEqual(
     res.events().map((e) => e.id),
-    Array.from({ length: 41 }, (_, i) => i + 1),
+    Array.from({ length: 7 }, (_, i) => i + 1),
   );
-  assert.ok(s.oldestId > 2, 'what it has had is trimmed to the bound');
-  res.destroy();
+  // A second client that never reads: past twice the bound it is cut, not buffered for.
+  const slow = new FakeRes();
+  slow.ok = false;
+  s.attach(asRes(slow), s.lastId);
+  for (let i = 0; i < 40; i++) s.output('stdout', Buffer.from('z'.repeat(CHUNK_CHARS)));
+  await turn();
+  assert.equal(slow.destroyed, true, 'the client more than twice the bound behind was cut');
   assert.equal(streams.size, 1, 'still resumable');
+  assert.ok(s.oldestId > 8, 'what is kept is trimmed to the bound');
   assert.throws(
-    () => s.checkResume(0),
+    () => s.checkResume(7),
     (e: any) => e.code === 'SBX_STREAM_EVENTS_GONE',
   );
 });
