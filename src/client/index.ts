@@ -146,6 +146,69 @@ export class SandboxClient {
     return new Uint8Array(await res.arrayBuffer());
   }
 
+  /** GET /sessions/{id}/artifacts/{file_id}: a file a call produced, as that call left it. */
+  async downloadArtifact(id: string, fileId: string, signal?: AbortSignal): Promise<Uint8Array> {
+    const res = await this.send('GET', `/sessions/${enc(id)}/artifacts/${enc(fileId)}`, undefined, signal);
+    if (res.status !== 200) throw await apiError(res);
+    return new Uint8Array(await res.arrayBuffer());
+  }
+
+  /**
+   * POST /sessions/{id}/exec with `Accept: text/event-stream`: the call's events as they
+   * come (`stream`, `stdout`, `stderr`, then `result` or `error`; README "Streaming"). A
+   * call refused before it starts throws a SandboxApiError, as exec() does; so does a
+   * native-format refusal answered as plain JSON (its answer is the error's detail).
+   * `resume` (a stream id and the last event id had) reads the rest of an interrupted stream
+   * from GET /sessions/{id}/exec/streams/{stream_id} instead.
+   */
+  async *execStream(
+    id: string,
+    tool: ToolName,
+    input: Record<string, unknown>,
+    opts: CallOptions & { resume?: { streamId: string; lastEventId: number } } = {},
+  ): AsyncGenerator<StreamEvent, void, undefined> {
+    const headers: Record<string, string> = { ...this.headers, accept: 'text/event-stream' };
+    let res: Response;
+    if (opts.resume) {
+      res = await this.fetchFn(`${this.base}/sessions/${enc(id)}/exec/streams/${enc(opts.resume.streamId)}`, {
+        headers: { ...headers, 'last-event-id': String(opts.resume.lastEventId) },
+        signal: opts.signal,
+      });
+    } else {
+      const body: ExecRequest = {
+        tool,
+        input,
+        ...(opts.timeoutSeconds !== undefined ? { timeout_seconds: opts.timeoutSeconds } : {}),
+        ...(opts.toolUseId ? { tool_use_id: opts.toolUseId } : {}),
+        ...(opts.resultFormat ? { result_format: opts.resultFormat } : {}),
+      };
+      res = await this.fetchFn(`${this.base}/sessions/${enc(id)}/exec`, {
+        method: 'POST',
+        headers: { ...headers, 'content-type': 'application/json' },
+        body: JSON.stringify(body),
+        signal: opts.signal,
+      });
+    }
+    if (res.status !== 200) throw await apiError(res);
+    if (!/^text\/event-stream/.test(res.headers.get('content-type') ?? '')) {
+      // Answered without a stream (a native-format refusal block): one result event.
+      yield { id: null, event: 'result', data: (await res.json()) as ExecAnswer };
+      return;
+    }
+    const decoder = new TextDecoder();
+    let buf = '';
+    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+      buf += decoder.decode(chunk, { stream: true });
+      let i: number;
+      while ((i = buf.indexOf('\n\n')) >= 0) {
+        const block = buf.slice(0, i);
+        buf = buf.slice(i + 2);
+        const e = parseEvent(block);
+        if (e) yield e;
+      }
+    }
+  }
+
   /** GET /sessions/{id}/files/list. */
   listFiles(id: string, opts: { path?: string; recursive?: boolean; signal?: AbortSignal } = {}): Promise<FileList> {
     const q = new URLSearchParams({ path: opts.path ?? '.', recursive: String(opts.recursive ?? false) });
@@ -185,6 +248,30 @@ export class SandboxClient {
 }
 
 const enc = encodeURIComponent;
+
+/** One server-sent event of a streamed call; `data` is its JSON, parsed. */
+export type StreamEvent =
+  | { id: number | null; event: 'stream'; data: { stream_id: string; tool_use_id: string; resume_url: string } }
+  | { id: number | null; event: 'stdout' | 'stderr'; data: { text: string } }
+  | { id: number | null; event: 'result'; data: ExecAnswer | AnthropicExecAnswer }
+  | { id: number | null; event: 'error'; data: { detail: string | unknown[]; code: string } };
+
+function parseEvent(block: string): StreamEvent | null {
+  let id: number | null = null;
+  let event = 'message';
+  const data: string[] = [];
+  for (const line of block.split('\n')) {
+    if (line === '' || line.startsWith(':')) continue; // a heartbeat comment
+    const c = line.indexOf(':');
+    const field = c < 0 ? line : line.slice(0, c);
+    const value = c < 0 ? '' : line.slice(c + 1).replace(/^ /, '');
+    if (field === 'id') id = Number(value);
+    else if (field === 'event') event = value;
+    else if (field === 'data') data.push(value);
+  }
+  if (data.length === 0) return null;
+  return { id, event, data: JSON.parse(data.join('\n')) } as StreamEvent;
+}
 
 async function apiError(res: Response): Promise<SandboxApiError> {
   const text = await res.text().catch(() => '');

@@ -5,7 +5,7 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { SandboxApiError, SandboxClient } from '../../src/client/index.js';
+import { SandboxApiError, SandboxClient, type ExecAnswer, type StreamEvent } from '../../src/client/index.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 
 const TOKEN = 'client-token-0123456789abcdef';
@@ -91,4 +91,51 @@ test('errors are SandboxApiErrors with the server code, status and Retry-After',
   const denied = await anonymous.createSession().catch((e: unknown) => e);
   assert.ok(denied instanceof SandboxApiError && denied.status === 401 && denied.code === 'SBX_UNAUTHORIZED');
   assert.equal((await anonymous.health()).status, 'ok', '/health needs no token');
+});
+
+test('streaming through the client: events as they come, the result last; a resume reads the rest; artifacts download', async () => {
+  const id = (await sbx.createSession()).session_id;
+  const events: StreamEvent[] = [];
+  for await (const e of sbx.execStream(id, 'code_execution', { code: "print('one', flush=True)\nopen('out.txt', 'w').write('artifact')\nprint('two')" })) events.push(e);
+  assert.deepEqual(
+    events.map((e) => e.event),
+    ['stream', ...events.slice(1, -1).map((e) => e.event), 'result'],
+  );
+  const text = events
+    .filter((e) => e.event === 'stdout')
+    .map((e) => (e.data as { text: string }).text)
+    .join('');
+  assert.equal(text, 'one\ntwo\n');
+  const result = events.at(-1)!.data as ExecAnswer;
+  assert.equal(result.result_block.content.stdout, 'one\ntwo');
+  const artifact = result.result_block.content.content.find((f) => f.filename === 'out.txt')!;
+  assert.ok(artifact, JSON.stringify(result.result_block.content.content));
+  assert.equal(new TextDecoder().decode(await sbx.downloadArtifact(id, artifact.file_id)), 'artifact');
+
+  // A client that goes away mid-call resumes from the last event it had: the rest comes,
+  // the result included. (The program waits for a file the test uploads after the cut.)
+  const stop = new AbortController();
+  const seen: StreamEvent[] = [];
+  const cut = await (async () => {
+    const code = "import os, time\nprint('first', flush=True)\nwhile not os.path.exists('/workspace/go'):\n    time.sleep(0.02)\nprint('second')";
+    for await (const e of sbx.execStream(id, 'code_execution', { code }, { signal: stop.signal, timeoutSeconds: 120 })) {
+      seen.push(e);
+      if (e.event === 'stdout') stop.abort();
+    }
+  })().catch((e: unknown) => e);
+  assert.equal((cut as Error).name, 'AbortError');
+  const streamId = (seen[0]!.data as { stream_id: string }).stream_id;
+  await sbx.uploadFile(id, 'x', { path: 'go' });
+  const rest: StreamEvent[] = [];
+  for await (const e of sbx.execStream(id, 'code_execution', {}, { resume: { streamId, lastEventId: seen.at(-1)!.id! } })) rest.push(e);
+  assert.equal(rest[0]!.id, seen.at(-1)!.id! + 1, 'the events after the last one had');
+  assert.equal(rest.at(-1)!.event, 'result');
+  assert.equal((rest.at(-1)!.data as ExecAnswer).result_block.content.stdout, 'first\nsecond');
+
+  // A refused call throws before any event.
+  const refused = await (async () => {
+    for await (const _ of sbx.execStream(id, 'code_execution', { nope: 1 })) void _;
+  })().catch((e: unknown) => e);
+  assert.ok(refused instanceof SandboxApiError && refused.code === 'SBX_VALIDATION');
+  await sbx.deleteSession(id);
 });
