@@ -35,7 +35,20 @@ export interface StartOptions {
   privateMounts?: boolean;
 }
 
+/** Starts a server (startOnce); a random uid range another live test server holds already
+ * (parallel test files draw theirs at random) is drawn again, unless the test chose it. */
 export async function startServer(env: Record<string, string> = {}, opts: StartOptions = {}): Promise<TestServer> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startOnce(env, opts);
+    } catch (e) {
+      const clash = /overlap .* choose another SANDBOX_UID_BASE/.test(String((e as Error)?.message));
+      if (!clash || env.SANDBOX_UID_BASE !== undefined || opts.defaultUidBase || attempt >= 5) throw e;
+    }
+  }
+}
+
+async function startOnce(env: Record<string, string>, opts: StartOptions): Promise<TestServer> {
   const root = await mkdtemp(`${tmpdir()}/sbx-test-`);
   // Sandboxes run as other uids: the folders above the sessions root must be searchable.
   await chmod(root, 0o711);
