@@ -231,7 +231,16 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   app.addHook('preClose', async () => {
     await streams.close();
   });
-  await app.register(healthRoutes, { sessions, config, budget, version: deps.version, isolation: deps.isolation, loopStats: deps.loopStats, draining: deps.draining });
+  await app.register(healthRoutes, {
+    sessions,
+    config,
+    budget,
+    version: deps.version,
+    isolation: deps.isolation,
+    loopStats: deps.loopStats,
+    draining: deps.draining,
+    authorized: bearer ?? undefined,
+  });
   await app.register(sessionRoutes, { sessions });
   await app.register(sessionScope, { sessions, exec, streams, budget, config, metrics: deps.metrics });
 

@@ -412,7 +412,7 @@ export async function streamExec(
   reply: FastifyReply,
   sessionId: string,
   run: (signal: AbortSignal, hooks: ExecHooks) => Promise<ExecResponse>,
-  shape: (answer: ExecResponse) => SentAnswer,
+  shape: (answer: ExecResponse) => Promise<SentAnswer>,
 ): Promise<FastifyReply> {
   // The stream (a slot of SANDBOX_STREAM_MAX) is taken when the call starts, not while it
   // waits in its session's queue: one session's queued calls never hold slots others need.
@@ -449,11 +449,11 @@ export async function streamExec(
   if (!started || stream === null) {
     // Answered without running (result_format "anthropic" turns a refusal into an error
     // block): no stream began, so the answer goes as plain JSON, as a refusal would.
-    const sent = shape(answer);
+    const sent = await shape(answer);
     if (sent.held) releaseWithResponse(reply.raw, sent.held);
     return reply.header('content-type', 'application/json; charset=utf-8').send((sent.text ?? JSON.stringify(sent.answer)) as never);
   }
-  (stream as ExecStream).finish(shape(answer));
+  (stream as ExecStream).finish(await shape(answer));
   return reply;
 }
 

@@ -1,6 +1,7 @@
 /**
  * Authentication and the Host allow-list against the real server: SANDBOX_API_TOKEN (two
- * tokens, for rotation) guards every route but /health with the contract's error body;
+ * tokens, for rotation) guards every route but /health (which shows only a public view
+ * without it) with the contract's error body;
  * tokens never reach the log; the warm-up passes its own check; a Host header off the
  * allow-list is refused before anything else runs.
  */
@@ -26,11 +27,26 @@ const call = (method: string, path: string, headers: Record<string, string> = {}
 
 const bearer = (t: string) => ({ authorization: `Bearer ${t}` });
 
-test('/health answers without a token', async () => {
+test('/health answers without a token, showing nothing of the host; with the token, all of it', async () => {
   const r = await call('GET', '/health');
   assert.equal(r.status, 200);
   assert.equal(r.body.status, 'ok');
   assert.equal(r.body.auth, 'bearer');
+  // (red team of issue 12: the open /health showed cgroup paths, the host uid range and
+  // host limits to anyone who could reach the port)
+  assert.deepEqual(Object.keys(r.body).sort(), ['auth', 'max_sessions', 'replica', 'session_count', 'status', 'version']);
+  for (const wrong of [{}, bearer('tok-a-0123456789abcdef012'), { authorization: TOKEN_A }]) {
+    const w = await call('GET', '/health', wrong);
+    assert.equal(w.status, 200);
+    assert.equal(w.body.isolation, undefined, JSON.stringify(w.body));
+    assert.doesNotMatch(w.text, /cgroup|uid_range|\/sys\//);
+  }
+  for (const t of [TOKEN_A, TOKEN_B]) {
+    const full = await call('GET', '/health', bearer(t));
+    assert.equal(full.status, 200);
+    assert.equal(typeof full.body.isolation?.mode, 'string', JSON.stringify(full.body).slice(0, 300));
+    assert.ok(full.body.warm_pool !== undefined && full.body.memory_budget !== undefined && full.body.event_loop !== undefined);
+  }
 });
 
 test('the warm-up ran through the auth check (its requests carried the token)', () => {

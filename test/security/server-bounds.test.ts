@@ -14,7 +14,8 @@ import http from 'node:http';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { readdir, readFile, readlink } from 'node:fs/promises';
-import { createSession, startServer, upload } from '../helpers/server.js';
+import { createSession, notHung, startServer, upload } from '../helpers/server.js';
+import { SseClient } from '../helpers/sse.js';
 import {
   api,
   attacker,
@@ -629,12 +630,21 @@ test('#R5 answers that clients never read hold the memory budget: past it an ans
   });
   const body = JSON.stringify({ tool: 'code_execution', input: { code } });
   const rss0Kb = await serverRssKb(srv);
+  // One at a time: each answer is being sent (its first bytes arrived) before the next
+  // call is made, so no answer is still being built (holding its reservation at its upper
+  // bound) while the next one reserves.
   for (let i = 0; i < 8; i++) {
     const s = net.connect(Number(u.port), u.hostname);
     sockets.push(s);
     s.on('error', () => {});
-    s.pause(); // never read the ~12 MB answer
+    const begun = new Promise<void>((resolve) =>
+      s.once('data', () => {
+        s.pause(); // never read the rest of the ~12 MB answer
+        resolve();
+      }),
+    );
     s.write(`POST /sessions/${id}/exec HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+    await notHung(begun, `stalled answer ${i} begins`);
   }
   // Each answer reserves what building it may take (20 bytes a character) before it is
   // built, then holds what it does take (~17 MB: its UTF-8 bytes and decoded streams):
@@ -657,6 +667,37 @@ test('#R5 answers that clients never read hold the memory budget: past it an ans
   const again = await py(srv, id, code);
   assert.equal(again.status, 200);
   assert.ok(again.stdout.length > 1_000_000, 'with room again, the whole answer');
+});
+
+test('#R9 escape-heavy answers of a few MiB, in four sessions and streamed: each comes whole and exact, serialised in slices (the event loop turns between them)', async (t) => {
+  // Red team of issue 12: one such answer was ~100 ms of JSON.stringify in one turn of the
+  // event loop. Now long strings are serialised in slices (src/http/json-slices.ts, whose
+  // unit test shows the loop turning); here the real answers must still be exact.
+  const a = await attacker(S, t);
+  const more = [await createSession(S.server), await createSession(S.server), await createSession(S.server)];
+  t.after(async () => {
+    for (const id of more) await api(S.server, 'DELETE', `/sessions/${id}`).catch(() => {});
+  });
+  const code = "import os\nos.write(1, b'\\x01' * 1048573 + '\u20ac'.encode())\nos.write(2, b'\\x1f\\\\\\x00\"' * 262143)";
+  const want = { stdout: '\u0001'.repeat(1048573) + '\u20ac', stderr: '\u001f\\\u0000"'.repeat(262143) };
+  // (one after another: at once, they would pass the suite's memory budget for answers
+  // and go out cut short, as #R5 shows)
+  for (const id of [a.id, ...more]) {
+    const r = await api(S.server, 'POST', `/sessions/${id}/exec`, { tool: 'code_execution', input: { code } });
+    assert.equal(r.status, 200, JSON.stringify(r.body).slice(0, 300));
+    const c = (r.body as { result_block: { content: { stdout: string; stderr: string; return_code: number } } }).result_block.content;
+    assert.equal(c.return_code, 0);
+    assert.ok(c.stdout === want.stdout, `stdout of ${c.stdout.length} characters differs`);
+    assert.ok(c.stderr === want.stderr, `stderr of ${c.stderr.length} characters differs`);
+  }
+  // Streamed, the result event carries the same answer.
+  const s = await SseClient.exec(S.server, a.id, 'code_execution', { code });
+  await notHung(s.ended, 'streamed escape-heavy answer');
+  const result = s.events.find((e) => e.event === 'result');
+  assert.ok(result, `a result event (events: ${s.events.map((e) => e.event).join(',')})`);
+  const streamed = (JSON.parse(result.data) as { result_block: { content: { stdout: string; stderr: string } } }).result_block.content;
+  assert.ok(streamed.stdout === want.stdout && streamed.stderr === want.stderr, 'the streamed result is the same answer');
+  await finishCase(S, a);
 });
 
 test('#R8 tokens with quotes or backslashes are refused; a router echoing its URL query or token has it redacted', async (t) => {

@@ -8,6 +8,7 @@ import { ErrorBody, ExecBody, ExecResponse, SessionParams } from '../schemas.js'
 import { leanAnthropicAnswer, type AnthropicExecResponse, type ExecAnswer } from '../../tools/anthropic-format.js';
 import type { ExecResponse as V1Answer } from '../../tools/result.js';
 import { releaseWithResponse, SMALL_BYTES } from '../hold.js';
+import { stringifySliced } from '../json-slices.js';
 import type { ServerMetrics } from '../metrics.js';
 
 /** Characters of each stream kept in an answer the memory budget has no room for. */
@@ -62,7 +63,7 @@ export const execRoutes: RoutePlugin<ExecRoutesOptions> = (app, deps, done) => {
         reply.raw.off('close', onClose);
       }
       deps.metrics?.execAnswered((req.body as ExecBodyInput).tool, answer);
-      const shaped = shapeAnswer(answer, deps.budget);
+      const shaped = await shapeAnswer(answer, deps.budget);
       if (shaped.held) releaseWithResponse(reply.raw, shaped.held);
       if (shaped.text === null) return shaped.answer;
       // Already serialised: sent as it is (the 200 schema above documents its shape).
@@ -83,7 +84,7 @@ export interface ShapedAnswer {
   held: Reservation | null;
 }
 
-export function shapeAnswer(answer: ExecAnswer, budget: Pick<MemoryBudget, 'reserve'>): ShapedAnswer {
+export async function shapeAnswer(answer: ExecAnswer, budget: Pick<MemoryBudget, 'reserve'>): Promise<ShapedAnswer> {
   // A large answer holds its size of the memory budget until it is sent, so clients
   // that never read cannot make the server hold many. The call has run, so its answer
   // is never refused: without room, it goes out with its output cut short and says so.
@@ -102,8 +103,14 @@ export function shapeAnswer(answer: ExecAnswer, budget: Pick<MemoryBudget, 'rese
     upper = null;
   }
   if (upper) {
-    const payload = Buffer.from(JSON.stringify(answer), 'utf8');
-    upper.release();
+    // In slices, the event loop free between them (json-slices.ts): a few MiB of
+    // escape-heavy output is tens of milliseconds of serialising.
+    let payload: Buffer;
+    try {
+      payload = await stringifySliced(answer);
+    } finally {
+      upper.release();
+    }
     // (within what was just released, in the same turn: room is there)
     try {
       return { answer, text: payload, held: budget.reserve(payload.length + 2 * stringChars(answer), 'the answer') };

@@ -12,6 +12,8 @@ export interface HealthRoutesOptions {
   budget: Pick<MemoryBudget, 'usedBytes' | 'totalBytes'>;
   loopStats?: () => LoopStats;
   draining?: () => boolean;
+  /** Whether a request may see the full view (a valid bearer token, or no token set). */
+  authorized?: (authorization: string | undefined) => boolean;
 }
 
 /** The same body while serving (200) and while draining after SIGTERM (503). */
@@ -21,11 +23,11 @@ const HealthBody = Type.Object(
     session_count: Type.Integer(),
     max_sessions: Type.Integer(),
     version: Type.String(),
-    isolation: Type.Unknown(),
-    warm_pool: Type.Unknown(),
+    isolation: Type.Optional(Type.Unknown()),
+    warm_pool: Type.Optional(Type.Unknown()),
     sessions_cleaning: Type.Optional(Type.Integer()),
     event_loop: Type.Optional(Type.Unknown()),
-    memory_budget: Type.Unknown(),
+    memory_budget: Type.Optional(Type.Unknown()),
     auth: Type.Optional(Type.String()),
     replica: Type.Optional(Type.String()),
   },
@@ -38,6 +40,8 @@ export const healthRoutes: RoutePlugin<HealthRoutesOptions> = (app, deps, done) 
     {
       schema: {
         summary: 'Liveness and state',
+        description:
+          'Open even when SANDBOX_API_TOKEN is set (probes carry no token); without a valid token it shows only status, session counts, version, replica and auth, not the isolation details (host uid range, cgroup paths), pool, event-loop and memory figures.',
         // Open even when SANDBOX_API_TOKEN is set (probes carry no token).
         security: [],
         response: {
@@ -46,14 +50,25 @@ export const healthRoutes: RoutePlugin<HealthRoutesOptions> = (app, deps, done) 
         },
       },
     },
-    async (_req, reply) => {
+    async (req, reply) => {
       // Draining after SIGTERM: 503, so a readiness probe takes this replica out while its
       // calls finish; the body is the same.
       const draining = deps.draining?.() === true;
       if (draining) void reply.code(503).header('retry-after', '5');
-      return health(draining);
+      const full = deps.authorized?.(req.headers.authorization) ?? true;
+      return full ? health(draining) : publicHealth(draining);
     },
   );
+  // What anyone who can reach the port sees when the API has a token: enough for probes
+  // and a router, nothing about the host (uid range, cgroup paths, host limits).
+  const publicHealth = (draining: boolean) => ({
+    status: draining ? 'draining' : 'ok',
+    session_count: deps.sessions.count,
+    max_sessions: deps.config.maxSessions,
+    version: deps.version,
+    replica: deps.sessions.replica,
+    auth: 'bearer',
+  });
   const health = (draining: boolean) => ({
     status: draining ? 'draining' : 'ok',
     session_count: deps.sessions.count,
