@@ -17,7 +17,7 @@ import { Pipes } from './sandbox/pipes.js';
 import { DevptsCap } from './sandbox/devpts-cap.js';
 import { UidAllocator, killUid, pidsOfUids } from './sandbox/uids.js';
 import { hostFileMax, openFilesBound } from './sandbox/open-files.js';
-import { hostTaskLimits, hostTasksBound } from './sandbox/host-tasks.js';
+import { hostTaskLimits, hostTasksBound, serverShare } from './sandbox/host-tasks.js';
 import { claimUidRange, UidRangeTaken, type UidClaim } from './sandbox/uid-claims.js';
 import { buildSeccompFilter, hostFacts, probeBwrap, probeCommand, probeTemplate, sweepSessionsRoot, PreflightError, FIX_HINT } from './sandbox/preflight.js';
 import { Interpreter } from './runner/interpreter.js';
@@ -447,16 +447,19 @@ async function main(): Promise<void> {
     process.exit(1);
   }
 
-  const cgroups = await detectCgroups(privileged, `otari-${createHash('sha256').update(config.sessionsRoot).digest('hex').slice(0, 12)}`, config.maxSessions);
+  // This server's part of host-wide budgets (pids, TCP memory), by how many live servers
+  // on the host started before it: all of them together keep within half (host-tasks.ts).
+  const hostShare = serverShare(uidClaim?.rank ?? 0);
+  const cgroups = await detectCgroups(privileged, `otari-${createHash('sha256').update(config.sessionsRoot).digest('hex').slice(0, 12)}`, config.maxSessions, hostShare);
   if (cgroups) await cgroups.sweep();
-  // All sessions' processes and threads together stay within half of the host's
-  // (host-tasks.ts): where SANDBOX_SESSION_PIDS_MAX would not, the limit in force from
+  // All sessions' processes and threads together stay within this server's share of the
+  // host's (host-tasks.ts): where SANDBOX_SESSION_PIDS_MAX would not, the limit in force from
   // here on (cgroups, open-files arithmetic, /health) is lowered.
-  const tasks = hostTasksBound({ sessionPidsMax: config.sessionPidsMax, maxSessions: config.maxSessions, ...hostTaskLimits() });
+  const tasks = hostTasksBound({ sessionPidsMax: config.sessionPidsMax, maxSessions: config.maxSessions, ...hostTaskLimits(), share: hostShare });
   if (tasks.lowered) {
     log.warn(
       { configured: config.sessionPidsMax, in_force: tasks.perSession, processes: tasks.text },
-      "SANDBOX_SESSION_PIDS_MAX lowered: all sessions together would pass half of the host's processes and threads",
+      "SANDBOX_SESSION_PIDS_MAX lowered: all sessions together would pass this server's share of the host's processes and threads",
     );
     config = Object.freeze({ ...config, sessionPidsMax: tasks.perSession });
   }

@@ -37,7 +37,7 @@ export async function stringifySliced(value: unknown, sliceChars: number = SLICE
     parts.push(Buffer.from(skeleton.slice(at, m.index), 'utf8'));
     const s = long[Number(m[1])] ?? '';
     parts.push(Buffer.from('"', 'utf8'));
-    for (let i = 0; i < s.length; ) {
+    for (let i = 0; i < s.length;) {
       let end = Math.min(i + sliceChars, s.length);
       const last = s.charCodeAt(end - 1);
       if (end < s.length && last >= 0xd800 && last <= 0xdbff) end = end - 1 > i ? end - 1 : end + 1;

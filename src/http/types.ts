@@ -40,7 +40,7 @@ export interface IsolationInfo {
   disk_quota: string;
   memory_limit: string;
   /** A session's bound on processes and threads (SANDBOX_SESSION_PIDS_MAX, lowered where all
-   * sessions together would pass half of the host's pid_max or threads-max). */
+   * sessions together would pass the server's share of the host's pid_max or threads-max). */
   processes?: string;
   /** A session's bound on open files, and whether all sessions could reach fs.file-max. */
   open_files?: string;

@@ -5,20 +5,40 @@
  * server's own spawns, other sessions' and the host's. SANDBOX_SESSION_PIDS_MAX times
  * SANDBOX_MAX_SESSIONS (1,024 x 256 = 262,144 by default) can be far more than a host has
  * (pid_max is 32,768 on many), so the per-session limit in force is lowered until all
- * sessions together stay within a share of the smaller of the two (HOST_TASKS_SHARE; the
- * rest is the host's and the server's own), and the start-up log and /health say so.
+ * sessions together stay within a share of the smaller of the two (serverShare; the
+ * rest is the host's, the server's own and other servers'), and the start-up log and
+ * /health say so.
+ *
+ * Several servers on one host share the same pids (and the same TCP memory,
+ * tcp-memory.ts): all of them together keep their sessions within ALL_SERVERS_SHARE of
+ * each host-wide budget. The first server takes half of that, each later one half of what
+ * the earlier ones left (`serverShare`: its rank is how many live servers are older,
+ * uid-claims.ts). A server that is k-th oldest among those alive now had at least k older
+ * ones when it started, so its share is at most ALL_SERVERS_SHARE / 2^(k+1) and the sum
+ * over any set of live servers stays below ALL_SERVERS_SHARE, whoever stopped meanwhile.
  *
  * Limits: a session needs a few processes to work at all (its sandbox's init, the
  * interpreter and its threads, a bash command's init and bash), so the per-session
  * limit is never lowered below MIN_SESSION_TASKS; where even that does not fit, the
- * report says the host can still run out, and which settings to change. Other servers on
- * the same host share the same pids: each one keeps its sessions within the share on its
- * own.
+ * report says the host can still run out, and which settings to change.
  */
 import { readFileSync } from 'node:fs';
 
-/** The share of the host's tasks all sessions of one server may hold together. */
-export const HOST_TASKS_SHARE = 0.5;
+/** The share of a host-wide budget (tasks, TCP memory) the sessions of all servers on the
+ * host may hold together. */
+export const ALL_SERVERS_SHARE = 0.5;
+
+/** The share of a host-wide budget the sessions of one server may hold: half of
+ * ALL_SERVERS_SHARE for the oldest live server, half of what is left for each later one.
+ * `rank`: how many live servers on the host are older (0 without a claim, rootless). */
+export function serverShare(rank: number): number {
+  return ALL_SERVERS_SHARE / 2 ** (Math.min(Math.max(0, Math.floor(rank)), 40) + 1);
+}
+
+/** "1/4": a share as the fraction it is. */
+export function shareName(share: number): string {
+  return `1/${Math.round(1 / share)}`;
+}
 /** The lowest per-session limit the server lowers to (SANDBOX_SESSION_PIDS_MAX's minimum). */
 export const MIN_SESSION_TASKS = 16;
 
@@ -35,7 +55,7 @@ export interface HostTasksBound {
   text: string;
 }
 
-export function hostTasksBound(opts: { sessionPidsMax: number; maxSessions: number; pidMax: number | null; threadsMax: number | null }): HostTasksBound {
+export function hostTasksBound(opts: { sessionPidsMax: number; maxSessions: number; pidMax: number | null; threadsMax: number | null; share: number }): HostTasksBound {
   const known = [opts.pidMax, opts.threadsMax].filter((n): n is number => n !== null && Number.isFinite(n) && n > 0);
   const hostTasks = known.length > 0 ? Math.min(...known) : null;
   if (hostTasks === null) {
@@ -47,7 +67,8 @@ export function hostTasksBound(opts: { sessionPidsMax: number; maxSessions: numb
       text: `at most ${opts.sessionPidsMax} per session (SANDBOX_SESSION_PIDS_MAX); the host's kernel.pid_max and kernel.threads-max are unreadable`,
     };
   }
-  const share = Math.floor(hostTasks * HOST_TASKS_SHARE);
+  const share = Math.floor(hostTasks * opts.share);
+  const part = `this server's ${shareName(opts.share)} share`;
   const fair = Math.floor(share / opts.maxSessions);
   const perSession = Math.min(opts.sessionPidsMax, Math.max(fair, MIN_SESSION_TASKS));
   const lowered = perSession < opts.sessionPidsMax;
@@ -55,13 +76,13 @@ export function hostTasksBound(opts: { sessionPidsMax: number; maxSessions: numb
   const hostExhaustible = total > share;
   const host = `the host's ${hostTasks} tasks (the smaller of kernel.pid_max ${opts.pidMax ?? 'unreadable'} and kernel.threads-max ${opts.threadsMax ?? 'unreadable'})`;
   const each = lowered
-    ? `at most ${perSession} per session (SANDBOX_SESSION_PIDS_MAX ${opts.sessionPidsMax}, lowered for ${opts.maxSessions} sessions to stay within half of ${host})`
+    ? `at most ${perSession} per session (SANDBOX_SESSION_PIDS_MAX ${opts.sessionPidsMax}, lowered for ${opts.maxSessions} sessions to stay within ${part} of ${host})`
     : `at most ${perSession} per session (SANDBOX_SESSION_PIDS_MAX)`;
   const whole = hostExhaustible
-    ? `${opts.maxSessions} sessions could still hold ${total}, past half of ${host}: lower SANDBOX_MAX_SESSIONS or raise kernel.pid_max`
+    ? `${opts.maxSessions} sessions could still hold ${total}, past ${part} of ${host}: lower SANDBOX_MAX_SESSIONS or raise kernel.pid_max`
     : lowered
       ? `${total} for all sessions together`
-      : `${total} for all sessions together, within half of ${host}`;
+      : `${total} for all sessions together, within ${part} of ${host}`;
   return { perSession, lowered, hostTasks, hostExhaustible, text: `${each}; ${whole}` };
 }
 

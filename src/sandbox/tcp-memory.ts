@@ -9,17 +9,18 @@
  *
  * cgroup v1 (`memory.kmem.tcp.limit_in_bytes`, which cgroups.ts sets on each leaf and,
  * times the sessions, on the server's parent): a session gets the smaller of its memory
- * limit and an equal share of half of `pressure` (TCP_SHARE_OF_PRESSURE), never below
- * MIN_SESSION_TCP_BYTES, so all sessions together stay below the pressure point. cgroup
+ * limit and an equal share of the server's share of `pressure` (host-tasks.ts
+ * `serverShare`: all servers on the host together hold at most half of it), never below
+ * MIN_SESSION_TCP_BYTES, so all sessions of all servers together stay below the pressure
+ * point. cgroup
  * v2 has no TCP limit of its own: socket buffers are charged to `memory.max`, and what
  * keeps all sessions below `tcp_mem` is only their memory limits together; this module
  * says whether they do (`hostExhaustible`), and /health and the start-up log repeat it.
  */
 import { readFileSync } from 'node:fs';
+import { shareName } from './host-tasks.js';
 
 const MiB = 1024 * 1024;
-/** The share of tcp_mem's pressure threshold all sessions of one server may hold. */
-export const TCP_SHARE_OF_PRESSURE = 0.5;
 /** The lowest per-session TCP limit (enough for loopback work: buffers shrink, transfers go on). */
 export const MIN_SESSION_TCP_BYTES = MiB;
 
@@ -45,7 +46,7 @@ const mib = (n: number) => `${(n / MiB).toFixed(1)} MiB`;
 
 /** `memoryBytes`: a session's memory cgroup limit; `perSessionLimit`: whether the kernel
  * has a TCP limit per session (cgroup v1's kmem.tcp) or only the memory limit (v2). */
-export function tcpMemoryBound(opts: { memoryBytes: number; maxSessions: number; tcpMem: TcpMem | null; perSessionLimit: boolean }): TcpMemoryBound {
+export function tcpMemoryBound(opts: { memoryBytes: number; maxSessions: number; tcpMem: TcpMem | null; perSessionLimit: boolean; share: number }): TcpMemoryBound {
   const { memoryBytes, maxSessions, tcpMem } = opts;
   if (tcpMem === null) {
     return { perSessionBytes: memoryBytes, lowered: false, hostExhaustible: true, text: "the host's net.ipv4.tcp_mem is unreadable" };
@@ -64,15 +65,16 @@ export function tcpMemoryBound(opts: { memoryBytes: number; maxSessions: number;
     };
   }
   const page = 4096;
-  const share = Math.floor((tcpMem.pressure * TCP_SHARE_OF_PRESSURE) / maxSessions / page) * page;
+  const share = Math.floor((tcpMem.pressure * opts.share) / maxSessions / page) * page;
+  const part = `this server's ${shareName(opts.share)} share of the host's TCP pressure threshold`;
   const perSessionBytes = Math.min(memoryBytes, Math.max(share, MIN_SESSION_TCP_BYTES));
   const lowered = perSessionBytes < memoryBytes;
   const total = perSessionBytes * maxSessions;
-  const hostExhaustible = total > tcpMem.pressure * TCP_SHARE_OF_PRESSURE;
-  const why = lowered ? `a 1/${maxSessions} share of half the host's TCP pressure threshold` : "the session's memory limit";
+  const hostExhaustible = total > tcpMem.pressure * opts.share;
+  const why = lowered ? `a 1/${maxSessions} part of ${part}` : "the session's memory limit";
   const whole = hostExhaustible
-    ? `${maxSessions} sessions together could still hold ${mib(total)}, past half the pressure threshold (${host}): lower SANDBOX_MAX_SESSIONS`
-    : `${maxSessions} sessions together at most ${mib(total)}, below half the pressure threshold (${host})`;
+    ? `${maxSessions} sessions together could still hold ${mib(total)}, past ${part} (${host}): lower SANDBOX_MAX_SESSIONS`
+    : `${maxSessions} sessions together at most ${mib(total)}, within ${part} (${host})`;
   return { perSessionBytes, lowered, hostExhaustible, text: `TCP buffers capped at ${mib(perSessionBytes)} per session (${why}); ${whole}` };
 }
 

@@ -17,6 +17,9 @@ export interface UidClaim {
   first: number;
   /** Inclusive. */
   last: number;
+  /** How many other live servers on the host claimed their range before this one (any
+   * range): the order by which servers share host-wide budgets (host-tasks.ts). */
+  rank: number;
   release(): Promise<void>;
 }
 
@@ -81,9 +84,11 @@ export async function claimUidRange(first: number, count: number, opts: { pick: 
     // the older claim keeps the range (ties: the lower pid)
     const yields = others.some((o) => !mine || o.created < mine.created || (o.created === mine.created && o.claim.pid < process.pid));
     if (!yields) {
+      const older = (o: (typeof all)[number]) => !mine || o.created < mine.created || (o.created === mine.created && o.claim.pid < process.pid);
       return {
         first: base,
         last: claim.last,
+        rank: all.filter((o) => o.name !== name && o.claim.pid !== process.pid && older(o)).length,
         release: () => fsp.rm(path, { force: true }),
       };
     }

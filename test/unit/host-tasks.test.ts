@@ -1,51 +1,69 @@
 /**
  * The bound on processes and threads all sessions together may hold (src/sandbox/host-tasks.ts):
- * SANDBOX_SESSION_PIDS_MAX is lowered so that SANDBOX_MAX_SESSIONS sessions stay within half
- * of the host's kernel.pid_max / kernel.threads-max (docs/threat-model.md, "Host-wide kernel
- * resources", processes and threads).
+ * SANDBOX_SESSION_PIDS_MAX is lowered so that SANDBOX_MAX_SESSIONS sessions stay within this
+ * server's share of the host's kernel.pid_max / kernel.threads-max, and all servers on the
+ * host together within half (docs/threat-model.md, "Host-wide kernel resources", processes
+ * and threads; "Many servers on one host").
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { hostTasksBound, isOutOfTasks } from '../../src/sandbox/host-tasks.js';
+import { ALL_SERVERS_SHARE, hostTasksBound, isOutOfTasks, serverShare } from '../../src/sandbox/host-tasks.js';
 
-test('the defaults on a host with pid_max 32768: 1024 per session is lowered to 64, 256 sessions hold 16384 at most', () => {
-  const b = hostTasksBound({ sessionPidsMax: 1024, maxSessions: 256, pidMax: 32_768, threadsMax: 192_725 });
+const FIRST = serverShare(0);
+
+test('the first server takes half of the half all servers may hold, each later one half of what is left: any set of live servers stays within half', () => {
+  assert.equal(ALL_SERVERS_SHARE, 0.5);
+  assert.deepEqual([0, 1, 2, 3].map(serverShare), [0.25, 0.125, 0.0625, 0.03125]);
+  // The k-th oldest live server had at least k older ones when it started (its rank), so
+  // its share is at most serverShare(k): the worst case is ranks 0, 1, 2, ...
+  let sum = 0;
+  for (let k = 0; k < 40; k++) sum += serverShare(k);
+  assert.ok(sum <= ALL_SERVERS_SHARE, String(sum));
+  assert.equal(serverShare(-3), serverShare(0));
+});
+
+test('the defaults on a host with pid_max 32768, first server: 1024 per session is lowered to 32, 256 sessions hold 8192 at most', () => {
+  const b = hostTasksBound({ sessionPidsMax: 1024, maxSessions: 256, pidMax: 32_768, threadsMax: 192_725, share: FIRST });
   assert.equal(b.hostTasks, 32_768);
-  assert.equal(b.perSession, 64);
+  assert.equal(b.perSession, 32);
   assert.equal(b.lowered, true);
   assert.equal(b.hostExhaustible, false);
-  assert.ok(b.perSession * 256 <= 32_768 / 2);
-  assert.match(b.text, /^at most 64 per session \(SANDBOX_SESSION_PIDS_MAX 1024, lowered for 256 sessions to stay within half of the host's 32768 tasks/);
-  assert.match(b.text, /16384 for all sessions together$/);
+  assert.ok(b.perSession * 256 <= 32_768 / 4);
+  assert.match(b.text, /^at most 32 per session \(SANDBOX_SESSION_PIDS_MAX 1024, lowered for 256 sessions to stay within this server's 1\/4 share of the host's 32768 tasks/);
+  assert.match(b.text, /8192 for all sessions together$/);
+  // a second server on the host: half of that
+  const second = hostTasksBound({ sessionPidsMax: 1024, maxSessions: 64, pidMax: 32_768, threadsMax: 192_725, share: serverShare(1) });
+  assert.equal(second.perSession, 64);
+  assert.match(second.text, /this server's 1\/8 share/);
 });
 
 test('threads-max counts when it is the smaller; odd figures round down', () => {
-  const b = hostTasksBound({ sessionPidsMax: 1024, maxSessions: 3, pidMax: 4_194_304, threadsMax: 1001 });
+  const b = hostTasksBound({ sessionPidsMax: 1024, maxSessions: 3, pidMax: 4_194_304, threadsMax: 1001, share: FIRST });
   assert.equal(b.hostTasks, 1001);
-  assert.equal(b.perSession, 166, 'floor(floor(1001 / 2) / 3)');
-  assert.ok(b.perSession * 3 <= 500);
+  assert.equal(b.perSession, 83, 'floor(floor(1001 / 4) / 3)');
+  assert.ok(b.perSession * 3 <= 250);
 });
 
 test('a limit that fits is kept as configured', () => {
-  const b = hostTasksBound({ sessionPidsMax: 1024, maxSessions: 8, pidMax: 4_194_304, threadsMax: 192_725 });
+  const b = hostTasksBound({ sessionPidsMax: 1024, maxSessions: 8, pidMax: 4_194_304, threadsMax: 192_725, share: FIRST });
   assert.equal(b.perSession, 1024);
   assert.equal(b.lowered, false);
   assert.equal(b.hostExhaustible, false);
-  assert.match(b.text, /^at most 1024 per session \(SANDBOX_SESSION_PIDS_MAX\); 8192 for all sessions together, within half of the host's 192725 tasks/);
+  assert.match(b.text, /^at most 1024 per session \(SANDBOX_SESSION_PIDS_MAX\); 8192 for all sessions together, within this server's 1\/4 share of the host's 192725 tasks/);
 });
 
 test('never below 16 per session: where even that does not fit, the report says the host can run out and what to change', () => {
-  const b = hostTasksBound({ sessionPidsMax: 1024, maxSessions: 10_000, pidMax: 32_768, threadsMax: null });
+  const b = hostTasksBound({ sessionPidsMax: 1024, maxSessions: 10_000, pidMax: 32_768, threadsMax: null, share: FIRST });
   assert.equal(b.perSession, 16);
   assert.equal(b.lowered, true);
-  assert.equal(b.hostExhaustible, true, '10,000 x 16 > 16,384');
-  assert.match(b.text, /10000 sessions could still hold 160000, past half of the host's 32768 tasks .*: lower SANDBOX_MAX_SESSIONS or raise kernel.pid_max/);
+  assert.equal(b.hostExhaustible, true, '10,000 x 16 > 8,192');
+  assert.match(b.text, /10000 sessions could still hold 160000, past this server's 1\/4 share of the host's 32768 tasks .*: lower SANDBOX_MAX_SESSIONS or raise kernel.pid_max/);
   // a configured limit below the floor is never raised
-  assert.equal(hostTasksBound({ sessionPidsMax: 16, maxSessions: 10_000, pidMax: 32_768, threadsMax: null }).perSession, 16);
+  assert.equal(hostTasksBound({ sessionPidsMax: 16, maxSessions: 10_000, pidMax: 32_768, threadsMax: null, share: FIRST }).perSession, 16);
 });
 
 test('unreadable host limits: the configured value, reported as unchecked', () => {
-  const b = hostTasksBound({ sessionPidsMax: 1024, maxSessions: 256, pidMax: null, threadsMax: null });
+  const b = hostTasksBound({ sessionPidsMax: 1024, maxSessions: 256, pidMax: null, threadsMax: null, share: FIRST });
   assert.equal(b.perSession, 1024);
   assert.equal(b.lowered, false);
   assert.equal(b.hostExhaustible, true);
