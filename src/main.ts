@@ -27,7 +27,8 @@ import { sandboxRlimits } from './limits.js';
 import { Zygote } from './sandbox/zygote.js';
 import { boxFactory, removeTree, sessionCgroupLimits } from './sessions/box.js';
 import { detectCgroups, type ParentBound } from './sandbox/cgroups.js';
-import { canMountTmpfs } from './sandbox/mounts.js';
+import { Mounts } from './sandbox/mounts.js';
+import { HostHelper } from './sandbox/host-helper.js';
 import { SessionManager } from './sessions/manager.js';
 import { replicaName } from './sessions/session.js';
 import { hostname } from 'node:os';
@@ -45,6 +46,7 @@ const here = (rel: string) => fileURLToPath(new URL(rel, import.meta.url));
 const DRIVER_DIR = here('../../sandbox-python');
 const SECCOMP_GEN = here('../../sandbox-host/seccomp-gen.py');
 const DEVPTS_CAP = here('../../sandbox-host/devpts-cap.py');
+const MOUNTER = here('../../sandbox-host/mounter.py');
 /** The entries of the sandbox's /etc allow-list this host has. */
 const HOST_ETC = ETC_ALLOW_LIST.filter((p) => existsSync(p));
 const VERSION = (JSON.parse(readFileSync(here('../../package.json'), 'utf8')) as { version: string }).version;
@@ -402,10 +404,18 @@ async function main(): Promise<void> {
       }
     }
   }
-  const swept = await sweepSessionsRoot(config.sessionsRoot, privileged, removeTree);
+  // Box tmpfs mounts through one helper, not a mount program per box (mounts.ts).
+  const mounter = privileged
+    ? await HostHelper.start('mount', '/usr/bin/python3', MOUNTER, [config.sessionsRoot], log).catch((e: unknown) => {
+        log.warn({ err: String((e as Error)?.message ?? e) }, 'the mount helper did not start: box tmpfs mounts use /usr/bin/mount');
+        return null;
+      })
+    : null;
+  const mounts = new Mounts(mounter);
+  const swept = await sweepSessionsRoot(config.sessionsRoot, privileged, mounts, removeTree);
   if (swept > 0) log.warn({ folders: swept }, 'removed session folders left by an earlier run');
 
-  const tmpfsQuota = privileged && (await canMountTmpfs(config.sessionsRoot));
+  const tmpfsQuota = privileged && (await mounts.canMountTmpfs(config.sessionsRoot));
   let isolation: IsolationInfo;
   let launcher: Launcher;
   let zygote: Zygote | null = null;
@@ -441,6 +451,7 @@ async function main(): Promise<void> {
     await commands?.close().catch(() => {});
     await pipes?.close().catch(() => {});
     await devpts?.close().catch(() => {});
+    await mounter?.close().catch(() => {});
     await fsp.rm(`${config.sessionsRoot}/.server.pid`, { force: true });
     await uidClaim?.release();
     if (madeRoot) await fsp.rmdir(config.sessionsRoot).catch(() => {});
@@ -512,6 +523,7 @@ async function main(): Promise<void> {
         privileged,
         canRenice: privileged && hasCapability(CAP_SYS_NICE),
         tmpfsQuota,
+        mounts,
         driverHostDir: DRIVER_DIR,
         hostEtc: HOST_ETC,
         budget,
@@ -583,6 +595,7 @@ async function main(): Promise<void> {
         await closing;
         // The host as the server found it: its own folders, its cgroup, its root.
         await launcher.close();
+        await mounter?.close();
         await cgroups?.close();
         await fsp.rm(`${config.sessionsRoot}/.server.pid`, { force: true });
         await uidClaim?.release();

@@ -15,7 +15,7 @@ import type { SandboxInit } from './launcher.js';
 import { finished, type Readable } from 'node:stream';
 import { SANDBOX_PATHS, type SandboxSpec } from './spec.js';
 import { compareWithSpec, expectedDump, normaliseDump, type Dump, type HostFacts } from './probe-compare.js';
-import { unmountLazy } from './mounts.js';
+import type { Mounts } from './mounts.js';
 
 const execFileP = promisify(execFile);
 
@@ -144,13 +144,13 @@ async function readDump(proc: InterpreterProcess, stdout: Readable, stderr: Read
 }
 
 /** Leftovers of a server that died without cleaning up (SIGKILL, power loss). */
-export async function sweepSessionsRoot(root: string, privileged: boolean, remove: (dir: string) => Promise<void>): Promise<number> {
+export async function sweepSessionsRoot(root: string, privileged: boolean, mounts: Pick<Mounts, 'unmountLazy'>, remove: (dir: string) => Promise<void>): Promise<number> {
   const names = await fsp.readdir(root).catch(() => [] as string[]);
   let n = 0;
   for (const name of names) {
     if (!name.startsWith('box_') && !name.startsWith('probe_')) continue;
     const dir = `${root}/${name}`;
-    if (privileged) await unmountLazy(dir);
+    if (privileged) await mounts.unmountLazy(dir);
     await remove(dir);
     n++;
   }

@@ -32,7 +32,7 @@ import type { UidAllocator } from '../sandbox/uids.js';
 import { killUid, renice } from '../sandbox/uids.js';
 import { isOutOfTasks } from '../sandbox/host-tasks.js';
 import { SandboxError } from '../errors.js';
-import { mountTmpfs, unmountLazy } from '../sandbox/mounts.js';
+import type { Mounts } from '../sandbox/mounts.js';
 import type { Cgroups, CgroupLeaf, LeafLimits } from '../sandbox/cgroups.js';
 import { ZygoteCommand, type Zygote } from '../sandbox/zygote.js';
 import type { MemoryBudget } from '../budget.js';
@@ -59,6 +59,8 @@ export interface BoxDeps {
   canRenice: boolean;
   /** A size-capped tmpfs can be mounted per box (root with CAP_SYS_ADMIN). */
   tmpfsQuota: boolean;
+  /** How it is mounted and unmounted. */
+  mounts: Pick<Mounts, 'mountTmpfs' | 'unmountLazy'>;
   driverHostDir: string;
   /** The entries of the spec's /etc allow-list that exist on this host. */
   hostEtc: readonly string[];
@@ -211,8 +213,9 @@ export class Box {
     const { config } = this.deps;
     await fsp.mkdir(this.dir, { mode: 0o711 });
     if (this.deps.tmpfsQuota) {
-      await mountTmpfs(this.dir, config.workspaceMb);
+      // (set first: a mount that took effect although its answer was lost is still undone)
       this.mounted = true;
+      await this.deps.mounts.mountTmpfs(this.dir, config.workspaceMb);
     }
     for (const d of [this.workspaceDir, this.tmpDir]) {
       await fsp.mkdir(d, { mode: 0o700 });
@@ -464,7 +467,7 @@ export class Box {
       await this.exits;
       if (this.uid !== undefined && this.deps.privileged) await killUid(this.uid);
       await this.cgroup?.remove();
-      if (this.mounted) await unmountLazy(this.dir);
+      if (this.mounted) await this.deps.mounts.unmountLazy(this.dir);
       await removeTree(this.dir);
       if (this.uid !== undefined) this.deps.uids.release(this.uid);
     })();
