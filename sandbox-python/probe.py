@@ -86,6 +86,18 @@ def devpts() -> dict[str, str]:
     return {k: options[k] for k in ("mode", "ptmxmode", "max") if k in options}
 
 
+def openpty() -> str:
+    """Whether a pty can be opened here: "ok", or the error's name (a bash command beside
+    its session's living interpreter, in a sandbox of its own, has none: ENOENT)."""
+    try:
+        master, follower = os.openpty()
+    except OSError as e:
+        return errno.errorcode.get(e.errno or 0, str(e.errno))
+    os.close(master)
+    os.close(follower)
+    return "ok"
+
+
 def rlimits() -> dict[str, list[int]]:
     out, seen = {}, set()
     for name in sorted(n for n in dir(resource) if n.startswith("RLIMIT_")):
@@ -284,6 +296,7 @@ def main() -> None:
     report: dict[str, Any] = {
         "mounts": mounts(),
         "devpts": devpts(),
+        "openpty": openpty(),
         "rlimits": rlimits(),
         "uid": list(os.getresuid()),
         "gid": list(os.getresgid()),

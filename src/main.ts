@@ -67,6 +67,8 @@ const PROTECTIONS = [
   'writable workspace',
 ];
 const TEMPLATE_PROTECTION = 'interpreters forked from a template that has the preload modules imported, each building the same sandbox';
+/** The probe kind of a bubblewrap bash command beside a living interpreter (no ptys). */
+const NO_PTYS_KIND = 'bwrap command without ptys';
 const COMMANDS_PROTECTION = "bash commands started in the sandbox of the session's interpreter, each in a pid namespace of its own";
 
 async function prepareIsolation(
@@ -103,6 +105,13 @@ async function prepareIsolation(
     const bwrap = await probeBwrap(launcher, spec, identity, config.sessionsRoot, config.pythonPath, host);
     log.debug({ kind: 'bwrap', dump: bwrap.dump }, 'sandbox probe');
     if (bwrap.differences.length > 0) throw new PreflightError(`the bubblewrap sandbox differs from its description:\n  ${bwrap.differences.join('\n  ')}`, false);
+    // A bash command in bubblewrap beside its session's living interpreter: no ptys (an
+    // empty read-only cover on /dev/pts; box.ts), which openpty() inside must confirm.
+    const noPtysSpec = sandboxSpec(folders, sandboxRlimits(limits), { kind: 'command', ptys: false }, HOST_ETC);
+    const noPtys = await probeBwrap(launcher, noPtysSpec, identity, config.sessionsRoot, config.pythonPath, host, NO_PTYS_KIND);
+    log.debug({ kind: NO_PTYS_KIND, dump: noPtys.dump }, 'sandbox probe');
+    if (noPtys.differences.length > 0)
+      throw new PreflightError(`the bubblewrap sandbox of a command without ptys differs from its description:\n  ${noPtys.differences.join('\n  ')}`, false);
     const protections = [...PROTECTIONS];
     if (zygote) {
       // A template whose sandbox differs is not used: interpreters then start in
@@ -143,7 +152,7 @@ async function prepareIsolation(
         await interpreter.kill();
       }
     }
-    const kinds = ['bwrap', ...(templateOk ? ['template'] : []), ...(commandsOk ? ['template command'] : [])];
+    const kinds = ['bwrap', NO_PTYS_KIND, ...(templateOk ? ['template'] : []), ...(commandsOk ? ['template command'] : [])];
     log.info({ kinds, mounts: (bwrap.dump.mounts as unknown[]).length }, 'every sandbox kind matches the sandbox description');
     if (privileged) protections.push('distinct unprivileged host uid per session');
     if (tmpfsQuota) protections.push('disk quota per session (tmpfs)');
@@ -178,7 +187,9 @@ async function prepareIsolation(
 /**
  * Ptys: a sandbox's devpts holds at most SANDBOX_SESSION_PTYS_MAX; a session has one
  * devpts (its interpreter's, which template commands share) or two at once (a bubblewrap
- * command's next to it). New devpts instances share kernel.pty.max less kernel.pty.reserve
+ * command's next to it, which holds none: its ptmx is covered while the interpreter lives,
+ * spec.ts), so a session holds the cap at most; the count below keeps two per session as
+ * a margin. New devpts instances share kernel.pty.max less kernel.pty.reserve
  * (the reserve is the host's own): where all sessions together could take them all, the
  * log says so, and /health.
  */

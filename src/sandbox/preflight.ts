@@ -70,7 +70,7 @@ export interface ProbeReport {
 
 const PROBE_FILE = `${SANDBOX_PATHS.driver}/probe.py`;
 
-/** Launches the probe in a bubblewrap sandbox of `spec`. */
+/** Launches the probe in a bubblewrap sandbox of `spec`; `kind` names it in differences. */
 export async function probeBwrap(
   launcher: Launcher,
   spec: SandboxSpec,
@@ -78,10 +78,11 @@ export async function probeBwrap(
   hiddenHostPath: string,
   python: string,
   host: HostFacts,
+  kind = 'bwrap',
 ): Promise<ProbeReport> {
   if (!existsSync('/usr/bin/bwrap')) throw new PreflightError('bubblewrap is not installed (/usr/bin/bwrap missing)');
   const proc = launcher.launch({ spec, identity, argv: [python, '-I', PROBE_FILE, hiddenHostPath] });
-  return report('bwrap', spec, await readDump(proc, proc.stdout, proc.stderr), host);
+  return report(kind, spec, await readDump(proc, proc.stdout, proc.stderr), host);
 }
 
 /** Runs the probe in a sandbox of `spec` the interpreter template forks and builds, the

@@ -7,7 +7,7 @@
  * `<field>: <kind a> has <x>, <kind b> has <y>` between kinds.
  */
 import type { Rlimit } from '../limits.js';
-import { DEVPTS_OPTIONS, type MountOp, type SandboxSpec } from './spec.js';
+import { DEVPTS_OPTIONS, NO_PTYS_ERROR, type MountOp, type SandboxSpec } from './spec.js';
 
 const FLAGS = ['ro', 'nosuid', 'nodev', 'noexec'] as const;
 type Flag = (typeof FLAGS)[number];
@@ -238,6 +238,16 @@ export function expectedDevpts(mounts: readonly MountOp[]): Record<string, strin
   return out;
 }
 
+/** What openpty() must give inside (probe.py "openpty"): "ok" where /dev/pts is the
+ * `dev` op's devpts, NO_PTYS_ERROR where a later mount covers it (spec.ts sandboxMounts). */
+export function expectedOpenpty(mounts: readonly MountOp[]): string {
+  const at = mounts.findIndex((m) => m.op === 'dev');
+  const dev = mounts[at];
+  if (!dev || dev.op !== 'dev') return NO_PTYS_ERROR;
+  const covered = mounts.slice(at + 1).some((m) => (m.op === 'tmpfs' || m.op === 'bind') && (m.dest === `${dev.dest}/pts` || m.dest === `${dev.dest}/pts/ptmx`));
+  return covered ? NO_PTYS_ERROR : 'ok';
+}
+
 /** Every field the spec decides, as the probe must report it (normalised). */
 export function expectedDump(spec: SandboxSpec, host: HostFacts, reported: Dump): Dump {
   const nsReported = Object.keys((reported.namespaces ?? {}) as object);
@@ -246,6 +256,7 @@ export function expectedDump(spec: SandboxSpec, host: HostFacts, reported: Dump)
   return {
     mounts: expectedMounts(spec.mounts, host),
     devpts: expectedDevpts(spec.mounts),
+    openpty: expectedOpenpty(spec.mounts),
     rlimits: expectedRlimits(spec.rlimits, (reported.rlimits ?? {}) as Record<string, unknown>, host),
     uid: [uid, uid, uid],
     gid: [gid, gid, gid],

@@ -90,6 +90,10 @@ export interface SandboxFolders {
  * --dev mounts it with these, and the template builder (zygote.py) does the same. */
 export const DEVPTS_OPTIONS = 'ptmxmode=0666,mode=620';
 
+/** In a sandbox without ptys: the devpts's ptmx, the one way to make a pty in it (/dev/ptmx
+ * is a symlink to it), covered by a read-only, nodev bind of /dev/null (opening it: EACCES). */
+const NO_PTYS_COVER = '/dev/pts/ptmx';
+
 /** Host paths under /etc that are bound read-only when they exist on the host. */
 export const ETC_ALLOW_LIST = [
   '/etc/ld.so.cache',
@@ -161,11 +165,31 @@ export function sandboxEnv(role: SandboxRole): Record<string, string> {
   return env;
 }
 
-/** An interpreter (the driver, or the probe in its place) or a bash command. */
-export type SandboxRole = { kind: 'interpreter'; preload: readonly string[] } | { kind: 'command' };
+/** An interpreter (the driver, or the probe in its place) or a bash command. `ptys:
+ * false`: a bash command in a sandbox of its own while its session's interpreter lives
+ * (bubblewrap, no command template): it gets no pty at all (see sandboxMounts). */
+export type SandboxRole = { kind: 'interpreter'; preload: readonly string[] } | { kind: 'command'; ptys?: boolean };
 
-/** The mounts, in order. `etc`: the entries of ETC_ALLOW_LIST that exist on this host. */
-export function sandboxMounts(folders: SandboxFolders, etc: readonly string[]): MountOp[] {
+/** Whether a sandbox of this role can open ptys (/dev/pts is its devpts, not covered). */
+export function rolePtys(role: SandboxRole): boolean {
+  return role.kind === 'interpreter' || role.ptys !== false;
+}
+
+/** What the probe's openpty() gives inside (probe.py "openpty") in a sandbox without ptys:
+ * /dev/ptmx leads to the cover, a device node on a nodev mount. */
+export const NO_PTYS_ERROR = 'EACCES';
+
+/** The mounts, in order. `etc`: the entries of ETC_ALLOW_LIST that exist on this host.
+ * `ptys` false: the devpts's ptmx is covered (NO_PTYS_COVER), so openpty() fails (EACCES)
+ * and no pty can be made. Why: a session's ptys are bounded by the one devpts its
+ * interpreter holds; a bash command with a devpts of its own beside a living interpreter
+ * could pass masters out to it (a socket in /workspace), and each such devpts stays alive,
+ * capped anew, after its command ended (docs/threat-model.md, "Host-wide kernel
+ * resources", ptys). The devpts itself stays mounted and is capped as in every sandbox
+ * (bubblewrap's helper finds it by its path); nothing inside can remove the cover (no
+ * capability to unmount). Only /dev/pts itself is covered, not the devpts as a whole:
+ * a mount over it would hide the devpts from that helper too. */
+export function sandboxMounts(folders: SandboxFolders, etc: readonly string[], ptys = true): MountOp[] {
   const m: MountOp[] = [];
   // the system, read-only, by allow-list
   m.push({ op: 'bind', source: '/usr', dest: '/usr', readonly: true });
@@ -186,6 +210,7 @@ export function sandboxMounts(folders: SandboxFolders, etc: readonly string[]): 
   m.push({ op: 'proc', dest: '/proc' });
   m.push({ op: 'dev', dest: '/dev', ptysMax: folders.ptysMax });
   m.push({ op: 'tmpfs', dest: '/dev/shm', sizeBytes: folders.shmBytes, mode: 0o1777 });
+  if (!ptys) m.push({ op: 'bind', source: '/dev/null', dest: NO_PTYS_COVER, readonly: true });
   // the session's folders
   m.push({ op: 'bind', source: folders.workspaceDir, dest: SANDBOX_PATHS.workspace, readonly: false });
   m.push({ op: 'bind', source: folders.tmpDir, dest: SANDBOX_PATHS.tmp, readonly: false });
@@ -235,7 +260,7 @@ export function sandboxSpec(folders: SandboxFolders, rlimits: readonly Rlimit[],
     capabilities: 'none',
     noNewPrivs: true,
     newSession: true,
-    mounts: sandboxMounts(folders, etc),
+    mounts: sandboxMounts(folders, etc, rolePtys(role)),
     rlimits,
     env: sandboxEnv(role),
     cwd: SANDBOX_PATHS.workspace,

@@ -407,7 +407,7 @@ export class Box {
   }
 
   /** One start of a command: in the interpreter's sandbox (`viaTemplate`, null when the
-   * interpreter is not up), or in bubblewrap. */
+   * interpreter is not up), or in bubblewrap (without ptys while the interpreter lives). */
   private startCommand(command: string, viaTemplate: boolean): CommandProcess | null {
     const long = Buffer.byteLength(command) > ARGV_COMMAND_MAX;
     // A long script is read from fd 3, then fd 3 is closed so the script's own processes
@@ -415,7 +415,14 @@ export class Box {
     const argv = long
       ? ['/bin/bash', '--noprofile', '--norc', '-c', '__sbx_script=$(cat <&3); exec 3<&-; eval "$__sbx_script"']
       : ['/bin/bash', '--noprofile', '--norc', '-c', command];
-    const spec = this.spec({ kind: 'command' });
+    // In the interpreter's sandbox, a command shares its devpts. In bubblewrap, a command
+    // beside a living (or starting) interpreter gets no ptys at all: a devpts of its own
+    // would outlive it in the masters passed out to the interpreter (a socket in
+    // /workspace), each capped anew; with no interpreter, its own devpts dies with it
+    // (calls of a session run one at a time), so the session still holds one at a time
+    // (docs/threat-model.md, "Host-wide kernel resources", ptys).
+    const ptys = viaTemplate || !(this.interpreter.alive || this.restarting !== null);
+    const spec = this.spec({ kind: 'command', ptys });
     if (viaTemplate) {
       const init = this.interpreter.sandboxInit();
       if (!init || !this.deps.commands) return null;

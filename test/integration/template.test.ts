@@ -702,7 +702,7 @@ describe('a server that is not root (rootless: setpriv --reuid=nobody)', () => {
   after(() => server.stop());
 
   it('forks interpreters from the template, after both kinds matched the sandbox description, and says what is not in force', async () => {
-    assert.match(server.logs(), /"kinds":\["bwrap","template","template command"\][^\n]*every sandbox kind matches the sandbox description/);
+    assert.match(server.logs(), /"kinds":\["bwrap","bwrap command without ptys","template","template command"\][^\n]*every sandbox kind matches the sandbox description/);
     const h = await api(server, 'GET', '/health');
     assert.equal(h.body.isolation.interpreters, 'forked from the template');
     assert.ok(h.body.isolation.protections.includes(TEMPLATE_PROTECTION));

@@ -11,7 +11,9 @@
  *   - ptys: a session that opens ptys until it cannot gets SANDBOX_SESSION_PTYS_MAX of
  *     them, and the victim still opens one meanwhile; in both kinds of sandbox (the
  *     template's, and bubblewrap's on a server of its own with SANDBOX_PYTHON_TEMPLATE=off);
- *     also after the interpreter made itself not dumpable (#K7).
+ *     also after the interpreter made itself not dumpable (#K7); without the template, bash
+ *     commands beside the living interpreter have no ptys, so masters passed out of them
+ *     to the interpreter cannot add up past the cap (#K10).
  * Settings are small so the limits are crossed quickly: 2 sessions at most, 128 MiB of
  * memory, 16 MiB of disk and 1 MiB of /dev/shm per session (a 145 MiB memory cgroup), 48
  * processes and 8 ptys per session.
@@ -478,9 +480,10 @@ async function ptyCase(suite: Suite, t: TestContext, kind: 'template' | 'bubblew
   const v = await py(suite.server, suite.victim, ONE_PTY);
   assert.match(v.stdout, /^\/dev\/pts\/\d+$/, `the victim opens a pty while the attacker holds ${PTYS}: ${v.stdout} ${v.stderr}`);
   // A bash command of the attacker: in the template's sandbox it shares the interpreter's
-  // devpts (the cap is the session's); in bubblewrap it has one of its own, capped alike.
+  // devpts (the cap is the session's); in bubblewrap, beside the living interpreter, it
+  // has no pty at all (a devpts of its own would outlive it: #K10).
   const b = await sh(suite.server, a.id, `python3 -c '${OPEN_PTYS.replace(/'/g, '"')}'`);
-  assert.equal(b.stdout, kind === 'template' ? '0 ENOSPC\n' : `${PTYS} ENOSPC\n`, `a bash command of the session: ${b.stdout} ${b.stderr}`);
+  assert.equal(b.stdout, kind === 'template' ? '0 ENOSPC\n' : '0 EACCES\n', `a bash command of the session: ${b.stdout} ${b.stderr}`);
   // Released, they can be opened again.
   const again = await py(suite.server, a.id, `for m, s in held:\n    os.close(m)\n    os.close(s)\n${ONE_PTY}`);
   assert.match(again.stdout, /^\/dev\/pts\/\d+$/, again.stderr);
@@ -516,8 +519,87 @@ test('#K7 ptys: an interpreter that makes itself not dumpable (prctl PR_SET_DUMP
   await finishCase(S, a);
 });
 
-test('ptys: the same in bubblewrap sandboxes (SANDBOX_PYTHON_TEMPLATE=off), whose devpts is capped while bwrap waits', async (t) => {
+test('ptys: the same in bubblewrap sandboxes (SANDBOX_PYTHON_TEMPLATE=off), whose devpts is capped while bwrap waits; their bash commands have none', async (t) => {
   const B = await startSuite({ SANDBOX_PYTHON_TEMPLATE: 'off', SANDBOX_SESSION_PTYS_MAX: String(PTYS) });
   t.after(() => stopSuite(B));
   await ptyCase(B, t, 'bubblewrap');
+});
+
+/** Run in a bash command: opens ptys until the kernel refuses one (or there is no pty
+ * device at all), passes every master to the socket the interpreter listens on, and
+ * prints how many it passed and why it stopped. */
+const PASS_PTYS = [
+  'import errno, os, socket',
+  'masters = []',
+  'why = "none"',
+  'try:',
+  '    while len(masters) < 64:',
+  '        m, s = os.openpty()',
+  '        os.close(s)',
+  '        masters.append(m)',
+  'except OSError as e:',
+  '    why = errno.errorcode[e.errno]',
+  'with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:',
+  '    c.connect("/workspace/ptys.sock")',
+  '    for m in masters:',
+  '        socket.send_fds(c, [b"m"], [m])',
+  '    c.shutdown(socket.SHUT_WR)',
+  '    c.recv(2)  # the interpreter has them all',
+  'print(len(masters), why)',
+].join('\n');
+
+test('#K10 ptys without the template (SANDBOX_PYTHON_TEMPLATE=off): masters passed out of bash commands to the interpreter stay within the session\'s cap, and another session still opens one', async (t) => {
+  const B = await startSuite({ SANDBOX_PYTHON_TEMPLATE: 'off', SANDBOX_SESSION_PTYS_MAX: String(PTYS) });
+  t.after(() => stopSuite(B));
+  const h = await api(B.server, 'GET', '/health');
+  assert.equal(h.body.isolation.interpreters, 'bubblewrap', 'the kind of sandbox under test');
+  const a = await attacker(B, t);
+  // The interpreter keeps what commands send it, from a thread that serves a socket in
+  // /workspace between calls.
+  const LISTEN = [
+    'import os, socket, threading',
+    'held = []',
+    'rx = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)',
+    "rx.bind('/workspace/ptys.sock')",
+    'rx.listen(16)',
+    'def serve():',
+    '    while True:',
+    '        c, _ = rx.accept()',
+    '        with c:',
+    '            while True:',
+    '                _, fds, _, _ = socket.recv_fds(c, 16, 16)',
+    '                if not fds:',
+    '                    break',
+    '                held.extend(fds)',
+    "            c.sendall(b'ok')",
+    'threading.Thread(target=serve, daemon=True).start()',
+    "print('ok')",
+  ].join('\n');
+  const listen = await py(B.server, a.id, LISTEN);
+  assert.equal(listen.stdout, 'ok', listen.stderr);
+  const write = await py(B.server, a.id, `open('/workspace/pass_ptys.py', 'w').write(${JSON.stringify(PASS_PTYS)})`);
+  assert.equal(write.return_code, 0, write.stderr);
+  // Before: each command had a devpts of its own, capped anew, kept by the masters it
+  // passed out after it ended: 6 commands, 6 × SANDBOX_SESSION_PTYS_MAX ptys held.
+  const COMMANDS = 6;
+  const said: string[] = [];
+  for (let i = 0; i < COMMANDS; i++) {
+    const b = await sh(B.server, a.id, 'python3 /workspace/pass_ptys.py');
+    assert.equal(b.return_code, 0, `command ${i}: ${b.stdout} ${b.stderr}`);
+    said.push(b.stdout.trim());
+  }
+  const drain = 'print(len(held), len({os.fstat(m).st_dev for m in held}))';
+  const r = await py(B.server, a.id, drain);
+  assert.equal(r.return_code, 0, r.stderr);
+  const [held, instances] = r.stdout.split(' ').map(Number);
+  assert.ok(held! <= PTYS, `the session holds ${held} ptys from ${instances} devpts instances, more than its cap of ${PTYS} (the commands said: ${said.join('; ')})`);
+  // (how: a bash command beside the living interpreter finds no pty device at all)
+  assert.deepEqual(said, Array<string>(COMMANDS).fill('0 EACCES'), 'no command opened a pty');
+  // The interpreter's own devpts still gives it the session's cap.
+  const own = await py(B.server, a.id, OPEN_PTYS);
+  assert.equal(own.stdout, `${PTYS - held!} ENOSPC`, own.stderr);
+  // Another session still opens one.
+  const v = await py(B.server, B.victim, ONE_PTY);
+  assert.match(v.stdout, /^\/dev\/pts\/\d+$/, `the victim opens a pty: ${v.stdout} ${v.stderr}`);
+  await finishCase(B, a);
 });

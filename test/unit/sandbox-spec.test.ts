@@ -11,7 +11,18 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, readFileSync, realpathSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
-import { DEVPTS_OPTIONS, ETC_ALLOW_LIST, NAMESPACES, SANDBOX_PATHS, sandboxEnv, sandboxSpec, type MountOp, type SandboxSpec } from '../../src/sandbox/spec.js';
+import {
+  DEVPTS_OPTIONS,
+  ETC_ALLOW_LIST,
+  NAMESPACES,
+  NO_PTYS_ERROR,
+  SANDBOX_PATHS,
+  sandboxEnv,
+  sandboxSpec,
+  type MountOp,
+  type SandboxRole,
+  type SandboxSpec,
+} from '../../src/sandbox/spec.js';
 import { FD, renderBwrap } from '../../src/sandbox/bwrap-args.js';
 import { sandboxRlimits, RLIMIT_NAMES, type Rlimit } from '../../src/limits.js';
 import {
@@ -19,6 +30,7 @@ import {
   compareWithSpec,
   expectedDump,
   expectedMounts,
+  expectedOpenpty,
   normaliseDump,
   parseLimits,
   parseMountinfo,
@@ -29,7 +41,7 @@ import {
 const repo = (rel: string) => fileURLToPath(new URL(`../../../${rel}`, import.meta.url));
 const limits = { addressSpaceBytes: 512 << 20, cpuSeconds: 30, fileSizeBytes: 1 << 20, openFiles: 64, processes: 32 };
 
-function withFolders<T>(fn: (spec: SandboxSpec, base: string) => T): T {
+function withFolders<T>(fn: (spec: SandboxSpec, base: string) => T, role: SandboxRole = { kind: 'interpreter', preload: ['json'] }): T {
   const root = mkdtempSync(`${tmpdir()}/spec-test-`);
   try {
     for (const d of ['workspace', 'tmp', 'lib', 'base']) mkdirSync(`${root}/${d}`);
@@ -42,7 +54,7 @@ function withFolders<T>(fn: (spec: SandboxSpec, base: string) => T): T {
         return false;
       }
     });
-    return fn(sandboxSpec(folders, sandboxRlimits(limits), { kind: 'interpreter', preload: ['json'] }, etc), `${root}/base`);
+    return fn(sandboxSpec(folders, sandboxRlimits(limits), role, etc), `${root}/base`);
   } finally {
     rmSync(root, { recursive: true, force: true });
   }
@@ -204,6 +216,37 @@ describe('the sandbox description', () => {
         (e: Error & { stderr?: string }) => /mount \/usr\/share\/otari-test-submount (is not nosuid|lacks ro, nosuid or nodev)/.test(String(e.stderr)),
       );
     });
+  });
+
+  it('gives a command without ptys a cover on /dev/pts/ptmx (read-only, nodev), carried out alike by bubblewrap and the template builder, and expects openpty() to fail there', () => {
+    const withPtys = withFolders((spec) => spec, { kind: 'command' });
+    assert.equal(expectedOpenpty(withPtys.mounts), 'ok');
+    withFolders(
+      (spec, base) => {
+        const dev = spec.mounts.findIndex((m) => m.op === 'dev');
+        const cover = spec.mounts.findIndex((m) => m.op === 'bind' && m.dest === '/dev/pts/ptmx');
+        assert.ok(dev >= 0 && cover > dev, 'the cover comes after the devpts');
+        assert.deepEqual(spec.mounts[cover], { op: 'bind', source: '/dev/null', dest: '/dev/pts/ptmx', readonly: true }, 'read-only, and nodev as every bind');
+        const shape = (ms: readonly MountOp[]) => ms.map((m) => `${m.op} ${'dest' in m ? m.dest : ''}`);
+        assert.deepEqual(shape(spec.mounts.filter((_, i) => i !== cover)), shape(withPtys.mounts), 'the same sandbox otherwise');
+        assert.equal(expectedOpenpty(spec.mounts), NO_PTYS_ERROR);
+        const { options, dataFds, devpts } = renderBwrap(spec);
+        assert.deepEqual(parseBwrap(options, dataFds, devpts).mounts, spec.mounts);
+        assert.deepEqual(devpts, { max: 12, options: DEVPTS_OPTIONS }, 'the devpts under the cover is capped all the same');
+        const ptmx = expectedMounts(spec.mounts, hostFacts()).find((m) => m[0] === '/dev/pts/ptmx');
+        assert.ok(ptmx?.[2].includes('nodev') && ptmx[2].includes('ro'), JSON.stringify(ptmx));
+        const out = execFileSync('/usr/bin/python3', ['-I', repo('test/fixtures/template_dry_run.py')], {
+          input: JSON.stringify({ zygote: repo('sandbox-python/zygote.py'), mounts: spec.mounts, base }),
+          encoding: 'utf8',
+        });
+        const built = out
+          .trim()
+          .split('\n')
+          .map((l) => JSON.parse(l) as MountLine);
+        assert.deepEqual(built, expectedMounts(spec.mounts, hostFacts()));
+      },
+      { kind: 'command', ptys: false },
+    );
   });
 
   it('names every rlimit once, the paths once, and gives commands the same sandbox as interpreters but for the driver variables', () => {
