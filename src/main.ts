@@ -17,7 +17,8 @@ import { Pipes } from './sandbox/pipes.js';
 import { DevptsCap } from './sandbox/devpts-cap.js';
 import { UidAllocator, killUid, pidsOfUids } from './sandbox/uids.js';
 import { hostFileMax, openFilesBound } from './sandbox/open-files.js';
-import { hostTaskLimits, hostTasksBound, serverShare } from './sandbox/host-tasks.js';
+import { hostTaskLimits, hostTasksBound } from './sandbox/host-tasks.js';
+import { sessionTcpWant } from './sandbox/tcp-memory.js';
 import { claimUidRange, UidRangeTaken, type UidClaim } from './sandbox/uid-claims.js';
 import { buildSeccompFilter, hostFacts, probeBwrap, probeCommand, probeTemplate, sweepSessionsRoot, PreflightError, FIX_HINT } from './sandbox/preflight.js';
 import { Interpreter } from './runner/interpreter.js';
@@ -388,7 +389,15 @@ async function main(): Promise<void> {
   if (privileged) {
     try {
       // The default base moves on to a free range; one the operator chose must be free.
-      uidClaim = await claimUidRange(config.sandboxUidBase, uidCount, { pick: process.env.SANDBOX_UID_BASE === undefined, root: config.sessionsRoot });
+      uidClaim = await claimUidRange(config.sandboxUidBase, uidCount, {
+        pick: process.env.SANDBOX_UID_BASE === undefined,
+        root: config.sessionsRoot,
+        // what this server's sessions would take of host-wide budgets (host-tasks.ts)
+        needs: {
+          tasks: config.maxSessions * config.sessionPidsMax,
+          tcpBytes: config.maxSessions * sessionTcpWant(sessionCgroupLimits(config).memoryBytes),
+        },
+      });
     } catch (e) {
       if (!(e instanceof UidRangeTaken)) throw e;
       process.stderr.write(`otari-sandbox-container: ${e.message}\n`);
@@ -469,15 +478,21 @@ async function main(): Promise<void> {
     process.exit(1);
   }
 
-  // This server's part of host-wide budgets (pids, TCP memory), by how many live servers
-  // on the host started before it: all of them together keep within half (host-tasks.ts).
-  const hostShare = serverShare(uidClaim?.rank ?? 0);
-  const cgroups = await detectCgroups(privileged, `otari-${createHash('sha256').update(config.sessionsRoot).digest('hex').slice(0, 12)}`, config.maxSessions, hostShare);
+  // This server's part of host-wide budgets (pids, TCP memory) comes after what the live
+  // servers on the host that started before it need: all together keep within half
+  // (host-tasks.ts serverBudget).
+  const older = uidClaim?.older ?? [];
+  const cgroups = await detectCgroups(
+    privileged,
+    `otari-${createHash('sha256').update(config.sessionsRoot).digest('hex').slice(0, 12)}`,
+    config.maxSessions,
+    older.map((n) => n.tcpBytes),
+  );
   if (cgroups) await cgroups.sweep();
   // All sessions' processes and threads together stay within this server's share of the
   // host's (host-tasks.ts): where SANDBOX_SESSION_PIDS_MAX would not, the limit in force from
   // here on (cgroups, open-files arithmetic, /health) is lowered.
-  const tasks = hostTasksBound({ sessionPidsMax: config.sessionPidsMax, maxSessions: config.maxSessions, ...hostTaskLimits(), share: hostShare });
+  const tasks = hostTasksBound({ sessionPidsMax: config.sessionPidsMax, maxSessions: config.maxSessions, ...hostTaskLimits(), olderNeeds: older.map((n) => n.tasks) });
   if (tasks.lowered) {
     log.warn(
       { configured: config.sessionPidsMax, in_force: tasks.perSession, processes: tasks.text },

@@ -236,7 +236,7 @@ async function sweepLeaves(base: string): Promise<number> {
   return stale.length;
 }
 
-async function detectV2(privileged: boolean, scope: string, maxSessions: number, share: number): Promise<Cgroups | null> {
+async function detectV2(privileged: boolean, scope: string, maxSessions: number, olderTcpNeeds: readonly number[]): Promise<Cgroups | null> {
   const mount = existsSync('/sys/fs/cgroup/cgroup.controllers') ? '/sys/fs/cgroup' : existsSync('/sys/fs/cgroup/unified/cgroup.controllers') ? '/sys/fs/cgroup/unified' : null;
   if (!mount) return null;
   const own = ownPath((f) => f[0] === '0' && f[1] === '');
@@ -277,7 +277,7 @@ async function detectV2(privileged: boolean, scope: string, maxSessions: number,
     parent,
     socketMemory: "socket buffers are charged to the session's memory limit (cgroup v2)",
     kernelMemory: "kernel objects (slab, pipe buffers, page tables) are charged to the session's memory limit (cgroup v2)",
-    tcpMemory: (memoryBytes) => tcpMemoryBound({ memoryBytes, maxSessions, tcpMem: hostTcpMem(), perSessionLimit: false, share }),
+    tcpMemory: (memoryBytes) => tcpMemoryBound({ memoryBytes, maxSessions, tcpMem: hostTcpMem(), perSessionLimit: false, olderNeeds: olderTcpNeeds }),
     boundParent: (leaf, sessions) =>
       boundFiles([
         { file: `${parent}/memory.max`, value: times(leaf.memoryBytes, sessions), bytes: true, field: 'memoryBytes' },
@@ -314,7 +314,7 @@ function v1Base(controller: string): string | null {
   return mount ? `${mount}${own === '/' ? '' : own}` : null;
 }
 
-async function detectV1(privileged: boolean, scope: string, maxSessions: number, share: number): Promise<Cgroups | null> {
+async function detectV1(privileged: boolean, scope: string, maxSessions: number, olderTcpNeeds: readonly number[]): Promise<Cgroups | null> {
   if (!privileged || !existsSync('/sys/fs/cgroup/memory/memory.limit_in_bytes')) return null;
   const base = v1Base('memory');
   if (base === null) return null;
@@ -345,7 +345,7 @@ async function detectV1(privileged: boolean, scope: string, maxSessions: number,
   const tcpMem = hostTcpMem();
   const tcpMemory = (memoryBytes: number): TcpMemoryBound =>
     kmem.tcp
-      ? tcpMemoryBound({ memoryBytes, maxSessions, tcpMem, perSessionLimit: true, share })
+      ? tcpMemoryBound({ memoryBytes, maxSessions, tcpMem, perSessionLimit: true, olderNeeds: olderTcpNeeds })
       : {
           perSessionBytes: memoryBytes,
           lowered: false,
@@ -440,8 +440,8 @@ async function probeV1KernelMemory(parent: string): Promise<{ tcp: boolean; tcpP
  * server per sessions root): its start-up sweep must never touch the leaves of another
  * server on the same host, which share the same base cgroup.
  */
-/** `share`: the part of host-wide budgets (TCP memory) this server's sessions may hold
- * (host-tasks.ts `serverShare`). */
-export async function detectCgroups(privileged: boolean, scope: string, maxSessions: number, share: number): Promise<Cgroups | null> {
-  return (await detectV2(privileged, scope, maxSessions, share)) ?? (await detectV1(privileged, scope, maxSessions, share));
+/** `olderTcpNeeds`: the TCP needs of the live servers on the host older than this one,
+ * oldest first (host-tasks.ts `serverBudget`). */
+export async function detectCgroups(privileged: boolean, scope: string, maxSessions: number, olderTcpNeeds: readonly number[]): Promise<Cgroups | null> {
+  return (await detectV2(privileged, scope, maxSessions, olderTcpNeeds)) ?? (await detectV1(privileged, scope, maxSessions, olderTcpNeeds));
 }

@@ -11,11 +11,15 @@
  *
  * Several servers on one host share the same pids (and the same TCP memory,
  * tcp-memory.ts): all of them together keep their sessions within ALL_SERVERS_SHARE of
- * each host-wide budget. The first server takes half of that, each later one half of what
- * the earlier ones left (`serverShare`: its rank is how many live servers are older,
- * uid-claims.ts). A server that is k-th oldest among those alive now had at least k older
- * ones when it started, so its share is at most ALL_SERVERS_SHARE / 2^(k+1) and the sum
- * over any set of live servers stays below ALL_SERVERS_SHARE, whoever stopped meanwhile.
+ * each host-wide budget. Each server states what it would take at most (its need: its
+ * sessions times their limit) in its uid claim (uid-claims.ts), and takes the smaller of
+ * its need and half of what the live servers older than it leave (`serverBudget`, which
+ * works the older servers' parts out from their needs, oldest first). A small server
+ * (a test's, a few sessions) takes only its need and leaves the rest; a large one never
+ * takes more than half of what is left. Each server's part is at most half of what the
+ * older ones leave, worked out from needs that give each older server at least what it
+ * took itself (a server that stopped since only leaves more), so the parts of any set of
+ * live servers add up to ALL_SERVERS_SHARE at most.
  *
  * Limits: a session needs a few processes to work at all (its sandbox's init, the
  * interpreter and its threads, a bash command's init and bash), so the per-session
@@ -28,17 +32,15 @@ import { readFileSync } from 'node:fs';
  * host may hold together. */
 export const ALL_SERVERS_SHARE = 0.5;
 
-/** The share of a host-wide budget the sessions of one server may hold: half of
- * ALL_SERVERS_SHARE for the oldest live server, half of what is left for each later one.
- * `rank`: how many live servers on the host are older (0 without a claim, rootless). */
-export function serverShare(rank: number): number {
-  return ALL_SERVERS_SHARE / 2 ** (Math.min(Math.max(0, Math.floor(rank)), 40) + 1);
+/** What one server's sessions may hold together of a host-wide budget `host` (tasks, or
+ * TCP bytes): the smaller of `need` and half of what the older servers leave, their parts
+ * worked out the same way from their needs (`olderNeeds`, oldest first). */
+export function serverBudget(host: number, olderNeeds: readonly number[], need: number): number {
+  let left = host * ALL_SERVERS_SHARE;
+  for (const n of olderNeeds) left -= Math.min(Math.max(0, n), left / 2);
+  return Math.max(0, Math.min(need, Math.floor(left / 2)));
 }
 
-/** "1/4": a share as the fraction it is. */
-export function shareName(share: number): string {
-  return `1/${Math.round(1 / share)}`;
-}
 /** The lowest per-session limit the server lowers to (SANDBOX_SESSION_PIDS_MAX's minimum). */
 export const MIN_SESSION_TASKS = 16;
 
@@ -55,7 +57,14 @@ export interface HostTasksBound {
   text: string;
 }
 
-export function hostTasksBound(opts: { sessionPidsMax: number; maxSessions: number; pidMax: number | null; threadsMax: number | null; share: number }): HostTasksBound {
+export function hostTasksBound(opts: {
+  sessionPidsMax: number;
+  maxSessions: number;
+  pidMax: number | null;
+  threadsMax: number | null;
+  /** The task needs of the live servers on the host older than this one, oldest first. */
+  olderNeeds: readonly number[];
+}): HostTasksBound {
   const known = [opts.pidMax, opts.threadsMax].filter((n): n is number => n !== null && Number.isFinite(n) && n > 0);
   const hostTasks = known.length > 0 ? Math.min(...known) : null;
   if (hostTasks === null) {
@@ -67,8 +76,9 @@ export function hostTasksBound(opts: { sessionPidsMax: number; maxSessions: numb
       text: `at most ${opts.sessionPidsMax} per session (SANDBOX_SESSION_PIDS_MAX); the host's kernel.pid_max and kernel.threads-max are unreadable`,
     };
   }
-  const share = Math.floor(hostTasks * opts.share);
-  const part = `this server's ${shareName(opts.share)} share`;
+  const share = serverBudget(hostTasks, opts.olderNeeds, opts.sessionPidsMax * opts.maxSessions);
+  const others = opts.olderNeeds.length;
+  const part = `this server's part (${share}${others > 0 ? `, after ${others} older server${others > 1 ? 's' : ''} on the host` : ''})`;
   const fair = Math.floor(share / opts.maxSessions);
   const perSession = Math.min(opts.sessionPidsMax, Math.max(fair, MIN_SESSION_TASKS));
   const lowered = perSession < opts.sessionPidsMax;

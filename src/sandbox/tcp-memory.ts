@@ -9,8 +9,9 @@
  *
  * cgroup v1 (`memory.kmem.tcp.limit_in_bytes`, which cgroups.ts sets on each leaf and,
  * times the sessions, on the server's parent): a session gets the smaller of its memory
- * limit and an equal share of the server's share of `pressure` (host-tasks.ts
- * `serverShare`: all servers on the host together hold at most half of it), never below
+ * limit, SESSION_TCP_WANT_BYTES and an equal part of the server's part of `pressure`
+ * (host-tasks.ts `serverBudget`: all servers on the host together hold at most half of
+ * it), never below
  * MIN_SESSION_TCP_BYTES, so all sessions of all servers together stay below the pressure
  * point. cgroup
  * v2 has no TCP limit of its own: socket buffers are charged to `memory.max`, and what
@@ -18,11 +19,20 @@
  * says whether they do (`hostExhaustible`), and /health and the start-up log repeat it.
  */
 import { readFileSync } from 'node:fs';
-import { shareName } from './host-tasks.js';
+import { serverBudget } from './host-tasks.js';
 
 const MiB = 1024 * 1024;
 /** The lowest per-session TCP limit (enough for loopback work: buffers shrink, transfers go on). */
 export const MIN_SESSION_TCP_BYTES = MiB;
+/** The most a session's TCP buffers may want: a sandbox has no network but its own
+ * loopback, where a few MiB of buffers move data at full speed (#K9 moves 16 MiB through
+ * one MiB). A server's need of the host's TCP memory is this times its sessions. */
+export const SESSION_TCP_WANT_BYTES = 16 * MiB;
+
+/** A session's TCP want: SESSION_TCP_WANT_BYTES, or its memory limit if smaller. */
+export function sessionTcpWant(memoryBytes: number): number {
+  return Math.min(memoryBytes, SESSION_TCP_WANT_BYTES);
+}
 
 /** tcp_mem in bytes. */
 export interface TcpMem {
@@ -46,7 +56,14 @@ const mib = (n: number) => `${(n / MiB).toFixed(1)} MiB`;
 
 /** `memoryBytes`: a session's memory cgroup limit; `perSessionLimit`: whether the kernel
  * has a TCP limit per session (cgroup v1's kmem.tcp) or only the memory limit (v2). */
-export function tcpMemoryBound(opts: { memoryBytes: number; maxSessions: number; tcpMem: TcpMem | null; perSessionLimit: boolean; share: number }): TcpMemoryBound {
+export function tcpMemoryBound(opts: {
+  memoryBytes: number;
+  maxSessions: number;
+  tcpMem: TcpMem | null;
+  perSessionLimit: boolean;
+  /** The TCP needs of the live servers on the host older than this one, oldest first. */
+  olderNeeds: readonly number[];
+}): TcpMemoryBound {
   const { memoryBytes, maxSessions, tcpMem } = opts;
   if (tcpMem === null) {
     return { perSessionBytes: memoryBytes, lowered: false, hostExhaustible: true, text: "the host's net.ipv4.tcp_mem is unreadable" };
@@ -65,13 +82,16 @@ export function tcpMemoryBound(opts: { memoryBytes: number; maxSessions: number;
     };
   }
   const page = 4096;
-  const share = Math.floor((tcpMem.pressure * opts.share) / maxSessions / page) * page;
-  const part = `this server's ${shareName(opts.share)} share of the host's TCP pressure threshold`;
-  const perSessionBytes = Math.min(memoryBytes, Math.max(share, MIN_SESSION_TCP_BYTES));
+  const want = sessionTcpWant(memoryBytes);
+  const budget = serverBudget(tcpMem.pressure, opts.olderNeeds, want * maxSessions);
+  const share = Math.floor(budget / maxSessions / page) * page;
+  const others = opts.olderNeeds.length;
+  const part = `this server's part (${mib(budget)}${others > 0 ? `, after ${others} older server${others > 1 ? 's' : ''} on the host` : ''}) of the host's TCP pressure threshold`;
+  const perSessionBytes = Math.min(want, Math.max(share, MIN_SESSION_TCP_BYTES));
   const lowered = perSessionBytes < memoryBytes;
   const total = perSessionBytes * maxSessions;
-  const hostExhaustible = total > tcpMem.pressure * opts.share;
-  const why = lowered ? `a 1/${maxSessions} part of ${part}` : "the session's memory limit";
+  const hostExhaustible = total > budget;
+  const why = perSessionBytes < want ? `a 1/${maxSessions} part of ${part}` : perSessionBytes < memoryBytes ? 'what a session may want' : "the session's memory limit";
   const whole = hostExhaustible
     ? `${maxSessions} sessions together could still hold ${mib(total)}, past ${part} (${host}): lower SANDBOX_MAX_SESSIONS`
     : `${maxSessions} sessions together at most ${mib(total)}, within ${part} (${host})`;

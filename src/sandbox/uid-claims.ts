@@ -17,10 +17,18 @@ export interface UidClaim {
   first: number;
   /** Inclusive. */
   last: number;
-  /** How many other live servers on the host claimed their range before this one (any
-   * range): the order by which servers share host-wide budgets (host-tasks.ts). */
-  rank: number;
+  /** The needs of the live servers on the host that claimed their range before this one
+   * (any range), oldest first: by them servers share host-wide budgets (host-tasks.ts). */
+  older: HostNeeds[];
   release(): Promise<void>;
+}
+
+/** What a server's sessions would take at most of host-wide budgets (host-tasks.ts). */
+export interface HostNeeds {
+  /** Processes and threads: SANDBOX_MAX_SESSIONS times SANDBOX_SESSION_PIDS_MAX. */
+  tasks: number;
+  /** TCP buffer bytes: SANDBOX_MAX_SESSIONS times a session's TCP want. */
+  tcpBytes: number;
 }
 
 interface ClaimFile {
@@ -29,6 +37,8 @@ interface ClaimFile {
   first: number;
   last: number;
   root: string;
+  /** Absent in claims of older builds: taken as unbounded. */
+  needs?: HostNeeds;
 }
 
 /** Field 22 of /proc/<pid>/stat: the start time, which tells a pid reused from a dead owner. */
@@ -67,28 +77,41 @@ export class UidRangeTaken extends Error {}
  * Claims `count` uids from `first` on (or, with `pick`, the first free range after it,
  * moving in steps of the range's size rounded up to 1000).
  */
-export async function claimUidRange(first: number, count: number, opts: { pick: boolean; root: string; dir?: string }): Promise<UidClaim> {
+export async function claimUidRange(first: number, count: number, opts: { pick: boolean; root: string; needs: HostNeeds; dir?: string }): Promise<UidClaim> {
   const dir = opts.dir ?? CLAIMS_DIR;
   await fsp.mkdir(dir, { recursive: true, mode: 0o755 });
   const step = Math.ceil(count / 1000) * 1000;
   const me = { pid: process.pid, start: startTime(process.pid) ?? '' };
   for (let attempt = 0; attempt < 200; attempt++) {
     const base = first + attempt * step;
-    const claim: ClaimFile = { ...me, first: base, last: base + count - 1, root: opts.root };
+    const claim: ClaimFile = { ...me, first: base, last: base + count - 1, root: opts.root, needs: opts.needs };
     const name = `${base}-${claim.last}-${process.pid}.claim`;
     const path = `${dir}/${name}`;
-    await fsp.writeFile(path, JSON.stringify(claim), { flag: 'wx', mode: 0o644 });
+    // Whole or not at all: written aside, then linked in (fails if the name exists), so a
+    // server reading the folder never takes a half-written claim for none.
+    const aside = `${dir}/.${name}.${process.pid}.new`;
+    await fsp.writeFile(aside, JSON.stringify(claim), { mode: 0o644 });
+    try {
+      await fsp.link(aside, path);
+    } finally {
+      await fsp.rm(aside, { force: true });
+    }
     const all = await readClaims(dir);
     const mine = all.find((c) => c.name === name);
     const others = all.filter((c) => c.name !== name && c.claim.first <= claim.last && c.claim.last >= claim.first);
     // the older claim keeps the range (ties: the lower pid)
     const yields = others.some((o) => !mine || o.created < mine.created || (o.created === mine.created && o.claim.pid < process.pid));
     if (!yields) {
-      const older = (o: (typeof all)[number]) => !mine || o.created < mine.created || (o.created === mine.created && o.claim.pid < process.pid);
+      const isOlder = (o: (typeof all)[number]) => !mine || o.created < mine.created || (o.created === mine.created && o.claim.pid < process.pid);
+      const unbounded: HostNeeds = { tasks: Number.MAX_SAFE_INTEGER, tcpBytes: Number.MAX_SAFE_INTEGER };
+      const older = all
+        .filter((o) => o.name !== name && o.claim.pid !== process.pid && isOlder(o))
+        .sort((a, b) => (a.created < b.created ? -1 : a.created > b.created ? 1 : a.claim.pid - b.claim.pid))
+        .map((o) => o.claim.needs ?? unbounded);
       return {
         first: base,
         last: claim.last,
-        rank: all.filter((o) => o.name !== name && o.claim.pid !== process.pid && older(o)).length,
+        older,
         release: () => fsp.rm(path, { force: true }),
       };
     }

@@ -7,63 +7,72 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ALL_SERVERS_SHARE, hostTasksBound, isOutOfTasks, serverShare } from '../../src/sandbox/host-tasks.js';
+import { ALL_SERVERS_SHARE, hostTasksBound, isOutOfTasks, serverBudget } from '../../src/sandbox/host-tasks.js';
 
-const FIRST = serverShare(0);
+const ALONE: number[] = [];
 
-test('the first server takes half of the half all servers may hold, each later one half of what is left: any set of live servers stays within half', () => {
+test('each server takes the smaller of its need and half of what older servers leave: any set of live servers stays within half', () => {
   assert.equal(ALL_SERVERS_SHARE, 0.5);
-  assert.deepEqual([0, 1, 2, 3].map(serverShare), [0.25, 0.125, 0.0625, 0.03125]);
-  // The k-th oldest live server had at least k older ones when it started (its rank), so
-  // its share is at most serverShare(k): the worst case is ranks 0, 1, 2, ...
+  // alone, a large server takes a quarter of the host; a small one its need
+  assert.equal(serverBudget(32_768, [], 65_536), 8192);
+  assert.equal(serverBudget(32_768, [], 192), 192);
+  // after a small older server, a large one still gets nearly a quarter
+  assert.equal(serverBudget(32_768, [192], 65_536), Math.floor((16_384 - 192) / 2));
+  // large servers one after another: halves of what is left
+  assert.equal(serverBudget(32_768, [65_536], 65_536), 4096);
+  assert.equal(serverBudget(32_768, [65_536, 65_536], 65_536), 2048);
+  // Whatever the needs and order, the parts (each worked out from the older ones' needs)
+  // add up to half at most; a server whose older ones since stopped took less than now.
+  const needs = [65_536, 10, 5000, 1_000_000, 300, 300, 8192, 65_536, 1, 40_000];
   let sum = 0;
-  for (let k = 0; k < 40; k++) sum += serverShare(k);
-  assert.ok(sum <= ALL_SERVERS_SHARE, String(sum));
-  assert.equal(serverShare(-3), serverShare(0));
+  for (let k = 0; k < needs.length; k++) sum += serverBudget(32_768, needs.slice(0, k), needs[k]!);
+  assert.ok(sum <= 16_384, String(sum));
+  const withoutSome = [needs[0]!, needs[3]!, needs[7]!];
+  assert.ok(serverBudget(32_768, withoutSome, 65_536) >= serverBudget(32_768, needs.slice(0, 8), 65_536), 'fewer older servers leave more');
 });
 
-test('the defaults on a host with pid_max 32768, first server: 1024 per session is lowered to 32, 256 sessions hold 8192 at most', () => {
-  const b = hostTasksBound({ sessionPidsMax: 1024, maxSessions: 256, pidMax: 32_768, threadsMax: 192_725, share: FIRST });
+test('the defaults on a host with pid_max 32768, the only server: 1024 per session is lowered to 32 for 256 sessions, 8192 at most', () => {
+  const b = hostTasksBound({ sessionPidsMax: 1024, maxSessions: 256, pidMax: 32_768, threadsMax: 192_725, olderNeeds: ALONE });
   assert.equal(b.hostTasks, 32_768);
   assert.equal(b.perSession, 32);
   assert.equal(b.lowered, true);
   assert.equal(b.hostExhaustible, false);
   assert.ok(b.perSession * 256 <= 32_768 / 4);
-  assert.match(b.text, /^at most 32 per session \(SANDBOX_SESSION_PIDS_MAX 1024, lowered for 256 sessions to stay within this server's 1\/4 share of the host's 32768 tasks/);
+  assert.match(b.text, /^at most 32 per session \(SANDBOX_SESSION_PIDS_MAX 1024, lowered for 256 sessions to stay within this server's part \(8192\) of the host's 32768 tasks/);
   assert.match(b.text, /8192 for all sessions together$/);
-  // a second server on the host: half of that
-  const second = hostTasksBound({ sessionPidsMax: 1024, maxSessions: 64, pidMax: 32_768, threadsMax: 192_725, share: serverShare(1) });
+  // a second such server on the host: half of what the first leaves
+  const second = hostTasksBound({ sessionPidsMax: 1024, maxSessions: 64, pidMax: 32_768, threadsMax: 192_725, olderNeeds: [256 * 1024] });
   assert.equal(second.perSession, 64);
-  assert.match(second.text, /this server's 1\/8 share/);
+  assert.match(second.text, /this server's part \(4096, after 1 older server on the host\)/);
 });
 
 test('threads-max counts when it is the smaller; odd figures round down', () => {
-  const b = hostTasksBound({ sessionPidsMax: 1024, maxSessions: 3, pidMax: 4_194_304, threadsMax: 1001, share: FIRST });
+  const b = hostTasksBound({ sessionPidsMax: 1024, maxSessions: 3, pidMax: 4_194_304, threadsMax: 1001, olderNeeds: ALONE });
   assert.equal(b.hostTasks, 1001);
   assert.equal(b.perSession, 83, 'floor(floor(1001 / 4) / 3)');
   assert.ok(b.perSession * 3 <= 250);
 });
 
 test('a limit that fits is kept as configured', () => {
-  const b = hostTasksBound({ sessionPidsMax: 1024, maxSessions: 8, pidMax: 4_194_304, threadsMax: 192_725, share: FIRST });
+  const b = hostTasksBound({ sessionPidsMax: 1024, maxSessions: 8, pidMax: 4_194_304, threadsMax: 192_725, olderNeeds: ALONE });
   assert.equal(b.perSession, 1024);
   assert.equal(b.lowered, false);
   assert.equal(b.hostExhaustible, false);
-  assert.match(b.text, /^at most 1024 per session \(SANDBOX_SESSION_PIDS_MAX\); 8192 for all sessions together, within this server's 1\/4 share of the host's 192725 tasks/);
+  assert.match(b.text, /^at most 1024 per session \(SANDBOX_SESSION_PIDS_MAX\); 8192 for all sessions together, within this server's part \(8192\) of the host's 192725 tasks/);
 });
 
 test('never below 16 per session: where even that does not fit, the report says the host can run out and what to change', () => {
-  const b = hostTasksBound({ sessionPidsMax: 1024, maxSessions: 10_000, pidMax: 32_768, threadsMax: null, share: FIRST });
+  const b = hostTasksBound({ sessionPidsMax: 1024, maxSessions: 10_000, pidMax: 32_768, threadsMax: null, olderNeeds: ALONE });
   assert.equal(b.perSession, 16);
   assert.equal(b.lowered, true);
   assert.equal(b.hostExhaustible, true, '10,000 x 16 > 8,192');
-  assert.match(b.text, /10000 sessions could still hold 160000, past this server's 1\/4 share of the host's 32768 tasks .*: lower SANDBOX_MAX_SESSIONS or raise kernel.pid_max/);
+  assert.match(b.text, /10000 sessions could still hold 160000, past this server's part \(8192\) of the host's 32768 tasks .*: lower SANDBOX_MAX_SESSIONS or raise kernel.pid_max/);
   // a configured limit below the floor is never raised
-  assert.equal(hostTasksBound({ sessionPidsMax: 16, maxSessions: 10_000, pidMax: 32_768, threadsMax: null, share: FIRST }).perSession, 16);
+  assert.equal(hostTasksBound({ sessionPidsMax: 16, maxSessions: 10_000, pidMax: 32_768, threadsMax: null, olderNeeds: ALONE }).perSession, 16);
 });
 
 test('unreadable host limits: the configured value, reported as unchecked', () => {
-  const b = hostTasksBound({ sessionPidsMax: 1024, maxSessions: 256, pidMax: null, threadsMax: null, share: FIRST });
+  const b = hostTasksBound({ sessionPidsMax: 1024, maxSessions: 256, pidMax: null, threadsMax: null, olderNeeds: ALONE });
   assert.equal(b.perSession, 1024);
   assert.equal(b.lowered, false);
   assert.equal(b.hostExhaustible, true);
