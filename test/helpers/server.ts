@@ -79,6 +79,12 @@ async function startOnce(env: Record<string, string>, opts: StartOptions): Promi
       SANDBOX_PRELOAD_MODULES: '-',
       SANDBOX_SHUTDOWN_GRACE_SECONDS: '2',
       SANDBOX_MAX_SESSIONS: '32',
+      // What a test server states as its need of the host's pids (32 x 96): the servers of
+      // a test run share the host's budget by need (host-tasks.ts serverBudget), and a
+      // server's part is half of what the older ones leave once that is less than its
+      // need; with this, five test servers at once each keep their limit on a host with
+      // kernel.pid_max 32,768 (the defaults' 1,024 made the third one's part a fraction).
+      SANDBOX_SESSION_PIDS_MAX: '96',
       ...env,
     },
     stdio: ['ignore', 'pipe', 'pipe'],
