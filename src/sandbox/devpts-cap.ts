@@ -42,9 +42,11 @@ export class DevptsCap {
    * rejects if it cannot be capped, or on `signal` (the sandbox ended first). */
   cap(req: DevptsCapRequest, signal: AbortSignal): Promise<void> {
     if (signal.aborted) return Promise.reject(new Error('the sandbox ended'));
-    return this.helper.request({ ...req }, signal, (id) => ({ id, cancel: true })).catch((e: unknown) => {
-      throw signal.aborted ? new Error('the sandbox ended') : e;
-    });
+    return this.helper
+      .request({ ...req }, signal, (id) => ({ id, cancel: true }))
+      .catch((e: unknown) => {
+        throw signal.aborted ? new Error('the sandbox ended') : e;
+      });
   }
 
   /** At shutdown, after every sandbox is gone. */
