@@ -679,9 +679,9 @@ def run_spawner(req, report_fd, zygote_pid):
 #         │   reports it to H once Y is ready, exits (Y's parent is then Zc, a subreaper)
 #         └─ Y  pid 1 of the command's pid namespace: a /proc of that namespace over the
 #            │   interpreter's; the sandbox user's namespace (the interpreter's second one);
-#            │   no capabilities, not dumpable. A command slot: it waits for its one
-#            │   command on a socket that H hands to Zc; then the spec's rlimits, umask,
-#            │   cwd; the seccomp filter; starts the command, reaps, exits with its status,
+#            │   no capabilities, not dumpable, the spec's rlimits, umask, the seccomp
+#            │   filter. A command slot: it waits for its one command on a socket that H
+#            │   hands to Zc; then its cwd; starts the command, reaps, exits with its status,
 #            │   which makes the kernel kill every process the command left (setsid,
 #            │   nohup, double forks)
 #            └─ the command (posix_spawn: a new session, default signal dispositions, an
@@ -796,12 +796,12 @@ def run_command_host(req, sock, zygote_pid):
         if os.getppid() != zygote_pid:
             os._exit(0)  # the zygote died before the death signal was armed
         while True:
-            _, fds, _, _ = socket.recv_fds(sock, 16, len(NS_FDS))
+            limits, fds, _, _ = socket.recv_fds(sock, 1 << 16, len(NS_FDS))
             if len(fds) != len(NS_FDS):
                 os._exit(0)  # the zygote is gone (or spoke nonsense)
             slot = None
             try:
-                answer, slot = make_slot(dict(zip(NS_FDS, fds, strict=True)), sock, zygote_pid)
+                answer, slot = make_slot(json.loads(limits), dict(zip(NS_FDS, fds, strict=True)), sock, zygote_pid)
             except BaseException as e:  # noqa: BLE001
                 answer = {"error": f"{type(e).__name__}: {e}"}
             finally:
@@ -826,7 +826,7 @@ def read_fd(fd):
     return b"".join(parts)
 
 
-def make_slot(ns, sock, zygote_pid):
+def make_slot(rlimits, ns, sock, zygote_pid):
     """H: forks X for one slot and waits for its report: ({"pid": Y}, the descriptor of
     Zc's end of Y's socket), or ({"error": why}, None)."""
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -837,7 +837,7 @@ def make_slot(ns, sock, zygote_pid):
             os.close(r)
             sock.close()  # (a socket of the host's network namespace: never into the sandbox)
             mine.close()
-            run_command_spawner(w, zygote_pid, ns, theirs)
+            run_command_spawner(w, zygote_pid, rlimits, ns, theirs)
             os._exit(1)
         os.close(w)
         theirs.close()
@@ -860,7 +860,7 @@ def make_slot(ns, sock, zygote_pid):
         theirs.close()
 
 
-def run_command_spawner(report_fd, zygote_pid, ns, sock):
+def run_command_spawner(report_fd, zygote_pid, rlimits, ns, sock):
     """X: see the diagram above. `ns`: descriptors of the namespaces to join (NS_FDS);
     `sock`: the slot's end of its socket, for Y."""
     try:
@@ -879,7 +879,7 @@ def run_command_spawner(report_fd, zygote_pid, ns, sock):
         if pid == 0:
             os.close(report_fd)
             os.close(ready_r)
-            run_command_init(sock, ns["inner"], own_pidfd, zygote_pidfd, ready_w)
+            run_command_init(sock, rlimits, ns["inner"], own_pidfd, zygote_pidfd, ready_w)
         os.close(ready_w)
         # Y says whether it is ready: a sandbox that could not be entered is a failure to
         # start (the server then uses bubblewrap), never the command's status.
@@ -898,9 +898,10 @@ def run_command_spawner(report_fd, zygote_pid, ns, sock):
 ALL_SIGNALS = set(signal.Signals) - {signal.SIGKILL, signal.SIGSTOP}
 
 
-def run_command_init(sock, inner, a_pidfd, zygote_pidfd, ready_fd):
+def run_command_init(sock, rlimits, inner, a_pidfd, zygote_pidfd, ready_fd):
     """Y: see the diagram above. Writes "ready" or why not on `ready_fd`, then waits for
-    its command on `sock`."""
+    its command on `sock`. The rlimits, umask and seccomp filter are in force before it
+    waits (all it does after is allowed to session code too)."""
     try:
         signal.pthread_sigmask(signal.SIG_BLOCK, ALL_SIGNALS)
         prctl(PR_SET_CHILD_SUBREAPER, 0)
@@ -908,6 +909,9 @@ def run_command_init(sock, inner, a_pidfd, zygote_pidfd, ready_fd):
         setns(inner, CLONE_NEWUSER)
         drop_caps()
         prctl(PR_SET_DUMPABLE, 0)
+        set_limits(rlimits)
+        os.umask(0o022)
+        load_seccomp(SECCOMP)
         # (nothing of H's or X's: the namespaces' descriptors, H's socket, X's report pipe)
         close_except({sock.fileno(), a_pidfd, zygote_pidfd, ready_fd})
     except BaseException as e:  # noqa: BLE001
@@ -952,8 +956,6 @@ def start_in_slot(sock):
         os.close(fds[0])
         stdio = fds[1:]
         spec = req["spec"]
-        set_limits(spec["rlimits"])
-        os.umask(0o022)
         os.chdir(spec["cwd"])
         script = None
         if req.get("script") is not None:
@@ -971,7 +973,6 @@ def start_in_slot(sock):
             script = above_stdio(script)
             actions.append((os.POSIX_SPAWN_DUP2, script, 3))
         close_except({null, *stdio, *([] if script is None else [script]), sock.fileno()})
-        load_seccomp(SECCOMP)
         argv = [str(a) for a in req["argv"]]
         child = os.posix_spawn(argv[0], argv, dict(spec["env"]), file_actions=actions, setsid=True, setsigmask=(), setsigdef=ALL_SIGNALS)
     except BaseException as e:  # noqa: BLE001
@@ -1000,7 +1001,7 @@ BOX_QUEUE_MAX = 4
 class Start:
     """A start under way: a spawn waiting for its A to exit (A's report is then complete,
     and the B it forked is the zygote's child), a box's host making a command slot
-    (`init`: the key of the interpreter it is for, `pidfd`: that init's; `quiet`: made
+    (`init`: its slot_key, `pidfd`: a pidfd of the interpreter's init; `quiet`: made
     ahead, no command waits for it), or a command handed to its slot (`pid`: the slot's Y,
     `sock`: its socket) waiting for its answer. `since`: the zygote's reap count when it
     began (only children reaped after that can be the ones it reports)."""
@@ -1010,14 +1011,15 @@ class Start:
     def __init__(self, req, since, pid=-1, fd=-1):
         self.req, self.deadline, self.since = req, time.monotonic() + START_WAIT_S, since
         self.pid, self.fd = pid, fd
-        self.init: tuple[int, int] | None = None
+        self.init: tuple[tuple[int, int], bytes] | None = None
         self.pidfd, self.quiet = -1, False
         self.sock: socket.socket | None = None
 
 
 class Slot:
-    """A box's command slot, ready: Y (`pid`, our child), its socket, the key (pid, start
-    time) of the interpreter init it was made for, and a pidfd of that init."""
+    """A box's command slot, ready: Y (`pid`, our child), its socket, what it was made for
+    (slot_key: the interpreter init's pid and start time, the rlimits), and a pidfd of that
+    init."""
 
     __slots__ = ("pid", "sock", "init", "pidfd")
 
@@ -1027,6 +1029,18 @@ class Slot:
 
 def init_key(init):
     return (int(init["pid"]), int(init["start"]))
+
+
+def slot_key(req):
+    """What a command needs its slot to have been made for: its interpreter's init and its
+    rlimits."""
+    return (init_key(req["init"]), slot_limits(req))
+
+
+def slot_limits(req):
+    """What a slot is made with besides its sandbox: the spec's rlimits (JSON). A slot
+    serves a command whose spec has the same (the box's: always, in practice)."""
+    return json.dumps(req["spec"]["rlimits"], separators=(",", ":")).encode()
 
 
 class Zygote:
@@ -1325,13 +1339,13 @@ class Zygote:
         for box in list(self.queued):
             queue = self.queued[box]
             prep = self.preparing.get(box)
-            if queue and prep is not None and prep.quiet and prep.init == init_key(queue[0]["init"]):
+            if queue and prep is not None and prep.quiet and prep.init == slot_key(queue[0]):
                 # (the slot being made ahead is this command's: it fails if that does)
                 prep.quiet, prep.req = False, queue[0]
             while queue and box not in self.commands and box not in self.preparing:
                 req = queue[0]
                 slot = self.slots.get(box)
-                if slot is not None and slot.init == init_key(req["init"]) and not select.select([slot.pidfd], [], [], 0)[0]:
+                if slot is not None and slot.init == slot_key(req) and not select.select([slot.pidfd], [], [], 0)[0]:
                     queue.pop(0)
                     self.hand_off(box, req)
                     continue
@@ -1357,7 +1371,7 @@ class Zygote:
             ns = session_namespaces(req["init"])
             fds = [ns[name] for name in NS_FDS]
             try:
-                socket.send_fds(host["sock"], [b"p"], fds)
+                socket.send_fds(host["sock"], [slot_limits(req)], fds)
             except BlockingIOError:
                 # (its socket is full: it reads no requests; the next command makes a new one)
                 self.drop_host(box, "")
@@ -1370,7 +1384,7 @@ class Zygote:
             for fd in fds:
                 os.close(fd)
         start = self.preparing[box] = Start(req, self.reaped, fd=host["sock"].fileno())
-        start.init, start.pidfd, start.quiet = init_key(req["init"]), pidfd, quiet
+        start.init, start.pidfd, start.quiet = slot_key(req), pidfd, quiet
         self.poller.register(start.fd, select.POLLIN)
         return None
 
