@@ -564,6 +564,12 @@ def run_init(req, sock_fd, a_pidfd, zygote_pidfd):
 def serve_as_init(child, a_pidfd, zygote_pidfd):
     """The rest of a pid-namespace init's life: tied to the zygote, it reaps until `child`
     ends and exits with its status (the kernel then kills what is left inside)."""
+    tie_to_zygote(a_pidfd, zygote_pidfd)
+    reap_until(child)
+
+
+def tie_to_zygote(a_pidfd, zygote_pidfd):
+    """A pid-namespace init, once its parent has exited: SIGKILLed when the zygote dies."""
     # Our parent exits right after forking us: then our parent is the zygote (a
     # subreaper), and the death signal ties us to it. The parent's pidfd turns readable
     # only after the kernel has moved us to the zygote; armed earlier, the death signal
@@ -574,6 +580,11 @@ def serve_as_init(child, a_pidfd, zygote_pidfd):
     if select.select([zygote_pidfd], [], [], 0)[0]:
         os._exit(137)  # the zygote died before the death signal was armed
     os.close(zygote_pidfd)
+
+
+def reap_until(child):
+    """Reaps every process of the namespace until `child` ends, then exits with its status
+    (which makes the kernel kill every process left in the namespace)."""
     while True:
         try:
             p, status = os.wait()
@@ -657,24 +668,35 @@ def run_spawner(req, report_fd, zygote_pid):
 #   Zc  the command zygote (a second zygote.py with nothing preloaded: forks are cheap)
 #   └─ H  the box's command host, made at its first command: enter_box once (joining a
 #      │   cgroup costs milliseconds, tens under load: never per command), then one fork
-#      │   per command; requests come from Zc on a socket pair (a descriptor of the
-#      │   request, the command's stdout and stderr, and the namespaces to join); it runs
-#      │   as the box's uid in the host's namespaces, where session code cannot name it;
-#      │   killed with the box
+#      │   per command slot; requests come from Zc on a socket pair (the namespaces to
+#      │   join); it runs as the box's uid in the host's namespaces, where session code
+#      │   cannot name it; killed with the box
 #      └─ X  joins the user namespace of the session's
 #         │   sandbox and its mount, network, ipc, uts and cgroup namespaces (those of a
 #         │   process of the running interpreter, found, checked and opened by Zc in
 #         │   session_namespaces, and passed down with the request);
 #         │   then a pid namespace and a mount namespace of the command's own; forks Y,
-#         │   reports it to H, exits (Y's parent is then Zc, a subreaper)
+#         │   reports it to H once Y is ready, exits (Y's parent is then Zc, a subreaper)
 #         └─ Y  pid 1 of the command's pid namespace: a /proc of that namespace over the
 #            │   interpreter's; the sandbox user's namespace (the interpreter's second one);
-#            │   no capabilities, not dumpable, the spec's rlimits, umask, cwd; the seccomp
-#            │   filter; starts the command, reaps, exits with its status, which makes the
-#            │   kernel kill every process the command left (setsid, nohup, double forks)
+#            │   no capabilities, not dumpable, the spec's rlimits, umask, the seccomp
+#            │   filter. A command slot: it waits for its one command on a socket that H
+#            │   hands to Zc; then its cwd; starts the command, reaps, exits with its status,
+#            │   which makes the kernel kill every process the command left (setsid,
+#            │   nohup, double forks)
 #            └─ the command (posix_spawn: a new session, default signal dispositions, an
 #               empty signal mask, stdin /dev/null, stdout/stderr the server's pipes, a long
 #               script on fd 3), in the spec's environment
+#
+# Slots: building Y (two forks, six setns, a new pid and mount namespace, a /proc, the
+# capabilities dropped) is most of a command's start, so it is done ahead: each box has
+# at most one slot ready, made for its interpreter's init (pid and start time) when its
+# first command comes, and again as soon as a command has taken it (while that command
+# runs). A command then costs Zc one message to the slot (its request, stdout and
+# stderr) and one answer. A slot serves one command of one box: it is in that box's
+# sandbox, its own fresh pid namespace, and is dropped (closed and killed) when the box
+# is forgotten, when the interpreter it was made for dies (Zc watches a pidfd of its
+# init) or when a command comes for another init (the interpreter was restarted).
 
 
 # The namespaces a command shares with its session's interpreter, after the user one.
@@ -764,31 +786,35 @@ def setns(fd, kind):
 
 
 def run_command_host(req, sock, zygote_pid):
-    """H: see the diagram above. Each request on `sock` carries descriptors: a memfd
-    holding the request (JSON), the command's stdout and its stderr, then the namespaces
-    of the session's sandbox (NS_FDS); the answer is {"pid": Y} or {"error": why}."""
+    """H: see the diagram above. Each request on `sock` asks for a command slot and carries
+    the descriptors of the namespaces of the session's sandbox (NS_FDS); the answer is
+    {"pid": Y} with a descriptor of the slot's socket, or {"error": why}."""
     try:
-        # (never picked by the OOM killer: it holds nothing but the box's next command)
+        # (never picked by the OOM killer: it holds nothing but the box's next slot)
         enter_box(req, oom_score_adj="-1000")
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != zygote_pid:
             os._exit(0)  # the zygote died before the death signal was armed
         while True:
-            _, fds, _, _ = socket.recv_fds(sock, 16, 3 + len(NS_FDS))
-            if len(fds) != 3 + len(NS_FDS):
+            limits, fds, _, _ = socket.recv_fds(sock, 1 << 16, len(NS_FDS))
+            if len(fds) != len(NS_FDS):
                 os._exit(0)  # the zygote is gone (or spoke nonsense)
+            slot = None
             try:
-                for fd in fds:  # (received without close-on-exec: they would reach bash)
-                    os.set_inheritable(fd, False)
-                os.lseek(fds[0], 0, os.SEEK_SET)
-                request = json.loads(read_fd(fds[0]))
-                answer = start_command(request, (fds[1], fds[2]), dict(zip(NS_FDS, fds[3:], strict=True)), sock, zygote_pid)
+                answer, slot = make_slot(json.loads(limits), dict(zip(NS_FDS, fds, strict=True)), sock, zygote_pid)
             except BaseException as e:  # noqa: BLE001
                 answer = {"error": f"{type(e).__name__}: {e}"}
             finally:
                 for fd in fds:
                     os.close(fd)
-            sock.send(json.dumps(answer).encode())
+            try:
+                if slot is None:
+                    sock.send(json.dumps(answer).encode())
+                else:
+                    socket.send_fds(sock, [json.dumps(answer).encode()], [slot])
+            finally:
+                if slot is not None:
+                    os.close(slot)
     except BaseException:  # noqa: BLE001
         os._exit(1)
 
@@ -800,31 +826,43 @@ def read_fd(fd):
     return b"".join(parts)
 
 
-def start_command(req, stdio, ns, sock, zygote_pid):
-    """H: forks X for one command and waits for its report."""
-    r, w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        sock.close()  # (a socket of the host's network namespace: never into the sandbox)
-        run_command_spawner(req, w, zygote_pid, stdio, ns)
-        os._exit(1)
-    os.close(w)
+def make_slot(rlimits, ns, sock, zygote_pid):
+    """H: forks X for one slot and waits for its report: ({"pid": Y}, the descriptor of
+    Zc's end of Y's socket), or ({"error": why}, None)."""
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
-        data = read_fd(r) if select.select([r], [], [], 10)[0] else b""
+        r, w = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            sock.close()  # (a socket of the host's network namespace: never into the sandbox)
+            mine.close()
+            run_command_spawner(w, zygote_pid, rlimits, ns, theirs)
+            os._exit(1)
+        os.close(w)
+        theirs.close()
+        try:
+            data = read_fd(r) if select.select([r], [], [], 10)[0] else b""
+        finally:
+            os.close(r)
+        if not data:
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        try:
+            answer = json.loads(data)
+        except ValueError:
+            answer = {"error": "the command's spawner did not answer"}
+        if not isinstance(answer, dict) or not isinstance(answer.get("pid"), int):
+            return answer if isinstance(answer, dict) else {}, None
+        return answer, mine.detach()
     finally:
-        os.close(r)
-    if not data:
-        os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    try:
-        return json.loads(data)
-    except ValueError:
-        return {"error": "the command's spawner did not answer"}
+        mine.close()
+        theirs.close()
 
 
-def run_command_spawner(req, report_fd, zygote_pid, stdio, ns):
-    """X: see the diagram above. `ns`: descriptors of the namespaces to join (NS_FDS)."""
+def run_command_spawner(report_fd, zygote_pid, rlimits, ns, sock):
+    """X: see the diagram above. `ns`: descriptors of the namespaces to join (NS_FDS);
+    `sock`: the slot's end of its socket, for Y."""
     try:
         try:
             write_file("/proc/self/oom_score_adj", "0")  # (H's is not for session processes)
@@ -834,28 +872,19 @@ def run_command_spawner(req, report_fd, zygote_pid, stdio, ns):
         for name, kind in JOINED:
             setns(ns[name], kind)
         check(libc.unshare(CLONE_NEWPID | CLONE_NEWNS), "unshare")
-        script = None
-        if req.get("script") is not None:
-            script = os.memfd_create("script", os.MFD_CLOEXEC)
-            view = memoryview(req["script"].encode())
-            while view:
-                view = view[os.write(script, view):]
-            os.lseek(script, 0, os.SEEK_SET)
         zygote_pidfd = os.pidfd_open(zygote_pid)
         own_pidfd = os.pidfd_open(os.getpid())
-        started_r, started_w = os.pipe2(os.O_CLOEXEC)
+        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
         if pid == 0:
             os.close(report_fd)
-            os.close(started_r)
-            run_command_init(req, stdio, script, ns["inner"], own_pidfd, zygote_pidfd, started_w)
-        os.close(started_w)
-        # Y says whether the command started: a sandbox that could not be entered is a
-        # failure to start (the server then uses bubblewrap), never the command's status.
-        said = b""
-        while chunk := os.read(started_r, 4096):
-            said += chunk
-        if said != b"started":
+            os.close(ready_r)
+            run_command_init(sock, rlimits, ns["inner"], own_pidfd, zygote_pidfd, ready_w)
+        os.close(ready_w)
+        # Y says whether it is ready: a sandbox that could not be entered is a failure to
+        # start (the server then uses bubblewrap), never the command's status.
+        said = read_fd(ready_r)
+        if said != b"ready":
             raise OSError(errno.EPERM, said.decode(errors="replace") or "the command's init died")
         os.write(report_fd, json.dumps({"pid": pid}).encode())
         os._exit(0)
@@ -869,40 +898,91 @@ def run_command_spawner(req, report_fd, zygote_pid, stdio, ns):
 ALL_SIGNALS = set(signal.Signals) - {signal.SIGKILL, signal.SIGSTOP}
 
 
-def run_command_init(req, stdio, script, inner, a_pidfd, zygote_pidfd, started_fd):
-    """Y: see the diagram above. Writes "started" or why not on `started_fd`."""
+def run_command_init(sock, rlimits, inner, a_pidfd, zygote_pidfd, ready_fd):
+    """Y: see the diagram above. Writes "ready" or why not on `ready_fd`, then waits for
+    its command on `sock`. The rlimits, umask and seccomp filter are in force before it
+    waits (all it does after is allowed to session code too)."""
     try:
         signal.pthread_sigmask(signal.SIG_BLOCK, ALL_SIGNALS)
         prctl(PR_SET_CHILD_SUBREAPER, 0)
-        spec = req["spec"]
         mount_proc("/proc")
         setns(inner, CLONE_NEWUSER)
-        os.close(inner)
         drop_caps()
         prctl(PR_SET_DUMPABLE, 0)
-        set_limits(spec["rlimits"])
+        set_limits(rlimits)
         os.umask(0o022)
+        load_seccomp(SECCOMP)
+        # (nothing of H's or X's: the namespaces' descriptors, H's socket, X's report pipe)
+        close_except({sock.fileno(), a_pidfd, zygote_pidfd, ready_fd})
+    except BaseException as e:  # noqa: BLE001
+        try:
+            os.write(ready_fd, f"{type(e).__name__}: {e}".encode())
+        finally:
+            os._exit(71)
+    try:
+        os.write(ready_fd, b"ready")
+        os.close(ready_fd)
+        tie_to_zygote(a_pidfd, zygote_pidfd)
+        child = start_in_slot(sock)
+        reap_until(child)
+    except BaseException:  # noqa: BLE001
+        os._exit(70)
+
+
+def above_stdio(fd):
+    """`fd`, or a close-on-exec copy of it numbered 4 or more (the original closed)."""
+    if fd > 3:
+        return fd
+    copy = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 4)
+    os.close(fd)
+    return copy
+
+
+def start_in_slot(sock):
+    """Y: waits for its command: a descriptor of the request (JSON: argv, script, spec),
+    then the command's stdout and stderr; starts it and answers "started", or why not.
+    Returns the command's pid. A socket closed by Zc (the slot is dropped) ends Y."""
+    try:
+        _, fds, _, _ = socket.recv_fds(sock, 16, 3)
+    except OSError:
+        fds = []
+    if len(fds) != 3:
+        os._exit(0)
+    try:
+        for fd in fds:  # (received without close-on-exec: they would reach bash)
+            os.set_inheritable(fd, False)
+        os.lseek(fds[0], 0, os.SEEK_SET)
+        req = json.loads(read_fd(fds[0]))
+        os.close(fds[0])
+        stdio = fds[1:]
+        spec = req["spec"]
         os.chdir(spec["cwd"])
+        script = None
+        if req.get("script") is not None:
+            script = os.memfd_create("script", os.MFD_CLOEXEC)
+            view = memoryview(req["script"].encode())
+            while view:
+                view = view[os.write(script, view):]
+            os.lseek(script, 0, os.SEEK_SET)
         null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        # (a source already at its target would keep its close-on-exec flag through the
+        # spawn's dup2, hence none below 4)
+        null, *stdio = (above_stdio(fd) for fd in (null, *stdio))
         actions = [(os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, stdio[0], 1), (os.POSIX_SPAWN_DUP2, stdio[1], 2)]
         if script is not None:
+            script = above_stdio(script)
             actions.append((os.POSIX_SPAWN_DUP2, script, 3))
-        # (the zygote's own channel, inherited by every fork, must not reach the command)
-        close_except({null, *stdio, *([] if script is None else [script]), a_pidfd, zygote_pidfd, started_fd})
-        load_seccomp(SECCOMP)
+        close_except({null, *stdio, *([] if script is None else [script]), sock.fileno()})
         argv = [str(a) for a in req["argv"]]
         child = os.posix_spawn(argv[0], argv, dict(spec["env"]), file_actions=actions, setsid=True, setsigmask=(), setsigdef=ALL_SIGNALS)
     except BaseException as e:  # noqa: BLE001
         try:
-            os.write(started_fd, f"{type(e).__name__}: {e}".encode())
+            sock.send(f"{type(e).__name__}: {e}".encode())
         finally:
             os._exit(71)
-    try:
-        os.write(started_fd, b"started")
-        close_except({a_pidfd, zygote_pidfd})
-        serve_as_init(child, a_pidfd, zygote_pidfd)
-    except BaseException:  # noqa: BLE001
-        os._exit(70)
+    sock.send(b"started")
+    close_except(set())
+    return child
 
 
 # ---------------------------------------------------------------- the zygote ------------
@@ -920,15 +1000,47 @@ BOX_QUEUE_MAX = 4
 
 class Start:
     """A start under way: a spawn waiting for its A to exit (A's report is then complete,
-    and the B it forked is the zygote's child), or a command waiting for its box's host to
-    answer. `since`: the zygote's reap count when it began (only children reaped after
-    that can be the ones it reports)."""
+    and the B it forked is the zygote's child), a box's host making a command slot
+    (`init`: its slot_key, `pidfd`: a pidfd of the interpreter's init; `quiet`: made
+    ahead, no command waits for it), or a command handed to its slot (`pid`: the slot's Y,
+    `sock`: its socket) waiting for its answer. `since`: the zygote's reap count when it
+    began (only children reaped after that can be the ones it reports)."""
 
-    __slots__ = ("req", "deadline", "since", "pid", "fd")
+    __slots__ = ("req", "deadline", "since", "pid", "fd", "init", "pidfd", "quiet", "sock")
 
     def __init__(self, req, since, pid=-1, fd=-1):
         self.req, self.deadline, self.since = req, time.monotonic() + START_WAIT_S, since
         self.pid, self.fd = pid, fd
+        self.init: tuple[tuple[int, int], bytes] | None = None
+        self.pidfd, self.quiet = -1, False
+        self.sock: socket.socket | None = None
+
+
+class Slot:
+    """A box's command slot, ready: Y (`pid`, our child), its socket, what it was made for
+    (slot_key: the interpreter init's pid and start time, the rlimits), and a pidfd of that
+    init."""
+
+    __slots__ = ("pid", "sock", "init", "pidfd")
+
+    def __init__(self, pid, sock, init, pidfd):
+        self.pid, self.sock, self.init, self.pidfd = pid, sock, init, pidfd
+
+
+def init_key(init):
+    return (int(init["pid"]), int(init["start"]))
+
+
+def slot_key(req):
+    """What a command needs its slot to have been made for: its interpreter's init and its
+    rlimits."""
+    return (init_key(req["init"]), slot_limits(req))
+
+
+def slot_limits(req):
+    """What a slot is made with besides its sandbox: the spec's rlimits (JSON). A slot
+    serves a command whose spec has the same (the box's: always, in practice)."""
+    return json.dumps(req["spec"]["rlimits"], separators=(",", ":")).encode()
 
 
 class Zygote:
@@ -947,8 +1059,12 @@ class Zygote:
         self.init_of = {}  # spawn id -> pid
         self.pending = []  # requests read but not handled yet
         self.spawns = {}  # pid of A -> Start
-        self.commands = {}  # box -> Start of the command its host is starting
-        self.queued = {}  # box -> requests waiting for that
+        self.commands = {}  # box -> Start of the command handed to its slot
+        self.preparing = {}  # box -> Start of the slot its host is making
+        self.slots = {}  # box -> its Slot, ready
+        self.slot_of = {}  # pid of a ready slot's Y -> box
+        self.watch = {}  # pidfd of a ready slot's interpreter init -> box
+        self.queued = {}  # box -> requests waiting for a slot (the first: for the one being made)
         self.unclaimed = {}  # pid -> (reap count, status) of children not (yet) known as inits
         self.reaped = 0
         self.hosts = {}  # box name -> {"pid", "sock"} of its command host (the command zygote)
@@ -1059,9 +1175,11 @@ class Zygote:
                 self.report_exit(pid, status)
             elif pid in self.host_of:
                 self.drop_host(self.host_of[pid], "the box's command host died")
+            elif pid in self.slot_of:
+                self.drop_slot(self.slot_of[pid], kill=False)
             elif pid in self.spawns:
                 finished.append(self.spawns.pop(pid))
-            elif self.spawns or self.commands or finished:
+            elif self.spawns or self.commands or self.preparing or finished:
                 self.remember(pid, status)  # an init that died before its start reported it?
         # (after the loop: a B dead before its A is reaped in it too, A's exit having made
         # it our child)
@@ -1090,7 +1208,7 @@ class Zygote:
     def prune(self):
         """Forgets what no start under way can claim any more (a later child may get these
         pids again)."""
-        waiting = [s.since for s in self.spawns.values()] + [s.since for s in self.commands.values()]
+        waiting = [s.since for starts in (self.spawns, self.commands, self.preparing) for s in starts.values()]
         if not waiting:
             self.unclaimed.clear()
             return
@@ -1156,9 +1274,15 @@ class Zygote:
             except InterruptedError:
                 continue
             # (answers first: a host that answered and died is then not taken for a failure)
-            for box, start in list(self.commands.items()):
+            for box, start in list(self.preparing.items()):
                 if start.fd in ready:
                     self.host_answered(box)
+            for box, start in list(self.commands.items()):
+                if start.fd in ready:
+                    self.slot_answered(box)
+            for fd, box in list(self.watch.items()):
+                if fd in ready:
+                    self.drop_slot(box)  # its interpreter is gone
             if wake_r in ready:
                 self.drain_wake()
             self.reap()
@@ -1169,7 +1293,7 @@ class Zygote:
 
     def poll_timeout_ms(self):
         """Until the nearest deadline (None: no start under way)."""
-        deadlines = [s.deadline for s in self.spawns.values()] + [s.deadline for s in self.commands.values()]
+        deadlines = [s.deadline for starts in (self.spawns, self.commands, self.preparing) for s in starts.values()]
         if not deadlines:
             return None
         return max(0, int((min(deadlines) - time.monotonic()) * 1000) + 1)
@@ -1185,9 +1309,12 @@ class Zygote:
                     pass
                 os.close(start.fd)
                 self.failed(start.req, "the spawner did not answer")
-        for box, start in list(self.commands.items()):
+        for box, start in list(self.preparing.items()):
             if start.deadline <= now:
                 self.drop_host(box, "the box's command host did not answer")
+        for box, start in list(self.commands.items()):
+            if start.deadline <= now:
+                self.drop_command(box, "the command's init did not answer")
 
     def drain_wake(self):
         try:
@@ -1199,81 +1326,190 @@ class Zygote:
     # -------------------------------------------------------------- commands ------------
 
     def command(self, req):
-        """A command in the sandbox of a running interpreter (see "commands" above), started
-        by its box's host, one at a time per box; the others wait in the box's queue."""
-        box = str(req["box"])
-        if box not in self.commands and not self.queued.get(box):
-            self.start_command(req)
-            return
-        queue = self.queued.setdefault(box, [])
-        if len(queue) >= BOX_QUEUE_MAX:
-            self.failed(req, f"{len(queue)} commands of this box are already waiting for its command host")
+        """A command in the sandbox of a running interpreter (see "commands" above), handed
+        to its box's slot, one at a time per box; the others wait in the box's queue."""
+        queue = self.queued.setdefault(str(req["box"]), [])
+        # (the first in the queue waits for its slot; BOX_QUEUE_MAX more may wait behind it)
+        if len(queue) > BOX_QUEUE_MAX:
+            self.failed(req, f"{len(queue) - 1} commands of this box are already waiting for its command host")
             return
         queue.append(req)
 
     def start_queued(self):
         for box in list(self.queued):
             queue = self.queued[box]
-            while queue and box not in self.commands:
-                self.start_command(queue.pop(0))
+            prep = self.preparing.get(box)
+            if queue and prep is not None and prep.quiet and prep.init == slot_key(queue[0]):
+                # (the slot being made ahead is this command's: it fails if that does)
+                prep.quiet, prep.req = False, queue[0]
+            while queue and box not in self.commands and box not in self.preparing:
+                req = queue[0]
+                slot = self.slots.get(box)
+                if slot is not None and slot.init == slot_key(req) and not select.select([slot.pidfd], [], [], 0)[0]:
+                    queue.pop(0)
+                    self.hand_off(box, req)
+                    continue
+                # (no slot, or one in the sandbox of an interpreter that is gone)
+                self.drop_slot(box)
+                error = self.prepare(box, req, quiet=False)
+                if error is not None:
+                    queue.pop(0)
+                    self.failed(req, error)
             if not queue:
                 del self.queued[box]
 
-    def start_command(self, req):
-        """Hands the command to its box's host. Its stdout and stderr are FIFOs the server
-        holds the read ends of; opened here, so the server can unlink them once it hears
-        "spawned"; they go to the host with the request and are closed here at once."""
-        box = str(req["box"])
+    def prepare(self, box, req, quiet):
+        """Asks the box's host for a slot in the sandbox of the interpreter req["init"],
+        whose namespaces are opened here (see session_namespaces). Returns why not, or
+        None: host_answered() finishes it."""
+        pidfd = -1
         fds = []
         try:
-            # (the host first: a host forked while this command's FIFOs are open here
-            # would keep their write ends, and the server would wait for an end of file)
             host = self.host_for(req)
-            for path in (req["stdout"], req["stderr"]):
-                fds.append(open_fifo(path))
-            memfd = os.memfd_create("request", os.MFD_CLOEXEC)
-            fds.insert(0, memfd)
+            # (before the check of its start time: then the pidfd is of the process checked)
+            pidfd = os.pidfd_open(int(req["init"]["pid"]))
             ns = session_namespaces(req["init"])
-            fds.extend(ns[name] for name in NS_FDS)
-            view = memoryview(json.dumps(req).encode())
-            while view:
-                view = view[os.write(memfd, view):]
+            fds = [ns[name] for name in NS_FDS]
             try:
-                socket.send_fds(host["sock"], [b"c"], fds)
+                socket.send_fds(host["sock"], [slot_limits(req)], fds)
             except BlockingIOError:
                 # (its socket is full: it reads no requests; the next command makes a new one)
                 self.drop_host(box, "")
                 raise OSError(errno.EAGAIN, "the box's command host takes no more requests") from None
         except OSError as e:
+            if pidfd >= 0:
+                os.close(pidfd)
+            return f"{type(e).__name__}: {e}"
+        finally:
+            for fd in fds:
+                os.close(fd)
+        start = self.preparing[box] = Start(req, self.reaped, fd=host["sock"].fileno())
+        start.init, start.pidfd, start.quiet = slot_key(req), pidfd, quiet
+        self.poller.register(start.fd, select.POLLIN)
+        return None
+
+    def host_answered(self, box):
+        """The box's host socket is readable: a slot (or why not), or its end (it died)."""
+        host = self.hosts[box]
+        try:
+            data, fds, _, _ = socket.recv_fds(host["sock"], 4096, 1)
+        except BlockingIOError:
+            return  # (nothing after all)
+        except OSError:
+            data, fds = b"", []
+        start = self.preparing.pop(box)
+        self.poller.unregister(start.fd)
+        answer = parse_answer(data)
+        if not answer:
+            self.drop_host(box, "")  # dead or stuck: the next command makes a new one
+        pid = answer.get("pid")
+        if isinstance(pid, int) and len(fds) == 1 and self.claim(start, pid) is None and self.fresh_child(pid):
+            sock = socket.socket(fileno=fds[0])
+            sock.setblocking(False)
+            self.slots[box] = Slot(pid, sock, start.init, start.pidfd)
+            self.slot_of[pid] = box
+            self.watch[start.pidfd] = box
+            self.poller.register(start.pidfd, select.POLLIN)
+            return
+        for fd in fds:
+            os.close(fd)  # (Y, if any, then sees the end of its socket and exits)
+        os.close(start.pidfd)
+        if not start.quiet:
+            self.unqueue(box, start.req)
+            why = "the command's init died" if isinstance(pid, int) else "the box's command host did not answer"
+            self.failed(start.req, str(answer.get("error", why)))
+
+    def fresh_child(self, pid):
+        """`pid` is a child of ours that is no init, host or slot yet (a new slot's Y)."""
+        info = child_stat(pid)
+        return info is not None and info[0] == self.pid and pid not in self.inits and pid not in self.host_of and pid not in self.slot_of
+
+    def unqueue(self, box, req):
+        queue = self.queued.get(box)
+        if queue and queue[0] is req:
+            queue.pop(0)
+
+    def hand_off(self, box, req):
+        """Gives the command to the box's slot: a descriptor of what Y needs of the request,
+        and the write ends of the server's FIFOs (opened here, so the server can unlink them
+        once it hears "spawned"; closed here at once). slot_answered() finishes it."""
+        slot = self.take_slot(box)
+        fds = []
+        try:
+            for path in (req["stdout"], req["stderr"]):
+                fds.append(open_fifo(path))
+            memfd = os.memfd_create("request", os.MFD_CLOEXEC)
+            fds.insert(0, memfd)
+            view = memoryview(json.dumps({k: req[k] for k in ("argv", "script", "spec")}).encode())
+            while view:
+                view = view[os.write(memfd, view):]
+            socket.send_fds(slot.sock, [b"c"], fds)
+        except OSError as e:
+            slot.sock.close()
+            kill_child(slot.pid)  # (not reaped: it was a ready slot until now)
             self.failed(req, f"{type(e).__name__}: {e}")
             return
         finally:
             for fd in fds:
                 os.close(fd)
-        start = self.commands[box] = Start(req, self.reaped, fd=host["sock"].fileno())
+        start = self.commands[box] = Start(req, self.reaped, pid=slot.pid, fd=slot.sock.fileno())
+        start.sock = slot.sock
         self.poller.register(start.fd, select.POLLIN)
 
-    def host_answered(self, box):
-        """The box's host socket is readable: its answer, or its end (it died)."""
-        host = self.hosts[box]
+    def slot_answered(self, box):
+        """A slot's socket is readable: "started", why not, or its end (Y died)."""
+        start = self.commands[box]
         try:
-            data = host["sock"].recv(4096)
+            data = start.sock.recv(4096)
         except BlockingIOError:
-            return  # (nothing after all)
+            return
         except OSError:
             data = b""
-        answer = parse_answer(data)
-        start = self.commands.pop(box)
+        del self.commands[box]
         self.poller.unregister(start.fd)
-        if not answer:
-            self.drop_host(box, "")  # dead or stuck: the next command makes a new one
-        self.command_answered(start, answer, "the box's command host did not answer")
-
-    def command_answered(self, start, answer, why):
-        if isinstance(answer.get("pid"), int):
-            self.started(start, answer["pid"])
+        start.sock.close()
+        if data == b"started":
+            self.started(start, start.pid)
+            # The next command's slot, made while this one runs.
+            if box in self.hosts and box not in self.preparing and box not in self.slots:
+                self.prepare(box, start.req, quiet=True)
+        elif not data and not start.req.get("retried"):
+            # Y died before it took the command (nothing ran): once more, with a new slot.
+            start.req["retried"] = True
+            self.queued.setdefault(box, []).insert(0, start.req)
         else:
-            self.failed(start.req, str(answer.get("error", why)))
+            self.failed(start.req, data.decode(errors="replace") or "the command's init died")
+
+    def drop_command(self, box, why):
+        """The command handed to the box's slot fails: its Y is killed."""
+        start = self.commands.pop(box, None)
+        if start is None:
+            return
+        self.poller.unregister(start.fd)
+        start.sock.close()
+        entry = self.unclaimed.get(start.pid)
+        if entry is None or entry[0] <= start.since:
+            kill_child(start.pid)  # (not reaped since it was handed the command: still our Y)
+        self.failed(start.req, why)
+
+    def take_slot(self, box):
+        """The box's ready slot, no longer ready (a command takes it, or it is dropped)."""
+        slot = self.slots.pop(box)
+        self.slot_of.pop(slot.pid, None)
+        self.watch.pop(slot.pidfd, None)
+        self.poller.unregister(slot.pidfd)
+        os.close(slot.pidfd)
+        return slot
+
+    def drop_slot(self, box, kill=True):
+        """Closes the box's ready slot (Y sees the end of its socket and exits) and kills
+        its Y, unless it has been reaped (`kill` False)."""
+        if box not in self.slots:
+            return
+        slot = self.take_slot(box)
+        slot.sock.close()
+        if kill:
+            kill_child(slot.pid)
 
     def host_for(self, req):
         box = str(req["box"])
@@ -1282,7 +1518,8 @@ class Zygote:
             mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             pid = os.fork()
             if pid == 0:
-                # Nothing of the zygote's: not the server's pipes, not other boxes' hosts.
+                # Nothing of the zygote's: not the server's pipes, not other boxes' hosts
+                # or slots.
                 signal.set_wakeup_fd(-1)
                 null = os.open("/dev/null", os.O_RDWR)
                 for fd in (0, 1, 2):
@@ -1297,30 +1534,27 @@ class Zygote:
         return host
 
     def drop_host(self, box, why):
-        """Kills the box's host. The command it was starting gets its answer if it is there
-        already, or fails with `why`."""
-        start = self.commands.pop(box, None)
+        """Kills the box's host. The slot it was making, if a command waits for it, fails
+        that command with `why`."""
+        start = self.preparing.pop(box, None)
         host = self.hosts.pop(box, None)
-        answer = {}
         if host is not None:
             self.host_of.pop(host["pid"], None)
             if start is not None:
                 self.poller.unregister(start.fd)
-                try:
-                    answer = parse_answer(host["sock"].recv(4096))
-                except OSError:
-                    answer = {}
             host["sock"].close()
-            try:
-                os.kill(host["pid"], signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            kill_child(host["pid"])
         if start is not None:
-            self.command_answered(start, answer, why)
+            os.close(start.pidfd)
+            if not start.quiet:
+                self.unqueue(box, start.req)
+                self.failed(start.req, why or "the box's command host did not answer")
 
     def forget(self, box):
-        """The box is gone: its host is killed, its commands fail."""
+        """The box is gone: its host and slot are killed, its commands fail."""
         self.drop_host(box, "the box is gone")
+        self.drop_slot(box)
+        self.drop_command(box, "the box is gone")
         for req in self.queued.pop(box, []):
             self.failed(req, "the box is gone")
 
@@ -1341,6 +1575,13 @@ class Zygote:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
+
+def kill_child(pid):
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def parse_answer(data):

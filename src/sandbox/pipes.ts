@@ -101,6 +101,10 @@ export class Pipes {
 
   /** Removes the folder and the FIFOs not used (at shutdown). */
   async close(): Promise<void> {
+    const spare = this.spare;
+    this.spare = null;
+    this.closed = true;
+    for (const p of (await spare?.catch(() => null)) ?? []) discardNamed(p);
     await this.making?.catch(() => {});
     this.stock = [];
     await fsp.rm(this.dir, { recursive: true, force: true }).catch(() => {});
@@ -118,6 +122,33 @@ export class Pipes {
       throw e;
     } finally {
       await fsp.unlink(path).catch(() => {});
+    }
+  }
+
+  /** The stdout and stderr of a command, opened ahead: each call takes the pair opened
+   * after the previous one (four opens less on a command's way; a pair waiting for its
+   * command holds four descriptors and two FIFOs of the folder). */
+  outNamedPair(): Promise<[NamedOutPipe, NamedOutPipe]> {
+    const pair = this.spare ?? this.openNamedPair();
+    this.spare = this.closed ? null : this.openNamedPair();
+    // (a pair that could not be opened is not kept: the next call tries anew)
+    const spare = this.spare;
+    spare?.catch(() => {
+      if (this.spare === spare) this.spare = null;
+    });
+    return pair;
+  }
+
+  private spare: Promise<[NamedOutPipe, NamedOutPipe]> | null = null;
+  private closed = false;
+
+  private async openNamedPair(): Promise<[NamedOutPipe, NamedOutPipe]> {
+    const first = await this.outNamed();
+    try {
+      return [first, await this.outNamed()];
+    } catch (e) {
+      discardNamed(first);
+      throw e;
     }
   }
 
@@ -165,6 +196,12 @@ export class Pipes {
       await fsp.unlink(path).catch(() => {});
     }
   }
+}
+
+/** A named pipe no process will use: closed, unlinked. */
+function discardNamed(p: NamedOutPipe): void {
+  p.release();
+  p.server.destroy();
 }
 
 /** Closes descriptors the child has its own copies of. */

@@ -534,15 +534,10 @@ export class Zygote {
       return proc;
     }
     void (async () => {
-      const fifos: NamedOutPipe[] = [];
+      let fifos: NamedOutPipe[];
       try {
-        fifos.push(await pipes.outNamed());
-        fifos.push(await pipes.outNamed());
+        fifos = await pipes.outNamedPair();
       } catch (e) {
-        for (const f of fifos) {
-          f.release();
-          f.server.destroy();
-        }
         refuse(`no pipes: ${String((e as Error)?.message ?? e)}`);
         return;
       }

@@ -70,6 +70,32 @@ async function commandHostOf(server: TestServer, uid: number): Promise<number | 
   return null;
 }
 
+/** The command slots of a box (zygote.py "Y"): children of the command template in a pid
+ * namespace of their own (a command's or a slot's) as the box's host uid. Between two
+ * commands of the box, that is its ready slot. */
+async function commandSlotsOf(server: TestServer, uid: number): Promise<number[]> {
+  const zygote = await templatePid(server, 'commands');
+  if (!zygote) return [];
+  const ns = await readlink(`/proc/${zygote}/ns/pid`);
+  const slots: number[] = [];
+  for (const child of (await readFile(`/proc/${zygote}/task/${zygote}/children`, 'utf8')).trim().split(/\s+/).filter(Boolean)) {
+    const childNs = await readlink(`/proc/${child}/ns/pid`).catch(() => ns);
+    if (childNs === ns) continue;
+    const status = await readFile(`/proc/${child}/status`, 'utf8').catch(() => '');
+    if (Number(/^Uid:\s+(\d+)/m.exec(status)?.[1]) === uid && !/^State:\s+Z/m.test(status)) slots.push(Number(child));
+  }
+  return slots;
+}
+
+/** A box's command host at rest: it has answered its last request (the box's next slot is
+ * made and handed to the template) and waits for the next, in recvmsg, with no child. */
+async function hostAtRest(host: number): Promise<boolean> {
+  const recvmsg = process.arch === 'arm64' ? 212 : 47;
+  const children = await readFile(`/proc/${host}/task/${host}/children`, 'utf8').catch(() => 'gone');
+  const syscall = await readFile(`/proc/${host}/syscall`, 'utf8').catch(() => '');
+  return children.trim() === '' && Number(syscall.split(' ')[0]) === recvmsg;
+}
+
 /** Bytes waiting unread in the sockets of process `pid` (a command host: the requests the
  * template sent it); -1 when the process is gone. Each socket is borrowed with
  * pidfd_getfd and measured with FIONREAD, which reads nothing. */
@@ -330,14 +356,20 @@ describe('interpreters forked from the template', () => {
     const id = await createSession(server);
     const first = await sh(server, id, 'echo first');
     assert.equal(first.stdout, 'first\n', first.stderr);
+    // (at rest: once it has made the slot of the box's next command)
+    const uid = await hostUid(server, id);
+    const own = await commandHostOf(server, uid);
+    assert.ok(own, "the box's command host");
+    assert.ok(await waitFor(async () => (await commandSlotsOf(server, uid)).length === 1 && (await hostAtRest(own)), 30_000), 'a slot made ahead');
     const zygote = await templatePid(server, 'commands');
     assert.ok(zygote, 'the command template runs');
     const hosts: string[] = [];
     for (const child of (await readFile(`/proc/${zygote}/task/${zygote}/children`, 'utf8')).trim().split(/\s+/).filter(Boolean)) {
       // (a host is in the template's pid namespace; a running command's init has its own)
-      if ((await readlink(`/proc/${child}/ns/pid`).catch(() => '')) === (await readlink(`/proc/${zygote}/ns/pid`))) hosts.push(child);
+      // (and at rest: a host making a slot holds that sandbox's namespaces for a moment)
+      if ((await readlink(`/proc/${child}/ns/pid`).catch(() => '')) === (await readlink(`/proc/${zygote}/ns/pid`)) && (await hostAtRest(Number(child)))) hosts.push(child);
     }
-    assert.ok(hosts.length > 0, 'a command host per box that ran a command');
+    assert.ok(hosts.includes(String(own)), 'a command host per box that ran a command');
     for (const host of hosts) {
       const targets: string[] = [];
       for (const fd of await readdir(`/proc/${host}/fd`).catch(() => [])) {
@@ -366,9 +398,12 @@ describe('interpreters forked from the template', () => {
         /* gone */
       }
     });
+    // Its next command's slot is made ahead, while a command runs: that one is ready.
+    assert.ok(await waitFor(async () => (await commandSlotsOf(server, uid)).length === 1 && (await hostAtRest(host)), 30_000), 'a slot made ahead');
     // (as a host starved in its own cgroups would be, only more so)
     process.kill(host, 'SIGSTOP');
     const cmdline = "tr '\\0' ' ' < /proc/1/cmdline";
+    assert.equal((await sh(server, attacker, 'echo ready', { timeout_seconds: 120 })).stdout, 'ready\n', 'the slot made ahead needs no host');
     const waiting = track(sh(server, attacker, cmdline, { timeout_seconds: 120 }));
     assert.ok(await waitFor(() => unreadSocketBytes(host) > 0, 30_000), 'the command reached its host, which does not read it');
     const v = await sh(server, victim, 'echo hi', { timeout_seconds: 120 });
@@ -384,7 +419,9 @@ describe('interpreters forked from the template', () => {
     // A host that never answers: at the deadline the template kills it; the command did
     // not run (never in bubblewrap while the interpreter lives: a devpts of its own would
     // be a second one of the session), and the box's next command gets a new host.
+    assert.ok(await waitFor(async () => (await commandSlotsOf(server, uid)).length === 1 && (await hostAtRest(host)), 30_000), 'a slot made ahead');
     process.kill(host, 'SIGSTOP');
+    assert.equal((await sh(server, attacker, 'echo ready', { timeout_seconds: 120 })).stdout, 'ready\n', 'the slot made ahead needs no host');
     const late = await sh(server, attacker, 'echo ran > /tmp/late', { timeout_seconds: 120 });
     assert.equal(late.return_code, 1, late.stderr);
     assert.match(late.stderr, /^bash: the command did not run: it could not be started in the session's sandbox/m);
@@ -460,6 +497,66 @@ describe('interpreters forked from the template', () => {
     const r = await sh(server, id, "tr '\\0' ' ' < /proc/1/cmdline");
     assert.equal(r.return_code, 0, r.stderr);
     assert.match(r.stdout, /zygote\.py.* commands $/);
+  });
+
+  it("make each box's next command slot ahead in that box's own sandbox, never another session's, and drop it when its interpreter dies", async () => {
+    const sessions = [
+      { id: await createSession(server), name: 'a' },
+      { id: await createSession(server), name: 'b' },
+    ];
+    const nsOf = async (id: string) => {
+      const r = await py(server, id, "import os\nprint(' '.join(os.readlink(f'/proc/self/ns/{n}') for n in ('net', 'ipc', 'uts', 'pid')))");
+      assert.equal(r.return_code, 0, r.stderr);
+      return r.stdout.trim().split(' ');
+    };
+    const boxes = [];
+    for (const s of sessions) {
+      assert.equal((await sh(server, s.id, `echo ${s.name} > /workspace/who`)).return_code, 0);
+      boxes.push({ ...s, uid: await hostUid(server, s.id), ns: await nsOf(s.id) });
+    }
+    // Commands of both sessions in turns: each takes its own box's slot.
+    for (let i = 0; i < 3; i++) {
+      for (const s of sessions) {
+        const r = await sh(server, s.id, 'cat /workspace/who; echo $$');
+        assert.equal(r.stdout, `${s.name}\n2\n`, r.stderr);
+      }
+    }
+    const slotPidNs: string[] = [];
+    for (const box of boxes) {
+      assert.ok(await waitFor(async () => (await commandSlotsOf(server, box.uid)).length === 1, 30_000), `one slot ready for ${box.name}`);
+      const [slot] = await commandSlotsOf(server, box.uid);
+      const [net, ipc, uts, pid] = await Promise.all(['net', 'ipc', 'uts', 'pid'].map((n) => readlink(`/proc/${slot}/ns/${n}`)));
+      assert.deepEqual([net, ipc, uts], box.ns.slice(0, 3), `the slot of ${box.name} is in its interpreter's namespaces`);
+      assert.notEqual(pid, box.ns[3], 'a pid namespace of its own');
+      slotPidNs.push(pid!);
+    }
+    assert.notEqual(slotPidNs[0], slotPidNs[1]);
+    // Its interpreter dies: the slot made in its sandbox goes too; the next command runs in
+    // the new interpreter's sandbox.
+    const [a] = boxes;
+    const crash = await py(server, a!.id, 'import os\nos._exit(3)');
+    assert.equal(crash.interpreter_restarted, true, crash.stderr);
+    assert.ok(await waitFor(async () => (await commandSlotsOf(server, a!.uid)).length === 0, 10_000), "the slot in the dead interpreter's sandbox is dropped");
+    const after = await sh(server, a!.id, 'cat /workspace/who; readlink /proc/self/ns/net');
+    assert.equal(after.stdout, `a\n${(await nsOf(a!.id))[0]}\n`, after.stderr);
+  });
+
+  it('end every process a command leaves (setsid, nohup, a double fork), at its end and at its timeout, and start the next command in a new pid namespace', async () => {
+    const id = await createSession(server);
+    const uid = await hostUid(server, id);
+    const sleeps = async () => {
+      const found: number[] = [];
+      for (const pid of await pidsOfUid(uid)) if ((await readFile(`/proc/${pid}/comm`, 'utf8').catch(() => '')).trim() === 'sleep') found.push(pid);
+      return found;
+    };
+    const left = await sh(server, id, '(setsid nohup sleep 1000 > /dev/null 2>&1 &); (sleep 1001 > /dev/null &); echo started');
+    assert.equal(left.stdout, 'started\n', left.stderr);
+    assert.ok(await waitFor(async () => (await sleeps()).length === 0, 10_000), 'nothing of the finished command is left');
+    const timedOut = await sh(server, id, 'setsid sleep 1002 > /dev/null & sleep 1003', { timeout_seconds: 1 });
+    assert.equal(timedOut.return_code, -1, timedOut.stderr);
+    assert.ok(await waitFor(async () => (await sleeps()).length === 0, 10_000), 'nothing of the timed-out command is left');
+    const next = await sh(server, id, 'echo $$; ls /proc | grep -E "^[0-9]+$" | sort -n | head -1');
+    assert.equal(next.stdout, '2\n1\n', next.stderr);
   });
 
   it('share nothing they can observe: module changes, variables, /tmp and host uids stay per session', async () => {
