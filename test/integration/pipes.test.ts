@@ -8,6 +8,7 @@ import { mkdtemp, rm, open } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { Pipes } from '../../src/sandbox/pipes.js';
+import { waitFor } from '../helpers/server.js';
 
 test('outNamedPair: each call a pair of its own, what a writer writes reaches the server end; close() removes the spare pair', async (t) => {
   const root = await mkdtemp(`${tmpdir()}/pipes-test-`);
@@ -25,7 +26,8 @@ test('outNamedPair: each call a pair of its own, what a writer writes reaches th
   });
   const writer = await open(out.path, 'w');
   out.release();
-  assert.equal(existsSync(out.path), false, 'unlinked once released');
+  // (release() unlinks without waiting: the name goes shortly after)
+  assert.ok(await waitFor(() => !existsSync(out.path), 10_000), 'unlinked once released');
   await writer.write('hello');
   await writer.close();
   assert.equal(await got, 'hello');
