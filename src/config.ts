@@ -111,6 +111,13 @@ const SETTINGS = {
   defaultTimeoutSeconds: int('SANDBOX_DEFAULT_TIMEOUT_SECONDS', 30, 1, 24 * 3600, 'Timeout of a call that names none, seconds'),
   maxProcesses: int('SANDBOX_RUNNER_NPROC', 256, 8, 100_000, 'Processes per session'),
   sessionPidsMax: int('SANDBOX_SESSION_PIDS_MAX', 1024, 16, 1_000_000, 'Processes and threads of one session together (pids cgroup, where one can be made)'),
+  sessionsMemoryMb: int(
+    'SANDBOX_SESSIONS_MEMORY_MB',
+    0,
+    0,
+    1 << 30,
+    "Memory of all sessions together (the server's parent memory cgroup), MiB; 0: this server's part of the host's memory (75 % of MemTotal for all servers on the host, each taking at most three quarters of what the servers started before it leave)",
+  ),
   sessionPtysMax: int(
     'SANDBOX_SESSION_PTYS_MAX',
     16,

@@ -17,7 +17,7 @@ import { Pipes } from './sandbox/pipes.js';
 import { DevptsCap } from './sandbox/devpts-cap.js';
 import { UidAllocator, killUid, pidsOfUids } from './sandbox/uids.js';
 import { hostFileMax, openFilesBound } from './sandbox/open-files.js';
-import { hostTaskLimits, hostTasksBound } from './sandbox/host-tasks.js';
+import { ALL_SERVERS_MEMORY_SHARE, MEMORY_TAKE, hostMemoryBytes, hostTaskLimits, hostTasksBound, serverBudget } from './sandbox/host-tasks.js';
 import { sessionTcpWant } from './sandbox/tcp-memory.js';
 import { claimUidRange, UidRangeTaken, type UidClaim } from './sandbox/uid-claims.js';
 import { buildSeccompFilter, hostFacts, probeBwrap, probeCommand, probeTemplate, sweepSessionsRoot, PreflightError, FIX_HINT } from './sandbox/preflight.js';
@@ -396,6 +396,7 @@ async function main(): Promise<void> {
         needs: {
           tasks: config.maxSessions * config.sessionPidsMax,
           tcpBytes: config.maxSessions * sessionTcpWant(sessionCgroupLimits(config).memoryBytes),
+          memoryBytes: config.maxSessions * sessionCgroupLimits(config).memoryBytes,
         },
       });
     } catch (e) {
@@ -516,8 +517,33 @@ async function main(): Promise<void> {
     isolation.tcp_memory = tcp.text;
     if (tcp.hostExhaustible) log.warn({ tcp_memory: tcp.text }, "TCP buffers: sessions together could pass the host's TCP memory");
     else log.info({ tcp_memory: tcp.text, tcp_bytes_per_session: tcp.perSessionBytes }, 'TCP buffers per session');
-    const bound = await cgroups.boundParent(sessionCgroupLimits(config), config.maxSessions);
+    // All sessions' memory together: at most this server's part of the host's memory
+    // (host-tasks.ts), however much their own limits add up to.
+    const leaf = sessionCgroupLimits(config);
+    const ram = hostMemoryBytes();
+    const memoryCap =
+      config.sessionsMemoryMb > 0
+        ? config.sessionsMemoryMb * 1024 * 1024
+        : ram === null
+          ? Number.MAX_SAFE_INTEGER
+          : serverBudget(
+              ram,
+              older.map((n) => n.memoryBytes),
+              leaf.memoryBytes * config.maxSessions,
+              ALL_SERVERS_MEMORY_SHARE,
+              MEMORY_TAKE,
+            );
+    const bound = await cgroups.boundParent(leaf, config.maxSessions, memoryCap);
     isolation.sessions_total = describeParentBound(bound, cgroups.parent);
+    if (ram !== null && memoryCap < leaf.memoryBytes * config.maxSessions) {
+      const MiB = 1024 * 1024;
+      const held = `${Math.floor(memoryCap / MiB)} MiB, not ${config.maxSessions} x ${Math.floor(leaf.memoryBytes / MiB)} MiB`;
+      isolation.sessions_total +=
+        config.sessionsMemoryMb > 0
+          ? `; memory held to SANDBOX_SESSIONS_MEMORY_MB (${held}; the host has ${Math.floor(ram / MiB)} MiB)`
+          : `; memory held to this server's part of the host's ${Math.floor(ram / MiB)} MiB (${held}: all servers on the host together keep within ${ALL_SERVERS_MEMORY_SHARE * 100} % of it; past it the kernel reclaims or OOM-kills within the sessions, never elsewhere on the host)`;
+      log.info({ memory_cap_mib: Math.floor(memoryCap / MiB), host_mib: Math.floor(ram / MiB) }, "all sessions' memory together held to this server's part of the host's memory");
+    }
     if (bound.problems.length > 0) log.warn({ problems: bound.problems }, "the kernel refused part of the bound on all sessions together (the server's parent cgroup)");
   }
   if (cgroups?.controllers.includes('pids')) isolation.protections.push(`at most ${config.sessionPidsMax} processes and threads per session (pids cgroup)`);

@@ -64,9 +64,11 @@ export interface Cgroups {
   /** What bounds a session's TCP buffers against the host-wide net.ipv4.tcp_mem, for a
    * leaf of `memoryBytes` (tcp-memory.ts): v1's per-session TCP limit, or v2's memory limit. */
   tcpMemory(memoryBytes: number): TcpMemoryBound;
-  /** Bounds the parent cgroup to `sessions` leaves of `leaf` (called once the stale leaves
-   * of an earlier run are swept): what is in force, and what the kernel refused. */
-  boundParent(leaf: LeafLimits, sessions: number): Promise<ParentBound>;
+  /** Bounds the parent cgroup to `sessions` leaves of `leaf`, its memory to at most
+   * `memoryCapBytes` (this server's part of the host's memory, host-tasks.ts), called once
+   * the stale leaves of an earlier run are swept: what is in force, and what the kernel
+   * refused. */
+  boundParent(leaf: LeafLimits, sessions: number, memoryCapBytes: number): Promise<ParentBound>;
   /** Removes leaves (box_*) an earlier run left; their processes must be dead. */
   sweep(): Promise<number>;
   /** Removes this server's parent cgroup (at shutdown, every leaf gone). */
@@ -95,6 +97,13 @@ export interface ParentBound {
 /** `leaf` times `n`, exactly (the product may pass 2^53), as the decimal a cgroup file takes. */
 function times(leaf: number, n: number): string {
   return (BigInt(leaf) * BigInt(n)).toString();
+}
+
+/** `n` leaves of `leaf`, at most `cap` (whole pages). */
+function capped(leaf: number, n: number, cap: number): string {
+  const all = BigInt(leaf) * BigInt(n);
+  const most = (BigInt(Math.max(0, Math.floor(cap))) / 4096n) * 4096n;
+  return (all < most ? all : most).toString();
 }
 
 /** A number a cgroup file holds, or null ("max", unreadable). */
@@ -218,6 +227,12 @@ async function removeLeaf(dir: string): Promise<void> {
   // A cgroup can only be removed once empty; its processes are being killed by the
   // caller, so retry briefly.
   for (let i = 0; i < 50; i++) {
+    // Pages still charged to it (page cache of files its processes read first, /usr's
+    // among them) would keep it as a dying cgroup after rmdir, one per session (red team:
+    // 38 per 40 sessions that read an uncached file): reclaim them first (v1
+    // memory.force_empty, v2 memory.reclaim; refused while a process is left, then retried).
+    if (existsSync(`${dir}/memory.force_empty`)) await tryWrite(`${dir}/memory.force_empty`, '0');
+    else if (existsSync(`${dir}/memory.reclaim`)) await tryWrite(`${dir}/memory.reclaim`, String(1 << 30));
     try {
       await fsp.rmdir(dir);
       return;
@@ -278,9 +293,9 @@ async function detectV2(privileged: boolean, scope: string, maxSessions: number,
     socketMemory: "socket buffers are charged to the session's memory limit (cgroup v2)",
     kernelMemory: "kernel objects (slab, pipe buffers, page tables) are charged to the session's memory limit (cgroup v2)",
     tcpMemory: (memoryBytes) => tcpMemoryBound({ memoryBytes, maxSessions, tcpMem: hostTcpMem(), perSessionLimit: false, olderNeeds: olderTcpNeeds }),
-    boundParent: (leaf, sessions) =>
+    boundParent: (leaf, sessions, memoryCapBytes) =>
       boundFiles([
-        { file: `${parent}/memory.max`, value: times(leaf.memoryBytes, sessions), bytes: true, field: 'memoryBytes' },
+        { file: `${parent}/memory.max`, value: capped(leaf.memoryBytes, sessions, memoryCapBytes), bytes: true, field: 'memoryBytes' },
         ...(enabled.includes('pids') ? [{ file: `${parent}/pids.max`, value: times(leaf.pidsMax, sessions), bytes: false, field: 'pidsMax' as const }] : []),
       ]),
     sweep: () => sweepLeaves(parent),
@@ -363,12 +378,14 @@ async function detectV1(privileged: boolean, scope: string, maxSessions: number,
       : `TCP and UDP buffers are not limited per session: cgroup v1 charges them only through memory.kmem.tcp.limit_in_bytes, which this kernel refused (${kmem.tcpProblem})`,
     kernelMemory: kmem.describe,
     tcpMemory,
-    boundParent: (leaf, sessions) =>
+    boundParent: (leaf, sessions, memoryCapBytes) =>
       boundFiles([
         // unlimited first: a memsw limit below the new memory limit would refuse it
         ...(existsSync(`${parent}/memory.memsw.limit_in_bytes`) ? [{ file: `${parent}/memory.memsw.limit_in_bytes`, value: '-1', bytes: false }] : []),
-        { file: `${parent}/memory.limit_in_bytes`, value: times(leaf.memoryBytes, sessions), bytes: true, field: 'memoryBytes' },
-        ...(existsSync(`${parent}/memory.memsw.limit_in_bytes`) ? [{ file: `${parent}/memory.memsw.limit_in_bytes`, value: times(leaf.memoryBytes, sessions), bytes: true }] : []),
+        { file: `${parent}/memory.limit_in_bytes`, value: capped(leaf.memoryBytes, sessions, memoryCapBytes), bytes: true, field: 'memoryBytes' },
+        ...(existsSync(`${parent}/memory.memsw.limit_in_bytes`)
+          ? [{ file: `${parent}/memory.memsw.limit_in_bytes`, value: capped(leaf.memoryBytes, sessions, memoryCapBytes), bytes: true }]
+          : []),
         ...(kmem.tcp ? [{ file: `${parent}/memory.kmem.tcp.limit_in_bytes`, value: times(tcpBytes(leaf.memoryBytes), sessions), bytes: true, field: 'tcpBytes' as const }] : []),
         ...(pidsParent ? [{ file: `${pidsParent}/pids.max`, value: times(leaf.pidsMax, sessions), bytes: false, field: 'pidsMax' as const }] : []),
       ]).then(async (bound) => {

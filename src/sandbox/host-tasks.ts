@@ -35,10 +35,28 @@ export const ALL_SERVERS_SHARE = 0.5;
 /** What one server's sessions may hold together of a host-wide budget `host` (tasks, or
  * TCP bytes): the smaller of `need` and half of what the older servers leave, their parts
  * worked out the same way from their needs (`olderNeeds`, oldest first). */
-export function serverBudget(host: number, olderNeeds: readonly number[], need: number): number {
-  let left = host * ALL_SERVERS_SHARE;
-  for (const n of olderNeeds) left -= Math.min(Math.max(0, n), left / 2);
-  return Math.max(0, Math.min(need, Math.floor(left / 2)));
+export function serverBudget(host: number, olderNeeds: readonly number[], need: number, share: number = ALL_SERVERS_SHARE, take = 0.5): number {
+  let left = host * share;
+  for (const n of olderNeeds) left -= Math.min(Math.max(0, n), left * take);
+  return Math.max(0, Math.min(need, Math.floor(left * take)));
+}
+
+/** Memory (the host's MemTotal): all servers' sessions together keep within this share of
+ * it, each server taking at most MEMORY_TAKE of what the older ones leave (a server alone:
+ * 56 %). Sessions' own limits add up to far more (256 x 2.6 GiB by default): the server's
+ * parent memory cgroup holds them to this part, so a host never runs out of memory for
+ * them; what is past it is the OOM killer's in the parent, never the host's. */
+export const ALL_SERVERS_MEMORY_SHARE = 0.75;
+export const MEMORY_TAKE = 0.75;
+
+/** The host's MemTotal in bytes, or null. */
+export function hostMemoryBytes(): number | null {
+  try {
+    const m = /^MemTotal:\s+(\d+) kB$/m.exec(readFileSync('/proc/meminfo', 'utf8'));
+    return m ? Number(m[1]) * 1024 : null;
+  } catch {
+    return null;
+  }
 }
 
 /** The lowest per-session limit the server lowers to (SANDBOX_SESSION_PIDS_MAX's minimum). */

@@ -29,6 +29,8 @@ export interface HostNeeds {
   tasks: number;
   /** TCP buffer bytes: SANDBOX_MAX_SESSIONS times a session's TCP want. */
   tcpBytes: number;
+  /** Memory: SANDBOX_MAX_SESSIONS times a session's memory cgroup limit. */
+  memoryBytes: number;
 }
 
 interface ClaimFile {
@@ -103,11 +105,11 @@ export async function claimUidRange(first: number, count: number, opts: { pick: 
     const yields = others.some((o) => !mine || o.created < mine.created || (o.created === mine.created && o.claim.pid < process.pid));
     if (!yields) {
       const isOlder = (o: (typeof all)[number]) => !mine || o.created < mine.created || (o.created === mine.created && o.claim.pid < process.pid);
-      const unbounded: HostNeeds = { tasks: Number.MAX_SAFE_INTEGER, tcpBytes: Number.MAX_SAFE_INTEGER };
+      const unbounded: HostNeeds = { tasks: Number.MAX_SAFE_INTEGER, tcpBytes: Number.MAX_SAFE_INTEGER, memoryBytes: Number.MAX_SAFE_INTEGER };
       const older = all
         .filter((o) => o.name !== name && o.claim.pid !== process.pid && isOlder(o))
         .sort((a, b) => (a.created < b.created ? -1 : a.created > b.created ? 1 : a.claim.pid - b.claim.pid))
-        .map((o) => o.claim.needs ?? unbounded);
+        .map((o) => ({ ...unbounded, ...o.claim.needs }));
       return {
         first: base,
         last: claim.last,

@@ -85,6 +85,9 @@ async function startOnce(env: Record<string, string>, opts: StartOptions): Promi
       // need; with this, five test servers at once each keep their limit on a host with
       // kernel.pid_max 32,768 (the defaults' 1,024 made the third one's part a fraction).
       SANDBOX_SESSION_PIDS_MAX: '96',
+      // Memory of all of a test server's sessions: set, not the server's part of the
+      // host's memory (which shrinks for each server started while others run).
+      SANDBOX_SESSIONS_MEMORY_MB: '6144',
       ...env,
     },
     stdio: ['ignore', 'pipe', 'pipe'],

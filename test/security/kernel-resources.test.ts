@@ -388,6 +388,48 @@ test('all sessions together: the parent cgroup holds SANDBOX_MAX_SESSIONS times 
   await finishCase(S, a, [cg.marker, marker]);
 });
 
+test("#K12 memory of all sessions together is held to SANDBOX_SESSIONS_MEMORY_MB (by default the server's part of the host's memory), whatever the sessions' own limits add up to", async (t) => {
+  // Red team of issue 10: 256 sessions x 2.6 GiB allowed on a 24 GiB host; two sessions
+  // pinned 4.9 GiB. Here four sessions of ~600 MiB each share 256 MiB.
+  const T = await startSuite({
+    SANDBOX_MAX_SESSIONS: '4',
+    SANDBOX_WARM_POOL_SIZE: '0',
+    SANDBOX_RUNNER_MEMORY_MB: '512',
+    SANDBOX_WORKSPACE_MB: '64',
+    SANDBOX_SHM_MB: '1',
+    SANDBOX_SESSIONS_MEMORY_MB: '256',
+  });
+  t.after(() => stopSuite(T));
+  const h = await api(T.server, 'GET', '/health');
+  const total = String(h.body.isolation.sessions_total);
+  t.diagnostic(`/health sessions_total: ${total}`);
+  assert.match(total, /^memory 256 MiB,.*memory held to SANDBOX_SESSIONS_MEMORY_MB \(256 MiB, not 4 x 577 MiB/);
+  const a = await attacker(T, t);
+  const b = await attacker(T, t);
+  const cg = await sessionCgroups(a.id, T);
+  const parent = cg.memory!.replace(/\/box_[0-9a-f]+$/, '');
+  const limitFile = cg.v2 ? 'memory.max' : 'memory.limit_in_bytes';
+  assert.equal(await num(`${parent}/${limitFile}`), 256 * MiB, "the server's parent cgroup holds all sessions to 256 MiB");
+  // Each session alone may hold 160 MiB; both together may not.
+  const hold = "x = b'x' * (160 << 20)\nprint('held')";
+  const first = await py(T.server, a.id, hold, { timeout_seconds: 60 });
+  assert.equal(first.stdout, 'held', first.stderr);
+  const second = await py(T.server, b.id, hold, { timeout_seconds: 60 });
+  const again = await py(T.server, a.id, "print('a', len(x))", { timeout_seconds: 60 });
+  t.diagnostic(`second: ${second.limit_exceeded} ${second.stderr.slice(0, 200)}; a again: ${again.stdout} restarted=${again.interpreter_restarted}`);
+  // One of the two lost its memory: the second ran into the limit, or the kernel took the
+  // first one's interpreter (its state is gone and its next call says so).
+  const bothHeld = second.stdout === 'held' && again.stdout === `a ${160 << 20}` && !again.interpreter_restarted;
+  assert.equal(bothHeld, false, 'the two sessions together held 320 MiB under a 256 MiB bound');
+  if (!cg.v2) {
+    const peak = await num(`${parent}/memory.max_usage_in_bytes`);
+    assert.ok(peak <= 256 * MiB, `the parent's peak usage ${peak} stays within its limit`);
+  }
+  // Each still works afterwards.
+  for (const id of [a.id, b.id]) assert.equal((await py(T.server, id, 'print(1)', { timeout_seconds: 60 })).stdout, '1');
+  await finishCase(T, a, [cg.marker]);
+});
+
 test("#K8 processes of all sessions together: the limit in force is reported; once no process can be forked (here the server's parent pids cgroup is full), an interpreter restart and a create answer 503 with Retry-After, never 500, and a bash command says it did not run", async (t) => {
   const h = await api(S.server, 'GET', '/health');
   const processes = String(h.body.isolation.processes);

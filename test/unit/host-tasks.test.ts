@@ -7,7 +7,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ALL_SERVERS_SHARE, hostTasksBound, isOutOfTasks, serverBudget } from '../../src/sandbox/host-tasks.js';
+import { ALL_SERVERS_MEMORY_SHARE, ALL_SERVERS_SHARE, MEMORY_TAKE, hostTasksBound, isOutOfTasks, serverBudget } from '../../src/sandbox/host-tasks.js';
 
 const ALONE: number[] = [];
 
@@ -85,4 +85,20 @@ test('a failed start is told apart as out of tasks by how each starter words EAG
   assert.equal(isOutOfTasks('could not start the sandbox: spawn EAGAIN'), true);
   assert.equal(isOutOfTasks('the sandbox exited while starting (status 1): bwrap: execvp python3: No such file or directory'), false);
   assert.equal(isOutOfTasks('the sandbox did not start in time'), false);
+});
+
+test("memory: all servers together within 75 % of the host's, a server alone 56 %, each later one at most three quarters of what is left", () => {
+  const GiB = 1024 ** 3;
+  const ram = 24 * GiB;
+  const need = 256 * 2.6 * GiB;
+  const alone = serverBudget(ram, [], need, ALL_SERVERS_MEMORY_SHARE, MEMORY_TAKE);
+  assert.equal(alone, Math.floor(ram * 0.75 * 0.75));
+  const second = serverBudget(ram, [need], need, ALL_SERVERS_MEMORY_SHARE, MEMORY_TAKE);
+  assert.equal(second, Math.floor((ram * 0.75 - alone) * 0.75));
+  let sum = 0;
+  const needs = [need, 4 * GiB, need, need, GiB, need];
+  for (let k = 0; k < needs.length; k++) sum += serverBudget(ram, needs.slice(0, k), needs[k]!, ALL_SERVERS_MEMORY_SHARE, MEMORY_TAKE);
+  assert.ok(sum <= ram * 0.75, String(sum / GiB));
+  // a small server takes its need only
+  assert.equal(serverBudget(ram, [], 2 * GiB, ALL_SERVERS_MEMORY_SHARE, MEMORY_TAKE), 2 * GiB);
 });
