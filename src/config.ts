@@ -94,10 +94,10 @@ const SETTINGS = {
   ),
   artifactsScanMaxEntries: int(
     'SANDBOX_ARTIFACTS_SCAN_MAX_ENTRIES',
-    10_000,
+    2_000,
     1,
     1_000_000,
-    'Names the workspace scan after each call examines at most (files past them are not listed); the scan runs on the event loop, a few microseconds a file',
+    'Names the workspace scan after each call examines at most, a folder counting as 4 (files past them are not listed and stderr says so); the scan runs on the event loop, every call pays it: a few microseconds a file',
   ),
   artifactsKeepMax: int('SANDBOX_ARTIFACTS_KEEP_MAX', 1000, 1, 1_000_000, 'Artifacts a session keeps for download at most; the oldest is evicted first'),
   artifactsKeepMb: int(

@@ -28,9 +28,20 @@
  * for a small workspace, a few microseconds more per file, plus a copy per changed file.
  *
  * Bounds: at most SANDBOX_ARTIFACTS_MAX_FILES files and SANDBOX_ARTIFACTS_MAX_BYTES bytes
- * are kept per call (the first by path; the result's stderr says what was left out); a
- * session keeps at most SANDBOX_ARTIFACTS_KEEP_MAX artifacts and SANDBOX_ARTIFACTS_KEEP_MB
- * of them, the oldest evicted first. Copies live in the box's own `artifacts/` folder
+ * are kept per call, and the names of the files listed in one answer take at most
+ * ANSWER_NAME_CHARS characters of its JSON (`filename` and `path`, escapes counted at their
+ * six characters: a name of control bytes is six times its length), so a call that prints
+ * nothing cannot make a megabytes-long answer of names (the first by path; the result's
+ * stderr says what was left out). A session keeps at most SANDBOX_ARTIFACTS_KEEP_MAX
+ * artifacts, SANDBOX_ARTIFACTS_KEEP_MB of them and KEEP_NAME_CHARS characters of their
+ * names (each path held once), the oldest evicted first: the index the server's heap holds
+ * per session is bounded by names, not only by count.
+ *
+ * The scan's cost per call is bounded by SANDBOX_ARTIFACTS_SCAN_MAX_ENTRIES names, a folder
+ * counting FOLDER_COST names (opening and reading a folder costs the server several times
+ * a file's lstat): a session that fills its workspace with files or folders makes each of
+ * its calls cost at most that bound (a few milliseconds at the default), and past it the
+ * scan stops and stderr says so (files past it are not listed). Copies live in the box's own `artifacts/` folder
  * (0700, not mounted in the sandbox): on the session's disk, so they count against its
  * quota (a full disk stops the copying and says so), and they go with the session.
  */
@@ -50,6 +61,25 @@ const NAMES_PER_TURN = 256;
 const COPIES_PER_TURN = 16;
 
 const at = (fd: number, name: string) => `/proc/self/fd/${fd}/${name}`;
+
+/** What a folder counts against SANDBOX_ARTIFACTS_SCAN_MAX_ENTRIES: two opens, a read and
+ * two closes cost about three to four times a file's lstat (bench: 31 us a folder, 10 us a
+ * file, on a loaded 2-core machine). */
+export const FOLDER_COST = 4;
+
+/** Characters of JSON text the names (`filename` and `path`) of one answer's listed files
+ * take at most: files past them are not listed in that answer and stderr says so. */
+export const ANSWER_NAME_CHARS = 64 * 1024;
+
+/** Characters of names (one path per artifact) a session's kept index holds at most, the
+ * oldest evicted first. At least what one answer lists (whose paths take at most half of
+ * ANSWER_NAME_CHARS), so a call's own artifacts never evict one another. */
+export const KEEP_NAME_CHARS = 128 * 1024;
+
+/** JSON characters of an entry's two names: `filename` and `path` (/workspace/ + filename). */
+export function entryNameChars(path: string): number {
+  return 2 * JSON.stringify(path).length + '/workspace/'.length;
+}
 
 /** Bytes of workspace-relative names one scan looks at, at most (with
  * SANDBOX_ARTIFACTS_SCAN_MAX_ENTRIES, what a call's scan holds and sorts). */
@@ -96,9 +126,9 @@ export interface ArtifactEntry {
   mime_type: string | null;
 }
 
+/** What the index keeps per artifact: the path once (the entry is built when asked for). */
 interface Kept {
-  entry: ArtifactEntry;
-  file: string;
+  path: string;
   size: number;
 }
 
@@ -116,6 +146,8 @@ export class ArtifactStore {
   /** Insertion order is age: the first is evicted first. */
   private readonly kept = new Map<string, Kept>();
   private keptBytes = 0;
+  /** Characters of the kept paths (KEEP_NAME_CHARS). */
+  private keptNameChars = 0;
 
   constructor(
     private readonly workspaceDir: string,
@@ -144,7 +176,9 @@ export class ArtifactStore {
     if (scan.truncated === 'names') {
       notes.push(`artifacts: the workspace's file names add up to more than ${SCAN_MAX_NAME_BYTES} bytes; files past them were not looked at`);
     } else if (scan.truncated === 'entries') {
-      notes.push(`artifacts: the workspace has more than ${this.limits.scanMaxEntries} names; files past them were not looked at (SANDBOX_ARTIFACTS_SCAN_MAX_ENTRIES)`);
+      notes.push(
+        `artifacts: the workspace has more than ${this.limits.scanMaxEntries} names (a folder counts as ${FOLDER_COST}); files past them were not looked at (SANDBOX_ARTIFACTS_SCAN_MAX_ENTRIES)`,
+      );
     } else if (scan.truncated === 'depth') {
       notes.push(`artifacts: folders nested deeper than ${MAX_DEPTH} levels were not looked at`);
     }
@@ -155,10 +189,19 @@ export class ArtifactStore {
     const files: ArtifactEntry[] = [];
     let bytes = 0;
     let overBytes = 0;
+    let nameChars = 0;
     for (const [i, path] of changed.entries()) {
       if (i > 0 && i % COPIES_PER_TURN === 0) await yieldToLoop();
       if (files.length >= this.limits.maxFiles) {
         notes.push(`artifacts: ${changed.length} files changed; the first ${this.limits.maxFiles} are listed (SANDBOX_ARTIFACTS_MAX_FILES)`);
+        break;
+      }
+      // Checked before the copy: a file that is not listed is not kept either.
+      const names = entryNameChars(path);
+      if (nameChars + names > ANSWER_NAME_CHARS) {
+        notes.push(
+          `artifacts: ${changed.length} files changed; the first ${files.length} are listed: their names fill the ${ANSWER_NAME_CHARS} characters an answer gives to file names (shorter names fit more)`,
+        );
         break;
       }
       const size = sizeOf(scan.files.get(path)!);
@@ -166,14 +209,18 @@ export class ArtifactStore {
         overBytes++;
         continue;
       }
+      nameChars += names;
       const copied = await this.keep(path, size);
       if (copied === 'disk full') {
         notes.push(`artifacts: the session's disk is full; ${changed.length - i} changed files were not kept (SANDBOX_WORKSPACE_MB)`);
         break;
       }
-      if (copied === null) continue; // gone, or no longer a regular file, since the scan
-      bytes += copied.size;
-      files.push(copied.entry);
+      if (copied === null) {
+        nameChars -= names;
+        continue; // gone, or no longer a regular file, since the scan
+      }
+      bytes += copied.size_bytes;
+      files.push(copied);
     }
     if (overBytes > 0) notes.push(`artifacts: ${overBytes} changed files were not kept: past ${this.limits.maxBytes} bytes per call (SANDBOX_ARTIFACTS_MAX_BYTES)`);
     return { files, notes };
@@ -181,20 +228,37 @@ export class ArtifactStore {
 
   /** The kept copy of an artifact of this session, if it still exists. */
   get(fileId: string): { file: string; entry: ArtifactEntry } | undefined {
-    return this.kept.get(fileId);
+    const k = this.kept.get(fileId);
+    return k && { file: this.fileOf(fileId), entry: this.entryOf(fileId, k) };
   }
 
-  /** Artifacts kept, and their bytes (for tests and /health-style figures). */
-  get stats(): { count: number; bytes: number } {
-    return { count: this.kept.size, bytes: this.keptBytes };
+  /** Artifacts kept, their bytes and the characters of their paths (for tests and
+   * /health-style figures). */
+  get stats(): { count: number; bytes: number; nameChars: number } {
+    return { count: this.kept.size, bytes: this.keptBytes, nameChars: this.keptNameChars };
+  }
+
+  private fileOf(fileId: string): string {
+    return `${this.storeDir}/${fileId}`;
+  }
+
+  private entryOf(fileId: string, k: Kept): ArtifactEntry {
+    return {
+      type: 'code_execution_output',
+      file_id: fileId,
+      filename: k.path,
+      path: `/workspace/${k.path}`,
+      size_bytes: k.size,
+      mime_type: this.mimeOf(k.path),
+    };
   }
 
   /** Copies one file into the store: the entry, null if it is no longer a regular file,
    * or 'disk full'. */
-  private async keep(path: string, expected: number): Promise<Kept | 'disk full' | null> {
-    this.evictFor(expected);
+  private async keep(path: string, expected: number): Promise<ArtifactEntry | 'disk full' | null> {
+    this.evictFor(expected, path.length);
     const fileId = `file_${randomHex(12)}`;
-    const file = `${this.storeDir}/${fileId}`;
+    const file = this.fileOf(fileId);
     let size: number | null = null;
     if (expected <= SMALL_IO_BYTES) {
       // Small files (most artifacts) are copied with synchronous calls: a dozen system
@@ -235,35 +299,30 @@ export class ArtifactStore {
     return size;
   }
 
-  private async add(fileId: string, file: string, path: string, size: number): Promise<Kept | null> {
+  private async add(fileId: string, file: string, path: string, size: number): Promise<ArtifactEntry | null> {
     if (size > this.limits.keepBytes) {
       // It grew since the scan, past what a session keeps.
       await fsp.rm(file, { force: true });
       return null;
     }
-    this.evictFor(size);
-    const entry: ArtifactEntry = {
-      type: 'code_execution_output',
-      file_id: fileId,
-      filename: path,
-      path: `/workspace/${path}`,
-      size_bytes: size,
-      mime_type: this.mimeOf(path),
-    };
-    const kept = { entry, file, size };
+    this.evictFor(size, path.length);
+    const kept: Kept = { path, size };
     this.kept.set(fileId, kept);
     this.keptBytes += size;
-    return kept;
+    this.keptNameChars += path.length;
+    return this.entryOf(fileId, kept);
   }
 
-  /** Evicts the oldest artifacts until one more of `size` bytes fits the session's keep. */
-  private evictFor(size: number): void {
+  /** Evicts the oldest artifacts until one more of `size` bytes and a path of `nameChars`
+   * characters fits the session's keep. */
+  private evictFor(size: number, nameChars: number): void {
     for (const [id, k] of this.kept) {
-      if (this.kept.size < this.limits.keepMax && this.keptBytes + size <= this.limits.keepBytes) break;
+      if (this.kept.size < this.limits.keepMax && this.keptBytes + size <= this.limits.keepBytes && this.keptNameChars + nameChars <= KEEP_NAME_CHARS) break;
       this.kept.delete(id);
       this.keptBytes -= k.size;
+      this.keptNameChars -= k.path.length;
       // At once: the room it frees on the session's disk is counted on by the next copy.
-      rmSync(k.file, { force: true });
+      rmSync(this.fileOf(id), { force: true });
     }
   }
 
@@ -271,6 +330,7 @@ export class ArtifactStore {
   async scan(): Promise<Scan> {
     const files = new Map<string, string>();
     let examined = 0;
+    let turn = 0;
     let nameBytes = 0;
     let truncated: Scan['truncated'] = false;
     const max = this.limits.scanMaxEntries;
@@ -287,7 +347,7 @@ export class ArtifactStore {
             truncated = 'entries';
             return;
           }
-          if (examined % NAMES_PER_TURN === 0) await yieldToLoop();
+          if (++turn % NAMES_PER_TURN === 0) await yieldToLoop();
           const name = d.name;
           if (name.startsWith('.') && !(depth === 0 && name === SPILL_DIR)) continue;
           const rel = prefix + name;
@@ -301,6 +361,13 @@ export class ArtifactStore {
             if (depth + 1 >= MAX_DEPTH) {
               truncated ||= 'depth';
               continue;
+            }
+            // A folder costs several names' work (FOLDER_COST): counted before it is opened.
+            examined += FOLDER_COST - 1;
+            turn += FOLDER_COST - 1; // (and between yields)
+            if (examined > max) {
+              truncated = 'entries';
+              return;
             }
             let sub: number;
             try {

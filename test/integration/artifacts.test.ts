@@ -189,7 +189,7 @@ test('bounds: a session keeps SANDBOX_ARTIFACTS_KEEP_MAX artifacts, the oldest e
 test('bounds: the scan stops at SANDBOX_ARTIFACTS_SCAN_MAX_ENTRIES names and says so', async () => {
   const id = await createSession(tight);
   const r = await sh(tight, id, 'mkdir many && for i in $(seq 1 60); do : > many/n$i; done');
-  assert.match(r.stderr, /artifacts: the workspace has more than 50 names; files past them were not looked at \(SANDBOX_ARTIFACTS_SCAN_MAX_ENTRIES\)/);
+  assert.match(r.stderr, /artifacts: the workspace has more than 50 names \(a folder counts as 4\); files past them were not looked at \(SANDBOX_ARTIFACTS_SCAN_MAX_ENTRIES\)/);
   assert.ok(files(r).length <= 3);
 });
 
@@ -324,11 +324,12 @@ test('names too long for a path (ENAMETOOLONG) are no error: the call answers 20
 
 test("what a scan holds is bounded by its names' bytes: past 1 MiB of names the scan stops and says so", async () => {
   const id = await createSession(server);
-  // 4,600 files of 240-character names: about 1.1 MB of names, under the entry bound.
+  // 1,500 files of 742-character paths (two folders of 250-character names): about 1.1 MB
+  // of names, under the entry bound.
   const r = await py(
     server,
     id,
-    "import os\nos.makedirs('/workspace/many', exist_ok=True)\nfor i in range(4600):\n    open('/workspace/many/%04d' % i + 'n' * 236, 'w').close()\nprint('made')",
+    "import os\nd = '/workspace/' + 'a' * 250 + '/' + 'b' * 250\nos.makedirs(d, exist_ok=True)\nfor i in range(1500):\n    open(d + '/%04d' % i + 'n' * 236, 'w').close()\nprint('made')",
   );
   assert.equal(r.status, 200);
   assert.equal(r.stdout, 'made');

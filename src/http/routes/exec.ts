@@ -128,14 +128,22 @@ function textChars(a: ExecAnswer): number {
   return stringChars(a) + 2 * a.tool_use_id.length + 512;
 }
 
-/** Characters of the strings in the answer's result content, v1 or native (a list entry
- * that is not a string counts 64). */
+/** Characters of the strings in the answer's result content, v1 or native: a list entry
+ * counts its characters plus 8, an object entry (an artifact) the characters of its string
+ * fields plus 64 (its names are bounded, artifacts.ts ANSWER_NAME_CHARS, but counted: they
+ * are as much of the answer as its output). */
 function stringChars(a: ExecAnswer): number {
   let n = 0;
   for (const v of Object.values(a.result_block.content)) {
     if (typeof v === 'string') n += v.length;
-    else if (Array.isArray(v)) for (const l of v as unknown[]) n += typeof l === 'string' ? l.length + 8 : 64;
+    else if (Array.isArray(v)) for (const l of v as unknown[]) n += typeof l === 'string' ? l.length + 8 : objectChars(l) + 64;
   }
+  return n;
+}
+
+function objectChars(o: unknown): number {
+  let n = 0;
+  if (typeof o === 'object' && o !== null) for (const v of Object.values(o)) if (typeof v === 'string') n += v.length;
   return n;
 }
 
