@@ -595,3 +595,145 @@ test("#K10 ptys without the template (SANDBOX_PYTHON_TEMPLATE=off): masters pass
   assert.match(v.stdout, /^\/dev\/pts\/\d+$/, `the victim opens a pty: ${v.stdout} ${v.stderr}`);
   await finishCase(B, a);
 });
+
+/** Connections each written once (64 KiB, never read), once 16 connections filled until
+ * EAGAIN took the session to its TCP limit: past the limit, each end may still take one
+ * packet (a socket with nothing queued is let through), which the sandbox's loopback
+ * (spec.ts SandboxNetwork: MTU 1500, one segment per GSO packet) keeps small. */
+const CONNECTIONS = 400;
+const ONE_WRITE_EACH = [
+  'import socket',
+  'ls = socket.socket()',
+  "ls.bind(('127.0.0.1', 0))",
+  'ls.listen(64)',
+  'held = []',
+  'for _ in range(16):',
+  '    c = socket.create_connection(ls.getsockname())',
+  '    s, _ = ls.accept()',
+  '    c.setblocking(False)',
+  '    held.append((c, s))',
+  '    try:',
+  '        while True:',
+  "            c.send(b'x' * 65536)",
+  '    except OSError:',
+  '        pass',
+  'full = len(held)',
+  `for _ in range(${CONNECTIONS}):`,
+  '    c = socket.create_connection(ls.getsockname())',
+  '    s, _ = ls.accept()',
+  '    c.setblocking(False)',
+  '    try:',
+  "        c.send(b'x' * 65536)",
+  '    except OSError:',
+  '        pass',
+  '    held.append((c, s))',
+  'print(len(held) - full)',
+].join('\n');
+
+/** lo's MTU and the namespace's somaxconn, seen from inside (bash runs it with python3). */
+const LOOPBACK = [
+  'import fcntl, socket, struct',
+  's = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)',
+  "mtu = struct.unpack('16si20x', fcntl.ioctl(s.fileno(), 0x8921, struct.pack('16si20x', b'lo', 0)))[1]",
+  "print(mtu, open('/proc/sys/net/core/somaxconn').read().strip())",
+].join('\n');
+
+/** Slack past the limit per connection: one page at each end, and the sender's packet (measured
+ * 14 KiB on Linux 6.18; before, on a 65,536-byte MTU with 64 KiB GSO packets, 76 KiB). */
+const SLACK_PER_CONNECTION = 16 * 1024;
+
+async function tcpOverrunCase(suite: Suite, t: TestContext, kind: string): Promise<void> {
+  const a = await attacker(suite, t);
+  const cg = await sessionCgroups(a.id, suite);
+  const inside = await py(suite.server, a.id, LOOPBACK);
+  assert.equal(inside.stdout.trim(), '1500 64', `${kind}: lo's MTU and somaxconn inside are the spec's`);
+  const bash = await sh(suite.server, a.id, `python3 -c "${LOOPBACK.replace(/"/g, '\\"')}"`);
+  assert.equal(bash.stdout.trim(), '1500 64', `${kind}: a bash command sees the same loopback`);
+  if (!cg.memory || cg.v2) {
+    t.diagnostic(`${kind}: no cgroup v1 TCP limit here; only the loopback is checked`);
+    await finishCase(suite, a, [cg.marker]);
+    return;
+  }
+  const r = await py(suite.server, a.id, ONE_WRITE_EACH, { timeout_seconds: 60 });
+  assert.equal(r.return_code, 0, r.stderr);
+  assert.equal(r.stdout.trim(), String(CONNECTIONS));
+  const limit = await num(`${cg.memory}/memory.kmem.tcp.limit_in_bytes`);
+  const peak = await num(`${cg.memory}/memory.kmem.tcp.max_usage_in_bytes`);
+  const slack = CONNECTIONS * SLACK_PER_CONNECTION;
+  t.diagnostic(`${kind}: ${CONNECTIONS} connections took ${(peak / MiB).toFixed(1)} MiB of TCP memory at most; limit ${(limit / MiB).toFixed(1)} MiB, + slack ${(slack / MiB).toFixed(1)} MiB`);
+  assert.ok(peak <= limit + slack, `${kind}: the session's TCP memory reached ${peak} bytes, past its limit ${limit} + ${slack}`);
+  await finishCase(suite, a, [cg.marker]);
+}
+
+test("#K11 TCP past the limit: a session's many connections, each written once and never read, stay within its TCP limit plus a small slack per connection (template interpreter and its bash command)", async (t) => {
+  await tcpOverrunCase(S, t, 'template');
+});
+
+test('#K11 the same in bubblewrap sandboxes (SANDBOX_PYTHON_TEMPLATE=off), whose network namespace is set up while bwrap waits', async (t) => {
+  const B = await startSuite({ SANDBOX_PYTHON_TEMPLATE: 'off', SANDBOX_RUNNER_NOFILE: '1024' });
+  t.after(() => stopSuite(B));
+  await tcpOverrunCase(B, t, 'bubblewrap');
+});
+
+/** Orphans: client sockets filled against a peer that never reads (an unaccepted
+ * connection with a 1-byte receive buffer), then closed, on LISTENERS listeners; a connect
+ * whose listener's queue is full times out and moves on. Prints the connections made, the
+ * orphans of this network namespace right after (no inode, FIN_WAIT1/FIN_WAIT2/LAST_ACK/
+ * CLOSING, not a time-wait entry) and what TCP_LINGER2 gives. */
+const LISTENERS = 4;
+const PER_LISTENER = 300;
+const ORPHANS = [
+  'import errno, socket',
+  'def orphans():',
+  '    n = 0',
+  "    for line in open('/proc/net/tcp').read().splitlines()[1:]:",
+  '        f = line.split()',
+  "        if f[3] in ('04', '05', '09', '0B') and f[9] == '0' and not f[5].startswith('03'):",
+  '            n += 1',
+  '    return n',
+  'made = 0',
+  'keep = []',
+  `for _ in range(${LISTENERS}):`,
+  '    ls = socket.socket()',
+  '    ls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)',
+  "    ls.bind(('127.0.0.1', 0))",
+  '    ls.listen(4096)',
+  '    keep.append(ls)',
+  `    for _ in range(${PER_LISTENER}):`,
+  '        c = socket.socket()',
+  '        c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)',
+  '        c.settimeout(0.25)',
+  '        try:',
+  '            c.connect(ls.getsockname())',
+  '        except OSError:',
+  '            c.close()',
+  '            break',
+  '        c.setblocking(False)',
+  '        try:',
+  '            while True:',
+  "                c.send(b'x' * 4096)",
+  '        except OSError:',
+  '            pass',
+  '        c.close()',
+  '        made += 1',
+  'peak = orphans()',
+  'try:',
+  '    socket.socket().setsockopt(socket.IPPROTO_TCP, 8, 120)',
+  "    linger2 = 'ok'",
+  'except OSError as e:',
+  '    linger2 = errno.errorcode[e.errno]',
+  'print(made, peak, linger2)',
+].join('\n');
+
+test('#K12 TCP orphans are counted host-wide (net.ipv4.tcp_max_orphans): a session holds at most one listen backlog of them per listening socket (somaxconn 64 in its namespace), and TCP_LINGER2 is refused', async (t) => {
+  const a = await attacker(S, t);
+  const r = await py(S.server, a.id, ORPHANS, { timeout_seconds: 60 });
+  assert.equal(r.return_code, 0, r.stderr);
+  const [made, peak, linger2] = r.stdout.trim().split(' ') as [string, string, string];
+  const bound = LISTENERS * (64 + 1);
+  t.diagnostic(`connections made and closed: ${made}; orphans held right after: ${peak} (bound ${bound}; with the host's somaxconn 4096 it was ${LISTENERS * PER_LISTENER})`);
+  assert.ok(Number(made) <= bound, `${made} connections were queued, past ${bound}`);
+  assert.ok(Number(peak) <= bound, `the session held ${peak} orphans, past ${bound}`);
+  assert.equal(linger2, 'EPERM', 'TCP_LINGER2 (which outlives tcp_fin_timeout) is refused');
+  await finishCase(S, a, []);
+});
