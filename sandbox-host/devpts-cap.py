@@ -1,10 +1,11 @@
-"""Caps the devpts of bubblewrap sandboxes: bwrap's --dev mounts a private devpts instance
+"""Caps the devpts of bubblewrap sandboxes and sets up their network namespaces: bwrap's --dev mounts a private devpts instance
 with no max=, so without this one sandbox could open ptys up to the host's kernel.pty.max
 and make openpty() fail for every other sandbox and the host. One process per server, on
 the host, as the server's uid (src/sandbox/devpts-cap.ts starts it).
 
 Protocol, one JSON object per line:
-  stdin   {"id": n, "pid": P, "parent": Q, "max": N, "options": "ptmxmode=0666,mode=620"}
+  stdin   {"id": n, "pid": P, "parent": Q, "max": N, "options": "ptmxmode=0666,mode=620",
+           "network": {"loopbackMtu", "gsoMaxSegs", "sysctls"}}
               P: the sandbox's first process (bwrap's "child-pid"), child of Q (the
               outer bwrap, the server's child); N: the pty cap; options: the ones bwrap
               mounted the devpts with (a reconfigure resets those it does not name)
@@ -18,6 +19,12 @@ mount table (poll() on /proc/P/mountinfo wakes on every change), and once a devp
 is not one of the host's appears, reconfigures it with max=N; the server then releases
 the block fd. No program of the sandbox has run before the cap holds.
 
+`network` (spec.ts SandboxNetwork) is set first, once the request arrives (the network
+namespace exists from the moment bwrap's child does), the same way as the template does it
+(zygote.py configure_network): from a forked child that joins the user namespace that owns
+the sandbox's network namespace and then that namespace, as the namespace's root: lo's MTU,
+its gso_max_segs, and the sysctls of that namespace.
+
 The reconfiguration is made from a forked child that becomes the owner of the user
 namespace that owns the sandbox's mount namespace (the box's uid, when the server is
 root), joins it and then that mount namespace (fspick needs a capability there): so it
@@ -29,16 +36,19 @@ needs no CAP_SYS_ADMIN on the host. Requests wait concurrently; each is dropped 
 
 import ctypes
 import errno
+import fcntl
 import json
 import os
 import select
+import socket
 import stat
+import struct
 import sys
 
 NR = {"fspick": 433, "fsconfig": 431}  # the same on every architecture (new syscall table)
 FSPICK_CLOEXEC, FSPICK_EMPTY_PATH = 0x1, 0x8
 FSCONFIG_SET_STRING, FSCONFIG_CMD_RECONFIGURE = 1, 7
-CLONE_NEWNS, CLONE_NEWUSER = 0x20000, 0x10000000
+CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWNET = 0x20000, 0x10000000, 0x40000000
 NS_GET_USERNS = 0xB701  # ioctl: the user namespace that owns a namespace
 NS_GET_OWNER_UID = 0xB704  # ioctl: the uid that owns a user namespace
 SETNS_FAILED = 128  # a child's exit status past this: joining the namespaces failed
@@ -107,6 +117,60 @@ def reconfigure(path_fd, userns_fd, mntns_fd, settings):
     return os.waitstatus_to_exitcode(status)
 
 
+def configure_network(network):
+    """As zygote.py's (keep the two alike): lo's MTU and gso_max_segs, the sysctls."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        fcntl.ioctl(s.fileno(), 0x8922, struct.pack("16si20x", b"lo", int(network["loopbackMtu"])))  # SIOCSIFMTU
+    set_gso_max_segs(socket.if_nametoindex("lo"), int(network["gsoMaxSegs"]))
+    for key, value in network["sysctls"].items():
+        with open(f"/proc/sys/{key}", "w") as f:
+            f.write(value)
+
+
+def set_gso_max_segs(index, segs):
+    """rtnetlink RTM_NEWLINK with IFLA_GSO_MAX_SEGS (no ioctl sets it), acknowledged."""
+    RTM_NEWLINK, NLM_F_REQUEST, NLM_F_ACK, NLMSG_ERROR, IFLA_GSO_MAX_SEGS = 16, 1, 4, 2, 40
+    body = struct.pack("BxHiII", 0, 0, index, 0, 0) + struct.pack("HHI", 8, IFLA_GSO_MAX_SEGS, segs)
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as nl:
+        nl.sendall(struct.pack("IHHII", 16 + len(body), RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, 1, 0) + body)
+        answer = nl.recv(4096)
+    kind = struct.unpack_from("IHHII", answer)[1]
+    code = struct.unpack_from("i", answer, 16)[0] if kind == NLMSG_ERROR else -errno.EPROTO
+    if code != 0:
+        raise OSError(-code, f"lo gso_max_segs: {os.strerror(-code)}")
+
+
+def set_up_network(netns_fd, network):
+    """In a forked child: the owner of the user namespace that owns the sandbox's network
+    namespace, in that user namespace (every capability there) and in the network
+    namespace, sets `network` up. Raises if it could not."""
+    userns = check(libc.ioctl(netns_fd, NS_GET_USERNS), "NS_GET_USERNS")
+    try:
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                owner = ctypes.c_uint(0)
+                check(libc.ioctl(userns, NS_GET_OWNER_UID, ctypes.byref(owner)), "NS_GET_OWNER_UID")
+                if os.geteuid() != owner.value:
+                    os.setgroups([])
+                    os.setresuid(owner.value, owner.value, owner.value)
+                check(libc.setns(userns, CLONE_NEWUSER), "setns user")
+                check(libc.setns(netns_fd, CLONE_NEWNET), "setns net")
+                configure_network(network)
+            except OSError as e:
+                code = min(e.errno or 1, 127)
+            except BaseException:  # noqa: BLE001
+                code = errno.EINVAL
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(userns)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise OSError(code, f"setting up the sandbox's network: {os.strerror(code)}")
+
+
 class Request:
     def __init__(self, msg):
         self.id = msg["id"]
@@ -115,6 +179,7 @@ class Request:
         self.refused = set()  # devices the sandbox's namespace may not reconfigure
         self.capped = None  # the device reconfigured, until the table shows its cap
         self.fds = []
+        self.network = msg.get("network")
         try:
             self.open(int(msg["pid"]), int(msg["parent"]))
         except OSError:
@@ -137,6 +202,8 @@ class Request:
         self.mountinfo = self.keep(os.open("mountinfo", os.O_RDONLY, dir_fd=self.proc))
         self.mntns = self.keep(os.open("ns/mnt", os.O_RDONLY, dir_fd=self.proc))
         self.userns = self.keep(check(libc.ioctl(self.mntns, NS_GET_USERNS), "NS_GET_USERNS"))
+        if self.network is not None:
+            set_up_network(self.keep(os.open("ns/net", os.O_RDONLY, dir_fd=self.proc)), self.network)
 
     def keep(self, fd):
         self.fds.append(fd)

@@ -69,6 +69,12 @@ for domain in range(0, 64):
     if domain not in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6):
         deny("socket", seccomp.ERRNO(errno.EAFNOSUPPORT), seccomp.Arg(0, seccomp.EQ, domain))
 deny("socket", seccomp.ERRNO(errno.EAFNOSUPPORT), seccomp.Arg(0, seccomp.GE, 64))
+# TCP_LINGER2 keeps a closed socket in FIN_WAIT2, an orphan counted against the host-wide
+# net.ipv4.tcp_max_orphans, for up to 120 s whatever the namespace's tcp_fin_timeout (spec.ts
+# SandboxNetwork): refused (the level and the option are ints: their low 32 bits).
+IPPROTO_TCP, TCP_LINGER2 = 6, 8
+deny("setsockopt", EPERM, seccomp.Arg(1, seccomp.MASKED_EQ, 0xFFFFFFFF, IPPROTO_TCP),
+     seccomp.Arg(2, seccomp.MASKED_EQ, 0xFFFFFFFF, TCP_LINGER2))
 
 # The page cache of the shared read-only system files (/usr is the same inodes in every
 # session and on the host) is a side channel: reading whether a page of a library is

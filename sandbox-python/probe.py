@@ -140,6 +140,12 @@ def sock(family: int, kind: int) -> int:
     return 0
 
 
+def tcp_option(option: int, value: int) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.IPPROTO_TCP, option, value)
+    return 0
+
+
 def seccomp_checks() -> dict[str, str]:
     def sys_(name, *args):
         ctypes.set_errno(0)
@@ -165,6 +171,8 @@ def seccomp_checks() -> dict[str, str]:
         "io_uring_setup()": outcome(lambda: sys_("io_uring_setup", 0, 0)),
         "io_setup(1)": outcome(lambda: sys_("io_setup", 1, ctypes.byref(ctypes.c_ulong(0)))),
         "inotify_init1()": outcome(lambda: c(libc.inotify_init1, 0)),
+        "setsockopt(TCP_LINGER2)": outcome(lambda: tcp_option(8, 120)),
+        "setsockopt(TCP_NODELAY)": outcome(lambda: tcp_option(1, 1)),
         **page_cache_checks(sys_),
     }
 
@@ -215,6 +223,18 @@ def interfaces() -> dict[str, bool]:
             ifr = fcntl.ioctl(s.fileno(), 0x8913, struct.pack("16sH22x", name.encode(), 0))  # SIOCGIFFLAGS
             out[name] = bool(struct.unpack("16sH22x", ifr)[1] & 1)
     return out
+
+
+# The per-namespace TCP sysctls the spec sets (spec.ts SANDBOX_NETWORK); their values here.
+NET_SYSCTLS = ("net/ipv4/tcp_orphan_retries", "net/ipv4/tcp_fin_timeout", "net/core/somaxconn", "net/ipv4/tcp_max_syn_backlog")
+
+
+def loopback() -> dict[str, Any]:
+    """lo's MTU (SIOCGIFMTU) and the network namespace's TCP sysctls. (gso_max_segs is only
+    readable over netlink, which the filter refuses: the builder checks its own request.)"""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        mtu = struct.unpack("16si20x", fcntl.ioctl(s.fileno(), 0x8921, struct.pack("16si20x", b"lo", 0)))[1]
+    return {"mtu": mtu, "sysctls": {key: read(f"/proc/sys/{key}") for key in NET_SYSCTLS}}
 
 
 def network() -> str:
@@ -316,6 +336,7 @@ def main() -> None:
         "interfaces": interfaces(),
         "foreign_sockets": foreign_sockets(),
         "network": network(),
+        "loopback": loopback(),
         "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
         "init_environ": init_environ(),
         "host_path_visible": os.path.exists(sys.argv[1]),

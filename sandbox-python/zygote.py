@@ -376,6 +376,32 @@ def loopback_up():
         fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | IFF_UP))
 
 
+def configure_network(network):
+    """A, root of the namespace's owner, in the sandbox's new network namespace, before any
+    session code: lo's MTU and segments per GSO packet, and the per-namespace sysctls of
+    the spec (spec.ts SandboxNetwork says why). /proc is still the host's here; its
+    /proc/sys/net shows the namespace of whoever opens a file. sandbox-host/devpts-cap.py
+    does the same for bubblewrap sandboxes."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        fcntl.ioctl(s.fileno(), 0x8922, struct.pack("16si20x", b"lo", int(network["loopbackMtu"])))  # SIOCSIFMTU
+    set_gso_max_segs(socket.if_nametoindex("lo"), int(network["gsoMaxSegs"]))
+    for key, value in network["sysctls"].items():
+        write_file(f"/proc/sys/{key}", value)
+
+
+def set_gso_max_segs(index, segs):
+    """rtnetlink RTM_NEWLINK with IFLA_GSO_MAX_SEGS (no ioctl sets it), acknowledged."""
+    RTM_NEWLINK, NLM_F_REQUEST, NLM_F_ACK, NLMSG_ERROR, IFLA_GSO_MAX_SEGS = 16, 1, 4, 2, 40
+    body = struct.pack("BxHiII", 0, 0, index, 0, 0) + struct.pack("HHI", 8, IFLA_GSO_MAX_SEGS, segs)
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as nl:
+        nl.sendall(struct.pack("IHHII", 16 + len(body), RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, 1, 0) + body)
+        answer = nl.recv(4096)
+    kind = struct.unpack_from("IHHII", answer)[1]
+    code = struct.unpack_from("i", answer, 16)[0] if kind == NLMSG_ERROR else -errno.EPROTO
+    if code != 0:
+        raise OSError(-code, f"lo gso_max_segs: {os.strerror(-code)}")
+
+
 def enter_user_namespace(uid, gid, outer_uid, outer_gid):
     """A user namespace of our own in which `outer_*` (our ids one level up) are
     `uid`/`gid`, as bubblewrap maps them; we hold every capability in it until drop_caps."""
@@ -640,6 +666,7 @@ def run_spawner(req, report_fd, zygote_pid):
         write_file("/proc/self/setgroups", "deny")
         write_file("/proc/self/uid_map", f"0 {outer_uid} 1\n")
         write_file("/proc/self/gid_map", f"0 {outer_gid} 1\n")
+        configure_network(req["spec"]["network"])
         # The control socket is made here, in the sandbox's own (empty) network namespace:
         # a socket belongs to the namespace it was made in, and one of the host's would let
         # code read the host's interfaces or take abstract socket names there.

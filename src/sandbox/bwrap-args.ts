@@ -13,10 +13,11 @@
  * fds 3 and 4 are left for the sandboxed program (the interpreter's control channel).
  *
  * `dev` is --dev, whose devpts has DEVPTS_OPTIONS and no max=: the spec's `ptysMax` is
- * returned as `devpts` for the launcher to apply before the block descriptor is written.
+ * returned as `devpts` for the launcher to apply before the block descriptor is written,
+ * with the spec's `network` (lo's MTU and GSO, sysctls), which the same helper sets up.
  */
 import type { Rlimit } from '../limits.js';
-import { DEVPTS_OPTIONS, type SandboxSpec } from './spec.js';
+import { DEVPTS_OPTIONS, type SandboxNetwork, type SandboxSpec } from './spec.js';
 
 export const FD = { args: 5, seccomp: 6, status: 7, block: 8, firstData: 9 } as const;
 
@@ -28,8 +29,9 @@ export interface BwrapCommand {
   /** prlimit … --, run inside the user namespace, before the program. */
   prefix: string[];
   /** The cap the launcher puts on the devpts of `dev` while bwrap waits on FD.block
-   * (null: no `dev`, nothing to wait for). */
-  devpts: { max: number; options: string } | null;
+   * (null: no `dev`, nothing to wait for), with the network namespace's set-up (spec
+   * `network`, which bwrap has no option for) made just before. */
+  devpts: { max: number; options: string; network: SandboxNetwork } | null;
 }
 
 export function renderBwrap(spec: SandboxSpec): BwrapCommand {
@@ -71,7 +73,7 @@ export function renderBwrap(spec: SandboxSpec): BwrapCommand {
         break;
       case 'dev':
         o.push('--dev', m.dest);
-        devpts = { max: m.ptysMax, options: DEVPTS_OPTIONS };
+        devpts = { max: m.ptysMax, options: DEVPTS_OPTIONS, network: spec.network };
         break;
       case 'tmpfs':
         o.push('--perms', m.mode.toString(8).padStart(4, '0'), '--size', String(m.sizeBytes), '--tmpfs', m.dest);

@@ -1,5 +1,7 @@
 /**
- * The server side of sandbox-host/devpts-cap.py: caps the private devpts of each
+ * The server side of sandbox-host/devpts-cap.py: sets up the network namespace of each
+ * bubblewrap sandbox as the spec's `network` says (lo's MTU and GSO, per-namespace TCP
+ * sysctls; bwrap has no option for them), and caps the private devpts of each
  * bubblewrap sandbox at the spec's `ptysMax` (bwrap's --dev mounts it without max=, so
  * one sandbox could otherwise open ptys up to the host's kernel.pty.max, for every other
  * sandbox and the host to find none left). The template builds its devpts with max= itself.
@@ -19,6 +21,7 @@
  */
 import type { Logger } from '../log.js';
 import { HostHelper } from './host-helper.js';
+import type { SandboxNetwork } from './spec.js';
 
 export interface DevptsCapRequest {
   /** bwrap's child (its "child-pid"), whose mount namespace holds the devpts. */
@@ -28,6 +31,8 @@ export interface DevptsCapRequest {
   max: number;
   /** The options the devpts was mounted with, which a reconfiguration must repeat. */
   options: string;
+  /** Set up in the sandbox's network namespace first (lo, sysctls: spec.ts). */
+  network: SandboxNetwork;
 }
 
 export class DevptsCap {

@@ -274,6 +274,7 @@ export function expectedDump(spec: SandboxSpec, host: HostFacts, reported: Dump)
     interfaces: { lo: true },
     foreign_sockets: [],
     network: 'ENETUNREACH',
+    loopback: { mtu: spec.network.loopbackMtu, sysctls: spec.network.sysctls },
     pids: [1, 2],
     init_environ: [],
     host_path_visible: false,

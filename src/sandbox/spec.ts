@@ -127,7 +127,47 @@ export interface SandboxSpec {
   env: Readonly<Record<string, string>>;
   cwd: string;
   seccompChecks: Readonly<Record<string, string>>;
+  /** The sandbox's own network namespace, set before any of its code runs. */
+  network: SandboxNetwork;
 }
+
+/**
+ * The loopback and the per-namespace TCP settings of every sandbox's own network
+ * namespace, set by whoever builds it (zygote.py in the template's spawner, which is root
+ * of the namespace's owner; for bubblewrap, sandbox-host/devpts-cap.py from inside the
+ * sandbox's user and network namespaces while bwrap waits on its block fd) before any code
+ * of the session runs, and read back by the start-up probe (MTU, sysctls).
+ *
+ * Why (docs/threat-model.md, "Host-wide kernel resources", socket buffers and TCP
+ * orphans): TCP memory and orphans are counted host-wide, and the per-session TCP limit
+ * (cgroup v1 kmem.tcp) lets every socket with nothing queued take one packet past it. On
+ * the default loopback (MTU 65536, and TCP always builds GSO packets of up to 64 KiB
+ * whatever the device's offloads) that packet held ~76 KiB per connection (measured on
+ * Linux 6.18: 500 connections, 37 MiB against a 2 MiB limit); with a 1500-byte MTU and
+ * one segment per GSO packet, ~14 KiB (7 MiB). Orphans (closed sockets still finishing)
+ * count against the host's tcp_max_orphans, which is not per namespace; their lifetime
+ * and the accept queues that hold their peers are: one zero-window probe, a 5 s
+ * FIN_WAIT2, listen backlogs of at most 64.
+ */
+export interface SandboxNetwork {
+  /** lo's MTU (SIOCSIFMTU); at least 1280, which IPv6 (::1) needs. */
+  loopbackMtu: number;
+  /** lo's gso_max_segs (rtnetlink IFLA_GSO_MAX_SEGS): segments per TCP packet. */
+  gsoMaxSegs: number;
+  /** Per-network-namespace sysctls, by path under /proc/sys. */
+  sysctls: Readonly<Record<string, string>>;
+}
+
+export const SANDBOX_NETWORK: SandboxNetwork = {
+  loopbackMtu: 1500,
+  gsoMaxSegs: 1,
+  sysctls: {
+    'net/ipv4/tcp_orphan_retries': '1',
+    'net/ipv4/tcp_fin_timeout': '5',
+    'net/core/somaxconn': '64',
+    'net/ipv4/tcp_max_syn_backlog': '64',
+  },
+};
 
 const PASSWD = `${SANDBOX_USER.name}:x:${SANDBOX_USER.uid}:${SANDBOX_USER.gid}:sandbox:${SANDBOX_USER.home}:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n`;
 const GROUP = `${SANDBOX_USER.name}:x:${SANDBOX_USER.gid}:\nnogroup:x:65534:\n`;
@@ -236,6 +276,10 @@ export const SECCOMP_CHECKS: Readonly<Record<string, string>> = {
   'io_uring_setup()': 'EPERM',
   'io_setup(1)': 'EPERM',
   'inotify_init1()': 'EPERM',
+  // TCP orphans are counted host-wide: no socket may stay an orphan in FIN_WAIT2 past the
+  // namespace's tcp_fin_timeout (SandboxNetwork); other TCP options work.
+  'setsockopt(TCP_LINGER2)': 'EPERM',
+  'setsockopt(TCP_NODELAY)': 'ok',
   // The page-cache side channel (docs/threat-model.md, host-wide kernel resources): its
   // probes and evictions are refused; the harmless neighbours still work.
   'mincore()': 'ENOSYS',
@@ -265,5 +309,6 @@ export function sandboxSpec(folders: SandboxFolders, rlimits: readonly Rlimit[],
     env: sandboxEnv(role),
     cwd: SANDBOX_PATHS.workspace,
     seccompChecks: SECCOMP_CHECKS,
+    network: SANDBOX_NETWORK,
   };
 }

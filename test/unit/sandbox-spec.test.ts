@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import {
   DEVPTS_OPTIONS,
+  SANDBOX_NETWORK,
   ETC_ALLOW_LIST,
   NAMESPACES,
   NO_PTYS_ERROR,
@@ -165,7 +166,7 @@ describe('the sandbox description', () => {
       assert.equal(back.seen['--seccomp'], String(FD.seccomp));
       // bwrap waits for the devpts cap before it loads the filter and runs the program
       assert.equal(back.seen['--block-fd'], String(FD.block));
-      assert.deepEqual(devpts, { max: 12, options: DEVPTS_OPTIONS });
+      assert.deepEqual(devpts, { max: 12, options: DEVPTS_OPTIONS, network: SANDBOX_NETWORK });
       assert.equal(back.seen['--cap-drop'], 'ALL');
       assert.equal(back.seen['--new-session'], 'yes');
       assert.equal(back.seen['--disable-userns'], 'yes');
@@ -232,7 +233,7 @@ describe('the sandbox description', () => {
         assert.equal(expectedOpenpty(spec.mounts), NO_PTYS_ERROR);
         const { options, dataFds, devpts } = renderBwrap(spec);
         assert.deepEqual(parseBwrap(options, dataFds, devpts).mounts, spec.mounts);
-        assert.deepEqual(devpts, { max: 12, options: DEVPTS_OPTIONS }, 'the devpts under the cover is capped all the same');
+        assert.deepEqual(devpts, { max: 12, options: DEVPTS_OPTIONS, network: SANDBOX_NETWORK }, 'the devpts under the cover is capped all the same');
         const ptmx = expectedMounts(spec.mounts, hostFacts()).find((m) => m[0] === '/dev/pts/ptmx');
         assert.ok(ptmx?.[2].includes('nodev') && ptmx[2].includes('ro'), JSON.stringify(ptmx));
         const out = execFileSync('/usr/bin/python3', ['-I', repo('test/fixtures/template_dry_run.py')], {
