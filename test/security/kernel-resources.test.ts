@@ -22,7 +22,7 @@ import { before, after, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
-import { api, attacker, finishCase, pidsWithMarker, py, sh, sleepMarker, startSuite, stopSuite, type Suite } from './support.js';
+import { api, attacker, finishCase, pidsWithMarker, py, sh, sleepMarker, startSuite, stopSuite, waitFor, type Suite } from './support.js';
 
 const MiB = 1024 * 1024;
 const SESSION_MEMORY_BYTES = (128 + 16 + 1) * MiB;
@@ -69,8 +69,13 @@ async function sessionCgroups(id: string, suite: Suite = S): Promise<{ memory: s
   const marker = sleepMarker();
   const r = await py(suite.server, id, `import subprocess\n_keep = subprocess.Popen(['sleep', '${marker}'])`);
   assert.equal(r.return_code, 0, r.stderr);
-  const pid = (await pidsWithMarker(marker))[0];
-  assert.ok(pid, 'the marker process runs');
+  let pid = (await pidsWithMarker(marker))[0];
+  if (pid === undefined) {
+    // (not seen once, under a CPU hog, in 4 runs of the whole suite: say what became of it)
+    const state = await py(suite.server, id, 'print(_keep.poll(), _keep.pid)');
+    await waitFor(async () => (pid = (await pidsWithMarker(marker))[0]) !== undefined, 10_000);
+    assert.ok(pid, `the marker process runs (inside: returncode and pid ${state.stdout.trim()}; ${state.stderr.trim()}; restarted ${state.interpreter_restarted})`);
+  }
   return { ...(await cgroupDirs(pid)), marker };
 }
 
