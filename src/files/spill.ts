@@ -23,6 +23,9 @@ export const SPILL_DIR = '.output';
 
 export class OutputSpill implements OutputSink {
   private fd: number | null = null;
+  /** Whether the staged file may exist (it was created and not yet moved): only then is
+   * there anything for discard() to remove, so a call that fit its cap costs no system call. */
+  private staging = false;
   private readonly staged: string;
   /** Bytes in the file. */
   written = 0;
@@ -48,7 +51,10 @@ export class OutputSpill implements OutputSink {
     this.dropped += chunk.length - Math.max(0, n);
     if (n <= 0) return;
     try {
-      this.fd ??= openSync(this.staged, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o644);
+      if (this.fd === null) {
+        this.staging = true;
+        this.fd = openSync(this.staged, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o644);
+      }
       for (let off = 0; off < n;) off += writeSync(this.fd, chunk, off, n - off);
       this.written += n;
     } catch (e) {
@@ -77,10 +83,11 @@ export class OutputSpill implements OutputSink {
     const rel = `${SPILL_DIR}/${name}`;
     try {
       await this.fs.commit(this.staged, resolveInside(rel), rel);
+      this.staging = false;
       return `/workspace/${rel}`;
     } catch (e) {
       this.failure = `it could not be moved into the workspace (${(e as Error).message})`;
-      rmSync(this.staged, { force: true });
+      this.discard();
       return null;
     }
   }
@@ -91,6 +98,8 @@ export class OutputSpill implements OutputSink {
       closeSync(this.fd);
       this.fd = null;
     }
+    if (!this.staging) return;
+    this.staging = false;
     rmSync(this.staged, { force: true });
   }
 }

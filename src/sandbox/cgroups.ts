@@ -49,6 +49,11 @@ export interface CgroupLeaf {
   /** Sends SIGKILL to every process in the leaf now (cgroup.kill where the kernel has it;
    * else each pid its cgroup.procs lists: pids of our own sandboxes, read just before). */
   killAll(): void;
+  /** Whether no process is left in the leaf, in any hierarchy (false when a list cannot be
+   * read). Every process of a box starts in its leaf (it joins before it takes the box's
+   * uid) and none can leave it (the other cgroups' files are root's), so an empty leaf
+   * means no process of the box's uid is left anywhere on the host. */
+  empty(): boolean;
   remove(): Promise<void>;
 }
 
@@ -205,6 +210,13 @@ function leaf(dirs: string[], oomFile: string): CgroupLeaf {
         } catch {
           /* gone meanwhile */
         }
+      }
+    },
+    empty() {
+      try {
+        return dirs.every((d) => readFileSync(`${d}/cgroup.procs`, 'utf8').trim() === '');
+      } catch {
+        return false;
       }
     },
     remove: async () => {

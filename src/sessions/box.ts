@@ -304,7 +304,8 @@ export class Box {
 
   /** Runs one command; `signal` (the client left) kills it as a timeout would. It starts
    * in the sandbox of the session's interpreter when the command template can enter it
-   * (a pid namespace of its own: every process it starts dies with it), otherwise in a
+   * (a pid namespace of the session's commands, emptied at its end: every process it
+   * starts dies with it), otherwise in a
    * bubblewrap sandbox of its own; either is built from the box's spec. `onOutput` is told
    * of the output it keeps as it comes (streaming); `spill` saves a stream past the cap. */
   async runBash(
@@ -472,7 +473,10 @@ export class Box {
     this.destroying ??= (async () => {
       await this.stop();
       await this.exits;
-      if (this.uid !== undefined && this.deps.privileged) await killUid(this.uid);
+      // A process of its uid anywhere: none when its cgroup is empty (the common case, read
+      // in a few microseconds); otherwise the host's process list is searched for them,
+      // which costs time in proportion to every process on the host.
+      if (this.uid !== undefined && this.deps.privileged && !this.cgroup?.empty()) await killUid(this.uid);
       await this.cgroup?.remove();
       if (this.mounted) await this.deps.mounts.unmountLazy(this.dir);
       await removeTree(this.dir);
