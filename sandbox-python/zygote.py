@@ -608,18 +608,23 @@ def tie_to_zygote(a_pidfd, zygote_pidfd):
     os.close(zygote_pidfd)
 
 
-def reap_until(child):
-    """Reaps every process of the namespace until `child` ends, then exits with its status
-    (which makes the kernel kill every process left in the namespace)."""
+def reap_command(child):
+    """Y: reaps every process of the namespace until `child` (the command) ends; its
+    status as bash reports one."""
     while True:
         try:
             p, status = os.wait()
         except ChildProcessError:
-            os._exit(70)
+            return 70
         except InterruptedError:
             continue
         if p == child:
-            os._exit(exit_status(status))
+            return exit_status(status)
+
+def reap_until(child):
+    """Reaps every process of the namespace until `child` ends, then exits with its status
+    (which makes the kernel kill every process left in the namespace)."""
+    os._exit(reap_command(child))
 
 
 def connect_control(req):
@@ -702,28 +707,32 @@ def run_spawner(req, report_fd, zygote_pid):
 #         │   sandbox and its mount, network, ipc, uts and cgroup namespaces (those of a
 #         │   process of the running interpreter, found, checked and opened by Zc in
 #         │   session_namespaces, and passed down with the request);
-#         │   then a pid namespace and a mount namespace of the command's own; forks Y,
+#         │   then a pid namespace and a mount namespace for the box's commands; forks Y,
 #         │   reports it to H once Y is ready, exits (Y's parent is then Zc, a subreaper)
-#         └─ Y  pid 1 of the command's pid namespace: a /proc of that namespace over the
+#         └─ Y  pid 1 of that pid namespace: a /proc of that namespace over the
 #            │   interpreter's; the sandbox user's namespace (the interpreter's second one);
 #            │   no capabilities, not dumpable, the spec's rlimits, umask, the seccomp
-#            │   filter. A command slot: it waits for its one command on a socket that H
-#            │   hands to Zc; then its cwd; starts the command, reaps, exits with its status,
-#            │   which makes the kernel kill every process the command left (setsid,
-#            │   nohup, double forks)
+#            │   filter. A command slot: it waits for a command on a socket that H hands to
+#            │   Zc; then its cwd; starts the command and reaps until it ends; then sends
+#            │   SIGKILL to every process the command left (setsid, nohup, double forks:
+#            │   kill(-1) from the namespace's init) and reaps them all, and only then tells
+#            │   Zc the command's status (end_leftovers); then waits for the next one
 #            └─ the command (posix_spawn: a new session, default signal dispositions, an
 #               empty signal mask, stdin /dev/null, stdout/stderr the server's pipes, a long
 #               script on fd 3), in the spec's environment
 #
 # Slots: building Y (two forks, six setns, a new pid and mount namespace, a /proc, the
-# capabilities dropped) is most of a command's start, so it is done ahead: each box has
-# at most one slot ready, made for its interpreter's init (pid and start time) when its
-# first command comes, and again as soon as a command has taken it (while that command
-# runs). A command then costs Zc one message to the slot (its request, stdout and
-# stderr) and one answer. A slot serves one command of one box: it is in that box's
-# sandbox, its own fresh pid namespace, and is dropped (closed and killed) when the box
-# is forgotten, when the interpreter it was made for dies (Zc watches a pidfd of its
-# init) or when a command comes for another init (the interpreter was restarted).
+# capabilities dropped) costs more than the command it starts, so it is done once per
+# box: each box has at most one slot, made for its interpreter's init (pid and start
+# time) and its rlimits when its first command comes, and used by its commands one after
+# another (a box runs one command at a time). A command then costs Zc one message to the
+# slot (its request, stdout and stderr), one answer and one report of its end; between
+# commands the slot's pid namespace holds Y alone. A slot serves one box: it is in that
+# box's sandbox, and is dropped (closed and killed) when the box is forgotten, when the
+# interpreter it was made for dies (Zc watches a pidfd of its init), when a command comes
+# for another init (the interpreter was restarted) or other rlimits, or when a command in
+# it is killed (a timeout, the client gone: Y dies with it); the next command then makes
+# a new one.
 
 
 # The namespaces a command shares with its session's interpreter, after the user one.
@@ -950,10 +959,33 @@ def run_command_init(sock, rlimits, inner, a_pidfd, zygote_pidfd, ready_fd):
         os.write(ready_fd, b"ready")
         os.close(ready_fd)
         tie_to_zygote(a_pidfd, zygote_pidfd)
-        child = start_in_slot(sock)
-        reap_until(child)
+        while True:
+            child = start_in_slot(sock)
+            status = reap_command(child)
+            end_leftovers()
+            # Only now, with nothing of the command left, does Zc hear of its end; the
+            # slot then waits for the box's next command.
+            sock.send(b"exit %d" % status)
     except BaseException:  # noqa: BLE001
         os._exit(70)
+
+
+def end_leftovers():
+    """Y, at a command's end: every process it left (&, nohup, setsid, double forks) is
+    sent SIGKILL (kill(-1) from the namespace's init reaches each of them and nothing
+    outside it; a fork under way when it comes fails) and reaped (orphans are ours), so
+    none is left when this returns."""
+    try:
+        os.kill(-1, signal.SIGKILL)
+    except OSError:
+        pass  # (none left)
+    while True:
+        try:
+            os.wait()
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
 
 
 def above_stdio(fd):
@@ -1008,8 +1040,9 @@ def start_in_slot(sock):
         finally:
             os._exit(71)
     sock.send(b"started")
-    close_except(set())
+    close_except({sock.fileno()})  # (close-on-exec: the command never had it)
     return child
+
 
 
 # ---------------------------------------------------------------- the zygote ------------
@@ -1028,18 +1061,17 @@ BOX_QUEUE_MAX = 4
 class Start:
     """A start under way: a spawn waiting for its A to exit (A's report is then complete,
     and the B it forked is the zygote's child), a box's host making a command slot
-    (`init`: its slot_key, `pidfd`: a pidfd of the interpreter's init; `quiet`: made
-    ahead, no command waits for it), or a command handed to its slot (`pid`: the slot's Y,
+    (`init`: its slot_key, `pidfd`: a pidfd of the interpreter's init), or a command handed to its slot (`pid`: the slot's Y,
     `sock`: its socket) waiting for its answer. `since`: the zygote's reap count when it
     began (only children reaped after that can be the ones it reports)."""
 
-    __slots__ = ("req", "deadline", "since", "pid", "fd", "init", "pidfd", "quiet", "sock")
+    __slots__ = ("req", "deadline", "since", "pid", "fd", "init", "pidfd", "sock")
 
     def __init__(self, req, since, pid=-1, fd=-1):
         self.req, self.deadline, self.since = req, time.monotonic() + START_WAIT_S, since
         self.pid, self.fd = pid, fd
         self.init: tuple[tuple[int, int], bytes] | None = None
-        self.pidfd, self.quiet = -1, False
+        self.pidfd = -1
         self.sock: socket.socket | None = None
 
 
@@ -1087,6 +1119,8 @@ class Zygote:
         self.pending = []  # requests read but not handled yet
         self.spawns = {}  # pid of A -> Start
         self.commands = {}  # box -> Start of the command handed to its slot
+        self.running = {}  # socket fd of a started command's Y -> box
+        self.busy = {}  # box -> its Slot while a command runs in it
         self.preparing = {}  # box -> Start of the slot its host is making
         self.slots = {}  # box -> its Slot, ready
         self.slot_of = {}  # pid of a ready slot's Y -> box
@@ -1310,6 +1344,9 @@ class Zygote:
             for fd, box in list(self.watch.items()):
                 if fd in ready:
                     self.drop_slot(box)  # its interpreter is gone
+            for fd in list(self.running):
+                if fd in ready:
+                    self.command_ended(fd)
             if wake_r in ready:
                 self.drain_wake()
             self.reap()
@@ -1365,10 +1402,6 @@ class Zygote:
     def start_queued(self):
         for box in list(self.queued):
             queue = self.queued[box]
-            prep = self.preparing.get(box)
-            if queue and prep is not None and prep.quiet and prep.init == slot_key(queue[0]):
-                # (the slot being made ahead is this command's: it fails if that does)
-                prep.quiet, prep.req = False, queue[0]
             while queue and box not in self.commands and box not in self.preparing:
                 req = queue[0]
                 slot = self.slots.get(box)
@@ -1378,14 +1411,14 @@ class Zygote:
                     continue
                 # (no slot, or one in the sandbox of an interpreter that is gone)
                 self.drop_slot(box)
-                error = self.prepare(box, req, quiet=False)
+                error = self.prepare(box, req)
                 if error is not None:
                     queue.pop(0)
                     self.failed(req, error)
             if not queue:
                 del self.queued[box]
 
-    def prepare(self, box, req, quiet):
+    def prepare(self, box, req):
         """Asks the box's host for a slot in the sandbox of the interpreter req["init"],
         whose namespaces are opened here (see session_namespaces). Returns why not, or
         None: host_answered() finishes it."""
@@ -1411,7 +1444,7 @@ class Zygote:
             for fd in fds:
                 os.close(fd)
         start = self.preparing[box] = Start(req, self.reaped, fd=host["sock"].fileno())
-        start.init, start.pidfd, start.quiet = slot_key(req), pidfd, quiet
+        start.init, start.pidfd = slot_key(req), pidfd
         self.poller.register(start.fd, select.POLLIN)
         return None
 
@@ -1441,10 +1474,9 @@ class Zygote:
         for fd in fds:
             os.close(fd)  # (Y, if any, then sees the end of its socket and exits)
         os.close(start.pidfd)
-        if not start.quiet:
-            self.unqueue(box, start.req)
-            why = "the command's init died" if isinstance(pid, int) else "the box's command host did not answer"
-            self.failed(start.req, str(answer.get("error", why)))
+        self.unqueue(box, start.req)
+        why = "the command's init died" if isinstance(pid, int) else "the box's command host did not answer"
+        self.failed(start.req, str(answer.get("error", why)))
 
     def fresh_child(self, pid):
         """`pid` is a child of ours that is no init, host or slot yet (a new slot's Y)."""
@@ -1460,7 +1492,7 @@ class Zygote:
         """Gives the command to the box's slot: a descriptor of what Y needs of the request,
         and the write ends of the server's FIFOs (opened here, so the server can unlink them
         once it hears "spawned"; closed here at once). slot_answered() finishes it."""
-        slot = self.take_slot(box)
+        slot = self.take_slot(box, keep_pidfd=True)
         fds = []
         try:
             for path in (req["stdout"], req["stderr"]):
@@ -1473,12 +1505,14 @@ class Zygote:
             socket.send_fds(slot.sock, [b"c"], fds)
         except OSError as e:
             slot.sock.close()
+            os.close(slot.pidfd)
             kill_child(slot.pid)  # (not reaped: it was a ready slot until now)
             self.failed(req, f"{type(e).__name__}: {e}")
             return
         finally:
             for fd in fds:
                 os.close(fd)
+        self.busy[box] = slot
         start = self.commands[box] = Start(req, self.reaped, pid=slot.pid, fd=slot.sock.fileno())
         start.sock = slot.sock
         self.poller.register(start.fd, select.POLLIN)
@@ -1494,18 +1528,62 @@ class Zygote:
             data = b""
         del self.commands[box]
         self.poller.unregister(start.fd)
-        start.sock.close()
         if data == b"started":
+            # Y reports the command's end on the same socket (see command_ended).
+            self.running[start.fd] = box
+            self.poller.register(start.fd, select.POLLIN)
             self.started(start, start.pid)
-            # The next command's slot, made while this one runs.
-            if box in self.hosts and box not in self.preparing and box not in self.slots:
-                self.prepare(box, start.req, quiet=True)
-        elif not data and not start.req.get("retried"):
+            return
+        self.release_busy(box)
+        if not data and not start.req.get("retried"):
             # Y died before it took the command (nothing ran): once more, with a new slot.
             start.req["retried"] = True
             self.queued.setdefault(box, []).insert(0, start.req)
         else:
             self.failed(start.req, data.decode(errors="replace") or "the command's init died")
+
+    def command_ended(self, fd):
+        """A started command's Y wrote its status (the command ended and every process it
+        left is gone: end_leftovers), or closed its socket (it died). Its exit is reported,
+        and Y, alive and still in the sandbox of the box's interpreter, is the box's ready
+        slot again: the box's next command needs no new one."""
+        slot = self.busy[self.running[fd]]
+        try:
+            data = slot.sock.recv(64)
+        except BlockingIOError:
+            return  # (nothing after all: its "started" was what this loop saw)
+        except OSError:
+            data = b""
+        box = self.running.pop(fd)
+        self.poller.unregister(fd)
+        del self.busy[box]
+        ended = data.startswith(b"exit ") and data[5:].isdigit() and slot.pid in self.inits
+        if ended:
+            self.report_exit(slot.pid, int(data[5:]) << 8)  # (a wait status: exited with that code)
+            interpreter_gone = bool(select.select([slot.pidfd], [], [], 0)[0])
+            if box not in self.slots and not interpreter_gone:
+                self.slots[box] = slot
+                self.slot_of[slot.pid] = box
+                self.watch[slot.pidfd] = box
+                self.poller.register(slot.pidfd, select.POLLIN)
+                return
+        slot.sock.close()
+        os.close(slot.pidfd)
+        if ended:
+            kill_child(slot.pid)  # (not reaped: its end was just reported)
+
+    def release_busy(self, box):
+        """The box's Y that ran (or was handed) a command is not taken back: its socket and
+        the pidfd of its interpreter's init are closed (Y sees the end of its socket and
+        exits, if it has not died already; its death is reaped as any init's)."""
+        slot = self.busy.pop(box, None)
+        if slot is None:
+            return
+        fd = slot.sock.fileno()
+        if self.running.pop(fd, None) is not None:
+            self.poller.unregister(fd)
+        slot.sock.close()
+        os.close(slot.pidfd)
 
     def drop_command(self, box, why):
         """The command handed to the box's slot fails: its Y is killed."""
@@ -1513,19 +1591,21 @@ class Zygote:
         if start is None:
             return
         self.poller.unregister(start.fd)
+        self.release_busy(box)
         start.sock.close()
         entry = self.unclaimed.get(start.pid)
         if entry is None or entry[0] <= start.since:
             kill_child(start.pid)  # (not reaped since it was handed the command: still our Y)
         self.failed(start.req, why)
 
-    def take_slot(self, box):
+    def take_slot(self, box, keep_pidfd=False):
         """The box's ready slot, no longer ready (a command takes it, or it is dropped)."""
         slot = self.slots.pop(box)
         self.slot_of.pop(slot.pid, None)
         self.watch.pop(slot.pidfd, None)
         self.poller.unregister(slot.pidfd)
-        os.close(slot.pidfd)
+        if not keep_pidfd:
+            os.close(slot.pidfd)
         return slot
 
     def drop_slot(self, box, kill=True):
@@ -1573,15 +1653,15 @@ class Zygote:
             kill_child(host["pid"])
         if start is not None:
             os.close(start.pidfd)
-            if not start.quiet:
-                self.unqueue(box, start.req)
-                self.failed(start.req, why or "the box's command host did not answer")
+            self.unqueue(box, start.req)
+            self.failed(start.req, why or "the box's command host did not answer")
 
     def forget(self, box):
         """The box is gone: its host and slot are killed, its commands fail."""
         self.drop_host(box, "the box is gone")
         self.drop_slot(box)
         self.drop_command(box, "the box is gone")
+        self.release_busy(box)
         for req in self.queued.pop(box, []):
             self.failed(req, "the box is gone")
 

@@ -70,7 +70,8 @@ const PROTECTIONS = [
 const TEMPLATE_PROTECTION = 'interpreters forked from a template that has the preload modules imported, each building the same sandbox';
 /** The probe kind of a bubblewrap bash command beside a living interpreter (no ptys). */
 const NO_PTYS_KIND = 'bwrap command without ptys';
-const COMMANDS_PROTECTION = "bash commands started in the sandbox of the session's interpreter, each in a pid namespace of its own";
+const COMMANDS_PROTECTION =
+  "bash commands started in the sandbox of the session's interpreter, in a pid namespace of their own whose every process is killed at each command's end";
 
 async function prepareIsolation(
   config: Config,
@@ -162,7 +163,7 @@ async function prepareIsolation(
     const isolation: IsolationInfo = {
       mode: privileged ? 'root' : 'rootless',
       interpreters: templateOk ? 'forked from the template' : 'bubblewrap',
-      commands: commandsOk ? "in the sandbox of the session's interpreter, each in a pid namespace of its own" : 'bubblewrap',
+      commands: commandsOk ? "in the sandbox of the session's interpreter, in a pid namespace of their own emptied at each command's end" : 'bubblewrap',
       protections,
       uid_per_session: privileged,
       ...(privileged ? { uid_range: `${uids.range().first}-${uids.range().last}` } : {}),

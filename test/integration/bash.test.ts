@@ -55,6 +55,17 @@ test('exit status and stderr are reported separately', async () => {
   assert.match(missing.stderr, /not found/);
 });
 
+test('a command killed by a signal reports 128 plus its number, as bash does; its status is its own, not its leftovers', async () => {
+  // (the command's status is reported as soon as it ends, before its sandbox is torn down)
+  assert.equal((await sh(server, id, 'kill -KILL $$')).return_code, 137);
+  assert.equal((await sh(server, id, 'kill -TERM $$')).return_code, 143);
+  const r = await sh(server, id, 'sleep 30 >/dev/null 2>&1 & exit 5');
+  assert.equal(r.return_code, 5);
+  assert.equal(r.limit_exceeded, null);
+  // (and the next command runs in a sandbox of its own: the sleep above is gone from it)
+  assert.equal((await sh(server, id, 'ps -eo comm= | grep -c "^sleep$" || true')).stdout, '0\n');
+});
+
 test('the working directory is /workspace, shared with Python', async () => {
   assert.equal((await sh(server, id, 'pwd')).stdout, '/workspace\n');
   await sh(server, id, 'echo from-bash > shared.txt');

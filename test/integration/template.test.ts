@@ -297,8 +297,8 @@ describe('interpreters forked from the template', () => {
     assert.equal(plot, 'True');
   });
 
-  it("start bash commands in the session interpreter's sandbox (its files, network, uid; no capabilities, seccomp), each in a pid namespace of its own", async () => {
-    assert.match((await api(server, 'GET', '/health')).body.isolation.commands, /^in the sandbox of the session's interpreter, each in a pid namespace of its own$/);
+  it("start bash commands in the session interpreter's sandbox (its files, network, uid; no capabilities, seccomp), in a pid namespace of their own emptied at each command's end", async () => {
+    assert.match((await api(server, 'GET', '/health')).body.isolation.commands, /^in the sandbox of the session's interpreter, in a pid namespace of their own emptied at each command's end$/);
     const id = await createSession(server);
     const p = await py(
       server,
@@ -347,20 +347,28 @@ describe('interpreters forked from the template', () => {
       [1, 2],
       'its own processes only',
     );
-    // (a namespace's inode number is reused once it is freed: the pids tell instead)
-    const second = await sh(server, id, 'echo $$');
-    assert.equal(second.stdout, '2\n', 'each command a new pid namespace, whose first process its bash is again');
+    // The next commands take turns in that namespace: nothing of the one before is left in
+    // it (its background sleep included), only its init and the new command's processes.
+    const second = await sh(server, id, 'sleep 300 >/dev/null 2>&1 & echo $! $$');
+    const [sleeper, secondPid] = second.stdout.trim().split(' ').map(Number);
+    assert.ok(sleeper! > secondPid!, second.stdout);
+    const third = await sh(server, id, 'echo $$; ls /proc | grep -E "^[0-9]+$" | tr "\\n" " "');
+    const [thirdPid, listed] = third.stdout.split('\n');
+    assert.ok(Number(thirdPid) > sleeper!, third.stdout);
+    const left = listed!.trim().split(' ').map(Number);
+    assert.ok(left.includes(1) && left.includes(Number(thirdPid)), third.stdout);
+    assert.deepEqual(left.filter((n) => n !== 1 && n < Number(thirdPid)), [], `processes of earlier commands left: ${third.stdout}`);
   });
 
   it("hold no descriptor of the command template in a box's command host: only its socket (a FIFO kept there once delayed every session's first command)", async () => {
     const id = await createSession(server);
     const first = await sh(server, id, 'echo first');
     assert.equal(first.stdout, 'first\n', first.stderr);
-    // (at rest: once it has made the slot of the box's next command)
+    // (at rest: its slot ready again once the command has ended)
     const uid = await hostUid(server, id);
     const own = await commandHostOf(server, uid);
     assert.ok(own, "the box's command host");
-    assert.ok(await waitFor(async () => (await commandSlotsOf(server, uid)).length === 1 && (await hostAtRest(own)), 30_000), 'a slot made ahead');
+    assert.ok(await waitFor(async () => (await commandSlotsOf(server, uid)).length === 1 && (await hostAtRest(own)), 30_000), 'its slot, ready again');
     const zygote = await templatePid(server, 'commands');
     assert.ok(zygote, 'the command template runs');
     const hosts: string[] = [];
@@ -398,12 +406,14 @@ describe('interpreters forked from the template', () => {
         /* gone */
       }
     });
-    // Its next command's slot is made ahead, while a command runs: that one is ready.
-    assert.ok(await waitFor(async () => (await commandSlotsOf(server, uid)).length === 1 && (await hostAtRest(host)), 30_000), 'a slot made ahead');
+    // The box's slot, ready again once its first command has ended.
+    assert.ok(await waitFor(async () => (await commandSlotsOf(server, uid)).length === 1 && (await hostAtRest(host)), 30_000), 'the slot ready');
     // (as a host starved in its own cgroups would be, only more so)
     process.kill(host, 'SIGSTOP');
     const cmdline = "tr '\\0' ' ' < /proc/1/cmdline";
-    assert.equal((await sh(server, attacker, 'echo ready', { timeout_seconds: 120 })).stdout, 'ready\n', 'the slot made ahead needs no host');
+    assert.equal((await sh(server, attacker, 'echo ready', { timeout_seconds: 120 })).stdout, 'ready\n', 'the ready slot needs no host');
+    // A command killed at its timeout takes its slot with it: the next needs the host.
+    assert.equal((await sh(server, attacker, 'sleep 60', { timeout_seconds: 1 })).limit_exceeded, 'wall_clock');
     const waiting = track(sh(server, attacker, cmdline, { timeout_seconds: 120 }));
     assert.ok(await waitFor(() => unreadSocketBytes(host) > 0, 30_000), 'the command reached its host, which does not read it');
     const v = await sh(server, victim, 'echo hi', { timeout_seconds: 120 });
@@ -419,9 +429,10 @@ describe('interpreters forked from the template', () => {
     // A host that never answers: at the deadline the template kills it; the command did
     // not run (never in bubblewrap while the interpreter lives: a devpts of its own would
     // be a second one of the session), and the box's next command gets a new host.
-    assert.ok(await waitFor(async () => (await commandSlotsOf(server, uid)).length === 1 && (await hostAtRest(host)), 30_000), 'a slot made ahead');
+    assert.ok(await waitFor(async () => (await commandSlotsOf(server, uid)).length === 1 && (await hostAtRest(host)), 30_000), 'the slot ready');
     process.kill(host, 'SIGSTOP');
-    assert.equal((await sh(server, attacker, 'echo ready', { timeout_seconds: 120 })).stdout, 'ready\n', 'the slot made ahead needs no host');
+    assert.equal((await sh(server, attacker, 'echo ready', { timeout_seconds: 120 })).stdout, 'ready\n', 'the ready slot needs no host');
+    assert.equal((await sh(server, attacker, 'sleep 60', { timeout_seconds: 1 })).limit_exceeded, 'wall_clock');
     const late = await sh(server, attacker, 'echo ran > /tmp/late', { timeout_seconds: 120 });
     assert.equal(late.return_code, 1, late.stderr);
     assert.match(late.stderr, /^bash: the command did not run: it could not be started in the session's sandbox/m);
@@ -486,7 +497,7 @@ describe('interpreters forked from the template', () => {
     assert.equal(r.stdout, '0', r.stderr);
     const after = await sh(server, id, "tr '\\0' ' ' < /proc/1/cmdline; echo; id -u; echo $$");
     assert.equal(after.return_code, 0, after.stderr);
-    assert.match(after.stdout, /zygote\.py.* commands \n1000\n2\n$/);
+    assert.match(after.stdout, /zygote\.py.* commands \n1000\n\d+\n$/);
   });
 
   it("run a command sent while the interpreter restarts (after a crash) in the new interpreter's sandbox, not refused", async () => {
@@ -499,7 +510,7 @@ describe('interpreters forked from the template', () => {
     assert.match(r.stdout, /zygote\.py.* commands $/);
   });
 
-  it("make each box's next command slot ahead in that box's own sandbox, never another session's, and drop it when its interpreter dies", async () => {
+  it("keep each box's command slot in that box's own sandbox for its next commands, never another session's, and drop it when its interpreter dies", async () => {
     const sessions = [
       { id: await createSession(server), name: 'a' },
       { id: await createSession(server), name: 'b' },
@@ -514,11 +525,16 @@ describe('interpreters forked from the template', () => {
       assert.equal((await sh(server, s.id, `echo ${s.name} > /workspace/who`)).return_code, 0);
       boxes.push({ ...s, uid: await hostUid(server, s.id), ns: await nsOf(s.id) });
     }
-    // Commands of both sessions in turns: each takes its own box's slot.
+    // Commands of both sessions in turns: each takes its own box's slot, the same one each
+    // time (its pid namespace counts on).
+    const last = new Map<string, number>();
     for (let i = 0; i < 3; i++) {
       for (const s of sessions) {
         const r = await sh(server, s.id, 'cat /workspace/who; echo $$');
-        assert.equal(r.stdout, `${s.name}\n2\n`, r.stderr);
+        const [who, pid] = r.stdout.split('\n');
+        assert.equal(who, s.name, r.stderr);
+        assert.ok(Number(pid) > (last.get(s.name) ?? 0), r.stdout);
+        last.set(s.name, Number(pid));
       }
     }
     const slotPidNs: string[] = [];
