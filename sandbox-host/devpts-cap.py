@@ -89,6 +89,19 @@ with open("/proc/self/mountinfo") as _own:
     HOST_DEVICES = {m[0] for m in devpts_mounts(_own.read())}
 
 
+def join_as_owner(userns_fd, ns_fd, kind, what):
+    """In a forked child: become the owner of the user namespace `userns_fd` (a root
+    server's sandboxes run as the box's uid; this needs CAP_SETUID only), join it (every
+    capability there), then the namespace `ns_fd` (of `kind`) that it owns."""
+    owner = ctypes.c_uint(0)
+    check(libc.ioctl(userns_fd, NS_GET_OWNER_UID, ctypes.byref(owner)), "NS_GET_OWNER_UID")
+    if os.geteuid() != owner.value:
+        os.setgroups([])
+        os.setresuid(owner.value, owner.value, owner.value)
+    check(libc.setns(userns_fd, CLONE_NEWUSER), "setns user")
+    check(libc.setns(ns_fd, kind), what)
+
+
 def reconfigure(path_fd, userns_fd, mntns_fd, settings):
     """In a forked child: become the owner of the sandbox's user namespace (a root server's
     sandboxes run as the box's uid; this needs CAP_SETUID only), join that namespace and
@@ -98,13 +111,7 @@ def reconfigure(path_fd, userns_fd, mntns_fd, settings):
     if pid == 0:
         code = 0
         try:
-            owner = ctypes.c_uint(0)
-            check(libc.ioctl(userns_fd, NS_GET_OWNER_UID, ctypes.byref(owner)), "NS_GET_OWNER_UID")
-            if os.geteuid() != owner.value:
-                os.setgroups([])
-                os.setresuid(owner.value, owner.value, owner.value)
-            check(libc.setns(userns_fd, CLONE_NEWUSER), "setns user")
-            check(libc.setns(mntns_fd, CLONE_NEWNS), "setns mnt")
+            join_as_owner(userns_fd, mntns_fd, CLONE_NEWNS, "setns mnt")
         except OSError as e:
             os._exit(SETNS_FAILED + min(e.errno or 1, 127))
         try:
@@ -129,13 +136,7 @@ def set_up_network(netns_fd, network):
         if pid == 0:
             code = 0
             try:
-                owner = ctypes.c_uint(0)
-                check(libc.ioctl(userns, NS_GET_OWNER_UID, ctypes.byref(owner)), "NS_GET_OWNER_UID")
-                if os.geteuid() != owner.value:
-                    os.setgroups([])
-                    os.setresuid(owner.value, owner.value, owner.value)
-                check(libc.setns(userns, CLONE_NEWUSER), "setns user")
-                check(libc.setns(netns_fd, CLONE_NEWNET), "setns net")
+                join_as_owner(userns, netns_fd, CLONE_NEWNET, "setns net")
                 configure_network(network)
             except OSError as e:
                 code = min(e.errno or 1, 127)
