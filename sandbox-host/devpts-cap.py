@@ -20,10 +20,12 @@ is not one of the host's appears, reconfigures it with max=N; the server then re
 the block fd. No program of the sandbox has run before the cap holds.
 
 `network` (spec.ts SandboxNetwork) is set first, once the request arrives (the network
-namespace exists from the moment bwrap's child does), the same way as the template does it
-(zygote.py configure_network): from a forked child that joins the user namespace that owns
-the sandbox's network namespace and then that namespace, as the namespace's root: lo's MTU,
-its gso_max_segs, and the sysctls of that namespace.
+namespace exists from the moment bwrap's child does), by the code the template runs for
+its own sandboxes (sandbox-python/sandbox_network.py configure_network): from a forked
+child that joins the user namespace that owns the sandbox's network namespace and then that
+namespace, as the namespace's root: lo's MTU, its gso_max_segs, and the sysctls of that
+namespace. Run with -I, this script has no folder of its own on sys.path: it puts
+sandbox-python/ (next to sandbox-host/) there, for that one module.
 
 The reconfiguration is made from a forked child that becomes the owner of the user
 namespace that owns the sandbox's mount namespace (the box's uid, when the server is
@@ -36,14 +38,14 @@ needs no CAP_SYS_ADMIN on the host. Requests wait concurrently; each is dropped 
 
 import ctypes
 import errno
-import fcntl
 import json
 import os
 import select
-import socket
 import stat
-import struct
 import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sandbox-python"))
+from sandbox_network import configure_network
 
 NR = {"fspick": 433, "fsconfig": 431}  # the same on every architecture (new syscall table)
 FSPICK_CLOEXEC, FSPICK_EMPTY_PATH = 0x1, 0x8
@@ -87,6 +89,19 @@ with open("/proc/self/mountinfo") as _own:
     HOST_DEVICES = {m[0] for m in devpts_mounts(_own.read())}
 
 
+def join_as_owner(userns_fd, ns_fd, kind, what):
+    """In a forked child: become the owner of the user namespace `userns_fd` (a root
+    server's sandboxes run as the box's uid; this needs CAP_SETUID only), join it (every
+    capability there), then the namespace `ns_fd` (of `kind`) that it owns."""
+    owner = ctypes.c_uint(0)
+    check(libc.ioctl(userns_fd, NS_GET_OWNER_UID, ctypes.byref(owner)), "NS_GET_OWNER_UID")
+    if os.geteuid() != owner.value:
+        os.setgroups([])
+        os.setresuid(owner.value, owner.value, owner.value)
+    check(libc.setns(userns_fd, CLONE_NEWUSER), "setns user")
+    check(libc.setns(ns_fd, kind), what)
+
+
 def reconfigure(path_fd, userns_fd, mntns_fd, settings):
     """In a forked child: become the owner of the sandbox's user namespace (a root server's
     sandboxes run as the box's uid; this needs CAP_SETUID only), join that namespace and
@@ -96,13 +111,7 @@ def reconfigure(path_fd, userns_fd, mntns_fd, settings):
     if pid == 0:
         code = 0
         try:
-            owner = ctypes.c_uint(0)
-            check(libc.ioctl(userns_fd, NS_GET_OWNER_UID, ctypes.byref(owner)), "NS_GET_OWNER_UID")
-            if os.geteuid() != owner.value:
-                os.setgroups([])
-                os.setresuid(owner.value, owner.value, owner.value)
-            check(libc.setns(userns_fd, CLONE_NEWUSER), "setns user")
-            check(libc.setns(mntns_fd, CLONE_NEWNS), "setns mnt")
+            join_as_owner(userns_fd, mntns_fd, CLONE_NEWNS, "setns mnt")
         except OSError as e:
             os._exit(SETNS_FAILED + min(e.errno or 1, 127))
         try:
@@ -117,29 +126,6 @@ def reconfigure(path_fd, userns_fd, mntns_fd, settings):
     return os.waitstatus_to_exitcode(status)
 
 
-def configure_network(network):
-    """As zygote.py's (keep the two alike): lo's MTU and gso_max_segs, the sysctls."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        fcntl.ioctl(s.fileno(), 0x8922, struct.pack("16si20x", b"lo", int(network["loopbackMtu"])))  # SIOCSIFMTU
-    set_gso_max_segs(socket.if_nametoindex("lo"), int(network["gsoMaxSegs"]))
-    for key, value in network["sysctls"].items():
-        with open(f"/proc/sys/{key}", "w") as f:
-            f.write(value)
-
-
-def set_gso_max_segs(index, segs):
-    """rtnetlink RTM_NEWLINK with IFLA_GSO_MAX_SEGS (no ioctl sets it), acknowledged."""
-    RTM_NEWLINK, NLM_F_REQUEST, NLM_F_ACK, NLMSG_ERROR, IFLA_GSO_MAX_SEGS = 16, 1, 4, 2, 40
-    body = struct.pack("BxHiII", 0, 0, index, 0, 0) + struct.pack("HHI", 8, IFLA_GSO_MAX_SEGS, segs)
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as nl:
-        nl.sendall(struct.pack("IHHII", 16 + len(body), RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, 1, 0) + body)
-        answer = nl.recv(4096)
-    kind = struct.unpack_from("IHHII", answer)[1]
-    code = struct.unpack_from("i", answer, 16)[0] if kind == NLMSG_ERROR else -errno.EPROTO
-    if code != 0:
-        raise OSError(-code, f"lo gso_max_segs: {os.strerror(-code)}")
-
-
 def set_up_network(netns_fd, network):
     """In a forked child: the owner of the user namespace that owns the sandbox's network
     namespace, in that user namespace (every capability there) and in the network
@@ -150,13 +136,7 @@ def set_up_network(netns_fd, network):
         if pid == 0:
             code = 0
             try:
-                owner = ctypes.c_uint(0)
-                check(libc.ioctl(userns, NS_GET_OWNER_UID, ctypes.byref(owner)), "NS_GET_OWNER_UID")
-                if os.geteuid() != owner.value:
-                    os.setgroups([])
-                    os.setresuid(owner.value, owner.value, owner.value)
-                check(libc.setns(userns, CLONE_NEWUSER), "setns user")
-                check(libc.setns(netns_fd, CLONE_NEWNET), "setns net")
+                join_as_owner(userns, netns_fd, CLONE_NEWNET, "setns net")
                 configure_network(network)
             except OSError as e:
                 code = min(e.errno or 1, 127)

@@ -36,7 +36,8 @@ Control channel (fd 3 in, fd 4 out), one JSON object per line:
                     {"t": "exit", "pid", "code" | "signal"}
 Starts are answered as they finish, not in the order they were asked for: one session's
 slow start never holds up another's (see Zygote).
-The source arrives on stdin and is compiled under its in-sandbox name; its environment
+The source arrives on stdin, with that of sandbox_network.py (the network set-up it shares
+with sandbox-host/devpts-cap.py), and each is compiled under its in-sandbox name; its environment
 holds relative paths only (its working folder is the server's state folder), so the
 environment block every interpreter inherits names no host folder.
 """
@@ -58,6 +59,13 @@ import stat
 import struct
 import sys
 import time
+
+# Shared with sandbox-host/devpts-cap.py. The server registers this module before it runs
+# this source (sandbox_network.py says how); loaded from its file instead (probe.py, the
+# tests: for the builder's rules), this file finds it next to itself.
+if "sandbox_network" not in sys.modules:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sandbox_network import configure_network, loopback_up
 
 CTL_IN, CTL_OUT = 3, 4
 # In-sandbox names of the driver and the probe (from the init message, i.e. the spec)
@@ -366,40 +374,6 @@ def build_dev(dev, host, ptys_max):
     os.mkdir(f"{dev}/pts", 0o755)
     mount("devpts", f"{dev}/pts", "devpts", MS_NOSUID | MS_NOEXEC, f"newinstance,ptmxmode=0666,mode=620,max={ptys_max}")
     os.symlink("pts/ptmx", f"{dev}/ptmx")
-
-
-def loopback_up():
-    SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        ifr = fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, struct.pack("16sH22x", b"lo", 0))
-        flags = struct.unpack("16sH22x", ifr)[1]
-        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | IFF_UP))
-
-
-def configure_network(network):
-    """A, root of the namespace's owner, in the sandbox's new network namespace, before any
-    session code: lo's MTU and segments per GSO packet, and the per-namespace sysctls of
-    the spec (spec.ts SandboxNetwork says why). /proc is still the host's here; its
-    /proc/sys/net shows the namespace of whoever opens a file. sandbox-host/devpts-cap.py
-    does the same for bubblewrap sandboxes."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        fcntl.ioctl(s.fileno(), 0x8922, struct.pack("16si20x", b"lo", int(network["loopbackMtu"])))  # SIOCSIFMTU
-    set_gso_max_segs(socket.if_nametoindex("lo"), int(network["gsoMaxSegs"]))
-    for key, value in network["sysctls"].items():
-        write_file(f"/proc/sys/{key}", value)
-
-
-def set_gso_max_segs(index, segs):
-    """rtnetlink RTM_NEWLINK with IFLA_GSO_MAX_SEGS (no ioctl sets it), acknowledged."""
-    RTM_NEWLINK, NLM_F_REQUEST, NLM_F_ACK, NLMSG_ERROR, IFLA_GSO_MAX_SEGS = 16, 1, 4, 2, 40
-    body = struct.pack("BxHiII", 0, 0, index, 0, 0) + struct.pack("HHI", 8, IFLA_GSO_MAX_SEGS, segs)
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as nl:
-        nl.sendall(struct.pack("IHHII", 16 + len(body), RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, 1, 0) + body)
-        answer = nl.recv(4096)
-    kind = struct.unpack_from("IHHII", answer)[1]
-    code = struct.unpack_from("i", answer, 16)[0] if kind == NLMSG_ERROR else -errno.EPROTO
-    if code != 0:
-        raise OSError(-code, f"lo gso_max_segs: {os.strerror(-code)}")
 
 
 def enter_user_namespace(uid, gid, outer_uid, outer_gid):

@@ -135,8 +135,9 @@ export interface SandboxSpec {
  * The loopback and the per-namespace TCP settings of every sandbox's own network
  * namespace, set by whoever builds it (zygote.py in the template's spawner, which is root
  * of the namespace's owner; for bubblewrap, sandbox-host/devpts-cap.py from inside the
- * sandbox's user and network namespaces while bwrap waits on its block fd) before any code
- * of the session runs, and read back by the start-up probe (MTU, sysctls).
+ * sandbox's user and network namespaces while bwrap waits on its block fd; both with the
+ * code of sandbox-python/sandbox_network.py) before any code of the session runs, and read
+ * back by the start-up probe (MTU, sysctls).
  *
  * Why (docs/threat-model.md, "Host-wide kernel resources", socket buffers and TCP
  * orphans): TCP memory and orphans are counted host-wide, and the per-session TCP limit

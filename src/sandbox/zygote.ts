@@ -255,11 +255,12 @@ export class Zygote {
   }
 
   /** Starts the zygote and resolves once it has imported the modules. */
-  private sources = { zygote: '', driver: '' };
+  private sources = { zygote: '', network: '', driver: '' };
 
   static async start(opts: ZygoteOptions): Promise<{ zygote: Zygote; info: ZygoteInfo }> {
     const z = new Zygote(opts);
-    z.sources = { zygote: await fsp.readFile(`${opts.driverDir}/zygote.py`, 'utf8'), driver: await fsp.readFile(`${opts.driverDir}/driver.py`, 'utf8') };
+    const read = (name: string) => fsp.readFile(`${opts.driverDir}/${name}`, 'utf8');
+    z.sources = { zygote: await read('zygote.py'), network: await read('sandbox_network.py'), driver: await read('driver.py') };
     await fsp.rm(opts.stateDir, { recursive: true, force: true });
     // Searchable (not listable) by a box's uid: a spawn changes to it before it mounts
     // the new root on rootMount; the socket and the zygote's home stay 0600/0700.
@@ -313,18 +314,27 @@ export class Zygote {
       XDG_CACHE_HOME: 'home/tmp/.cache',
       XDG_CONFIG_HOME: 'home/tmp/.config',
     };
-    // The source comes on stdin and is compiled under its in-sandbox name, so no host
-    // path is in the template's memory (which every interpreter inherits).
-    const compileAs = JSON.stringify(`${SANDBOX_PATHS.driver}/zygote.py`);
+    // The sources come on stdin and are compiled under their in-sandbox names, so no host
+    // path is in the template's memory (which every interpreter inherits): first
+    // sandbox_network.py (the network set-up zygote.py shares with devpts-cap.py), made the
+    // module zygote.py imports by that name, then zygote.py. One line: the command line
+    // shows in the sandbox (/proc/1/cmdline of a command).
+    const compileAs = (file: string) => JSON.stringify(`${SANDBOX_PATHS.driver}/${file}`);
+    const code = [
+      'import json, sys, types',
+      '_src = json.loads(sys.stdin.buffer.read())',
+      "_net = sys.modules['sandbox_network'] = types.ModuleType('sandbox_network')",
+      `exec(compile(_src.pop('network'), ${compileAs('sandbox_network.py')}, 'exec'), _net.__dict__)`,
+      `exec(compile(_src.pop('zygote'), ${compileAs('zygote.py')}, 'exec'))`,
+    ].join('; ');
     // (its role on its command line: which of the two templates a process is)
-    const code = `import sys; exec(compile(sys.stdin.buffer.read(), ${compileAs}, 'exec'))`;
     const child = spawn(python, ['-I', '-u', '-X', 'faulthandler', '-c', code, this.opts.role ?? 'interpreters'], {
       stdio: ['pipe', 'pipe', 'pipe', 'pipe', 'pipe'],
       env,
       cwd: this.opts.stateDir,
     });
     child.stdin!.on('error', () => {});
-    child.stdin!.end(this.sources.zygote);
+    child.stdin!.end(JSON.stringify({ network: this.sources.network, zygote: this.sources.zygote }));
     this.child = child;
     this.ready = false;
     let diag = '';

@@ -13,7 +13,9 @@
  *     template's, and bubblewrap's on a server of its own with SANDBOX_PYTHON_TEMPLATE=off);
  *     also after the interpreter made itself not dumpable (#K7); without the template, bash
  *     commands beside the living interpreter have no ptys, so masters passed out of them
- *     to the interpreter cannot add up past the cap (#K10).
+ *     to the interpreter cannot add up past the cap (#K10);
+ *   - dying memory cgroups (#K14): sessions that were the first to read host files leave
+ *     no removed-but-not-freed memory cgroup behind once deleted.
  * Settings are small so the limits are crossed quickly: 2 sessions at most, 128 MiB of
  * memory, 16 MiB of disk and 1 MiB of /dev/shm per session (a 145 MiB memory cgroup), 48
  * processes and 8 ptys per session.
@@ -21,7 +23,9 @@
 import { before, after, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { readFile, writeFile } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { promisify } from 'node:util';
 import { api, attacker, finishCase, pidsWithMarker, py, sh, sleepMarker, startSuite, stopSuite, waitFor, type Suite } from './support.js';
 
 const MiB = 1024 * 1024;
@@ -30,6 +34,7 @@ const SESSION_PIDS = 48;
 const MAX_SESSIONS = 2;
 const PTYS = 8;
 let S: Suite;
+const execFileP = promisify(execFile);
 
 before(async () => {
   S = await startSuite({
@@ -449,6 +454,119 @@ test("#K13 memory of all sessions together is held to SANDBOX_SESSIONS_MEMORY_MB
   // Each still works afterwards.
   for (const id of [a.id, b.id]) assert.equal((await py(T.server, id, 'print(1)', { timeout_seconds: 60 })).stdout, '1');
   await finishCase(T, a, [cg.marker]);
+});
+
+/**
+ * Groups of host files that a session will be the first to read: files of /usr (bound
+ * read-only into every sandbox: the same inodes as the host's), at least `bytes` a group,
+ * none mapped by a process now (a mapped page stays cached whatever is dropped), and none
+ * of the kinds other sessions read (libraries, Python sources, executables). The caller
+ * drops their page cache just before (dropCache) so the session's reads charge them.
+ */
+async function coldFileGroups(groups: number, bytes: number): Promise<{ files: string[]; bytes: number }[]> {
+  const skip = ['*.so', '*.so.*', '*.py', '*.pyc'].flatMap((n) => ['!', '-name', n]);
+  const args = ['/usr/share', '/usr/lib', '-xdev', '-type', 'f', '-perm', '-o=r', '!', '-perm', '/111', '-size', '+256k', '-size', '-16M', ...skip, '-printf', '%s %p\\n'];
+  // (find exits 1 on an unreadable folder; what it printed is still good)
+  const found = await execFileP('/usr/bin/find', args, { maxBuffer: 64 * MiB }).catch((e: { stdout?: string }) => ({ stdout: e.stdout ?? '' }));
+  const mapped = new Set<string>();
+  for (const pid of (await readdir('/proc')).filter((n) => /^\d+$/.test(n))) {
+    for (const line of (await readFile(`/proc/${pid}/maps`, 'utf8').catch(() => '')).split('\n')) {
+      const path = line.split(/\s+/).slice(5).join(' ');
+      if (path.startsWith('/usr/')) mapped.add(path);
+    }
+  }
+  const files = found.stdout
+    .split('\n')
+    .map((l) => /^(\d+) (\/[\w./+@-]+)$/.exec(l))
+    .filter((m): m is RegExpExecArray => m !== null && !mapped.has(m[2]!))
+    .map((m) => ({ path: m[2]!, bytes: Number(m[1]) }))
+    .sort((a, b) => (a.path < b.path ? -1 : 1));
+  const out: { files: string[]; bytes: number }[] = [];
+  let group = { files: [] as string[], bytes: 0 };
+  for (const f of files) {
+    if (out.length === groups) break;
+    group.files.push(f.path);
+    group.bytes += f.bytes;
+    if (group.bytes >= bytes) {
+      out.push(group);
+      group = { files: [], bytes: 0 };
+    }
+  }
+  return out;
+}
+
+/** Drops the page cache of `files` on the host (clean, unmapped pages only: posix_fadvise
+ * DONTNEED through dd; nothing is written). */
+async function dropCache(files: string[]): Promise<void> {
+  for (const f of files) await execFileP('/usr/bin/dd', [`if=${f}`, 'iflag=nocache', 'count=0', 'status=none']);
+}
+
+/** Page cache of ordinary files charged to a memory cgroup (the file LRU lists of its
+ * memory.stat, in bytes on v1 and v2; tmpfs pages are on the anon lists). */
+const fileCacheBytes = async (dir: string) => (await stat(`${dir}/memory.stat`, 'active_file')) + (await stat(`${dir}/memory.stat`, 'inactive_file'));
+
+/** Memory cgroups of the host, live and dying ("memory" line of /proc/cgroups: cgroup v1
+ * counts a removed cgroup there until the kernel frees it). */
+async function hostMemoryCgroups(): Promise<number> {
+  const line = (await readFile('/proc/cgroups', 'utf8')).split('\n').find((l) => l.split(/\s+/)[0] === 'memory');
+  return Number(line?.split(/\s+/)[2] ?? NaN);
+}
+
+const DYING_SESSIONS = 16;
+
+// Guards removeLeaf() in src/sandbox/cgroups.ts: before a session's memory cgroup is
+// removed, the pages still charged to it are reclaimed (v1 memory.force_empty, v2
+// memory.reclaim). Without that, page cache of a host file the session was the first to
+// read stays charged to the removed cgroup, which the kernel then keeps as a "dying"
+// cgroup (its struct and per-CPU statistics) until memory pressure evicts those pages:
+// one per session, host-wide (red team: 38 dying per 40 sessions). Checked: with that
+// write left out, this case counted 16 more memory cgroups after its 16 sessions and
+// failed (Linux 6.18, cgroup v1); with it, none.
+test('#K14 deleted sessions leave no dying memory cgroups: page cache a session was the first to read, and its tmpfs files, are reclaimed with its cgroup', async (t) => {
+  const h = await api(S.server, 'GET', '/health');
+  if (!/cgroup/.test(String(h.body.isolation.memory_limit))) {
+    t.diagnostic(`no memory cgroup per session here: ${h.body.isolation.memory_limit}`);
+    return;
+  }
+  const groups = await coldFileGroups(DYING_SESSIONS, 4 * MiB);
+  assert.equal(groups.length, DYING_SESSIONS, `${DYING_SESSIONS} groups of 4 MiB of unmapped files under /usr/share and /usr/lib to read`);
+  // Counted where the kernel can say it per subtree (v2: the server's parent cgroup's
+  // nr_dying_descendants), else host-wide (v1: /proc/cgroups, which other test files
+  // running at once move too: the baseline is taken with no session of this case alive,
+  // and the check allows a quarter of the sessions).
+  const hostBefore = await hostMemoryCgroups();
+  let dying: () => Promise<number> = async () => (await hostMemoryCgroups()) - hostBefore;
+  for (const [i, group] of groups.entries()) {
+    const a = await attacker(S, t);
+    const cg = await sessionCgroups(a.id);
+    assert.ok(cg.memory, 'the session has a memory cgroup');
+    if (i === 0 && cg.v2) {
+      const parent = cg.memory.replace(/\/box_[0-9a-f]+$/, '');
+      const parentBefore = await stat(`${parent}/cgroup.stat`, 'nr_dying_descendants');
+      dying = async () => (await stat(`${parent}/cgroup.stat`, 'nr_dying_descendants')) - parentBefore;
+    }
+    await dropCache(group.files);
+    const cached = await fileCacheBytes(cg.memory);
+    // files on its tmpfs (/workspace, /tmp) and the first read of host files
+    const r = await sh(S.server, a.id, `head -c 4M /dev/urandom > /workspace/k14 && cp /workspace/k14 /tmp/k14 && cat ${group.files.map((f) => `'${f}'`).join(' ')} > /dev/null && echo read`);
+    assert.equal(r.stdout.trim(), 'read', r.stderr);
+    // The premise: the host files' pages are charged to this session (else its cgroup
+    // would have nothing to be kept dying by, and the case could not fail).
+    const charged = (await fileCacheBytes(cg.memory)) - cached;
+    assert.ok(charged >= group.bytes / 2, `the session's memory cgroup was charged ${charged} bytes of page cache for the ${group.bytes} bytes it read first (${group.files.join(' ')})`);
+    await finishCase(S, a, [cg.marker]);
+  }
+  // Every cgroup is removed by now (finishCase saw each session's folder go, which is
+  // removed after its cgroup); the kernel frees a removed cgroup's memory asynchronously:
+  // counted again a bounded number of times until the count is down.
+  const allowed = DYING_SESSIONS / 4;
+  let grown = await dying();
+  for (let tries = 0; tries < 50 && grown > allowed; tries++) {
+    await new Promise((r) => setTimeout(r, 200));
+    grown = await dying();
+  }
+  t.diagnostic(`memory cgroups after ${DYING_SESSIONS} sessions that read ${groups.reduce((n, g) => n + g.bytes, 0)} bytes of host files first: ${grown >= 0 ? '+' : ''}${grown}`);
+  assert.ok(grown <= allowed, `${grown} more memory cgroups (dying) after ${DYING_SESSIONS} deleted sessions, more than ${allowed}`);
 });
 
 test("#K8 processes of all sessions together: the limit in force is reported; once no process can be forked (here the server's parent pids cgroup is full), an interpreter restart and a create answer 503 with Retry-After, never 500, and a bash command says it did not run", async (t) => {
