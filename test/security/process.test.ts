@@ -129,7 +129,7 @@ test('#21 REPL children (Popen with a new session, os.system &, double fork) are
   let m = [sleepMarker(), sleepMarker(), pyMarker()] as const;
   await py(S.server, a.id, 'y = 7');
   const r = await seenWhile([...m], py(S.server, a.id, `${spawn(...m)}\nwhile True: pass`, { timeout_seconds: 2 }));
-  assert.equal(r.seen.size, 3, 'the children ran');
+  assert.equal(r.seen.size, 3, `the children ran: ${JSON.stringify(r.value)}`);
   assert.equal(r.value.limit_exceeded, 'wall_clock');
   assert.deepEqual(await waitNoMarkers([...m]), [], 'children of a timed-out cell survive');
   assert.equal((await py(S.server, a.id, 'print(y)')).stdout, '7');
