@@ -425,14 +425,19 @@ def load_seccomp(bpf):
     check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(prog), 0, 0), "seccomp")
 
 
-def set_limits(rlimits):
-    """The spec's rlimits, in its order; -1 is unlimited."""
+def spec_limits(rlimits):
+    """(resource, (soft, hard)) of the spec's rlimits, in its order; -1 is unlimited."""
 
     def value(n):
         return resource.RLIM_INFINITY if int(n) < 0 else int(n)
 
-    for r in rlimits:
-        resource.setrlimit(getattr(resource, "RLIMIT_" + r["resource"].upper()), (value(r["soft"]), value(r["hard"])))
+    return [(getattr(resource, "RLIMIT_" + r["resource"].upper()), (value(r["soft"]), value(r["hard"]))) for r in rlimits]
+
+
+def set_limits(rlimits):
+    """The spec's rlimits, in its order; -1 is unlimited."""
+    for res, pair in spec_limits(rlimits):
+        resource.setrlimit(res, pair)
 
 
 def run_interpreter(req, sock_fd):
@@ -933,13 +938,23 @@ def run_command_init(sock, rlimits, inner, a_pidfd, zygote_pidfd, ready_fd):
         os.write(ready_fd, b"ready")
         os.close(ready_fd)
         tie_to_zygote(a_pidfd, zygote_pidfd)
+        limits = spec_limits(rlimits)
+        attributes = (os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0))
         while True:
             child = start_in_slot(sock)
             status = reap_command(child)
             end_leftovers()
             # Only now, with nothing of the command left, does Zc hear of its end; the
-            # slot then waits for the box's next command.
-            sock.send(b"exit %d" % status)
+            # slot then waits for the box's next command, unless the command changed what
+            # the next one would inherit from it (prlimit, renice and sched_setscheduler
+            # on pid 1 need only the same uid; an unprivileged process cannot undo them):
+            # then it reports the end as its last and exits.
+            intact = attributes == (os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0)) and all(
+                resource.getrlimit(res) == pair for res, pair in limits
+            )
+            sock.send(b"exit %d" % status if intact else b"exit %d last" % status)
+            if not intact:
+                os._exit(0)
     except BaseException:  # noqa: BLE001
         os._exit(70)
 
@@ -1531,11 +1546,13 @@ class Zygote:
         box = self.running.pop(fd)
         self.poller.unregister(fd)
         del self.busy[box]
-        ended = data.startswith(b"exit ") and data[5:].isdigit() and slot.pid in self.inits
+        words = data.split()
+        ended = len(words) in (2, 3) and words[0] == b"exit" and words[1].isdigit() and slot.pid in self.inits
         if ended:
-            self.report_exit(slot.pid, int(data[5:]) << 8)  # (a wait status: exited with that code)
+            self.report_exit(slot.pid, int(words[1]) << 8)  # (a wait status: exited with that code)
             interpreter_gone = bool(select.select([slot.pidfd], [], [], 0)[0])
-            if box not in self.slots and not interpreter_gone:
+            # ("last": the command changed the slot's limits or priority; it exits)
+            if box not in self.slots and not interpreter_gone and len(words) == 2:
                 self.slots[box] = slot
                 self.slot_of[slot.pid] = box
                 self.watch[slot.pidfd] = box

@@ -475,7 +475,9 @@ export class Box {
       await this.exits;
       // A process of its uid anywhere: none when its cgroup is empty (the common case, read
       // in a few microseconds); otherwise the host's process list is searched for them,
-      // which costs time in proportion to every process on the host.
+      // which costs time in proportion to every process on the host. (The devpts helper's
+      // children take a box's uid outside its cgroup, for a moment while a bubblewrap
+      // sandbox is set up, before any session code runs; they end by themselves.)
       if (this.uid !== undefined && this.deps.privileged && !this.cgroup?.empty()) await killUid(this.uid);
       await this.cgroup?.remove();
       if (this.mounted) await this.deps.mounts.unmountLazy(this.dir);

@@ -66,6 +66,17 @@ test('a command killed by a signal reports 128 plus its number, as bash does; it
   assert.equal((await sh(server, id, 'ps -eo comm= | grep -c "^sleep$" || true')).stdout, '0\n');
 });
 
+test("a command cannot change what the session's next commands inherit: limits and priority set on the commands' init are gone in the next command", async () => {
+  const before = await sh(server, id, 'ulimit -Hu; ulimit -Hf; ulimit -Hn; nice');
+  const set = await sh(server, id, 'prlimit --pid 1 --nproc=6:6 --fsize=8:8 --nofile=64:64 && renice -n 19 -p 1 >/dev/null && echo set');
+  assert.equal(set.stdout, 'set\n', set.stderr);
+  const after = await sh(server, id, 'ulimit -Hu; ulimit -Hf; ulimit -Hn; nice');
+  assert.equal(after.stdout, before.stdout, after.stderr);
+  assert.equal((await sh(server, id, 'prlimit --pid 1 --nofile=3:3 && echo set')).stdout, 'set\n');
+  const next = await sh(server, id, 'echo ran');
+  assert.equal(next.stdout, 'ran\n', next.stderr);
+});
+
 test('the working directory is /workspace, shared with Python', async () => {
   assert.equal((await sh(server, id, 'pwd')).stdout, '/workspace\n');
   await sh(server, id, 'echo from-bash > shared.txt');
