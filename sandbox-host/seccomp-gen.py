@@ -99,4 +99,11 @@ for advice in (MADV_COLD, MADV_PAGEOUT):
     deny("madvise", EPERM, seccomp.Arg(2, seccomp.MASKED_EQ, 0xFFFFFFFF, advice))
 deny("process_madvise")
 
+# Extended attributes are kernel memory that no size cap counts: a tmpfs (/dev/shm, which
+# bubblewrap mounts without nr_inodes) stores user.* values outside its size, so without a
+# memory cgroup (rootless) nothing would bound them. Setting one is refused with
+# EOPNOTSUPP, the answer of a file system without them (cp, tar and shutil.copystat go on).
+for name in ("setxattr", "lsetxattr", "fsetxattr", "setxattrat"):
+    deny(name, seccomp.ERRNO(errno.EOPNOTSUPP))
+
 f.export_bpf(sys.stdout.buffer)

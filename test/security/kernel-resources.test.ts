@@ -15,7 +15,8 @@
  *     commands beside the living interpreter have no ptys, so masters passed out of them
  *     to the interpreter cannot add up past the cap (#K10);
  *   - dying memory cgroups (#K14): sessions that were the first to read host files leave
- *     no removed-but-not-freed memory cgroup behind once deleted.
+ *     no removed-but-not-freed memory cgroup behind once deleted;
+ *   - extended attributes (#K15): kernel memory no tmpfs size counts; setting one fails.
  * Settings are small so the limits are crossed quickly: 2 sessions at most, 128 MiB of
  * memory, 16 MiB of disk and 1 MiB of /dev/shm per session (a 145 MiB memory cgroup), 48
  * processes and 8 ptys per session.
@@ -522,6 +523,41 @@ const DYING_SESSIONS = 16;
 // one per session, host-wide (red team: 38 dying per 40 sessions). Checked: with that
 // write left out, this case counted 16 more memory cgroups after its 16 sessions and
 // failed (Linux 6.18, cgroup v1); with it, none.
+test('#K15 extended attributes cannot be set (their values are kernel memory no tmpfs size counts): setxattr, lsetxattr and fsetxattr fail with EOPNOTSUPP on /dev/shm, /tmp and /workspace, from Python and bash, and copying files still works', async (t) => {
+  const a = await attacker(S, t);
+  const p = await py(
+    S.server,
+    a.id,
+    [
+      'import errno, os, shutil',
+      'out = []',
+      "for d in ('/dev/shm', '/tmp', '/workspace'):",
+      "    f = d + '/x'",
+      "    open(f, 'w').write('x')",
+      '    fd = os.open(f, os.O_RDONLY)',
+      "    for name, call in (('set', lambda: os.setxattr(f, 'user.a', b'v' * 60000)), ('lset', lambda: os.setxattr(f, 'user.a', b'v', follow_symlinks=False)), ('fset', lambda: os.setxattr(fd, 'user.a', b'v'))):",
+      '        try:',
+      '            call()',
+      "            out.append(d + ' ' + name + ' set')",
+      '        except OSError as e:',
+      "            out.append(d + ' ' + name + ' ' + errno.errorcode[e.errno])",
+      '    os.close(fd)',
+      "    out.append(d + ' ' + str(os.listxattr(f)))",
+      "shutil.copy2('/workspace/x', '/workspace/y')",
+      "out.append(open('/workspace/y').read())",
+      "print('\\n'.join(out))",
+    ].join('\n'),
+  );
+  assert.equal(p.return_code, 0, p.stderr);
+  // (EOPNOTSUPP and ENOTSUP are one number on Linux: Python names it ENOTSUP)
+  const want = ['/dev/shm', '/tmp', '/workspace'].flatMap((d) => [`${d} set ENOTSUP`, `${d} lset ENOTSUP`, `${d} fset ENOTSUP`, `${d} []`]);
+  assert.deepEqual(p.stdout.split('\n'), [...want, 'x']);
+  const b = await sh(S.server, a.id, 'echo x > /tmp/z; setfattr -n user.a -v 1 /tmp/z 2>/dev/null; echo $?; cp -a /tmp/z /tmp/z2 && cat /tmp/z2');
+  assert.equal(b.stdout, `${b.stdout.split('\n')[0]}\nx\n`, b.stderr);
+  assert.notEqual(b.stdout.split('\n')[0], '0', 'setfattr (if installed) fails');
+  await finishCase(S, a);
+});
+
 test('#K14 deleted sessions leave no dying memory cgroups: page cache a session was the first to read, and its tmpfs files, are reclaimed with its cgroup', async (t) => {
   const h = await api(S.server, 'GET', '/health');
   if (!/cgroup/.test(String(h.body.isolation.memory_limit))) {
