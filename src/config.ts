@@ -97,7 +97,7 @@ const SETTINGS = {
     2_000,
     1,
     1_000_000,
-    'Names the workspace scan after each call examines at most, a folder counting as 4 (files past them are not listed and stderr says so); the scan runs on the event loop, every call pays it: a few microseconds a file',
+    'Names the workspace scan after each Python or bash call examines at most, a folder counting as 4 (files past them are not listed and stderr says so); the scan runs on the event loop, every such call pays it: a few microseconds a file (an editor call looks only at the files it wrote)',
   ),
   artifactsKeepMax: int('SANDBOX_ARTIFACTS_KEEP_MAX', 1000, 1, 1_000_000, 'Artifacts a session keeps for download at most; the oldest is evicted first'),
   artifactsKeepMb: int(

@@ -9,7 +9,9 @@
  * next one, so a call costs one scan, not two; the baseline is taken again before a call
  * when the server wrote to the workspace since (an upload, WorkspaceFs.generation), so an
  * upload is not listed as a call's file. Known limit: a file changed between calls by a
- * process that a call left running is listed with the next call.
+ * process that a call left running is listed with the next call. A text-editor call
+ * changes only the files it writes itself: those are looked at alone (collectWritten),
+ * not the whole workspace; what a process changed meanwhile goes to the next scan.
  *
  * The rule for what is looked at (one rule, documented in the README): a path with a
  * component that starts with '.' is skipped, except the top-level `.output/` folder, where
@@ -49,7 +51,7 @@ import { promises as fsp, closeSync, constants as C, lstatSync, openSync, opendi
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import { randomHex } from '../ids.js';
 import { resolveInside } from './paths.js';
-import { SMALL_IO_BYTES, type WorkspaceFs } from './workspace-fs.js';
+import { SMALL_IO_BYTES, fileSignature, type WorkspaceFs } from './workspace-fs.js';
 import { SPILL_DIR } from './spill.js';
 
 const DIR_FLAGS = C.O_RDONLY | C.O_DIRECTORY | C.O_NOFOLLOW;
@@ -172,6 +174,7 @@ export class ArtifactStore {
     const scan = await this.scan();
     this.baseline = fingerprints(scan.files);
     this.baselineGeneration = this.fs.generation;
+    this.added = 0;
     const notes: string[] = [];
     if (scan.truncated === 'names') {
       notes.push(`artifacts: the workspace's file names add up to more than ${SCAN_MAX_NAME_BYTES} bytes; files past them were not looked at`);
@@ -184,6 +187,41 @@ export class ArtifactStore {
     }
     const changed: string[] = [];
     for (const [path, sig] of scan.files) if (!before.has(fingerprint(path, sig))) changed.push(path);
+    return this.keepChanged(changed, (path) => sizeOf(scan.files.get(path)!), notes);
+  }
+
+  /**
+   * After a call that changed only files the server wrote itself (a text-editor call:
+   * `written`, from WorkspaceFs.takeWritten), what begin() saw plus those files is the
+   * workspace as far as this call is concerned: they are looked at alone, not the whole
+   * workspace (a scan per editor call cost a few microseconds per file of the workspace).
+   * A file a process left running changed meanwhile is listed by the next call that scans,
+   * as between calls (the baseline does not take it in). The baseline grows by one entry
+   * per written file until the next scan replaces it; past SANDBOX_ARTIFACTS_SCAN_MAX_ENTRIES
+   * additions the next call scans anew.
+   */
+  async collectWritten(written: string[]): Promise<{ files: ArtifactEntry[]; notes: string[] }> {
+    if (this.baseline === null) return this.collect();
+    const baseline = this.baseline;
+    const sigs = new Map<string, string>();
+    for (const path of new Set(written)) {
+      if (!scanned(path)) continue;
+      const sig = this.fs.fileSignatureSync(resolveInside(path));
+      if (sig !== null && !baseline.has(fingerprint(path, sig))) sigs.set(path, sig);
+    }
+    for (const [path, sig] of sigs) baseline.add(fingerprint(path, sig));
+    this.added += sigs.size;
+    if (this.added > this.limits.scanMaxEntries) this.baseline = null;
+    else this.baselineGeneration = this.fs.generation;
+    return this.keepChanged([...sigs.keys()], (path) => sizeOf(sigs.get(path)!), []);
+  }
+
+  /** Baseline entries added by collectWritten since the last scan. */
+  private added = 0;
+
+  /** Copies the changed files (the first by path, within the per-call bounds) and returns
+   * their entries, with lines for stderr about what was left out added to `notes`. */
+  private async keepChanged(changed: string[], sizeOfPath: (path: string) => number, notes: string[]): Promise<{ files: ArtifactEntry[]; notes: string[] }> {
     if (changed.length === 0) return { files: [], notes };
     changed.sort();
     const files: ArtifactEntry[] = [];
@@ -204,7 +242,7 @@ export class ArtifactStore {
         );
         break;
       }
-      const size = sizeOf(scan.files.get(path)!);
+      const size = sizeOfPath(path);
       if (bytes + size > this.limits.maxBytes || size > this.limits.keepBytes) {
         overBytes++;
         continue;
@@ -392,7 +430,7 @@ export class ArtifactStore {
             } catch {
               continue;
             }
-            if (st?.isFile()) files.set(rel, `${st.mtimeMs}:${st.size}:${st.ino}:${st.ctimeMs}`);
+            if (st?.isFile()) files.set(rel, fileSignature(st));
           }
         }
       } finally {
@@ -412,6 +450,14 @@ export class ArtifactStore {
     }
     return { files, truncated };
   }
+}
+
+/** Whether the scan looks at a workspace-relative file path (the rule in the file comment:
+ * no component starting with '.', but the top-level spill folder; within MAX_DEPTH). */
+function scanned(path: string): boolean {
+  const parts = path.split('/');
+  if (parts.length > MAX_DEPTH) return false;
+  return parts.every((part, i) => !part.startsWith('.') || (i === 0 && part === SPILL_DIR && parts.length > 1));
 }
 
 function sizeOf(sig: string): number {

@@ -59,6 +59,15 @@ import { Readable } from 'node:stream';
 import { SandboxError } from '../errors.js';
 import type { ResolvedPath } from './paths.js';
 
+/** Paths of written files WorkspaceFs remembers between two takeWritten() calls. */
+const WRITTEN_MAX = 64;
+
+/** What the artifact scan records of a file to see it change (artifacts.ts): mtime and
+ * ctime in ms as doubles (sub-microsecond precision), size and inode. */
+export function fileSignature(st: { mtimeMs: number; size: number; ino: number; ctimeMs: number }): string {
+  return `${st.mtimeMs}:${st.size}:${st.ino}:${st.ctimeMs}`;
+}
+
 const DIR_FLAGS = C.O_RDONLY | C.O_DIRECTORY | C.O_NOFOLLOW;
 const READ_FLAGS = C.O_RDONLY | C.O_NOFOLLOW | C.O_NONBLOCK;
 const STAGE_FLAGS = C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW;
@@ -253,6 +262,9 @@ export class WorkspaceFs {
   /** Bumped by every write through this class (uploads, editor writes, spill files): the
    * artifact scan (artifacts.ts) takes a new baseline when it moved between calls. */
   generation = 0;
+  /** Workspace-relative paths of the files written through this class since takeWritten()
+   * (WRITTEN_MAX at most; null past them). */
+  private written: string[] | null = [];
 
   constructor(
     private readonly root: string,
@@ -261,6 +273,39 @@ export class WorkspaceFs {
     /** A folder on the same file system as the workspace, invisible to the sandbox. */
     private readonly stagingDir: string,
   ) {}
+
+  private wrote(p: ResolvedPath): void {
+    if (this.written !== null && this.written.length < WRITTEN_MAX) this.written.push(p.segments.join('/'));
+    else this.written = null;
+  }
+
+  /** The files written through this class since the last call (workspace-relative paths;
+   * null when more than WRITTEN_MAX were), and a fresh start. */
+  takeWritten(): string[] | null {
+    const w = this.written;
+    this.written = [];
+    return w;
+  }
+
+  /** The (mtime, size, inode, ctime) signature of a regular file at p, as the artifact scan
+   * records it, or null (no such file, not a regular file, a link on the way). */
+  fileSignatureSync(p: ResolvedPath): string | null {
+    if (p.segments.length === 0) return null;
+    let dir: number;
+    try {
+      dir = this.openDirSync(p.segments.slice(0, -1), '');
+    } catch {
+      return null;
+    }
+    try {
+      const st = lstatSync(at(dir, p.segments.at(-1)!), { throwIfNoEntry: false });
+      return st?.isFile() ? fileSignature(st) : null;
+    } catch {
+      return null;
+    } finally {
+      closeSync(dir);
+    }
+  }
 
   /** Opens the folder holding `segments` (all of them when `parentOnly` is false). */
   private async openDir(segments: string[], display: string, create = false): Promise<fsp.FileHandle> {
@@ -572,6 +617,7 @@ export class WorkspaceFs {
       dir = this.openDirSync(p.segments.slice(0, -1), display, true);
       this.generation++;
       renameSync(staged, at(dir, p.segments.at(-1)!));
+      this.wrote(p);
     } catch (e) {
       rmSync(staged, { force: true });
       if ((e as NodeJS.ErrnoException).code === 'EISDIR') throw new SandboxError('SBX_NOT_A_FILE', `is a directory: ${display}`);
@@ -597,6 +643,7 @@ export class WorkspaceFs {
       if (st?.isDirectory()) throw new SandboxError('SBX_NOT_A_FILE', `is a directory: ${display}`);
       this.generation++;
       await fsp.rename(staged, dest);
+      this.wrote(p);
     } catch (e) {
       await fsp.rm(staged, { force: true });
       if ((e as SandboxError).name === 'SandboxError') throw e;

@@ -100,8 +100,13 @@ export class ExecService {
     if (this.config.artifactsMaxFiles === 0) return TOOLS[tool].run(this.services, call);
     const store = call.session.box.artifacts;
     await store.begin();
+    // The editor changes nothing but the files it writes itself: those are looked at, not
+    // the whole workspace (ArtifactStore.collectWritten).
+    const editor = tool === 'text_editor_code_execution';
+    if (editor) call.session.box.fs.takeWritten();
     const run = await TOOLS[tool].run(this.services, call);
-    const { files, notes } = await store.collect();
+    const written = editor ? call.session.box.fs.takeWritten() : null;
+    const { files, notes } = written !== null ? await store.collectWritten(written) : await store.collect();
     return { ...run, files, stderr: appendNotes(run.stderr, notes) };
   }
 

@@ -113,6 +113,30 @@ test('an uploaded file is not listed by the next call; changing it in a call is'
   assert.equal((await download(server, id, byName(r, 'up.txt').file_id)).body, 'uploadedmore\n');
 });
 
+test("an editor call lists the files it wrote (hidden ones not); a file a session's own thread writes meanwhile is listed once, by that call or the next", async () => {
+  const id = await createSession(server);
+  // A thread that writes bg.txt once the editor has made go.txt (an event, no clock).
+  const started = await py(
+    server,
+    id,
+    "import os, threading, time\ndef later():\n    while not os.path.exists('/workspace/go.txt'):\n        time.sleep(0.005)\n    open('/workspace/bg.txt', 'w').write('bg')\nthreading.Thread(target=later, daemon=True).start()",
+  );
+  assert.equal(started.return_code, 0, started.stderr);
+  const edit = await exec(server, id, 'text_editor_code_execution', { command: 'create', path: 'go.txt', file_text: 'go\n' });
+  assert.ok(names(edit).includes('go.txt'), JSON.stringify(names(edit)));
+  assert.deepEqual(names(edit).filter((n) => n !== 'go.txt' && n !== 'bg.txt'), []);
+  const next = await py(server, id, "import os, time\nwhile not os.path.exists('/workspace/bg.txt'):\n    time.sleep(0.005)");
+  const seen = [...names(edit), ...names(next)].filter((n) => n === 'bg.txt');
+  assert.deepEqual(seen, ['bg.txt'], `listed once: editor ${JSON.stringify(names(edit))}, next ${JSON.stringify(names(next))}`);
+  const hidden = await exec(server, id, 'text_editor_code_execution', { command: 'create', path: '.cache/h.txt', file_text: 'h\n' });
+  assert.deepEqual(names(hidden), []);
+  const rewrite = await exec(server, id, 'text_editor_code_execution', { command: 'str_replace', path: 'go.txt', old_str: 'go', new_str: 'went' });
+  assert.deepEqual(names(rewrite), ['go.txt']);
+  assert.equal((await download(server, id, byName(rewrite, 'go.txt').file_id)).body, 'went\n');
+  assert.deepEqual(names(await exec(server, id, 'text_editor_code_execution', { command: 'view', path: 'go.txt' })), []);
+  assert.deepEqual(names(await py(server, id, 'pass')), [], 'nothing listed twice');
+});
+
 test('an artifact keeps its bytes after a later rewrite and a delete; the rewrite gets a new file_id', async () => {
   const id = await createSession(server);
   const first = byName(await py(server, id, "open('r.txt', 'w').write('one')"), 'r.txt');
@@ -184,6 +208,18 @@ test('bounds: a session keeps SANDBOX_ARTIFACTS_KEEP_MAX artifacts, the oldest e
   for (let i = 0; i < 6; i++) ids.push(byName(await sh(tight, id, `echo ${i} > k${i}.txt`), `k${i}.txt`).file_id);
   assert.equal((await download(tight, id, ids[0]!)).status, 404, 'the oldest was evicted');
   for (const [i, f] of ids.slice(1).entries()) assert.equal((await download(tight, id, f)).body, `${i + 1}\n`);
+});
+
+test('bounds: editor calls add to the baseline one entry per file written, and past SANDBOX_ARTIFACTS_SCAN_MAX_ENTRIES additions the next call scans anew', async () => {
+  const id = await createSession(tight);
+  await py(tight, id, 'pass');
+  // 60 rewrites of 3 files (more additions than the 50 names a scan takes here)
+  for (let i = 0; i < 60; i++) {
+    const r = await exec(tight, id, 'text_editor_code_execution', { command: 'create', path: `e${i % 3}.txt`, file_text: `${i}\n` });
+    assert.deepEqual(names(r), [`e${i % 3}.txt`], `call ${i}`);
+  }
+  assert.deepEqual(names(await py(tight, id, 'pass')), [], 'nothing listed again');
+  assert.deepEqual(names(await sh(tight, id, 'echo x >> e1.txt')), ['e1.txt']);
 });
 
 test('bounds: the scan stops at SANDBOX_ARTIFACTS_SCAN_MAX_ENTRIES names and says so', async () => {
