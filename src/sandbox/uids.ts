@@ -20,11 +20,15 @@ export class UidAllocator {
     this.next = base;
   }
 
+  /** A uid never handed out yet, else the one released longest ago: a box's processes are
+   * gone from its cgroup when its uid is released, but one may still be finishing its exit
+   * in the kernel for a moment (state running, nothing of it left but its task), so a
+   * released uid goes to the back of the queue. */
   allocate(): number {
-    const reused = this.free.pop();
+    if (this.next < this.base + this.count) return this.next++;
+    const reused = this.free.shift();
     if (reused !== undefined) return reused;
-    if (this.next >= this.base + this.count) throw new Error('no free sandbox uid');
-    return this.next++;
+    throw new Error('no free sandbox uid');
   }
 
   release(uid: number): void {
