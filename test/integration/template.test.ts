@@ -298,7 +298,10 @@ describe('interpreters forked from the template', () => {
   });
 
   it("start bash commands in the session interpreter's sandbox (its files, network, uid; no capabilities, seccomp), in a pid namespace of their own emptied at each command's end", async () => {
-    assert.match((await api(server, 'GET', '/health')).body.isolation.commands, /^in the sandbox of the session's interpreter, in a pid namespace of their own emptied at each command's end$/);
+    assert.match(
+      (await api(server, 'GET', '/health')).body.isolation.commands,
+      /^in the sandbox of the session's interpreter, in a pid namespace of their own emptied at each command's end$/,
+    );
     const id = await createSession(server);
     const p = await py(
       server,
@@ -357,7 +360,11 @@ describe('interpreters forked from the template', () => {
     assert.ok(Number(thirdPid) > sleeper!, third.stdout);
     const left = listed!.trim().split(' ').map(Number);
     assert.ok(left.includes(1) && left.includes(Number(thirdPid)), third.stdout);
-    assert.deepEqual(left.filter((n) => n !== 1 && n < Number(thirdPid)), [], `processes of earlier commands left: ${third.stdout}`);
+    assert.deepEqual(
+      left.filter((n) => n !== 1 && n < Number(thirdPid)),
+      [],
+      `processes of earlier commands left: ${third.stdout}`,
+    );
   });
 
   it("hold no descriptor of the command template in a box's command host: only its socket (a FIFO kept there once delayed every session's first command)", async () => {
@@ -749,7 +756,12 @@ describe('interpreters forked from the template', () => {
     const id = await createSession(server);
     assert.equal((await py(server, id, 'kept = 7')).return_code, 0);
     const uid = await hostUid(server, id);
-    assert.equal((await pidsOfUid(uid)).length, 2, 'the namespace init and the interpreter');
+    // (a helper process that set up the sandbox may still be ending under load: seen
+    // as a third process of the uid under a CPU hog, twice; what stays is named if this fails)
+    if (!(await waitFor(async () => (await pidsOfUid(uid)).length === 2, 10_000))) {
+      const described = await Promise.all((await pidsOfUid(uid)).map(async (pid) => `${pid}: ${(await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '')).slice(0, 80)}`));
+      assert.fail(`the namespace init and the interpreter, and nothing else: ${described.join(' | ')}`);
+    }
     const zygote = await templatePid(server);
     assert.ok(zygote, 'found the template');
     process.kill(zygote, 'SIGKILL');
