@@ -9,20 +9,23 @@ any session code runs. It works as root (a host uid per session) and unprivilege
 user namespaces are allowed), the same way bubblewrap does:
 
   Z  zygote (the server's uid, host namespaces; never runs session code; a subreaper)
-  └─ A  setsid, joins the session cgroup; as root, becomes the box's host uid; then a
-     │   new user namespace in which it is root (mapped to that uid) and, owned by it,
-     │   new network (empty), mount, pid, ipc, uts and cgroup namespaces; connects to the
-     │   server's socket from there (the channel); forks B, reports B's pid, exits
-     └─ B  pid 1 of the new pid namespace; blocks every catchable signal; drops every
-        │   capability, not dumpable, seccomp; reaps; exits with C's status, which makes
-        │   the kernel kill every process left in the namespace; SIGKILLed when the
-        │   zygote dies (which dies with the server)
-        └─ C  the interpreter: carries out the spec's mount list on a new root
-              (build_root), pivot_root, hostname, loopback up; a second user namespace
-              mapping the spec's uid to root of the first (as bubblewrap does); no
-              capabilities; rlimits;
-              no_new_privs; the seccomp filter; then it unwinds to the top level (no
-              zygote frame stays reachable) and runs the driver in the spec's env and cwd.
+  └─ S  the fork server (serve_forks): forks an A per spawn, from a loop that writes few
+     │   pages (each page a process writes after a fork is copied, with a TLB flush)
+     └─ A  setsid, joins the session cgroup; as root, becomes the box's host uid; then a
+        │   new user namespace in which it is root (mapped to that uid) and, owned by it,
+        │   new network (empty), mount, pid, ipc, uts and cgroup namespaces; connects to
+        │   the server's socket from there (the channel); forks B, reports B's pid, exits
+        │   (B is then the zygote's child: the nearest subreaper)
+        └─ B  pid 1 of the new pid namespace; blocks every catchable signal; drops every
+           │   capability, not dumpable, seccomp; reaps; exits with C's status, which
+           │   makes the kernel kill every process left in the namespace; SIGKILLed when
+           │   the zygote dies (which dies with the server)
+           └─ C  the interpreter: carries out the spec's mount list on a new root
+                 (build_root), pivot_root, hostname, loopback up; a second user
+                 namespace mapping the spec's uid to root of the first (as bubblewrap
+                 does); no capabilities; rlimits; no_new_privs; the seccomp filter; then
+                 it unwinds to the top level (no zygote frame stays reachable) and runs
+                 the driver in the spec's env and cwd.
 
 Control channel (fd 3 in, fd 4 out), one JSON object per line:
   server -> zygote  {"op": "init", "seccomp": base64, "preload", "driver_source",
@@ -638,8 +641,21 @@ def enter_box(req, oom_score_adj="0"):
         prctl(PR_SET_DUMPABLE, 1)  # the credential change cleared it; /proc/self must stay ours
 
 
+def report_spawn(report_fd, sid, msg):
+    """A's report on the pipe all spawners share with the zygote: one line, written at
+    once (select.PIPE_BUF bytes at most, so reports of concurrent spawners never interleave)."""
+    msg["id"] = sid
+    if "error" in msg:
+        msg["error"] = str(msg["error"])[:500]  # (ASCII-escaped: 3,000 bytes at most)
+    data = (json.dumps(msg, separators=(",", ":")) + "\n").encode()
+    if len(data) > select.PIPE_BUF:
+        data = (json.dumps({"id": sid, "error": "the spawner's report was too long"}) + "\n").encode()
+    os.write(report_fd, data)
+
+
 def run_spawner(req, report_fd, zygote_pid):
-    """A: the zygote's identity (root, or the unprivileged server's), host namespaces."""
+    """A: the zygote's identity (root, or the unprivileged server's), host namespaces.
+    Forked by the fork server (S), not by the zygote; reports on `report_fd`."""
     try:
         enter_box(req)
         # As bubblewrap: a user namespace first, in which we are root (mapped to our host
@@ -662,15 +678,62 @@ def run_spawner(req, report_fd, zygote_pid):
         if pid == 0:
             os.close(report_fd)
             run_init(req, sock_fd, own_pidfd, zygote_pidfd)
-        os.write(report_fd, json.dumps({"pid": pid}).encode())
+        report_spawn(report_fd, req["id"], {"pid": pid})
         os._exit(0)
     except BecomeSandboxed:
         raise
     except BaseException as e:  # noqa: BLE001
         try:
-            os.write(report_fd, json.dumps({"error": f"{type(e).__name__}: {e}"}).encode())
+            report_spawn(report_fd, req["id"], {"error": f"{type(e).__name__}: {e}"})
         finally:
             os._exit(1)
+
+
+def read_exactly(fd, size):
+    """`size` bytes from `fd`, or fewer if it ends first."""
+    parts, left = [], size
+    while left > 0:
+        chunk = os.read(fd, left)
+        if not chunk:
+            break
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
+def serve_forks(requests, answers, reports, zygote_pid):
+    """S, the fork server: forks one A per spawn request. Each request (a 4-byte length,
+    then the spawn's JSON) is answered with A's pid (4 bytes; negative: an errno). S's
+    parent is the zygote: every page they share with the interpreters was shared at its
+    fork, so a page the zygote writes in its loop (parsing requests, bookkeeping) is
+    copied once and stays its own, as no fork of the zygote follows. S writes few pages
+    between two forks (this loop), and each fork write-protects those again: a copy,
+    with a flush of the TLB, per page written, which in the zygote's loop was hundreds
+    per spawn and most of its time. A is S's child (the kernel reaps it: SIGCHLD is
+    ignored); the B it forks is moved to the zygote, a subreaper, when A exits."""
+    read, fork, write = os.read, os.fork, os.write
+    while True:
+        head = read(requests, 4)
+        if len(head) != 4:
+            os._exit(0)  # the zygote is gone
+        size = int.from_bytes(head, "little")
+        body = read_exactly(requests, size)
+        if len(body) != size:
+            os._exit(0)
+        try:
+            pid = fork()
+        except OSError as e:
+            pid = -(e.errno or errno.EAGAIN)
+        if pid == 0:
+            try:
+                os.close(requests)
+                os.close(answers)
+                req = json.loads(body)
+            except BaseException:  # noqa: BLE001
+                os._exit(1)
+            run_spawner(req, reports, zygote_pid)
+            os._exit(1)
+        write(answers, pid.to_bytes(4, "little", signed=True))
 
 
 # ---------------------------------------------------------------- commands --------------
@@ -1093,7 +1156,7 @@ def slot_limits(req):
 
 class Zygote:
     """One loop serves every session: no request waits for another one's start. A spawn
-    forks A and goes on; A's exit (SIGCHLD, on the wake-up pipe) finishes it. A command is
+    has S fork A and goes on; A's exit (its pidfd) finishes it. A command is
     handed to its box's host on a non-blocking socket, which the loop polls; a box has at
     most one command at its host, the next ones wait in that box's queue. Each start has a
     deadline, and the poll's timeout is the nearest one; past it, the spawn's A is killed
@@ -1106,7 +1169,11 @@ class Zygote:
         self.inits = {}  # pid -> spawn id of live inits (B, or a command's Y): our children
         self.init_of = {}  # spawn id -> pid
         self.pending = []  # requests read but not handled yet
-        self.spawns = {}  # pid of A -> Start
+        self.spawns = {}  # pid of A -> Start (its fd: a pidfd of A)
+        self.forker = None  # S (serve_forks): its pid, request pipe and answer pipe
+        self.reports = self.report_w = -1  # the pipe every A reports on
+        self.report_buf = b""
+        self.reported = {}  # spawn id -> A's report, for the spawns under way
         self.commands = {}  # box -> Start of the command handed to its slot
         self.running = {}  # socket fd of a started command's Y -> box
         self.busy = {}  # box -> its Slot while a command runs in it
@@ -1141,48 +1208,117 @@ class Zygote:
 
     # -------------------------------------------------------------- spawns --------------
 
-    def spawn(self, req):
-        """Forks A (run_spawner), which reports the pid of the sandbox's init, or why it
-        failed, on a pipe and exits; finish_spawn() reads the report once A is reaped."""
-        try:
-            r, w = os.pipe2(os.O_CLOEXEC)
-        except OSError as e:
-            self.failed(req, f"{type(e).__name__}: {e}")
-            return
-        try:
-            pid = os.fork()
-        except OSError as e:
-            os.close(r)
-            os.close(w)
-            self.failed(req, f"{type(e).__name__}: {e}")
-            return
+    def start_forker(self):
+        """Forks S (serve_forks), which forks the spawners from then on."""
+        requests_r, requests_w = os.pipe2(os.O_CLOEXEC)
+        answers_r, answers_w = os.pipe2(os.O_CLOEXEC)
+        if self.reports < 0:
+            self.reports, self.report_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+            os.set_blocking(self.report_w, True)
+            self.poller.register(self.reports, select.POLLIN)
+        pid = os.fork()
         if pid == 0:
-            os.close(r)
-            for other in self.spawns.values():
-                os.close(other.fd)  # (other sessions' reports are none of this sandbox's business)
-            run_spawner(req, w, self.pid)
-            os._exit(1)
-        os.close(w)
-        os.set_blocking(r, False)  # (read once A is gone: all it wrote is there)
-        self.spawns[pid] = Start(req, self.reaped, pid=pid, fd=r)
+            try:
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # (the kernel reaps each A)
+                prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+                if os.getppid() != self.pid:
+                    os._exit(0)
+                # (nothing of the zygote's: the server's channel, pidfds of spawners)
+                close_except({0, 1, 2, requests_r, answers_w, self.report_w, CTL_PATH_FD})
+            except BaseException:  # noqa: BLE001
+                os._exit(1)
+            serve_forks(requests_r, answers_w, self.report_w, self.pid)
+            os._exit(0)
+        os.close(requests_r)
+        os.close(answers_w)
+        self.forker = (pid, requests_w, answers_r)
+
+    def drop_forker(self):
+        """S died (or stopped answering): the next spawn starts a new one."""
+        if self.forker is not None:
+            pid, requests_w, answers_r = self.forker
+            self.forker = None
+            kill_child(pid)
+            os.close(requests_w)
+            os.close(answers_r)
+
+    def fork_spawner(self, req):
+        """A's pid, forked by S for `req`."""
+        if self.forker is None:
+            self.start_forker()
+        assert self.forker is not None
+        _, requests_w, answers_r = self.forker
+        body = json.dumps(req, separators=(",", ":")).encode()
+        try:
+            view = memoryview(len(body).to_bytes(4, "little") + body)
+            while view:
+                view = view[os.write(requests_w, view):]
+            answer = read_exactly(answers_r, 4)
+        except OSError:
+            answer = b""
+        if len(answer) != 4:
+            self.drop_forker()
+            raise OSError(errno.EPIPE, "the template's fork server is gone")
+        pid = int.from_bytes(answer, "little", signed=True)
+        if pid < 0:
+            raise OSError(-pid, os.strerror(-pid))
+        return pid
+
+    def spawn(self, req):
+        """S forks A (run_spawner), which reports the pid of the sandbox's init, or why it
+        failed, on the report pipe and exits; finish_spawn() takes the report once A has
+        exited (its pidfd turns readable then, after the kernel moved the B it forked to
+        us)."""
+        try:
+            pid = self.fork_spawner(req)
+        except OSError as e:
+            self.failed(req, f"{type(e).__name__}: {e}")
+            return
+        start = self.spawns[pid] = Start(req, self.reaped, pid=pid)
+        try:
+            start.fd = os.pidfd_open(pid)
+            info = child_stat(pid)
+            if info is None or info[0] not in (self.forker[0] if self.forker else -1, self.pid):
+                raise ProcessLookupError  # (A is gone and its pid is another's)
+        except OSError:
+            # A has exited (and been reaped) already: its report is in the pipe
+            if start.fd >= 0:
+                os.close(start.fd)
+                start.fd = -1
+            self.reap()
+            self.finish_spawn(self.spawns.pop(pid))
+            return
+        self.poller.register(start.fd, select.POLLIN)
+
+    def drain_reports(self):
+        """Reads the spawners' reports (one line each) for the spawns under way."""
+        try:
+            while chunk := os.read(self.reports, 65536):
+                self.report_buf += chunk
+        except BlockingIOError:
+            pass
+        *lines, self.report_buf = self.report_buf.split(b"\n")
+        if len(self.report_buf) > select.PIPE_BUF:
+            self.report_buf = b""  # (no report is that long)
+        waiting = {s.req["id"] for s in self.spawns.values()}
+        for line in lines:
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(msg, dict) and msg.get("id") in waiting:
+                self.reported[msg["id"]] = msg
 
     def finish_spawn(self, start):
-        """A has exited and been reaped: its report is complete, and the B it forked (if
-        any) is our child now, or has died and been reaped as one (see reap)."""
-        data = b""
-        try:
-            while len(data) < 65536 and (chunk := os.read(start.fd, 65536)):
-                data += chunk
-        except BlockingIOError:
-            pass  # (B has not closed its copy of the write end yet)
-        finally:
+        """A has exited: its report is complete, and the B it forked (if any) is our child
+        now, or has died and been reaped as one (see reap)."""
+        if start.fd >= 0:
+            self.poller.unregister(start.fd)
             os.close(start.fd)
-        try:
-            msg = json.loads(data or b"{}")
-        except ValueError:
-            msg = {}
-        if not isinstance(msg, dict):
-            msg = {}
+            start.fd = -1
+        self.drain_reports()
+        msg = self.reported.pop(start.req["id"], None) or {}
         if isinstance(msg.get("pid"), int):
             self.started(start, msg["pid"], with_start_time=True)
         else:
@@ -1213,7 +1349,6 @@ class Zygote:
     # -------------------------------------------------------------- reaping -------------
 
     def reap(self):
-        finished = []
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -1227,14 +1362,22 @@ class Zygote:
                 self.drop_host(self.host_of[pid], "the box's command host died")
             elif pid in self.slot_of:
                 self.drop_slot(self.slot_of[pid], kill=False)
+            elif self.forker is not None and pid == self.forker[0]:
+                self.drop_forker()
             elif pid in self.spawns:
-                finished.append(self.spawns.pop(pid))
-            elif self.spawns or self.commands or self.preparing or finished:
+                pass  # an A whose S died before it (its pidfd tells when it is done)
+            elif self.spawns or self.commands or self.preparing:
                 self.remember(pid, status)  # an init that died before its start reported it?
-        # (after the loop: a B dead before its A is reaped in it too, A's exit having made
-        # it our child)
-        for start in finished:
-            self.finish_spawn(start)
+
+    def spawners_done(self, ready):
+        """The spawns whose A has exited (its pidfd is readable): after the reaping, so a B
+        that died after its A is found among the statuses kept (see started)."""
+        done = [pid for pid, start in self.spawns.items() if start.fd in ready]
+        if not done:
+            return
+        self.reap()
+        for pid in done:
+            self.finish_spawn(self.spawns.pop(pid))
 
     def remember(self, pid, status):
         """Keeps a reaped child's status for the starts waiting now. Bounded: with starts
@@ -1312,6 +1455,8 @@ class Zygote:
             load_driver(init[0]["driver_source"])
         gc.collect()
         gc.freeze()  # the children's collector then never writes to the template's objects
+        if CTL_PATH_FD >= 0:
+            self.start_forker()  # (the template of interpreters: it spawns)
         self.send({"t": "ready", "pid": self.pid, "preloaded": preloaded, "preload_errors": errors})
         self.poller.register(CTL_IN, select.POLLIN)
         self.poller.register(wake_r, select.POLLIN)
@@ -1338,6 +1483,9 @@ class Zygote:
                     self.command_ended(fd)
             if wake_r in ready:
                 self.drain_wake()
+            if self.reports in ready:
+                self.drain_reports()
+            self.spawners_done(ready)
             self.reap()
             self.expire()
             self.prune()
@@ -1356,10 +1504,12 @@ class Zygote:
         for pid, start in list(self.spawns.items()):
             if start.deadline <= now:
                 del self.spawns[pid]
+                self.reported.pop(start.req["id"], None)
                 try:
-                    os.kill(pid, signal.SIGKILL)  # (not reaped yet: still our A)
+                    signal.pidfd_send_signal(start.fd, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+                self.poller.unregister(start.fd)
                 os.close(start.fd)
                 self.failed(start.req, "the spawner did not answer")
         for box, start in list(self.preparing.items()):

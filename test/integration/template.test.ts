@@ -469,13 +469,19 @@ describe('interpreters forked from the template', () => {
     assert.ok(await waitFor(async () => (await pidsOfUid(uid)).length === 0, 10_000), 'the interpreter is gone');
     await cgroup.stall();
     const restart = track(py(server, attacker, 'print(2)', { timeout_seconds: 120 }));
-    const interpreters = await templatePid(server);
+    const interpreters = (await templatePid(server))!;
+    // (spawners are forked by the template's fork server: its child in its pid namespace)
+    const ns = await readlink(`/proc/${interpreters}/ns/pid`);
+    const forkers = [interpreters];
+    for (const child of (await readFile(`/proc/${interpreters}/task/${interpreters}/children`, 'utf8')).trim().split(/\s+/).filter(Boolean)) {
+      if ((await readlink(`/proc/${child}/ns/pid`).catch(() => '')) === ns) forkers.push(Number(child));
+    }
     let stuck: number[] = [];
     const spawnerStuck = async () => {
       stuck = [];
       for (const p of await cgroup.stuck()) {
         const status = await readFile(`/proc/${p}/status`, 'utf8').catch(() => '');
-        if (Number(/^PPid:\s+(\d+)/m.exec(status)?.[1]) === interpreters) stuck.push(p);
+        if (forkers.includes(Number(/^PPid:\s+(\d+)/m.exec(status)?.[1]))) stuck.push(p);
       }
       return stuck.length > 0;
     };
@@ -494,6 +500,34 @@ describe('interpreters forked from the template', () => {
     const r = await restart.promise;
     assert.equal(r.stdout, '2', r.stderr);
     assert.equal(r.interpreter_restarted, true);
+  });
+
+  it("fork spawners from the template's fork server, which holds nothing of the server's channel, and start a new one when it dies", async () => {
+    const template = (await templatePid(server))!;
+    const forkerOf = async () => {
+      const ns = await readlink(`/proc/${template}/ns/pid`);
+      for (const child of (await readFile(`/proc/${template}/task/${template}/children`, 'utf8')).trim().split(/\s+/).filter(Boolean)) {
+        const state = /^State:\s+(\S)/m.exec(await readFile(`/proc/${child}/status`, 'utf8').catch(() => ''))?.[1];
+        if ((await readlink(`/proc/${child}/ns/pid`).catch(() => '')) === ns && state !== 'Z') return Number(child);
+      }
+      return null;
+    };
+    const forker = await forkerOf();
+    assert.ok(forker, 'the fork server runs');
+    const links = async (pid: number) => Promise.all((await readdir(`/proc/${pid}/fd`)).map((fd) => readlink(`/proc/${pid}/fd/${fd}`).catch(() => '')));
+    const channel = await Promise.all([3, 4].map((fd) => readlink(`/proc/${template}/fd/${fd}`)));
+    const held = await links(forker);
+    for (const c of channel) assert.ok(!held.includes(c), `the fork server holds the server's channel ${c}: ${held.join(' ')}`);
+    process.kill(forker, 'SIGKILL');
+    assert.ok(await waitFor(async () => (await forkerOf()) !== forker, 10_000), 'the dead fork server is reaped');
+    // (a crash: the session's next interpreter is spawned after the fork server died)
+    const id = await createSession(server);
+    const crash = await py(server, id, 'import os\nos._exit(3)');
+    assert.equal(crash.interpreter_restarted, true, crash.stderr);
+    const r = await py(server, id, 'print(7)');
+    assert.equal(r.stdout, '7', r.stderr);
+    const again = await forkerOf();
+    assert.ok(again && again !== forker, 'a new fork server');
   });
 
   it("start a command in the interpreter's sandbox also when the interpreter made itself not dumpable (the template opens its namespaces)", async () => {
@@ -564,7 +598,13 @@ describe('interpreters forked from the template', () => {
     // network namespace of its own; seen once under a CPU hog)
     const [netNow] = await nsOf(a!.id);
     const after = await sh(server, a!.id, 'cat /workspace/who; readlink /proc/self/ns/net');
-    assert.equal(after.stdout, `a\n${netNow}\n`, after.stderr);
+    const warnings = server
+      .logs()
+      .split('\n')
+      .filter((l) => /"level":(40|50)/.test(l))
+      .slice(-5)
+      .join('\n');
+    assert.equal(after.stdout, `a\n${netNow}\n`, `${after.stderr}\nthe server's last warnings:\n${warnings}`);
   });
 
   it('end every process a command leaves (setsid, nohup, a double fork), at its end and at its timeout, and start the next command in a new pid namespace', async () => {
