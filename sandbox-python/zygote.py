@@ -71,6 +71,7 @@ if "sandbox_network" not in sys.modules:
 from sandbox_network import configure_network, loopback_up
 
 CTL_IN, CTL_OUT = 3, 4
+ALL_SIGNALS = set(signal.Signals) - {signal.SIGKILL, signal.SIGSTOP}
 # In-sandbox names of the driver and the probe (from the init message, i.e. the spec)
 DRIVER_FILE = PROBE_FILE = ""
 
@@ -86,6 +87,7 @@ PR_CAP_AMBIENT_CLEAR_ALL, SECCOMP_MODE_FILTER = 4, 2
 SYSCALLS = {"x86_64": {"pivot_root": 155, "capset": 126}, "aarch64": {"pivot_root": 41, "capset": 91}}[platform.machine()]
 
 libc = ctypes.CDLL(None, use_errno=True)
+libc.fork.restype = ctypes.c_int
 libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
@@ -234,6 +236,19 @@ def close_except(keep):
             os.closerange(low, fd)
         low = fd + 1
     os.closerange(low, 1 << 20)
+
+
+def bare_fork():
+    """fork(2) without Python's at-fork hooks: in a child of the template they reseed
+    `random`, renew logging's locks and threading's records, which writes some 250 pages
+    (each copied, with a TLB flush) before the child runs a line of its own. For the
+    template's helpers only (S forks A, A forks B): single-threaded, they never run session code nor use
+    those modules. The interpreter (C) is forked with os.fork(), hooks and all."""
+    pid = libc.fork()
+    if pid < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return pid
 
 
 def write_file(path, text):
@@ -418,14 +433,20 @@ def enter_sandbox_user(user):
     drop_caps()
 
 
-def load_seccomp(bpf):
-    class SockFprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+class SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
+
+def seccomp_program(bpf):
+    """The filter as prctl takes it (made once, in the zygote: see drop_caps)."""
     buf = ctypes.create_string_buffer(bpf, len(bpf))
-    prog = SockFprog(len(bpf) // 8, ctypes.addressof(buf))
+    return buf, SockFprog(len(bpf) // 8, ctypes.addressof(buf))
+
+
+def load_seccomp(program):
+    """no_new_privs, then the filter `program` (seccomp_program)."""
     prctl(PR_SET_NO_NEW_PRIVS, 1)
-    check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(prog), 0, 0), "seccomp")
+    check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(program[1]), 0, 0), "seccomp")
 
 
 def spec_limits(rlimits):
@@ -557,7 +578,7 @@ def run_init(req, sock_fd, a_pidfd, zygote_pidfd):
             run_interpreter(req, sock_fd)
         # Session code can send us signals (same host uid): none but SIGKILL/SIGSTOP
         # gets through (and those, to a pid-namespace init, only from outside).
-        signal.pthread_sigmask(signal.SIG_BLOCK, set(signal.Signals) - {signal.SIGKILL, signal.SIGSTOP})
+        signal.pthread_sigmask(signal.SIG_BLOCK, ALL_SIGNALS)
         close_except({a_pidfd, zygote_pidfd})
         drop_caps()  # root of the first user namespace, which it needs no more
         prctl(PR_SET_DUMPABLE, 0)  # whatever fs.suid_dumpable says: no ptrace, no /proc/1/mem
@@ -674,7 +695,7 @@ def run_spawner(req, report_fd, zygote_pid):
         mount(None, "/", None, MS_REC | MS_PRIVATE)
         zygote_pidfd = os.pidfd_open(zygote_pid)
         own_pidfd = os.pidfd_open(os.getpid())
-        pid = os.fork()
+        pid = bare_fork()
         if pid == 0:
             os.close(report_fd)
             run_init(req, sock_fd, own_pidfd, zygote_pidfd)
@@ -711,7 +732,7 @@ def serve_forks(requests, answers, reports, zygote_pid):
     with a flush of the TLB, per page written, which in the zygote's loop was hundreds
     per spawn and most of its time. A is S's child (the kernel reaps it: SIGCHLD is
     ignored); the B it forks is moved to the zygote, a subreaper, when A exits."""
-    read, fork, write = os.read, os.fork, os.write
+    read, fork, write = os.read, bare_fork, os.write
     while True:
         head = read(requests, 4)
         if len(head) != 4:
@@ -973,9 +994,6 @@ def run_command_spawner(report_fd, zygote_pid, rlimits, ns, sock):
             os._exit(1)
 
 
-ALL_SIGNALS = set(signal.Signals) - {signal.SIGKILL, signal.SIGSTOP}
-
-
 def run_command_init(sock, rlimits, inner, a_pidfd, zygote_pidfd, ready_fd):
     """Y: see the diagram above. Writes "ready" or why not on `ready_fd`, then waits for
     its command on `sock`. The rlimits, umask and seccomp filter are in force before it
@@ -1099,7 +1117,7 @@ def start_in_slot(sock):
 
 # ---------------------------------------------------------------- the zygote ------------
 
-SECCOMP = b""
+SECCOMP = seccomp_program(b"")
 CTL_PATH_FD = -1  # an O_PATH descriptor of the server's socket (spawns connect through it)
 
 # How long a spawn's A, or a box's command host, may take to report a start.
@@ -1445,7 +1463,7 @@ class Zygote:
         init = self.read_messages()
         while not init:
             init = self.read_messages()
-        SECCOMP = base64.b64decode(init[0]["seccomp"])
+        SECCOMP = seccomp_program(base64.b64decode(init[0]["seccomp"]))
         DRIVER_FILE, PROBE_FILE = init[0]["driver_file"], init[0]["probe_file"]
         if init[0].get("socket_path"):  # (the command zygote has none: commands use FIFOs)
             CTL_PATH_FD = os.open(init[0]["socket_path"], os.O_PATH | os.O_CLOEXEC)

@@ -633,9 +633,12 @@ describe('interpreters forked from the template', () => {
     const rb = await py(server, b, "import numpy, json, os\nprint(hasattr(numpy, 'mark'), json.dumps({'x': 1}), 'left' in globals(), os.path.exists('/tmp/a.txt'))");
     assert.equal(rb.stdout, 'False {"x": 1} False False', rb.stderr);
     assert.notEqual(await hostUid(server, a), await hostUid(server, b));
-    // Forked from one template, yet numpy's global generator is not shared.
-    const draws = await Promise.all([a, b].map(async (id) => (await py(server, id, 'import numpy\nprint(numpy.random.randint(1 << 30))')).stdout));
-    assert.notEqual(draws[0], draws[1], `numpy draws differ between sessions: ${draws.join(' ')}`);
+    // Forked from one template, yet neither numpy's global generator nor random's is shared.
+    const draws = await Promise.all(
+      [a, b].map(async (id) => (await py(server, id, 'import numpy, random\nprint(numpy.random.randint(1 << 30), random.getrandbits(64))')).stdout.split(' ')),
+    );
+    assert.notEqual(draws[0]![0], draws[1]![0], `numpy draws differ between sessions: ${draws.join(' ')}`);
+    assert.notEqual(draws[0]![1], draws[1]![1], `random draws differ between sessions: ${draws.join(' ')}`);
     const pa = await sh(server, a, "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done");
     assert.match(pa.stdout, /zygote\.py.* commands \n/, "the command's init");
     assert.doesNotMatch(pa.stdout, /zygote\.py.* interpreters /, `a bash command sees only its own processes, no interpreter: ${pa.stdout}`);
