@@ -1,11 +1,11 @@
-"""Caps the devpts of bubblewrap sandboxes and sets up their network namespaces: bwrap's --dev mounts a private devpts instance
+"""Caps the devpts of bubblewrap sandboxes and sets up their network and ipc namespaces: bwrap's --dev mounts a private devpts instance
 with no max=, so without this one sandbox could open ptys up to the host's kernel.pty.max
 and make openpty() fail for every other sandbox and the host. One process per server, on
 the host, as the server's uid (src/sandbox/devpts-cap.ts starts it).
 
 Protocol, one JSON object per line:
   stdin   {"id": n, "pid": P, "parent": Q, "max": N, "options": "ptmxmode=0666,mode=620",
-           "network": {"loopbackMtu", "gsoMaxSegs", "sysctls"}}
+           "network": {"loopbackMtu", "gsoMaxSegs", "sysctls"}, "ipc": {"sysctls"}}
               P: the sandbox's first process (bwrap's "child-pid"), child of Q (the
               outer bwrap, the server's child); N: the pty cap; options: the ones bwrap
               mounted the devpts with (a reconfigure resets those it does not name)
@@ -24,7 +24,8 @@ namespace exists from the moment bwrap's child does), by the code the template r
 its own sandboxes (sandbox-python/sandbox_network.py configure_network): from a forked
 child that joins the user namespace that owns the sandbox's network namespace and then that
 namespace, as the namespace's root: lo's MTU, its gso_max_segs, and the sysctls of that
-namespace. Run with -I, this script has no folder of its own on sys.path: it puts
+namespace. `ipc` (spec.ts SandboxIpc) is set next, the same way (configure_ipc), in the
+sandbox's ipc namespace. Run with -I, this script has no folder of its own on sys.path: it puts
 sandbox-python/ (next to sandbox-host/) there, for that one module.
 
 The reconfiguration is made from a forked child that becomes the owner of the user
@@ -45,12 +46,12 @@ import stat
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sandbox-python"))
-from sandbox_network import configure_network
+from sandbox_network import configure_ipc, configure_network
 
 NR = {"fspick": 433, "fsconfig": 431}  # the same on every architecture (new syscall table)
 FSPICK_CLOEXEC, FSPICK_EMPTY_PATH = 0x1, 0x8
 FSCONFIG_SET_STRING, FSCONFIG_CMD_RECONFIGURE = 1, 7
-CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWNET = 0x20000, 0x10000000, 0x40000000
+CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWNET, CLONE_NEWIPC = 0x20000, 0x10000000, 0x40000000, 0x08000000
 NS_GET_USERNS = 0xB701  # ioctl: the user namespace that owns a namespace
 NS_GET_OWNER_UID = 0xB704  # ioctl: the uid that owns a user namespace
 SETNS_FAILED = 128  # a child's exit status past this: joining the namespaces failed
@@ -130,14 +131,23 @@ def set_up_network(netns_fd, network):
     """In a forked child: the owner of the user namespace that owns the sandbox's network
     namespace, in that user namespace (every capability there) and in the network
     namespace, sets `network` up. Raises if it could not."""
-    userns = check(libc.ioctl(netns_fd, NS_GET_USERNS), "NS_GET_USERNS")
+    set_up_in(netns_fd, CLONE_NEWNET, "network", lambda: configure_network(network))
+
+
+def set_up_ipc(ipcns_fd, ipc):
+    """As set_up_network, for the sandbox's ipc namespace and its limits `ipc`."""
+    set_up_in(ipcns_fd, CLONE_NEWIPC, "ipc namespace", lambda: configure_ipc(ipc))
+
+
+def set_up_in(ns_fd, kind, what, configure):
+    userns = check(libc.ioctl(ns_fd, NS_GET_USERNS), "NS_GET_USERNS")
     try:
         pid = os.fork()
         if pid == 0:
             code = 0
             try:
-                join_as_owner(userns, netns_fd, CLONE_NEWNET, "setns net")
-                configure_network(network)
+                join_as_owner(userns, ns_fd, kind, f"setns {what}")
+                configure()
             except OSError as e:
                 code = min(e.errno or 1, 127)
             except BaseException:  # noqa: BLE001
@@ -148,7 +158,7 @@ def set_up_network(netns_fd, network):
         os.close(userns)
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
-        raise OSError(code, f"setting up the sandbox's network: {os.strerror(code)}")
+        raise OSError(code, f"setting up the sandbox's {what}: {os.strerror(code)}")
 
 
 class Request:
@@ -160,6 +170,7 @@ class Request:
         self.capped = None  # the device reconfigured, until the table shows its cap
         self.fds = []
         self.network = msg.get("network")
+        self.ipc = msg.get("ipc")
         try:
             self.open(int(msg["pid"]), int(msg["parent"]))
         except OSError:
@@ -184,6 +195,8 @@ class Request:
         self.userns = self.keep(check(libc.ioctl(self.mntns, NS_GET_USERNS), "NS_GET_USERNS"))
         if self.network is not None:
             set_up_network(self.keep(os.open("ns/net", os.O_RDONLY, dir_fd=self.proc)), self.network)
+        if self.ipc is not None:
+            set_up_ipc(self.keep(os.open("ns/ipc", os.O_RDONLY, dir_fd=self.proc)), self.ipc)
 
     def keep(self, fd):
         self.fds.append(fd)

@@ -106,4 +106,15 @@ deny("process_madvise")
 for name in ("setxattr", "lsetxattr", "fsetxattr", "setxattrat"):
     deny(name, seccomp.ERRNO(errno.EOPNOTSUPP))
 
+# Two fcntl commands act on inodes every session shares with the host (/usr) or on the
+# session's files the server opens: F_NOTIFY (dnotify, the third fsnotify interface beside
+# inotify and fanotify: a watch on a shared folder sees every read of it by other sessions
+# and the host, and each such read pays, under a spinlock, for every watch) and F_SETLEASE
+# (a lease makes the server's opens of that file fail, and could hold a host process's open
+# of a shared file for lease-break-time). EINVAL, the answer of a kernel where they are
+# turned off (fs.leases-enable=0, no CONFIG_DNOTIFY). The command is an int: low 32 bits.
+F_SETLEASE, F_NOTIFY = 1024, 1026
+for cmd in (F_SETLEASE, F_NOTIFY):
+    deny("fcntl", seccomp.ERRNO(errno.EINVAL), seccomp.Arg(1, seccomp.MASKED_EQ, 0xFFFFFFFF, cmd))
+
 f.export_bpf(sys.stdout.buffer)

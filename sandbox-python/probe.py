@@ -174,7 +174,23 @@ def seccomp_checks() -> dict[str, str]:
         "setsockopt(TCP_LINGER2)": outcome(lambda: tcp_option(8, 120)),
         "setsockopt(TCP_NODELAY)": outcome(lambda: tcp_option(1, 1)),
         **page_cache_checks(sys_),
+        **fcntl_checks(),
     }
+
+
+def fcntl_checks() -> dict[str, str]:
+    """dnotify and leases (seccomp-gen.py) on a folder and a file of this sandbox."""
+    d = os.open("/tmp", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = os.open(__file__, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return {
+            "fcntl(F_NOTIFY)": outcome(lambda: fcntl.fcntl(d, 1026, 1)),  # DN_ACCESS
+            "fcntl(F_SETLEASE)": outcome(lambda: fcntl.fcntl(fd, 1024, fcntl.F_RDLCK)),
+            "fcntl(F_GETFL)": outcome(lambda: fcntl.fcntl(fd, fcntl.F_GETFL)),
+        }
+    finally:
+        os.close(d)
+        os.close(fd)
 
 
 def page_cache_checks(sys_) -> dict[str, str]:
@@ -235,6 +251,21 @@ def loopback() -> dict[str, Any]:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         mtu = struct.unpack("16si20x", fcntl.ioctl(s.fileno(), 0x8921, struct.pack("16si20x", b"lo", 0)))[1]
     return {"mtu": mtu, "sysctls": {key: read(f"/proc/sys/{key}") for key in NET_SYSCTLS}}
+
+
+# The ipc namespace's limits the spec sets (spec.ts SandboxIpc); their values here, and
+# whether the sandbox could change any of them.
+IPC_SYSCTLS = (
+    "kernel/shm_rmid_forced", "kernel/shmmax", "kernel/shmall", "kernel/shmmni",
+    "kernel/msgmni", "kernel/msgmnb", "kernel/msgmax", "kernel/sem",
+)
+
+
+def ipc() -> dict[str, Any]:
+    return {
+        "sysctls": {key: read(f"/proc/sys/{key}") for key in IPC_SYSCTLS},
+        "writable": sorted(key for key in IPC_SYSCTLS if os.access(f"/proc/sys/{key}", os.W_OK)),
+    }
 
 
 def network() -> str:
@@ -337,6 +368,7 @@ def main() -> None:
         "foreign_sockets": foreign_sockets(),
         "network": network(),
         "loopback": loopback(),
+        "ipc": ipc(),
         "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
         "init_environ": init_environ(),
         "host_path_visible": os.path.exists(sys.argv[1]),

@@ -1,8 +1,8 @@
-"""The set-up of a sandbox's network namespace, shared by the two places that make one
-(spec.ts SandboxNetwork says what is set and why):
-  - the template (zygote.py): configure_network in A, loopback_up in C;
-  - bubblewrap sandboxes: sandbox-host/devpts-cap.py calls configure_network from a child
-    that joined the sandbox's user and network namespaces while bwrap waits.
+"""The set-up of a sandbox's network and ipc namespaces, shared by the two places that make
+them (spec.ts SandboxNetwork and SandboxIpc say what is set and why):
+  - the template (zygote.py): configure_network and configure_ipc in A, loopback_up in C;
+  - bubblewrap sandboxes: sandbox-host/devpts-cap.py calls each from a child that joined
+    the sandbox's user namespace and that network or ipc namespace while bwrap waits.
 
 How it is found (never through a search path that holds a host folder of the template's):
   - the template: its source comes on stdin with zygote.py's, and the server's bootstrap
@@ -41,7 +41,18 @@ def configure_network(network):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         fcntl.ioctl(s.fileno(), 0x8922, struct.pack("16si20x", b"lo", int(network["loopbackMtu"])))  # SIOCSIFMTU
     set_gso_max_segs(socket.if_nametoindex("lo"), int(network["gsoMaxSegs"]))
-    for key, value in network["sysctls"].items():
+    write_sysctls(network["sysctls"])
+
+
+def configure_ipc(ipc):
+    """As root of the namespace's owner, in the sandbox's ipc namespace, before any session
+    code: the spec's `ipc` limits ({"sysctls"}). /proc/sys/kernel's ipc files show the
+    namespace of whoever opens them, as /proc/sys/net does."""
+    write_sysctls(ipc["sysctls"])
+
+
+def write_sysctls(sysctls):
+    for key, value in sysctls.items():
         fd = os.open(f"/proc/sys/{key}", os.O_WRONLY)
         try:
             os.write(fd, value.encode())

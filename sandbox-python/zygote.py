@@ -68,7 +68,7 @@ import time
 # tests: for the builder's rules), this file finds it next to itself.
 if "sandbox_network" not in sys.modules:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sandbox_network import configure_network, loopback_up
+from sandbox_network import configure_ipc, configure_network, loopback_up
 
 CTL_IN, CTL_OUT = 3, 4
 ALL_SIGNALS = set(signal.Signals) - {signal.SIGKILL, signal.SIGSTOP}
@@ -84,7 +84,11 @@ MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_SECCOMP, PR_CAPBSET_DROP = 1, 4, 22, 24
 PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 36, 38, 47
 PR_CAP_AMBIENT_CLEAR_ALL, SECCOMP_MODE_FILTER = 4, 2
-SYSCALLS = {"x86_64": {"pivot_root": 155, "capset": 126}, "aarch64": {"pivot_root": 41, "capset": 91}}[platform.machine()]
+SYSCALLS = {
+    "x86_64": {"pivot_root": 155, "capset": 126, "open_tree": 428, "move_mount": 429},
+    "aarch64": {"pivot_root": 41, "capset": 91, "open_tree": 428, "move_mount": 429},
+}[platform.machine()]
+OPEN_TREE_CLONE, AT_RECURSIVE, MOVE_MOUNT_F_EMPTY_PATH, AT_FDCWD = 1, 0x8000, 0x4, -100
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.fork.restype = ctypes.c_int
@@ -329,7 +333,7 @@ def build_root(mounts, base):
             os.symlink(m["target"], dest)
         elif op == "proc":
             os.makedirs(dest, 0o755, exist_ok=True)
-            mount_proc(dest)
+            mount_proc(dest, host)
         elif op == "dev":
             build_dev(dest, host, int(m["ptysMax"]))
         elif op == "tmpfs":
@@ -348,11 +352,30 @@ def build_root(mounts, base):
     os.chdir("/")
 
 
-def mount_proc(dest):
-    """The spec's "proc": a proc of the caller's pid namespace; as bubblewrap, those of
-    these old entries that we could write to are covered read-only."""
-    mount("proc", dest, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    for sub in ("sys", "sysrq-trigger", "irq", "bus"):
+def mount_proc(dest, host=None):
+    """The spec's "proc": a proc of the caller's pid namespace; sys covered read-only (its
+    ipc limits are writable by the namespace's root, the sandbox's own uid) by a bind of
+    the builder's /proc/sys (as bubblewrap's renderer does): `host` is visible_mounts() of
+    the builder's tree, None for a proc mounted over the sandbox's own (a command's init),
+    whose cover is moved over from the one below; and as bubblewrap, those of the other
+    old entries that we could write to. (/proc/sys shows the namespaces of whoever opens
+    its files, whichever proc it is reached through.)"""
+    cover = -1
+    if host is None:
+        flags = OPEN_TREE_CLONE | AT_RECURSIVE | os.O_CLOEXEC
+        cover = libc.syscall(SYSCALLS["open_tree"], AT_FDCWD, f"{dest}/sys".encode(), flags)
+        if cover < 0:
+            check(cover, "open_tree")
+    try:
+        mount("proc", dest, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        if host is None:
+            check(libc.syscall(SYSCALLS["move_mount"], cover, b"", AT_FDCWD, f"{dest}/sys".encode(), MOVE_MOUNT_F_EMPTY_PATH), "move_mount")
+        else:
+            bind("/proc/sys", f"{dest}/sys", True, host=host)
+    finally:
+        if cover >= 0:
+            os.close(cover)
+    for sub in ("sysrq-trigger", "irq", "bus"):
         if os.access(f"{dest}/{sub}", os.W_OK):
             bind(f"{dest}/{sub}", f"{dest}/{sub}", True)
 
@@ -425,10 +448,6 @@ def enter_sandbox_user(user):
     spec's uid inside a second user namespace (root of the first one maps to it), as
     bubblewrap's --unshare-user --uid does, and no capability left."""
     loopback_up()
-    # bubblewrap's --disable-userns: the first namespace may hold one child namespace,
-    # the sandbox's, so no user namespace can be made below it (the seccomp filter
-    # refuses unshare and CLONE_NEW* as well).
-    write_file("/proc/sys/user/max_user_namespaces", "1")
     enter_user_namespace(int(user["uid"]), int(user["gid"]), 0, 0)
     drop_caps()
 
@@ -687,7 +706,13 @@ def run_spawner(req, report_fd, zygote_pid):
         write_file("/proc/self/setgroups", "deny")
         write_file("/proc/self/uid_map", f"0 {outer_uid} 1\n")
         write_file("/proc/self/gid_map", f"0 {outer_gid} 1\n")
+        # bubblewrap's --disable-userns: this namespace may hold one child namespace, the
+        # sandbox's (C makes it), so no user namespace can be made below that (the seccomp
+        # filter refuses unshare and CLONE_NEW* as well). Here, as the sandbox's /proc/sys
+        # is read-only.
+        write_file("/proc/sys/user/max_user_namespaces", "1")
         configure_network(req["spec"]["network"])
+        configure_ipc(req["spec"]["ipc"])
         # The control socket is made here, in the sandbox's own (empty) network namespace:
         # a socket belongs to the namespace it was made in, and one of the host's would let
         # code read the host's interfaces or take abstract socket names there.

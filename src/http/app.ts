@@ -189,6 +189,8 @@ export async function buildApp(deps: AppDeps): Promise<App> {
   });
 
   app.setErrorHandler((error: FastifyError | SandboxError, req, reply) => {
+    // (a download that failed before its first byte has its file's headers set already)
+    for (const h of ['content-type', 'content-length', 'content-disposition']) reply.removeHeader(h);
     if (deps.metrics) deps.metrics.refused(errorCode(error), req.routeOptions.url === '/sessions/:id/exec' ? (req.body as { tool?: unknown } | undefined)?.tool : undefined);
     if (isSandboxError(error)) {
       for (const [k, v] of Object.entries(error.headers)) void reply.header(k, v);

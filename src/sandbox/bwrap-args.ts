@@ -17,7 +17,7 @@
  * with the spec's `network` (lo's MTU and GSO, sysctls), which the same helper sets up.
  */
 import type { Rlimit } from '../limits.js';
-import { DEVPTS_OPTIONS, type SandboxNetwork, type SandboxSpec } from './spec.js';
+import { DEVPTS_OPTIONS, type SandboxIpc, type SandboxNetwork, type SandboxSpec } from './spec.js';
 
 export const FD = { args: 5, seccomp: 6, status: 7, block: 8, firstData: 9 } as const;
 
@@ -31,7 +31,7 @@ export interface BwrapCommand {
   /** The cap the launcher puts on the devpts of `dev` while bwrap waits on FD.block
    * (null: no `dev`, nothing to wait for), with the network namespace's set-up (spec
    * `network`, which bwrap has no option for) made just before. */
-  devpts: { max: number; options: string; network: SandboxNetwork } | null;
+  devpts: { max: number; options: string; network: SandboxNetwork; ipc: SandboxIpc } | null;
 }
 
 export function renderBwrap(spec: SandboxSpec): BwrapCommand {
@@ -69,11 +69,12 @@ export function renderBwrap(spec: SandboxSpec): BwrapCommand {
         o.push('--symlink', m.target, m.dest);
         break;
       case 'proc':
-        o.push('--proc', m.dest);
+        // (bwrap covers sys only where the folder itself is writable: spec.ts MountOp)
+        o.push('--proc', m.dest, '--ro-bind', '/proc/sys', `${m.dest}/sys`);
         break;
       case 'dev':
         o.push('--dev', m.dest);
-        devpts = { max: m.ptysMax, options: DEVPTS_OPTIONS, network: spec.network };
+        devpts = { max: m.ptysMax, options: DEVPTS_OPTIONS, network: spec.network, ipc: spec.ipc };
         break;
       case 'tmpfs':
         o.push('--perms', m.mode.toString(8).padStart(4, '0'), '--size', String(m.sizeBytes), '--tmpfs', m.dest);

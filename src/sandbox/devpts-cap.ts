@@ -21,7 +21,7 @@
  */
 import type { Logger } from '../log.js';
 import { HostHelper } from './host-helper.js';
-import type { SandboxNetwork } from './spec.js';
+import type { SandboxIpc, SandboxNetwork } from './spec.js';
 
 export interface DevptsCapRequest {
   /** bwrap's child (its "child-pid"), whose mount namespace holds the devpts. */
@@ -33,6 +33,8 @@ export interface DevptsCapRequest {
   options: string;
   /** Set up in the sandbox's network namespace first (lo, sysctls: spec.ts). */
   network: SandboxNetwork;
+  /** Set in the sandbox's ipc namespace first (its limits: spec.ts). */
+  ipc: SandboxIpc;
 }
 
 export class DevptsCap {

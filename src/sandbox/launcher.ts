@@ -193,7 +193,7 @@ export class SandboxedProcess implements InterpreterProcess {
   private capDevpts(cap: DevptsCap, limit: NonNullable<BwrapCommand['devpts']>, child: ChildProcess): void {
     const block = (child.stdio as unknown as (Writable | null | undefined)[])[FD.block] ?? null;
     block?.on('error', () => {});
-    cap.cap({ pid: this.initPid!, parent: child.pid!, max: limit.max, options: limit.options, network: limit.network }, this.ended.signal).then(
+    cap.cap({ pid: this.initPid!, parent: child.pid!, max: limit.max, options: limit.options, network: limit.network, ipc: limit.ipc }, this.ended.signal).then(
       () => block?.end(Buffer.from([1])),
       (e: unknown) => {
         if (this.done) return;

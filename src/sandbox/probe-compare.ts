@@ -145,9 +145,11 @@ export function expectedMounts(mounts: readonly MountOp[], host: HostFacts): Mou
       case 'symlink':
         break;
       case 'proc':
-        // (its read-only covers depend on what the kernel lets the builder write: the
-        // kinds are compared with each other on them, and none of them may be writable)
+        // sys is always covered; the other read-only covers depend on what the kernel lets
+        // the builder write: the kinds are compared with each other on them, and none of
+        // them may be writable
         put(m.dest, 'proc', ['nosuid', 'nodev', 'noexec']);
+        bind('/proc/sys', `${m.dest}/sys`, ['ro', 'nosuid', 'nodev']);
         break;
       case 'dev':
         put(m.dest, 'tmpfs', ['nosuid', 'nodev']);
@@ -275,6 +277,7 @@ export function expectedDump(spec: SandboxSpec, host: HostFacts, reported: Dump)
     foreign_sockets: [],
     network: 'ENETUNREACH',
     loopback: { mtu: spec.network.loopbackMtu, sysctls: spec.network.sysctls },
+    ipc: { sysctls: spec.ipc.sysctls, writable: [] },
     pids: [1, 2],
     init_environ: [],
     host_path_visible: false,
@@ -313,7 +316,8 @@ export function compareWithSpec(kind: string, dump: Dump, expected: Dump): strin
   const out: string[] = [];
   for (const [field, want] of Object.entries(expected)) {
     if (field === 'mounts') {
-      const isCover = (m: MountLine) => /^\/proc\/(sys|sysrq-trigger|irq|bus)$/.test(m[0]) && m[1] === 'proc' && m[2].includes('ro');
+      // (the covers the kernel decides on; /proc/sys is always expected)
+      const isCover = (m: MountLine) => /^\/proc\/(sysrq-trigger|irq|bus)$/.test(m[0]) && m[1] === 'proc' && m[2].includes('ro');
       const seen = ((dump.mounts ?? []) as MountLine[]).filter((m) => !isCover(m));
       const { onlyA: missing, onlyB: extra } = mountDiff(want as MountLine[], seen);
       for (const m of missing) out.push(`${kind}: mounts: expected ${m}, saw ${extra.find((e) => e.split(' ')[0] === m.split(' ')[0]) ?? 'no mount there'}`);

@@ -50,8 +50,11 @@ export type Namespace = (typeof NAMESPACES)[number];
  *    optional one is skipped when its source is gone (an /etc file a package removed);
  *  - data: a read-only file with the given content (a bind of a file in a private tmpfs);
  *  - symlink; dir (mkdir);
- *  - proc: a proc of the sandbox's pid namespace (nosuid, nodev, noexec); those of sys,
- *    sysrq-trigger, irq and bus that the builder could write to are covered read-only;
+ *  - proc: a proc of the sandbox's pid namespace (nosuid, nodev, noexec); sys is covered
+ *    read-only (a bind of the builder's /proc/sys: its files show the namespaces of whoever
+ *    opens them, and the ipc limits there are writable by the namespace's root, which the
+ *    sandbox's uid maps to: bubblewrap covers it only where the folder itself is
+ *    writable), and those of sysrq-trigger, irq and bus that the builder could write to;
  *  - dev: a tmpfs with null zero full random urandom tty bound in (devices allowed),
  *    fd/stdin/stdout/stderr/core/ptmx symlinks, a private devpts at pts holding at most
  *    `ptysMax` ptys (DEVPTS_OPTIONS and max=; below the host's shared kernel.pty.max),
@@ -129,6 +132,41 @@ export interface SandboxSpec {
   seccompChecks: Readonly<Record<string, string>>;
   /** The sandbox's own network namespace, set before any of its code runs. */
   network: SandboxNetwork;
+  /** Its own ipc namespace's limits, set by the same builders at the same moment. */
+  ipc: SandboxIpc;
+}
+
+/**
+ * Limits of every sandbox's own ipc namespace, by sysctl path under /proc/sys (set as the
+ * `network` is: by the template's spawner, or devpts-cap.py for bubblewrap, as root of the
+ * namespace's owner, before any code of the session runs; /proc/sys is read-only inside,
+ * so the session cannot raise them). Why (docs/threat-model.md, "Host-wide kernel
+ * resources", SysV IPC): a SysV shared memory segment outlives the processes that made it
+ * and, detached, is mapped by none, so RLIMIT_AS does not bound it and the OOM killer
+ * cannot see it (red team of 2026-12-02: one session pinned 2.3 GiB that way and the
+ * kernel killed other sessions' interpreters instead). Here segments are removed with
+ * their last process (shm_rmid_forced) and hold at most the size of /dev/shm in all;
+ * message queues and semaphores get the classic small limits (the kernel's defaults allow
+ * 32,000 queues of 16 KiB). POSIX message queues are bounded per user by RLIMIT_MSGQUEUE.
+ */
+export interface SandboxIpc {
+  sysctls: Readonly<Record<string, string>>;
+}
+
+export function sandboxIpc(shmBytes: number): SandboxIpc {
+  const pages = Math.max(1, Math.floor(shmBytes / 4096));
+  return {
+    sysctls: {
+      'kernel/shm_rmid_forced': '1',
+      'kernel/shmmax': String(pages * 4096),
+      'kernel/shmall': String(pages),
+      'kernel/shmmni': '64',
+      'kernel/msgmni': '16',
+      'kernel/msgmnb': '16384',
+      'kernel/msgmax': '8192',
+      'kernel/sem': '250 4000 32 16',
+    },
+  };
 }
 
 /**
@@ -294,6 +332,11 @@ export const SECCOMP_CHECKS: Readonly<Record<string, string>> = {
   'preadv2(RWF_NOWAIT)': 'EOPNOTSUPP',
   'preadv2(0)': 'ok',
   'pwritev2(RWF_NOWAIT)': 'EOPNOTSUPP',
+  // dnotify and leases act on inodes shared with the host and other sessions (/usr) or
+  // opened by the server; other fcntl commands work.
+  'fcntl(F_NOTIFY)': 'EINVAL',
+  'fcntl(F_SETLEASE)': 'EINVAL',
+  'fcntl(F_GETFL)': 'ok',
 };
 
 export function sandboxSpec(folders: SandboxFolders, rlimits: readonly Rlimit[], role: SandboxRole, etc: readonly string[]): SandboxSpec {
@@ -311,5 +354,6 @@ export function sandboxSpec(folders: SandboxFolders, rlimits: readonly Rlimit[],
     cwd: SANDBOX_PATHS.workspace,
     seccompChecks: SECCOMP_CHECKS,
     network: SANDBOX_NETWORK,
+    ipc: sandboxIpc(folders.shmBytes),
   };
 }

@@ -17,6 +17,8 @@
  *   - dying memory cgroups (#K14): sessions that were the first to read host files leave
  *     no removed-but-not-freed memory cgroup behind once deleted;
  *   - extended attributes (#K15): kernel memory no tmpfs size counts; setting one fails.
+ *   - dnotify and file leases (#K16): marks on shared inodes, leases the server trips on.
+ *   - SysV shared memory (#K17): segments no process maps, bounded like /dev/shm.
  * Settings are small so the limits are crossed quickly: 2 sessions at most, 128 MiB of
  * memory, 16 MiB of disk and 1 MiB of /dev/shm per session (a 145 MiB memory cgroup), 48
  * processes and 8 ptys per session.
@@ -27,7 +29,7 @@ import { existsSync } from 'node:fs';
 import { execFile } from 'node:child_process';
 import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
-import { api, attacker, finishCase, pidsWithMarker, py, sh, sleepMarker, startSuite, stopSuite, waitFor, type Suite } from './support.js';
+import { api, attacker, download, finishCase, pidsWithMarker, py, sh, sleepMarker, startSuite, stopSuite, waitFor, type Suite } from './support.js';
 
 const MiB = 1024 * 1024;
 const SESSION_MEMORY_BYTES = (128 + 16 + 1) * MiB;
@@ -555,6 +557,80 @@ test('#K15 extended attributes cannot be set (their values are kernel memory no 
   const b = await sh(S.server, a.id, 'echo x > /tmp/z; setfattr -n user.a -v 1 /tmp/z 2>/dev/null; echo $?; cp -a /tmp/z /tmp/z2 && cat /tmp/z2');
   assert.equal(b.stdout, `${b.stdout.split('\n')[0]}\nx\n`, b.stderr);
   assert.notEqual(b.stdout.split('\n')[0], '0', 'setfattr (if installed) fails');
+  await finishCase(S, a);
+});
+
+test('#K16 dnotify and file leases are refused (fcntl F_NOTIFY and F_SETLEASE: EINVAL), from Python and bash: no watch on the shared /usr sees other sessions read, and no lease makes the server fail to open a workspace file; locks on the session\'s own files still work', async (t) => {
+  const a = await attacker(S, t);
+  const p = await py(
+    S.server,
+    a.id,
+    [
+      'import errno, fcntl, os',
+      'out = []',
+      "d = os.open('/usr/lib', os.O_RDONLY | os.O_DIRECTORY)",
+      "open('/workspace/leased.txt', 'w').write('kept')",
+      "fd = os.open('/workspace/leased.txt', os.O_RDONLY)",
+      "for name, call in (('notify', lambda: fcntl.fcntl(d, 1026, 1 | 2 | 4 | 0x80000000)), ('lease', lambda: fcntl.fcntl(fd, 1024, fcntl.F_RDLCK)), ('flock', lambda: fcntl.flock(fd, fcntl.LOCK_EX)), ('getfl', lambda: fcntl.fcntl(fd, fcntl.F_GETFL))):",
+      '    try:',
+      '        call()',
+      "        out.append(name + ' ok')",
+      '    except OSError as e:',
+      "        out.append(name + ' ' + errno.errorcode[e.errno])",
+      "print(' '.join(out))",
+    ].join('\n'),
+  );
+  assert.equal(p.stdout, 'notify EINVAL lease EINVAL flock ok getfl ok', p.stderr);
+  // (the descriptor with the lock stays open in the interpreter: the server still reads the file)
+  const got = await download(S.server, a.id, 'leased.txt');
+  assert.equal(got.status, 200);
+  assert.equal(got.body.toString(), 'kept');
+  const b = await sh(S.server, a.id, "python3 -c \"import fcntl, os; fcntl.fcntl(os.open('/workspace/leased.txt', os.O_RDONLY), 1024, fcntl.F_WRLCK)\" 2>&1 | tail -1");
+  assert.match(b.stdout, /Invalid argument/, b.stderr);
+  await finishCase(S, a);
+});
+
+test('#K17 SysV shared memory is bounded by the size of /dev/shm and goes with its last process (shm_rmid_forced); the ipc limits cannot be changed from inside (/proc/sys is read-only)', async (t) => {
+  // (red team: a detached SysV segment outlived its process and was mapped by none, so
+  // neither RLIMIT_AS nor the OOM killer saw it: one session pinned 2.3 GiB)
+  const a = await attacker(S, t);
+  const p = await py(
+    S.server,
+    a.id,
+    [
+      'import ctypes, errno, os, subprocess, sys',
+      'libc = ctypes.CDLL(None, use_errno=True)',
+      'libc.shmat.restype = ctypes.c_void_p',
+      'libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]',
+      'libc.shmdt.argtypes = [ctypes.c_void_p]',
+      'def get(size):',
+      '    sid = libc.shmget(0, size, 0o1000 | 0o600)',
+      "    return sid if sid >= 0 else errno.errorcode[ctypes.get_errno()]",
+      'out = []',
+      "out.append('2MiB ' + str(get(2 << 20)))",
+      'first = get(1 << 20)',
+      "out.append('1MiB ' + ('ok' if isinstance(first, int) else first))",
+      'addr = libc.shmat(first, None, 0); ctypes.memset(addr, 1, 1 << 20)',
+      "out.append('second ' + str(get(1 << 20)))",
+      // detached by its last process, a segment goes (shm_rmid_forced); so does one whose
+      // process ends while it is attached
+      'libc.shmdt(ctypes.c_void_p(addr))',
+      "code = 'import ctypes; l = ctypes.CDLL(None); l.shmat.restype = ctypes.c_void_p; l.shmat(l.shmget(0, 4096, 0o1000 | 0o600), None, 0)'",
+      'subprocess.run([sys.executable, "-c", code], check=True)',
+      "out.append('left ' + str(len(open('/proc/sysvipc/shm').read().splitlines()) - 1))",
+      "for key in ('kernel/shmmax', 'kernel/shm_rmid_forced', 'kernel/msgmni'):",
+      '    try:',
+      "        open('/proc/sys/' + key, 'w').write('0')",
+      "        out.append(key + ' written')",
+      '    except OSError as e:',
+      "        out.append(key + ' ' + errno.errorcode[e.errno])",
+      "print('\\n'.join(out))",
+    ].join('\n'),
+  );
+  assert.equal(p.stdout, ['2MiB EINVAL', '1MiB ok', 'second ENOSPC', 'left 0', 'kernel/shmmax EROFS', 'kernel/shm_rmid_forced EROFS', 'kernel/msgmni EROFS'].join('\n'), p.stderr);
+  const b = await sh(S.server, a.id, 'cat /proc/sys/kernel/shm_rmid_forced /proc/sys/kernel/shmall; echo 1 > /proc/sys/kernel/shmmni && echo written');
+  assert.equal(b.stdout, '1\n256\n', b.stderr);
+  assert.match(b.stderr, /Read-only file system/);
   await finishCase(S, a);
 });
 

@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { pino } from 'pino';
+import { Readable } from 'node:stream';
 import { buildApp } from '../../src/http/app.js';
 import type { App, Executor, SessionStore } from '../../src/http/types.js';
 import { loadConfig } from '../../src/config.js';
@@ -62,7 +63,7 @@ interface Fixture {
   count(method: string): number;
 }
 
-async function setup(t: TestContext, opts: { budget?: MemoryBudget; exec?: Executor['exec'] } = {}): Promise<Fixture> {
+async function setup(t: TestContext, opts: { budget?: MemoryBudget; exec?: Executor['exec']; download?: () => { stream: Readable | Buffer; size: number } } = {}): Promise<Fixture> {
   const libDir = await mkdtemp(`${tmpdir()}/sbx-unit-lib-`);
   t.after(() => rm(libDir, { recursive: true, force: true }));
   const calls: unknown[][] = [];
@@ -73,7 +74,7 @@ async function setup(t: TestContext, opts: { budget?: MemoryBudget; exec?: Execu
     },
     async streamFile(p: { rel: string }, display: string, maxBytes: number) {
       calls.push(['fs.streamFile', p.rel, display, maxBytes]);
-      return { stream: Buffer.from('hello'), size: 5 };
+      return opts.download ? opts.download() : { stream: Buffer.from('hello'), size: 5 };
     },
   };
   const box = { undoDir: `${libDir}/undo`, undoMaxBytes: 0, libDir, fs } as unknown as Box;
@@ -308,4 +309,24 @@ test('a large body stays charged to the memory budget until its answer ends (a w
   waiting[0]!();
   assert.equal((await values).statusCode, 200);
   assert.equal(budget.usedBytes, 0);
+});
+
+test("a download whose file changes before its first byte is sent answers the file's error as JSON (4xx), not a 500: the download's own headers are dropped", async (t) => {
+  // (red team: a file the sandbox keeps truncating and rewriting; its stream failed once
+  // the download's Content-Type was set, and the error object could not be sent as text)
+  const f = await setup(t, {
+    download: () => ({
+      stream: new Readable({
+        read() {
+          this.destroy(new SandboxError('SBX_FILE_NOT_FOUND', 'file changed while it was being sent: a.txt'));
+        },
+      }),
+      size: 5,
+    }),
+  });
+  const res = await f.app.inject({ method: 'GET', url: '/sessions/sbx_known/files?path=a.txt' });
+  assert.equal(res.statusCode, 404, res.body);
+  assert.match(String(res.headers['content-type']), /^application\/json/);
+  assert.equal(res.headers['content-disposition'], undefined);
+  assert.deepEqual(res.json(), { detail: 'file changed while it was being sent: a.txt', code: 'SBX_FILE_NOT_FOUND' });
 });

@@ -91,9 +91,13 @@ function parseBwrap(options: string[], dataFds: { fd: number; content: string }[
       case '--symlink':
         mounts.push({ op: 'symlink', target: arg(), dest: arg() });
         break;
-      case '--proc':
-        mounts.push({ op: 'proc', dest: arg() });
+      case '--proc': {
+        const dest = arg();
+        mounts.push({ op: 'proc', dest });
+        // (its sys cover: part of the spec's "proc")
+        assert.deepEqual([arg(), arg(), arg()], ['--ro-bind', '/proc/sys', `${dest}/sys`]);
         break;
+      }
       case '--dev':
         assert.ok(devpts, '--dev comes with a pty cap for the launcher');
         mounts.push({ op: 'dev', dest: arg(), ptysMax: devpts.max });
@@ -166,7 +170,7 @@ describe('the sandbox description', () => {
       assert.equal(back.seen['--seccomp'], String(FD.seccomp));
       // bwrap waits for the devpts cap before it loads the filter and runs the program
       assert.equal(back.seen['--block-fd'], String(FD.block));
-      assert.deepEqual(devpts, { max: 12, options: DEVPTS_OPTIONS, network: SANDBOX_NETWORK });
+      assert.deepEqual(devpts, { max: 12, options: DEVPTS_OPTIONS, network: SANDBOX_NETWORK, ipc: spec.ipc });
       assert.equal(back.seen['--cap-drop'], 'ALL');
       assert.equal(back.seen['--new-session'], 'yes');
       assert.equal(back.seen['--disable-userns'], 'yes');
@@ -233,7 +237,7 @@ describe('the sandbox description', () => {
         assert.equal(expectedOpenpty(spec.mounts), NO_PTYS_ERROR);
         const { options, dataFds, devpts } = renderBwrap(spec);
         assert.deepEqual(parseBwrap(options, dataFds, devpts).mounts, spec.mounts);
-        assert.deepEqual(devpts, { max: 12, options: DEVPTS_OPTIONS, network: SANDBOX_NETWORK }, 'the devpts under the cover is capped all the same');
+        assert.deepEqual(devpts, { max: 12, options: DEVPTS_OPTIONS, network: SANDBOX_NETWORK, ipc: spec.ipc }, 'the devpts under the cover is capped all the same');
         const ptmx = expectedMounts(spec.mounts, hostFacts()).find((m) => m[0] === '/dev/pts/ptmx');
         assert.ok(ptmx?.[2].includes('nodev') && ptmx[2].includes('ro'), JSON.stringify(ptmx));
         const out = execFileSync('/usr/bin/python3', ['-I', repo('test/fixtures/template_dry_run.py')], {
@@ -305,9 +309,9 @@ describe('the probe comparison', () => {
       const b = structuredClone(a) as Record<string, any>;
       assert.deepEqual(compareKinds({ kind: 'bwrap', dump: a }, { kind: 'template', dump: b }), []);
       b.umask = '0002';
-      b.mounts = [...(b.mounts as MountLine[]), ['/proc/sys', 'proc', ['ro', 'nosuid', 'nodev', 'noexec']]];
+      b.mounts = [...(b.mounts as MountLine[]), ['/proc/irq', 'proc', ['ro', 'nosuid', 'nodev', 'noexec']]];
       assert.deepEqual(compareKinds({ kind: 'bwrap', dump: a }, { kind: 'template', dump: b }), [
-        'mounts: template has /proc/sys proc ro,nosuid,nodev,noexec, bwrap has no mount there',
+        'mounts: template has /proc/irq proc ro,nosuid,nodev,noexec, bwrap has no mount there',
         'umask: bwrap has nothing, template has "0002"',
       ]);
     });
