@@ -71,6 +71,13 @@ const SETTINGS = {
   fileSizeMb: int('SANDBOX_RUNNER_FSIZE_MB', 256, 1, 1024 * 1024, 'Largest file a program may write, MiB'),
   maxOpenFiles: int('SANDBOX_RUNNER_NOFILE', 256, 16, 1 << 20, 'Open files per process'),
   maxOutputBytes: int('SANDBOX_RUNNER_MAX_OUTPUT_BYTES', MiB, 1024, 64 * MiB, 'Output kept per stream per call, bytes'),
+  bashOutputReadMaxMb: int(
+    'SANDBOX_BASH_OUTPUT_READ_MAX_MB',
+    256,
+    1,
+    64 * 1024,
+    'Output a bash command may write in all (stdout and stderr), MiB: past it the command is killed (limit output_bytes). The server reads every byte a command writes (it keeps the head, the tail and the spill file), so this bounds the server CPU one call can cost',
+  ),
   outputSpillMaxBytes: int(
     'SANDBOX_OUTPUT_SPILL_MAX_BYTES',
     16 * MiB,

@@ -322,6 +322,7 @@ export class Box {
     const stderr = new CappedBuffer(maxOutputBytes, spill?.stderr);
     let timedOut = false;
     let abandoned = false;
+    let overflowed = false;
     let current: CommandProcess | null = null;
     let wake = () => {};
     const timer = setTimeout(() => {
@@ -329,6 +330,16 @@ export class Box {
       wake();
       void current?.kill();
     }, timeoutMs);
+    // Every byte a command writes is read here (head, tail ring, spill file), on the
+    // server's CPU, not the session's: past SANDBOX_BASH_OUTPUT_READ_MAX_MB the command is
+    // killed (red team: `cat /dev/zero` cost a server core for the whole timeout).
+    const readMax = this.deps.config.bashOutputReadMaxMb * 1024 * 1024;
+    const checkVolume = () => {
+      if (overflowed || stdout.total + stderr.total <= readMax) return;
+      overflowed = true;
+      wake();
+      void current?.kill();
+    };
     const onAbort = () => {
       abandoned = true;
       wake();
@@ -349,24 +360,31 @@ export class Box {
       if (!proc) continue;
       current = proc;
       this.bash.add(proc);
-      if (timedOut || abandoned) void proc.kill();
+      if (timedOut || abandoned || overflowed) void proc.kill();
       if (onOutput) {
         const pass = (buf: CappedBuffer, name: 'stdout' | 'stderr') => (c: Buffer) => {
           const kept = buf.push(c);
           if (kept > 0) onOutput(name, c.subarray(0, kept));
+          checkVolume();
         };
         proc.stdout.on('data', pass(stdout, 'stdout'));
         proc.stderr.on('data', pass(stderr, 'stderr'));
       } else {
-        proc.stdout.on('data', (c: Buffer) => stdout.push(c));
-        proc.stderr.on('data', (c: Buffer) => stderr.push(c));
+        proc.stdout.on('data', (c: Buffer) => {
+          stdout.push(c);
+          checkVolume();
+        });
+        proc.stderr.on('data', (c: Buffer) => {
+          stderr.push(c);
+          checkVolume();
+        });
       }
       info = await proc.exited;
       // The pid namespace died with bash, so every writer is gone: the pipes end at once.
       await Promise.all([ended(proc.stdout), ended(proc.stderr)]);
       proc.destroyStreams();
       this.bash.delete(proc);
-      if (!(proc instanceof ZygoteCommand && proc.failedToStart) || timedOut || abandoned || this.destroyed) break;
+      if (!(proc instanceof ZygoteCommand && proc.failedToStart) || timedOut || abandoned || overflowed || this.destroyed) break;
       // Not in bubblewrap while the interpreter lives: that sandbox's devpts would be a
       // second one beside the interpreter's, and a pty master passed out of it (over a
       // socket in /workspace) keeps it, capped anew, after the command ended; the
@@ -397,6 +415,12 @@ export class Box {
       limit = 'wall_clock';
       returnCode = -1;
       notes.push(`bash: command timed out after ${fmtSeconds(timeoutMs, false)}s (wall-clock limit); the command and every process it started were killed`);
+    } else if (overflowed) {
+      limit = 'output_bytes';
+      returnCode = -1;
+      notes.push(
+        `bash: a limit was reached: the command wrote more than ${this.deps.config.bashOutputReadMaxMb} MiB of output in all (SANDBOX_BASH_OUTPUT_READ_MAX_MB); the command and every process it started were killed`,
+      );
     } else if (this.consumeOomKill()) {
       limit = 'memory';
       notes.push(`bash: a process was killed: ${describeLimit('memory', this.deps.config)}`);

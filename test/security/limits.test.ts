@@ -14,6 +14,7 @@ import { api, attacker, editor, finishCase, py, serverErrors, serverRssKb, sh, s
 
 const MiB = 1024 * 1024;
 const OUTPUT_CAP = 256 * 1024;
+const BASH_READ_MAX_MB = 32;
 let S: Suite;
 let cgroupMemory = false;
 
@@ -25,6 +26,7 @@ before(async () => {
     SANDBOX_RUNNER_CPU_SECONDS: '2',
     SANDBOX_RUNNER_NOFILE: '64',
     SANDBOX_RUNNER_MAX_OUTPUT_BYTES: String(OUTPUT_CAP),
+    SANDBOX_BASH_OUTPUT_READ_MAX_MB: String(BASH_READ_MAX_MB),
   });
   const h = await api(S.server, 'GET', '/health');
   cgroupMemory = /cgroup/.test(String(h.body.isolation?.memory_limit ?? ''));
@@ -221,6 +223,28 @@ test('#28 output floods (20 MB on stdout, 100 MB in one line, 10 MB on stderr) a
   t.diagnostic(`server RSS ${rss0} kB -> ${rss1} kB`);
   assert.ok(rss1 - rss0 < 100 * 1024, `server RSS grew by ${rss1 - rss0} kB during 150 MB of output`);
   assert.equal((await py(S.server, a.id, 'print(1)')).stdout, '1');
+  await finishCase(S, a);
+});
+
+test('#28c a bash command that writes more than SANDBOX_BASH_OUTPUT_READ_MAX_MB in all (the server reads every byte) is killed with limit "output_bytes", on either stream or from a background writer; the next command runs', async (t) => {
+  // (red team: `cat /dev/zero` made the server read 7 GB in 10 s, a core outside the
+  // session's CPU share, for the whole timeout)
+  const a = await attacker(S, t);
+  for (const code of ['cat /dev/zero', 'yes e >&2', '(cat /dev/zero &); sleep 1000']) {
+    const r = await sh(S.server, a.id, code, { timeout_seconds: 120 });
+    assert.equal(r.status, 200);
+    assert.equal(r.limit_exceeded, 'output_bytes', `${code}: rc ${r.return_code}, stderr tail ${JSON.stringify(r.stderr.slice(-300))}`);
+    assert.equal(r.return_code, -1, code);
+    assert.match(
+      r.stderr,
+      new RegExp(`more than ${BASH_READ_MAX_MB} MiB of output in all \\(SANDBOX_BASH_OUTPUT_READ_MAX_MB\\); the command and every process it started were killed`),
+      code,
+    );
+    const dropped = Number(r.body.stdout_dropped_bytes) + Number(r.body.stderr_dropped_bytes);
+    assert.ok(dropped >= BASH_READ_MAX_MB * MiB - 2 * OUTPUT_CAP, `${code}: ${dropped} bytes dropped`);
+  }
+  const next = await sh(S.server, a.id, 'head -c 3000000 /dev/zero | wc -c');
+  assert.equal(next.stdout, '3000000\n', next.stderr);
   await finishCase(S, a);
 });
 
