@@ -85,8 +85,8 @@ PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_SECCOMP, PR_CAPBSET_DROP = 1, 4, 22, 2
 PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 36, 38, 47
 PR_CAP_AMBIENT_CLEAR_ALL, SECCOMP_MODE_FILTER = 4, 2
 SYSCALLS = {
-    "x86_64": {"pivot_root": 155, "capset": 126, "open_tree": 428, "move_mount": 429},
-    "aarch64": {"pivot_root": 41, "capset": 91, "open_tree": 428, "move_mount": 429},
+    "x86_64": {"pivot_root": 155, "capset": 126, "open_tree": 428, "move_mount": 429, "ioprio_get": 252},
+    "aarch64": {"pivot_root": 41, "capset": 91, "open_tree": 428, "move_mount": 429, "ioprio_get": 31},
 }[platform.machine()]
 OPEN_TREE_CLONE, AT_RECURSIVE, MOVE_MOUNT_F_EMPTY_PATH, AT_FDCWD = 1, 0x8000, 0x4, -100
 
@@ -172,21 +172,80 @@ def reachable(entries):
     return [e for e in entries if ok(e)]
 
 
-def visible_mounts():
+def visible_mounts(roots=None):
     """{mount point: per-mount flags} of the mounts one can reach, from one read of
     /proc/self/mountinfo. Flags come from the table, never from the file system (a hung
     FUSE mount cannot hold a spawn; a read-only superblock under a read-write mount is not
-    mistaken for a read-only mount)."""
-    entries = []
-    for line in read_small("/proc/self/mountinfo").decode().splitlines():
-        fields = line.split(" ")
-        entries.append((fields[0], fields[1], unescape_mountinfo(fields[4]), mount_flags(fields[5].split(","))))
+    mistaken for a read-only mount). `roots`: only mounts at, above or below one of these
+    paths are taken (the mounts reachability depends on: a mount sits in one above it);
+    the other lines, the host's and other sessions' mounts among them, are compared in
+    place and zeroed, never copied into an object: an interpreter built here could read
+    its own freed memory (red team C found the whole host table there)."""
+    buf, size = read_scrubbable("/proc/self/mountinfo")
+    view = memoryview(buf)
+    try:
+        wanted = None if roots is None else [r.encode() for r in roots]
+        entries = []
+        pos = 0
+        while pos < size:
+            end = buf.find(b"\n", pos, size)
+            end = size if end < 0 else end
+            spaces, at = [], pos
+            while len(spaces) < 6 and (at := buf.find(b" ", at, end)) >= 0:
+                spaces.append(at)
+                at += 1
+            if len(spaces) == 6 and (wanted is None or related(view, spaces[3] + 1, spaces[4], wanted)):
+                fields = bytes(view[pos:end]).decode().split(" ")
+                entries.append((fields[0], fields[1], unescape_mountinfo(fields[4]), mount_flags(fields[5].split(","))))
+            pos = end + 1
+    finally:
+        view.release()
+        buf[:size] = bytes(size)
     table = {}
     for e in reachable(entries):
         # two reachable mounts on one point cannot be: if the table says so, keep the
         # weaker flags (a remount or verify_mounts then errs on the safe side)
         table[e[2]] = table[e[2]] & e[3] if e[2] in table else e[3]
     return table
+
+
+def related(view, start, end, roots):
+    """Whether the mount point view[start:end] (as mountinfo writes it) is one of `roots`,
+    above one or below one; compared in place. A point with an escaped character counts
+    as related (never dropped for a spelling difference)."""
+    n = end - start
+    if b"\\"[0] in view[start:end]:
+        return True
+    for r in roots:
+        if n == len(r) and view[start:end] == r:
+            return True
+        if n > len(r) and view[start:start + len(r)] == r and (r == b"/" or view[start + len(r)] == 47):
+            return True
+        if n < len(r) and view[start:end] == r[:n] and (n == 1 or r[n] == 47):
+            return True
+    return False
+
+
+def read_scrubbable(path):
+    """(buffer, size): a /proc file's bytes read straight into a bytearray the caller
+    zeroes (no intermediate bytes objects; a buffer outgrown is zeroed before it goes)."""
+    buf = bytearray(1 << 20)
+    size = 0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while True:
+            if size == len(buf):
+                bigger = bytearray(2 * len(buf))
+                bigger[:size] = buf
+                buf[:] = bytes(size)
+                buf = bigger
+            with memoryview(buf) as view:
+                n = os.readv(fd, [view[size:]])
+            if n == 0:
+                return buf, size
+            size += n
+    finally:
+        os.close(fd)
 
 
 STATVFS_FLAGS = (
@@ -255,6 +314,14 @@ def bare_fork():
     return pid
 
 
+def readable(fd, timeout=None):
+    """Whether `fd` is readable within `timeout` seconds (None: wait). poll, not select:
+    select refuses descriptors past 1023, which a template serving hundreds of boxes has."""
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    return bool(p.poll(None if timeout is None else int(timeout * 1000)))
+
+
 def write_file(path, text):
     fd = os.open(path, os.O_WRONLY)
     try:
@@ -295,12 +362,22 @@ def make_parents(path):
     os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
 
 
+def mount_roots(mounts, base):
+    """The host paths a build looks up in the mount table: the bind sources (as they
+    resolve), /dev and /proc (whose nodes and sys it binds), and its own base."""
+    roots = {"/dev", "/proc", os.path.realpath(base)}
+    for m in mounts:
+        if m["op"] == "bind" and os.path.exists(m["source"]):
+            roots.add(os.path.realpath(m["source"]))
+    return sorted(roots)
+
+
 def build_root(mounts, base):
     """C, inside the user and mount namespaces A made: the file system of the spec
     (src/sandbox/spec.ts), one operation after the other with bubblewrap's semantics, on
     a new root that then replaces the host's (pivot_root; the host tree is gone after)."""
     # (a local: the interpreter must keep no name of the host's tree, other boxes' included)
-    host = visible_mounts()
+    host = visible_mounts(mount_roots(mounts, base))
     base = os.path.realpath(base)
     mount("sbx-base", base, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m,nr_inodes=4096")
     new, data = f"{base}/newroot", f"{base}/data"
@@ -384,7 +461,7 @@ def verify_mounts(mounts, new):
     """Each spawn checks what it built before it is used, so a host mount that appeared
     after the start-up probe cannot weaken a sandbox: every mount at or below a bind's
     destination has nosuid and nodev, and ro for a read-only bind; none is suid."""
-    table = {p: fl for p, fl in visible_mounts().items() if under(p, new)}
+    table = {p: fl for p, fl in visible_mounts([new]).items() if under(p, new)}
     for point, flags in table.items():
         if not flags & MS_NOSUID:
             raise OSError(errno.EPERM, f"mount {point[len(new):] or '/'} is not nosuid")
@@ -622,10 +699,10 @@ def tie_to_zygote(a_pidfd, zygote_pidfd):
     # subreaper), and the death signal ties us to it. The parent's pidfd turns readable
     # only after the kernel has moved us to the zygote; armed earlier, the death signal
     # would fire for the parent.
-    select.select([a_pidfd], [], [])
+    readable(a_pidfd)
     os.close(a_pidfd)
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if select.select([zygote_pidfd], [], [], 0)[0]:
+    if readable(zygote_pidfd, 0):
         os._exit(137)  # the zygote died before the death signal was armed
     os.close(zygote_pidfd)
 
@@ -966,7 +1043,7 @@ def make_slot(rlimits, ns, sock, zygote_pid):
         os.close(w)
         theirs.close()
         try:
-            data = read_fd(r) if select.select([r], [], [], 10)[0] else b""
+            data = read_fd(r) if readable(r, 10) else b""
         finally:
             os.close(r)
         if not data:
@@ -1044,25 +1121,39 @@ def run_command_init(sock, rlimits, inner, a_pidfd, zygote_pidfd, ready_fd):
         os.write(ready_fd, b"ready")
         os.close(ready_fd)
         tie_to_zygote(a_pidfd, zygote_pidfd)
-        limits = spec_limits(rlimits)
-        attributes = (os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0))
+        inherited = slot_attributes()
         while True:
             child = start_in_slot(sock)
             status = reap_command(child)
             end_leftovers()
             # Only now, with nothing of the command left, does Zc hear of its end; the
             # slot then waits for the box's next command, unless the command changed what
-            # the next one would inherit from it (prlimit, renice and sched_setscheduler
-            # on pid 1 need only the same uid; an unprivileged process cannot undo them):
-            # then it reports the end as its last and exits.
-            intact = attributes == (os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0)) and all(
-                resource.getrlimit(res) == pair for res, pair in limits
-            )
+            # the next one would inherit from it (prlimit, renice, sched_setscheduler,
+            # sched_setaffinity and ioprio_set on pid 1 need only the same uid; an
+            # unprivileged process cannot undo some of them): then it reports the end as
+            # its last and exits.
+            intact = slot_attributes() == inherited
             sock.send(b"exit %d" % status if intact else b"exit %d last" % status)
             if not intact:
                 os._exit(0)
     except BaseException:  # noqa: BLE001
         os._exit(70)
+
+
+RLIMITS = tuple(getattr(resource, n) for n in dir(resource) if n.startswith("RLIMIT_"))
+
+
+def slot_attributes():
+    """Y: what a command started by this process inherits from it and another command of
+    the box could change on it: every rlimit, the nice value, the scheduling policy, the
+    CPU affinity and the I/O priority."""
+    return (
+        tuple(resource.getrlimit(r) for r in RLIMITS),
+        os.getpriority(os.PRIO_PROCESS, 0),
+        os.sched_getscheduler(0),
+        os.sched_getaffinity(0),
+        libc.syscall(SYSCALLS["ioprio_get"], 1, 0),  # IOPRIO_WHO_PROCESS, this process
+    )
 
 
 def end_leftovers():
@@ -1587,7 +1678,7 @@ class Zygote:
             while queue and box not in self.commands and box not in self.preparing:
                 req = queue[0]
                 slot = self.slots.get(box)
-                if slot is not None and slot.init == slot_key(req) and not select.select([slot.pidfd], [], [], 0)[0]:
+                if slot is not None and slot.init == slot_key(req) and not readable(slot.pidfd, 0):
                     queue.pop(0)
                     self.hand_off(box, req)
                     continue
@@ -1743,7 +1834,7 @@ class Zygote:
         ended = len(words) in (2, 3) and words[0] == b"exit" and words[1].isdigit() and slot.pid in self.inits
         if ended:
             self.report_exit(slot.pid, int(words[1]) << 8)  # (a wait status: exited with that code)
-            interpreter_gone = bool(select.select([slot.pidfd], [], [], 0)[0])
+            interpreter_gone = readable(slot.pidfd, 0)
             # ("last": the command changed the slot's limits or priority; it exits)
             if box not in self.slots and not interpreter_gone and len(words) == 2:
                 self.slots[box] = slot

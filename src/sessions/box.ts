@@ -41,6 +41,8 @@ import type { Logger } from '../log.js';
 const MiB = 1024 * 1024;
 /** Longest bash command passed in argv (the kernel's MAX_ARG_STRLEN is 128 KiB). */
 const ARGV_COMMAND_MAX = 100_000;
+/** A UTF-16 surrogate without its other half. */
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
 
 export interface BoxDeps {
   config: Config;
@@ -240,10 +242,25 @@ export class Box {
    * the template gone) is tried again in bubblewrap, the same sandbox, and the box stays
    * with bubblewrap; the log says why. */
   private async startInterpreter(): Promise<void> {
+    const oomKillsBefore = this.cgroup?.oomKills() ?? 0;
     try {
       await this.interpreter.start();
     } catch (e) {
       throwIfOutOfTasks(e);
+      // Killed for memory while it started (its own limit, or the sessions' pool another
+      // session filled): not the template's fault, so the box keeps the template, and the
+      // client is told to retry rather than that the server failed (red team C).
+      if ((this.cgroup?.oomKills() ?? 0) > oomKillsBefore) {
+        this.oomSeen = this.cgroup?.oomKills() ?? this.oomSeen;
+        throw new SandboxError(
+          'SBX_SERVER_BUSY',
+          "the session's sandbox could not be started: it was killed for lack of memory while it started (the host's or the sessions' memory is short); try again later",
+          {
+            cause: e,
+            headers: { 'retry-after': '5' },
+          },
+        );
+      }
       if (!this.deps.zygote || this.bwrapOnly || this.destroyed) throw e;
       this.bwrapOnly = true;
       this.deps.log?.warn({ box: this.name, err: String((e as Error)?.message ?? e).slice(0, 1000) }, 'the template could not start an interpreter; this session uses bubblewrap');
@@ -434,6 +451,9 @@ export class Box {
   /** One start of a command: in the interpreter's sandbox (`viaTemplate`, null when the
    * interpreter is not up), or in bubblewrap (without ptys while the interpreter lives). */
   private startCommand(command: string, viaTemplate: boolean): CommandProcess | null {
+    // A lone surrogate (valid JSON) becomes U+FFFD, as Node's spawn makes it for a bubblewrap
+    // command: the command template's encoding refused it, so the command never ran.
+    command = command.replace(LONE_SURROGATE, '\uFFFD');
     const long = Buffer.byteLength(command) > ARGV_COMMAND_MAX;
     // A long script is read from fd 3, then fd 3 is closed so the script's own processes
     // do not inherit it.

@@ -75,6 +75,19 @@ test("a command cannot change what the session's next commands inherit: limits a
   assert.equal((await sh(server, id, 'prlimit --pid 1 --nofile=3:3 && echo set')).stdout, 'set\n');
   const next = await sh(server, id, 'echo ran');
   assert.equal(next.stdout, 'ran\n', next.stderr);
+  // (red team C: limits outside the spec, CPU affinity and I/O priority were passed on)
+  const others = 'ulimit -Hs; ulimit -Hl; ulimit -Hq; ionice -p $$; taskset -p $$ | cut -d: -f2';
+  const base = await sh(server, id, others);
+  const changed = await sh(server, id, 'prlimit --pid 1 --stack=65536:65536 --memlock=0:0 --msgqueue=0:0 && ionice -c 3 -p 1 && taskset -p 1 1 >/dev/null && echo set');
+  assert.equal(changed.stdout, 'set\n', changed.stderr);
+  const later = await sh(server, id, others);
+  assert.equal(later.stdout, base.stdout, later.stderr);
+});
+
+test('a command with a lone UTF-16 surrogate (valid JSON) runs, the surrogate written as U+FFFD (it never ran on the template path)', async () => {
+  const r = await sh(server, id, 'echo \ud800 hi; echo \udc00');
+  assert.equal(r.return_code, 0, r.stderr);
+  assert.equal(r.stdout, '\ufffd hi\n\ufffd\n');
 });
 
 test('the working directory is /workspace, shared with Python', async () => {

@@ -112,6 +112,40 @@ test('#41 /proc/1/cmdline and mountinfo show no options, secrets or other sessio
   await finishCase(S, a);
 });
 
+test("#41b an interpreter's own memory holds nothing of the host's mount table: no other session's box, though its template read the table to build it", async (t) => {
+  // (red team C: the whole host table, every session of every server on the host, stayed
+  // in the freed memory of each interpreter and could be read back from /proc/self/mem)
+  const a = await attacker(S, t);
+  const own = a.box.dir.slice(S.sessionsRoot.length + 1);
+  // a new interpreter, built while the victim's box (and any other) is mounted
+  assert.equal((await py(S.server, a.id, 'import os\nos._exit(3)')).interpreter_restarted, true);
+  const scan = await py(
+    S.server,
+    a.id,
+    [
+      'import os, re',
+      'names = set()',
+      "fd = os.open('/proc/self/mem', os.O_RDONLY)",
+      "for line in open('/proc/self/maps'):",
+      '    f = line.split()',
+      "    if 'r' not in f[1] or (len(f) > 5 and not f[5].startswith('[heap')):",
+      '        continue',
+      "    lo, hi = (int(x, 16) for x in f[0].split('-'))",
+      '    try:',
+      '        data = os.pread(fd, hi - lo, lo)',
+      '    except OSError:',
+      '        continue',
+      // (the pattern is spelt so that this cell's own code does not match it)
+      "    names.update(m.group(0).decode() for m in re.finditer(b'bo' + b'x_[0-9a-f]{24}', data))",
+      'print(sorted(names))',
+    ].join('\n'),
+  );
+  assert.equal(scan.return_code, 0, scan.stderr);
+  const others = (JSON.parse(scan.stdout.replaceAll("'", '"')) as string[]).filter((n) => n !== own);
+  assert.deepEqual(others, [], `other boxes' names in the interpreter's memory (the victim is ${S.victimBox.dir.slice(S.sessionsRoot.length + 1)})`);
+  await finishCase(S, a);
+});
+
 test('#42 only the sandbox processes, no /sys, no secrets files, a synthetic /etc, the server port invisible', async (t) => {
   const a = await attacker(S, t);
   const port = Number(new URL(S.server.url).port);
