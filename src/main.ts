@@ -546,6 +546,16 @@ async function main(): Promise<void> {
       log.info({ memory_cap_mib: Math.floor(memoryCap / MiB), host_mib: Math.floor(ram / MiB) }, "all sessions' memory together held to this server's part of the host's memory");
     }
     if (bound.problems.length > 0) log.warn({ problems: bound.problems }, "the kernel refused part of the bound on all sessions together (the server's parent cgroup)");
+    // A session's disk (its tmpfs) is memory no OOM kill frees: sessions filling theirs
+    // leave the others the rest of the pool, and past it the kernel kills the others'
+    // interpreters (docs/threat-model.md, memory row).
+    const pinnedMb = config.workspaceMb + config.shmMb;
+    if (memoryCap < 4 * pinnedMb * 1024 * 1024) {
+      log.warn(
+        { sessions_memory_mib: Math.floor(memoryCap / (1024 * 1024)), disk_per_session_mib: pinnedMb },
+        `all sessions' memory (${Math.floor(memoryCap / (1024 * 1024))} MiB) holds fewer than 4 sessions' disks (${pinnedMb} MiB each: SANDBOX_WORKSPACE_MB + SANDBOX_SHM_MB, memory no OOM kill frees): a few sessions filling theirs leave the others without memory; lower SANDBOX_WORKSPACE_MB or raise SANDBOX_SESSIONS_MEMORY_MB`,
+      );
+    }
   }
   if (cgroups?.controllers.includes('pids')) isolation.protections.push(`at most ${config.sessionPidsMax} processes and threads per session (pids cgroup)`);
   if (cgroups?.controllers.includes('cpu')) isolation.protections.push('an equal CPU share per session (cpu cgroup)');

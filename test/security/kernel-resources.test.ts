@@ -433,6 +433,8 @@ test("#K13 memory of all sessions together is held to SANDBOX_SESSIONS_MEMORY_MB
   const total = String(h.body.isolation.sessions_total);
   t.diagnostic(`/health sessions_total: ${total}`);
   assert.match(total, /^memory 256 MiB,.*memory held to SANDBOX_SESSIONS_MEMORY_MB \(256 MiB, not 4 x 577 MiB/);
+  // (4 x 65 MiB of disk, which no OOM kill frees, is more than 256 MiB: the start-up log says so)
+  assert.match(T.server.logs(), /holds fewer than 4 sessions' disks \(65 MiB each/);
   const a = await attacker(T, t);
   const b = await attacker(T, t);
   const cg = await sessionCgroups(a.id, T);
