@@ -51,6 +51,7 @@ import errno
 import fcntl
 import gc
 import json
+import mmap
 import os
 import platform
 import re
@@ -179,9 +180,9 @@ def visible_mounts(roots=None):
     mistaken for a read-only mount). `roots`: only mounts at, above or below one of these
     paths are taken (the mounts reachability depends on: a mount sits in one above it);
     the other lines, the host's and other sessions' mounts among them, are compared in
-    place and zeroed, never copied into an object: an interpreter built here could read
+    place in a mapping that is then unmapped, never copied into an object: an interpreter built here could read
     its own freed memory (red team C found the whole host table there)."""
-    buf, size = read_scrubbable("/proc/self/mountinfo")
+    buf, size = read_unmappable("/proc/self/mountinfo")
     view = memoryview(buf)
     try:
         wanted = None if roots is None else [r.encode() for r in roots]
@@ -200,7 +201,7 @@ def visible_mounts(roots=None):
             pos = end + 1
     finally:
         view.release()
-        buf[:size] = bytes(size)
+        buf.close()
     table = {}
     for e in reachable(entries):
         # two reachable mounts on one point cannot be: if the table says so, keep the
@@ -226,18 +227,21 @@ def related(view, start, end, roots):
     return False
 
 
-def read_scrubbable(path):
-    """(buffer, size): a /proc file's bytes read straight into a bytearray the caller
-    zeroes (no intermediate bytes objects; a buffer outgrown is zeroed before it goes)."""
-    buf = bytearray(1 << 20)
+def read_unmappable(path):
+    """(buffer, size): a /proc file's bytes read straight into an anonymous mapping (no
+    intermediate bytes objects), which the caller closes: unmapped, nothing of it stays in
+    the process's memory. (Only the pages written are touched: a bytearray of the same
+    size would zero, and so copy-fault, all of them.)"""
+    buf = mmap.mmap(-1, 1 << 24)
     size = 0
     fd = os.open(path, os.O_RDONLY)
     try:
         while True:
             if size == len(buf):
-                bigger = bytearray(2 * len(buf))
-                bigger[:size] = buf
-                buf[:] = bytes(size)
+                bigger = mmap.mmap(-1, 2 * len(buf))
+                with memoryview(buf) as old:
+                    bigger[:size] = old[:size]
+                buf.close()
                 buf = bigger
             with memoryview(buf) as view:
                 n = os.readv(fd, [view[size:]])
