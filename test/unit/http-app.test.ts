@@ -63,7 +63,10 @@ interface Fixture {
   count(method: string): number;
 }
 
-async function setup(t: TestContext, opts: { budget?: MemoryBudget; exec?: Executor['exec']; download?: () => { stream: Readable | Buffer; size: number } } = {}): Promise<Fixture> {
+async function setup(
+  t: TestContext,
+  opts: { budget?: MemoryBudget; exec?: Executor['exec']; download?: () => { stream: Readable | Buffer; size: number } } = {},
+): Promise<Fixture> {
   const libDir = await mkdtemp(`${tmpdir()}/sbx-unit-lib-`);
   t.after(() => rm(libDir, { recursive: true, force: true }));
   const calls: unknown[][] = [];
