@@ -99,14 +99,25 @@ test('#20 bash background survivors (&, nohup, setsid, subshell, disown, double-
       `(sleep ${ms[3]} &)`,
       `sleep ${ms[4]} & disown`,
       `python3 -c '${daemon.replace(/'/g, "'\\''")}'`,
-      'sleep 1',
-      timeout ? 'sleep 60' : 'echo done',
+      // (an order of events, not a clock: the command goes on once the test has seen every
+      // survivor and opened the gate in the session's /tmp)
+      `until [ -e /tmp/gate-${pm} ]; do sleep 0.05; done`,
+      timeout ? 'sleep 600' : 'echo done',
     ].join('\n');
-    // (no clock: "wall_clock" says the 3 s timeout, not the command's own `sleep 60`, ended
+    // (no clock: "wall_clock" says the timeout, not the command's own `sleep 600`, ended
     // it; a server that waited for the survivors, which hold the output pipes and sleep
-    // 777 s, would never answer, which notHung names)
-    const { seen, value: r } = await notHung(seenWhile([...ms, pm], sh(S.server, a.id, command, { timeout_seconds: timeout ? 3 : 30 })), `bash survivors (timeout=${timeout})`);
-    assert.equal(seen.size, 6, `every survivor candidate ran (timeout=${timeout}): saw ${[...seen].join(',')}`);
+    // 777 s, would never answer, which notHung names; the timeout is only long enough for
+    // the survivors to start on a loaded machine)
+    const call = sh(S.server, a.id, command, { timeout_seconds: timeout ? 20 : 120 });
+    const { started, r } = await notHung(
+      (async () => {
+        const started = await waitFor(async () => (await Promise.all([...ms, pm].map(pidsWithMarker))).every((p) => p.length > 0), HANG_BACKSTOP_MS);
+        await writeFile(`${a.box.dir}/tmp/gate-${pm}`, '');
+        return { started, r: await call };
+      })(),
+      `bash survivors (timeout=${timeout})`,
+    );
+    assert.ok(started, `every survivor candidate ran (timeout=${timeout})`);
     if (timeout) {
       assert.equal(r.limit_exceeded, 'wall_clock');
     } else {
