@@ -24,9 +24,11 @@ namespace exists from the moment bwrap's child does), by the code the template r
 its own sandboxes (sandbox-python/sandbox_network.py configure_network): from a forked
 child that joins the user namespace that owns the sandbox's network namespace and then that
 namespace, as the namespace's root: lo's MTU, its gso_max_segs, and the sysctls of that
-namespace. `ipc` (spec.ts SandboxIpc) is set next, the same way (configure_ipc), in the
-sandbox's ipc namespace. Run with -I, this script has no folder of its own on sys.path: it puts
-sandbox-python/ (next to sandbox-host/) there, for that one module.
+namespace. `ipc` (spec.ts SandboxIpc) is set the same way (configure_ipc), in the
+sandbox's ipc namespace, once its devpts is mounted (its files are writable by the
+namespace's root uid only, which exists once bwrap has written the uid map). Run with -I,
+this script has no folder of its own on sys.path: it puts sandbox-python/ (next to
+sandbox-host/) there, for that one module.
 
 The reconfiguration is made from a forked child that becomes the owner of the user
 namespace that owns the sandbox's mount namespace (the box's uid, when the server is
@@ -171,6 +173,7 @@ class Request:
         self.fds = []
         self.network = msg.get("network")
         self.ipc = msg.get("ipc")
+        self.ipcns = -1
         try:
             self.open(int(msg["pid"]), int(msg["parent"]))
         except OSError:
@@ -195,8 +198,8 @@ class Request:
         self.userns = self.keep(check(libc.ioctl(self.mntns, NS_GET_USERNS), "NS_GET_USERNS"))
         if self.network is not None:
             set_up_network(self.keep(os.open("ns/net", os.O_RDONLY, dir_fd=self.proc)), self.network)
-        if self.ipc is not None:
-            set_up_ipc(self.keep(os.open("ns/ipc", os.O_RDONLY, dir_fd=self.proc)), self.ipc)
+        # (the ipc limits once the sandbox's devpts is there: see try_cap)
+        self.ipcns = self.keep(os.open("ns/ipc", os.O_RDONLY, dir_fd=self.proc)) if self.ipc is not None else -1
 
     def keep(self, fd):
         self.fds.append(fd)
@@ -248,6 +251,12 @@ class Request:
                 raise OSError(code - SETNS_FAILED, f"joining the sandbox's namespaces: {os.strerror(code - SETNS_FAILED)}")
             if code != 0:
                 raise OSError(code, f"devpts {point}: {os.strerror(code)}")
+            # The ipc limits now, not when the request came: their files are writable by
+            # the namespace's root uid only, which exists once bwrap has written the user
+            # namespace's uid map, as it has before it mounts anything (a request that came
+            # earlier was refused, EACCES).
+            if self.ipcns >= 0:
+                set_up_ipc(self.ipcns, self.ipc)
             self.capped = device
             return self.verify(device)
         return False
