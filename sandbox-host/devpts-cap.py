@@ -1,11 +1,13 @@
-"""Caps the devpts of bubblewrap sandboxes and sets up their network and ipc namespaces: bwrap's --dev mounts a private devpts instance
-with no max=, so without this one sandbox could open ptys up to the host's kernel.pty.max
+"""Caps the devpts of bubblewrap sandboxes, sets up their network and ipc namespaces and
+mounts their overlays: bwrap's --dev mounts a private devpts instance with no max=, so
+without this one sandbox could open ptys up to the host's kernel.pty.max
 and make openpty() fail for every other sandbox and the host. One process per server, on
 the host, as the server's uid (src/sandbox/devpts-cap.ts starts it).
 
 Protocol, one JSON object per line:
   stdin   {"id": n, "pid": P, "parent": Q, "max": N, "options": "ptmxmode=0666,mode=620",
-           "network": {"loopbackMtu", "gsoMaxSegs", "sysctls"}, "ipc": {"sysctls"}}
+           "network": {"loopbackMtu", "gsoMaxSegs", "sysctls"}, "ipc": {"sysctls"},
+           "overlays": [{"dir": F, "lowers": [name in F, ...], "dest": D}, ...]}
               P: the sandbox's first process (bwrap's "child-pid"), child of Q (the
               outer bwrap, the server's child); N: the pty cap; options: the ones bwrap
               mounted the devpts with (a reconfigure resets those it does not name)
@@ -30,6 +32,14 @@ namespace's root uid only, which exists once bwrap has written the uid map). Run
 this script has no folder of its own on sys.path: it puts sandbox-python/ (next to
 sandbox-host/) there, for that one module.
 
+`overlays` (spec.ts `overlay`; bwrap 0.8 has no option for them, and bwrap-args.ts makes
+a bare folder at D instead) are mounted last, once the sandbox's tree is finished (its
+root read-only, as seen from P's root): a forked child becomes the owner of the sandbox's
+user namespace, makes the overlay there (fsopen, its layers looked up on the host as the
+box's uid, by their names in F: the sandbox's mount table shows the option as given, and
+host paths are not for it to see), joins the sandbox's mount namespace and mounts it on
+the folder D; the table is then checked to show an overlay at each D.
+
 The reconfiguration is made from a forked child that becomes the owner of the user
 namespace that owns the sandbox's mount namespace (the box's uid, when the server is
 root), joins it and then that mount namespace (fspick needs a capability there): so it
@@ -50,9 +60,14 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sandbox-python"))
 from sandbox_network import configure_ipc, configure_network
 
-NR = {"fspick": 433, "fsconfig": 431}  # the same on every architecture (new syscall table)
+# the same on every architecture (new syscall table)
+NR = {"open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433, "mount_setattr": 442}
+OPEN_TREE_CLONE, OPEN_TREE_CLOEXEC, AT_RECURSIVE, AT_EMPTY_PATH, AT_FDCWD = 0x1, 0o2000000, 0x8000, 0x1000, -100
 FSPICK_CLOEXEC, FSPICK_EMPTY_PATH = 0x1, 0x8
-FSCONFIG_SET_STRING, FSCONFIG_CMD_RECONFIGURE = 1, 7
+FSOPEN_CLOEXEC, FSMOUNT_CLOEXEC = 0x1, 0x1
+FSCONFIG_SET_STRING, FSCONFIG_CMD_CREATE, FSCONFIG_CMD_RECONFIGURE = 1, 6, 7
+MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV = 0x1, 0x2, 0x4
+MOVE_MOUNT_F_EMPTY_PATH, MOVE_MOUNT_T_EMPTY_PATH = 0x4, 0x40
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWNET, CLONE_NEWIPC = 0x20000, 0x10000000, 0x40000000, 0x08000000
 NS_GET_USERNS = 0xB701  # ioctl: the user namespace that owns a namespace
 NS_GET_OWNER_UID = 0xB704  # ioctl: the uid that owns a user namespace
@@ -96,13 +111,18 @@ def join_as_owner(userns_fd, ns_fd, kind, what):
     """In a forked child: become the owner of the user namespace `userns_fd` (a root
     server's sandboxes run as the box's uid; this needs CAP_SETUID only), join it (every
     capability there), then the namespace `ns_fd` (of `kind`) that it owns."""
+    become_owner(userns_fd)
+    check(libc.setns(ns_fd, kind), what)
+
+
+def become_owner(userns_fd):
+    """join_as_owner's first half: the owner of `userns_fd`, in it."""
     owner = ctypes.c_uint(0)
     check(libc.ioctl(userns_fd, NS_GET_OWNER_UID, ctypes.byref(owner)), "NS_GET_OWNER_UID")
     if os.geteuid() != owner.value:
         os.setgroups([])
         os.setresuid(owner.value, owner.value, owner.value)
     check(libc.setns(userns_fd, CLONE_NEWUSER), "setns user")
-    check(libc.setns(ns_fd, kind), what)
 
 
 def reconfigure(path_fd, userns_fd, mntns_fd, settings):
@@ -127,6 +147,72 @@ def reconfigure(path_fd, userns_fd, mntns_fd, settings):
         os._exit(code)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
+
+
+def mount_overlay(path_fd, userns_fd, mntns_fd, folder, lowers):
+    """In a forked child: the owner of the sandbox's user namespace, in it, makes a
+    read-only overlay (nosuid, nodev) of the layers `lowers`, names in the host folder
+    `folder` (looked up in a private copy of this helper's mount namespace, the host's,
+    with the box's uid), then joins the sandbox's mount namespace and mounts it on the
+    folder `path_fd` is. The overlay belongs to the sandbox's user namespace: nothing else
+    of the host is changed. Where the host has a mount below the first layer, the kernel
+    refuses the overlay (EINVAL: a layer cannot be a tree with mounts locked in it, since
+    the overlay would show what they cover): the first layer is then bound, recursively,
+    read-only, nosuid and nodev, as bubblewrap would (the host's inodes, as before the
+    overlays). Returns 0, or the errno, as reconfigure."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            become_owner(userns_fd)
+            # a mount namespace of the sandbox's user namespace (a copy of the host's, where
+            # the layers are looked up): a filesystem is made only where one may mount
+            check(libc.unshare(CLONE_NEWNS), "unshare mnt")
+            os.chdir(folder)
+        except OSError as e:
+            os._exit(SETNS_FAILED + min(e.errno or 1, 127))
+        code = 0
+        attrs = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
+        try:
+            try:
+                fc = check(libc.syscall(NR["fsopen"], b"overlay", FSOPEN_CLOEXEC), "fsopen overlay")
+                check(libc.syscall(NR["fsconfig"], fc, FSCONFIG_SET_STRING, b"source", b"sbx-system", 0), "fsconfig source")
+                check(libc.syscall(NR["fsconfig"], fc, FSCONFIG_SET_STRING, b"lowerdir", ":".join(lowers).encode(), 0), "fsconfig lowerdir")
+                check(libc.syscall(NR["fsconfig"], fc, FSCONFIG_CMD_CREATE, None, None, 0), "overlay")
+                mnt = check(libc.syscall(NR["fsmount"], fc, FSMOUNT_CLOEXEC, attrs), "fsmount")
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                clone = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE
+                mnt = check(libc.syscall(NR["open_tree"], AT_FDCWD, lowers[0].encode(), clone), "open_tree")
+                attr = (ctypes.c_uint64 * 4)(attrs, 0, 0, 0)  # struct mount_attr: set, clr, propagation, userns_fd
+                where = AT_EMPTY_PATH | AT_RECURSIVE
+                check(libc.syscall(NR["mount_setattr"], mnt, b"", where, ctypes.byref(attr), ctypes.sizeof(attr)), "mount_setattr")
+            check(libc.setns(mntns_fd, CLONE_NEWNS), "setns mnt")
+            flags = MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH
+            check(libc.syscall(NR["move_mount"], mnt, b"", path_fd, b"", flags), "move_mount")
+        except OSError as e:
+            code = min(e.errno or 1, 127)
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def read_only_points(text):
+    """The mount points whose top mount is read-only, in a mountinfo text."""
+    top = {}
+    for line in text.splitlines():
+        fields = line.partition(" - ")[0].split(" ")
+        if len(fields) >= 6:
+            top[fields[4].replace("\\040", " ")] = fields[5].split(",")
+    return {point for point, options in top.items() if "ro" in options}
+
+
+def finished(text):
+    """Whether a sandbox's mount table (as seen from its first process's root) is that of
+    the finished tree: its root read-only (the spec's last step, remount-ro of /, which
+    bubblewrap takes before it moves into the new root). While bwrap builds the tree, its
+    first process's root is a scratch tmpfs (writable) and the tree is below /newroot."""
+    return "/" in read_only_points(text)
 
 
 def set_up_network(netns_fd, network):
@@ -173,6 +259,8 @@ class Request:
         self.fds = []
         self.network = msg.get("network")
         self.ipc = msg.get("ipc")
+        self.overlays = [(str(o["dest"]), str(o["dir"]), [str(p) for p in o["lowers"]]) for o in msg.get("overlays") or []]
+        self.overlaid = not self.overlays
         self.ipcns = -1
         try:
             self.open(int(msg["pid"]), int(msg["parent"]))
@@ -224,11 +312,22 @@ class Request:
         return b"".join(chunks).decode(errors="replace")
 
     def try_cap(self):
-        """True once the sandbox's devpts has the cap; False while it is not mounted yet
-        (or, reconfigured, not in view: a table read while bwrap changes its root can be
-        empty, and the change that ends that wakes the poll again)."""
-        if self.capped is not None:
-            return self.verify(self.capped)
+        """True once the sandbox's devpts has the cap and its overlays are mounted; False
+        while it is not mounted yet (or, reconfigured, not in view: a table read while
+        bwrap changes its root can be empty, and the change that ends that wakes the poll
+        again), or the sandbox's tree is not finished."""
+        if self.capped is None and not self.cap():
+            return False
+        if not self.overlaid:
+            table = self.table()
+            if not finished(table):
+                return False
+            for dest, folder, lowers in self.overlays:
+                self.overlay(dest, folder, lowers)
+            self.overlaid = True
+        return self.verify(self.capped)
+
+    def cap(self):
         for device, point, _ in devpts_mounts(self.table()):
             if device in HOST_DEVICES or device in self.refused:
                 continue
@@ -258,11 +357,26 @@ class Request:
             if self.ipcns >= 0:
                 set_up_ipc(self.ipcns, self.ipc)
             self.capped = device
-            return self.verify(device)
+            return True
         return False
 
+    def overlay(self, dest, folder, lowers):
+        path_fd = os.open(f"root{dest}", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=self.proc)
+        try:
+            code = mount_overlay(path_fd, self.userns, self.mntns, folder, lowers)
+        finally:
+            os.close(path_fd)
+        if code > SETNS_FAILED:
+            raise OSError(code - SETNS_FAILED, f"joining the sandbox's user namespace: {os.strerror(code - SETNS_FAILED)}")
+        if code != 0:
+            raise OSError(code, f"overlay on {dest}: {os.strerror(code)}")
+
     def verify(self, device):
-        for dev, point, options in devpts_mounts(self.table()):
+        table = self.table()
+        missing = [dest for dest, _, _ in self.overlays if dest not in read_only_points(table)]
+        if missing:
+            raise OSError(errno.EIO, f"no read-only overlay (or bind) on {', '.join(missing)} after it was mounted")
+        for dev, point, options in devpts_mounts(table):
             if dev == device:
                 if super_options(options).get("max") != str(self.max):
                     raise OSError(errno.EIO, f"devpts {point} reads {options} after the reconfiguration")

@@ -76,7 +76,7 @@ IPPROTO_TCP, TCP_LINGER2 = 6, 8
 deny("setsockopt", EPERM, seccomp.Arg(1, seccomp.MASKED_EQ, 0xFFFFFFFF, IPPROTO_TCP),
      seccomp.Arg(2, seccomp.MASKED_EQ, 0xFFFFFFFF, TCP_LINGER2))
 
-# The page cache of the shared read-only system files (/usr is the same inodes in every
+# The page cache of the shared read-only system files (/usr is the same page cache in every
 # session and on the host) is a side channel: reading whether a page of a library is
 # resident tells what another session or the host ran. Its readers are refused...
 #   mincore and cachestat: ENOSYS, the answer of a kernel without them (libunwind and

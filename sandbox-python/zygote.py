@@ -373,6 +373,8 @@ def mount_roots(mounts, base):
     for m in mounts:
         if m["op"] == "bind" and os.path.exists(m["source"]):
             roots.add(os.path.realpath(m["source"]))
+        if m["op"] == "overlay":
+            roots.update(os.path.realpath(f"{m['dir']}/{p}") for p in m["lowers"])
     return sorted(roots)
 
 
@@ -399,6 +401,23 @@ def build_root(mounts, base):
             elif not os.path.exists(dest):
                 touch(dest)
             bind(m["source"], dest, m["readonly"], host=host)
+        elif op == "overlay":
+            # inodes of the sandbox's own over the host's files (spec.ts: their locks)
+            make_parents(dest)
+            os.makedirs(dest, 0o755, exist_ok=True)
+            # (the layers by their names in the folder: the mount table shows what was given)
+            os.chdir(m["dir"])
+            try:
+                mount("sbx-system", dest, "overlay", MS_RDONLY | MS_NOSUID | MS_NODEV, "lowerdir=" + ":".join(m["lowers"]))
+            except OSError as e:
+                # the host has a mount below the first layer: no overlay of a tree with
+                # mounts locked in it (it would show what they cover); a read-only bind
+                # of it, as before the overlays (spec.ts MountOp)
+                if e.errno != errno.EINVAL:
+                    raise
+                bind(os.path.realpath(m["lowers"][0]), dest, True, host=host)
+            finally:
+                os.chdir("/")
         elif op == "data":
             source = f"{data}/{n}"
             fd = os.open(source, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -464,19 +483,22 @@ def mount_proc(dest, host=None):
 def verify_mounts(mounts, new):
     """Each spawn checks what it built before it is used, so a host mount that appeared
     after the start-up probe cannot weaken a sandbox: every mount at or below a bind's
-    destination has nosuid and nodev, and ro for a read-only bind; none is suid."""
+    destination has nosuid and nodev, and ro for a read-only bind or an overlay (or the
+    bind in its place); none is suid."""
     table = {p: fl for p, fl in visible_mounts([new]).items() if under(p, new)}
     for point, flags in table.items():
         if not flags & MS_NOSUID:
             raise OSError(errno.EPERM, f"mount {point[len(new):] or '/'} is not nosuid")
     for m in mounts:
-        if m["op"] != "bind":
+        if m["op"] not in ("bind", "overlay"):
             continue
         dest = new + m["dest"]
-        need = MS_NOSUID | MS_NODEV | (MS_RDONLY if m["readonly"] else 0)
+        if m["op"] == "overlay" and dest not in table:
+            raise OSError(errno.EPERM, f"nothing is mounted on {m['dest']}")
+        need = MS_NOSUID | MS_NODEV | (MS_RDONLY if m["op"] == "overlay" or m["readonly"] else 0)
         for point, flags in table.items():
             if under(point, dest) and need & ~flags:
-                raise OSError(errno.EPERM, f"mount {point[len(new):]} lacks {'ro, ' if m['readonly'] else ''}nosuid or nodev")
+                raise OSError(errno.EPERM, f"mount {point[len(new):]} lacks {'ro, ' if need & MS_RDONLY else ''}nosuid or nodev")
 
 
 def build_dev(dev, host, ptys_max):

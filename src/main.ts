@@ -23,7 +23,8 @@ import { claimUidRange, UidRangeTaken, type UidClaim } from './sandbox/uid-claim
 import { buildSeccompFilter, hostFacts, probeBwrap, probeCommand, probeTemplate, sweepSessionsRoot, PreflightError, FIX_HINT } from './sandbox/preflight.js';
 import { Interpreter } from './runner/interpreter.js';
 import { compareKinds } from './sandbox/probe-compare.js';
-import { ETC_ALLOW_LIST, sandboxSpec } from './sandbox/spec.js';
+import { ETC_ALLOW_LIST, sandboxSpec, type SystemTree } from './sandbox/spec.js';
+import { overlaysWork, prepareSystemTree, removeSystemTree } from './sandbox/system-tree.js';
 import { sandboxRlimits } from './limits.js';
 import { Zygote } from './sandbox/zygote.js';
 import { boxFactory, removeTree, sessionCgroupLimits } from './sessions/box.js';
@@ -82,6 +83,7 @@ async function prepareIsolation(
   uids: UidAllocator,
   privileged: boolean,
   tmpfsQuota: boolean,
+  system: SystemTree | null,
 ): Promise<{ isolation: IsolationInfo; templateOk: boolean; commandsOk: boolean }> {
   const dir = `${config.sessionsRoot}/probe_${randomBytes(6).toString('hex')}`;
   let templateOk = false;
@@ -97,6 +99,7 @@ async function prepareIsolation(
       driverDir: DRIVER_DIR,
       shmBytes: config.shmMb * 1024 * 1024,
       ptysMax: config.sessionPtysMax,
+      system,
     };
     const limits = { addressSpaceBytes: config.memoryMb * 1024 * 1024, cpuSeconds: 10, fileSizeBytes: 1 << 20, openFiles: 64, processes: 16 };
     const spec = sandboxSpec(folders, sandboxRlimits(limits), { kind: 'interpreter', preload: preloadList(config) }, HOST_ETC);
@@ -175,6 +178,9 @@ async function prepareIsolation(
       kernel_memory: 'not bounded per session (no memory cgroup)',
       sessions_total: 'not bounded as a whole (no writable cgroup)',
       ptys: describePtys(config, log),
+      system_files: system
+        ? '/usr, /etc and the driver overlaid in each sandbox: their inodes and locks are its own'
+        : "the host's /usr and driver bound (an overlay in a user namespace does not work here): a lock on one of their files is seen host-wide",
     };
     return { isolation, templateOk, commandsOk };
   } finally {
@@ -438,6 +444,14 @@ async function main(): Promise<void> {
   if (swept > 0) log.warn({ folders: swept }, 'removed session folders left by an earlier run');
 
   const tmpfsQuota = privileged && (await mounts.canMountTmpfs(config.sessionsRoot));
+  // Each sandbox's /usr, /etc and driver are overlays with inodes of their own (system-tree.ts).
+  let system: SystemTree | null = await prepareSystemTree(config.sessionsRoot, HOST_ETC, DRIVER_DIR);
+  const overlays = await overlaysWork(system);
+  if (!overlays.ok) {
+    log.warn({ err: overlays.reason }, "an overlay does not mount in a user namespace here: sandboxes bind the host's system files (a lock on one is seen host-wide)");
+    await removeSystemTree(config.sessionsRoot);
+    system = null;
+  }
   let isolation: IsolationInfo;
   let launcher: Launcher;
   let zygote: Zygote | null = null;
@@ -453,7 +467,7 @@ async function main(): Promise<void> {
     launcher = new Launcher({ seccompBpf, pipes, devpts });
     if (config.pythonTemplate === 'auto') zygote = await startTemplate(config, log, seccompBpf);
     if (zygote) commands = await startCommandTemplate(config, log, seccompBpf, pipes);
-    const prepared = await prepareIsolation(config, log, launcher, zygote, commands, uids, privileged, tmpfsQuota);
+    const prepared = await prepareIsolation(config, log, launcher, zygote, commands, uids, privileged, tmpfsQuota, system);
     isolation = prepared.isolation;
     if (zygote && !prepared.templateOk) {
       await zygote.close();
@@ -474,6 +488,7 @@ async function main(): Promise<void> {
     await pipes?.close().catch(() => {});
     await devpts?.close().catch(() => {});
     await mounter?.close().catch(() => {});
+    await removeSystemTree(config.sessionsRoot).catch(() => {});
     await fsp.rm(`${config.sessionsRoot}/.server.pid`, { force: true });
     await uidClaim?.release();
     if (madeRoot) await fsp.rmdir(config.sessionsRoot).catch(() => {});
@@ -589,6 +604,7 @@ async function main(): Promise<void> {
         mounts,
         driverHostDir: DRIVER_DIR,
         hostEtc: HOST_ETC,
+        system,
         budget,
         log,
       },
@@ -660,6 +676,7 @@ async function main(): Promise<void> {
         await launcher.close();
         await mounter?.close();
         await cgroups?.close();
+        await removeSystemTree(config.sessionsRoot);
         await fsp.rm(`${config.sessionsRoot}/.server.pid`, { force: true });
         await uidClaim?.release();
         if (madeRoot) await fsp.rmdir(config.sessionsRoot).catch((e: unknown) => log.warn({ err: String(e) }, 'the sessions root is not empty at exit'));

@@ -55,6 +55,9 @@ export interface IsolationInfo {
   sessions_total: string;
   /** The ptys a sandbox may hold, and whether all sessions together fit the host's. */
   ptys: string;
+  /** Whether the sandbox's system files (/usr, /etc, the driver) are overlays of its own or
+   * the host's inodes (a lock on those is seen host-wide). */
+  system_files: string;
 }
 
 export interface AppDeps {

@@ -15,6 +15,12 @@
  * `dev` is --dev, whose devpts has DEVPTS_OPTIONS and no max=: the spec's `ptysMax` is
  * returned as `devpts` for the launcher to apply before the block descriptor is written,
  * with the spec's `network` (lo's MTU and GSO, sysctls), which the same helper sets up.
+ *
+ * `overlay` has no option in this bubblewrap (0.8: overlays came with 0.9, and those are
+ * not made in the sandbox's own user namespace's name): bwrap makes the folder where the
+ * overlay goes, and the same helper mounts the overlay there from inside the sandbox's
+ * namespaces while bwrap waits (`devpts.overlays`); no program of the sandbox sees the
+ * folder bare. (Not a bind of the first layer: the mount table would show its host path.)
  */
 import type { Rlimit } from '../limits.js';
 import { DEVPTS_OPTIONS, type SandboxIpc, type SandboxNetwork, type SandboxSpec } from './spec.js';
@@ -31,13 +37,21 @@ export interface BwrapCommand {
   /** The cap the launcher puts on the devpts of `dev` while bwrap waits on FD.block
    * (null: no `dev`, nothing to wait for), with the network namespace's set-up (spec
    * `network`, which bwrap has no option for) made just before. */
-  devpts: { max: number; options: string; network: SandboxNetwork; ipc: SandboxIpc } | null;
+  devpts: { max: number; options: string; network: SandboxNetwork; ipc: SandboxIpc; overlays: SandboxOverlay[] } | null;
+}
+
+/** An overlay the helper mounts over the bind of its first layer (spec `overlay`). */
+export interface SandboxOverlay {
+  dir: string;
+  lowers: readonly string[];
+  dest: string;
 }
 
 export function renderBwrap(spec: SandboxSpec): BwrapCommand {
   const o: string[] = [];
   const dataFds: { fd: number; content: string }[] = [];
   let devpts: BwrapCommand['devpts'] = null;
+  const overlays: SandboxOverlay[] = [];
   // identity and namespaces: non-root inside (mapped to the unprivileged host uid bwrap
   // runs as), no nested user namespaces, and a namespace of every kind.
   o.push('--unshare-user', '--uid', String(spec.user.uid), '--gid', String(spec.user.gid));
@@ -59,6 +73,10 @@ export function renderBwrap(spec: SandboxSpec): BwrapCommand {
       case 'bind':
         o.push(`${m.readonly ? '--ro-bind' : '--bind'}${m.optional ? '-try' : ''}`, m.source, m.dest);
         break;
+      case 'overlay':
+        o.push('--perms', '0755', '--dir', m.dest);
+        overlays.push({ dir: m.dir, lowers: m.lowers, dest: m.dest });
+        break;
       case 'data': {
         const fd = FD.firstData + dataFds.length;
         dataFds.push({ fd, content: m.content });
@@ -74,7 +92,7 @@ export function renderBwrap(spec: SandboxSpec): BwrapCommand {
         break;
       case 'dev':
         o.push('--dev', m.dest);
-        devpts = { max: m.ptysMax, options: DEVPTS_OPTIONS, network: spec.network, ipc: spec.ipc };
+        devpts = { max: m.ptysMax, options: DEVPTS_OPTIONS, network: spec.network, ipc: spec.ipc, overlays };
         break;
       case 'tmpfs':
         o.push('--perms', m.mode.toString(8).padStart(4, '0'), '--size', String(m.sizeBytes), '--tmpfs', m.dest);

@@ -22,6 +22,7 @@
 import type { Logger } from '../log.js';
 import { HostHelper } from './host-helper.js';
 import type { SandboxIpc, SandboxNetwork } from './spec.js';
+import type { SandboxOverlay } from './bwrap-args.js';
 
 export interface DevptsCapRequest {
   /** bwrap's child (its "child-pid"), whose mount namespace holds the devpts. */
@@ -35,6 +36,9 @@ export interface DevptsCapRequest {
   network: SandboxNetwork;
   /** Set in the sandbox's ipc namespace first (its limits: spec.ts). */
   ipc: SandboxIpc;
+  /** Mounted over the binds of their first layers, from inside the sandbox (spec.ts
+   * `overlay`; bwrap-args.ts). */
+  overlays: readonly SandboxOverlay[];
 }
 
 export class DevptsCap {

@@ -193,14 +193,16 @@ export class SandboxedProcess implements InterpreterProcess {
   private capDevpts(cap: DevptsCap, limit: NonNullable<BwrapCommand['devpts']>, child: ChildProcess): void {
     const block = (child.stdio as unknown as (Writable | null | undefined)[])[FD.block] ?? null;
     block?.on('error', () => {});
-    cap.cap({ pid: this.initPid!, parent: child.pid!, max: limit.max, options: limit.options, network: limit.network, ipc: limit.ipc }, this.ended.signal).then(
-      () => block?.end(Buffer.from([1])),
-      (e: unknown) => {
-        if (this.done) return;
-        this.stderr.write(`could not start the sandbox: its ptys could not be capped or its network set up: ${String((e as Error)?.message ?? e)}\n`);
-        void this.kill();
-      },
-    );
+    cap
+      .cap({ pid: this.initPid!, parent: child.pid!, max: limit.max, options: limit.options, network: limit.network, ipc: limit.ipc, overlays: limit.overlays }, this.ended.signal)
+      .then(
+        () => block?.end(Buffer.from([1])),
+        (e: unknown) => {
+          if (this.done) return;
+          this.stderr.write(`could not start the sandbox: its ptys could not be capped, its network set up or its system overlaid: ${String((e as Error)?.message ?? e)}\n`);
+          void this.kill();
+        },
+      );
   }
 
   private finish(info: ExitInfo): void {

@@ -139,6 +139,13 @@ export function expectedMounts(mounts: readonly MountOp[], host: HostFacts): Mou
       case 'bind':
         bind(m.source, m.dest, m.readonly ? ['ro', 'nosuid', 'nodev'] : ['nosuid', 'nodev'], m.optional);
         break;
+      case 'overlay': {
+        // (a bind of the first layer where the host has a mount below it: spec.ts MountOp)
+        const first = host.realpath(`${m.dir}/${m.lowers[0]!}`);
+        if ([...hostMounts.keys()].some((point) => point !== first && under(point, first))) bind(first, m.dest, ['ro', 'nosuid', 'nodev']);
+        else put(m.dest, 'overlay', ['ro', 'nosuid', 'nodev']);
+        break;
+      }
       case 'data':
         put(m.dest, 'tmpfs', ['ro', 'nosuid', 'nodev']);
         break;

@@ -49,6 +49,18 @@ export type Namespace = (typeof NAMESPACES)[number];
  *    source's own flags and get nosuid and nodev (and ro when readonly) added; an
  *    optional one is skipped when its source is gone (an /etc file a package removed);
  *  - data: a read-only file with the given content (a bind of a file in a private tmpfs);
+ *  - overlay: a read-only overlay file system (nosuid, nodev) of the folders `lowers`,
+ *    names in the folder `dir` (the first on top; the kernel wants two lower layers when
+ *    there is no upper one, so the last is an empty folder; names, not host paths, since
+ *    the sandbox's mount table shows them): the same files as a bind of the first, but every
+ *    sandbox has inodes of its own for them. A bind shares the host's inodes, and a lock
+ *    (flock, fcntl) on one is seen by the host and every other session, and slows every
+ *    close of that file host-wide (docs/threat-model.md, kernel-resources table); on an
+ *    overlay's inode it is the sandbox's alone, while reads and mappings still go to the
+ *    host's page cache (no memory is copied). Where the host has a mount below the first
+ *    layer, the kernel refuses an overlay in a user namespace (it would show what the
+ *    mount covers): that sandbox gets a read-only bind of the first layer instead (the
+ *    host's inodes, submounts included, as before);
  *  - symlink; dir (mkdir);
  *  - proc: a proc of the sandbox's pid namespace (nosuid, nodev, noexec); sys is covered
  *    read-only (a bind of the builder's /proc/sys: its files show the namespaces of whoever
@@ -66,6 +78,7 @@ export type Namespace = (typeof NAMESPACES)[number];
  */
 export type MountOp =
   | { op: 'bind'; source: string; dest: string; readonly: boolean; optional?: boolean }
+  | { op: 'overlay'; dir: string; lowers: readonly string[]; dest: string }
   | { op: 'data'; dest: string; content: string }
   | { op: 'symlink'; target: string; dest: string }
   | { op: 'proc'; dest: string }
@@ -87,7 +100,22 @@ export interface SandboxFolders {
   shmBytes: number;
   /** Ptys the sandbox's devpts holds at most. */
   ptysMax: number;
+  /** The server's copies of the system files (system-tree.ts), overlaid at /usr, /etc and
+   * the driver's folder; null where overlays cannot be mounted (the host's files are
+   * bound instead, their inodes shared). */
+  system: SystemTree | null;
 }
+
+/** What the server prepares once for every sandbox's overlays (system-tree.ts): a folder
+ * `dir` with the layers SYSTEM_LAYERS names. */
+export interface SystemTree {
+  dir: string;
+}
+
+/** The layers in a SystemTree's folder: `usr` and `driver` lead to the host's /usr and the
+ * driver's folder, `etc` holds copies of ETC_ALLOW_LIST (those on the host) and the
+ * sandbox's passwd and group, `empty` is empty (the last layer of each overlay). */
+export const SYSTEM_LAYERS = { usr: 'usr', etc: 'etc', driver: 'driver', empty: 'empty' } as const;
 
 /** The options of a sandbox's devpts besides `newinstance` and its `max`: bubblewrap's
  * --dev mounts it with these, and the template builder (zygote.py) does the same. */
@@ -210,6 +238,8 @@ export const SANDBOX_NETWORK: SandboxNetwork = {
 
 const PASSWD = `${SANDBOX_USER.name}:x:${SANDBOX_USER.uid}:${SANDBOX_USER.gid}:sandbox:${SANDBOX_USER.home}:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n`;
 const GROUP = `${SANDBOX_USER.name}:x:${SANDBOX_USER.gid}:\nnogroup:x:65534:\n`;
+/** The files of /etc that are the sandbox's own, not the host's. */
+export const SANDBOX_ETC_FILES: Readonly<Record<string, string>> = { '/etc/passwd': PASSWD, '/etc/group': GROUP };
 
 /** The environment seen inside. `role` decides what the driver gets on top. */
 export function sandboxEnv(role: SandboxRole): Record<string, string> {
@@ -270,8 +300,11 @@ export const NO_PTYS_ERROR = 'EACCES';
  * a mount over it would hide the devpts from that helper too. */
 export function sandboxMounts(folders: SandboxFolders, etc: readonly string[], ptys = true): MountOp[] {
   const m: MountOp[] = [];
-  // the system, read-only, by allow-list
-  m.push({ op: 'bind', source: '/usr', dest: '/usr', readonly: true });
+  const system = folders.system;
+  // the system, read-only, by allow-list: inodes of the sandbox's own where it can be
+  const readOnly = (source: string, layer: string, dest: string) =>
+    m.push(system ? { op: 'overlay', dir: system.dir, lowers: [layer, SYSTEM_LAYERS.empty], dest } : { op: 'bind', source, dest, readonly: true });
+  readOnly('/usr', SYSTEM_LAYERS.usr, '/usr');
   for (const [link, target] of [
     ['/bin', 'usr/bin'],
     ['/sbin', 'usr/sbin'],
@@ -280,10 +313,13 @@ export function sandboxMounts(folders: SandboxFolders, etc: readonly string[], p
   ] as const) {
     m.push({ op: 'symlink', target, dest: link });
   }
-  for (const p of etc) m.push({ op: 'bind', source: p, dest: p, readonly: true, optional: true });
-  m.push({ op: 'data', dest: '/etc/passwd', content: PASSWD });
-  m.push({ op: 'data', dest: '/etc/group', content: GROUP });
-  m.push({ op: 'bind', source: folders.driverDir, dest: SANDBOX_PATHS.driver, readonly: true });
+  if (system) {
+    readOnly('/etc', SYSTEM_LAYERS.etc, '/etc'); // (copies, and passwd and group: system-tree.ts)
+  } else {
+    for (const p of etc) m.push({ op: 'bind', source: p, dest: p, readonly: true, optional: true });
+    for (const [dest, content] of Object.entries(SANDBOX_ETC_FILES)) m.push({ op: 'data', dest, content });
+  }
+  readOnly(folders.driverDir, SYSTEM_LAYERS.driver, SANDBOX_PATHS.driver);
   m.push({ op: 'bind', source: folders.libDir, dest: SANDBOX_PATHS.sessionLib, readonly: true });
   // kernel views: own /proc (own pid namespace), minimal /dev, private capped /dev/shm
   m.push({ op: 'proc', dest: '/proc' });

@@ -20,7 +20,7 @@ import { randomBytes } from 'node:crypto';
 import type { Config } from '../config.js';
 import { preloadList } from '../config.js';
 import type { ExitInfo, InterpreterProcess, Launcher } from '../sandbox/launcher.js';
-import { SANDBOX_PATHS, sandboxSpec, type SandboxRole, type SandboxSpec } from '../sandbox/spec.js';
+import { SANDBOX_PATHS, sandboxSpec, type SandboxRole, type SandboxSpec, type SystemTree } from '../sandbox/spec.js';
 import { Interpreter, fmtSeconds, type ExecOutcome, type ExecRequest, type OutputListener } from '../runner/interpreter.js';
 import { detectLimit, describeLimit, sandboxRlimits, type LimitKind, type ResourceLimits } from '../limits.js';
 import { CappedBuffer } from '../runner/output.js';
@@ -66,6 +66,8 @@ export interface BoxDeps {
   driverHostDir: string;
   /** The entries of the spec's /etc allow-list that exist on this host. */
   hostEtc: readonly string[];
+  /** The copies every sandbox overlays (system-tree.ts); null: the host's files are bound. */
+  system: SystemTree | null;
   /** Server memory for large transient work (see budget.ts). */
   budget: MemoryBudget;
   /** Where a box says that its interpreter fell back to bubblewrap. */
@@ -161,6 +163,7 @@ export class Box {
       libDir: this.libDir,
       shmBytes: this.deps.config.shmMb * MiB,
       ptysMax: this.deps.config.sessionPtysMax,
+      system: this.deps.system,
     };
     return sandboxSpec(folders, sandboxRlimits(this.limits), role, this.deps.hostEtc);
   }

@@ -940,3 +940,48 @@ describe('a server that is not root (rootless: setpriv --reuid=nobody)', () => {
     assert.ok(await waitFor(async () => !(await readFile(`/proc/${zygote}/task/${zygote}/children`, 'utf8')).split(' ').includes(String(pid)), 10_000), 'the session init is gone');
   });
 });
+
+describe('bubblewrap sandboxes (SANDBOX_PYTHON_TEMPLATE=off) and host mounts below /usr', () => {
+  let server: TestServer;
+  before(async () => {
+    server = await startServer({ SANDBOX_PYTHON_TEMPLATE: 'off', SANDBOX_WARM_POOL_SIZE: '0' }, { privateMounts: true });
+  });
+  after(() => server.stop());
+
+  /** The file system type and options of /usr and of `dir` in a new session's sandbox, whether
+   * `dir`/f reads 'host', and the errno of a write to it (python, then bash). */
+  async function look(dir: string): Promise<string[]> {
+    const id = await createSession(server);
+    const code = `import os\nt = {l.split()[4]: (l.split(' - ')[1].split()[0], l.split()[5]) for l in open('/proc/self/mountinfo')}\nprint(t['/usr'][0], t.get(${JSON.stringify(dir)}, ('-', '-'))[1].split(',')[:3])\ntry:\n    print(open(${JSON.stringify(dir)} + '/f').read().strip())\n    open(${JSON.stringify(dir)} + '/f', 'a').write('session')\nexcept OSError as e:\n    print(e.errno)`;
+    const r = await py(server, id, code);
+    assert.equal(r.return_code, 0, r.stderr);
+    const b = await sh(server, id, `cat ${dir}/f 2>&1; echo x >> ${dir}/f 2>&1 || echo refused`);
+    return [...r.stdout.split('\n'), ...b.stdout.trim().split('\n')];
+  }
+
+  it('overlay /usr, and bind it read-only as before (submounts included) while the host has a mount below it: the kernel overlays no tree with mounts it locked', async (t) => {
+    const dir = `/usr/local/otari-bwrap-${process.pid}-${Date.now()}`;
+    const { mkdirSync, rmdirSync } = await import('node:fs');
+    mkdirSync(dir);
+    t.after(() => {
+      try {
+        inNs(server, '/usr/bin/umount', '-l', dir);
+      } catch {
+        /* not mounted */
+      }
+      rmdirSync(dir);
+    });
+    const before = await look(dir);
+    assert.equal(before[0], "overlay ['-']", before.join('\n'));
+    inNs(server, '/usr/bin/mount', '-t', 'tmpfs', '-o', 'size=1m', 'otari-test', dir);
+    inNs(server, '/bin/sh', '-c', `echo host > ${dir}/f && chmod 666 ${dir}/f`);
+    const during = await look(dir);
+    assert.notEqual(during[0]!.split(' ')[0], 'overlay', during.join('\n'));
+    assert.deepEqual(during.slice(1), ['host', '30', 'host', 'refused'], during.join('\n'));
+    assert.match(during[0]!, /\['ro', 'nosuid', 'nodev'\]$/, 'the host mount below is read-only, nosuid, nodev in the sandbox');
+    assert.equal(inNs(server, '/bin/cat', `${dir}/f`), 'host\n');
+    inNs(server, '/usr/bin/umount', dir);
+    const after = await look(dir);
+    assert.equal(after[0], "overlay ['-']", after.join('\n'));
+  });
+});

@@ -19,6 +19,7 @@
  *   - extended attributes (#K15): kernel memory no tmpfs size counts; setting one fails.
  *   - dnotify and file leases (#K16): marks on shared inodes, leases the server trips on.
  *   - SysV shared memory (#K17): segments no process maps, bounded like /dev/shm.
+ *   - locks on system files (#K18): the host and other sessions do not see them.
  * Settings are small so the limits are crossed quickly: 2 sessions at most, 128 MiB of
  * memory, 16 MiB of disk and 1 MiB of /dev/shm per session (a 145 MiB memory cgroup), 48
  * processes and 8 ptys per session.
@@ -29,6 +30,7 @@ import { existsSync } from 'node:fs';
 import { execFile } from 'node:child_process';
 import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
+import { fileURLToPath } from 'node:url';
 import { api, attacker, download, finishCase, pidsWithMarker, py, sh, sleepMarker, startSuite, stopSuite, waitFor, type Suite } from './support.js';
 
 const MiB = 1024 * 1024;
@@ -463,7 +465,7 @@ test("#K13 memory of all sessions together is held to SANDBOX_SESSIONS_MEMORY_MB
 
 /**
  * Groups of host files that a session will be the first to read: files of /usr (bound
- * read-only into every sandbox: the same inodes as the host's), at least `bytes` a group,
+ * read-only into every sandbox: the page cache of the host's files), at least `bytes` a group,
  * none mapped by a process now (a mapped page stays cached whatever is dropped), and none
  * of the kinds other sessions read (libraries, Python sources, executables). The caller
  * drops their page cache just before (dropCache) so the session's reads charge them.
@@ -562,7 +564,7 @@ test('#K15 extended attributes cannot be set (their values are kernel memory no 
   await finishCase(S, a);
 });
 
-test('#K16 dnotify and file leases are refused (fcntl F_NOTIFY and F_SETLEASE: EINVAL), from Python and bash: no watch on the shared /usr sees other sessions read, and no lease makes the server fail to open a workspace file; locks on the session\'s own files still work', async (t) => {
+test("#K16 dnotify and file leases are refused (fcntl F_NOTIFY and F_SETLEASE: EINVAL), from Python and bash: no watch on the shared /usr sees other sessions read, and no lease makes the server fail to open a workspace file; locks on the session's own files still work", async (t) => {
   const a = await attacker(S, t);
   const p = await py(
     S.server,
@@ -587,7 +589,7 @@ test('#K16 dnotify and file leases are refused (fcntl F_NOTIFY and F_SETLEASE: E
   const got = await download(S.server, a.id, 'leased.txt');
   assert.equal(got.status, 200);
   assert.equal(got.body.toString(), 'kept');
-  const b = await sh(S.server, a.id, "python3 -c \"import fcntl, os; fcntl.fcntl(os.open('/workspace/leased.txt', os.O_RDONLY), 1024, fcntl.F_WRLCK)\" 2>&1 | tail -1");
+  const b = await sh(S.server, a.id, 'python3 -c "import fcntl, os; fcntl.fcntl(os.open(\'/workspace/leased.txt\', os.O_RDONLY), 1024, fcntl.F_WRLCK)" 2>&1 | tail -1');
   assert.match(b.stdout, /Invalid argument/, b.stderr);
   await finishCase(S, a);
 });
@@ -607,7 +609,7 @@ test('#K17 SysV shared memory is bounded by the size of /dev/shm and goes with i
       'libc.shmdt.argtypes = [ctypes.c_void_p]',
       'def get(size):',
       '    sid = libc.shmget(0, size, 0o1000 | 0o600)',
-      "    return sid if sid >= 0 else errno.errorcode[ctypes.get_errno()]",
+      '    return sid if sid >= 0 else errno.errorcode[ctypes.get_errno()]',
       'out = []',
       "out.append('2MiB ' + str(get(2 << 20)))",
       'first = get(1 << 20)',
@@ -662,12 +664,19 @@ test('#K14 deleted sessions leave no dying memory cgroups: page cache a session 
     await dropCache(group.files);
     const cached = await fileCacheBytes(cg.memory);
     // files on its tmpfs (/workspace, /tmp) and the first read of host files
-    const r = await sh(S.server, a.id, `head -c 4M /dev/urandom > /workspace/k14 && cp /workspace/k14 /tmp/k14 && cat ${group.files.map((f) => `'${f}'`).join(' ')} > /dev/null && echo read`);
+    const r = await sh(
+      S.server,
+      a.id,
+      `head -c 4M /dev/urandom > /workspace/k14 && cp /workspace/k14 /tmp/k14 && cat ${group.files.map((f) => `'${f}'`).join(' ')} > /dev/null && echo read`,
+    );
     assert.equal(r.stdout.trim(), 'read', r.stderr);
     // The premise: the host files' pages are charged to this session (else its cgroup
     // would have nothing to be kept dying by, and the case could not fail).
     const charged = (await fileCacheBytes(cg.memory)) - cached;
-    assert.ok(charged >= group.bytes / 2, `the session's memory cgroup was charged ${charged} bytes of page cache for the ${group.bytes} bytes it read first (${group.files.join(' ')})`);
+    assert.ok(
+      charged >= group.bytes / 2,
+      `the session's memory cgroup was charged ${charged} bytes of page cache for the ${group.bytes} bytes it read first (${group.files.join(' ')})`,
+    );
     await finishCase(S, a, [cg.marker]);
   }
   // Every cgroup is removed by now (finishCase saw each session's folder go, which is
@@ -1033,4 +1042,72 @@ test('#K12 TCP orphans are counted host-wide (net.ipv4.tcp_max_orphans): a sessi
   assert.ok(Number(peak) <= bound, `the session held ${peak} orphans, past ${bound}`);
   assert.equal(linger2, 'EPERM', 'TCP_LINGER2 (which outlives tcp_fin_timeout) is refused');
   await finishCase(S, a, []);
+});
+
+/** Run anywhere (the host, a sandbox): for each path in argv, whether an exclusive flock
+ * and a POSIX write lock could be taken now (the flock is taken and let go; the POSIX lock
+ * is asked about, F_GETLK, which needs no write access). */
+const LOCK_PROBE = [
+  'import errno, fcntl, os, struct, sys',
+  'out = []',
+  'for p in sys.argv[1:]:',
+  '    fd = os.open(p, os.O_RDONLY)',
+  '    try:',
+  '        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)',
+  "        f = 'free'",
+  '    except OSError as e:',
+  '        f = errno.errorcode[e.errno]',
+  "    held = struct.unpack('hhqqi4x', fcntl.fcntl(fd, fcntl.F_GETLK, struct.pack('hhqqi4x', fcntl.F_WRLCK, 0, 0, 0, 0)))[0]",
+  "    out.append(f + ' ' + ('free' if held == fcntl.F_UNLCK else 'posix-held'))",
+  '    os.close(fd)',
+  "print(' | '.join(out))",
+].join('\n');
+
+/** Files of the sandbox's /usr, /etc and driver folder, and where the host has them. */
+const SYSTEM_FILES = ['/usr/bin/bash', '/usr/lib/python3.11/os.py', '/etc/ld.so.cache', '/opt/sandbox/driver.py'];
+const HOST_FILES = [...SYSTEM_FILES.slice(0, 3), fileURLToPath(new URL('../../../sandbox-python/driver.py', import.meta.url))];
+
+/** A session holds a flock on some system files and a POSIX read lock on all: the host and
+ * the other session can still take both kinds, while a process of the same sandbox cannot. */
+async function systemLocksCase(suite: Suite, t: TestContext, victim: string): Promise<void> {
+  const h = await api(suite.server, 'GET', '/health');
+  assert.match(String(h.body.isolation.system_files), /overlaid in each sandbox/, 'this host mounts overlays in a user namespace (Linux 5.11 or later)');
+  const a = await attacker(suite, t);
+  const held = await py(
+    suite.server,
+    a.id,
+    [
+      'import fcntl, json, os, subprocess, sys',
+      `paths = ${JSON.stringify(SYSTEM_FILES)}`,
+      '_held = []',
+      'for p in paths:',
+      '    fd = os.open(p, os.O_RDONLY)',
+      '    fcntl.flock(fd, fcntl.LOCK_SH)',
+      '    fd2 = os.open(p, os.O_RDONLY)',
+      '    fcntl.lockf(fd2, fcntl.LOCK_SH)',
+      '    _held += [fd, fd2]',
+      `print(subprocess.run([sys.executable, '-c', ${JSON.stringify(LOCK_PROBE)}, *paths], capture_output=True, text=True).stdout.strip())`,
+    ].join('\n'),
+  );
+  // (the probe can see a lock: in the same sandbox, they are there)
+  assert.equal(held.stdout, SYSTEM_FILES.map(() => 'EAGAIN posix-held').join(' | '), held.stderr);
+  const { stdout: host } = await execFileP('/usr/bin/python3', ['-c', LOCK_PROBE, ...HOST_FILES]);
+  assert.equal(host.trim(), HOST_FILES.map(() => 'free free').join(' | '), "the host sees none of the session's locks");
+  const other = await py(
+    suite.server,
+    victim,
+    `import subprocess, sys\nprint(subprocess.run([sys.executable, '-c', ${JSON.stringify(LOCK_PROBE)}, *${JSON.stringify(SYSTEM_FILES)}], capture_output=True, text=True).stdout.strip())`,
+  );
+  assert.equal(other.stdout, SYSTEM_FILES.map(() => 'free free').join(' | '), `another session sees none of them: ${other.stderr}`);
+  await finishCase(suite, a);
+}
+
+test("#K18 locks on system files are the sandbox's own (/usr, /etc and the driver are overlays per sandbox): a session's flock and POSIX locks on them are not seen by the host or another session (template sandbox)", async (t) => {
+  await systemLocksCase(S, t, S.victim);
+});
+
+test('#K18 the same in bubblewrap sandboxes (SANDBOX_PYTHON_TEMPLATE=off), whose overlays are mounted while bwrap waits', async (t) => {
+  const B = await startSuite({ SANDBOX_PYTHON_TEMPLATE: 'off' });
+  t.after(() => stopSuite(B));
+  await systemLocksCase(B, t, B.victim);
 });

@@ -37,6 +37,7 @@ const ISOLATION = {
   kernel_memory: 'none',
   sessions_total: 'none',
   ptys: 'none',
+  system_files: 'overlaid',
 };
 
 function answer(stdout: string): ExecResponse {

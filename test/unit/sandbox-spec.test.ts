@@ -8,7 +8,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, mkdirSync, readFileSync, realpathSync, rmSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, readFileSync, realpathSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import {
@@ -42,11 +42,15 @@ import {
 const repo = (rel: string) => fileURLToPath(new URL(`../../../${rel}`, import.meta.url));
 const limits = { addressSpaceBytes: 512 << 20, cpuSeconds: 30, fileSizeBytes: 1 << 20, openFiles: 64, processes: 32 };
 
-function withFolders<T>(fn: (spec: SandboxSpec, base: string) => T, role: SandboxRole = { kind: 'interpreter', preload: ['json'] }): T {
+/** `overlays` false: a host where overlays cannot be mounted (the system is bound). */
+function withFolders<T>(fn: (spec: SandboxSpec, base: string) => T, role: SandboxRole = { kind: 'interpreter', preload: ['json'] }, overlays = true): T {
   const root = mkdtempSync(`${tmpdir()}/spec-test-`);
   try {
-    for (const d of ['workspace', 'tmp', 'lib', 'base']) mkdirSync(`${root}/${d}`);
-    const folders = { workspaceDir: `${root}/workspace`, tmpDir: `${root}/tmp`, libDir: `${root}/lib`, driverDir: repo('sandbox-python'), shmBytes: 1 << 20, ptysMax: 12 };
+    for (const d of ['workspace', 'tmp', 'lib', 'base', 'system', 'system/etc', 'system/empty']) mkdirSync(`${root}/${d}`);
+    symlinkSync('/usr', `${root}/system/usr`);
+    symlinkSync(repo('sandbox-python'), `${root}/system/driver`);
+    const system = overlays ? { dir: `${root}/system` } : null;
+    const folders = { workspaceDir: `${root}/workspace`, tmpDir: `${root}/tmp`, libDir: `${root}/lib`, driverDir: repo('sandbox-python'), shmBytes: 1 << 20, ptysMax: 12, system };
     const etc = ETC_ALLOW_LIST.filter((p) => {
       try {
         realpathSync(p);
@@ -63,7 +67,11 @@ function withFolders<T>(fn: (spec: SandboxSpec, base: string) => T, role: Sandbo
 
 /** bwrap's options back into spec fields (only the flags renderBwrap uses); `--dev`'s pty
  * cap is not a bwrap option but what the launcher applies while bwrap waits (`devpts`). */
-function parseBwrap(options: string[], dataFds: { fd: number; content: string }[], devpts: { max: number } | null) {
+function parseBwrap(
+  options: string[],
+  dataFds: { fd: number; content: string }[],
+  devpts: { max: number; overlays: { dir: string; lowers: readonly string[]; dest: string }[] } | null,
+) {
   const mounts: MountOp[] = [];
   const env: Record<string, string> = {};
   const unshare: string[] = [];
@@ -81,6 +89,15 @@ function parseBwrap(options: string[], dataFds: { fd: number; content: string }[
         const m: MountOp = { op: 'bind', source: arg(), dest: arg(), readonly: o.startsWith('--ro-') };
         if (o.endsWith('-try')) m.optional = true;
         mounts.push(m);
+        break;
+      }
+      case '--dir': {
+        // (where the launcher's helper mounts an overlay)
+        const dest = arg();
+        const overlay = devpts?.overlays.find((v) => v.dest === dest);
+        assert.ok(overlay, `a bare folder at ${dest}`);
+        assert.equal(perms, 0o755, 'its mode');
+        mounts.push({ op: 'overlay', dir: overlay.dir, lowers: overlay.lowers, dest: overlay.dest });
         break;
       }
       case '--ro-bind-data': {
@@ -157,70 +174,95 @@ function hostFacts(): HostFacts {
 }
 
 describe('the sandbox description', () => {
-  it('is carried out in full by the bubblewrap options: every mount in order, env, ids, namespaces, cwd, rlimits', () => {
-    withFolders((spec) => {
-      const { options, dataFds, prefix, devpts } = renderBwrap(spec);
-      const back = parseBwrap(options, dataFds, devpts);
-      assert.deepEqual(back.mounts, spec.mounts);
-      assert.deepEqual(back.env, spec.env);
-      assert.equal(back.seen['--clearenv'], 'yes', 'nothing of the server environment');
-      assert.deepEqual([back.seen['--uid'], back.seen['--gid']], [String(spec.user.uid), String(spec.user.gid)]);
-      assert.equal(back.seen['--hostname'], spec.hostname);
-      assert.equal(back.seen['--chdir'], spec.cwd);
-      assert.equal(back.seen['--seccomp'], String(FD.seccomp));
-      // bwrap waits for the devpts cap before it loads the filter and runs the program
-      assert.equal(back.seen['--block-fd'], String(FD.block));
-      assert.deepEqual(devpts, { max: 12, options: DEVPTS_OPTIONS, network: SANDBOX_NETWORK, ipc: spec.ipc });
-      assert.equal(back.seen['--cap-drop'], 'ALL');
-      assert.equal(back.seen['--new-session'], 'yes');
-      assert.equal(back.seen['--disable-userns'], 'yes');
-      assert.deepEqual(back.unshare.sort(), NAMESPACES.filter((n) => n !== 'mnt').sort(), 'every namespace (bwrap always makes the mount namespace)');
-      assert.deepEqual(parsePrlimit(prefix), spec.rlimits);
-      // data descriptors stay clear of the program's control channel and of bwrap's own
-      for (const d of dataFds) assert.ok(d.fd >= FD.firstData && ![3, 4, FD.args, FD.seccomp, FD.status, FD.block].includes(d.fd));
+  for (const overlays of [true, false])
+    it(`is carried out in full by the bubblewrap options: every mount in order, env, ids, namespaces, cwd, rlimits (${overlays ? 'system overlaid' : 'system bound'})`, () => {
+      withFolders(
+        (spec) => {
+          const { options, dataFds, prefix, devpts } = renderBwrap(spec);
+          const back = parseBwrap(options, dataFds, devpts);
+          assert.deepEqual(back.mounts, spec.mounts);
+          assert.deepEqual(back.env, spec.env);
+          assert.equal(back.seen['--clearenv'], 'yes', 'nothing of the server environment');
+          assert.deepEqual([back.seen['--uid'], back.seen['--gid']], [String(spec.user.uid), String(spec.user.gid)]);
+          assert.equal(back.seen['--hostname'], spec.hostname);
+          assert.equal(back.seen['--chdir'], spec.cwd);
+          assert.equal(back.seen['--seccomp'], String(FD.seccomp));
+          // bwrap waits for the devpts cap before it loads the filter and runs the program
+          assert.equal(back.seen['--block-fd'], String(FD.block));
+          const overlaid = spec.mounts.flatMap((m) => (m.op === 'overlay' ? [{ dir: m.dir, lowers: m.lowers, dest: m.dest }] : []));
+          assert.deepEqual(devpts, { max: 12, options: DEVPTS_OPTIONS, network: SANDBOX_NETWORK, ipc: spec.ipc, overlays: overlaid });
+          assert.deepEqual(
+            overlaid.map((o) => o.dest),
+            overlays ? ['/usr', '/etc', SANDBOX_PATHS.driver] : [],
+            'the system files are overlaid (inodes of the sandbox own) where the host can',
+          );
+          assert.equal(back.seen['--cap-drop'], 'ALL');
+          assert.equal(back.seen['--new-session'], 'yes');
+          assert.equal(back.seen['--disable-userns'], 'yes');
+          assert.deepEqual(back.unshare.sort(), NAMESPACES.filter((n) => n !== 'mnt').sort(), 'every namespace (bwrap always makes the mount namespace)');
+          assert.deepEqual(parsePrlimit(prefix), spec.rlimits);
+          // data descriptors stay clear of the program's control channel and of bwrap's own
+          for (const d of dataFds) assert.ok(d.fd >= FD.firstData && ![3, 4, FD.args, FD.seccomp, FD.status, FD.block].includes(d.fd));
+        },
+        undefined,
+        overlays,
+      );
     });
-  });
 
-  it('is carried out to the same mount table by the template builder (zygote.py, against a recording mount table)', () => {
-    withFolders((spec, base) => {
-      const out = execFileSync('/usr/bin/python3', ['-I', repo('test/fixtures/template_dry_run.py')], {
-        input: JSON.stringify({ zygote: repo('sandbox-python/zygote.py'), mounts: spec.mounts, base }),
-        encoding: 'utf8',
-      });
-      const built = out
-        .trim()
-        .split('\n')
-        .map((l) => JSON.parse(l) as MountLine);
-      assert.deepEqual(built, expectedMounts(spec.mounts, hostFacts()));
+  for (const overlays of [true, false])
+    it(`is carried out to the same mount table by the template builder (zygote.py, against a recording mount table) (${overlays ? 'system overlaid' : 'system bound'})`, () => {
+      withFolders(
+        (spec, base) => {
+          const out = execFileSync('/usr/bin/python3', ['-I', repo('test/fixtures/template_dry_run.py')], {
+            input: JSON.stringify({ zygote: repo('sandbox-python/zygote.py'), mounts: spec.mounts, base }),
+            encoding: 'utf8',
+          });
+          const built = out
+            .trim()
+            .split('\n')
+            .map((l) => JSON.parse(l) as MountLine);
+          assert.deepEqual(built, expectedMounts(spec.mounts, hostFacts()));
+          if (overlays)
+            assert.deepEqual(
+              built.find((m) => m[0] === '/usr'),
+              ['/usr', 'overlay', ['ro', 'nosuid', 'nodev']],
+            );
+        },
+        undefined,
+        overlays,
+      );
     });
-  });
 
   it('the template builder hardens a submount the host has below a read-only bind (noexec kept), and refuses one it may not look at', () => {
-    withFolders((spec, base) => {
-      let runs = 0;
-      const dryRun = (extra: object) =>
-        execFileSync('/usr/bin/python3', ['-I', repo('test/fixtures/template_dry_run.py')], {
-          input: JSON.stringify({ zygote: repo('sandbox-python/zygote.py'), mounts: spec.mounts, base: mkdtempSync(`${base}/run${runs++}-`), ...extra }),
-          encoding: 'utf8',
-          stdio: ['pipe', 'pipe', 'pipe'],
-        });
-      const sub = '/usr/share/otari-test-submount';
-      const built = dryRun({ extra_host: [[sub, 'tmpfs', ['noexec']]] })
-        .trim()
-        .split('\n')
-        .map((l) => JSON.parse(l) as MountLine);
-      const host = hostFacts();
-      const line = `999 1 0:99 / ${sub} rw,noexec,relatime - tmpfs otari rw\n`;
-      assert.deepEqual(built, expectedMounts(spec.mounts, { ...host, mountinfo: host.mountinfo + line }));
-      assert.deepEqual(
-        built.find((m) => m[0] === sub),
-        [sub, 'tmpfs', ['ro', 'nosuid', 'nodev', 'noexec']],
-      );
-      assert.throws(
-        () => dryRun({ extra_host: [[sub, 'tmpfs', []]], deny: [sub] }),
-        (e: Error & { stderr?: string }) => /mount \/usr\/share\/otari-test-submount (is not nosuid|lacks ro, nosuid or nodev)/.test(String(e.stderr)),
-      );
-    });
+    withFolders(
+      (spec, base) => {
+        let runs = 0;
+        const dryRun = (extra: object) =>
+          execFileSync('/usr/bin/python3', ['-I', repo('test/fixtures/template_dry_run.py')], {
+            input: JSON.stringify({ zygote: repo('sandbox-python/zygote.py'), mounts: spec.mounts, base: mkdtempSync(`${base}/run${runs++}-`), ...extra }),
+            encoding: 'utf8',
+            stdio: ['pipe', 'pipe', 'pipe'],
+          });
+        const sub = '/usr/share/otari-test-submount';
+        const built = dryRun({ extra_host: [[sub, 'tmpfs', ['noexec']]] })
+          .trim()
+          .split('\n')
+          .map((l) => JSON.parse(l) as MountLine);
+        const host = hostFacts();
+        const line = `999 1 0:99 / ${sub} rw,noexec,relatime - tmpfs otari rw\n`;
+        assert.deepEqual(built, expectedMounts(spec.mounts, { ...host, mountinfo: host.mountinfo + line }));
+        assert.deepEqual(
+          built.find((m) => m[0] === sub),
+          [sub, 'tmpfs', ['ro', 'nosuid', 'nodev', 'noexec']],
+        );
+        assert.throws(
+          () => dryRun({ extra_host: [[sub, 'tmpfs', []]], deny: [sub] }),
+          (e: Error & { stderr?: string }) => /mount \/usr\/share\/otari-test-submount (is not nosuid|lacks ro, nosuid or nodev)/.test(String(e.stderr)),
+        );
+      },
+      undefined,
+      false,
+    ); // (a bind of /usr: an overlay of it has no submounts)
   });
 
   it('gives a command without ptys a cover on /dev/pts/ptmx (read-only, nodev), carried out alike by bubblewrap and the template builder, and expects openpty() to fail there', () => {
@@ -237,7 +279,7 @@ describe('the sandbox description', () => {
         assert.equal(expectedOpenpty(spec.mounts), NO_PTYS_ERROR);
         const { options, dataFds, devpts } = renderBwrap(spec);
         assert.deepEqual(parseBwrap(options, dataFds, devpts).mounts, spec.mounts);
-        assert.deepEqual(devpts, { max: 12, options: DEVPTS_OPTIONS, network: SANDBOX_NETWORK, ipc: spec.ipc }, 'the devpts under the cover is capped all the same');
+        assert.deepEqual(devpts?.max, 12, 'the devpts under the cover is capped all the same');
         const ptmx = expectedMounts(spec.mounts, hostFacts()).find((m) => m[0] === '/dev/pts/ptmx');
         assert.ok(ptmx?.[2].includes('nodev') && ptmx[2].includes('ro'), JSON.stringify(ptmx));
         const out = execFileSync('/usr/bin/python3', ['-I', repo('test/fixtures/template_dry_run.py')], {
