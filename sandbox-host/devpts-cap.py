@@ -149,17 +149,18 @@ def reconfigure(path_fd, userns_fd, mntns_fd, settings):
     return os.waitstatus_to_exitcode(status)
 
 
-def mount_overlay(path_fd, userns_fd, mntns_fd, folder, lowers):
-    """In a forked child: the owner of the sandbox's user namespace, in it, makes a
-    read-only overlay (nosuid, nodev) of the layers `lowers`, names in the host folder
-    `folder` (looked up in a private copy of this helper's mount namespace, the host's,
-    with the box's uid), then joins the sandbox's mount namespace and mounts it on the
-    folder `path_fd` is. The overlay belongs to the sandbox's user namespace: nothing else
-    of the host is changed. Where the host has a mount below the first layer, the kernel
-    refuses the overlay (EINVAL: a layer cannot be a tree with mounts locked in it, since
-    the overlay would show what they cover): the first layer is then bound, recursively,
-    read-only, nosuid and nodev, as bubblewrap would (the host's inodes, as before the
-    overlays). Returns 0, or the errno, as reconfigure."""
+def mount_overlays(targets, userns_fd, mntns_fd):
+    """In one forked child: the owner of the sandbox's user namespace, in it, makes for each
+    of `targets` (path_fd, folder, lowers) a read-only overlay (nosuid, nodev) of the layers
+    `lowers`, names in the host folder `folder` (looked up in a private copy of this
+    helper's mount namespace, the host's, with the box's uid), then joins the sandbox's
+    mount namespace and mounts each on the folder its `path_fd` is. The overlays belong to
+    the sandbox's user namespace: nothing else of the host is changed. Where the host has
+    a mount below the first layer, the kernel refuses the overlay (EINVAL: a layer cannot
+    be a tree with mounts locked in it, since the overlay would show what they cover): the
+    first layer is then bound, recursively, read-only, nosuid and nodev, as bubblewrap
+    would (the host's inodes, as before the overlays). Returns 0, or the errno, as
+    reconfigure."""
     pid = os.fork()
     if pid == 0:
         try:
@@ -167,34 +168,43 @@ def mount_overlay(path_fd, userns_fd, mntns_fd, folder, lowers):
             # a mount namespace of the sandbox's user namespace (a copy of the host's, where
             # the layers are looked up): a filesystem is made only where one may mount
             check(libc.unshare(CLONE_NEWNS), "unshare mnt")
-            os.chdir(folder)
         except OSError as e:
             os._exit(SETNS_FAILED + min(e.errno or 1, 127))
         code = 0
-        attrs = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
         try:
-            try:
-                fc = check(libc.syscall(NR["fsopen"], b"overlay", FSOPEN_CLOEXEC), "fsopen overlay")
-                check(libc.syscall(NR["fsconfig"], fc, FSCONFIG_SET_STRING, b"source", b"sbx-system", 0), "fsconfig source")
-                check(libc.syscall(NR["fsconfig"], fc, FSCONFIG_SET_STRING, b"lowerdir", ":".join(lowers).encode(), 0), "fsconfig lowerdir")
-                check(libc.syscall(NR["fsconfig"], fc, FSCONFIG_CMD_CREATE, None, None, 0), "overlay")
-                mnt = check(libc.syscall(NR["fsmount"], fc, FSMOUNT_CLOEXEC, attrs), "fsmount")
-            except OSError as e:
-                if e.errno != errno.EINVAL:
-                    raise
-                clone = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE
-                mnt = check(libc.syscall(NR["open_tree"], AT_FDCWD, lowers[0].encode(), clone), "open_tree")
-                attr = (ctypes.c_uint64 * 4)(attrs, 0, 0, 0)  # struct mount_attr: set, clr, propagation, userns_fd
-                where = AT_EMPTY_PATH | AT_RECURSIVE
-                check(libc.syscall(NR["mount_setattr"], mnt, b"", where, ctypes.byref(attr), ctypes.sizeof(attr)), "mount_setattr")
+            mounts = []
+            for path_fd, folder, lowers in targets:
+                os.chdir(folder)
+                mounts.append((make_overlay(lowers), path_fd))
             check(libc.setns(mntns_fd, CLONE_NEWNS), "setns mnt")
-            flags = MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH
-            check(libc.syscall(NR["move_mount"], mnt, b"", path_fd, b"", flags), "move_mount")
+            for mnt, path_fd in mounts:
+                flags = MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH
+                check(libc.syscall(NR["move_mount"], mnt, b"", path_fd, b"", flags), "move_mount")
         except OSError as e:
             code = min(e.errno or 1, 127)
         os._exit(code)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
+
+
+def make_overlay(lowers):
+    """mount_overlays' part for one target, in the current folder: a detached mount."""
+    attrs = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
+    try:
+        fc = check(libc.syscall(NR["fsopen"], b"overlay", FSOPEN_CLOEXEC), "fsopen overlay")
+        check(libc.syscall(NR["fsconfig"], fc, FSCONFIG_SET_STRING, b"source", b"sbx-system", 0), "fsconfig source")
+        check(libc.syscall(NR["fsconfig"], fc, FSCONFIG_SET_STRING, b"lowerdir", ":".join(lowers).encode(), 0), "fsconfig lowerdir")
+        check(libc.syscall(NR["fsconfig"], fc, FSCONFIG_CMD_CREATE, None, None, 0), "overlay")
+        return check(libc.syscall(NR["fsmount"], fc, FSMOUNT_CLOEXEC, attrs), "fsmount")
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+    clone = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE
+    mnt = check(libc.syscall(NR["open_tree"], AT_FDCWD, lowers[0].encode(), clone), "open_tree")
+    attr = (ctypes.c_uint64 * 4)(attrs, 0, 0, 0)  # struct mount_attr: set, clr, propagation, userns_fd
+    where = AT_EMPTY_PATH | AT_RECURSIVE
+    check(libc.syscall(NR["mount_setattr"], mnt, b"", where, ctypes.byref(attr), ctypes.sizeof(attr)), "mount_setattr")
+    return mnt
 
 
 def read_only_points(text):
@@ -322,8 +332,7 @@ class Request:
             table = self.table()
             if not finished(table):
                 return False
-            for dest, folder, lowers in self.overlays:
-                self.overlay(dest, folder, lowers)
+            self.overlay()
             self.overlaid = True
         return self.verify(self.capped)
 
@@ -360,16 +369,21 @@ class Request:
             return True
         return False
 
-    def overlay(self, dest, folder, lowers):
-        path_fd = os.open(f"root{dest}", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=self.proc)
+    def overlay(self):
+        targets = []
         try:
-            code = mount_overlay(path_fd, self.userns, self.mntns, folder, lowers)
+            for dest, folder, lowers in self.overlays:
+                path_fd = os.open(f"root{dest}", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=self.proc)
+                targets.append((path_fd, folder, lowers))
+            code = mount_overlays(targets, self.userns, self.mntns)
         finally:
-            os.close(path_fd)
+            for path_fd, _, _ in targets:
+                os.close(path_fd)
         if code > SETNS_FAILED:
             raise OSError(code - SETNS_FAILED, f"joining the sandbox's user namespace: {os.strerror(code - SETNS_FAILED)}")
         if code != 0:
-            raise OSError(code, f"overlay on {dest}: {os.strerror(code)}")
+            where = ", ".join(dest for dest, _, _ in self.overlays)
+            raise OSError(code, f"overlays on {where}: {os.strerror(code)}")
 
     def verify(self, device):
         table = self.table()
