@@ -371,6 +371,8 @@ def mount_roots(mounts, base):
     resolve), /dev and /proc (whose nodes and sys it binds), and its own base."""
     roots = {"/dev", "/proc", os.path.realpath(base)}
     for m in mounts:
+        if m["op"] == "dev" and m.get("nodes"):
+            roots.add(os.path.realpath(m["nodes"]))
         if m["op"] == "bind" and os.path.exists(m["source"]):
             roots.add(os.path.realpath(m["source"]))
         if m["op"] == "overlay":
@@ -435,7 +437,7 @@ def build_root(mounts, base):
             os.makedirs(dest, 0o755, exist_ok=True)
             mount_proc(dest, host)
         elif op == "dev":
-            build_dev(dest, host, int(m["ptysMax"]))
+            build_dev(dest, host, int(m["ptysMax"]), m.get("nodes") or "/dev")
         elif op == "tmpfs":
             os.makedirs(dest, 0o755, exist_ok=True)
             mount("tmpfs", dest, "tmpfs", MS_NOSUID | MS_NODEV, f"mode={int(m['mode']):o},size={int(m['sizeBytes'])}")
@@ -501,15 +503,16 @@ def verify_mounts(mounts, new):
                 raise OSError(errno.EPERM, f"mount {point[len(new):]} lacks {'ro, ' if need & MS_RDONLY else ''}nosuid or nodev")
 
 
-def build_dev(dev, host, ptys_max):
-    """bubblewrap's --dev: a tmpfs with the harmless device nodes bound in from the host,
-    the standard symlinks, a private devpts and a folder for shm. The devpts holds at most
-    `ptys_max` ptys (bubblewrap's gets the same cap from the server while bwrap waits)."""
+def build_dev(dev, host, ptys_max, nodes):
+    """bubblewrap's --dev: a tmpfs with the harmless device nodes bound in from `nodes`
+    (the box's own, or the host's /dev), the standard symlinks, a private devpts and a
+    folder for shm. The devpts holds at most `ptys_max` ptys (bubblewrap's gets the same
+    cap from the server while bwrap waits)."""
     os.makedirs(dev, 0o755, exist_ok=True)
     mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
     for node in ("null", "zero", "full", "random", "urandom", "tty"):
         touch(f"{dev}/{node}")
-        bind(f"/dev/{node}", f"{dev}/{node}", False, devices=True, host=host)
+        bind(f"{nodes}/{node}", f"{dev}/{node}", False, devices=True, host=host)
     for n, name in enumerate(("stdin", "stdout", "stderr")):
         os.symlink(f"/proc/self/fd/{n}", f"{dev}/{name}")
     os.symlink("/proc/self/fd", f"{dev}/fd")

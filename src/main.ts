@@ -84,6 +84,8 @@ async function prepareIsolation(
   privileged: boolean,
   tmpfsQuota: boolean,
   system: SystemTree | null,
+  mounts: Mounts,
+  ownDevices: boolean,
 ): Promise<{ isolation: IsolationInfo; templateOk: boolean; commandsOk: boolean }> {
   const dir = `${config.sessionsRoot}/probe_${randomBytes(6).toString('hex')}`;
   let templateOk = false;
@@ -92,6 +94,8 @@ async function prepareIsolation(
   try {
     for (const d of [dir, `${dir}/workspace`, `${dir}/tmp`, `${dir}/lib`]) await fsp.mkdir(d, { mode: 0o711 });
     if (uid !== undefined) for (const d of [`${dir}/workspace`, `${dir}/tmp`]) await fsp.chown(d, uid, uid);
+    // (before the host's mount table is read: the probe compares the binds of its nodes)
+    if (ownDevices) await mounts.makeDevices(dir);
     const folders = {
       workspaceDir: `${dir}/workspace`,
       tmpDir: `${dir}/tmp`,
@@ -100,6 +104,7 @@ async function prepareIsolation(
       shmBytes: config.shmMb * 1024 * 1024,
       ptysMax: config.sessionPtysMax,
       system,
+      devicesDir: ownDevices ? `${dir}/devices` : null,
     };
     const limits = { addressSpaceBytes: config.memoryMb * 1024 * 1024, cpuSeconds: 10, fileSizeBytes: 1 << 20, openFiles: 64, processes: 16 };
     const spec = sandboxSpec(folders, sandboxRlimits(limits), { kind: 'interpreter', preload: preloadList(config) }, HOST_ETC);
@@ -181,6 +186,9 @@ async function prepareIsolation(
       system_files: system
         ? '/usr, /etc and the driver overlaid in each sandbox: their inodes and locks are its own'
         : "the host's /usr and driver bound (an overlay in a user namespace does not work here): a lock on one of their files is seen host-wide",
+      device_nodes: ownDevices
+        ? "each session's own (null, zero, full, random, urandom, tty; read-only): their locks and times are its own"
+        : "the host's /dev nodes bound (making them needs root with CAP_MKNOD): a lock on one is seen host-wide",
     };
     return { isolation, templateOk, commandsOk };
   } finally {
@@ -188,6 +196,7 @@ async function prepareIsolation(
       await killUid(uid);
       uids.release(uid);
     }
+    if (ownDevices) await mounts.unmountLazy(dir);
     await removeTree(dir).catch((e: unknown) => log.warn({ err: String(e) }, 'could not remove the probe folder'));
   }
 }
@@ -444,6 +453,10 @@ async function main(): Promise<void> {
   if (swept > 0) log.warn({ folders: swept }, 'removed session folders left by an earlier run');
 
   const tmpfsQuota = privileged && (await mounts.canMountTmpfs(config.sessionsRoot));
+  // Each box's own device nodes, in its tmpfs (mounts.ts).
+  const ownDevices = tmpfsQuota && (await mounts.canMakeDevices(config.sessionsRoot));
+  if (tmpfsQuota && !ownDevices)
+    log.warn("device nodes cannot be made here (the mount helper, or CAP_MKNOD, is missing): sandboxes bind the host's /dev nodes (a lock on one is seen host-wide)");
   // Each sandbox's /usr, /etc and driver are overlays with inodes of their own (system-tree.ts).
   let system: SystemTree | null = await prepareSystemTree(config.sessionsRoot, HOST_ETC, DRIVER_DIR);
   const overlays = await overlaysWork(system);
@@ -467,7 +480,7 @@ async function main(): Promise<void> {
     launcher = new Launcher({ seccompBpf, pipes, devpts });
     if (config.pythonTemplate === 'auto') zygote = await startTemplate(config, log, seccompBpf);
     if (zygote) commands = await startCommandTemplate(config, log, seccompBpf, pipes);
-    const prepared = await prepareIsolation(config, log, launcher, zygote, commands, uids, privileged, tmpfsQuota, system);
+    const prepared = await prepareIsolation(config, log, launcher, zygote, commands, uids, privileged, tmpfsQuota, system, mounts, ownDevices);
     isolation = prepared.isolation;
     if (zygote && !prepared.templateOk) {
       await zygote.close();
@@ -601,6 +614,7 @@ async function main(): Promise<void> {
         privileged,
         canRenice: privileged && hasCapability(CAP_SYS_NICE),
         tmpfsQuota,
+        ownDevices,
         mounts,
         driverHostDir: DRIVER_DIR,
         hostEtc: HOST_ETC,

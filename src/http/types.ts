@@ -58,6 +58,8 @@ export interface IsolationInfo {
   /** Whether the sandbox's system files (/usr, /etc, the driver) are overlays of its own or
    * the host's inodes (a lock on those is seen host-wide). */
   system_files: string;
+  /** Whether a sandbox's /dev nodes are its session's own or the host's. */
+  device_nodes: string;
 }
 
 export interface AppDeps {

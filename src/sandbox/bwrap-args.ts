@@ -23,7 +23,7 @@
  * folder bare. (Not a bind of the first layer: the mount table would show its host path.)
  */
 import type { Rlimit } from '../limits.js';
-import { DEVPTS_OPTIONS, type SandboxIpc, type SandboxNetwork, type SandboxSpec } from './spec.js';
+import { DEVICE_NODES, DEVPTS_OPTIONS, type SandboxIpc, type SandboxNetwork, type SandboxSpec } from './spec.js';
 
 export const FD = { args: 5, seccomp: 6, status: 7, block: 8, firstData: 9 } as const;
 
@@ -92,6 +92,8 @@ export function renderBwrap(spec: SandboxSpec): BwrapCommand {
         break;
       case 'dev':
         o.push('--dev', m.dest);
+        // (bwrap's --dev binds the host's nodes: the box's own go over them)
+        if (m.nodes !== null) for (const node of DEVICE_NODES) o.push('--dev-bind', `${m.nodes}/${node}`, `${m.dest}/${node}`);
         devpts = { max: m.ptysMax, options: DEVPTS_OPTIONS, network: spec.network, ipc: spec.ipc, overlays };
         break;
       case 'tmpfs':

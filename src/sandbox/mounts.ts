@@ -1,6 +1,9 @@
 /**
  * Host mounts the server makes for sessions: a size-capped tmpfs per box (its disk
- * quota). Needs root with CAP_SYS_ADMIN; canMountTmpfs() tells at start-up.
+ * quota), and in it the box's own device nodes (`devices/`: null, zero, full, random,
+ * urandom, tty, in a tiny read-only tmpfs without nodev; spec.ts `dev`). Needs root with
+ * CAP_SYS_ADMIN (and CAP_MKNOD for the nodes); canMountTmpfs() and canMakeDevices() tell
+ * at start-up.
  *
  * A root server makes them through one helper process (sandbox-host/mounter.py: a mount
  * or umount system call per request, for folders directly under the sessions root only),
@@ -33,8 +36,14 @@ export class Mounts {
     await execFileP('/usr/bin/mount', ['-t', 'tmpfs', '-o', `size=${sizeMb}m,nr_inodes=${inodesFor(sizeMb)},mode=${mode},nosuid,nodev`, 'sbx-workspace', dir]);
   }
 
-  /** Lazy unmount: succeeds even while a dying process still holds a file open; never
-   * throws (a folder that is not mounted is fine). */
+  /** The box folder `dir`'s own device nodes, in `dir`/devices (the mount helper only). */
+  async makeDevices(dir: string): Promise<void> {
+    if (!this.helper) throw new Error('device nodes of its own need the mount helper');
+    await this.helper.request({ op: 'devices', dir });
+  }
+
+  /** Lazy unmount of `dir` (and of its devices): succeeds even while a dying process still
+   * holds a file open; never throws (a folder that is not mounted is fine). */
   async unmountLazy(dir: string): Promise<void> {
     if (this.helper) {
       await this.helper.request({ op: 'umount', dir }).catch(() => this.unmountWithProgram(dir));
@@ -44,7 +53,25 @@ export class Mounts {
   }
 
   private async unmountWithProgram(dir: string): Promise<void> {
+    // (no devices without the helper)
     await execFileP('/usr/bin/umount', ['-l', dir]).catch(() => {});
+  }
+
+  /** Whether device nodes of a box's own can be made under `root` (and removed again). */
+  async canMakeDevices(root: string): Promise<boolean> {
+    if (!this.helper) return false;
+    const dir = `${root}/probe_devices_${randomBytes(4).toString('hex')}`;
+    await fsp.mkdir(dir);
+    try {
+      await this.makeDevices(dir);
+      const st = await fsp.stat(`${dir}/devices/null`);
+      return st.isCharacterDevice() && st.rdev === (await fsp.stat('/dev/null')).rdev;
+    } catch {
+      return false;
+    } finally {
+      await this.unmountLazy(dir);
+      await fsp.rm(dir, { recursive: true, force: true }).catch(() => {});
+    }
   }
 
   /** Whether a tmpfs can be mounted under `root` (and unmounted again). */

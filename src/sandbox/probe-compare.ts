@@ -7,7 +7,7 @@
  * `<field>: <kind a> has <x>, <kind b> has <y>` between kinds.
  */
 import type { Rlimit } from '../limits.js';
-import { DEVPTS_OPTIONS, NO_PTYS_ERROR, type MountOp, type SandboxSpec } from './spec.js';
+import { DEVICE_NODES, DEVPTS_OPTIONS, NO_PTYS_ERROR, type MountOp, type SandboxSpec } from './spec.js';
 
 const FLAGS = ['ro', 'nosuid', 'nodev', 'noexec'] as const;
 type Flag = (typeof FLAGS)[number];
@@ -160,7 +160,7 @@ export function expectedMounts(mounts: readonly MountOp[], host: HostFacts): Mou
         break;
       case 'dev':
         put(m.dest, 'tmpfs', ['nosuid', 'nodev']);
-        for (const node of ['null', 'zero', 'full', 'random', 'urandom', 'tty']) bind(`/dev/${node}`, `${m.dest}/${node}`, ['nosuid']);
+        for (const node of DEVICE_NODES) bind(`${m.nodes ?? '/dev'}/${node}`, `${m.dest}/${node}`, ['nosuid']);
         put(`${m.dest}/pts`, 'devpts', ['nosuid', 'noexec']);
         break;
       case 'tmpfs':

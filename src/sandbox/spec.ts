@@ -67,7 +67,10 @@ export type Namespace = (typeof NAMESPACES)[number];
  *    opens them, and the ipc limits there are writable by the namespace's root, which the
  *    sandbox's uid maps to: bubblewrap covers it only where the folder itself is
  *    writable), and those of sysrq-trigger, irq and bus that the builder could write to;
- *  - dev: a tmpfs with null zero full random urandom tty bound in (devices allowed),
+ *  - dev: a tmpfs with null zero full random urandom tty bound in (devices allowed) from
+ *    `nodes` (the box's own, read-only: a lock on the host's /dev/null would be seen
+ *    host-wide and a long list of them slows every close of it; their times are the
+ *    box's too) or, where the server cannot make them (rootless), from the host's /dev,
  *    fd/stdin/stdout/stderr/core/ptmx symlinks, a private devpts at pts holding at most
  *    `ptysMax` ptys (DEVPTS_OPTIONS and max=; below the host's shared kernel.pty.max),
  *    and a shm folder;
@@ -82,7 +85,7 @@ export type MountOp =
   | { op: 'data'; dest: string; content: string }
   | { op: 'symlink'; target: string; dest: string }
   | { op: 'proc'; dest: string }
-  | { op: 'dev'; dest: string; ptysMax: number }
+  | { op: 'dev'; dest: string; ptysMax: number; nodes: string | null }
   | { op: 'tmpfs'; dest: string; sizeBytes: number; mode: number }
   | { op: 'remount-ro'; dest: string };
 
@@ -100,6 +103,8 @@ export interface SandboxFolders {
   shmBytes: number;
   /** Ptys the sandbox's devpts holds at most. */
   ptysMax: number;
+  /** The box's own device nodes (mounts.ts makeDevices), or null: the host's /dev ones. */
+  devicesDir: string | null;
   /** The server's copies of the system files (system-tree.ts), overlaid at /usr, /etc and
    * the driver's folder; null where overlays cannot be mounted (the host's files are
    * bound instead, their inodes shared). */
@@ -116,6 +121,9 @@ export interface SystemTree {
  * driver's folder, `etc` holds copies of ETC_ALLOW_LIST (those on the host) and the
  * sandbox's passwd and group, `empty` is empty (the last layer of each overlay). */
 export const SYSTEM_LAYERS = { usr: 'usr', etc: 'etc', driver: 'driver', empty: 'empty' } as const;
+
+/** The device nodes of a sandbox's /dev (spec `dev`; sandbox-host/mounter.py DEVICES). */
+export const DEVICE_NODES = ['null', 'zero', 'full', 'random', 'urandom', 'tty'] as const;
 
 /** The options of a sandbox's devpts besides `newinstance` and its `max`: bubblewrap's
  * --dev mounts it with these, and the template builder (zygote.py) does the same. */
@@ -323,7 +331,7 @@ export function sandboxMounts(folders: SandboxFolders, etc: readonly string[], p
   m.push({ op: 'bind', source: folders.libDir, dest: SANDBOX_PATHS.sessionLib, readonly: true });
   // kernel views: own /proc (own pid namespace), minimal /dev, private capped /dev/shm
   m.push({ op: 'proc', dest: '/proc' });
-  m.push({ op: 'dev', dest: '/dev', ptysMax: folders.ptysMax });
+  m.push({ op: 'dev', dest: '/dev', ptysMax: folders.ptysMax, nodes: folders.devicesDir });
   m.push({ op: 'tmpfs', dest: '/dev/shm', sizeBytes: folders.shmBytes, mode: 0o1777 });
   if (!ptys) m.push({ op: 'bind', source: '/dev/null', dest: NO_PTYS_COVER, readonly: true });
   // the session's folders

@@ -12,6 +12,7 @@
  *     staging/                        uploads land here first, then rename() in
  *     undo/                           the text editor's undo snapshots (server-only, 0700)
  *     artifacts/                      copies of the files calls produced (server-only, 0700)
+ *     devices/                        the box's own device nodes, a read-only tmpfs (root)
  * The tmpfs gives each session a hard disk quota (ENOSPC) that counts the workspace and
  * /tmp together, and makes deletion one umount.
  */
@@ -61,8 +62,10 @@ export interface BoxDeps {
   canRenice: boolean;
   /** A size-capped tmpfs can be mounted per box (root with CAP_SYS_ADMIN). */
   tmpfsQuota: boolean;
+  /** Each box gets device nodes of its own in its tmpfs (mounts.ts makeDevices). */
+  ownDevices: boolean;
   /** How it is mounted and unmounted. */
-  mounts: Pick<Mounts, 'mountTmpfs' | 'unmountLazy'>;
+  mounts: Pick<Mounts, 'mountTmpfs' | 'makeDevices' | 'unmountLazy'>;
   driverHostDir: string;
   /** The entries of the spec's /etc allow-list that exist on this host. */
   hostEtc: readonly string[];
@@ -164,6 +167,7 @@ export class Box {
       shmBytes: this.deps.config.shmMb * MiB,
       ptysMax: this.deps.config.sessionPtysMax,
       system: this.deps.system,
+      devicesDir: this.deps.tmpfsQuota && this.deps.ownDevices ? `${this.dir}/devices` : null,
     };
     return sandboxSpec(folders, sandboxRlimits(this.limits), role, this.deps.hostEtc);
   }
@@ -221,6 +225,7 @@ export class Box {
       // (set first: a mount that took effect although its answer was lost is still undone)
       this.mounted = true;
       await this.deps.mounts.mountTmpfs(this.dir, config.workspaceMb);
+      if (this.deps.ownDevices) await this.deps.mounts.makeDevices(this.dir);
     }
     for (const d of [this.workspaceDir, this.tmpDir]) {
       await fsp.mkdir(d, { mode: 0o700 });

@@ -19,7 +19,8 @@
  *   - extended attributes (#K15): kernel memory no tmpfs size counts; setting one fails.
  *   - dnotify and file leases (#K16): marks on shared inodes, leases the server trips on.
  *   - SysV shared memory (#K17): segments no process maps, bounded like /dev/shm.
- *   - locks on system files (#K18): the host and other sessions do not see them.
+ *   - locks on system files and device nodes (#K18): the host and other sessions do not
+ *     see them.
  * Settings are small so the limits are crossed quickly: 2 sessions at most, 128 MiB of
  * memory, 16 MiB of disk and 1 MiB of /dev/shm per session (a 145 MiB memory cgroup), 48
  * processes and 8 ptys per session.
@@ -1063,15 +1064,17 @@ const LOCK_PROBE = [
   "print(' | '.join(out))",
 ].join('\n');
 
-/** Files of the sandbox's /usr, /etc and driver folder, and where the host has them. */
-const SYSTEM_FILES = ['/usr/bin/bash', '/usr/lib/python3.11/os.py', '/etc/ld.so.cache', '/opt/sandbox/driver.py'];
-const HOST_FILES = [...SYSTEM_FILES.slice(0, 3), fileURLToPath(new URL('../../../sandbox-python/driver.py', import.meta.url))];
+/** Files of the sandbox's /usr, /etc, driver folder and /dev, and where the host has them. */
+const SYSTEM_FILES = ['/usr/bin/bash', '/usr/lib/python3.11/os.py', '/etc/ld.so.cache', '/opt/sandbox/driver.py', '/dev/null', '/dev/zero', '/dev/urandom'];
+const HOST_FILES = SYSTEM_FILES.map((p) => (p === '/opt/sandbox/driver.py' ? fileURLToPath(new URL('../../../sandbox-python/driver.py', import.meta.url)) : p));
 
-/** A session holds a flock on some system files and a POSIX read lock on all: the host and
- * the other session can still take both kinds, while a process of the same sandbox cannot. */
+/** A session holds a flock and a POSIX read lock on system files and device nodes: the host
+ * and the other session can still take both kinds, while a process of the same sandbox
+ * cannot. The device nodes still work, and their times cannot be set. */
 async function systemLocksCase(suite: Suite, t: TestContext, victim: string): Promise<void> {
   const h = await api(suite.server, 'GET', '/health');
   assert.match(String(h.body.isolation.system_files), /overlaid in each sandbox/, 'this host mounts overlays in a user namespace (Linux 5.11 or later)');
+  assert.match(String(h.body.isolation.device_nodes), /^each session's own/, 'a root server with CAP_MKNOD makes device nodes per session');
   const a = await attacker(suite, t);
   const held = await py(
     suite.server,
@@ -1087,10 +1090,16 @@ async function systemLocksCase(suite: Suite, t: TestContext, victim: string): Pr
       '    fcntl.lockf(fd2, fcntl.LOCK_SH)',
       '    _held += [fd, fd2]',
       `print(subprocess.run([sys.executable, '-c', ${JSON.stringify(LOCK_PROBE)}, *paths], capture_output=True, text=True).stdout.strip())`,
+      "print(len(open('/dev/zero', 'rb').read(7)), open('/dev/null', 'w').write('x'))",
+      'try:',
+      "    os.utime('/dev/null')",
+      "    print('touched')",
+      'except OSError as e:',
+      '    print(e.errno)',
     ].join('\n'),
   );
   // (the probe can see a lock: in the same sandbox, they are there)
-  assert.equal(held.stdout, SYSTEM_FILES.map(() => 'EAGAIN posix-held').join(' | '), held.stderr);
+  assert.equal(held.stdout, [SYSTEM_FILES.map(() => 'EAGAIN posix-held').join(' | '), '7 1', '30'].join('\n'), held.stderr);
   const { stdout: host } = await execFileP('/usr/bin/python3', ['-c', LOCK_PROBE, ...HOST_FILES]);
   assert.equal(host.trim(), HOST_FILES.map(() => 'free free').join(' | '), "the host sees none of the session's locks");
   const other = await py(
@@ -1102,11 +1111,11 @@ async function systemLocksCase(suite: Suite, t: TestContext, victim: string): Pr
   await finishCase(suite, a);
 }
 
-test("#K18 locks on system files are the sandbox's own (/usr, /etc and the driver are overlays per sandbox): a session's flock and POSIX locks on them are not seen by the host or another session (template sandbox)", async (t) => {
+test("#K18 locks on system files and device nodes are the sandbox's own (/usr, /etc and the driver are overlays per sandbox, /dev/null and its siblings the session's own nodes): a session's flock and POSIX locks on them are not seen by the host or another session, and the nodes' times cannot be set (template sandbox)", async (t) => {
   await systemLocksCase(S, t, S.victim);
 });
 
-test('#K18 the same in bubblewrap sandboxes (SANDBOX_PYTHON_TEMPLATE=off), whose overlays are mounted while bwrap waits', async (t) => {
+test("#K18 the same in bubblewrap sandboxes (SANDBOX_PYTHON_TEMPLATE=off), whose overlays are mounted while bwrap waits and whose device nodes cover bwrap's", async (t) => {
   const B = await startSuite({ SANDBOX_PYTHON_TEMPLATE: 'off' });
   t.after(() => stopSuite(B));
   await systemLocksCase(B, t, B.victim);

@@ -38,6 +38,7 @@ const ISOLATION = {
   sessions_total: 'none',
   ptys: 'none',
   system_files: 'overlaid',
+  device_nodes: 'own',
 };
 
 function answer(stdout: string): ExecResponse {

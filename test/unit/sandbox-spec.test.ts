@@ -8,10 +8,11 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, mkdirSync, readFileSync, realpathSync, rmSync, symlinkSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import {
+  DEVICE_NODES,
   DEVPTS_OPTIONS,
   SANDBOX_NETWORK,
   ETC_ALLOW_LIST,
@@ -42,15 +43,27 @@ import {
 const repo = (rel: string) => fileURLToPath(new URL(`../../../${rel}`, import.meta.url));
 const limits = { addressSpaceBytes: 512 << 20, cpuSeconds: 30, fileSizeBytes: 1 << 20, openFiles: 64, processes: 32 };
 
-/** `overlays` false: a host where overlays cannot be mounted (the system is bound). */
+/** `overlays` false: a host where overlays cannot be mounted (the system is bound) and the
+ * server cannot make device nodes (the host's are bound). */
 function withFolders<T>(fn: (spec: SandboxSpec, base: string) => T, role: SandboxRole = { kind: 'interpreter', preload: ['json'] }, overlays = true): T {
   const root = mkdtempSync(`${tmpdir()}/spec-test-`);
   try {
-    for (const d of ['workspace', 'tmp', 'lib', 'base', 'system', 'system/etc', 'system/empty']) mkdirSync(`${root}/${d}`);
+    for (const d of ['workspace', 'tmp', 'lib', 'base', 'system', 'system/etc', 'system/empty', 'devices']) mkdirSync(`${root}/${d}`);
+    // (plain files: what the builders' models look at is the mount they are on)
+    for (const node of DEVICE_NODES) writeFileSync(`${root}/devices/${node}`, '');
     symlinkSync('/usr', `${root}/system/usr`);
     symlinkSync(repo('sandbox-python'), `${root}/system/driver`);
     const system = overlays ? { dir: `${root}/system` } : null;
-    const folders = { workspaceDir: `${root}/workspace`, tmpDir: `${root}/tmp`, libDir: `${root}/lib`, driverDir: repo('sandbox-python'), shmBytes: 1 << 20, ptysMax: 12, system };
+    const folders = {
+      workspaceDir: `${root}/workspace`,
+      tmpDir: `${root}/tmp`,
+      libDir: `${root}/lib`,
+      driverDir: repo('sandbox-python'),
+      shmBytes: 1 << 20,
+      ptysMax: 12,
+      system,
+      devicesDir: overlays ? `${root}/devices` : null,
+    };
     const etc = ETC_ALLOW_LIST.filter((p) => {
       try {
         realpathSync(p);
@@ -115,10 +128,18 @@ function parseBwrap(
         assert.deepEqual([arg(), arg(), arg()], ['--ro-bind', '/proc/sys', `${dest}/sys`]);
         break;
       }
-      case '--dev':
+      case '--dev': {
         assert.ok(devpts, '--dev comes with a pty cap for the launcher');
-        mounts.push({ op: 'dev', dest: arg(), ptysMax: devpts.max });
+        const dest = arg();
+        // (the box's own nodes bound over those bwrap's --dev binds from the host)
+        let nodes: string | null = null;
+        if (options[i + 1] === '--dev-bind') {
+          nodes = options[i + 2]!.slice(0, -'/null'.length);
+          for (const node of DEVICE_NODES) assert.deepEqual([arg(), arg(), arg()], ['--dev-bind', `${nodes}/${node}`, `${dest}/${node}`]);
+        }
+        mounts.push({ op: 'dev', dest, ptysMax: devpts.max, nodes });
         break;
+      }
       case '--perms':
         perms = parseInt(arg(), 8);
         break;
