@@ -10,6 +10,7 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import { mkdirSync, rmdirSync, rmSync } from 'node:fs';
 import { readdir, readFile, readlink } from 'node:fs/promises';
 import { startServer, api, createSession, py, sh, waitFor, type TestServer } from '../helpers/server.js';
 
@@ -43,6 +44,22 @@ async function templatePid(server: TestServer, role: 'interpreters' | 'commands'
 /** Runs a command in the server's own mount namespace (a server started with privateMounts). */
 function inNs(server: TestServer, ...cmd: string[]): string {
   return execFileSync('/usr/bin/nsenter', ['--target', String(server.proc.pid), '--mount', '--', ...cmd], { encoding: 'utf8' });
+}
+
+/** A new folder under /usr/local for a host mount the test makes in `server`'s mount
+ * namespace: unmounted (if it is) and removed after the test. */
+function usrFolder(server: TestServer, t: { after(fn: () => void): void }, prefix: string): string {
+  const dir = `/usr/local/${prefix}-${process.pid}-${Date.now()}`;
+  mkdirSync(dir);
+  t.after(() => {
+    try {
+      inNs(server, '/usr/bin/umount', '-l', dir);
+    } catch {
+      /* not mounted */
+    }
+    rmdirSync(dir);
+  });
+  return dir;
 }
 
 /** The host uid a session's interpreter runs as: the owner, seen from the host (in the
@@ -670,17 +687,7 @@ describe('interpreters forked from the template', () => {
   });
 
   it('make every mount below the read-only system read-only, also one the host adds under /usr', async (t) => {
-    const dir = `/usr/local/otari-test-${process.pid}-${Date.now()}`;
-    const { mkdirSync, rmdirSync } = await import('node:fs');
-    mkdirSync(dir);
-    t.after(() => {
-      try {
-        inNs(server, '/usr/bin/umount', '-l', dir);
-      } catch {
-        /* not mounted */
-      }
-      rmdirSync(dir);
-    });
+    const dir = usrFolder(server, t, 'otari-test');
     inNs(server, '/usr/bin/mount', '-t', 'tmpfs', '-o', 'size=1m,noexec', 'otari-test', dir);
     inNs(server, '/bin/sh', '-c', `echo host > ${dir}/f && chmod 666 ${dir}/f`);
     const id = await createSession(server);
@@ -700,7 +707,6 @@ describe('interpreters forked from the template', () => {
   });
 
   it('make such a mount read-only whatever its access-time flags (locked in a user namespace: a remount that drops them fails)', async (t) => {
-    const { mkdirSync, rmdirSync } = await import('node:fs');
     const dirs = ['strictatime,nodiratime', 'noatime', 'relatime,nodiratime'].map((o, i) => ({ o, dir: `/usr/local/otari-atime-${i}-${process.pid}-${Date.now()}` }));
     t.after(() => {
       for (const { dir } of dirs) {
@@ -728,7 +734,6 @@ describe('interpreters forked from the template', () => {
   });
 
   it('keep starting when the host stacks mounts under /usr or makes a superblock read-only under a read-write mount', async (t) => {
-    const { mkdirSync, rmSync } = await import('node:fs');
     const run = (...a: string[]) => inNs(server, '/usr/bin/mount', ...a);
     const stack = `/usr/local/otari-stack-${process.pid}-${Date.now()}`;
     const sb = `/usr/local/otari-sb-${process.pid}-${Date.now()}`;
@@ -773,7 +778,6 @@ describe('interpreters forked from the template', () => {
   });
 
   it('fall back to bubblewrap for a session whose interpreter the template refuses to build (a weak mount it cannot reach), and say so', async (t) => {
-    const { mkdirSync, rmSync } = await import('node:fs');
     const priv = `/usr/local/otari-priv-${process.pid}-${Date.now()}`;
     t.after(() => {
       try {
@@ -960,17 +964,7 @@ describe('bubblewrap sandboxes (SANDBOX_PYTHON_TEMPLATE=off) and host mounts bel
   }
 
   it('overlay /usr, and bind it read-only as before (submounts included) while the host has a mount below it: the kernel overlays no tree with mounts it locked', async (t) => {
-    const dir = `/usr/local/otari-bwrap-${process.pid}-${Date.now()}`;
-    const { mkdirSync, rmdirSync } = await import('node:fs');
-    mkdirSync(dir);
-    t.after(() => {
-      try {
-        inNs(server, '/usr/bin/umount', '-l', dir);
-      } catch {
-        /* not mounted */
-      }
-      rmdirSync(dir);
-    });
+    const dir = usrFolder(server, t, 'otari-bwrap');
     const before = await look(dir);
     assert.equal(before[0], "overlay ['-']", before.join('\n'));
     inNs(server, '/usr/bin/mount', '-t', 'tmpfs', '-o', 'size=1m', 'otari-test', dir);

@@ -78,6 +78,19 @@ function withFolders<T>(fn: (spec: SandboxSpec, base: string) => T, role: Sandbo
   }
 }
 
+/** The mount table the template's builder (zygote.py) makes of `spec`, against a recording
+ * model of the kernel's (test/fixtures/template_dry_run.py). */
+function dryRun(spec: SandboxSpec, base: string): MountLine[] {
+  const out = execFileSync('/usr/bin/python3', ['-I', repo('test/fixtures/template_dry_run.py')], {
+    input: JSON.stringify({ zygote: repo('sandbox-python/zygote.py'), mounts: spec.mounts, base }),
+    encoding: 'utf8',
+  });
+  return out
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as MountLine);
+}
+
 /** bwrap's options back into spec fields (only the flags renderBwrap uses); `--dev`'s pty
  * cap is not a bwrap option but what the launcher applies while bwrap waits (`devpts`). */
 function parseBwrap(
@@ -234,14 +247,7 @@ describe('the sandbox description', () => {
     it(`is carried out to the same mount table by the template builder (zygote.py, against a recording mount table) (${overlays ? 'system overlaid' : 'system bound'})`, () => {
       withFolders(
         (spec, base) => {
-          const out = execFileSync('/usr/bin/python3', ['-I', repo('test/fixtures/template_dry_run.py')], {
-            input: JSON.stringify({ zygote: repo('sandbox-python/zygote.py'), mounts: spec.mounts, base }),
-            encoding: 'utf8',
-          });
-          const built = out
-            .trim()
-            .split('\n')
-            .map((l) => JSON.parse(l) as MountLine);
+          const built = dryRun(spec, base);
           assert.deepEqual(built, expectedMounts(spec.mounts, hostFacts()));
           if (overlays)
             assert.deepEqual(
@@ -303,14 +309,7 @@ describe('the sandbox description', () => {
         assert.deepEqual(devpts?.max, 12, 'the devpts under the cover is capped all the same');
         const ptmx = expectedMounts(spec.mounts, hostFacts()).find((m) => m[0] === '/dev/pts/ptmx');
         assert.ok(ptmx?.[2].includes('nodev') && ptmx[2].includes('ro'), JSON.stringify(ptmx));
-        const out = execFileSync('/usr/bin/python3', ['-I', repo('test/fixtures/template_dry_run.py')], {
-          input: JSON.stringify({ zygote: repo('sandbox-python/zygote.py'), mounts: spec.mounts, base }),
-          encoding: 'utf8',
-        });
-        const built = out
-          .trim()
-          .split('\n')
-          .map((l) => JSON.parse(l) as MountLine);
+        const built = dryRun(spec, base);
         assert.deepEqual(built, expectedMounts(spec.mounts, hostFacts()));
       },
       { kind: 'command', ptys: false },
