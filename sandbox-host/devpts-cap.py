@@ -7,7 +7,8 @@ the host, as the server's uid (src/sandbox/devpts-cap.ts starts it).
 Protocol, one JSON object per line:
   stdin   {"id": n, "pid": P, "parent": Q, "max": N, "options": "ptmxmode=0666,mode=620",
            "network": {"loopbackMtu", "gsoMaxSegs", "sysctls"}, "ipc": {"sysctls"},
-           "overlays": [{"dir": F, "lowers": [name in F, ...], "dest": D}, ...]}
+           "overlays": [{"dir": F, "lowers": [name in F, ...], "dest": D}, ...],
+           "selfBinds": [E, ...]}
               P: the sandbox's first process (bwrap's "child-pid"), child of Q (the
               outer bwrap, the server's child); N: the pty cap; options: the ones bwrap
               mounted the devpts with (a reconfigure resets those it does not name)
@@ -38,7 +39,10 @@ root read-only, as seen from P's root): a forked child becomes the owner of the 
 user namespace, makes the overlay there (fsopen, its layers looked up on the host as the
 box's uid, by their names in F: the sandbox's mount table shows the option as given, and
 host paths are not for it to see), joins the sandbox's mount namespace and mounts it on
-the folder D; the table is then checked to show an overlay at each D.
+the folder D; the table is then checked to show an overlay at each D. Each `selfBinds`
+folder E (the sandbox's /proc/sys: bubblewrap covers it only where it is writable) is then
+bound over itself, read-only, from the same child: the sandbox's own inodes, not a bind of
+the host's /proc/sys (whose files a lock on was seen host-wide).
 
 The reconfiguration is made from a forked child that becomes the owner of the user
 namespace that owns the sandbox's mount namespace (the box's uid, when the server is
@@ -66,7 +70,8 @@ OPEN_TREE_CLONE, OPEN_TREE_CLOEXEC, AT_RECURSIVE, AT_EMPTY_PATH, AT_FDCWD = 0x1,
 FSPICK_CLOEXEC, FSPICK_EMPTY_PATH = 0x1, 0x8
 FSOPEN_CLOEXEC, FSMOUNT_CLOEXEC = 0x1, 0x1
 FSCONFIG_SET_STRING, FSCONFIG_CMD_CREATE, FSCONFIG_CMD_RECONFIGURE = 1, 6, 7
-MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV = 0x1, 0x2, 0x4
+MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC = 0x1, 0x2, 0x4, 0x8
+READ_ONLY = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
 MOVE_MOUNT_F_EMPTY_PATH, MOVE_MOUNT_T_EMPTY_PATH = 0x4, 0x40
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWNET, CLONE_NEWIPC = 0x20000, 0x10000000, 0x40000000, 0x08000000
 NS_GET_USERNS = 0xB701  # ioctl: the user namespace that owns a namespace
@@ -149,7 +154,7 @@ def reconfigure(path_fd, userns_fd, mntns_fd, settings):
     return os.waitstatus_to_exitcode(status)
 
 
-def mount_overlays(targets, userns_fd, mntns_fd):
+def finish_tree(targets, covers, userns_fd, mntns_fd):
     """In one forked child: the owner of the sandbox's user namespace, in it, makes for each
     of `targets` (path_fd, folder, lowers) a read-only overlay (nosuid, nodev) of the layers
     `lowers`, names in the host folder `folder` (looked up in a private copy of this
@@ -159,8 +164,9 @@ def mount_overlays(targets, userns_fd, mntns_fd):
     a mount below the first layer, the kernel refuses the overlay (EINVAL: a layer cannot
     be a tree with mounts locked in it, since the overlay would show what they cover): the
     first layer is then bound, recursively, read-only, nosuid and nodev, as bubblewrap
-    would (the host's inodes, as before the overlays). Returns 0, or the errno, as
-    reconfigure."""
+    would (the host's inodes, as before the overlays). Then, in the sandbox's mount
+    namespace, binds each folder of `covers` (descriptors of the sandbox's own) over
+    itself, read-only, nosuid, nodev and noexec. Returns 0, or the errno, as reconfigure."""
     pid = os.fork()
     if pid == 0:
         try:
@@ -177,6 +183,13 @@ def mount_overlays(targets, userns_fd, mntns_fd):
                 os.chdir(folder)
                 mounts.append((make_overlay(lowers), path_fd))
             check(libc.setns(mntns_fd, CLONE_NEWNS), "setns mnt")
+            for path_fd in covers:
+                clone = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE | AT_EMPTY_PATH
+                mnt = check(libc.syscall(NR["open_tree"], path_fd, b"", clone), "open_tree")
+                attr = (ctypes.c_uint64 * 4)(READ_ONLY | MOUNT_ATTR_NOEXEC, 0, 0, 0)
+                where = AT_EMPTY_PATH | AT_RECURSIVE
+                check(libc.syscall(NR["mount_setattr"], mnt, b"", where, ctypes.byref(attr), ctypes.sizeof(attr)), "mount_setattr")
+                mounts.append((mnt, path_fd))
             for mnt, path_fd in mounts:
                 flags = MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH
                 check(libc.syscall(NR["move_mount"], mnt, b"", path_fd, b"", flags), "move_mount")
@@ -188,8 +201,8 @@ def mount_overlays(targets, userns_fd, mntns_fd):
 
 
 def make_overlay(lowers):
-    """mount_overlays' part for one target, in the current folder: a detached mount."""
-    attrs = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
+    """finish_tree's part for one overlay, in the current folder: a detached mount."""
+    attrs = READ_ONLY
     try:
         fc = check(libc.syscall(NR["fsopen"], b"overlay", FSOPEN_CLOEXEC), "fsopen overlay")
         check(libc.syscall(NR["fsconfig"], fc, FSCONFIG_SET_STRING, b"source", b"sbx-system", 0), "fsconfig source")
@@ -270,7 +283,8 @@ class Request:
         self.network = msg.get("network")
         self.ipc = msg.get("ipc")
         self.overlays = [(str(o["dest"]), str(o["dir"]), [str(p) for p in o["lowers"]]) for o in msg.get("overlays") or []]
-        self.overlaid = not self.overlays
+        self.self_binds = [str(p) for p in msg.get("selfBinds") or []]
+        self.overlaid = not self.overlays and not self.self_binds
         self.ipcns = -1
         try:
             self.open(int(msg["pid"]), int(msg["parent"]))
@@ -322,7 +336,8 @@ class Request:
         return b"".join(chunks).decode(errors="replace")
 
     def try_cap(self):
-        """True once the sandbox's devpts has the cap and its overlays are mounted; False
+        """True once the sandbox's devpts has the cap and its overlays and self-binds are
+        mounted; False
         while it is not mounted yet (or, reconfigured, not in view: a table read while
         bwrap changes its root can be empty, and the change that ends that wakes the poll
         again), or the sandbox's tree is not finished."""
@@ -370,24 +385,26 @@ class Request:
         return False
 
     def overlay(self):
-        targets = []
+        """The overlays and the self-binds (finish_tree), from one forked child."""
+        fds = []
         try:
-            for dest, folder, lowers in self.overlays:
-                path_fd = os.open(f"root{dest}", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=self.proc)
-                targets.append((path_fd, folder, lowers))
-            code = mount_overlays(targets, self.userns, self.mntns)
+            for dest in [dest for dest, _, _ in self.overlays] + self.self_binds:
+                fds.append(os.open(f"root{dest}", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=self.proc))
+            targets = [(fd, folder, lowers) for fd, (_, folder, lowers) in zip(fds, self.overlays, strict=False)]
+            code = finish_tree(targets, fds[len(self.overlays) :], self.userns, self.mntns)
         finally:
-            for path_fd, _, _ in targets:
-                os.close(path_fd)
+            for fd in fds:
+                os.close(fd)
         if code > SETNS_FAILED:
             raise OSError(code - SETNS_FAILED, f"joining the sandbox's user namespace: {os.strerror(code - SETNS_FAILED)}")
         if code != 0:
-            where = ", ".join(dest for dest, _, _ in self.overlays)
-            raise OSError(code, f"overlays on {where}: {os.strerror(code)}")
+            where = ", ".join([dest for dest, _, _ in self.overlays] + self.self_binds)
+            raise OSError(code, f"overlays and read-only binds on {where}: {os.strerror(code)}")
 
     def verify(self, device):
         table = self.table()
-        missing = [dest for dest, _, _ in self.overlays if dest not in read_only_points(table)]
+        points = read_only_points(table)
+        missing = [dest for dest in [dest for dest, _, _ in self.overlays] + self.self_binds if dest not in points]
         if missing:
             raise OSError(errno.EIO, f"no read-only overlay (or bind) on {', '.join(missing)} after it was mounted")
         for dev, point, options in devpts_mounts(table):

@@ -428,7 +428,8 @@ def build_root(mounts, base):
             finally:
                 os.close(fd)
             make_parents(dest)
-            touch(dest)
+            if not os.path.exists(dest):
+                touch(dest)
             bind(source, dest, True)
         elif op == "symlink":
             make_parents(dest)
@@ -454,29 +455,37 @@ def build_root(mounts, base):
     os.chdir("/")
 
 
+# The mounts over a sandbox's /proc entries that a command's new proc keeps: sys's cover and
+# the spec's empty file over locks (spec.ts sandboxMounts, PROC_LOCKS).
+PROC_COVERS = ("sys", "locks")
+
+
 def mount_proc(dest, host=None):
-    """The spec's "proc": a proc of the caller's pid namespace; sys covered read-only (its
-    ipc limits are writable by the namespace's root, the sandbox's own uid) by a bind of
-    the builder's /proc/sys (as bubblewrap's renderer does): `host` is visible_mounts() of
-    the builder's tree, None for a proc mounted over the sandbox's own (a command's init),
-    whose cover is moved over from the one below; and as bubblewrap, those of the other
-    old entries that we could write to. (/proc/sys shows the namespaces of whoever opens
-    its files, whichever proc it is reached through.)"""
-    cover = -1
-    if host is None:
-        flags = OPEN_TREE_CLONE | AT_RECURSIVE | os.O_CLOEXEC
-        cover = libc.syscall(SYSCALLS["open_tree"], AT_FDCWD, f"{dest}/sys".encode(), flags)
-        if cover < 0:
-            check(cover, "open_tree")
+    """The spec's "proc": a proc of the caller's pid namespace; its sys covered read-only
+    by a bind of itself (its ipc limits are writable by the namespace's root, the
+    sandbox's own uid; not a bind of the builder's /proc/sys, whose inodes are the host's),
+    and as bubblewrap, those of the other old entries that we could write to. `host`:
+    visible_mounts() of the builder's tree; None for a proc mounted over the sandbox's own
+    (a command's init), whose covers (sys's, and the spec's empty file over locks) are
+    moved over from the one below. (/proc/sys shows the namespaces of whoever opens its
+    files, whichever proc it is reached through.)"""
+    covers = []
     try:
-        mount("proc", dest, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         if host is None:
-            check(libc.syscall(SYSCALLS["move_mount"], cover, b"", AT_FDCWD, f"{dest}/sys".encode(), MOVE_MOUNT_F_EMPTY_PATH), "move_mount")
-        else:
-            bind("/proc/sys", f"{dest}/sys", True, host=host)
+            flags = OPEN_TREE_CLONE | AT_RECURSIVE | os.O_CLOEXEC
+            for name in PROC_COVERS:
+                fd = libc.syscall(SYSCALLS["open_tree"], AT_FDCWD, f"{dest}/{name}".encode(), flags)
+                if fd < 0:
+                    check(fd, f"open_tree {name}")
+                covers.append((fd, name))
+        mount("proc", dest, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        for fd, name in covers:
+            check(libc.syscall(SYSCALLS["move_mount"], fd, b"", AT_FDCWD, f"{dest}/{name}".encode(), MOVE_MOUNT_F_EMPTY_PATH), "move_mount")
+        if host is not None:
+            bind(f"{dest}/sys", f"{dest}/sys", True)
     finally:
-        if cover >= 0:
-            os.close(cover)
+        for fd, _ in covers:
+            os.close(fd)
     for sub in ("sysrq-trigger", "irq", "bus"):
         if os.access(f"{dest}/{sub}", os.W_OK):
             bind(f"{dest}/{sub}", f"{dest}/{sub}", True)

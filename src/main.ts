@@ -51,6 +51,9 @@ const DEVPTS_CAP = here('../../sandbox-host/devpts-cap.py');
 const MOUNTER = here('../../sandbox-host/mounter.py');
 /** The entries of the sandbox's /etc allow-list this host has. */
 const HOST_ETC = ETC_ALLOW_LIST.filter((p) => existsSync(p));
+/** The address space (MiB) below which numpy's OpenBLAS cannot place its buffer and retries
+ * forever (measured: 256 hangs, 384 works; spec.ts ONE_THREAD_BELOW_BYTES). */
+const BLAS_NEEDS_MB = 384;
 const VERSION = (JSON.parse(readFileSync(here('../../package.json'), 'utf8')) as { version: string }).version;
 
 /** What a verified sandbox guarantees (each is a field of the spec the probes compared). */
@@ -254,6 +257,7 @@ async function startTemplate(config: Config, log: Logger, seccompBpf: Buffer): P
       preload: preloadList(config),
       seccompBpf,
       log,
+      addressSpaceBytes: config.memoryMb * 1024 * 1024,
     });
     log.info({ pid: info.pid, preloaded: info.preloaded, preload_errors: info.preloadErrors }, 'interpreter template ready');
     return zygote;
@@ -277,6 +281,7 @@ async function startCommandTemplate(config: Config, log: Logger, seccompBpf: Buf
       log,
       role: 'commands',
       pipes,
+      addressSpaceBytes: config.memoryMb * 1024 * 1024,
     });
     return zygote;
   } catch (e) {
@@ -393,6 +398,11 @@ async function main(): Promise<void> {
   const log = createLogger(config.logLevel);
   logRef = log;
   if (inherited > 0) log.warn({ descriptors: inherited }, 'closed descriptors inherited without close-on-exec (they would have reached the sandboxes)');
+  if (config.memoryMb < BLAS_NEEDS_MB && preloadList(config).includes('numpy'))
+    log.warn(
+      { memory_mb: config.memoryMb, needs_mb: BLAS_NEEDS_MB },
+      "SANDBOX_RUNNER_MEMORY_MB is below what numpy's BLAS needs for its buffers: a matrix product waits for memory until the call's time limit (raise it)",
+    );
   const privileged = process.getuid?.() === 0;
   // Made here: removed at a clean stop (the host as the server found it).
   const madeRoot = !existsSync(config.sessionsRoot);

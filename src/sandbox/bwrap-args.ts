@@ -37,7 +37,7 @@ export interface BwrapCommand {
   /** The cap the launcher puts on the devpts of `dev` while bwrap waits on FD.block
    * (null: no `dev`, nothing to wait for), with the network namespace's set-up (spec
    * `network`, which bwrap has no option for) made just before. */
-  devpts: { max: number; options: string; network: SandboxNetwork; ipc: SandboxIpc; overlays: SandboxOverlay[] } | null;
+  devpts: { max: number; options: string; network: SandboxNetwork; ipc: SandboxIpc; overlays: SandboxOverlay[]; selfBinds: string[] } | null;
 }
 
 /** An overlay the helper mounts over the bind of its first layer (spec `overlay`). */
@@ -52,6 +52,7 @@ export function renderBwrap(spec: SandboxSpec): BwrapCommand {
   const dataFds: { fd: number; content: string }[] = [];
   let devpts: BwrapCommand['devpts'] = null;
   const overlays: SandboxOverlay[] = [];
+  const selfBinds: string[] = [];
   // identity and namespaces: non-root inside (mapped to the unprivileged host uid bwrap
   // runs as), no nested user namespaces, and a namespace of every kind.
   o.push('--unshare-user', '--uid', String(spec.user.uid), '--gid', String(spec.user.gid));
@@ -87,14 +88,16 @@ export function renderBwrap(spec: SandboxSpec): BwrapCommand {
         o.push('--symlink', m.target, m.dest);
         break;
       case 'proc':
-        // (bwrap covers sys only where the folder itself is writable: spec.ts MountOp)
-        o.push('--proc', m.dest, '--ro-bind', '/proc/sys', `${m.dest}/sys`);
+        // (bwrap covers sys only where the folder itself is writable: the helper binds it
+        // over itself, read-only, while bwrap waits; spec.ts MountOp)
+        o.push('--proc', m.dest);
+        selfBinds.push(`${m.dest}/sys`);
         break;
       case 'dev':
         o.push('--dev', m.dest);
         // (bwrap's --dev binds the host's nodes: the box's own go over them)
         if (m.nodes !== null) for (const node of DEVICE_NODES) o.push('--dev-bind', `${m.nodes}/${node}`, `${m.dest}/${node}`);
-        devpts = { max: m.ptysMax, options: DEVPTS_OPTIONS, network: spec.network, ipc: spec.ipc, overlays };
+        devpts = { max: m.ptysMax, options: DEVPTS_OPTIONS, network: spec.network, ipc: spec.ipc, overlays, selfBinds };
         break;
       case 'tmpfs':
         o.push('--perms', m.mode.toString(8).padStart(4, '0'), '--size', String(m.sizeBytes), '--tmpfs', m.dest);

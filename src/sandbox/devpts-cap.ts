@@ -36,9 +36,11 @@ export interface DevptsCapRequest {
   network: SandboxNetwork;
   /** Set in the sandbox's ipc namespace first (its limits: spec.ts). */
   ipc: SandboxIpc;
-  /** Mounted over the binds of their first layers, from inside the sandbox (spec.ts
+  /** Mounted on the bare folders bwrap made, from inside the sandbox (spec.ts
    * `overlay`; bwrap-args.ts). */
   overlays: readonly SandboxOverlay[];
+  /** Folders bound over themselves, read-only, once the tree is built (spec `proc`'s sys). */
+  selfBinds: readonly string[];
 }
 
 export class DevptsCap {

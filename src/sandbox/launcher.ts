@@ -194,7 +194,19 @@ export class SandboxedProcess implements InterpreterProcess {
     const block = (child.stdio as unknown as (Writable | null | undefined)[])[FD.block] ?? null;
     block?.on('error', () => {});
     cap
-      .cap({ pid: this.initPid!, parent: child.pid!, max: limit.max, options: limit.options, network: limit.network, ipc: limit.ipc, overlays: limit.overlays }, this.ended.signal)
+      .cap(
+        {
+          pid: this.initPid!,
+          parent: child.pid!,
+          max: limit.max,
+          options: limit.options,
+          network: limit.network,
+          ipc: limit.ipc,
+          overlays: limit.overlays,
+          selfBinds: limit.selfBinds,
+        },
+        this.ended.signal,
+      )
       .then(
         () => block?.end(Buffer.from([1])),
         (e: unknown) => {

@@ -156,7 +156,7 @@ export function expectedMounts(mounts: readonly MountOp[], host: HostFacts): Mou
         // the builder write: the kinds are compared with each other on them, and none of
         // them may be writable
         put(m.dest, 'proc', ['nosuid', 'nodev', 'noexec']);
-        bind('/proc/sys', `${m.dest}/sys`, ['ro', 'nosuid', 'nodev']);
+        put(`${m.dest}/sys`, 'proc', ['ro', 'nosuid', 'nodev', 'noexec']); // (a bind of itself)
         break;
       case 'dev':
         put(m.dest, 'tmpfs', ['nosuid', 'nodev']);

@@ -62,11 +62,13 @@ export type Namespace = (typeof NAMESPACES)[number];
  *    mount covers): that sandbox gets a read-only bind of the first layer instead (the
  *    host's inodes, submounts included, as before);
  *  - symlink; dir (mkdir);
- *  - proc: a proc of the sandbox's pid namespace (nosuid, nodev, noexec); sys is covered
- *    read-only (a bind of the builder's /proc/sys: its files show the namespaces of whoever
- *    opens them, and the ipc limits there are writable by the namespace's root, which the
- *    sandbox's uid maps to: bubblewrap covers it only where the folder itself is
- *    writable), and those of sysrq-trigger, irq and bus that the builder could write to;
+ *  - proc: a proc of the sandbox's pid namespace (nosuid, nodev, noexec); its sys is
+ *    covered read-only by a bind of itself (the ipc limits there are writable by the
+ *    namespace's root, which the sandbox's uid maps to; bubblewrap covers it only where
+ *    the folder itself is writable, so the launcher's helper makes that bind while bwrap
+ *    waits; not the builder's /proc/sys, whose inodes are the host's: a lock on one of
+ *    them was seen host-wide), and those of sysrq-trigger, irq and bus that the builder
+ *    could write to;
  *  - dev: a tmpfs with null zero full random urandom tty bound in (devices allowed) from
  *    `nodes` (the box's own, read-only: a lock on the host's /dev/null would be seen
  *    host-wide and a long list of them slows every close of it; their times are the
@@ -132,6 +134,8 @@ export const DEVPTS_OPTIONS = 'ptmxmode=0666,mode=620';
 /** In a sandbox without ptys: the devpts's ptmx, the one way to make a pty in it (/dev/ptmx
  * is a symlink to it), covered by a read-only, nodev bind of /dev/null (opening it: EACCES). */
 const NO_PTYS_COVER = '/dev/pts/ptmx';
+/** Covered by an empty read-only file in every sandbox (sandboxMounts). */
+export const PROC_LOCKS = '/proc/locks';
 
 /** Host paths under /etc that are bound read-only when they exist on the host. */
 export const ETC_ALLOW_LIST = [
@@ -249,8 +253,18 @@ const GROUP = `${SANDBOX_USER.name}:x:${SANDBOX_USER.gid}:\nnogroup:x:65534:\n`;
 /** The files of /etc that are the sandbox's own, not the host's. */
 export const SANDBOX_ETC_FILES: Readonly<Record<string, string>> = { '/etc/passwd': PASSWD, '/etc/group': GROUP };
 
-/** The environment seen inside. `role` decides what the driver gets on top. */
-export function sandboxEnv(role: SandboxRole): Record<string, string> {
+/** Below this address-space limit, math libraries get one thread: an OpenBLAS worker
+ * thread whose buffer no longer fits retries its allocation forever (a core's fifth spent
+ * in every idle interpreter), and every fork() then waits on that thread (red team of
+ * 2026-12-03: numpy preloaded under SANDBOX_RUNNER_MEMORY_MB=256, Popen hung 4 times in 6).
+ * (Below about 384 MiB a matrix product still waits forever on its own buffer, until the
+ * call's time limit: main.ts warns.) */
+export const ONE_THREAD_BELOW_BYTES = 1024 * 1024 * 1024;
+
+/** The environment seen inside. `role` decides what the driver gets on top;
+ * `addressSpaceBytes`, the sandbox's RLIMIT_AS (-1: none), the math libraries' threads. */
+export function sandboxEnv(role: SandboxRole, addressSpaceBytes = -1): Record<string, string> {
+  const threads = addressSpaceBytes >= 0 && addressSpaceBytes < ONE_THREAD_BELOW_BYTES ? '1' : '2';
   const env: Record<string, string> = {
     PATH: '/usr/local/bin:/usr/bin:/bin',
     HOME: SANDBOX_USER.home,
@@ -269,9 +283,9 @@ export function sandboxEnv(role: SandboxRole): Record<string, string> {
     XDG_CONFIG_HOME: `${SANDBOX_PATHS.tmp}/.config`,
     // Pinned thread pools keep address-space reservations (OpenBLAS per-thread buffers,
     // glibc arenas) small, so the address-space limit does not break `import numpy`.
-    OPENBLAS_NUM_THREADS: '2',
-    OMP_NUM_THREADS: '2',
-    MKL_NUM_THREADS: '2',
+    OPENBLAS_NUM_THREADS: threads,
+    OMP_NUM_THREADS: threads,
+    MKL_NUM_THREADS: threads,
     MALLOC_ARENA_MAX: '2',
   };
   if (role.kind === 'interpreter') {
@@ -331,6 +345,9 @@ export function sandboxMounts(folders: SandboxFolders, etc: readonly string[], p
   m.push({ op: 'bind', source: folders.libDir, dest: SANDBOX_PATHS.sessionLib, readonly: true });
   // kernel views: own /proc (own pid namespace), minimal /dev, private capped /dev/shm
   m.push({ op: 'proc', dest: '/proc' });
+  // (the host-wide lock list: reading it takes host-wide locks for each page, its cost the
+  // square of the locks held, which a session can make many of: an empty file over it)
+  m.push({ op: 'data', dest: PROC_LOCKS, content: '' });
   m.push({ op: 'dev', dest: '/dev', ptysMax: folders.ptysMax, nodes: folders.devicesDir });
   m.push({ op: 'tmpfs', dest: '/dev/shm', sizeBytes: folders.shmBytes, mode: 0o1777 });
   if (!ptys) m.push({ op: 'bind', source: '/dev/null', dest: NO_PTYS_COVER, readonly: true });
@@ -394,7 +411,7 @@ export function sandboxSpec(folders: SandboxFolders, rlimits: readonly Rlimit[],
     newSession: true,
     mounts: sandboxMounts(folders, etc, rolePtys(role)),
     rlimits,
-    env: sandboxEnv(role),
+    env: sandboxEnv(role, rlimits.find((r) => r.resource === 'as')?.soft ?? -1),
     cwd: SANDBOX_PATHS.workspace,
     seccompChecks: SECCOMP_CHECKS,
     network: SANDBOX_NETWORK,

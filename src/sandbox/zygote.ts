@@ -39,6 +39,9 @@ export interface ZygoteOptions {
   role?: 'interpreters' | 'commands';
   /** The FIFOs of commands' stdout and stderr (role 'commands'). */
   pipes?: Pipes;
+  /** The address-space limit of the sandboxes it starts: the threads its preloaded math
+   * libraries start with (spec.ts sandboxEnv), which every interpreter inherits. */
+  addressSpaceBytes: number;
 }
 
 export interface ZygoteSpawn {
@@ -307,7 +310,7 @@ export class Zygote {
     // Relative to its working folder (the state folder): the environment block every
     // interpreter inherits (its /proc/self/environ) names no host path.
     const env = {
-      ...sandboxEnv({ kind: 'command' }),
+      ...sandboxEnv({ kind: 'command' }, this.opts.addressSpaceBytes),
       HOME: 'home',
       TMPDIR: 'home/tmp',
       MPLCONFIGDIR: 'home/mpl',

@@ -27,7 +27,7 @@
  */
 import { before, after, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { execFile } from 'node:child_process';
 import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
@@ -1065,7 +1065,16 @@ const LOCK_PROBE = [
 ].join('\n');
 
 /** Files of the sandbox's /usr, /etc, driver folder and /dev, and where the host has them. */
-const SYSTEM_FILES = ['/usr/bin/bash', '/usr/lib/python3.11/os.py', '/etc/ld.so.cache', '/opt/sandbox/driver.py', '/dev/null', '/dev/zero', '/dev/urandom'];
+const SYSTEM_FILES = [
+  '/usr/bin/bash',
+  '/usr/lib/python3.11/os.py',
+  '/etc/ld.so.cache',
+  '/opt/sandbox/driver.py',
+  '/dev/null',
+  '/dev/zero',
+  '/dev/urandom',
+  '/proc/sys/kernel/cap_last_cap',
+];
 const HOST_FILES = SYSTEM_FILES.map((p) => (p === '/opt/sandbox/driver.py' ? fileURLToPath(new URL('../../../sandbox-python/driver.py', import.meta.url)) : p));
 
 /** A session holds a flock and a POSIX read lock on system files and device nodes: the host
@@ -1091,6 +1100,8 @@ async function systemLocksCase(suite: Suite, t: TestContext, victim: string): Pr
       '    _held += [fd, fd2]',
       `print(subprocess.run([sys.executable, '-c', ${JSON.stringify(LOCK_PROBE)}, *paths], capture_output=True, text=True).stdout.strip())`,
       "print(len(open('/dev/zero', 'rb').read(7)), open('/dev/null', 'w').write('x'))",
+      // (the host-wide lock list, whose reads stalled the host's locking: an empty file)
+      "print(len(open('/proc/locks').read()), os.stat('/proc/sys/vm/overcommit_memory').st_dev)",
       'try:',
       "    os.utime('/dev/null')",
       "    print('touched')",
@@ -1099,7 +1110,18 @@ async function systemLocksCase(suite: Suite, t: TestContext, victim: string): Pr
     ].join('\n'),
   );
   // (the probe can see a lock: in the same sandbox, they are there)
-  assert.equal(held.stdout, [SYSTEM_FILES.map(() => 'EAGAIN posix-held').join(' | '), '7 1', '30'].join('\n'), held.stderr);
+  // (/proc/sys is the sandbox's own proc's, read-only: not the host's inodes)
+  const hostDev = String(statSync('/proc/sys/vm/overcommit_memory').dev);
+  const lines = held.stdout.split('\n');
+  assert.notEqual(lines[2]?.split(' ')[1], hostDev, held.stdout);
+  assert.equal(
+    [...lines.slice(0, 2), lines[2]?.split(' ')[0], lines[3]].join('\n'),
+    [SYSTEM_FILES.map(() => 'EAGAIN posix-held').join(' | '), '7 1', '0', '30'].join('\n'),
+    held.stderr,
+  );
+  const b = await sh(suite.server, a.id, 'wc -c < /proc/locks; stat -c %d /proc/sys/vm/overcommit_memory; echo 1 > /proc/sys/kernel/shmmni || echo refused');
+  assert.deepEqual(b.stdout.split('\n').slice(0, 3), ['0', b.stdout.split('\n')[1], 'refused'], `a bash command has the same covers: ${b.stderr}`);
+  assert.notEqual(b.stdout.split('\n')[1], hostDev, "a bash command's /proc/sys is not the host's");
   const { stdout: host } = await execFileP('/usr/bin/python3', ['-c', LOCK_PROBE, ...HOST_FILES]);
   assert.equal(host.trim(), HOST_FILES.map(() => 'free free').join(' | '), "the host sees none of the session's locks");
   const other = await py(
@@ -1115,8 +1137,22 @@ test("#K18 locks on system files and device nodes are the sandbox's own (/usr, /
   await systemLocksCase(S, t, S.victim);
 });
 
-test("#K18 the same in bubblewrap sandboxes (SANDBOX_PYTHON_TEMPLATE=off), whose overlays are mounted while bwrap waits and whose device nodes cover bwrap's", async (t) => {
-  const B = await startSuite({ SANDBOX_PYTHON_TEMPLATE: 'off' });
+test("#K18 the same in bubblewrap sandboxes (SANDBOX_PYTHON_TEMPLATE=off), whose overlays and /proc/sys cover are mounted while bwrap waits and whose device nodes cover bwrap's; with a small memory limit, math libraries run one thread and fork() works", async (t) => {
+  // (256 MiB: an OpenBLAS worker thread of the preloaded numpy whose buffer did not fit
+  // retried forever, and every fork() waited on it: red team of 2026-12-03)
+  const B = await startSuite({ SANDBOX_PYTHON_TEMPLATE: 'off', SANDBOX_RUNNER_MEMORY_MB: '256', SANDBOX_PRELOAD_MODULES: 'numpy' });
   t.after(() => stopSuite(B));
   await systemLocksCase(B, t, B.victim);
+  const a = await attacker(B, t);
+  const r = await py(
+    B.server,
+    a.id,
+    [
+      'import os, subprocess, sys',
+      "print(os.environ['OPENBLAS_NUM_THREADS'], 'numpy' in sys.modules)",
+      "print([subprocess.run(['true'], timeout=20).returncode for _ in range(3)])",
+    ].join('\n'),
+  );
+  assert.equal(r.stdout, '1 True\n[0, 0, 0]', r.stderr);
+  await finishCase(B, a);
 });

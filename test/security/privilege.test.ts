@@ -355,7 +355,9 @@ print(sorted(set(res)))
 print(os.getsid(0) == os.getpgid(0) or os.getsid(0) != os.getpid(), os.ttyname(0) if os.isatty(0) else 'notty')`;
   const r = await pyChild(a.id, script);
   assert.equal(r.return_code, 0, r.stderr);
-  assert.match(r.stdout, /^\['EPERM', 'tty ENXIO'\]\n/, r.stdout);
+  // (a session whose interpreter the template did not build in time, under load, runs its
+  // bash commands in bubblewrap, without ptys while it lives: ptmx is covered, EACCES)
+  assert.match(r.stdout, /^\['EPERM', (?:'ptmx EACCES', )?'tty ENXIO'\]\n/, r.stdout);
   assert.match(r.stdout, /notty/);
   const p = await py(
     S.server,
