@@ -4,7 +4,10 @@ fork and exec of /usr/bin/mount and /usr/bin/umount per box (each ~5-50 ms: a fo
 server and libmount reading the host's whole mount table) with one system call each.
 
 Protocol, one JSON object per line:
-  stdin   {"id": n, "op": "mount", "dir": D, "size_mb": S, "nr_inodes": I, "mode": "0711"}
+  stdin   {"id": n, "op": "mount", "dir": D, "size_mb": S, "nr_inodes": I, "mode": "0711",
+           "devices": true|false}   with "devices", then as the "devices" op below, in
+                                    one request: an unmount of D sent meanwhile comes after
+                                    both, never between
           {"id": n, "op": "devices", "dir": D}
               D/devices: a tiny read-only tmpfs (nosuid, noexec, not nodev) holding
               DEVICES, nodes of the same devices as the host's /dev ones: the box's
@@ -65,6 +68,8 @@ def mount(root: str, req: dict) -> None:
             raise OSError(fail("mount"))
     finally:
         os.close(fd)
+    if req.get("devices") is True:
+        devices(root, req)
 
 
 def devices(root: str, req: dict) -> None:

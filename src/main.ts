@@ -24,7 +24,7 @@ import { buildSeccompFilter, hostFacts, probeBwrap, probeCommand, probeTemplate,
 import { Interpreter } from './runner/interpreter.js';
 import { compareKinds } from './sandbox/probe-compare.js';
 import { ETC_ALLOW_LIST, sandboxSpec, type SystemTree } from './sandbox/spec.js';
-import { overlaysWork, prepareSystemTree, removeSystemTree } from './sandbox/system-tree.js';
+import { overlaysWork, prepareProgramCopies, prepareSystemTree, removeProgramCopies, removeSystemTree, type ProgramCopies } from './sandbox/system-tree.js';
 import { sandboxRlimits } from './limits.js';
 import { Zygote } from './sandbox/zygote.js';
 import { boxFactory, removeTree, sessionCgroupLimits } from './sessions/box.js';
@@ -248,10 +248,11 @@ function describeParentBound(bound: ParentBound, parent: string): string {
  * (user namespaces), root or not; where it does not start or its probe differs,
  * interpreters start in bubblewrap: the same sandbox, each importing the preloads itself.
  */
-async function startTemplate(config: Config, log: Logger, seccompBpf: Buffer): Promise<Zygote | null> {
+async function startTemplate(config: Config, log: Logger, seccompBpf: Buffer, programs: ProgramCopies): Promise<Zygote | null> {
   try {
     const { zygote, info } = await Zygote.start({
       python: config.pythonPath,
+      image: programs.python,
       driverDir: DRIVER_DIR,
       stateDir: `${config.sessionsRoot}/.template`,
       preload: preloadList(config),
@@ -270,10 +271,11 @@ async function startTemplate(config: Config, log: Logger, seccompBpf: Buffer): P
 /** The command template: bash commands start in the sandbox of the session's template
  * interpreter (zygote.py, "commands"), from a small process of its own (nothing
  * preloaded: its forks are cheap). Where it does not start, commands use bubblewrap. */
-async function startCommandTemplate(config: Config, log: Logger, seccompBpf: Buffer, pipes: Pipes): Promise<Zygote | null> {
+async function startCommandTemplate(config: Config, log: Logger, seccompBpf: Buffer, pipes: Pipes, programs: ProgramCopies): Promise<Zygote | null> {
   try {
     const { zygote } = await Zygote.start({
       python: config.pythonPath,
+      image: programs.python,
       driverDir: DRIVER_DIR,
       stateDir: `${config.sessionsRoot}/.commands`,
       preload: [],
@@ -467,6 +469,8 @@ async function main(): Promise<void> {
   const ownDevices = tmpfsQuota && (await mounts.canMakeDevices(config.sessionsRoot));
   if (tmpfsQuota && !ownDevices)
     log.warn("device nodes cannot be made here (the mount helper, or CAP_MKNOD, is missing): sandboxes bind the host's /dev nodes (a lock on one is seen host-wide)");
+  // The programs a session can reach through procfs are the server's copies (system-tree.ts).
+  const programs = await prepareProgramCopies(config.sessionsRoot, { bwrap: '/usr/bin/bwrap', python: config.pythonPath });
   // Each sandbox's /usr, /etc and driver are overlays with inodes of their own (system-tree.ts).
   let system: SystemTree | null = await prepareSystemTree(config.sessionsRoot, HOST_ETC, DRIVER_DIR);
   const overlays = await overlaysWork(system);
@@ -487,9 +491,9 @@ async function main(): Promise<void> {
     devpts = await DevptsCap.start('/usr/bin/python3', DEVPTS_CAP, log).catch((e: unknown) => {
       throw new PreflightError(`could not start the devpts helper (${DEVPTS_CAP}): ${String((e as Error)?.message ?? e)}`);
     });
-    launcher = new Launcher({ seccompBpf, pipes, devpts });
-    if (config.pythonTemplate === 'auto') zygote = await startTemplate(config, log, seccompBpf);
-    if (zygote) commands = await startCommandTemplate(config, log, seccompBpf, pipes);
+    launcher = new Launcher({ seccompBpf, pipes, devpts, bwrap: programs.bwrap });
+    if (config.pythonTemplate === 'auto') zygote = await startTemplate(config, log, seccompBpf, programs);
+    if (zygote) commands = await startCommandTemplate(config, log, seccompBpf, pipes, programs);
     const prepared = await prepareIsolation(config, log, launcher, zygote, commands, uids, privileged, tmpfsQuota, system, mounts, ownDevices);
     isolation = prepared.isolation;
     if (zygote && !prepared.templateOk) {
@@ -512,6 +516,7 @@ async function main(): Promise<void> {
     await devpts?.close().catch(() => {});
     await mounter?.close().catch(() => {});
     await removeSystemTree(config.sessionsRoot).catch(() => {});
+    await removeProgramCopies(config.sessionsRoot).catch(() => {});
     await fsp.rm(`${config.sessionsRoot}/.server.pid`, { force: true });
     await uidClaim?.release();
     if (madeRoot) await fsp.rmdir(config.sessionsRoot).catch(() => {});
@@ -701,6 +706,7 @@ async function main(): Promise<void> {
         await mounter?.close();
         await cgroups?.close();
         await removeSystemTree(config.sessionsRoot);
+        await removeProgramCopies(config.sessionsRoot);
         await fsp.rm(`${config.sessionsRoot}/.server.pid`, { force: true });
         await uidClaim?.release();
         if (madeRoot) await fsp.rmdir(config.sessionsRoot).catch((e: unknown) => log.warn({ err: String(e) }, 'the sessions root is not empty at exit'));

@@ -22,7 +22,7 @@
  * session; see cgroups.ts for the per-session limit where a cgroup can be made.
  */
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
-import { promises as fsp } from 'node:fs';
+import { closeSync, constants, openSync, promises as fsp } from 'node:fs';
 import type { Socket } from 'node:net';
 import { constants as osConstants } from 'node:os';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
@@ -130,13 +130,18 @@ export class SandboxedProcess implements InterpreterProcess {
       return p;
     };
     let child: ChildProcess;
+    let stdinFd: number | undefined;
     try {
       const out = take(await pipes.out());
       const err = take(await pipes.out());
       const fd3 = ctl || opts.fd3Data ? take(await pipes.in()) : null;
       const fd4 = ctl ? take(await pipes.out()) : null;
       if (this.killWanted) throw new Error('killed before it started');
-      const stdio: (number | 'pipe' | 'ignore')[] = ['ignore', out.childFd, err.childFd, fd3?.childFd ?? 'ignore', fd4?.childFd ?? 'ignore', 'pipe', 'pipe', 'pipe'];
+      // (stdin: the box's own null device where it has one, not the host's /dev/null, whose
+      // inode the program and bwrap's init would hold: a lock on it was seen host-wide)
+      const dev = opts.spec.mounts.find((m) => m.op === 'dev');
+      if (dev?.op === 'dev' && dev.nodes !== null) stdinFd = openSync(`${dev.nodes}/null`, constants.O_RDONLY | constants.O_NOFOLLOW);
+      const stdio: (number | 'pipe' | 'ignore')[] = [stdinFd ?? 'ignore', out.childFd, err.childFd, fd3?.childFd ?? 'ignore', fd4?.childFd ?? 'ignore', 'pipe', 'pipe', 'pipe'];
       for (const d of bwrapFds) stdio[d.fd] = 'pipe';
       if (devpts) stdio[FD.block] = 'pipe';
       const [file, ...args] = argv;
@@ -148,6 +153,7 @@ export class SandboxedProcess implements InterpreterProcess {
       this.resolveControl(fd3 && fd4 && ctl ? { input: fd3.server, output: fd4.server } : null);
     } catch (e) {
       closeChildFds(childFds);
+      if (stdinFd !== undefined) closeSync(stdinFd);
       for (const s of this.servers) s.destroy();
       // A kill that came first is a kill, not a failure to start.
       if (!this.killWanted) this.stderr.write(`could not start the sandbox: ${String((e as Error)?.message ?? e)}\n`);
@@ -157,6 +163,7 @@ export class SandboxedProcess implements InterpreterProcess {
       return;
     }
     closeChildFds(childFds); // the child has its own copies
+    if (stdinFd !== undefined) closeSync(stdinFd);
     const feed = (fd: number, data: Buffer | string) => {
       const s = child.stdio[fd] as Writable | null;
       if (!s) return;
@@ -283,6 +290,9 @@ export interface LauncherDeps {
   pipes: Pipes;
   /** Caps each sandbox's devpts at the spec's ptysMax (bwrap's --dev has no max=). */
   devpts: DevptsCap;
+  /** The bwrap program to run (default /usr/bin/bwrap): the server's execute-only copy
+   * (main.ts), so that its pid 1's /proc/1/exe inside is no host inode a session can open. */
+  bwrap?: string;
 }
 
 export class Launcher {
@@ -299,7 +309,7 @@ export class Launcher {
     // bwrap reads only options from --args; the command stays on its real argv.
     const command = ['--', ...prefix, ...opts.argv];
     const niced = opts.nice ? ['/usr/bin/nice', '-n', String(opts.nice)] : [];
-    const bwrapArgv = [...niced, '/usr/bin/bwrap', '--args', String(FD.args), ...command];
+    const bwrapArgv = [...niced, this.deps.bwrap ?? '/usr/bin/bwrap', '--args', String(FD.args), ...command];
     const { uid, gid } = opts.identity;
     let argv = bwrapArgv;
     let spawnAs: { uid?: number; gid?: number } = { uid, gid };

@@ -28,11 +28,14 @@ export class Mounts {
   /** `helper`: sandbox-host/mounter.py for this sessions root; null: the mount programs. */
   constructor(private readonly helper: HostHelper | null) {}
 
-  async mountTmpfs(dir: string, sizeMb: number, mode = '0711'): Promise<void> {
+  /** `devices`: its own device nodes too (makeDevices), in the same request: a box deleted
+   * while it is made is unmounted after both, never between (the helper only). */
+  async mountTmpfs(dir: string, sizeMb: number, mode = '0711', devices = false): Promise<void> {
     if (this.helper) {
-      await this.helper.request({ op: 'mount', dir, size_mb: sizeMb, nr_inodes: inodesFor(sizeMb), mode });
+      await this.helper.request({ op: 'mount', dir, size_mb: sizeMb, nr_inodes: inodesFor(sizeMb), mode, devices });
       return;
     }
+    if (devices) throw new Error('device nodes of its own need the mount helper');
     await execFileP('/usr/bin/mount', ['-t', 'tmpfs', '-o', `size=${sizeMb}m,nr_inodes=${inodesFor(sizeMb)},mode=${mode},nosuid,nodev`, 'sbx-workspace', dir]);
   }
 

@@ -27,6 +27,9 @@ import type { NamedOutPipe, Pipes } from './pipes.js';
 
 export interface ZygoteOptions {
   python: string;
+  /** The file to run as `python` (the server's copy: system-tree.ts prepareProgramCopies),
+   * so that a forked interpreter's /proc/self/exe is not the host's inode. */
+  image?: string;
   /** Host path of sandbox-python/ (zygote.py, driver.py, probe.py). */
   driverDir: string;
   /** Private folder of the server (0711: searchable, not listable): the socket (0600), the mount point of new roots, the zygote's home (0700). */
@@ -331,7 +334,9 @@ export class Zygote {
       `exec(compile(_src.pop('zygote'), ${compileAs('zygote.py')}, 'exec'))`,
     ].join('; ');
     // (its role on its command line: which of the two templates a process is)
-    const child = spawn(python, ['-I', '-u', '-X', 'faulthandler', '-c', code, this.opts.role ?? 'interpreters'], {
+    // (argv[0] the interpreter's own name: Python finds its prefix and sys.executable there)
+    const child = spawn(this.opts.image ?? python, ['-I', '-u', '-X', 'faulthandler', '-c', code, this.opts.role ?? 'interpreters'], {
+      argv0: python,
       stdio: ['pipe', 'pipe', 'pipe', 'pipe', 'pipe'],
       env,
       cwd: this.opts.stateDir,

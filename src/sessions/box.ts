@@ -65,7 +65,7 @@ export interface BoxDeps {
   /** Each box gets device nodes of its own in its tmpfs (mounts.ts makeDevices). */
   ownDevices: boolean;
   /** How it is mounted and unmounted. */
-  mounts: Pick<Mounts, 'mountTmpfs' | 'makeDevices' | 'unmountLazy'>;
+  mounts: Pick<Mounts, 'mountTmpfs' | 'unmountLazy'>;
   driverHostDir: string;
   /** The entries of the spec's /etc allow-list that exist on this host. */
   hostEtc: readonly string[];
@@ -224,8 +224,7 @@ export class Box {
     if (this.deps.tmpfsQuota) {
       // (set first: a mount that took effect although its answer was lost is still undone)
       this.mounted = true;
-      await this.deps.mounts.mountTmpfs(this.dir, config.workspaceMb);
-      if (this.deps.ownDevices) await this.deps.mounts.makeDevices(this.dir);
+      await this.deps.mounts.mountTmpfs(this.dir, config.workspaceMb, '0711', this.deps.ownDevices);
     }
     for (const d of [this.workspaceDir, this.tmpDir]) {
       await fsp.mkdir(d, { mode: 0o700 });

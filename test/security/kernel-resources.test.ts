@@ -1130,6 +1130,31 @@ async function systemLocksCase(suite: Suite, t: TestContext, victim: string): Pr
     `import subprocess, sys\nprint(subprocess.run([sys.executable, '-c', ${JSON.stringify(LOCK_PROBE)}, *${JSON.stringify(SYSTEM_FILES)}], capture_output=True, text=True).stdout.strip())`,
   );
   assert.equal(other.stdout, SYSTEM_FILES.map(() => 'free free').join(' | '), `another session sees none of them: ${other.stderr}`);
+  // Files reached through procfs links whatever the mount namespace (red team of
+  // 2026-12-03): the interpreter's image, bwrap's init's image and stdin, the program's own
+  // stdin. None may be a host inode: a lock on one was seen host-wide.
+  const links = await py(
+    suite.server,
+    a.id,
+    [
+      'import json, os',
+      'seen = {}',
+      "for p in ('/proc/self/exe', '/proc/1/exe', '/proc/1/fd/0', '/proc/self/fd/0'):",
+      '    try:',
+      '        st = os.stat(p)',
+      "        seen[p] = f'{st.st_dev}:{st.st_ino}'",
+      '    except OSError as e:',
+      '        seen[p] = e.strerror',
+      'print(json.dumps(seen))',
+    ].join('\n'),
+  );
+  const inside = JSON.parse(links.stdout) as Record<string, string>;
+  const hostInodes = ['/usr/bin/python3', '/usr/bin/bwrap', '/dev/null'].map((p) => {
+    const st = statSync(p);
+    return `${st.dev}:${st.ino}`;
+  });
+  for (const [p, v] of Object.entries(inside)) assert.ok(!hostInodes.includes(v), `${p} inside is a host inode (${v}): ${links.stdout}`);
+  assert.match(inside['/proc/self/exe'] ?? '', /^\d+:\d+$/, 'the interpreter sees its own image');
   await finishCase(suite, a);
 }
 
