@@ -470,7 +470,7 @@ async function main(): Promise<void> {
   if (tmpfsQuota && !ownDevices)
     log.warn("device nodes cannot be made here (the mount helper, or CAP_MKNOD, is missing): sandboxes bind the host's /dev nodes (a lock on one is seen host-wide)");
   // The programs a session can reach through procfs are the server's copies (system-tree.ts).
-  const programs = await prepareProgramCopies(config.sessionsRoot, { bwrap: '/usr/bin/bwrap', python: config.pythonPath });
+  const programs = await prepareProgramCopies(config.sessionsRoot, { python: config.pythonPath });
   // Each sandbox's /usr, /etc and driver are overlays with inodes of their own (system-tree.ts).
   let system: SystemTree | null = await prepareSystemTree(config.sessionsRoot, HOST_ETC, DRIVER_DIR);
   const overlays = await overlaysWork(system);
@@ -491,7 +491,7 @@ async function main(): Promise<void> {
     devpts = await DevptsCap.start('/usr/bin/python3', DEVPTS_CAP, log).catch((e: unknown) => {
       throw new PreflightError(`could not start the devpts helper (${DEVPTS_CAP}): ${String((e as Error)?.message ?? e)}`);
     });
-    launcher = new Launcher({ seccompBpf, pipes, devpts, bwrap: programs.bwrap });
+    launcher = new Launcher({ seccompBpf, pipes, devpts });
     if (config.pythonTemplate === 'auto') zygote = await startTemplate(config, log, seccompBpf, programs);
     if (zygote) commands = await startCommandTemplate(config, log, seccompBpf, pipes, programs);
     const prepared = await prepareIsolation(config, log, launcher, zygote, commands, uids, privileged, tmpfsQuota, system, mounts, ownDevices);

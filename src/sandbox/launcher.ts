@@ -290,9 +290,6 @@ export interface LauncherDeps {
   pipes: Pipes;
   /** Caps each sandbox's devpts at the spec's ptysMax (bwrap's --dev has no max=). */
   devpts: DevptsCap;
-  /** The bwrap program to run (default /usr/bin/bwrap): the server's execute-only copy
-   * (main.ts), so that its pid 1's /proc/1/exe inside is no host inode a session can open. */
-  bwrap?: string;
 }
 
 export class Launcher {
@@ -309,7 +306,7 @@ export class Launcher {
     // bwrap reads only options from --args; the command stays on its real argv.
     const command = ['--', ...prefix, ...opts.argv];
     const niced = opts.nice ? ['/usr/bin/nice', '-n', String(opts.nice)] : [];
-    const bwrapArgv = [...niced, this.deps.bwrap ?? '/usr/bin/bwrap', '--args', String(FD.args), ...command];
+    const bwrapArgv = [...niced, '/usr/bin/bwrap', '--args', String(FD.args), ...command];
     const { uid, gid } = opts.identity;
     let argv = bwrapArgv;
     let spawnAs: { uid?: number; gid?: number } = { uid, gid };

@@ -99,37 +99,26 @@ export async function overlaysWork(tree: SystemTree): Promise<{ ok: true } | { o
   }
 }
 
-/** The server's own copies of the programs whose image a session can reach through procfs
- * (system-tree.ts, "program copies"). */
+/** The server's own copy of the interpreter the template runs (prepareProgramCopies). */
 export interface ProgramCopies {
-  /** bwrap, execute-only (0111): its pid 1's /proc/1/exe cannot be opened inside. */
-  bwrap: string;
-  /** The interpreter the template runs: /proc/self/exe of every forked interpreter. */
+  /** /proc/self/exe of every forked interpreter. */
   python: string;
 }
 
 /**
- * Copies of bwrap and of the Python interpreter in `<root>/.bin`, made afresh at each start
- * and removed at a clean stop. A process's /proc/self/exe (and bwrap's init's /proc/1/exe,
- * which a session's own uid may open) reaches the file it was started from whatever the
- * mount namespace: for a forked interpreter the template's /usr/bin/python3.11, the host's
- * inode, where a lock was seen host-wide and slowed every close of it for every python3 on
- * the host (red team of 2026-12-03: 23 ms per close at 36,000 locks). The copies are the
- * server's own inodes; bwrap's is execute-only, so not even the session's uid can open it.
+ * A copy of the Python interpreter in `<root>/.bin`, made afresh at each start and removed
+ * at a clean stop. A process's /proc/self/exe reaches the file it was started from whatever
+ * the mount namespace: for an interpreter forked from the template, the template's
+ * /usr/bin/python3.11, the host's inode, where a lock was seen host-wide and slowed every
+ * close of it for every python3 on the host (red team of 2026-12-03: 23 ms per close at
+ * 36,000 locks). The copy is the server's own inode, shared by its interpreters.
  */
-export async function prepareProgramCopies(root: string, programs: { bwrap: string; python: string }): Promise<ProgramCopies> {
+export async function prepareProgramCopies(root: string, programs: { python: string }): Promise<ProgramCopies> {
   const dir = `${root}/.bin`;
   await removeProgramCopies(root);
   await fsp.mkdir(dir);
   await fsp.chmod(dir, 0o711);
-  const copies: ProgramCopies = { bwrap: `${dir}/bwrap`, python: `${dir}/python3` };
-  const bwrap = await fsp.realpath(programs.bwrap);
-  if (((await fsp.stat(bwrap)).mode & 0o4000) !== 0) {
-    copies.bwrap = programs.bwrap; // (a setuid bwrap: a copy would not be)
-  } else {
-    await fsp.copyFile(bwrap, copies.bwrap);
-    await fsp.chmod(copies.bwrap, 0o755);
-  }
+  const copies: ProgramCopies = { python: `${dir}/python3` };
   await fsp.copyFile(await fsp.realpath(programs.python), copies.python);
   await fsp.chmod(copies.python, 0o755);
   return copies;
