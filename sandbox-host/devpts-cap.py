@@ -8,7 +8,7 @@ Protocol, one JSON object per line:
   stdin   {"id": n, "pid": P, "parent": Q, "max": N, "options": "ptmxmode=0666,mode=620",
            "network": {"loopbackMtu", "gsoMaxSegs", "sysctls"}, "ipc": {"sysctls"},
            "overlays": [{"dir": F, "lowers": [name in F, ...], "dest": D}, ...],
-           "selfBinds": [E, ...]}
+           "selfBinds": [E, ...], "covers": [C, ...]}
               P: the sandbox's first process (bwrap's "child-pid"), child of Q (the
               outer bwrap, the server's child); N: the pty cap; options: the ones bwrap
               mounted the devpts with (a reconfigure resets those it does not name)
@@ -42,7 +42,10 @@ host paths are not for it to see), joins the sandbox's mount namespace and mount
 the folder D; the table is then checked to show an overlay at each D. Each `selfBinds`
 folder E (the sandbox's /proc/sys: bubblewrap covers it only where it is writable) is then
 bound over itself, read-only, from the same child: the sandbox's own inodes, not a bind of
-the host's /proc/sys (whose files a lock on was seen host-wide).
+the host's /proc/sys (whose files a lock on was seen host-wide). Each `covers` folder C
+(the sandbox's /proc/1: bwrap's init, its pid 1, runs as the sandbox's uid and is
+dumpable, so the sandbox could open its /proc/1/mem and rewrite it, or lock its image, the
+host's bwrap) is then covered by an empty read-only tmpfs, from the same child.
 
 The reconfiguration is made from a forked child that becomes the owner of the user
 namespace that owns the sandbox's mount namespace (the box's uid, when the server is
@@ -154,7 +157,7 @@ def reconfigure(path_fd, userns_fd, mntns_fd, settings):
     return os.waitstatus_to_exitcode(status)
 
 
-def finish_tree(targets, covers, userns_fd, mntns_fd):
+def finish_tree(targets, self_binds, covers, userns_fd, mntns_fd):
     """In one forked child: the owner of the sandbox's user namespace, in it, makes for each
     of `targets` (path_fd, folder, lowers) a read-only overlay (nosuid, nodev) of the layers
     `lowers`, names in the host folder `folder` (looked up in a private copy of this
@@ -165,8 +168,10 @@ def finish_tree(targets, covers, userns_fd, mntns_fd):
     be a tree with mounts locked in it, since the overlay would show what they cover): the
     first layer is then bound, recursively, read-only, nosuid and nodev, as bubblewrap
     would (the host's inodes, as before the overlays). Then, in the sandbox's mount
-    namespace, binds each folder of `covers` (descriptors of the sandbox's own) over
-    itself, read-only, nosuid, nodev and noexec. Returns 0, or the errno, as reconfigure."""
+    namespace, binds each folder of `self_binds` (descriptors of the sandbox's own) over
+    itself, read-only, nosuid, nodev and noexec, and mounts an empty tmpfs (read-only,
+    nosuid, nodev, noexec, no room) on each of `covers`. Returns 0, or the errno, as
+    reconfigure."""
     pid = os.fork()
     if pid == 0:
         try:
@@ -183,13 +188,14 @@ def finish_tree(targets, covers, userns_fd, mntns_fd):
                 os.chdir(folder)
                 mounts.append((make_overlay(lowers), path_fd))
             check(libc.setns(mntns_fd, CLONE_NEWNS), "setns mnt")
-            for path_fd in covers:
+            for path_fd in self_binds:
                 clone = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE | AT_EMPTY_PATH
                 mnt = check(libc.syscall(NR["open_tree"], path_fd, b"", clone), "open_tree")
                 attr = (ctypes.c_uint64 * 4)(READ_ONLY | MOUNT_ATTR_NOEXEC, 0, 0, 0)
                 where = AT_EMPTY_PATH | AT_RECURSIVE
                 check(libc.syscall(NR["mount_setattr"], mnt, b"", where, ctypes.byref(attr), ctypes.sizeof(attr)), "mount_setattr")
                 mounts.append((mnt, path_fd))
+            mounts += [(make_empty(), path_fd) for path_fd in covers]
             for mnt, path_fd in mounts:
                 flags = MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH
                 check(libc.syscall(NR["move_mount"], mnt, b"", path_fd, b"", flags), "move_mount")
@@ -218,6 +224,16 @@ def make_overlay(lowers):
     where = AT_EMPTY_PATH | AT_RECURSIVE
     check(libc.syscall(NR["mount_setattr"], mnt, b"", where, ctypes.byref(attr), ctypes.sizeof(attr)), "mount_setattr")
     return mnt
+
+
+def make_empty():
+    """finish_tree's part for one cover: a detached empty tmpfs, read-only, that holds
+    nothing (one inode, the root; no pages)."""
+    fc = check(libc.syscall(NR["fsopen"], b"tmpfs", FSOPEN_CLOEXEC), "fsopen tmpfs")
+    for key, value in ((b"source", b"sbx-cover"), (b"mode", b"0555"), (b"nr_inodes", b"1"), (b"size", b"4k")):
+        check(libc.syscall(NR["fsconfig"], fc, FSCONFIG_SET_STRING, key, value, 0), f"fsconfig {key.decode()}")
+    check(libc.syscall(NR["fsconfig"], fc, FSCONFIG_CMD_CREATE, None, None, 0), "tmpfs")
+    return check(libc.syscall(NR["fsmount"], fc, FSMOUNT_CLOEXEC, READ_ONLY | MOUNT_ATTR_NOEXEC), "fsmount")
 
 
 def read_only_points(text):
@@ -284,7 +300,8 @@ class Request:
         self.ipc = msg.get("ipc")
         self.overlays = [(str(o["dest"]), str(o["dir"]), [str(p) for p in o["lowers"]]) for o in msg.get("overlays") or []]
         self.self_binds = [str(p) for p in msg.get("selfBinds") or []]
-        self.overlaid = not self.overlays and not self.self_binds
+        self.covers = [str(p) for p in msg.get("covers") or []]
+        self.overlaid = not self.overlays and not self.self_binds and not self.covers
         self.ipcns = -1
         try:
             self.open(int(msg["pid"]), int(msg["parent"]))
@@ -385,26 +402,31 @@ class Request:
         return False
 
     def overlay(self):
-        """The overlays and the self-binds (finish_tree), from one forked child."""
+        """The overlays, the self-binds and the covers (finish_tree), from one forked child."""
         fds = []
         try:
-            for dest in [dest for dest, _, _ in self.overlays] + self.self_binds:
+            for dest in self.points():
                 fds.append(os.open(f"root{dest}", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=self.proc))
             targets = [(fd, folder, lowers) for fd, (_, folder, lowers) in zip(fds, self.overlays, strict=False)]
-            code = finish_tree(targets, fds[len(self.overlays) :], self.userns, self.mntns)
+            binds = fds[len(self.overlays) : len(self.overlays) + len(self.self_binds)]
+            covers = fds[len(self.overlays) + len(self.self_binds) :]
+            code = finish_tree(targets, binds, covers, self.userns, self.mntns)
         finally:
             for fd in fds:
                 os.close(fd)
         if code > SETNS_FAILED:
             raise OSError(code - SETNS_FAILED, f"joining the sandbox's user namespace: {os.strerror(code - SETNS_FAILED)}")
         if code != 0:
-            where = ", ".join([dest for dest, _, _ in self.overlays] + self.self_binds)
-            raise OSError(code, f"overlays and read-only binds on {where}: {os.strerror(code)}")
+            raise OSError(code, f"overlays and read-only mounts on {', '.join(self.points())}: {os.strerror(code)}")
+
+    def points(self):
+        """The folders overlay() mounts on: the overlays', the self-binds', the covers'."""
+        return [dest for dest, _, _ in self.overlays] + self.self_binds + self.covers
 
     def verify(self, device):
         table = self.table()
         points = read_only_points(table)
-        missing = [dest for dest in [dest for dest, _, _ in self.overlays] + self.self_binds if dest not in points]
+        missing = [dest for dest in self.points() if dest not in points]
         if missing:
             raise OSError(errno.EIO, f"no read-only overlay (or bind) on {', '.join(missing)} after it was mounted")
         for dev, point, options in devpts_mounts(table):

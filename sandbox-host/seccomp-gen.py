@@ -27,8 +27,9 @@ def deny(name, action=EPERM, *args):
 
 
 for name in (
-    # debugging other processes (ptrace of the sandbox's init could cancel PDEATHSIG)
-    "ptrace", "process_vm_readv", "process_vm_writev", "kcmp",
+    # debugging other processes (ptrace of the sandbox's init could cancel PDEATHSIG; a
+    # pidfd_getfd of its descriptors is a ptrace access too)
+    "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_getfd",
     # namespaces and mounts
     "unshare", "setns", "mount", "umount", "umount2", "pivot_root", "chroot",
     "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr",

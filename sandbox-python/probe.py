@@ -22,12 +22,12 @@ NR = {
     "x86_64": {
         "keyctl": 250, "clone3": 435, "bpf": 321, "userfaultfd": 323, "io_uring_setup": 425, "io_setup": 206,
         "mincore": 27, "cachestat": 451, "fadvise64": 221, "madvise": 28, "preadv2": 327, "pwritev2": 328,
-        "process_madvise": 440,
+        "process_madvise": 440, "pidfd_getfd": 438,
     },
     "aarch64": {
         "keyctl": 219, "clone3": 435, "bpf": 280, "userfaultfd": 282, "io_uring_setup": 425, "io_setup": 0,
         "mincore": 232, "cachestat": 451, "fadvise64": 223, "madvise": 233, "preadv2": 286, "pwritev2": 287,
-        "process_madvise": 440,
+        "process_madvise": 440, "pidfd_getfd": 438,
     },
 }[platform.machine()]
 FLAGS = ("ro", "nosuid", "nodev", "noexec")
@@ -168,6 +168,7 @@ def seccomp_checks() -> dict[str, str]:
         "bpf()": outcome(lambda: sys_("bpf", 0, 0, 0)),
         "userfaultfd()": outcome(lambda: sys_("userfaultfd", 0)),
         "ptrace(PEEKDATA, 1)": outcome(lambda: c(libc.ptrace, 2, os.getpid(), 0, 0)),
+        "pidfd_getfd(init, 0)": outcome(lambda: init_fd(sys_)),
         "io_uring_setup()": outcome(lambda: sys_("io_uring_setup", 0, 0)),
         "io_setup(1)": outcome(lambda: sys_("io_setup", 1, ctypes.byref(ctypes.c_ulong(0)))),
         "inotify_init1()": outcome(lambda: c(libc.inotify_init1, 0)),
@@ -176,6 +177,25 @@ def seccomp_checks() -> dict[str, str]:
         **page_cache_checks(sys_),
         **fcntl_checks(),
     }
+
+
+def init_fd(sys_) -> int:
+    """pidfd_getfd of the namespace init's descriptor 0 (a ptrace access)."""
+    pidfd = os.pidfd_open(1)
+    try:
+        return sys_("pidfd_getfd", pidfd, 0, 0)
+    finally:
+        os.close(pidfd)
+
+
+def init_memory() -> str:
+    """Whether the namespace init's memory opens for writing ("open") or not ("refused"):
+    bubblewrap's init is the sandbox's uid and dumpable, so its folder must be covered."""
+    try:
+        with open("/proc/1/mem", "r+b"):
+            return "open"
+    except OSError:
+        return "refused"
 
 
 def fcntl_checks() -> dict[str, str]:
@@ -371,6 +391,7 @@ def main() -> None:
         "ipc": ipc(),
         "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
         "init_environ": init_environ(),
+        "init_memory": init_memory(),
         "host_path_visible": os.path.exists(sys.argv[1]),
         "writable": {p: writable(p) for p in ("/", "/usr", "/etc", os.getcwd())},
         "proc_writable": {p: os.access(p, os.W_OK) for p in ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus")},

@@ -37,7 +37,7 @@ export interface BwrapCommand {
   /** The cap the launcher puts on the devpts of `dev` while bwrap waits on FD.block
    * (null: no `dev`, nothing to wait for), with the network namespace's set-up (spec
    * `network`, which bwrap has no option for) made just before. */
-  devpts: { max: number; options: string; network: SandboxNetwork; ipc: SandboxIpc; overlays: SandboxOverlay[]; selfBinds: string[] } | null;
+  devpts: { max: number; options: string; network: SandboxNetwork; ipc: SandboxIpc; overlays: SandboxOverlay[]; selfBinds: string[]; covers: string[] } | null;
 }
 
 /** An overlay the helper mounts over the bind of its first layer (spec `overlay`). */
@@ -53,6 +53,7 @@ export function renderBwrap(spec: SandboxSpec): BwrapCommand {
   let devpts: BwrapCommand['devpts'] = null;
   const overlays: SandboxOverlay[] = [];
   const selfBinds: string[] = [];
+  const covers: string[] = [];
   // identity and namespaces: non-root inside (mapped to the unprivileged host uid bwrap
   // runs as), no nested user namespaces, and a namespace of every kind.
   o.push('--unshare-user', '--uid', String(spec.user.uid), '--gid', String(spec.user.gid));
@@ -89,15 +90,17 @@ export function renderBwrap(spec: SandboxSpec): BwrapCommand {
         break;
       case 'proc':
         // (bwrap covers sys only where the folder itself is writable: the helper binds it
-        // over itself, read-only, while bwrap waits; spec.ts MountOp)
+        // over itself, read-only, while bwrap waits; and bwrap's init, pid 1, is dumpable
+        // and the sandbox's uid: the helper hides its folder; spec.ts MountOp)
         o.push('--proc', m.dest);
         selfBinds.push(`${m.dest}/sys`);
+        covers.push(`${m.dest}/1`);
         break;
       case 'dev':
         o.push('--dev', m.dest);
         // (bwrap's --dev binds the host's nodes: the box's own go over them)
         if (m.nodes !== null) for (const node of DEVICE_NODES) o.push('--dev-bind', `${m.nodes}/${node}`, `${m.dest}/${node}`);
-        devpts = { max: m.ptysMax, options: DEVPTS_OPTIONS, network: spec.network, ipc: spec.ipc, overlays, selfBinds };
+        devpts = { max: m.ptysMax, options: DEVPTS_OPTIONS, network: spec.network, ipc: spec.ipc, overlays, selfBinds, covers };
         break;
       case 'tmpfs':
         o.push('--perms', m.mode.toString(8).padStart(4, '0'), '--size', String(m.sizeBytes), '--tmpfs', m.dest);

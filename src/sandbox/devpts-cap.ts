@@ -41,6 +41,9 @@ export interface DevptsCapRequest {
   overlays: readonly SandboxOverlay[];
   /** Folders bound over themselves, read-only, once the tree is built (spec `proc`'s sys). */
   selfBinds: readonly string[];
+  /** Folders covered by an empty read-only tmpfs once the tree is built (bwrap's init's
+   * /proc/1: spec `proc`). */
+  covers: readonly string[];
 }
 
 export class DevptsCap {

@@ -211,6 +211,7 @@ export class SandboxedProcess implements InterpreterProcess {
           ipc: limit.ipc,
           overlays: limit.overlays,
           selfBinds: limit.selfBinds,
+          covers: limit.covers,
         },
         this.ended.signal,
       )

@@ -68,7 +68,10 @@ export type Namespace = (typeof NAMESPACES)[number];
  *    the folder itself is writable, so the launcher's helper makes that bind while bwrap
  *    waits; not the builder's /proc/sys, whose inodes are the host's: a lock on one of
  *    them was seen host-wide), and those of sysrq-trigger, irq and bus that the builder
- *    could write to;
+ *    could write to; where its pid 1 is bubblewrap's init (the sandbox's uid, dumpable:
+ *    session code could open its /proc/1/mem and rewrite it, or lock its image, the host's
+ *    bwrap), /proc/1 is covered by an empty read-only tmpfs (the launcher's helper, while
+ *    bwrap waits); the template's init is not dumpable and stays in view;
  *  - dev: a tmpfs with null zero full random urandom tty bound in (devices allowed) from
  *    `nodes` (the box's own, read-only: a lock on the host's /dev/null would be seen
  *    host-wide and a long list of them slows every close of it; their times are the
@@ -373,6 +376,7 @@ export const SECCOMP_CHECKS: Readonly<Record<string, string>> = {
   'bpf()': 'EPERM',
   'userfaultfd()': 'EPERM',
   'ptrace(PEEKDATA, 1)': 'EPERM',
+  'pidfd_getfd(init, 0)': 'EPERM',
   'io_uring_setup()': 'EPERM',
   'io_setup(1)': 'EPERM',
   'inotify_init1()': 'EPERM',

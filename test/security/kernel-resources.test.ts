@@ -1183,3 +1183,58 @@ test("#K18 the same in bubblewrap sandboxes (SANDBOX_PYTHON_TEMPLATE=off), whose
   assert.equal(r.stdout, '1 True\n[0, 0, 0]', r.stderr);
   await finishCase(B, a);
 });
+
+/** What a session can do to its sandbox's pid 1 (red team of 2026-12-03: bubblewrap's
+ * init runs as the session's uid and is dumpable; its /proc/1/mem was writable, and a
+ * rewritten init outlived its sandbox's end). Prints one JSON object per process. */
+const INIT_PROBE = [
+  'import ctypes, errno, json, os',
+  'libc = ctypes.CDLL(None, use_errno=True)',
+  'def err(f):',
+  '    try:',
+  '        f()',
+  "        return 'done'",
+  '    except OSError as e:',
+  '        return errno.errorcode[e.errno]',
+  'def getfd():',
+  '    pidfd = os.pidfd_open(1)',
+  '    if libc.syscall(438, pidfd, 0, 0) < 0:',
+  '        e = ctypes.get_errno()',
+  '        raise OSError(e, os.strerror(e))',
+  "out = {'mem': err(lambda: open('/proc/1/mem', 'r+b').close()), 'exe': err(lambda: os.readlink('/proc/1/exe')), 'fd': err(lambda: os.listdir('/proc/1/fd')), 'getfd': err(getfd)}",
+  "out['listing'] = sorted(os.listdir('/proc/1'))[:3]",
+  'print(json.dumps(out, sort_keys=True))',
+].join('\n');
+
+/** The interpreter and a bash command of `suite` cannot open their init's memory, image or
+ * descriptors, nor take one by pidfd_getfd; `covered`: /proc/1 is an empty folder. */
+async function initOutOfReachCase(suite: Suite, t: TestContext, covered: boolean): Promise<void> {
+  const a = await attacker(suite, t);
+  const p = await py(suite.server, a.id, INIT_PROBE);
+  const b = await sh(suite.server, a.id, `python3 -c '${INIT_PROBE.replace(/'/g, '"')}'`);
+  for (const [who, r] of [
+    ['the interpreter', p],
+    ['a bash command', b],
+  ] as const) {
+    assert.equal(r.return_code, 0, `${who}: ${r.stderr}`);
+    const seen = JSON.parse(r.stdout) as Record<string, unknown>;
+    const refused = covered ? 'ENOENT' : 'EACCES';
+    assert.deepEqual(
+      { mem: seen.mem, exe: seen.exe, fd: seen.fd, getfd: seen.getfd },
+      { mem: refused, exe: refused, fd: refused, getfd: 'EPERM' },
+      `${who} reached its init: ${r.stdout}`,
+    );
+    if (covered) assert.deepEqual(seen.listing, [], `${who}: bubblewrap's init's folder is covered: ${r.stdout}`);
+  }
+  await finishCase(suite, a);
+}
+
+test("#K19 the sandbox's init is out of reach: its memory, image and descriptors cannot be opened (it is not dumpable), and pidfd_getfd is refused (template sandbox)", async (t) => {
+  await initOutOfReachCase(S, t, false);
+});
+
+test("#K19 the same in bubblewrap sandboxes (SANDBOX_PYTHON_TEMPLATE=off), whose init (bwrap's, the session's uid and dumpable) has its /proc/1 covered by an empty folder while bwrap waits", async (t) => {
+  const B = await startSuite({ SANDBOX_PYTHON_TEMPLATE: 'off' });
+  t.after(() => stopSuite(B));
+  await initOutOfReachCase(B, t, true);
+});

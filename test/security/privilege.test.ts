@@ -266,6 +266,7 @@ test('#35 seccomp deny-list: ptrace, process_vm_*, perf_event_open, bpf, userfau
     process_vm_readv: [310, 1, 0, 0, 0, 0, 0],
     process_vm_writev: [311, 1, 0, 0, 0, 0, 0],
     kcmp: [312, 1, 1, 0, 0, 0],
+    pidfd_getfd: [438, -1, 0, 0],
     perf_event_open: [298, 0, 0, -1, -1, 0],
     bpf: [321, 0, 0, 0],
     userfaultfd: [323, 0],
@@ -328,7 +329,8 @@ print(json.dumps(res))`;
   assert.equal(p.stdout, '-1 EPERM');
   const seccomp = await sh(S.server, a.id, 'grep -E "^Seccomp:" /proc/self/status /proc/1/status');
   assert.match(seccomp.stdout, /self\/status:Seccomp:\s+2/);
-  assert.match(seccomp.stdout, /1\/status:Seccomp:\s+2/, 'the filter also covers the sandbox init');
+  // (a bubblewrap fallback's init is out of view: its /proc/1 is covered, test #K19)
+  if (!/\/proc\/1\/status: No such file/.test(seccomp.stderr)) assert.match(seccomp.stdout, /1\/status:Seccomp:\s+2/, 'the filter also covers the sandbox init');
   await finishCase(S, a);
 });
 
@@ -446,7 +448,8 @@ test('#39 every capability set is empty for bash, the REPL and the sandbox init'
   const a = await attacker(S, t);
   const b = await sh(S.server, a.id, 'grep -E "^Cap(Inh|Prm|Eff|Bnd|Amb):" /proc/self/status /proc/1/status');
   const lines = b.stdout.trim().split('\n');
-  assert.equal(lines.length, 10, b.stdout);
+  // (a bubblewrap fallback's init is out of view: its /proc/1 is covered, test #K19)
+  assert.equal(lines.length, /\/proc\/1\/status: No such file/.test(b.stderr) ? 5 : 10, b.stdout);
   for (const l of lines) assert.match(l, /:\s*0000000000000000$/, l);
   const p = await py(S.server, a.id, "print(sorted({l.split()[1] for l in open('/proc/self/status') if l.startswith('Cap')}))");
   assert.equal(p.stdout, "['0000000000000000']");

@@ -96,7 +96,7 @@ function dryRun(spec: SandboxSpec, base: string): MountLine[] {
 function parseBwrap(
   options: string[],
   dataFds: { fd: number; content: string }[],
-  devpts: { max: number; overlays: { dir: string; lowers: readonly string[]; dest: string }[]; selfBinds: string[] } | null,
+  devpts: { max: number; overlays: { dir: string; lowers: readonly string[]; dest: string }[]; selfBinds: string[]; covers: string[] } | null,
 ) {
   const mounts: MountOp[] = [];
   const env: Record<string, string> = {};
@@ -139,6 +139,8 @@ function parseBwrap(
         mounts.push({ op: 'proc', dest });
         // (its sys cover, part of the spec's "proc", is a bind of itself the launcher's helper makes)
         assert.ok(devpts?.selfBinds.includes(`${dest}/sys`), `${dest}/sys is bound over itself`);
+        // (and bubblewrap's init, dumpable and the sandbox's uid, is covered: spec "proc")
+        assert.ok(devpts?.covers.includes(`${dest}/1`), `${dest}/1 is covered`);
         break;
       }
       case '--dev': {
@@ -224,7 +226,7 @@ describe('the sandbox description', () => {
           // bwrap waits for the devpts cap before it loads the filter and runs the program
           assert.equal(back.seen['--block-fd'], String(FD.block));
           const overlaid = spec.mounts.flatMap((m) => (m.op === 'overlay' ? [{ dir: m.dir, lowers: m.lowers, dest: m.dest }] : []));
-          assert.deepEqual(devpts, { max: 12, options: DEVPTS_OPTIONS, network: SANDBOX_NETWORK, ipc: spec.ipc, overlays: overlaid, selfBinds: ['/proc/sys'] });
+          assert.deepEqual(devpts, { max: 12, options: DEVPTS_OPTIONS, network: SANDBOX_NETWORK, ipc: spec.ipc, overlays: overlaid, selfBinds: ['/proc/sys'], covers: ['/proc/1'] });
           assert.deepEqual(
             overlaid.map((o) => o.dest),
             overlays ? ['/usr', '/etc', SANDBOX_PATHS.driver] : [],
