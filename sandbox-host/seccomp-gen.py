@@ -76,6 +76,12 @@ deny("socket", seccomp.ERRNO(errno.EAFNOSUPPORT), seccomp.Arg(0, seccomp.GE, 64)
 IPPROTO_TCP, TCP_LINGER2 = 6, 8
 deny("setsockopt", EPERM, seccomp.Arg(1, seccomp.MASKED_EQ, 0xFFFFFFFF, IPPROTO_TCP),
      seccomp.Arg(2, seccomp.MASKED_EQ, 0xFFFFFFFF, TCP_LINGER2))
+# IPv6 flow labels are allocated from one host-wide pool (FL_MAX_SIZE 4,096 labels, counted
+# for every namespace together): one session could take them all (red team of 2026-12-03):
+# their manager is refused.
+IPPROTO_IPV6, IPV6_FLOWLABEL_MGR = 41, 32
+deny("setsockopt", EPERM, seccomp.Arg(1, seccomp.MASKED_EQ, 0xFFFFFFFF, IPPROTO_IPV6),
+     seccomp.Arg(2, seccomp.MASKED_EQ, 0xFFFFFFFF, IPV6_FLOWLABEL_MGR))
 
 # The page cache of the shared read-only system files (/usr is the same page cache in every
 # session and on the host) is a side channel: reading whether a page of a library is

@@ -173,10 +173,19 @@ def seccomp_checks() -> dict[str, str]:
         "io_setup(1)": outcome(lambda: sys_("io_setup", 1, ctypes.byref(ctypes.c_ulong(0)))),
         "inotify_init1()": outcome(lambda: c(libc.inotify_init1, 0)),
         "setsockopt(TCP_LINGER2)": outcome(lambda: tcp_option(8, 120)),
+        "setsockopt(IPV6_FLOWLABEL_MGR)": outcome(flow_label),
         "setsockopt(TCP_NODELAY)": outcome(lambda: tcp_option(1, 1)),
         **page_cache_checks(sys_),
         **fcntl_checks(),
     }
+
+
+def flow_label() -> int:
+    """Asks for an IPv6 flow label (IPV6_FLOWLABEL_MGR: get, create, shared with anyone)."""
+    request = struct.pack("16sIBBHHHI", socket.inet_pton(socket.AF_INET6, "::1"), 0, 0, 255, 1, 0, 0, 0)
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.IPPROTO_IPV6, 32, request)
+    return 0
 
 
 def init_fd(sys_) -> int:
@@ -262,7 +271,10 @@ def interfaces() -> dict[str, bool]:
 
 
 # The per-namespace TCP sysctls the spec sets (spec.ts SANDBOX_NETWORK); their values here.
-NET_SYSCTLS = ("net/ipv4/tcp_orphan_retries", "net/ipv4/tcp_fin_timeout", "net/core/somaxconn", "net/ipv4/tcp_max_syn_backlog")
+NET_SYSCTLS = (
+    "net/ipv4/tcp_orphan_retries", "net/ipv4/tcp_fin_timeout", "net/core/somaxconn", "net/ipv4/tcp_max_syn_backlog",
+    "net/ipv4/tcp_max_tw_buckets",
+)
 
 
 def loopback() -> dict[str, Any]:

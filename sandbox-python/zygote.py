@@ -456,8 +456,9 @@ def build_root(mounts, base):
 
 
 # The mounts over a sandbox's /proc entries that a command's new proc keeps: sys's cover and
-# the spec's empty file over locks (spec.ts sandboxMounts, PROC_LOCKS).
-PROC_COVERS = ("sys", "locks")
+# the spec's empty files over locks and cgroups (spec.ts sandboxMounts, PROC_EMPTY_FILES;
+# the start-up probe compares a command's mounts with the spec).
+PROC_COVERS = ("sys", "locks", "cgroups")
 
 
 def mount_proc(dest, host=None):
@@ -466,7 +467,7 @@ def mount_proc(dest, host=None):
     sandbox's own uid; not a bind of the builder's /proc/sys, whose inodes are the host's),
     and as bubblewrap, those of the other old entries that we could write to. `host`:
     visible_mounts() of the builder's tree; None for a proc mounted over the sandbox's own
-    (a command's init), whose covers (sys's, and the spec's empty file over locks) are
+    (a command's init), whose covers (sys's, and the spec's empty files) are
     moved over from the one below. (/proc/sys shows the namespaces of whoever opens its
     files, whichever proc it is reached through.)"""
     covers = []

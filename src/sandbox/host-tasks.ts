@@ -133,3 +133,10 @@ export function hostTaskLimits(): { pidMax: number | null; threadsMax: number | 
 export function isOutOfTasks(text: string): boolean {
   return /\bEAGAIN\b|Resource temporarily unavailable|\[Errno 11\]/.test(text);
 }
+
+/** Whether a failure to start a sandbox came from the kernel refusing memory (ENOMEM: a
+ * fork, or a cgroup move whose kernel objects are charged to the memory cgroup the starter
+ * has joined, when the session's or the sessions' memory is full), as the starters word it. */
+export function isOutOfMemory(text: string): boolean {
+  return /\bENOMEM\b|Cannot allocate memory|\[Errno 12\]/.test(text);
+}

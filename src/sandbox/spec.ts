@@ -137,8 +137,12 @@ export const DEVPTS_OPTIONS = 'ptmxmode=0666,mode=620';
 /** In a sandbox without ptys: the devpts's ptmx, the one way to make a pty in it (/dev/ptmx
  * is a symlink to it), covered by a read-only, nodev bind of /dev/null (opening it: EACCES). */
 const NO_PTYS_COVER = '/dev/pts/ptmx';
-/** Covered by an empty read-only file in every sandbox (sandboxMounts). */
-export const PROC_LOCKS = '/proc/locks';
+/** Covered by an empty read-only file in every sandbox (sandboxMounts): /proc/locks, the
+ * host-wide lock list (reading it takes host-wide locks for each page, its cost the square
+ * of the locks held, which a session can make many of); /proc/cgroups, the host's count of
+ * cgroups per controller (it moved with every session any server on the host made or
+ * deleted: red team of 2026-12-03). zygote.py PROC_COVERS names them for a command's proc. */
+export const PROC_EMPTY_FILES = ['/proc/locks', '/proc/cgroups'] as const;
 
 /** Host paths under /etc that are bound read-only when they exist on the host. */
 export const ETC_ALLOW_LIST = [
@@ -229,7 +233,8 @@ export function sandboxIpc(shmBytes: number): SandboxIpc {
  * one segment per GSO packet, ~14 KiB (7 MiB). Orphans (closed sockets still finishing)
  * count against the host's tcp_max_orphans, which is not per namespace; their lifetime
  * and the accept queues that hold their peers are: one zero-window probe, a 5 s
- * FIN_WAIT2, listen backlogs of at most 64.
+ * FIN_WAIT2, listen backlogs of at most 64. TIME_WAIT sockets are slab charged to no
+ * cgroup: at most 1,024 per namespace.
  */
 export interface SandboxNetwork {
   /** lo's MTU (SIOCSIFMTU); at least 1280, which IPv6 (::1) needs. */
@@ -248,6 +253,10 @@ export const SANDBOX_NETWORK: SandboxNetwork = {
     'net/ipv4/tcp_fin_timeout': '5',
     'net/core/somaxconn': '64',
     'net/ipv4/tcp_max_syn_backlog': '64',
+    // A TIME_WAIT socket is kernel memory (256 B of slab) charged to no cgroup, kept 60 s,
+    // and the namespace's default bound is 131,072 (red team of 2026-12-03: one session
+    // held 108,892, 28 MB): past this one a closed connection goes at once instead.
+    'net/ipv4/tcp_max_tw_buckets': '1024',
   },
 };
 
@@ -348,9 +357,8 @@ export function sandboxMounts(folders: SandboxFolders, etc: readonly string[], p
   m.push({ op: 'bind', source: folders.libDir, dest: SANDBOX_PATHS.sessionLib, readonly: true });
   // kernel views: own /proc (own pid namespace), minimal /dev, private capped /dev/shm
   m.push({ op: 'proc', dest: '/proc' });
-  // (the host-wide lock list: reading it takes host-wide locks for each page, its cost the
-  // square of the locks held, which a session can make many of: an empty file over it)
-  m.push({ op: 'data', dest: PROC_LOCKS, content: '' });
+  // (host-wide lists a session could load or read others' events in: empty files over them)
+  for (const dest of PROC_EMPTY_FILES) m.push({ op: 'data', dest, content: '' });
   m.push({ op: 'dev', dest: '/dev', ptysMax: folders.ptysMax, nodes: folders.devicesDir });
   m.push({ op: 'tmpfs', dest: '/dev/shm', sizeBytes: folders.shmBytes, mode: 0o1777 });
   if (!ptys) m.push({ op: 'bind', source: '/dev/null', dest: NO_PTYS_COVER, readonly: true });
@@ -383,6 +391,8 @@ export const SECCOMP_CHECKS: Readonly<Record<string, string>> = {
   // TCP orphans are counted host-wide: no socket may stay an orphan in FIN_WAIT2 past the
   // namespace's tcp_fin_timeout (SandboxNetwork); other TCP options work.
   'setsockopt(TCP_LINGER2)': 'EPERM',
+  // IPv6 flow labels come from one host-wide pool of 4,096 (FL_MAX_SIZE): refused.
+  'setsockopt(IPV6_FLOWLABEL_MGR)': 'EPERM',
   'setsockopt(TCP_NODELAY)': 'ok',
   // The page-cache side channel (docs/threat-model.md, host-wide kernel resources): its
   // probes and evictions are refused; the harmless neighbours still work.

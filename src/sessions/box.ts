@@ -31,7 +31,7 @@ import { mimeOf } from '../files/mime.js';
 import type { OutputSpill } from '../files/spill.js';
 import type { UidAllocator } from '../sandbox/uids.js';
 import { killUid, renice } from '../sandbox/uids.js';
-import { isOutOfTasks } from '../sandbox/host-tasks.js';
+import { isOutOfMemory, isOutOfTasks } from '../sandbox/host-tasks.js';
 import { SandboxError } from '../errors.js';
 import type { Mounts } from '../sandbox/mounts.js';
 import type { Cgroups, CgroupLeaf, LeafLimits } from '../sandbox/cgroups.js';
@@ -477,6 +477,10 @@ export class Box {
     const spec = this.spec({ kind: 'command', ptys });
     if (viaTemplate) {
       const init = this.interpreter.sandboxInit();
+      // (a living template interpreter whose init is unknown is not expected: said, since
+      // its command then runs in bubblewrap, without ptys)
+      if (!init && this.interpreter.alive)
+        this.deps.log?.warn({ box: this.name, restarting: this.restarting !== null }, "the interpreter's sandbox init is not known; the command runs in bubblewrap");
       if (!init || !this.deps.commands) return null;
       return this.deps.commands.command({
         box: this.name,
@@ -541,18 +545,31 @@ export class Box {
 
 /**
  * A sandbox that could not start because the kernel refused a fork or clone for want of
- * tasks (EAGAIN: the session's or the server's pids cgroup, kernel.pid_max, threads-max)
- * is no fault of the server's: the call answers 503 SBX_SERVER_BUSY with Retry-After
- * instead of a 500 (and a template spawn that failed so is not taken for a mount the
- * template cannot build: the box does not switch to bubblewrap for it). Otherwise returns,
- * or throws `rethrow` when given.
+ * tasks (EAGAIN: the session's or the server's pids cgroup, kernel.pid_max, threads-max),
+ * or refused memory (ENOMEM: the sessions' memory full; test #K8 saw a template spawn's
+ * move into its pids cgroup fail so) is no fault of the server's: the call answers 503
+ * SBX_SERVER_BUSY with Retry-After instead of a 500 (and a template spawn that failed so
+ * is not taken for a mount the template cannot build: the box does not switch to
+ * bubblewrap for it, which a pool box made in such a moment did for the session that later
+ * took it). Otherwise returns, or throws `rethrow` when given.
  */
 function throwIfOutOfTasks(e: unknown, rethrow?: unknown): void {
-  if (isOutOfTasks(String((e as Error)?.message ?? e))) {
+  const text = String((e as Error)?.message ?? e);
+  if (isOutOfTasks(text)) {
     throw new SandboxError('SBX_SERVER_BUSY', 'the host cannot start more processes now (a fork failed with EAGAIN: a process or thread limit is reached); try again later', {
       cause: e,
       headers: { 'retry-after': '5' },
     });
+  }
+  if (isOutOfMemory(text)) {
+    throw new SandboxError(
+      'SBX_SERVER_BUSY',
+      "the session's sandbox could not be started: the kernel refused it memory (ENOMEM: the host's or the sessions' memory is short); try again later",
+      {
+        cause: e,
+        headers: { 'retry-after': '5' },
+      },
+    );
   }
   if (rethrow !== undefined) throw rethrow;
 }

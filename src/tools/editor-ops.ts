@@ -268,12 +268,55 @@ function owned(u: Uint8Array): Uint8Array {
  * ~100 ns, which a file dense with short matches would pay hundreds of thousands of times). */
 const SHORT_NEEDLE_BYTES = 16;
 
+/** Longest needle searched by the native indexOf. V8's Boyer-Moore builds its good-suffix
+ * table over the last 250 bytes of a pattern only: for a longer one whose mismatch comes
+ * early (`ab` then 19,998 `a`s in a file of `a`s) it shifts by about one byte per try, and
+ * a 16 MiB file took 105 s of a worker thread (red team of 2026-12-03). Longer needles are
+ * searched in linear time (Searcher). */
+const NATIVE_NEEDLE_BYTES = 250;
+
+/** Finds a needle in linear time whatever the input: the native indexOf for short needles,
+ * Knuth-Morris-Pratt (O(text + needle)) for long ones. */
+export class Searcher {
+  private readonly table: Int32Array | null;
+
+  constructor(private readonly needle: Uint8Array) {
+    this.table = needle.length > NATIVE_NEEDLE_BYTES ? failureTable(needle) : null;
+  }
+
+  /** The offset of the first match at or after `from`, or -1. */
+  indexOf(text: Buffer, from = 0): number {
+    const p = this.needle;
+    const table = this.table;
+    if (table === null) return text.indexOf(p, from);
+    const m = p.length;
+    let k = 0;
+    for (let i = from; i < text.length; i++) {
+      const c = text[i];
+      while (k > 0 && p[k] !== c) k = table[k - 1]!;
+      if (p[k] === c && ++k === m) return i - m + 1;
+    }
+    return -1;
+  }
+}
+
+/** KMP's failure function: for each prefix of `p`, the length of its longest proper border. */
+function failureTable(p: Uint8Array): Int32Array {
+  const t = new Int32Array(p.length);
+  for (let i = 1, k = 0; i < p.length; i++) {
+    while (k > 0 && p[i] !== p[k]) k = t[k - 1]!;
+    if (p[i] === p[k]) k++;
+    t[i] = k;
+  }
+  return t;
+}
+
 /** Calls onMatch with the offset of every non-overlapping match at or after `first` (a match). */
-function forEachMatch(text: Buffer, needle: Buffer, first: number, onMatch: (i: number) => void): void {
+function forEachMatch(text: Buffer, needle: Buffer, first: number, onMatch: (i: number) => void, search: Searcher): void {
   const m = needle.length;
   if (m > SHORT_NEEDLE_BYTES) {
-    // Matches are at least m > 16 bytes apart: few calls.
-    for (let i = first; i >= 0; i = text.indexOf(needle, i + m)) onMatch(i);
+    // Matches are at least m > 16 bytes apart: few calls, each linear in what it passes.
+    for (let i = first; i >= 0; i = search.indexOf(text, i + m)) onMatch(i);
     return;
   }
   // O(n * m) at worst, with m <= 16.
@@ -301,7 +344,8 @@ function strReplace(op: StrReplaceOp): OpOutcome {
   const newStr = normaliseNewlines(op.newStr);
   if (!isWellFormed(oldStr)) return fail(`old_str not found in ${op.display}`, 'string_not_found');
   const needle = Buffer.from(oldStr, 'utf8');
-  const first = text.indexOf(needle);
+  const search = new Searcher(needle);
+  const first = search.indexOf(text);
   if (first < 0) return fail(`old_str not found in ${op.display}`, 'string_not_found');
   // Count every (non-overlapping) match; number the lines of the first few with one
   // running newline count.
@@ -309,14 +353,20 @@ function strReplace(op: StrReplaceOp): OpOutcome {
   const lines: number[] = [];
   let line = 1;
   let counted = 0;
-  forEachMatch(text, needle, first, (i) => {
-    count++;
-    if (lines.length < MAX_LISTED_LINES) {
-      line += countNewlines(text, counted, i);
-      counted = i;
-      lines.push(line);
-    }
-  });
+  forEachMatch(
+    text,
+    needle,
+    first,
+    (i) => {
+      count++;
+      if (lines.length < MAX_LISTED_LINES) {
+        line += countNewlines(text, counted, i);
+        counted = i;
+        lines.push(line);
+      }
+    },
+    search,
+  );
   if (count > 1) {
     const listed = lines.join(', ') + (count > lines.length ? ', …' : '');
     return fail(`old_str matched ${count} times in ${op.display} (lines ${listed}); must be unique`);

@@ -133,12 +133,21 @@ async function startOnce(env: Record<string, string>, opts: StartOptions): Promi
           if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
           const code = await exited;
           await rm(root, { recursive: true, force: true }).catch(() => {});
+          reportFallbacks(out);
           return code;
         })();
       }
       return stopped;
     },
   };
+}
+
+/** Writes to stderr the server's log lines about a session that fell back from the
+ * template to bubblewrap (a spawn that failed, with its reason): a test that expects the
+ * template then fails, and its output should say why. */
+function reportFallbacks(log: string): void {
+  const lines = log.split('\n').filter((l) => /could not start an interpreter|template exited|template could not|sandbox init is not known/.test(l));
+  if (lines.length > 0) process.stderr.write(`server log, template fallbacks:\n${lines.join('\n')}\n`);
 }
 
 export interface JsonResponse<T = any> {

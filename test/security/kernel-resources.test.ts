@@ -724,7 +724,7 @@ test("#K8 processes of all sessions together: the limit in force is reported; on
   const busy = (r: { status: number; headers: Headers; body: { code?: string; detail?: unknown } }, what: string) => {
     assert.equal(r.status, 503, `${what}: ${r.status} ${JSON.stringify(r.body)}`);
     assert.equal(r.body.code, 'SBX_SERVER_BUSY', what);
-    assert.match(String(r.body.detail), /cannot start more processes/, what);
+    assert.match(String(r.body.detail), /cannot start more processes|refused it memory/, what);
     assert.match(r.headers.get('retry-after') ?? '', /^[1-9]\d*$/, `${what}: Retry-After`);
   };
   // (what the attacker's interpreter holds is freed when it ends below: not room for a new one)
@@ -750,6 +750,10 @@ test("#K8 processes of all sessions together: the limit in force is reported; on
   await restore();
   const c = await api(S.server, 'POST', '/sessions', {});
   assert.equal(c.status, 201, JSON.stringify(c.body));
+  // A box made while nothing could be forked (the pool's refill) was not switched to
+  // bubblewrap for it: the session's init is the template's (bubblewrap's /proc/1 is empty).
+  const made = await py(S.server, c.body.session_id, "import os\nprint(len(os.listdir('/proc/1')) > 0)");
+  assert.equal(made.stdout, 'True', `the session after the shortage is forked from the template: ${made.stderr}`);
   assert.equal((await api(S.server, 'DELETE', `/sessions/${c.body.session_id}`)).status, 204);
   // (the server writes its log without blocking: the lines reach us after the answers)
   assert.ok(await waitFor(async () => /"status":503\b/.test(S.server.logs()), 30_000), `the access log has the 503s: ${S.server.logs().slice(-2000)}`);
@@ -1046,6 +1050,45 @@ test('#K12 TCP orphans are counted host-wide (net.ipv4.tcp_max_orphans): a sessi
   await finishCase(S, a, []);
 });
 
+/** Makes `n` loopback connections, the client closing first (its socket then waits in
+ * TIME_WAIT); prints how many were made, how many TIME_WAIT sockets the namespace holds
+ * (/proc/net/sockstat), and what asking for an IPv6 flow label gives. */
+const TIME_WAITS = (n: number) =>
+  [
+    'import errno, socket, struct',
+    'ls = socket.socket()',
+    "ls.bind(('127.0.0.1', 0))",
+    'ls.listen(64)',
+    'made = 0',
+    `for _ in range(${n}):`,
+    '    c = socket.socket()',
+    '    c.connect(ls.getsockname())',
+    '    a, _ = ls.accept()',
+    '    c.close()',
+    '    a.close()',
+    '    made += 1',
+    "tw = [l.split() for l in open('/proc/net/sockstat') if l.startswith('TCP:')][0]",
+    "req = struct.pack('16sIBBHHHI', socket.inet_pton(socket.AF_INET6, '::1'), 0, 0, 255, 1, 0, 0, 0)",
+    'try:',
+    '    socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).setsockopt(41, 32, req)',
+    "    label = 'ok'",
+    'except OSError as e:',
+    '    label = errno.errorcode[e.errno]',
+    "print(made, tw[tw.index('tw') + 1], label)",
+  ].join('\n');
+
+test("#K20 TIME_WAIT sockets (kernel memory charged to no cgroup) are at most 1,024 in a sandbox's network namespace (tcp_max_tw_buckets), and IPv6 flow labels (one host-wide pool of 4,096) are refused", async (t) => {
+  const a = await attacker(S, t);
+  const r = await py(S.server, a.id, TIME_WAITS(3000), { timeout_seconds: 120 });
+  assert.equal(r.return_code, 0, r.stderr);
+  const [made, tw, label] = r.stdout.trim().split(' ') as [string, string, string];
+  t.diagnostic(`connections: ${made}; TIME_WAIT sockets held: ${tw} (before the bound: one per connection, up to 131,072)`);
+  assert.equal(made, '3000');
+  assert.ok(Number(tw) <= 1024, `the namespace holds ${tw} TIME_WAIT sockets, past 1,024`);
+  assert.equal(label, 'EPERM', 'IPV6_FLOWLABEL_MGR is refused');
+  await finishCase(S, a, []);
+});
+
 /** Run anywhere (the host, a sandbox): for each path in argv, whether an exclusive flock
  * and a POSIX write lock could be taken now (the flock is taken and let go; the POSIX lock
  * is asked about, F_GETLK, which needs no write access). */
@@ -1102,7 +1145,8 @@ async function systemLocksCase(suite: Suite, t: TestContext, victim: string): Pr
       `print(subprocess.run([sys.executable, '-c', ${JSON.stringify(LOCK_PROBE)}, *paths], capture_output=True, text=True).stdout.strip())`,
       "print(len(open('/dev/zero', 'rb').read(7)), open('/dev/null', 'w').write('x'))",
       // (the host-wide lock list, whose reads stalled the host's locking: an empty file)
-      "print(len(open('/proc/locks').read()), os.stat('/proc/sys/vm/overcommit_memory').st_dev)",
+      // (and the host's cgroup counts, which moved with every session made or deleted)
+      "print(len(open('/proc/locks').read()) + len(open('/proc/cgroups').read()), os.stat('/proc/sys/vm/overcommit_memory').st_dev)",
       'try:',
       "    os.utime('/dev/null')",
       "    print('touched')",
@@ -1120,7 +1164,7 @@ async function systemLocksCase(suite: Suite, t: TestContext, victim: string): Pr
     [SYSTEM_FILES.map(() => 'EAGAIN posix-held').join(' | '), '7 1', '0', '30'].join('\n'),
     held.stderr,
   );
-  const b = await sh(suite.server, a.id, 'wc -c < /proc/locks; stat -c %d /proc/sys/vm/overcommit_memory; echo 1 > /proc/sys/kernel/shmmni || echo refused');
+  const b = await sh(suite.server, a.id, 'cat /proc/locks /proc/cgroups | wc -c; stat -c %d /proc/sys/vm/overcommit_memory; echo 1 > /proc/sys/kernel/shmmni || echo refused');
   assert.deepEqual(b.stdout.split('\n').slice(0, 3), ['0', b.stdout.split('\n')[1], 'refused'], `a bash command has the same covers: ${b.stderr}`);
   assert.notEqual(b.stdout.split('\n')[1], hostDev, "a bash command's /proc/sys is not the host's");
   const { stdout: host } = await execFileP('/usr/bin/python3', ['-c', LOCK_PROBE, ...HOST_FILES]);

@@ -226,7 +226,15 @@ describe('the sandbox description', () => {
           // bwrap waits for the devpts cap before it loads the filter and runs the program
           assert.equal(back.seen['--block-fd'], String(FD.block));
           const overlaid = spec.mounts.flatMap((m) => (m.op === 'overlay' ? [{ dir: m.dir, lowers: m.lowers, dest: m.dest }] : []));
-          assert.deepEqual(devpts, { max: 12, options: DEVPTS_OPTIONS, network: SANDBOX_NETWORK, ipc: spec.ipc, overlays: overlaid, selfBinds: ['/proc/sys'], covers: ['/proc/1'] });
+          assert.deepEqual(devpts, {
+            max: 12,
+            options: DEVPTS_OPTIONS,
+            network: SANDBOX_NETWORK,
+            ipc: spec.ipc,
+            overlays: overlaid,
+            selfBinds: ['/proc/sys'],
+            covers: ['/proc/1'],
+          });
           assert.deepEqual(
             overlaid.map((o) => o.dest),
             overlays ? ['/usr', '/etc', SANDBOX_PATHS.driver] : [],

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { EditorWorkers, TextEditor, UndoHistory, type EditorFs } from '../../src/tools/text-editor.js';
+import { Searcher } from '../../src/tools/editor-ops.js';
 import type { ResolvedPath } from '../../src/files/paths.js';
 import type { Probe } from '../../src/files/workspace-fs.js';
 
@@ -124,6 +125,48 @@ test('str_replace with several matches names how many and where', async () => {
   assert.equal(r.return_code, 1);
   assert.equal(r.stderr, 'text_editor: old_str matched 3 times in f.txt (lines 1, 3, 5); must be unique\n');
   assert.equal(fs.files.get('f.txt'), 'x\ny\nx\nz\nx\n');
+});
+
+test('the needle search finds what a naive search finds, for short and long needles (native indexOf up to 250 bytes, KMP past it)', () => {
+  // Small alphabets and periodic texts: the shapes where borders and near-misses abound.
+  let seed = 7;
+  const rand = (n: number) => {
+    seed = (seed * 1103515245 + 12345) % 2 ** 31;
+    return seed % n;
+  };
+  const naive = (text: Buffer, needle: Buffer, from: number) => {
+    for (let i = from; i + needle.length <= text.length; i++) if (text.subarray(i, i + needle.length).equals(needle)) return i;
+    return -1;
+  };
+  for (let round = 0; round < 300; round++) {
+    const alphabet = 1 + rand(3);
+    const m = [1, 5, 17, 249, 250, 251, 300, 700][rand(8)]!;
+    const period = 1 + rand(12);
+    const unit = Buffer.from(Array.from({ length: period }, () => 97 + rand(alphabet)));
+    const text = Buffer.from(Array.from({ length: 500 + rand(3000) }, (_, i) => (rand(50) === 0 ? 97 + rand(alphabet) : unit[i % period]!)));
+    // A needle taken from the text (so it is often found), sometimes with one byte changed.
+    const at = rand(Math.max(1, text.length - m));
+    const needle = Buffer.from(text.subarray(at, at + m));
+    if (rand(3) === 0 && needle.length > 0) needle[rand(needle.length)] = 97 + rand(alphabet + 1);
+    const from = rand(text.length);
+    const search = new Searcher(needle);
+    assert.equal(search.indexOf(text, from), naive(text, needle, from), `round ${round}: m ${m}, period ${period}, from ${from}`);
+    assert.equal(search.indexOf(text), naive(text, needle, 0), `round ${round}: from 0`);
+  }
+});
+
+test("str_replace with long needles (past the native search's 250 bytes: KMP) finds and misses as before, also on the red team's shape (V8's indexOf took 105 s on 16 MiB with it)", async () => {
+  const { fs, ed } = setup();
+  // (1 MiB of 'a' and a needle whose only mismatch is near its start: the native search
+  // took ~7 s on this, the linear one ~50 ms; measured, not asserted)
+  const body = 'a'.repeat(1 << 20);
+  fs.files.set('big.txt', body);
+  const miss = await ed.run({ command: 'str_replace', path: 'big.txt', old_str: `ab${'a'.repeat(19_998)}`, new_str: 'x' });
+  assert.equal(miss.stderr, 'text_editor: old_str not found in big.txt\n');
+  fs.files.set('big.txt', `${body}b${'a'.repeat(300)}`);
+  const hit = await ed.run({ command: 'str_replace', path: 'big.txt', old_str: `b${'a'.repeat(300)}`, new_str: 'c' });
+  assert.equal(hit.return_code, 0, hit.stderr);
+  assert.equal(fs.files.get('big.txt'), `${body}c`);
 });
 
 test('str_replace with no match says so', async () => {
