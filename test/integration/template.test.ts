@@ -515,8 +515,17 @@ describe('interpreters forked from the template', () => {
     assert.ok((await spawnerStuck()) && stuck.includes(spawner!), "the victim's spawn went ahead of the attacker's, still stuck");
     await cgroup.release();
     const r = await restart.promise;
-    assert.equal(r.stdout, '2', r.stderr);
-    assert.equal(r.interpreter_restarted, true);
+    // The spawn stalled there may be refused memory (ENOMEM) when its cgroup is let go: the
+    // call then answers 503 to be retried, and the box keeps the template (it does not
+    // switch to bubblewrap for what is no fault of the template's).
+    if (r.status === 503) {
+      assert.match(JSON.stringify(r), /SBX_SERVER_BUSY.*refused it memory|refused it memory.*SBX_SERVER_BUSY/, JSON.stringify(r));
+      const retried = await py(server, attacker, "print(2, len(__import__('os').listdir('/proc/1')) > 0)", { timeout_seconds: 120 });
+      assert.equal(retried.stdout, '2 True', `the retry runs in a template sandbox: ${JSON.stringify(retried)}`);
+    } else {
+      assert.equal(r.stdout, '2', JSON.stringify(r));
+      assert.equal(r.interpreter_restarted, true);
+    }
   });
 
   it("fork spawners from the template's fork server, which holds nothing of the server's channel, and start a new one when it dies", async () => {
