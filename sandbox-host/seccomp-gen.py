@@ -79,9 +79,35 @@ deny("setsockopt", EPERM, seccomp.Arg(1, seccomp.MASKED_EQ, 0xFFFFFFFF, IPPROTO_
 # IPv6 flow labels are allocated from one host-wide pool (FL_MAX_SIZE 4,096 labels, counted
 # for every namespace together): one session could take them all (red team of 2026-12-03):
 # their manager is refused.
-IPPROTO_IPV6, IPV6_FLOWLABEL_MGR = 41, 32
-deny("setsockopt", EPERM, seccomp.Arg(1, seccomp.MASKED_EQ, 0xFFFFFFFF, IPPROTO_IPV6),
-     seccomp.Arg(2, seccomp.MASKED_EQ, 0xFFFFFFFF, IPV6_FLOWLABEL_MGR))
+IPPROTO_IP, SOL_SOCKET, IPPROTO_IPV6 = 0, 1, 41
+
+
+def deny_sockopt(level, name):
+    """setsockopt(level, name) refused with EPERM (level and name are ints: low 32 bits)."""
+    deny("setsockopt", EPERM, seccomp.Arg(1, seccomp.MASKED_EQ, 0xFFFFFFFF, level),
+         seccomp.Arg(2, seccomp.MASKED_EQ, 0xFFFFFFFF, name))
+
+
+deny_sockopt(IPPROTO_IPV6, 32)  # IPV6_FLOWLABEL_MGR
+# Socket filters (classic or eBPF) are JIT-compiled into the host-wide BPF JIT budget
+# (net.core.bpf_jit_limit, 504 MiB here; vmalloc'd images no cgroup counts): one session's
+# 1,904 filters took 104 MiB of it, and past the limit no unprivileged process of the host can
+# load a filter, seccomp's included, where the JIT is always on (red team of 2026-12-03).
+for name in (26, 50, 51, 52):  # SO_ATTACH_FILTER, SO_ATTACH_BPF, SO_ATTACH_REUSEPORT_CBPF/EBPF
+    deny_sockopt(SOL_SOCKET, name)
+# A session's own seccomp filters are JIT-compiled there too: refused (strict mode, which
+# compiles nothing, and every other seccomp operation still work).
+SECCOMP_SET_MODE_FILTER, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 1, 22, 2
+deny("seccomp", EPERM, seccomp.Arg(0, seccomp.MASKED_EQ, 0xFFFFFFFF, SECCOMP_SET_MODE_FILTER))
+deny("prctl", EPERM, seccomp.Arg(0, seccomp.MASKED_EQ, 0xFFFFFFFF, PR_SET_SECCOMP),
+     seccomp.Arg(1, seccomp.EQ, SECCOMP_MODE_FILTER))
+# Multicast memberships are kernel memory charged to no cgroup (~320 B each; IPv6 has no
+# count per socket: one session held 68,000, 21 MB: red team of 2026-12-03), and of no use
+# on a sandbox's own loopback: joins refused, IPv4 and IPv6.
+for name in (35, 39, 42, 46):  # IP_ADD_MEMBERSHIP, IP_ADD_SOURCE_MEMBERSHIP, MCAST_JOIN_GROUP, MCAST_JOIN_SOURCE_GROUP
+    deny_sockopt(IPPROTO_IP, name)
+for name in (20, 42, 46):  # IPV6_ADD_MEMBERSHIP, MCAST_JOIN_GROUP, MCAST_JOIN_SOURCE_GROUP
+    deny_sockopt(IPPROTO_IPV6, name)
 
 # The page cache of the shared read-only system files (/usr is the same page cache in every
 # session and on the host) is a side channel: reading whether a page of a library is

@@ -22,12 +22,12 @@ NR = {
     "x86_64": {
         "keyctl": 250, "clone3": 435, "bpf": 321, "userfaultfd": 323, "io_uring_setup": 425, "io_setup": 206,
         "mincore": 27, "cachestat": 451, "fadvise64": 221, "madvise": 28, "preadv2": 327, "pwritev2": 328,
-        "process_madvise": 440, "pidfd_getfd": 438,
+        "process_madvise": 440, "pidfd_getfd": 438, "seccomp": 317,
     },
     "aarch64": {
         "keyctl": 219, "clone3": 435, "bpf": 280, "userfaultfd": 282, "io_uring_setup": 425, "io_setup": 0,
         "mincore": 232, "cachestat": 451, "fadvise64": 223, "madvise": 233, "preadv2": 286, "pwritev2": 287,
-        "process_madvise": 440, "pidfd_getfd": 438,
+        "process_madvise": 440, "pidfd_getfd": 438, "seccomp": 277,
     },
 }[platform.machine()]
 FLAGS = ("ro", "nosuid", "nodev", "noexec")
@@ -174,6 +174,11 @@ def seccomp_checks() -> dict[str, str]:
         "inotify_init1()": outcome(lambda: c(libc.inotify_init1, 0)),
         "setsockopt(TCP_LINGER2)": outcome(lambda: tcp_option(8, 120)),
         "setsockopt(IPV6_FLOWLABEL_MGR)": outcome(flow_label),
+        "setsockopt(SO_ATTACH_FILTER)": outcome(socket_filter),
+        "setsockopt(IPV6_ADD_MEMBERSHIP)": outcome(lambda: join_group(socket.AF_INET6)),
+        "setsockopt(IP_ADD_MEMBERSHIP)": outcome(lambda: join_group(socket.AF_INET)),
+        "seccomp(SET_MODE_FILTER)": outcome(lambda: sys_("seccomp", 1, 0, 0)),
+        "seccomp(GET_ACTION_AVAIL)": outcome(lambda: sys_("seccomp", 2, 0, ctypes.byref(ctypes.c_uint32(0x7FFF0000)))),
         "setsockopt(TCP_NODELAY)": outcome(lambda: tcp_option(1, 1)),
         **page_cache_checks(sys_),
         **fcntl_checks(),
@@ -185,6 +190,26 @@ def flow_label() -> int:
     request = struct.pack("16sIBBHHHI", socket.inet_pton(socket.AF_INET6, "::1"), 0, 0, 255, 1, 0, 0, 0)
     with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
         s.setsockopt(socket.IPPROTO_IPV6, 32, request)
+    return 0
+
+
+def socket_filter() -> int:
+    """Attaches a one-instruction classic BPF filter (accept all) to a UDP socket."""
+    insn = struct.pack("HBBI", 0x06, 0, 0, 0xFFFF)  # ret #0xffff
+    buf = ctypes.create_string_buffer(insn, len(insn))
+    prog = struct.pack("HxxxxxxQ", 1, ctypes.addressof(buf))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, 26, prog)  # SO_ATTACH_FILTER
+    return 0
+
+
+def join_group(family: int) -> int:
+    """Joins a multicast group on the loopback (index 1)."""
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, socket.inet_pton(family, "ff05::1") + struct.pack("@I", 1))
+        else:
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, socket.inet_aton("239.1.2.3") + socket.inet_aton("127.0.0.1"))
     return 0
 
 

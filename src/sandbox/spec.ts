@@ -393,6 +393,13 @@ export const SECCOMP_CHECKS: Readonly<Record<string, string>> = {
   'setsockopt(TCP_LINGER2)': 'EPERM',
   // IPv6 flow labels come from one host-wide pool of 4,096 (FL_MAX_SIZE): refused.
   'setsockopt(IPV6_FLOWLABEL_MGR)': 'EPERM',
+  // Socket filters and the session's own seccomp filters are JIT-compiled into the host-wide
+  // BPF JIT budget; multicast memberships are kernel memory no cgroup counts.
+  'setsockopt(SO_ATTACH_FILTER)': 'EPERM',
+  'setsockopt(IPV6_ADD_MEMBERSHIP)': 'EPERM',
+  'setsockopt(IP_ADD_MEMBERSHIP)': 'EPERM',
+  'seccomp(SET_MODE_FILTER)': 'EPERM',
+  'seccomp(GET_ACTION_AVAIL)': 'ok',
   'setsockopt(TCP_NODELAY)': 'ok',
   // The page-cache side channel (docs/threat-model.md, host-wide kernel resources): its
   // probes and evictions are refused; the harmless neighbours still work.

@@ -1052,7 +1052,8 @@ test('#K12 TCP orphans are counted host-wide (net.ipv4.tcp_max_orphans): a sessi
 
 /** Makes `n` loopback connections, the client closing first (its socket then waits in
  * TIME_WAIT); prints how many were made, how many TIME_WAIT sockets the namespace holds
- * (/proc/net/sockstat), and what asking for an IPv6 flow label gives. */
+ * (/proc/net/sockstat), and what asking for an IPv6 flow label, attaching a socket filter,
+ * joining a multicast group and loading a seccomp filter of its own give. */
 const TIME_WAITS = (n: number) =>
   [
     'import errno, socket, struct',
@@ -1068,24 +1069,46 @@ const TIME_WAITS = (n: number) =>
     '    a.close()',
     '    made += 1',
     "tw = [l.split() for l in open('/proc/net/sockstat') if l.startswith('TCP:')][0]",
-    "req = struct.pack('16sIBBHHHI', socket.inet_pton(socket.AF_INET6, '::1'), 0, 0, 255, 1, 0, 0, 0)",
-    'try:',
-    '    socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).setsockopt(41, 32, req)',
-    "    label = 'ok'",
-    'except OSError as e:',
-    '    label = errno.errorcode[e.errno]',
-    "print(made, tw[tw.index('tw') + 1], label)",
+    'import ctypes',
+    'libc = ctypes.CDLL(None, use_errno=True)',
+    'def outcome(f):',
+    '    try:',
+    '        f()',
+    "        return 'ok'",
+    '    except OSError as e:',
+    '        return errno.errorcode[e.errno]',
+    'def seccomp_filter():',
+    '    insn = struct.pack("HBBI", 6, 0, 0, 0x7FFF0000)',  // ret ALLOW
+    '    buf = ctypes.create_string_buffer(insn, len(insn))',
+    '    prog = ctypes.create_string_buffer(struct.pack("HxxxxxxQ", 1, ctypes.addressof(buf)))',
+    '    if libc.syscall(317, 1, 0, prog) < 0:',
+    '        raise OSError(ctypes.get_errno(), "seccomp")',
+    'u6 = lambda: socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)',
+    "label = struct.pack('16sIBBHHHI', socket.inet_pton(socket.AF_INET6, '::1'), 0, 0, 255, 1, 0, 0, 0)",
+    "bpf = ctypes.create_string_buffer(struct.pack('HBBI', 6, 0, 0, 0xFFFF))",
+    "fprog = struct.pack('HxxxxxxQ', 1, ctypes.addressof(bpf))",
+    "group = socket.inet_pton(socket.AF_INET6, 'ff05::1') + struct.pack('@I', 1)",
+    'refused = {',
+    "    'flow_label': outcome(lambda: u6().setsockopt(41, 32, label)),",
+    "    'socket_filter': outcome(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).setsockopt(socket.SOL_SOCKET, 26, fprog)),",
+    "    'multicast_join': outcome(lambda: u6().setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, group)),",
+    "    'seccomp_filter': outcome(seccomp_filter),",
+    '}',
+    "print(made, tw[tw.index('tw') + 1], ','.join(f'{k}={v}' for k, v in refused.items()))",
   ].join('\n');
 
-test("#K20 TIME_WAIT sockets (kernel memory charged to no cgroup) are at most 1,024 in a sandbox's network namespace (tcp_max_tw_buckets), and IPv6 flow labels (one host-wide pool of 4,096) are refused", async (t) => {
+test("#K20 kernel memory no cgroup counts: TIME_WAIT sockets are at most 1,024 in a sandbox's network namespace (tcp_max_tw_buckets); IPv6 flow labels (a host-wide pool), socket filters and the session's own seccomp filters (the host-wide BPF JIT budget) and multicast joins are refused", async (t) => {
   const a = await attacker(S, t);
   const r = await py(S.server, a.id, TIME_WAITS(3000), { timeout_seconds: 120 });
+  const b = await sh(S.server, a.id, `python3 -c '${TIME_WAITS(10).replace(/'/g, '"')}'`, { timeout_seconds: 120 });
+  const refused = 'flow_label=EPERM,socket_filter=EPERM,multicast_join=EPERM,seccomp_filter=EPERM';
   assert.equal(r.return_code, 0, r.stderr);
-  const [made, tw, label] = r.stdout.trim().split(' ') as [string, string, string];
+  const [made, tw, outcomes] = r.stdout.trim().split(' ') as [string, string, string];
   t.diagnostic(`connections: ${made}; TIME_WAIT sockets held: ${tw} (before the bound: one per connection, up to 131,072)`);
   assert.equal(made, '3000');
   assert.ok(Number(tw) <= 1024, `the namespace holds ${tw} TIME_WAIT sockets, past 1,024`);
-  assert.equal(label, 'EPERM', 'IPV6_FLOWLABEL_MGR is refused');
+  assert.equal(outcomes, refused, 'from the interpreter');
+  assert.equal(b.stdout.trim().split(' ')[2], refused, `from a bash command: ${b.stdout} ${b.stderr}`);
   await finishCase(S, a, []);
 });
 
