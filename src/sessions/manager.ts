@@ -292,7 +292,7 @@ export class SessionManager<B extends SessionBox = Box> {
     if (!s) return false;
     this.sessions.delete(id);
     this.stats[why]++;
-    s.closed = true;
+    s.close();
     const cleanup = this.discard(s.box, id);
     await Promise.race([s.box.stop().catch(() => {}), cleanup]);
     return true;
@@ -329,7 +329,7 @@ export class SessionManager<B extends SessionBox = Box> {
     const inflight = Promise.all([...this.sessions.values()].map((s) => s.drained()));
     await Promise.race([inflight, new Promise((r) => setTimeout(r, graceMs).unref())]);
     const boxes = [...this.sessions.values()].map((s) => s.box);
-    for (const s of this.sessions.values()) s.closed = true;
+    for (const s of this.sessions.values()) s.close();
     this.sessions.clear();
     boxes.push(...this.pool.splice(0));
     await Promise.all(boxes.map((b) => this.discard(b)));

@@ -69,6 +69,7 @@ export class Session<B extends SessionBox = Box> {
   private queued = 0;
   private active = 0;
   closed = false;
+  private readonly endedController = new AbortController();
 
   constructor(
     readonly id: string,
@@ -84,6 +85,18 @@ export class Session<B extends SessionBox = Box> {
     this.createdAt = nowSeconds();
     this.lastActivityAt = this.createdAt;
     this.undo = new UndoHistory({ dir: box.undoDir, maxBytes: box.undoMaxBytes });
+  }
+
+  /** Aborts once the session is closed (deleted, reaped, the server stopping): work done
+   * for its calls outside its sandbox (the editor's worker threads) stops with it. */
+  get ended(): AbortSignal {
+    return this.endedController.signal;
+  }
+
+  /** Out of the API from now on: calls refuse, and `ended` aborts. */
+  close(): void {
+    this.closed = true;
+    this.endedController.abort(new Error('the session is gone'));
   }
 
   touch(): void {

@@ -181,9 +181,27 @@ async function shapeStream(
   return { text: buf.overflowed ? `${buf.head()}${marker}\n${trim(buf.tail())}` : trim(buf.head()) + marker, dropped };
 }
 
-async function runEditor({ config, budget, editorWorkers }: ToolServices, { session, input }: ToolCallContext): Promise<ToolRun> {
-  const editor = new TextEditor(new WorkspaceEditorFs(session.box.fs), session.undo, { maxOutputBytes: config.maxOutputBytes, budget, workers: editorWorkers });
-  const r = await editor.run(input as unknown as EditorInput);
+async function runEditor({ config, budget, editorWorkers }: ToolServices, { session, input, signal }: ToolCallContext): Promise<ToolRun> {
+  // (its work in the worker pool stops when the client leaves or the session goes; the
+  // listeners go with the call: the session's signal lives as long as the session)
+  const cancel = new AbortController();
+  const stop = () => cancel.abort();
+  if (signal?.aborted || session.ended.aborted) stop();
+  signal?.addEventListener('abort', stop, { once: true });
+  session.ended.addEventListener('abort', stop, { once: true });
+  const editor = new TextEditor(new WorkspaceEditorFs(session.box.fs), session.undo, {
+    maxOutputBytes: config.maxOutputBytes,
+    budget,
+    workers: editorWorkers,
+    signal: cancel.signal,
+  });
+  let r: Awaited<ReturnType<TextEditor['run']>>;
+  try {
+    r = await editor.run(input as unknown as EditorInput);
+  } finally {
+    signal?.removeEventListener('abort', stop);
+    session.ended.removeEventListener('abort', stop);
+  }
   return {
     stdout: r.stdout,
     stderr: r.stderr,

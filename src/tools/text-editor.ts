@@ -319,7 +319,7 @@ export class EditorWorkers {
 
   constructor(private readonly opts: EditorWorkersOptions = {}) {}
 
-  async run(op: EditorOp): Promise<OpOutcome> {
+  async run(op: EditorOp, signal?: AbortSignal): Promise<OpOutcome> {
     const pool = (this.pool ??= new Piscina({
       filename: new URL('./editor-worker.js', import.meta.url).href,
       minThreads: 0,
@@ -332,9 +332,11 @@ export class EditorWorkers {
     let bytes = op.bytes;
     if (bytes.byteOffset !== 0 || bytes.byteLength !== bytes.buffer.byteLength) bytes = new Uint8Array(bytes);
     try {
-      return (await pool.run({ ...op, bytes }, { transferList: bytes.byteLength > 0 ? [bytes.buffer as ArrayBuffer] : [] })) as OpOutcome;
+      return (await pool.run({ ...op, bytes }, { transferList: bytes.byteLength > 0 ? [bytes.buffer as ArrayBuffer] : [], signal: signal ?? null })) as OpOutcome;
     } catch (e) {
       const message = String((e as Error)?.message ?? e);
+      // (a task cancelled while it ran has its thread ended: piscina starts another)
+      if ((e as Error)?.name === 'AbortError' && signal?.aborted) throw new EditorError(`${op.display}: the operation was cancelled (the client left, or the session was deleted)`);
       if (/queue is at limit/i.test(message)) {
         throw new SandboxError('SBX_SERVER_BUSY', 'the server is busy with other large editor operations; retry shortly', { headers: { 'retry-after': '1' } });
       }
@@ -359,6 +361,9 @@ export interface EditorOptions {
   workers?: EditorWorkers | null;
   /** Threshold of work done inline (default INLINE_MAX_BYTES). */
   inlineMaxBytes?: number;
+  /** Cancels the call's work in the worker pool (its thread is ended): the client left, or
+   * the session was deleted. */
+  signal?: AbortSignal;
 }
 
 interface Notes {
@@ -458,7 +463,7 @@ export class TextEditor {
         reservation = this.reserve(this.opMemory(bytes.length, inputChars), bytes.length + inputChars > this.inlineMax, `the text editor on ${display}`);
       }
       const op = make(bytes);
-      const out = bytes.length + inputChars > this.inlineMax && this.opts.workers ? await this.opts.workers.run(op) : runEditorOp(op);
+      const out = bytes.length + inputChars > this.inlineMax && this.opts.workers ? await this.opts.workers.run(op, this.opts.signal) : runEditorOp(op);
       if (!out.ok) throw new EditorError(out.message, out.errorCode);
       return { out, reservation };
     } catch (e) {

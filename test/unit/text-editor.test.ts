@@ -290,3 +290,22 @@ test('operations above the inline threshold run in the worker pool with the same
   assert.equal((await ed.run({ command: 'undo_edit', path: 'f.py' })).return_code, 0);
   assert.equal(fs.files.get('f.py'), 'a = 1\r\nb = 2\nc = 3\n');
 });
+
+test('a call cancelled (its client left, its session deleted) ends its work in the worker pool: the call says so, the file is unchanged, and the pool serves the next call', async (t) => {
+  const workers = new EditorWorkers({ maxThreads: 1 });
+  t.after(() => workers.close());
+  const fs = new MemFs();
+  const body = `${'a'.repeat(4 << 20)}b`;
+  fs.files.set('big.txt', body);
+  const cancel = new AbortController();
+  const ed = new TextEditor(fs, newUndo(), { maxOutputBytes: 1 << 20, workers, inlineMaxBytes: 0, signal: cancel.signal });
+  const call = ed.run({ command: 'str_replace', path: 'big.txt', old_str: 'ab', new_str: 'c' });
+  cancel.abort();
+  const r = await call;
+  assert.equal(r.return_code, 1);
+  assert.match(r.stderr, /the operation was cancelled/);
+  assert.equal(fs.files.get('big.txt'), body);
+  const next = new TextEditor(fs, newUndo(), { maxOutputBytes: 1 << 20, workers, inlineMaxBytes: 0 });
+  const ok = await next.run({ command: 'str_replace', path: 'big.txt', old_str: 'ab', new_str: 'c' });
+  assert.equal(ok.return_code, 0, ok.stderr);
+});
