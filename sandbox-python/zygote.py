@@ -1275,8 +1275,12 @@ def start_in_slot(sock):
 SECCOMP = seccomp_program(b"")
 CTL_PATH_FD = -1  # an O_PATH descriptor of the server's socket (spawns connect through it)
 
-# How long a spawn's A, or a box's command host, may take to report a start.
-START_WAIT_S = 10
+# How long a spawn's A, or a box's command host, may take to report a start: a bound on a
+# start stuck in its session's own cgroups (frozen, or out of memory there), which delays no
+# other session's start. 10 s was passed by healthy spawns under a CPU hog beside a full test
+# run; a spawn that passes it is answered as busy, not taken for a sandbox the template
+# cannot build (box.ts).
+START_WAIT_S = 30
 # Children reaped while starts were waiting, kept for those starts (see Zygote.remember).
 UNCLAIMED_MAX = 4096
 # Commands of one box waiting for its host to finish the one it is starting.

@@ -547,7 +547,8 @@ export class Box {
  * A sandbox that could not start because the kernel refused a fork or clone for want of
  * tasks (EAGAIN: the session's or the server's pids cgroup, kernel.pid_max, threads-max),
  * or refused memory (ENOMEM: the sessions' memory full; test #K8 saw a template spawn's
- * move into its pids cgroup fail so) is no fault of the server's: the call answers 503
+ * move into its pids cgroup fail so), or a template spawn past its deadline (a host too loaded
+ * to start it in time: under a CPU hog, healthy spawns took over 10 s), is no fault of the server's: the call answers 503
  * SBX_SERVER_BUSY with Retry-After instead of a 500 (and a template spawn that failed so
  * is not taken for a mount the template cannot build: the box does not switch to
  * bubblewrap for it, which a pool box made in such a moment did for the session that later
@@ -557,6 +558,14 @@ function throwIfOutOfTasks(e: unknown, rethrow?: unknown): void {
   const text = String((e as Error)?.message ?? e);
   if (isOutOfTasks(text)) {
     throw new SandboxError('SBX_SERVER_BUSY', 'the host cannot start more processes now (a fork failed with EAGAIN: a process or thread limit is reached); try again later', {
+      cause: e,
+      headers: { 'retry-after': '5' },
+    });
+  }
+  // (the template's spawner past its deadline: the host too loaded to start it in time, or
+  // the session's own cgroups stalled; bubblewrap would fare no better)
+  if (/the spawner did not answer/.test(text)) {
+    throw new SandboxError('SBX_SERVER_BUSY', "the session's sandbox did not start in time (the host is busy); try again later", {
       cause: e,
       headers: { 'retry-after': '5' },
     });
