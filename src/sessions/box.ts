@@ -248,11 +248,19 @@ export class Box {
   /** Starts `interpreter`. A template spawn that fails (a host mount its builder refuses,
    * the template gone) is tried again in bubblewrap, the same sandbox, and the box stays
    * with bubblewrap; the log says why. */
-  private async startInterpreter(): Promise<void> {
+  private async startInterpreter(attempt = 0): Promise<void> {
     const oomKillsBefore = this.cgroup?.oomKills() ?? 0;
     try {
       await this.interpreter.start();
     } catch (e) {
+      // The template's spawner ended without its report (seen under load, cause not found
+      // yet), or passed its deadline: tried once more before the call is answered busy.
+      if (attempt === 0 && !this.destroyed && /the spawner did not answer/.test(String((e as Error)?.message ?? e))) {
+        this.deps.log?.warn({ box: this.name, err: String((e as Error)?.message ?? e).slice(0, 500) }, "the template's spawner did not answer; starting the interpreter once more");
+        await this.interpreter.kill();
+        this.interpreter = this.newInterpreter();
+        return this.startInterpreter(1);
+      }
       throwIfOutOfTasks(e);
       // Killed for memory while it started (its own limit, or the sessions' pool another
       // session filled): not the template's fault, so the box keeps the template, and the

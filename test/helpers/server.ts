@@ -146,7 +146,7 @@ async function startOnce(env: Record<string, string>, opts: StartOptions): Promi
  * template to bubblewrap (a spawn that failed, with its reason): a test that expects the
  * template then fails, and its output should say why. */
 function reportFallbacks(log: string): void {
-  const lines = log.split('\n').filter((l) => /could not start an interpreter|template exited|template could not|sandbox init is not known/.test(l));
+  const lines = log.split('\n').filter((l) => /could not start an interpreter|template exited|template could not|sandbox init is not known|spawner did not answer/.test(l));
   if (lines.length > 0) process.stderr.write(`server log, template fallbacks:\n${lines.join('\n')}\n`);
 }
 
