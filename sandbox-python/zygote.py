@@ -1468,8 +1468,11 @@ class Zygote:
             return
         self.poller.register(start.fd, select.POLLIN)
 
-    def drain_reports(self):
-        """Reads the spawners' reports (one line each) for the spawns under way."""
+    def drain_reports(self, finishing=None):
+        """Reads the spawners' reports (one line each) for the spawns under way, and for
+        the spawn id `finishing`, which its caller has just taken out of them (its report
+        was dropped as nobody's when the pipe was read only then: "the spawner did not
+        answer", several times a test run, more often under load)."""
         try:
             while chunk := os.read(self.reports, 65536):
                 self.report_buf += chunk
@@ -1479,6 +1482,8 @@ class Zygote:
         if len(self.report_buf) > select.PIPE_BUF:
             self.report_buf = b""  # (no report is that long)
         waiting = {s.req["id"] for s in self.spawns.values()}
+        if finishing is not None:
+            waiting.add(finishing)
         for line in lines:
             try:
                 msg = json.loads(line)
@@ -1494,7 +1499,7 @@ class Zygote:
             self.poller.unregister(start.fd)
             os.close(start.fd)
             start.fd = -1
-        self.drain_reports()
+        self.drain_reports(start.req["id"])
         msg = self.reported.pop(start.req["id"], None) or {}
         if isinstance(msg.get("pid"), int):
             self.started(start, msg["pid"], with_start_time=True)

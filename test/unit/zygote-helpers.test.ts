@@ -32,3 +32,28 @@ test('the templates wait on descriptors past 1023: a template serving hundreds o
   );
   assert.equal(out, 'False True True\n');
 });
+
+test("a spawner's report read only when its spawn is finished is still its own (it was dropped as nobody's: 'the spawner did not answer', several times a test run)", () => {
+  const out = execFileSync(
+    '/usr/bin/python3',
+    [
+      '-I',
+      '-c',
+      [
+        'import importlib.util, os, sys',
+        's = importlib.util.spec_from_file_location("z", sys.argv[1]); z = importlib.util.module_from_spec(s); s.loader.exec_module(z)',
+        'r, w = os.pipe()',
+        'os.set_blocking(r, False)',
+        'zy = z.Zygote.__new__(z.Zygote)',
+        'zy.reports, zy.report_buf, zy.spawns, zy.reported = r, b"", {}, {}',
+        // (the spawn was taken out of `spawns` before its report was read, as finish_spawn's callers do)
+        'os.write(w, b\'{"id":7,"pid":4242}\\n{"id":8,"pid":1}\\n\')',
+        'zy.drain_reports(7)',
+        'print(sorted(zy.reported), zy.reported[7]["pid"])',
+      ].join('\n'),
+      zygote,
+    ],
+    { encoding: 'utf8' },
+  );
+  assert.equal(out, '[7] 4242\n', 'the finished spawn gets its report; a report of no spawn under way is dropped');
+});
