@@ -181,7 +181,7 @@ async function shapeStream(
   return { text: buf.overflowed ? `${buf.head()}${marker}\n${trim(buf.tail())}` : trim(buf.head()) + marker, dropped };
 }
 
-async function runEditor({ config, budget, editorWorkers }: ToolServices, { session, input, signal }: ToolCallContext): Promise<ToolRun> {
+async function runEditor({ config, budget, editorWorkers }: ToolServices, { session, input, signal, timeoutMs }: ToolCallContext): Promise<ToolRun> {
   // (its work in the worker pool stops when the client leaves or the session goes; the
   // listeners go with the call: the session's signal lives as long as the session)
   const cancel = new AbortController();
@@ -189,16 +189,21 @@ async function runEditor({ config, budget, editorWorkers }: ToolServices, { sess
   if (signal?.aborted || session.ended.aborted) stop();
   signal?.addEventListener('abort', stop, { once: true });
   session.ended.addEventListener('abort', stop, { once: true });
+  // (the call's timeout_seconds: work past it in the worker pool is stopped)
+  const deadline = new AbortController();
+  const timer = setTimeout(() => deadline.abort(), timeoutMs);
   const editor = new TextEditor(new WorkspaceEditorFs(session.box.fs), session.undo, {
     maxOutputBytes: config.maxOutputBytes,
     budget,
     workers: editorWorkers,
     signal: cancel.signal,
+    deadline: { signal: deadline.signal, seconds: timeoutMs / 1000 },
   });
   let r: Awaited<ReturnType<TextEditor['run']>>;
   try {
     r = await editor.run(input as unknown as EditorInput);
   } finally {
+    clearTimeout(timer);
     signal?.removeEventListener('abort', stop);
     session.ended.removeEventListener('abort', stop);
   }

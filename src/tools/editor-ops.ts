@@ -25,7 +25,7 @@
 import { Buffer, isUtf8 } from 'node:buffer';
 import { truncationMarker } from './result.js';
 
-export type EditorErrorCode = 'file_not_found' | 'invalid_tool_input' | 'string_not_found' | 'unavailable';
+export type EditorErrorCode = 'file_not_found' | 'invalid_tool_input' | 'string_not_found' | 'unavailable' | 'execution_time_exceeded';
 
 interface OpBase {
   /** The file's bytes as read from the disk. */

@@ -83,8 +83,9 @@ export interface EditorResult {
   stderr: string;
   return_code: number;
   details: Record<string, unknown>;
-  /** 'output_bytes' when stdout or a detail was cut at the output cap. */
-  limit_exceeded: 'output_bytes' | null;
+  /** 'output_bytes' when stdout or a detail was cut at the output cap; 'wall_clock' when
+   * the operation was stopped at the call's timeout (the file is then unchanged). */
+  limit_exceeded: 'output_bytes' | 'wall_clock' | null;
   stdout_dropped_bytes: number;
 }
 
@@ -319,7 +320,9 @@ export class EditorWorkers {
 
   constructor(private readonly opts: EditorWorkersOptions = {}) {}
 
-  async run(op: EditorOp, signal?: AbortSignal): Promise<OpOutcome> {
+  /** Runs `op` in a thread. `signal` ends the task (and its thread); `deadline`, when it is
+   * what fired, makes the call's answer the timeout's rather than a cancellation's. */
+  async run(op: EditorOp, signal?: AbortSignal, deadline?: EditorDeadline): Promise<OpOutcome> {
     const pool = (this.pool ??= new Piscina({
       filename: new URL('./editor-worker.js', import.meta.url).href,
       minThreads: 0,
@@ -336,7 +339,15 @@ export class EditorWorkers {
     } catch (e) {
       const message = String((e as Error)?.message ?? e);
       // (a task cancelled while it ran has its thread ended: piscina starts another)
-      if ((e as Error)?.name === 'AbortError' && signal?.aborted) throw new EditorError(`${op.display}: the operation was cancelled (the client left, or the session was deleted)`);
+      if ((e as Error)?.name === 'AbortError' && signal?.aborted) {
+        if (deadline?.signal.aborted) {
+          throw new EditorError(
+            `${op.display}: the operation took longer than the call's timeout (${deadline.seconds}s, wall-clock limit) and was stopped; the file is unchanged`,
+            'execution_time_exceeded',
+          );
+        }
+        throw new EditorError(`${op.display}: the operation was cancelled (the client left, or the session was deleted)`);
+      }
       if (/queue is at limit/i.test(message)) {
         throw new SandboxError('SBX_SERVER_BUSY', 'the server is busy with other large editor operations; retry shortly', { headers: { 'retry-after': '1' } });
       }
@@ -364,6 +375,17 @@ export interface EditorOptions {
   /** Cancels the call's work in the worker pool (its thread is ended): the client left, or
    * the session was deleted. */
   signal?: AbortSignal;
+  /** The call's timeout (`timeout_seconds`): when it fires, work still under way in the
+   * worker pool is stopped as by `signal`, and the call answers with the wall-clock limit.
+   * Work done on the event loop (small files) and the file writes are not cut short: an
+   * edit is written whole or not at all. */
+  deadline?: EditorDeadline;
+}
+
+/** A call's timeout as the editor sees it: aborted when it fires. */
+export interface EditorDeadline {
+  signal: AbortSignal;
+  seconds: number;
 }
 
 interface Notes {
@@ -398,7 +420,10 @@ export class TextEditor {
         limit_exceeded: null,
         stdout_dropped_bytes: 0,
       });
-      if (e instanceof EditorError) return failed(e.message, e.errorCode);
+      if (e instanceof EditorError) {
+        const r = failed(e.message, e.errorCode);
+        return e.errorCode === 'execution_time_exceeded' ? { ...r, limit_exceeded: 'wall_clock' } : r;
+      }
       // The server being busy is the server's answer (503 with Retry-After), not the tool's.
       if (isSandboxError(e) && e.code !== 'SBX_SERVER_BUSY') return failed(String(e.detail), e.code === 'SBX_FILE_NOT_FOUND' ? 'file_not_found' : 'invalid_tool_input');
       throw e;
@@ -463,13 +488,20 @@ export class TextEditor {
         reservation = this.reserve(this.opMemory(bytes.length, inputChars), bytes.length + inputChars > this.inlineMax, `the text editor on ${display}`);
       }
       const op = make(bytes);
-      const out = bytes.length + inputChars > this.inlineMax && this.opts.workers ? await this.opts.workers.run(op, this.opts.signal) : runEditorOp(op);
+      const out = bytes.length + inputChars > this.inlineMax && this.opts.workers ? await this.opts.workers.run(op, this.workSignal(), this.opts.deadline) : runEditorOp(op);
       if (!out.ok) throw new EditorError(out.message, out.errorCode);
       return { out, reservation };
     } catch (e) {
       reservation?.release();
       throw e;
     }
+  }
+
+  /** What ends work in the worker pool: the cancellation, the deadline, or either. */
+  private workSignal(): AbortSignal | undefined {
+    const { signal, deadline } = this.opts;
+    if (!deadline) return signal;
+    return signal ? AbortSignal.any([signal, deadline.signal]) : deadline.signal;
   }
 
   private capNote(notes: Notes, droppedBytes: number, what: string, stdout: boolean): void {

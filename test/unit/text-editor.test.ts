@@ -291,6 +291,36 @@ test('operations above the inline threshold run in the worker pool with the same
   assert.equal(fs.files.get('f.py'), 'a = 1\r\nb = 2\nc = 3\n');
 });
 
+test('a call whose timeout passes while its work runs in the worker pool is stopped: the wall-clock limit, execution_time_exceeded, the file unchanged, the pool free for the next call', async (t) => {
+  const workers = new EditorWorkers({ maxThreads: 1 });
+  t.after(() => workers.close());
+  const fs = new MemFs();
+  const body = `${'a'.repeat(4 << 20)}b`;
+  fs.files.set('big.txt', body);
+  const deadline = new AbortController();
+  const ed = new TextEditor(fs, newUndo(), { maxOutputBytes: 1 << 20, workers, inlineMaxBytes: 0, deadline: { signal: deadline.signal, seconds: 7 } });
+  const call = ed.run({ command: 'str_replace', path: 'big.txt', old_str: 'ab', new_str: 'c' });
+  deadline.abort(); // (the timer's part: fired while the task is queued or running)
+  const r = await call;
+  assert.equal(r.return_code, 1);
+  assert.equal(r.limit_exceeded, 'wall_clock');
+  assert.equal(r.details.error_code, 'execution_time_exceeded');
+  assert.equal(r.stderr, "text_editor: big.txt: the operation took longer than the call's timeout (7s, wall-clock limit) and was stopped; the file is unchanged\n");
+  assert.equal(fs.files.get('big.txt'), body);
+  // A deadline that has not fired changes nothing; nor does one left after the call.
+  const later = new AbortController();
+  const ok = await new TextEditor(fs, newUndo(), { maxOutputBytes: 1 << 20, workers, inlineMaxBytes: 0, deadline: { signal: later.signal, seconds: 7 } }).run({
+    command: 'str_replace',
+    path: 'big.txt',
+    old_str: 'ab',
+    new_str: 'c',
+  });
+  later.abort();
+  assert.equal(ok.return_code, 0, ok.stderr);
+  assert.notEqual(ok.limit_exceeded, 'wall_clock'); // (its diff line is past the output cap)
+  assert.equal(fs.files.get('big.txt'), `${'a'.repeat((4 << 20) - 1)}c`);
+});
+
 test('a call cancelled (its client left, its session deleted) ends its work in the worker pool: the call says so, the file is unchanged, and the pool serves the next call', async (t) => {
   const workers = new EditorWorkers({ maxThreads: 1 });
   t.after(() => workers.close());
