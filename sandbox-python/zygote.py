@@ -9,23 +9,27 @@ any session code runs. It works as root (a host uid per session) and unprivilege
 user namespaces are allowed), the same way bubblewrap does:
 
   Z  zygote (the server's uid, host namespaces; never runs session code; a subreaper)
-  └─ S  the fork server (serve_forks): forks an A per spawn, from a loop that writes few
-     │   pages (each page a process writes after a fork is copied, with a TLB flush)
-     └─ A  setsid, joins the session cgroup; as root, becomes the box's host uid; then a
-        │   new user namespace in which it is root (mapped to that uid) and, owned by it,
-        │   new network (empty), mount, pid, ipc, uts and cgroup namespaces; connects to
-        │   the server's socket from there (the channel); forks B, reports B's pid, exits
-        │   (B is then the zygote's child: the nearest subreaper)
-        └─ B  pid 1 of the new pid namespace; blocks every catchable signal; drops every
-           │   capability, not dumpable, seccomp; reaps; exits with C's status, which
-           │   makes the kernel kill every process left in the namespace; SIGKILLed when
-           │   the zygote dies (which dies with the server)
-           └─ C  the interpreter: carries out the spec's mount list on a new root
-                 (build_root), pivot_root, hostname, loopback up; a second user
-                 namespace mapping the spec's uid to root of the first (as bubblewrap
-                 does); no capabilities; rlimits; no_new_privs; the seccomp filter; then
-                 it unwinds to the top level (no zygote frame stays reachable) and runs
-                 the driver in the spec's env and cwd.
+  ├─ S  the fork server (serve_forks): makes a B per spawn (clone_box), from a loop that
+  │     writes few pages (each page a process writes after a fork is copied, with a TLB
+  │     flush)
+  └─ B  made by S as the zygote's child (CLONE_PARENT), with the box's host uid as its
+     │   effective uid (the server's when unprivileged), in a new user namespace (that
+     │   uid's: S maps root of it to that uid) and, owned by it, new network (empty),
+     │   mount, pid, ipc and uts namespaces: pid 1 of the new pid namespace. setsid,
+     │   joins the session's cgroups (through descriptors S opened), becomes root of its
+     │   user namespace, makes a cgroup namespace; connects to the server's socket from
+     │   there (the channel); forks C; reports; then blocks every catchable signal, drops
+     │   every capability, not dumpable, seccomp; reaps; exits with C's status, which
+     │   makes the kernel kill every process left in the namespace; SIGKILLed when the
+     │   zygote dies (which dies with the server). (Until 2026-12-03 a process A between
+     │   S and B made the namespaces and forked B: a third copy of the template's memory,
+     │   and its teardown, per session.)
+     └─ C  the interpreter: carries out the spec's mount list on a new root
+           (build_root), pivot_root, hostname, loopback up; a second user
+           namespace mapping the spec's uid to root of the first (as bubblewrap
+           does); no capabilities; rlimits; no_new_privs; the seccomp filter; then
+           it unwinds to the top level (no zygote frame stays reachable) and runs
+           the driver in the spec's env and cwd.
 
 Control channel (fd 3 in, fd 4 out), one JSON object per line:
   server -> zygote  {"op": "init", "seccomp": base64, "preload", "driver_source",
@@ -86,13 +90,12 @@ PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_SECCOMP, PR_CAPBSET_DROP = 1, 4, 22, 2
 PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 36, 38, 47
 PR_CAP_AMBIENT_CLEAR_ALL, SECCOMP_MODE_FILTER = 4, 2
 SYSCALLS = {
-    "x86_64": {"pivot_root": 155, "capset": 126, "open_tree": 428, "move_mount": 429, "ioprio_get": 252},
-    "aarch64": {"pivot_root": 41, "capset": 91, "open_tree": 428, "move_mount": 429, "ioprio_get": 31},
+    "x86_64": {"pivot_root": 155, "capset": 126, "open_tree": 428, "move_mount": 429, "ioprio_get": 252, "clone": 56},
+    "aarch64": {"pivot_root": 41, "capset": 91, "open_tree": 428, "move_mount": 429, "ioprio_get": 31, "clone": 220},
 }[platform.machine()]
 OPEN_TREE_CLONE, AT_RECURSIVE, MOVE_MOUNT_F_EMPTY_PATH, AT_FDCWD = 1, 0x8000, 0x4, -100
 
 libc = ctypes.CDLL(None, use_errno=True)
-libc.fork.restype = ctypes.c_int
 libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
@@ -305,19 +308,6 @@ def close_except(keep):
     os.closerange(low, 1 << 20)
 
 
-def bare_fork():
-    """fork(2) without Python's at-fork hooks: in a child of the template they reseed
-    `random`, renew logging's locks and threading's records, which writes some 250 pages
-    (each copied, with a TLB flush) before the child runs a line of its own. For the
-    template's helpers only (S forks A, A forks B): single-threaded, they never run session code nor use
-    those modules. The interpreter (C) is forked with os.fork(), hooks and all."""
-    pid = libc.fork()
-    if pid < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return pid
-
-
 def readable(fd, timeout=None):
     """Whether `fd` is readable within `timeout` seconds (None: wait). poll, not select:
     select refuses descriptors past 1023, which a template serving hundreds of boxes has."""
@@ -381,7 +371,7 @@ def mount_roots(mounts, base):
 
 
 def build_root(mounts, base):
-    """C, inside the user and mount namespaces A made: the file system of the spec
+    """C, inside the user and mount namespaces S made B in: the file system of the spec
     (src/sandbox/spec.ts), one operation after the other with bubblewrap's semantics, on
     a new root that then replaces the host's (pivot_root; the host tree is gone after)."""
     # (a local: the interpreter must keep no name of the host's tree, other boxes' included)
@@ -559,7 +549,7 @@ libc_prctl = libc.prctl
 
 
 def enter_sandbox_user(user):
-    """C: loopback up in the sandbox's empty network namespace (which A made with the first
+    """C: loopback up in the sandbox's empty network namespace (which S made with the first
     user namespace, as bubblewrap does, and in which the control socket lives), then the
     spec's uid inside a second user namespace (root of the first one maps to it), as
     bubblewrap's --unshare-user --uid does, and no capability left."""
@@ -702,36 +692,6 @@ def reset_module_state():
             style.USER_LIBRARY_PATHS = [os.path.join(mpl.get_configdir(), "stylelib")]  # pyright: ignore[reportAttributeAccessIssue]
 
 
-def run_init(req, sock_fd, a_pidfd, zygote_pidfd):
-    """B: pid 1 of the session's pid namespace. a_pidfd: a pidfd of A, our parent."""
-    try:
-        prctl(PR_SET_CHILD_SUBREAPER, 0)
-        pid = os.fork()
-        if pid == 0:
-            os.close(a_pidfd)
-            os.close(zygote_pidfd)
-            run_interpreter(req, sock_fd)
-        # Session code can send us signals (same host uid): none but SIGKILL/SIGSTOP
-        # gets through (and those, to a pid-namespace init, only from outside).
-        signal.pthread_sigmask(signal.SIG_BLOCK, ALL_SIGNALS)
-        close_except({a_pidfd, zygote_pidfd})
-        drop_caps()  # root of the first user namespace, which it needs no more
-        prctl(PR_SET_DUMPABLE, 0)  # whatever fs.suid_dumpable says: no ptrace, no /proc/1/mem
-        load_seccomp(SECCOMP)  # no_new_privs and the sessions' filter, as bwrap's init
-        serve_as_init(pid, a_pidfd, zygote_pidfd)
-    except BecomeSandboxed:
-        raise  # C, on its way to the top level
-    except BaseException:  # noqa: BLE001
-        os._exit(70)
-
-
-def serve_as_init(child, a_pidfd, zygote_pidfd):
-    """The rest of a pid-namespace init's life: tied to the zygote, it reaps until `child`
-    ends and exits with its status (the kernel then kills what is left inside)."""
-    tie_to_zygote(a_pidfd, zygote_pidfd)
-    reap_until(child)
-
-
 def tie_to_zygote(a_pidfd, zygote_pidfd):
     """A pid-namespace init, once its parent has exited: SIGKILLed when the zygote dies."""
     # Our parent exits right after forking us: then our parent is the zygote (a
@@ -775,9 +735,11 @@ def connect_control(req):
     return sock.detach()
 
 
-def enter_box(req, oom_score_adj="0"):
-    """A (and H): out of the zygote's ways, into the session's cgroups, then the box's host
-    uid when the server is root; nothing after this needs the host's root."""
+def enter_box(req, oom_score_adj="0", cgroup_fds=None):
+    """H (and B): out of the zygote's ways, into the session's cgroups, then (H) the box's
+    host uid when the server is root; nothing after this needs the host's root. B is in
+    its own user namespace already, of the box's uid: it joins the cgroups through
+    `cgroup_fds` (S opened them) and changes its ids there (run_box_init)."""
     signal.set_wakeup_fd(-1)  # the zygote's SIGCHLD wake-up is not ours
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     try:
@@ -785,11 +747,16 @@ def enter_box(req, oom_score_adj="0"):
     except OSError:
         pass  # the zygote could not lower its own either
     os.setsid()
-    for procs in req.get("cgroup_procs") or []:
-        write_file(procs, str(os.getpid()))
+    if cgroup_fds is None:
+        for procs in req.get("cgroup_procs") or []:
+            write_file(procs, "0")  # (0: the writer)
+    else:
+        for fd in cgroup_fds:
+            os.write(fd, b"0")
+            os.close(fd)
     if req.get("nice"):
         os.setpriority(os.PRIO_PROCESS, 0, int(req["nice"]))
-    if req.get("uid") is not None:
+    if cgroup_fds is None and req.get("uid") is not None:
         uid, gid = int(req["uid"]), int(req["gid"])
         os.setgroups([])
         os.setresgid(gid, gid, gid)
@@ -798,8 +765,8 @@ def enter_box(req, oom_score_adj="0"):
 
 
 def report_spawn(report_fd, sid, msg):
-    """A's report on the pipe all spawners share with the zygote: one line, written at
-    once (select.PIPE_BUF bytes at most, so reports of concurrent spawners never interleave)."""
+    """B's report (or X's) on the pipe its makers share with the zygote: one line, written
+    at once (select.PIPE_BUF bytes at most, so concurrent reports never interleave)."""
     msg["id"] = sid
     if "error" in msg:
         msg["error"] = str(msg["error"])[:500]  # (ASCII-escaped: 3,000 bytes at most)
@@ -809,19 +776,34 @@ def report_spawn(report_fd, sid, msg):
     os.write(report_fd, data)
 
 
-def run_spawner(req, report_fd, zygote_pid):
-    """A: the zygote's identity (root, or the unprivileged server's), host namespaces.
-    Forked by the fork server (S), not by the zygote; reports on `report_fd`."""
+def run_box_init(body, go_fd, cgroup_fds, report_fd, zygote_pidfd):
+    """B: pid 1 of the session's pid namespace, cloned by S into new user, network, mount,
+    pid, ipc and uts namespaces, as the zygote's child (CLONE_PARENT). S maps root of the
+    new user namespace to the box's host uid (the server's when unprivileged) and says so
+    on `go_fd`; B then joins the session's cgroups, becomes that root, makes a cgroup
+    namespace, sets up the network, connects to the server's socket from there (the
+    channel), forks C, reports, and becomes the init: every catchable signal blocked, no
+    capabilities, not dumpable, seccomp; it reaps and exits with C's status, which makes
+    the kernel kill every process left in the namespace; SIGKILLed when the zygote dies."""
     try:
-        enter_box(req)
-        # As bubblewrap: a user namespace first, in which we are root (mapped to our host
-        # uid) and own the other namespaces, so this works without privileges too.
-        outer_uid, outer_gid = os.geteuid(), os.getegid()
-        namespaces = CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP
-        check(libc.unshare(namespaces), "unshare")
-        write_file("/proc/self/setgroups", "deny")
-        write_file("/proc/self/uid_map", f"0 {outer_uid} 1\n")
-        write_file("/proc/self/gid_map", f"0 {outer_gid} 1\n")
+        if os.read(go_fd, 1) != b"g":
+            os._exit(1)  # S could not map our user namespace (it kills us) or died
+        os.close(go_fd)
+        req = json.loads(body)
+        prctl(PR_SET_DUMPABLE, 1)  # (S's euid changes made its memory's flag 0: /proc/self is ours)
+        enter_box(req, cgroup_fds=cgroup_fds)
+        # Root of our user namespace: the box's uid on the host (S made us with it as our
+        # effective uid; the real and saved ids were still the zygote's).
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
+        prctl(PR_SET_DUMPABLE, 1)  # the credential change cleared it; /proc/self must stay ours
+        # Our parent is the zygote (a subreaper, which dies with the server). Armed after
+        # the credential change, which clears it.
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if readable(zygote_pidfd, 0):
+            os._exit(137)  # the zygote died before the death signal was armed
+        # (after the cgroups were joined: its root is the session's cgroup)
+        check(libc.unshare(CLONE_NEWCGROUP), "unshare")
         # bubblewrap's --disable-userns: this namespace may hold one child namespace, the
         # sandbox's (C makes it), so no user namespace can be made below that (the seccomp
         # filter refuses unshare and CLONE_NEW* as well). Here, as the sandbox's /proc/sys
@@ -834,19 +816,30 @@ def run_spawner(req, report_fd, zygote_pid):
         # code read the host's interfaces or take abstract socket names there.
         sock_fd = connect_control(req)
         mount(None, "/", None, MS_REC | MS_PRIVATE)
-        zygote_pidfd = os.pidfd_open(zygote_pid)
-        own_pidfd = os.pidfd_open(os.getpid())
-        pid = bare_fork()
+        prctl(PR_SET_CHILD_SUBREAPER, 0)
+        pid = os.fork()
         if pid == 0:
             os.close(report_fd)
-            run_init(req, sock_fd, own_pidfd, zygote_pidfd)
-        report_spawn(report_fd, req["id"], {"pid": pid})
-        os._exit(0)
+            os.close(zygote_pidfd)
+            run_interpreter(req, sock_fd)
+        report_spawn(report_fd, req["id"], {"ok": True})
+        # Session code can send us signals (same host uid): none but SIGKILL/SIGSTOP
+        # gets through (and those, to a pid-namespace init, only from outside).
+        signal.pthread_sigmask(signal.SIG_BLOCK, ALL_SIGNALS)
+        close_except({zygote_pidfd})
+        drop_caps()  # root of the first user namespace, which it needs no more
+        prctl(PR_SET_DUMPABLE, 0)  # whatever fs.suid_dumpable says: no ptrace, no /proc/1/mem
+        load_seccomp(SECCOMP)  # no_new_privs and the sessions' filter, as bwrap's init
+        if readable(zygote_pidfd, 0):
+            os._exit(137)
+        os.close(zygote_pidfd)
+        reap_until(pid)
     except BecomeSandboxed:
-        raise
+        raise  # C, on its way to the top level
     except BaseException as e:  # noqa: BLE001
         try:
-            report_spawn(report_fd, req["id"], {"error": f"{type(e).__name__}: {e}"})
+            sid = json.loads(body).get("id") if isinstance(body, bytes) else None
+            report_spawn(report_fd, sid, {"error": f"{type(e).__name__}: {e}"})
         finally:
             os._exit(1)
 
@@ -863,37 +856,107 @@ def read_exactly(fd, size):
     return b"".join(parts)
 
 
-def serve_forks(requests, answers, reports, zygote_pid):
-    """S, the fork server: forks one A per spawn request. Each request (a 4-byte length,
-    then the spawn's JSON) is answered with A's pid (4 bytes; negative: an errno). S's
-    parent is the zygote: every page they share with the interpreters was shared at its
-    fork, so a page the zygote writes in its loop (parsing requests, bookkeeping) is
-    copied once and stays its own, as no fork of the zygote follows. S writes few pages
-    between two forks (this loop), and each fork write-protects those again: a copy,
-    with a flush of the TLB, per page written, which in the zygote's loop was hundreds
-    per spawn and most of its time. A is S's child (the kernel reaps it: SIGCHLD is
-    ignored); the B it forks is moved to the zygote, a subreaper, when A exits."""
-    read, fork, write = os.read, bare_fork, os.write
-    while True:
-        head = read(requests, 4)
-        if len(head) != 4:
-            os._exit(0)  # the zygote is gone
-        size = int.from_bytes(head, "little")
-        body = read_exactly(requests, size)
-        if len(body) != size:
-            os._exit(0)
+# The namespaces S makes each B in (its cgroup namespace B makes itself, once it is in the
+# session's cgroups, which are then its root).
+BOX_NAMESPACES = CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS
+CLONE_PARENT = 0x8000
+
+
+def clone_box(head):
+    """S: B, a copy of S in new namespaces (BOX_NAMESPACES), the zygote's child
+    (CLONE_PARENT: reaped by it, tied to it by its death signal). Returns (pid, -1, [])
+    in S, (0, go_fd, cgroup_fds) in B, which waits on go_fd until S has mapped root of its
+    user namespace to the box's host uid (the server's when unprivileged).
+
+    A user namespace is owned by the effective uid that makes it. S makes B with the box's
+    uid and gid as its effective ids, so that uid owns it, as it owned the one A made
+    before (a box's command host, of that uid, joins it: see run_command_spawner), and
+    writes B's maps as that owner (which needs no capability of the host's: a root
+    server without CAP_SYS_ADMIN works as before). The session's cgroup.procs files are
+    opened before, as S's user, and written through by B (the kernel checks the opener's
+    credentials): S does not wait for the migrations (milliseconds each)."""
+    as_box = head.get("uid") is not None and os.geteuid() == 0
+    uid, gid = (int(head["uid"]), int(head["gid"])) if as_box else (os.geteuid(), os.getegid())
+    go_r, go_w = os.pipe2(os.O_CLOEXEC)
+    cgroups = []
+    try:
+        for path in head.get("cgroup_procs") or []:
+            cgroups.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
+        if as_box:
+            os.setegid(gid)
+            os.seteuid(uid)
+            # (the change made S's memory not dumpable, which B's copy would inherit: its
+            # /proc files would be root's, and its maps not ours to write. S is not
+            # reachable by the box's processes: none runs in the host's pid namespace.)
+            prctl(PR_SET_DUMPABLE, 1)
+    except BaseException:
+        restore_ids(as_box)
+        for fd in (go_r, go_w, *cgroups):
+            os.close(fd)
+        raise
+    # (no try around the clone: B must not run S's clean-up on its way out)
+    pid = libc.syscall(SYSCALLS["clone"], CLONE_PARENT | BOX_NAMESPACES | signal.SIGCHLD, 0, 0, 0, 0)
+    if pid == 0:
+        os.close(go_w)
+        return 0, go_r, cgroups
+    err = ctypes.get_errno()
+    try:
+        if pid < 0:
+            raise OSError(err, os.strerror(err))
         try:
-            pid = fork()
+            write_file(f"/proc/{pid}/setgroups", "deny")
+            write_file(f"/proc/{pid}/uid_map", f"0 {uid} 1\n")
+            write_file(f"/proc/{pid}/gid_map", f"0 {gid} 1\n")
+        except OSError:
+            kill_child(pid)  # (the zygote reaps it; it has not reported)
+            raise
+        restore_ids(as_box)
+        os.write(go_w, b"g")
+        return pid, -1, []
+    finally:
+        restore_ids(as_box)
+        for fd in (go_r, go_w, *cgroups):
+            os.close(fd)
+
+
+def restore_ids(as_box):
+    """S: back to root after clone_box made a B as the box's uid."""
+    if as_box and os.geteuid() != 0:
+        os.seteuid(0)
+        os.setegid(0)
+        prctl(PR_SET_DUMPABLE, 0)
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # (the credential change cleared it)
+
+
+def serve_forks(requests, answers, reports, zygote_pid):
+    """S, the fork server: makes one B per spawn request (clone_box). Each request (two
+    4-byte lengths, S's part of the spawn as JSON: its uid, gid and cgroup.procs files,
+    then the spawn's JSON, which only B parses) is answered with B's pid (4 bytes;
+    negative: an errno). S's parent is the zygote: every page they share with the
+    interpreters was shared at its fork, so a page the zygote writes in its loop (parsing
+    requests, bookkeeping) is copied once and stays its own, as no fork of the zygote
+    follows. S writes few pages between two clones (this loop), and each clone
+    write-protects those again: a copy, with a flush of the TLB, per page written, which
+    in the zygote's loop was hundreds per spawn and most of its time."""
+    write = os.write
+    # (B is in a pid namespace where the zygote has no pid: it inherits this descriptor)
+    zygote_pidfd = os.pidfd_open(zygote_pid)
+    if os.geteuid() == 0:
+        os.setgroups([])  # (B keeps them: its user namespace refuses setgroups)
+    while True:
+        sizes = read_exactly(requests, 8)
+        if len(sizes) != 8:
+            os._exit(0)  # the zygote is gone
+        head = read_exactly(requests, int.from_bytes(sizes[:4], "little"))
+        body = read_exactly(requests, int.from_bytes(sizes[4:], "little"))
+        try:
+            pid, go, cgroups = clone_box(json.loads(head))
         except OSError as e:
-            pid = -(e.errno or errno.EAGAIN)
+            pid, go, cgroups = -(e.errno or errno.EAGAIN), -1, []
         if pid == 0:
-            try:
-                os.close(requests)
-                os.close(answers)
-                req = json.loads(body)
-            except BaseException:  # noqa: BLE001
-                os._exit(1)
-            run_spawner(req, reports, zygote_pid)
+            os.close(requests)
+            os.close(answers)
+            run_box_init(body, go, cgroups, reports, zygote_pidfd)
             os._exit(1)
         write(answers, pid.to_bytes(4, "little", signed=True))
 
@@ -1275,7 +1338,7 @@ def start_in_slot(sock):
 SECCOMP = seccomp_program(b"")
 CTL_PATH_FD = -1  # an O_PATH descriptor of the server's socket (spawns connect through it)
 
-# How long a spawn's A, or a box's command host, may take to report a start: a bound on a
+# How long a spawn's B, or a box's command host, may take to report a start: a bound on a
 # start stuck in its session's own cgroups (frozen, or out of memory there), which delays no
 # other session's start. 10 s was passed by healthy spawns under a CPU hog beside a full test
 # run; a spawn that passes it is answered as busy, not taken for a sandbox the template
@@ -1288,8 +1351,8 @@ BOX_QUEUE_MAX = 4
 
 
 class Start:
-    """A start under way: a spawn waiting for its A to exit (A's report is then complete,
-    and the B it forked is the zygote's child), a box's host making a command slot
+    """A start under way: a spawn waiting for its B's report (B is the zygote's child from
+    its start: `pid`), a box's host making a command slot
     (`init`: its slot_key, `pidfd`: a pidfd of the interpreter's init), or a command handed to its slot (`pid`: the slot's Y,
     `sock`: its socket) waiting for its answer. `since`: the zygote's reap count when it
     began (only children reaped after that can be the ones it reports)."""
@@ -1333,12 +1396,12 @@ def slot_limits(req):
 
 class Zygote:
     """One loop serves every session: no request waits for another one's start. A spawn
-    has S fork A and goes on; A's exit (its pidfd) finishes it. A command is
+    has S make B and goes on; B's report (or its death) finishes it. A command is
     handed to its box's host on a non-blocking socket, which the loop polls; a box has at
     most one command at its host, the next ones wait in that box's queue. Each start has a
-    deadline, and the poll's timeout is the nearest one; past it, the spawn's A is killed
+    deadline, and the poll's timeout is the nearest one; past it, the spawn's B is killed
     or the box's host dropped, and the start fails. A session whose processes are slow (a
-    host or an A in its own cgroups, starved by it) delays its own starts only."""
+    host or a B in its own cgroups, starved by it) delays its own starts only."""
 
     def __init__(self):
         self.out = CTL_OUT
@@ -1346,11 +1409,11 @@ class Zygote:
         self.inits = {}  # pid -> spawn id of live inits (B, or a command's Y): our children
         self.init_of = {}  # spawn id -> pid
         self.pending = []  # requests read but not handled yet
-        self.spawns = {}  # pid of A -> Start (its fd: a pidfd of A)
+        self.spawns = {}  # pid of B (our child) -> Start, until B reports or dies
         self.forker = None  # S (serve_forks): its pid, request pipe and answer pipe
-        self.reports = self.report_w = -1  # the pipe every A reports on
+        self.reports = self.report_w = -1  # the pipe every B reports on
         self.report_buf = b""
-        self.reported = {}  # spawn id -> A's report, for the spawns under way
+        self.reported = {}  # spawn id -> B's report, for the spawns under way
         self.commands = {}  # box -> Start of the command handed to its slot
         self.running = {}  # socket fd of a started command's Y -> box
         self.busy = {}  # box -> its Slot while a command runs in it
@@ -1397,7 +1460,7 @@ class Zygote:
         if pid == 0:
             try:
                 signal.set_wakeup_fd(-1)
-                signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # (the kernel reaps each A)
+                signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # (S has no children: each B is ours)
                 prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
                 if os.getppid() != self.pid:
                     os._exit(0)
@@ -1421,14 +1484,15 @@ class Zygote:
             os.close(answers_r)
 
     def fork_spawner(self, req):
-        """A's pid, forked by S for `req`."""
+        """B's pid, made by S for `req` (our child)."""
         if self.forker is None:
             self.start_forker()
         assert self.forker is not None
         _, requests_w, answers_r = self.forker
         body = json.dumps(req, separators=(",", ":")).encode()
+        head = json.dumps({k: req.get(k) for k in ("uid", "gid", "cgroup_procs")}, separators=(",", ":")).encode()
         try:
-            view = memoryview(len(body).to_bytes(4, "little") + body)
+            view = memoryview(len(head).to_bytes(4, "little") + len(body).to_bytes(4, "little") + head + body)
             while view:
                 view = view[os.write(requests_w, view):]
             answer = read_exactly(answers_r, 4)
@@ -1443,36 +1507,20 @@ class Zygote:
         return pid
 
     def spawn(self, req):
-        """S forks A (run_spawner), which reports the pid of the sandbox's init, or why it
-        failed, on the report pipe and exits; finish_spawn() takes the report once A has
-        exited (its pidfd turns readable then, after the kernel moved the B it forked to
-        us)."""
+        """S makes B (clone_box), our child, which reports on the report pipe once it has
+        forked C, or why it failed; its death before that fails the spawn (see reap)."""
         try:
             pid = self.fork_spawner(req)
         except OSError as e:
             self.failed(req, f"{type(e).__name__}: {e}")
             return
-        start = self.spawns[pid] = Start(req, self.reaped, pid=pid)
-        try:
-            start.fd = os.pidfd_open(pid)
-            info = child_stat(pid)
-            if info is None or info[0] not in (self.forker[0] if self.forker else -1, self.pid):
-                raise ProcessLookupError  # (A is gone and its pid is another's)
-        except OSError:
-            # A has exited (and been reaped) already: its report is in the pipe
-            if start.fd >= 0:
-                os.close(start.fd)
-                start.fd = -1
-            self.reap()
-            self.finish_spawn(self.spawns.pop(pid))
-            return
-        self.poller.register(start.fd, select.POLLIN)
+        self.spawns[pid] = Start(req, self.reaped, pid=pid)
 
     def drain_reports(self, finishing=None):
-        """Reads the spawners' reports (one line each) for the spawns under way, and for
-        the spawn id `finishing`, which its caller has just taken out of them (its report
-        was dropped as nobody's when the pipe was read only then: "the spawner did not
-        answer", several times a test run, more often under load)."""
+        """Reads the B's reports (one line each) for the spawns under way, and for the
+        spawn id `finishing`, which its caller has just taken out of them (a B reaped
+        before its report was read: its report was once dropped as nobody's then, "the
+        spawner did not answer", several times a test run, more often under load)."""
         try:
             while chunk := os.read(self.reports, 65536):
                 self.report_buf += chunk
@@ -1492,19 +1540,31 @@ class Zygote:
             if isinstance(msg, dict) and msg.get("id") in waiting:
                 self.reported[msg["id"]] = msg
 
-    def finish_spawn(self, start):
-        """A has exited: its report is complete, and the B it forked (if any) is our child
-        now, or has died and been reaped as one (see reap)."""
-        if start.fd >= 0:
-            self.poller.unregister(start.fd)
-            os.close(start.fd)
-            start.fd = -1
-        self.drain_reports(start.req["id"])
-        msg = self.reported.pop(start.req["id"], None) or {}
-        if isinstance(msg.get("pid"), int):
-            self.started(start, msg["pid"], with_start_time=True)
+    def spawns_reported(self):
+        """The spawns whose B has reported: started, or failed (B exits then)."""
+        for pid, start in list(self.spawns.items()):
+            msg = self.reported.pop(start.req["id"], None)
+            if msg is None:
+                continue
+            del self.spawns[pid]
+            if msg.get("ok") is True:
+                self.started(start, pid, with_start_time=True)
+            else:
+                kill_child(pid)  # (not reaped yet: still ours)
+                self.failed(start.req, str(msg.get("error", "the spawner did not answer")))
+
+    def spawn_died(self, pid, status):
+        """B died before its report was taken (reap): its report may be in the pipe still."""
+        start = self.spawns.pop(pid)
+        sid = start.req["id"]
+        self.drain_reports(sid)
+        msg = self.reported.pop(sid, None) or {}
+        if msg.get("ok") is True:
+            self.send({"t": "spawned", "id": sid, "pid": pid, "start": None})
+            self.report_exit(pid, status)
         else:
-            self.failed(start.req, str(msg.get("error", "the spawner did not answer")))
+            how = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"status {os.WEXITSTATUS(status)}"
+            self.failed(start.req, str(msg.get("error") or f"the spawner did not answer (the sandbox's init ended with {how})"))
 
     def started(self, start, pid, with_start_time=False):
         """The init `pid` a start reported: ours to kill by spawn id while it lives. Its
@@ -1547,19 +1607,9 @@ class Zygote:
             elif self.forker is not None and pid == self.forker[0]:
                 self.drop_forker()
             elif pid in self.spawns:
-                pass  # an A whose S died before it (its pidfd tells when it is done)
+                self.spawn_died(pid, status)
             elif self.spawns or self.commands or self.preparing:
                 self.remember(pid, status)  # an init that died before its start reported it?
-
-    def spawners_done(self, ready):
-        """The spawns whose A has exited (its pidfd is readable): after the reaping, so a B
-        that died after its A is found among the statuses kept (see started)."""
-        done = [pid for pid, start in self.spawns.items() if start.fd in ready]
-        if not done:
-            return
-        self.reap()
-        for pid in done:
-            self.finish_spawn(self.spawns.pop(pid))
 
     def remember(self, pid, status):
         """Keeps a reaped child's status for the starts waiting now. Bounded: with starts
@@ -1611,7 +1661,7 @@ class Zygote:
         if os.getppid() != server:
             os._exit(0)  # the server died before the death signal was armed
         # Under memory pressure the kernel should pick a session's process, not the
-        # template every session depends on (A puts its children back to 0). Needs
+        # template every session depends on (B puts itself back to 0). Needs
         # CAP_SYS_RESOURCE, which a container may not grant: best effort.
         try:
             write_file("/proc/self/oom_score_adj", "-500")
@@ -1667,7 +1717,7 @@ class Zygote:
                 self.drain_wake()
             if self.reports in ready:
                 self.drain_reports()
-            self.spawners_done(ready)
+                self.spawns_reported()
             self.reap()
             self.expire()
             self.prune()
@@ -1687,12 +1737,7 @@ class Zygote:
             if start.deadline <= now:
                 del self.spawns[pid]
                 self.reported.pop(start.req["id"], None)
-                try:
-                    signal.pidfd_send_signal(start.fd, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.poller.unregister(start.fd)
-                os.close(start.fd)
+                kill_child(pid)  # (not reaped yet: still ours)
                 self.failed(start.req, "the spawner did not answer")
         for box, start in list(self.preparing.items()):
             if start.deadline <= now:

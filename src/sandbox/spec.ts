@@ -185,7 +185,7 @@ export interface SandboxSpec {
 
 /**
  * Limits of every sandbox's own ipc namespace, by sysctl path under /proc/sys (set as the
- * `network` is: by the template's spawner, or devpts-cap.py for bubblewrap, as root of the
+ * `network` is: by the template's sandbox init, or devpts-cap.py for bubblewrap, as root of the
  * namespace's owner, before any code of the session runs; /proc/sys is read-only inside,
  * so the session cannot raise them). Why (docs/threat-model.md, "Host-wide kernel
  * resources", SysV IPC): a SysV shared memory segment outlives the processes that made it
@@ -218,7 +218,7 @@ export function sandboxIpc(shmBytes: number): SandboxIpc {
 
 /**
  * The loopback and the per-namespace TCP settings of every sandbox's own network
- * namespace, set by whoever builds it (zygote.py in the template's spawner, which is root
+ * namespace, set by whoever builds it (zygote.py in the sandbox's init, which is root
  * of the namespace's owner; for bubblewrap, sandbox-host/devpts-cap.py from inside the
  * sandbox's user and network namespaces while bwrap waits on its block fd; both with the
  * code of sandbox-python/sandbox_network.py) before any code of the session runs, and read

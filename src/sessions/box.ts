@@ -253,8 +253,9 @@ export class Box {
     try {
       await this.interpreter.start();
     } catch (e) {
-      // The template's spawner ended without its report (seen under load, cause not found
-      // yet), or passed its deadline: tried once more before the call is answered busy.
+      // The template's sandbox init ended without its report (the cause seen under load was
+      // found and fixed: 372c2d2), or passed its deadline: tried once more before the call
+      // is answered busy.
       if (attempt === 0 && !this.destroyed && /the spawner did not answer/.test(String((e as Error)?.message ?? e))) {
         this.deps.log?.warn({ box: this.name, err: String((e as Error)?.message ?? e).slice(0, 500) }, "the template's spawner did not answer; starting the interpreter once more");
         await this.interpreter.kill();

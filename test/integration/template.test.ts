@@ -487,7 +487,8 @@ describe('interpreters forked from the template', () => {
     await cgroup.stall();
     const restart = track(py(server, attacker, 'print(2)', { timeout_seconds: 120 }));
     const interpreters = (await templatePid(server))!;
-    // (spawners are forked by the template's fork server: its child in its pid namespace)
+    // (a sandbox's init is the template's child, made by its fork server, the template's
+    // child in its pid namespace; the fork server is listed too)
     const ns = await readlink(`/proc/${interpreters}/ns/pid`);
     const forkers = [interpreters];
     for (const child of (await readFile(`/proc/${interpreters}/task/${interpreters}/children`, 'utf8')).trim().split(/\s+/).filter(Boolean)) {

@@ -46,7 +46,7 @@ test("a spawner's report read only when its spawn is finished is still its own (
         'os.set_blocking(r, False)',
         'zy = z.Zygote.__new__(z.Zygote)',
         'zy.reports, zy.report_buf, zy.spawns, zy.reported = r, b"", {}, {}',
-        // (the spawn was taken out of `spawns` before its report was read, as finish_spawn's callers do)
+        // (the spawn was taken out of `spawns` before its report was read, as spawn_died does)
         'os.write(w, b\'{"id":7,"pid":4242}\\n{"id":8,"pid":1}\\n\')',
         'zy.drain_reports(7)',
         'print(sorted(zy.reported), zy.reported[7]["pid"])',
