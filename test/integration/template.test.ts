@@ -696,6 +696,50 @@ describe('interpreters forked from the template', () => {
     assert.equal((await py(server, id, 'print(kept)')).stdout, '3', 'the sandbox is still the same');
   });
 
+  it("make each sandbox's init in one step as the template's own child: its user namespace owned by the box's uid, no capabilities, no descriptors, in the session's cgroups", async () => {
+    const id = await createSession(server);
+    const uid = await hostUid(server, id);
+    const template = (await templatePid(server))!;
+    const statusOf = async (pid: number) => readFile(`/proc/${pid}/status`, 'utf8');
+    const field = (status: string, name: string) => new RegExp(`^${name}:[ \\t]*(.*)$`, 'm').exec(status)?.[1]?.trim();
+    let init = 0;
+    let interpreter = 0;
+    for (const pid of await pidsOfUid(uid)) {
+      // (the host's pid, then the pid in the sandbox's namespace, one level down)
+      const nspid = field(await statusOf(pid), 'NSpid')?.split(/\s+/) ?? [];
+      if (nspid.length === 2 && nspid[1] === '1') init = pid;
+      if (nspid.length === 2 && nspid[1] === '2') interpreter = pid;
+    }
+    assert.ok(init > 0 && interpreter > 0, `the session's init and interpreter (uid ${uid})`);
+    const st = await statusOf(init);
+    // (no spawner between: the fork server made it with CLONE_PARENT)
+    assert.equal(Number(field(st, 'PPid')), template, "the init is the template's child");
+    assert.equal(Number(field(await statusOf(interpreter), 'PPid')), init, "the interpreter is the init's child");
+    assert.equal(field(st, 'Uid'), `${uid}\t${uid}\t${uid}\t${uid}`);
+    assert.equal(field(st, 'Groups'), '');
+    for (const caps of ['CapInh', 'CapPrm', 'CapEff', 'CapAmb']) assert.equal(field(st, caps), '0000000000000000', caps);
+    assert.equal(field(st, 'NoNewPrivs'), '1');
+    assert.equal(field(st, 'Seccomp'), '2');
+    assert.deepEqual(await readdir(`/proc/${init}/fd`), [], 'the init holds no descriptor (cgroup files, pipes, pidfds of the templates)');
+    const owner = execFileSync(
+      '/usr/bin/python3',
+      [
+        '-I',
+        '-c',
+        'import array, fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDONLY)\na = array.array("I", [0])\nfcntl.ioctl(fd, 0xB704, a)\nprint(a[0])',
+        `/proc/${init}/ns/user`,
+      ],
+      { encoding: 'utf8' },
+    ).trim();
+    assert.equal(Number(owner), uid, "the sandbox's user namespace belongs to the box's uid (its command host joins it)");
+    assert.equal((await readFile(`/proc/${init}/uid_map`, 'utf8')).trim().split(/\s+/).join(' '), `0 ${uid} 1`);
+    const cgroups = (pid: number) => readFile(`/proc/${pid}/cgroup`, 'utf8');
+    assert.equal(await cgroups(init), await cgroups(interpreter), 'the init is in the cgroups of the session');
+    assert.match(await cgroups(init), /box_/);
+    // (and its commands still join that namespace)
+    assert.equal((await sh(server, id, 'echo ok')).stdout, 'ok\n');
+  });
+
   it('make every mount below the read-only system read-only, also one the host adds under /usr', async (t) => {
     const dir = usrFolder(server, t, 'otari-test');
     inNs(server, '/usr/bin/mount', '-t', 'tmpfs', '-o', 'size=1m,noexec', 'otari-test', dir);
