@@ -101,6 +101,7 @@ libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
 libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+libc.setfsuid.argtypes = [ctypes.c_uint]
 NS_GET_PARENT = 0xB702  # ioctl: a descriptor of a user namespace's parent
 
 
@@ -735,11 +736,10 @@ def connect_control(req):
     return sock.detach()
 
 
-def enter_box(req, oom_score_adj="0", cgroup_fds=None):
-    """H (and B): out of the zygote's ways, into the session's cgroups, then (H) the box's
-    host uid when the server is root; nothing after this needs the host's root. B is in
-    its own user namespace already, of the box's uid: it joins the cgroups through
-    `cgroup_fds` (S opened them) and changes its ids there (run_box_init)."""
+def enter_box(req, oom_score_adj="0"):
+    """H: out of the zygote's ways, into the session's cgroups, then the box's host uid
+    when the server is root; nothing after this needs the host's root. (B does the same
+    its own way: run_box_init.)"""
     signal.set_wakeup_fd(-1)  # the zygote's SIGCHLD wake-up is not ours
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     try:
@@ -747,16 +747,11 @@ def enter_box(req, oom_score_adj="0", cgroup_fds=None):
     except OSError:
         pass  # the zygote could not lower its own either
     os.setsid()
-    if cgroup_fds is None:
-        for procs in req.get("cgroup_procs") or []:
-            write_file(procs, "0")  # (0: the writer)
-    else:
-        for fd in cgroup_fds:
-            os.write(fd, b"0")
-            os.close(fd)
+    for procs in req.get("cgroup_procs") or []:
+        write_file(procs, "0")  # (0: the writer)
     if req.get("nice"):
         os.setpriority(os.PRIO_PROCESS, 0, int(req["nice"]))
-    if cgroup_fds is None and req.get("uid") is not None:
+    if req.get("uid") is not None:
         uid, gid = int(req["uid"]), int(req["gid"])
         os.setgroups([])
         os.setresgid(gid, gid, gid)
@@ -790,13 +785,27 @@ def run_box_init(body, go_fd, cgroup_fds, report_fd, zygote_pidfd):
             os._exit(1)  # S could not map our user namespace (it kills us) or died
         os.close(go_fd)
         req = json.loads(body)
-        prctl(PR_SET_DUMPABLE, 1)  # (S's euid changes made its memory's flag 0: /proc/self is ours)
-        enter_box(req, cgroup_fds=cgroup_fds)
+        signal.set_wakeup_fd(-1)  # the zygote's SIGCHLD wake-up is not ours
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.setsid()
+        # Not dumpable (S's flag) while we hold descriptors root opened, and real and saved
+        # ids root's: no process of the box's uid can attach to us or take them.
+        for fd in cgroup_fds:
+            os.write(fd, b"0")  # (0: the writer)
+            os.close(fd)
+        if req.get("nice"):
+            os.setpriority(os.PRIO_PROCESS, 0, int(req["nice"]))
         # Root of our user namespace: the box's uid on the host (S made us with it as our
         # effective uid; the real and saved ids were still the zygote's).
         os.setresgid(0, 0, 0)
         os.setresuid(0, 0, 0)
-        prctl(PR_SET_DUMPABLE, 1)  # the credential change cleared it; /proc/self must stay ours
+        # As A was from here on (C inherits it: a rootless server's command template joins
+        # the interpreter's namespaces only while it is dumpable); /proc/self is ours.
+        prctl(PR_SET_DUMPABLE, 1)
+        try:
+            write_file("/proc/self/oom_score_adj", "0")
+        except OSError:
+            pass  # the zygote could not lower its own either
         # Our parent is the zygote (a subreaper, which dies with the server). Armed after
         # the credential change, which clears it.
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -872,9 +881,19 @@ def clone_box(head):
     uid and gid as its effective ids, so that uid owns it, as it owned the one A made
     before (a box's command host, of that uid, joins it: see run_command_spawner), and
     writes B's maps as that owner (which needs no capability of the host's: a root
-    server without CAP_SYS_ADMIN works as before). The session's cgroup.procs files are
-    opened before, as S's user, and written through by B (the kernel checks the opener's
-    credentials): S does not wait for the migrations (milliseconds each)."""
+    server without CAP_SYS_ADMIN works as before), through files it opens with its
+    file-system uid root (B's /proc files are root's: neither S nor B is dumpable while
+    either holds anything of root's). The session's cgroup.procs files are opened before,
+    as S's user, and written through by B (the kernel checks the opener's credentials):
+    S does not wait for the migrations (milliseconds each).
+
+    Red team of 2026-12-03 (on the first version, which made S dumpable for the window so
+    that it could open B's files as the box's uid): a process of the box's uid in the
+    host's pid namespace attached to the new B (dumpable, in a user namespace that uid
+    owns), took the cgroup.procs descriptors root had opened and moved a root process
+    into the session's cgroups; and it opened S's own /proc files while S's effective uid
+    was the box's, then set the server's autogroup nice value through them. Session code
+    never runs there, but nothing of root's may be reachable by the box's uid."""
     as_box = head.get("uid") is not None and os.geteuid() == 0
     uid, gid = (int(head["uid"]), int(head["gid"])) if as_box else (os.geteuid(), os.getegid())
     go_r, go_w = os.pipe2(os.O_CLOEXEC)
@@ -885,10 +904,9 @@ def clone_box(head):
         if as_box:
             os.setegid(gid)
             os.seteuid(uid)
-            # (the change made S's memory not dumpable, which B's copy would inherit: its
-            # /proc files would be root's, and its maps not ours to write. S is not
-            # reachable by the box's processes: none runs in the host's pid namespace.)
-            prctl(PR_SET_DUMPABLE, 1)
+            # (the change set S's dumpable flag to fs.suid_dumpable, which a host may have
+            # at 1: never dumpable with the box's uid, nor its copy B)
+            prctl(PR_SET_DUMPABLE, 0)
     except BaseException:
         restore_ids(as_box)
         for fd in (go_r, go_w, *cgroups):
@@ -904,6 +922,13 @@ def clone_box(head):
         if pid < 0:
             raise OSError(err, os.strerror(err))
         try:
+            if as_box:
+                # The real uid's, to open B's root-owned files; the maps are checked against
+                # the opener's effective uid, the owner's. (setfsuid reports no error: the
+                # next call, with an invalid id, returns the one in force.)
+                libc.setfsuid(0)
+                if libc.setfsuid(0xFFFFFFFF) != 0:
+                    raise OSError(errno.EPERM, "setfsuid")
             write_file(f"/proc/{pid}/setgroups", "deny")
             write_file(f"/proc/{pid}/uid_map", f"0 {uid} 1\n")
             write_file(f"/proc/{pid}/gid_map", f"0 {gid} 1\n")
@@ -922,7 +947,7 @@ def clone_box(head):
 def restore_ids(as_box):
     """S: back to root after clone_box made a B as the box's uid."""
     if as_box and os.geteuid() != 0:
-        os.seteuid(0)
+        os.seteuid(0)  # (the file-system uid follows)
         os.setegid(0)
         prctl(PR_SET_DUMPABLE, 0)
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # (the credential change cleared it)

@@ -529,6 +529,111 @@ describe('interpreters forked from the template', () => {
     }
   });
 
+  it("keep a sandbox's init out of reach of the box's uid while it holds anything of root's (red team of 2026-12-03: a process of that uid attached to a starting init and took the cgroup.procs descriptors root had opened)", async (t) => {
+    const id = await createSession(server);
+    const uid = await hostUid(server, id);
+    const [first] = await pidsOfUid(uid);
+    const cgroup = await stallableCgroup(first!);
+    if (!cgroup) {
+      t.skip('no per-session memory cgroup (v1) or freezable cgroup (v2)');
+      return;
+    }
+    t.after(() => cgroup.release());
+    // The interpreter dies; the next call's new init stops in the session's cgroup, in the
+    // middle of its start (it has joined the memory cgroup and waits for a page there).
+    for (const p of await pidsOfUid(uid)) process.kill(p, 'SIGKILL');
+    assert.ok(await waitFor(async () => (await pidsOfUid(uid)).length === 0, 10_000), 'the sandbox is gone');
+    await cgroup.stall();
+    const restart = track(py(server, id, 'print(5)', { timeout_seconds: 120 }));
+    const template = (await templatePid(server))!;
+    let init = 0;
+    assert.ok(
+      await waitFor(async () => {
+        for (const p of await cgroup.stuck()) {
+          if (Number(/^PPid:\s+(\d+)/m.exec(await readFile(`/proc/${p}/status`, 'utf8').catch(() => ''))?.[1]) === template) init = p;
+        }
+        return init > 0;
+      }, 30_000),
+      "the session's new init waits in its cgroup",
+    );
+    const status = await readFile(`/proc/${init}/status`, 'utf8');
+    const fds = await Promise.all((await readdir(`/proc/${init}/fd`)).map(async (fd) => `${fd}:${await readlink(`/proc/${init}/fd/${fd}`).catch(() => '?')}`));
+    t.diagnostic(`stuck init ${init}: ${/^Uid:.*$/m.exec(status)?.[0]}; fds ${fds.join(' ')}`);
+    // As the box's uid, in the host's namespaces (a command host is such a process): attach,
+    // or take each of its descriptors.
+    const code = [
+      'import ctypes, os, sys',
+      'libc = ctypes.CDLL(None, use_errno=True)',
+      'pid = int(sys.argv[1])',
+      'got = []',
+      'pidfd = os.pidfd_open(pid)',
+      'for n in range(64):',
+      '    fd = libc.syscall(438, pidfd, n, 0)  # pidfd_getfd',
+      '    if fd >= 0:',
+      "        got.append(os.readlink(f'/proc/self/fd/{fd}'))",
+      'attached = libc.ptrace(16, pid, 0, 0) == 0  # PTRACE_ATTACH',
+      'if attached:',
+      '    os.waitpid(pid, 0x40000000)  # __WALL',
+      '    libc.ptrace(17, pid, 0, 0)  # PTRACE_DETACH',
+      "print(attached, '|'.join(got))",
+    ].join('\n');
+    const out = execFileSync('/usr/bin/setpriv', [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', '--', '/usr/bin/python3', '-I', '-c', code, String(init)], {
+      encoding: 'utf8',
+    }).trim();
+    const [attached, taken] = out.split(' ');
+    const rootIds = !/^Uid:\s+(\d+)\s+\1\s+\1\s+\1$/m.test(status); // (real and saved ids still root's)
+    t.diagnostic(`as uid ${uid}: attached ${attached}; took ${taken || 'nothing'}`);
+    assert.ok(!/cgroup/.test(taken ?? ''), `a cgroup descriptor taken from the init: ${taken}`);
+    if (rootIds || fds.some((f) => f.includes('cgroup'))) {
+      assert.equal(attached, 'False', "the init was attached while it held something of root's");
+      assert.equal(taken, undefined, `descriptors taken while it held something of root's: ${taken}`);
+    }
+    await cgroup.release();
+    const r = await restart.promise;
+    if (r.status !== 503) assert.equal(r.stdout, '5', JSON.stringify(r));
+  });
+
+  it("make a sandbox's init with the fork server never dumpable while its effective uid is the box's, and the init not dumpable from its start (red team of 2026-12-03: S's /proc files were the box uid's for that moment, and set the server's nice value)", () => {
+    // clone_box itself, run by a stand-in for S (as root, as the server's S is): what S and
+    // the new init are at the clone.
+    const zygote = new URL('../../../sandbox-python/zygote.py', import.meta.url).pathname;
+    const code = [
+      'import importlib.util, json, os, sys',
+      's = importlib.util.spec_from_file_location("z", sys.argv[1]); z = importlib.util.module_from_spec(s); s.loader.exec_module(z)',
+      'uid = int(sys.argv[2])',
+      'r, w = os.pipe()',
+      'seen = {}',
+      'class Spy:',
+      '    def __getattr__(self, name):',
+      '        return getattr(real, name)',
+      '    def syscall(self, *args):',
+      '        seen["s_euid"], seen["s_dumpable"] = os.geteuid(), real.prctl(3, 0, 0, 0, 0)  # PR_GET_DUMPABLE',
+      '        seen["s_proc_owner"] = os.stat(f"/proc/{os.getpid()}/status").st_uid',
+      '        return real.syscall(*args)',
+      'real = z.libc',
+      'z.libc = Spy()',
+      'forker = os.fork()',
+      'if forker == 0:',
+      '    pid, go, _ = z.clone_box({"uid": uid, "gid": uid, "cgroup_procs": []})',
+      '    if pid == 0:  # the new init: its own flag, before S lets it go',
+      '        os.write(w, json.dumps({"b_dumpable": real.prctl(3, 0, 0, 0, 0)}).encode() + b"\\n")',
+      '        os.read(go, 1)',
+      '        os._exit(0)',
+      '    os.write(w, json.dumps(dict(seen, s_after=[os.geteuid(), real.prctl(3, 0, 0, 0, 0)])).encode() + b"\\n")',
+      '    os._exit(0)',
+      'os.close(w)',
+      'out = {}',
+      'for line in os.fdopen(r).read().splitlines():',
+      '    out.update(json.loads(line))',
+      'for _ in range(2):',
+      '    os.wait()',
+      'print(json.dumps(out, sort_keys=True))',
+    ].join('\n');
+    const uid = server.uidBase + 999;
+    const out = JSON.parse(execFileSync('/usr/bin/python3', ['-I', '-c', code, zygote, String(uid)], { encoding: 'utf8' }));
+    assert.deepEqual(out, { b_dumpable: 0, s_after: [0, 0], s_dumpable: 0, s_euid: uid, s_proc_owner: 0 });
+  });
+
   it("fork spawners from the template's fork server, which holds nothing of the server's channel, and start a new one when it dies", async () => {
     const template = (await templatePid(server))!;
     const forkerOf = async () => {
