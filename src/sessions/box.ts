@@ -184,6 +184,10 @@ export class Box {
    * session takes them (root only: lowering niceness needs CAP_SYS_NICE). */
   private background: boolean;
 
+  usable(): boolean {
+    return this.interpreter.alive;
+  }
+
   async promote(): Promise<void> {
     if (!this.background || this.uid === undefined) return;
     this.background = false;

@@ -223,6 +223,14 @@ export class SessionManager<B extends SessionBox = Box> {
     for (;;) {
       if (this.closing) throw new SandboxError('SBX_SHUTTING_DOWN', 'server is shutting down', { headers: { 'retry-after': '5' } });
       box = this.pool.shift();
+      if (box && !box.usable()) {
+        // Its interpreter died while it waited (red team of 2026-12-03: after the template
+        // died, the pool still offered its boxes, and a new session's first call said its
+        // interpreter "had stopped since the last call"): made anew by the refill.
+        this.log.warn({ pool: this.pool.length }, 'warm pool: a ready sandbox had lost its interpreter; discarded');
+        void this.discard(box);
+        continue;
+      }
       if (box) {
         this.stats.poolHits++;
         break;

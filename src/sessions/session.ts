@@ -52,6 +52,9 @@ export interface SessionBox {
   readonly undoMaxBytes: number;
   /** Normal priority from now on (a pooled box starts in the background). */
   promote(): Promise<void>;
+  /** False once a pooled box's interpreter has died while it waited (the template died,
+   * or the kernel killed it): such a box is not given to a new session. */
+  usable(): boolean;
   /** Sends SIGKILL to every process of the box; resolves once each is sent (a delete
    * answers then). Idempotent. */
   stop(): Promise<void>;

@@ -34,6 +34,11 @@ class FakeBox implements SessionBox {
     });
   }
 
+  /** Its interpreter died while it waited in the pool. */
+  dead = false;
+  usable(): boolean {
+    return !this.dead;
+  }
   promote(): Promise<void> {
     this.promoted++;
     return Promise.resolve();
@@ -307,6 +312,27 @@ test('a warm-pool box goes to the next create, once; shutdown destroys every box
   assert.equal(s.box.destroyed, 1);
   assert.equal(m.count, 0);
   await assert.rejects(m.create({}), assertCode('SBX_SHUTTING_DOWN'));
+});
+
+test('a pooled box whose interpreter died while it waited is not given to a session: it is destroyed and the create gets a box that works', async () => {
+  const factory = new Factory();
+  const m = manager({ SANDBOX_WARM_POOL_SIZE: '2', SANDBOX_MAX_SESSIONS: '4' }, factory);
+  m.start();
+  await settle();
+  assert.equal(m.poolState().ready, 2);
+  const [first, second] = factory.made;
+  first!.dead = true; // (the template died, say)
+  const s = await m.create({});
+  assert.equal(s.box, second, 'the next pooled box, which works');
+  assert.equal(first!.destroyed, 1, 'the dead one is destroyed');
+  await settle();
+  const pooled = factory.made.filter((b) => b !== first && b !== second);
+  assert.ok(pooled.length > 0, 'the pool was refilled');
+  for (const b of pooled) b.dead = true;
+  const t = await m.create({});
+  assert.ok(!pooled.includes(t.box) && !t.box.dead, 'with every pooled box dead, the create gets a new one');
+  for (const b of pooled) assert.equal(b.destroyed, 1);
+  await m.shutdown(0);
 });
 
 test('a create waits for a pool refill under way rather than making a second box', async () => {
