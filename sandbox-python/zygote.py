@@ -54,6 +54,7 @@ import ctypes
 import errno
 import fcntl
 import gc
+import hmac
 import json
 import mmap
 import os
@@ -795,6 +796,14 @@ def run_box_init(body, go_fd, cgroup_fds, report_fd, zygote_pidfd):
             os.close(fd)
         if req.get("nice"):
             os.setpriority(os.PRIO_PROCESS, 0, int(req["nice"]))
+        # The control socket is made here, in the sandbox's own (empty) network namespace:
+        # a socket belongs to the namespace it was made in, and one of the host's would let
+        # code read the host's interfaces or take abstract socket names there. Before we
+        # are dumpable: the server's socket (CTL_PATH_FD) is then closed (red team of
+        # 2026-12-03: taken from a dumpable init, it let a process of the box's uid open
+        # connections to the server until it ran out of descriptors).
+        sock_fd = connect_control(req)
+        os.close(CTL_PATH_FD)
         # Root of our user namespace: the box's uid on the host (S made us with it as our
         # effective uid; the real and saved ids were still the zygote's).
         os.setresgid(0, 0, 0)
@@ -820,10 +829,6 @@ def run_box_init(body, go_fd, cgroup_fds, report_fd, zygote_pidfd):
         write_file("/proc/sys/user/max_user_namespaces", "1")
         configure_network(req["spec"]["network"])
         configure_ipc(req["spec"]["ipc"])
-        # The control socket is made here, in the sandbox's own (empty) network namespace:
-        # a socket belongs to the namespace it was made in, and one of the host's would let
-        # code read the host's interfaces or take abstract socket names there.
-        sock_fd = connect_control(req)
         mount(None, "/", None, MS_REC | MS_PRIVATE)
         prctl(PR_SET_CHILD_SUBREAPER, 0)
         pid = os.fork()
@@ -831,7 +836,7 @@ def run_box_init(body, go_fd, cgroup_fds, report_fd, zygote_pidfd):
             os.close(report_fd)
             os.close(zygote_pidfd)
             run_interpreter(req, sock_fd)
-        report_spawn(report_fd, req["id"], {"ok": True})
+        report_spawn(report_fd, req["id"], {"ok": True, "token": req["token"]})
         # Session code can send us signals (same host uid): none but SIGKILL/SIGSTOP
         # gets through (and those, to a pid-namespace init, only from outside).
         signal.pthread_sigmask(signal.SIG_BLOCK, ALL_SIGNALS)
@@ -847,8 +852,8 @@ def run_box_init(body, go_fd, cgroup_fds, report_fd, zygote_pidfd):
         raise  # C, on its way to the top level
     except BaseException as e:  # noqa: BLE001
         try:
-            sid = json.loads(body).get("id") if isinstance(body, bytes) else None
-            report_spawn(report_fd, sid, {"error": f"{type(e).__name__}: {e}"})
+            req = json.loads(body)
+            report_spawn(report_fd, req.get("id"), {"error": f"{type(e).__name__}: {e}", "token": req.get("token")})
         finally:
             os._exit(1)
 
@@ -1543,9 +1548,15 @@ class Zygote:
 
     def drain_reports(self, finishing=None):
         """Reads the B's reports (one line each) for the spawns under way, and for the
-        spawn id `finishing`, which its caller has just taken out of them (a B reaped
-        before its report was read: its report was once dropped as nobody's then, "the
-        spawner did not answer", several times a test run, more often under load)."""
+        spawn `finishing` (its Start), which its caller has just taken out of them (a B
+        reaped before its report was read: its report was once dropped as nobody's then,
+        "the spawner did not answer", several times a test run, more often under load).
+
+        A report counts only with its spawn's token, which only that B knows (the pipe is
+        every B's: red team of 2026-12-03, a process of a box's uid that took it from its
+        own dumpable init wrote failures for other boxes' spawn ids, and one line that
+        was not a report of the expected shape stopped the template, and every session's
+        interpreter with it)."""
         try:
             while chunk := os.read(self.reports, 65536):
                 self.report_buf += chunk
@@ -1554,15 +1565,18 @@ class Zygote:
         *lines, self.report_buf = self.report_buf.split(b"\n")
         if len(self.report_buf) > select.PIPE_BUF:
             self.report_buf = b""  # (no report is that long)
-        waiting = {s.req["id"] for s in self.spawns.values()}
+        tokens = {s.req["id"]: s.req["token"] for s in self.spawns.values()}
         if finishing is not None:
-            waiting.add(finishing)
+            tokens[finishing.req["id"]] = finishing.req["token"]
         for line in lines:
             try:
                 msg = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
-            if isinstance(msg, dict) and msg.get("id") in waiting:
+            if not isinstance(msg, dict) or type(msg.get("id")) is not int or msg["id"] not in tokens:
+                continue
+            token = msg.get("token")
+            if isinstance(token, str) and hmac.compare_digest(token.encode(), str(tokens[msg["id"]]).encode()):
                 self.reported[msg["id"]] = msg
 
     def spawns_reported(self):
@@ -1582,7 +1596,7 @@ class Zygote:
         """B died before its report was taken (reap): its report may be in the pipe still."""
         start = self.spawns.pop(pid)
         sid = start.req["id"]
-        self.drain_reports(sid)
+        self.drain_reports(start)
         msg = self.reported.pop(sid, None) or {}
         if msg.get("ok") is True:
             self.send({"t": "spawned", "id": sid, "pid": pid, "start": None})
@@ -1854,8 +1868,13 @@ class Zygote:
         if not answer:
             self.drop_host(box, "")  # dead or stuck: the next command makes a new one
         pid = answer.get("pid")
+        sock = None
         if isinstance(pid, int) and len(fds) == 1 and self.claim(start, pid) is None and self.fresh_child(pid):
-            sock = socket.socket(fileno=fds[0])
+            try:
+                sock = socket.socket(fileno=fds[0])  # (raises unless it is a socket)
+            except OSError:
+                sock = None
+        if sock is not None:
             sock.setblocking(False)
             self.slots[box] = Slot(pid, sock, start.init, start.pidfd)
             self.slot_of[pid] = box
@@ -1949,7 +1968,9 @@ class Zygote:
         self.poller.unregister(fd)
         del self.busy[box]
         words = data.split()
-        ended = len(words) in (2, 3) and words[0] == b"exit" and words[1].isdigit() and slot.pid in self.inits
+        # (an exit status: 0 to 255; anything else is no end of a command)
+        status_ok = len(words) in (2, 3) and words[1].isdigit() and len(words[1]) <= 3 and int(words[1]) <= 255
+        ended = status_ok and words[0] == b"exit" and slot.pid in self.inits
         if ended:
             self.report_exit(slot.pid, int(words[1]) << 8)  # (a wait status: exited with that code)
             interpreter_gone = readable(slot.pidfd, 0)
@@ -2087,7 +2108,7 @@ def kill_child(pid):
 def parse_answer(data):
     try:
         answer = json.loads(data or b"{}")
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
     return answer if isinstance(answer, dict) else {}
 

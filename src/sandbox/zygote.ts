@@ -84,6 +84,11 @@ export interface ZygoteInfo {
 }
 
 const TOKEN_WAIT_MS = 10_000;
+/** Connections to the control socket that have not said their token yet, at most; past it
+ * a new one is closed at once. A sandbox's init says its token as soon as it connects; red
+ * team of 2026-12-03: a process of a box's uid that had the socket's descriptor opened
+ * 19,950 silent connections, and the server, out of descriptors, answered no HTTP. */
+const PENDING_MAX = 64;
 /** How long a kill waits for the template's exit report. */
 const KILL_REPORT_MS = 15_000;
 /** Importing the preload modules on a cold machine (numpy, pandas, matplotlib: a few seconds). */
@@ -488,10 +493,24 @@ export class Zygote {
     return proc;
   }
 
+  /** Connections that have not said their token yet. */
+  private pending = 0;
+
   private accept(socket: Socket): void {
+    socket.on('error', () => {});
+    if (this.pending >= PENDING_MAX) {
+      socket.destroy();
+      return;
+    }
+    this.pending++;
+    let counted = true;
+    const settle = () => {
+      if (counted) this.pending--;
+      counted = false;
+    };
+    socket.once('close', settle);
     let buf = Buffer.alloc(0);
     const timer = setTimeout(() => socket.destroy(), TOKEN_WAIT_MS);
-    socket.on('error', () => {});
     const onData = (d: Buffer) => {
       buf = Buffer.concat([buf, d]);
       const nl = buf.indexOf(10);
@@ -500,6 +519,7 @@ export class Zygote {
         return;
       }
       clearTimeout(timer);
+      settle();
       socket.off('data', onData);
       socket.pause();
       const rest = buf.subarray(nl + 1);

@@ -634,6 +634,40 @@ describe('interpreters forked from the template', () => {
     assert.deepEqual(out, { b_dumpable: 0, s_after: [0, 0], s_dumpable: 0, s_euid: uid, s_proc_owner: 0 });
   });
 
+  it("close connections to the template's control socket past 64 that have not said their token, and keep serving (red team of 2026-12-03: 19,950 silent connections took every descriptor of the server)", async () => {
+    const { createConnection } = await import('node:net');
+    // (through the server's own root: its mount namespace is its own)
+    const path = `/proc/${server.proc.pid}/root${server.sessionsRoot}/.template/sock/ctl.sock`;
+    const socks = await Promise.all(
+      Array.from(
+        { length: 80 },
+        () =>
+          new Promise<{ closed: boolean; sock: import('node:net').Socket }>((resolve, reject) => {
+            const sock = createConnection(path);
+            const entry = { closed: false, sock };
+            sock.on('error', () => {});
+            sock.once('connect', () => resolve(entry));
+            sock.once('close', () => (entry.closed = true));
+            sock.once('error', reject);
+          }),
+      ),
+    );
+    try {
+      assert.ok(await waitFor(async () => socks.filter((e) => e.closed).length >= 16, 10_000), `closed by the server: ${socks.filter((e) => e.closed).length} of 80`);
+      // (closed at once, not by the 10 s token timer, which closes all of them together)
+      const open = socks.filter((e) => !e.closed).length;
+      assert.ok(open <= 64 && open >= 32, `${open} silent connections kept open`);
+      assert.equal((await api(server, 'GET', '/health')).status, 200);
+    } finally {
+      for (const e of socks) e.sock.destroy();
+    }
+    // Once they are gone, sandboxes start as before.
+    const id = await createSession(server);
+    const r = await py(server, id, 'import os; os._exit(3)');
+    assert.equal(r.interpreter_restarted, true, r.stderr);
+    assert.equal((await py(server, id, "print(8, 'zygote' in open('/proc/1/cmdline').read())")).stdout, '8 True');
+  });
+
   it("fork spawners from the template's fork server, which holds nothing of the server's channel, and start a new one when it dies", async () => {
     const template = (await templatePid(server))!;
     const forkerOf = async () => {

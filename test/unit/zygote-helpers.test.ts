@@ -47,13 +47,41 @@ test("a spawner's report read only when its spawn is finished is still its own (
         'zy = z.Zygote.__new__(z.Zygote)',
         'zy.reports, zy.report_buf, zy.spawns, zy.reported = r, b"", {}, {}',
         // (the spawn was taken out of `spawns` before its report was read, as spawn_died does)
-        'os.write(w, b\'{"id":7,"pid":4242}\\n{"id":8,"pid":1}\\n\')',
-        'zy.drain_reports(7)',
-        'print(sorted(zy.reported), zy.reported[7]["pid"])',
+        'os.write(w, b\'{"id":7,"ok":true,"token":"t7"}\\n{"id":8,"ok":true,"token":"t8"}\\n\')',
+        'zy.drain_reports(z.Start({"id": 7, "token": "t7"}, 0))',
+        'print(sorted(zy.reported), zy.reported[7]["ok"])',
       ].join('\n'),
       zygote,
     ],
     { encoding: 'utf8' },
   );
-  assert.equal(out, '[7] 4242\n', 'the finished spawn gets its report; a report of no spawn under way is dropped');
+  assert.equal(out, '[7] True\n', 'the finished spawn gets its report; a report of no spawn under way is dropped');
+});
+
+test("a report counts only with its spawn's token, and no line on the report pipe stops the template (red team: one line of a process of a box's uid did, and forged failures broke other boxes' starts)", () => {
+  const out = execFileSync(
+    '/usr/bin/python3',
+    [
+      '-I',
+      '-c',
+      [
+        'import importlib.util, os, sys',
+        's = importlib.util.spec_from_file_location("z", sys.argv[1]); z = importlib.util.module_from_spec(s); s.loader.exec_module(z)',
+        'r, w = os.pipe()',
+        'os.set_blocking(r, False)',
+        'zy = z.Zygote.__new__(z.Zygote)',
+        'zy.reports, zy.report_buf, zy.reported = r, b"", {}',
+        'zy.spawns = {101: z.Start({"id": 1, "token": "secret-1"}, 0), 102: z.Start({"id": 2, "token": "secret-2"}, 0)}',
+        'lines = [b\'{"id":[1],"ok":true}\', b"[" * 4000, b\'{"id":{"a":1}}\', b"[1]", b"null", b\'{"id":1,"error":"FORGED"}\',',
+        '         b\'{"id":1,"error":"FORGED","token":"secret-2"}\', b\'{"id":1,"error":"FORGED","token":["secret-1"]}\', b\'{"id":2,"ok":true,"token":"secret-2"}\']',
+        'for line in lines:',
+        '    os.write(w, line + b"\\n")',
+        '    zy.drain_reports()',
+        'print(sorted(zy.reported), zy.reported.get(2))',
+      ].join('\n'),
+      zygote,
+    ],
+    { encoding: 'utf8' },
+  );
+  assert.equal(out, "[2] {'id': 2, 'ok': True, 'token': 'secret-2'}\n", 'only the report with its own token is taken; the forged ones and the garbage are dropped');
 });
