@@ -18,7 +18,7 @@ user namespaces are allowed), the same way bubblewrap does:
      │   mount, pid, ipc and uts namespaces: pid 1 of the new pid namespace. setsid,
      │   joins the session's cgroups (through descriptors S opened), becomes root of its
      │   user namespace, makes a cgroup namespace; connects to the server's socket from
-     │   there (the channel); forks C; reports; then blocks every catchable signal, drops
+     │   there (the channel); reports; forks C; then blocks every catchable signal, drops
      │   every capability, not dumpable, seccomp; reaps; exits with C's status, which
      │   makes the kernel kill every process left in the namespace; SIGKILLed when the
      │   zygote dies (which dies with the server). (Until 2026-12-03 a process A between
@@ -776,9 +776,9 @@ def run_box_init(body, go_fd, cgroup_fds, report_fd, zygote_pidfd):
     """B: pid 1 of the session's pid namespace, cloned by S into new user, network, mount,
     pid, ipc and uts namespaces, as the zygote's child (CLONE_PARENT). S maps root of the
     new user namespace to the box's host uid (the server's when unprivileged) and says so
-    on `go_fd`; B then joins the session's cgroups, becomes that root, makes a cgroup
-    namespace, sets up the network, connects to the server's socket from there (the
-    channel), forks C, reports, and becomes the init: every catchable signal blocked, no
+    on `go_fd`; B then joins the session's cgroups, connects to the server's socket from
+    its network namespace (the channel), becomes that root, makes a cgroup namespace, sets
+    up the network, reports, forks C, and becomes the init: every catchable signal blocked, no
     capabilities, not dumpable, seccomp; it reaps and exits with C's status, which makes
     the kernel kill every process left in the namespace; SIGKILLed when the zygote dies."""
     try:
@@ -811,10 +811,6 @@ def run_box_init(body, go_fd, cgroup_fds, report_fd, zygote_pidfd):
         # As A was from here on (C inherits it: a rootless server's command template joins
         # the interpreter's namespaces only while it is dumpable); /proc/self is ours.
         prctl(PR_SET_DUMPABLE, 1)
-        try:
-            write_file("/proc/self/oom_score_adj", "0")
-        except OSError:
-            pass  # the zygote could not lower its own either
         # Our parent is the zygote (a subreaper, which dies with the server). Armed after
         # the credential change, which clears it.
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -831,12 +827,16 @@ def run_box_init(body, go_fd, cgroup_fds, report_fd, zygote_pidfd):
         configure_ipc(req["spec"]["ipc"])
         mount(None, "/", None, MS_REC | MS_PRIVATE)
         prctl(PR_SET_CHILD_SUBREAPER, 0)
+        # Reported before C is forked, as A reported B before B forked C: the server then
+        # knows the init (a command joins the sandbox by it) before the interpreter can say
+        # hello. (Reported after the fork, under a CPU hog the hello came first, and a bash
+        # command sent then ran in bubblewrap.) A fork that fails after is B's exit status.
+        report_spawn(report_fd, req["id"], {"ok": True, "token": req["token"]})
         pid = os.fork()
         if pid == 0:
             os.close(report_fd)
             os.close(zygote_pidfd)
             run_interpreter(req, sock_fd)
-        report_spawn(report_fd, req["id"], {"ok": True, "token": req["token"]})
         # Session code can send us signals (same host uid): none but SIGKILL/SIGSTOP
         # gets through (and those, to a pid-namespace init, only from outside).
         signal.pthread_sigmask(signal.SIG_BLOCK, ALL_SIGNALS)
@@ -937,6 +937,10 @@ def clone_box(head):
             write_file(f"/proc/{pid}/setgroups", "deny")
             write_file(f"/proc/{pid}/uid_map", f"0 {uid} 1\n")
             write_file(f"/proc/{pid}/gid_map", f"0 {gid} 1\n")
+            # (the template's own value, lowered so the OOM killer picks a session's
+            # process first, is not the sessions'; written here, not by B: a process of
+            # the box's uid attached to B once it is dumpable could skip it: red team)
+            write_file(f"/proc/{pid}/oom_score_adj", "0")
         except OSError:
             kill_child(pid)  # (the zygote reaps it; it has not reported)
             raise
