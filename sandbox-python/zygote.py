@@ -49,6 +49,7 @@ holds relative paths only (its working folder is the server's state folder), so 
 environment block every interpreter inherits names no host folder.
 """
 
+import array
 import base64
 import ctypes
 import errno
@@ -737,10 +738,12 @@ def connect_control(req):
     return sock.detach()
 
 
-def enter_box(req, oom_score_adj="0"):
-    """H: out of the zygote's ways, into the session's cgroups, then the box's host uid
-    when the server is root; nothing after this needs the host's root. (B does the same
-    its own way: run_box_init.)"""
+def enter_box(ids, cgroup_fds, oom_score_adj="0"):
+    """H: out of the zygote's ways, into the session's cgroups (through the descriptors of
+    their cgroup.procs files the zygote opened), then the box's host uid when the server
+    is root (`ids`: uid, gid, nice; uid -1 when not); nothing after this needs the host's
+    root. (B does the same its own way: run_box_init.)"""
+    uid, gid, nice = ids
     signal.set_wakeup_fd(-1)  # the zygote's SIGCHLD wake-up is not ours
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     try:
@@ -748,12 +751,12 @@ def enter_box(req, oom_score_adj="0"):
     except OSError:
         pass  # the zygote could not lower its own either
     os.setsid()
-    for procs in req.get("cgroup_procs") or []:
-        write_file(procs, "0")  # (0: the writer)
-    if req.get("nice"):
-        os.setpriority(os.PRIO_PROCESS, 0, int(req["nice"]))
-    if req.get("uid") is not None:
-        uid, gid = int(req["uid"]), int(req["gid"])
+    for fd in cgroup_fds:
+        os.write(fd, b"0")  # (0: the writer)
+        os.close(fd)
+    if nice:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    if uid >= 0:
         os.setgroups([])
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)
@@ -858,16 +861,43 @@ def run_box_init(body, go_fd, cgroup_fds, report_fd, zygote_pidfd):
             os._exit(1)
 
 
-def read_exactly(fd, size):
-    """`size` bytes from `fd`, or fewer if it ends first."""
-    parts, left = [], size
-    while left > 0:
-        chunk = os.read(fd, left)
-        if not chunk:
-            break
-        parts.append(chunk)
-        left -= len(chunk)
-    return b"".join(parts)
+def receive_into(sock, view, max_fds):
+    """One message of a SOCK_SEQPACKET socket read straight into `view` (no bytes object
+    holds it: the caller wipes it when done): (its length, the descriptors it carried,
+    whether it was cut short). (0, [], False) when the peer is gone."""
+    n, ancdata, flags, _ = sock.recvmsg_into([view], socket.CMSG_SPACE(max_fds * 4))
+    fds = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.extend(array.array("i", data[: len(data) - len(data) % 4]))
+    return n, fds, bool(flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC))
+
+
+def ids_of(req):
+    """A request's uid and gid as integers, -1 for none (an unprivileged server)."""
+    if req.get("uid") is None:
+        return -1, -1
+    return int(req["uid"]), int(req["gid"])
+
+
+def wipe(view, n):
+    """Zeroes the first `n` bytes of a request buffer (a fork made after this holds none of
+    the request: the next session's sandbox is a copy of this process)."""
+    view[:n] = bytes(n)
+
+
+def open_procs(paths):
+    """Descriptors of cgroup.procs files, opened for writing here (the kernel checks the
+    opener's credentials when a process writes "0" through them)."""
+    fds = []
+    try:
+        for path in paths or []:
+            fds.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds
 
 
 # The namespaces S makes each B in (its cgroup namespace B makes itself, once it is in the
@@ -876,7 +906,7 @@ BOX_NAMESPACES = CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWNS | CLO
 CLONE_PARENT = 0x8000
 
 
-def clone_box(head):
+def clone_box(uid, gid, cgroups):
     """S: B, a copy of S in new namespaces (BOX_NAMESPACES), the zygote's child
     (CLONE_PARENT: reaped by it, tied to it by its death signal). Returns (pid, -1, [])
     in S, (0, go_fd, cgroup_fds) in B, which waits on go_fd until S has mapped root of its
@@ -888,9 +918,10 @@ def clone_box(head):
     writes B's maps as that owner (which needs no capability of the host's: a root
     server without CAP_SYS_ADMIN works as before), through files it opens with its
     file-system uid root (B's /proc files are root's: neither S nor B is dumpable while
-    either holds anything of root's). The session's cgroup.procs files are opened before,
-    as S's user, and written through by B (the kernel checks the opener's credentials):
-    S does not wait for the migrations (milliseconds each).
+    either holds anything of root's). The session's cgroup.procs files (`cgroups`: descriptors
+    the zygote opened, passed to S, closed here, and written through by B: the kernel
+    checks the opener's credentials): S does not wait for the migrations (milliseconds
+    each). `uid` -1: the server's own ids (unprivileged).
 
     Red team of 2026-12-03 (on the first version, which made S dumpable for the window so
     that it could open B's files as the box's uid): a process of the box's uid in the
@@ -899,13 +930,11 @@ def clone_box(head):
     into the session's cgroups; and it opened S's own /proc files while S's effective uid
     was the box's, then set the server's autogroup nice value through them. Session code
     never runs there, but nothing of root's may be reachable by the box's uid."""
-    as_box = head.get("uid") is not None and os.geteuid() == 0
-    uid, gid = (int(head["uid"]), int(head["gid"])) if as_box else (os.geteuid(), os.getegid())
+    as_box = uid >= 0 and os.geteuid() == 0
+    if not as_box:
+        uid, gid = os.geteuid(), os.getegid()
     go_r, go_w = os.pipe2(os.O_CLOEXEC)
-    cgroups = []
     try:
-        for path in head.get("cgroup_procs") or []:
-            cgroups.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
         if as_box:
             os.setegid(gid)
             os.seteuid(uid)
@@ -962,37 +991,60 @@ def restore_ids(as_box):
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # (the credential change cleared it)
 
 
-def serve_forks(requests, answers, reports, zygote_pid):
-    """S, the fork server: makes one B per spawn request (clone_box). Each request (two
-    4-byte lengths, S's part of the spawn as JSON: its uid, gid and cgroup.procs files,
-    then the spawn's JSON, which only B parses) is answered with B's pid (4 bytes;
-    negative: an errno). S's parent is the zygote: every page they share with the
-    interpreters was shared at its fork, so a page the zygote writes in its loop (parsing
-    requests, bookkeeping) is copied once and stays its own, as no fork of the zygote
-    follows. S writes few pages between two clones (this loop), and each clone
+# The largest spawn request S takes (the spec of a sandbox is a few KiB).
+SPAWN_MAX_BYTES = 1 << 18
+# S's part of a spawn request, before its body: the box's uid and gid (-1: none).
+SPAWN_HEAD = struct.Struct("<qq")
+# Descriptors a request carries at most (cgroup.procs files, and a host's socket).
+REQUEST_FDS_MAX = 16
+
+
+def serve_forks(sock, reports, zygote_pid):
+    """S, the fork server: makes one B per spawn request (clone_box). Each request is one
+    message on `sock` (SOCK_SEQPACKET): SPAWN_HEAD, then the spawn's JSON, which only B
+    parses, with the descriptors of the session's cgroup.procs files; it is answered with
+    B's pid (4 bytes; negative: an errno). S's parent is the zygote: every page they share
+    with the interpreters was shared at its fork, so a page the zygote writes in its loop
+    (parsing requests, bookkeeping) is copied once and stays its own, as no fork of the
+    zygote follows. S writes few pages between two clones (this loop), and each clone
     write-protects those again: a copy, with a flush of the TLB, per page written, which
-    in the zygote's loop was hundreds per spawn and most of its time."""
-    write = os.write
+    in the zygote's loop was hundreds per spawn and most of its time.
+
+    Every B (and so every session's interpreter) is a copy of S: S keeps nothing of any
+    request past its clone. It parses none (its head is two integers), reads each into one
+    buffer and zeroes it after the clone (red team of 2026-12-03: the requests S had read,
+    freed but not cleared, were in every later interpreter's memory, other sessions' box
+    names and host paths among them, readable by that session's code)."""
     # (B is in a pid namespace where the zygote has no pid: it inherits this descriptor)
     zygote_pidfd = os.pidfd_open(zygote_pid)
     if os.geteuid() == 0:
         os.setgroups([])  # (B keeps them: its user namespace refuses setgroups)
+    buf = bytearray(SPAWN_MAX_BYTES)
+    view = memoryview(buf)
     while True:
-        sizes = read_exactly(requests, 8)
-        if len(sizes) != 8:
-            os._exit(0)  # the zygote is gone
-        head = read_exactly(requests, int.from_bytes(sizes[:4], "little"))
-        body = read_exactly(requests, int.from_bytes(sizes[4:], "little"))
         try:
-            pid, go, cgroups = clone_box(json.loads(head))
-        except OSError as e:
-            pid, go, cgroups = -(e.errno or errno.EAGAIN), -1, []
+            n, fds, cut = receive_into(sock, view, REQUEST_FDS_MAX)
+        except OSError:
+            os._exit(1)
+        if n == 0 and not fds:
+            os._exit(0)  # the zygote is gone
+        pid, go, cgroups = -errno.EMSGSIZE, -1, []
+        if cut or n < SPAWN_HEAD.size:
+            for fd in fds:
+                os.close(fd)
+        else:
+            try:
+                uid, gid = SPAWN_HEAD.unpack_from(buf)
+                pid, go, cgroups = clone_box(uid, gid, fds)  # (closes fds in S)
+            except OSError as e:
+                pid = -(e.errno or errno.EAGAIN)
         if pid == 0:
-            os.close(requests)
-            os.close(answers)
+            sock.close()
+            body = bytes(view[SPAWN_HEAD.size : n])  # (B's own request)
             run_box_init(body, go, cgroups, reports, zygote_pidfd)
             os._exit(1)
-        write(answers, pid.to_bytes(4, "little", signed=True))
+        wipe(view, n)
+        sock.send(pid.to_bytes(4, "little", signed=True))
 
 
 # ---------------------------------------------------------------- commands --------------
@@ -1122,13 +1174,57 @@ def setns(fd, kind):
     check(libc.setns(fd, kind), "setns")
 
 
-def run_command_host(req, sock, zygote_pid):
+# What a box's command host is told of its box (enter_box): its uid, gid and nice value (uid
+# -1: none), with the descriptors of its socket and of its cgroup.procs files.
+HOST_HEAD = struct.Struct("<qqq")
+# F answers in a clone's time; past this it is taken for stuck (and the zygote ends).
+HOST_FORK_TIMEOUT_S = 10
+
+
+def serve_hosts(sock, zygote_pid):
+    """F, the host forker: makes each box's command host H. Forked by the command zygote
+    before it reads its first request, so its memory holds no command of any session (the
+    zygote's does: the requests it parsed, freed but not cleared; H, when the zygote
+    forked it, inherited them, readable by a process of the box's uid in the host's
+    namespaces: second red team of 2026-12-03). Each request, a message on `sock`
+    (SOCK_SEQPACKET), is HOST_HEAD with H's end of its socket pair and the box's
+    cgroup.procs descriptors, which the zygote opened; F parses nothing (its memory gains
+    nothing of any box). The answer is H's pid (4 bytes; negative: an errno). H is cloned
+    with CLONE_PARENT: the zygote's child, as if it had forked it (it reaps H and kills it
+    by pid; H's death signal is tied to it)."""
+    buf = bytearray(HOST_HEAD.size)
+    while True:
+        try:
+            n, fds, cut = receive_into(sock, memoryview(buf), REQUEST_FDS_MAX)
+        except OSError:
+            os._exit(1)
+        if n == 0 and not fds:
+            os._exit(0)  # the zygote is gone
+        if cut or n != HOST_HEAD.size or not fds:
+            os._exit(1)  # (only the zygote speaks here)
+        # (no try around the clone: H must not run F's clean-up on its way out)
+        pid = libc.syscall(SYSCALLS["clone"], CLONE_PARENT | signal.SIGCHLD, 0, 0, 0, 0)
+        if pid == 0:
+            null = os.open("/dev/null", os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            close_except({0, 1, 2, *fds})
+            run_command_host(HOST_HEAD.unpack(buf), fds[1:], socket.socket(fileno=fds[0]), zygote_pid)
+            os._exit(1)
+        if pid < 0:
+            pid = -(ctypes.get_errno() or errno.EAGAIN)
+        for fd in fds:
+            os.close(fd)
+        sock.send(pid.to_bytes(4, "little", signed=True))
+
+
+def run_command_host(ids, cgroup_fds, sock, zygote_pid):
     """H: see the diagram above. Each request on `sock` asks for a command slot and carries
     the descriptors of the namespaces of the session's sandbox (NS_FDS); the answer is
     {"pid": Y} with a descriptor of the slot's socket, or {"error": why}."""
     try:
         # (never picked by the OOM killer: it holds nothing but the box's next slot)
-        enter_box(req, oom_score_adj="-1000")
+        enter_box(ids, cgroup_fds, oom_score_adj="-1000")
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != zygote_pid:
             os._exit(0)  # the zygote died before the death signal was armed
@@ -1460,6 +1556,7 @@ class Zygote:
         self.reaped = 0
         self.hosts = {}  # box name -> {"pid", "sock"} of its command host (the command zygote)
         self.host_of = {}  # pid -> box name
+        self.host_forker = None  # F (serve_hosts): its pid and socket
         self.poller = select.poll()
 
     def send(self, msg):
@@ -1484,8 +1581,7 @@ class Zygote:
 
     def start_forker(self):
         """Forks S (serve_forks), which forks the spawners from then on."""
-        requests_r, requests_w = os.pipe2(os.O_CLOEXEC)
-        answers_r, answers_w = os.pipe2(os.O_CLOEXEC)
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         if self.reports < 0:
             self.reports, self.report_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
             os.set_blocking(self.report_w, True)
@@ -1499,39 +1595,72 @@ class Zygote:
                 if os.getppid() != self.pid:
                     os._exit(0)
                 # (nothing of the zygote's: the server's channel, pidfds of spawners)
-                close_except({0, 1, 2, requests_r, answers_w, self.report_w, CTL_PATH_FD})
+                close_except({0, 1, 2, theirs.fileno(), self.report_w, CTL_PATH_FD})
             except BaseException:  # noqa: BLE001
                 os._exit(1)
-            serve_forks(requests_r, answers_w, self.report_w, self.pid)
+            serve_forks(theirs, self.report_w, self.pid)
             os._exit(0)
-        os.close(requests_r)
-        os.close(answers_w)
-        self.forker = (pid, requests_w, answers_r)
+        theirs.close()
+        # (a spawn request is one message: room for the largest S takes)
+        mine.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2 * SPAWN_MAX_BYTES)
+        self.forker = (pid, mine)
 
     def drop_forker(self):
         """S died (or stopped answering): the next spawn starts a new one."""
         if self.forker is not None:
-            pid, requests_w, answers_r = self.forker
+            pid, sock = self.forker
             self.forker = None
             kill_child(pid)
-            os.close(requests_w)
-            os.close(answers_r)
+            sock.close()
+
+    def start_host_forker(self):
+        """Forks F (serve_hosts), which forks every box's command host. Once, before the
+        first request is read: F is never forked again (a zygote that has read requests
+        holds remnants of them), and its death ends the zygote (see reap), which the
+        server then starts anew."""
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # (F has no children: each H is ours)
+                prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+                if os.getppid() != self.pid:
+                    os._exit(0)
+                try:
+                    write_file("/proc/self/oom_score_adj", "-1000")  # (it holds nothing)
+                except OSError:
+                    pass
+                null = os.open("/dev/null", os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(null, fd)
+                close_except({0, 1, 2, theirs.fileno()})
+            except BaseException:  # noqa: BLE001
+                os._exit(1)
+            serve_hosts(theirs, self.pid)
+            os._exit(0)
+        theirs.close()
+        mine.settimeout(HOST_FORK_TIMEOUT_S)
+        self.host_forker = (pid, mine)
 
     def fork_spawner(self, req):
         """B's pid, made by S for `req` (our child)."""
         if self.forker is None:
             self.start_forker()
         assert self.forker is not None
-        _, requests_w, answers_r = self.forker
+        _, sock = self.forker
         body = json.dumps(req, separators=(",", ":")).encode()
-        head = json.dumps({k: req.get(k) for k in ("uid", "gid", "cgroup_procs")}, separators=(",", ":")).encode()
+        if len(body) + SPAWN_HEAD.size > SPAWN_MAX_BYTES:
+            raise OSError(errno.EMSGSIZE, f"the spawn request is longer than {SPAWN_MAX_BYTES} bytes")
+        fds = open_procs(req.get("cgroup_procs"))  # (its errors are the spawn's)
         try:
-            view = memoryview(len(head).to_bytes(4, "little") + len(body).to_bytes(4, "little") + head + body)
-            while view:
-                view = view[os.write(requests_w, view):]
-            answer = read_exactly(answers_r, 4)
+            socket.send_fds(sock, [SPAWN_HEAD.pack(*ids_of(req)) + body], fds)
+            answer = sock.recv(8)
         except OSError:
             answer = b""
+        finally:
+            for fd in fds:
+                os.close(fd)
         if len(answer) != 4:
             self.drop_forker()
             raise OSError(errno.EPIPE, "the template's fork server is gone")
@@ -1649,6 +1778,8 @@ class Zygote:
                 self.drop_slot(self.slot_of[pid], kill=False)
             elif self.forker is not None and pid == self.forker[0]:
                 self.drop_forker()
+            elif self.host_forker is not None and pid == self.host_forker[0]:
+                os._exit(1)  # (start_host_forker: the server starts a new command template)
             elif pid in self.spawns:
                 self.spawn_died(pid, status)
             elif self.spawns or self.commands or self.preparing:
@@ -1732,6 +1863,8 @@ class Zygote:
         gc.freeze()  # the children's collector then never writes to the template's objects
         if CTL_PATH_FD >= 0:
             self.start_forker()  # (the template of interpreters: it spawns)
+        else:
+            self.start_host_forker()  # (the command template; the server sends no request before "ready")
         self.send({"t": "ready", "pid": self.pid, "preloaded": preloaded, "preload_errors": errors})
         self.poller.register(CTL_IN, select.POLLIN)
         self.poller.register(wake_r, select.POLLIN)
@@ -2040,19 +2173,30 @@ class Zygote:
         box = str(req["box"])
         host = self.hosts.get(box)
         if host is None:
+            # Made by F, never forked from here: nothing of the zygote's (the server's
+            # pipes, other boxes' hosts or slots, the requests it has read).
+            if self.host_forker is None:
+                raise OSError(errno.EPIPE, "the command template has no host forker")
+            fds = open_procs(req.get("cgroup_procs"))
             mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            pid = os.fork()
-            if pid == 0:
-                # Nothing of the zygote's: not the server's pipes, not other boxes' hosts
-                # or slots.
-                signal.set_wakeup_fd(-1)
-                null = os.open("/dev/null", os.O_RDWR)
-                for fd in (0, 1, 2):
-                    os.dup2(null, fd)
-                close_except({0, 1, 2, theirs.fileno()})
-                run_command_host(req, theirs, self.pid)
-                os._exit(1)
-            theirs.close()
+            try:
+                head = HOST_HEAD.pack(*ids_of(req), int(req.get("nice") or 0))
+                socket.send_fds(self.host_forker[1], [head], [theirs.fileno(), *fds])
+                answer = self.host_forker[1].recv(8)
+            except OSError:
+                answer = b""
+            finally:
+                theirs.close()
+                for fd in fds:
+                    os.close(fd)
+            if len(answer) != 4:
+                mine.close()
+                kill_child(self.host_forker[0])  # (a late answer would be the next one's: see reap)
+                raise OSError(errno.EPIPE, "the command template's host forker did not answer")
+            pid = int.from_bytes(answer, "little", signed=True)
+            if pid < 0:
+                mine.close()
+                raise OSError(-pid, os.strerror(-pid))
             mine.setblocking(False)  # (a host that reads nothing never holds the zygote)
             host = self.hosts[box] = {"pid": pid, "sock": mine}
             self.host_of[pid] = box

@@ -416,6 +416,75 @@ describe('interpreters forked from the template', () => {
     }
   });
 
+  it("make each interpreter with nothing of other sessions' spawns in its memory (red team of 2026-12-03: the fork server's reads of earlier spawns, other boxes' names and host paths, were in every later interpreter)", async () => {
+    // Every readable mapping of the interpreter's own memory, as its session's code reads it.
+    const code = [
+      'import re',
+      'found = set()',
+      "with open('/proc/self/maps') as maps, open('/proc/self/mem', 'rb', 0) as mem:",
+      '    for line in maps:',
+      "        m = re.match(r'([0-9a-f]+)-([0-9a-f]+) r', line)",
+      "        if not m or '[v' in line:",
+      '            continue',
+      '        try:',
+      '            mem.seek(int(m.group(1), 16))',
+      '            data = mem.read(int(m.group(2), 16) - int(m.group(1), 16))',
+      '        except OSError:',
+      '            continue',
+      "        found.update(n.decode() for n in re.findall(rb'box_[0-9a-f]{24}', data))",
+      "print(' '.join(sorted(found)))",
+    ].join('\n');
+    for (let i = 0; i < 3; i++) {
+      const id = await createSession(server);
+      const marker = `own_box_${i}_${Math.random().toString(36).slice(2)}`;
+      assert.equal((await py(server, id, `open('/workspace/${marker}', 'w').close()`)).return_code, 0);
+      const own = /box_[0-9a-f]{24}/.exec(inNs(server, '/bin/sh', '-c', `ls -d "$0"/box_*/workspace/${marker}`, server.sessionsRoot))?.[0];
+      assert.ok(own, 'the session has a box');
+      const r = await py(server, id, code);
+      assert.equal(r.return_code, 0, r.stderr);
+      // (its own box's name is there: what it was built from; no other)
+      assert.equal(r.stdout, own, `box names in the memory of ${own}'s interpreter: ${r.stdout}`);
+    }
+  });
+
+  it("make each box's command host with nothing of other sessions' commands in its memory (second red team of 2026-12-03: a host forked from the command template held them, readable by the box's uid)", async () => {
+    const marker = `remnant-${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`;
+    const other = await createSession(server);
+    for (let i = 0; i < 3; i++) {
+      const r = await sh(server, other, `echo ${marker}-${i} > /dev/null; echo done`);
+      assert.equal(r.stdout, 'done\n', r.stderr);
+    }
+    const id = await createSession(server);
+    assert.equal((await sh(server, id, 'echo hi')).stdout, 'hi\n');
+    const host = await commandHostOf(server, await hostUid(server, id));
+    assert.ok(host, "the box's command host");
+    // Every readable mapping of the host, read through /proc/<pid>/mem (the test is root).
+    const code = [
+      'import re, sys',
+      'pid, needles = int(sys.argv[1]), [n.encode() for n in sys.argv[2:]]',
+      'counts = [0] * len(needles)',
+      "with open(f'/proc/{pid}/maps') as maps, open(f'/proc/{pid}/mem', 'rb', 0) as mem:",
+      '    for line in maps:',
+      "        m = re.match(r'([0-9a-f]+)-([0-9a-f]+) r', line)",
+      "        if not m or '[vvar' in line or '[vsyscall' in line:",
+      '            continue',
+      '        start, end = int(m.group(1), 16), int(m.group(2), 16)',
+      '        try:',
+      '            mem.seek(start)',
+      '            data = mem.read(end - start)',
+      '        except OSError:',
+      '            continue',
+      '        for i, n in enumerate(needles):',
+      '            counts[i] += data.count(n)',
+      "print(' '.join(map(str, counts)))",
+    ].join('\n');
+    // (a name of the host's own code: the read finds what is there)
+    const out = execFileSync('/usr/bin/python3', ['-c', code, String(host), marker, 'run_command_host'], { encoding: 'utf8' }).trim();
+    const [remnants, own] = out.split(' ').map(Number);
+    assert.ok(own! > 0, `the host's memory was read: ${out}`);
+    assert.equal(remnants, 0, `another session's command in the host's memory: ${out}`);
+  });
+
   it("serve other sessions' commands while a box's command host does not answer (one session cannot starve the others), and drop such a host at its deadline", async (t) => {
     const attacker = await createSession(server);
     const victim = await createSession(server);
@@ -614,7 +683,7 @@ describe('interpreters forked from the template', () => {
       'z.libc = Spy()',
       'forker = os.fork()',
       'if forker == 0:',
-      '    pid, go, _ = z.clone_box({"uid": uid, "gid": uid, "cgroup_procs": []})',
+      '    pid, go, _ = z.clone_box(uid, uid, [])',
       '    if pid == 0:  # the new init: its own flag, before S lets it go',
       '        os.write(w, json.dumps({"b_dumpable": real.prctl(3, 0, 0, 0, 0)}).encode() + b"\\n")',
       '        os.read(go, 1)',
