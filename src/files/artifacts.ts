@@ -165,6 +165,7 @@ export class ArtifactStore {
     if (this.baseline !== null && this.baselineGeneration === this.fs.generation) return;
     this.baselineGeneration = this.fs.generation;
     this.baseline = fingerprints((await this.scan()).files);
+    this.added = 0;
   }
 
   /** After a call: copies what changed since begin() and returns its entries, with plain
