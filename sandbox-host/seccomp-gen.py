@@ -52,6 +52,9 @@ for name in (
     "clock_adjtime", "adjtimex", "iopl", "ioperm", "uselib", "modify_ldt", "vhangup",
     # NUMA and page migration
     "mbind", "move_pages", "migrate_pages", "set_mempolicy", "get_mempolicy",
+    # secret memory: each page it maps leaves the kernel's direct map, which splits the
+    # host's huge kernel mappings for every process (red team of 2026-12-03)
+    "memfd_secret",
 ):
     deny(name)
 

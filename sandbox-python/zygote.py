@@ -807,6 +807,11 @@ def run_box_init(body, go_fd, cgroup_fds, report_fd, zygote_pidfd):
         # connections to the server until it ran out of descriptors).
         sock_fd = connect_control(req)
         os.close(CTL_PATH_FD)
+        # (nor the template's stdio, the server's pipes: red team of 2026-12-03)
+        null = os.open("/dev/null", os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.close(null)
         # Root of our user namespace: the box's uid on the host (S made us with it as our
         # effective uid; the real and saved ids were still the zygote's).
         os.setresgid(0, 0, 0)
@@ -1745,7 +1750,7 @@ class Zygote:
         early = self.claim(start, pid)
         if early is None:
             info = child_stat(pid)
-            if info is None or info[0] != self.pid or pid in self.inits or pid in self.host_of:
+            if info is None or info[0] != self.pid or pid in self.inits or pid in self.host_of or pid in self.forker_pids():
                 # Not (or no longer) a child of ours: it died, and its status was not kept
                 # (UNCLAIMED_MAX). Never taken as an init: its pid may be another's now.
                 self.send({"t": "spawned", "id": sid, "pid": pid, "start": None})
@@ -1770,6 +1775,8 @@ class Zygote:
                 break
             if pid == 0:
                 break
+            if self.host_forker is not None and pid == self.host_forker[0]:
+                os._exit(1)  # (start_host_forker: the server starts a new command template)
             if pid in self.inits:
                 self.report_exit(pid, status)
             elif pid in self.host_of:
@@ -1778,8 +1785,6 @@ class Zygote:
                 self.drop_slot(self.slot_of[pid], kill=False)
             elif self.forker is not None and pid == self.forker[0]:
                 self.drop_forker()
-            elif self.host_forker is not None and pid == self.host_forker[0]:
-                os._exit(1)  # (start_host_forker: the server starts a new command template)
             elif pid in self.spawns:
                 self.spawn_died(pid, status)
             elif self.spawns or self.commands or self.preparing:
@@ -2020,15 +2025,36 @@ class Zygote:
             return
         for fd in fds:
             os.close(fd)  # (Y, if any, then sees the end of its socket and exits)
+        if isinstance(pid, int):
+            # A pid that is no new slot of ours: the host is out of step or not itself
+            # (a process of the box's uid can write on its socket); the next command of
+            # this box makes a new one.
+            self.drop_host(box, "")
         os.close(start.pidfd)
         self.unqueue(box, start.req)
         why = "the command's init died" if isinstance(pid, int) else "the box's command host did not answer"
         self.failed(start.req, str(answer.get("error", why)))
 
     def fresh_child(self, pid):
-        """`pid` is a child of ours that is no init, host or slot yet (a new slot's Y)."""
+        """`pid` is a child of ours that is no init, host or slot yet, in a pid namespace
+        that is not ours (a new slot's Y is the init of its own). A box's host, which says
+        the pid, is dumpable as the box's uid: red team of 2026-12-03, a process of that uid
+        took its socket and named the host forker, a child of ours in our namespace that
+        was none of those; the command sent to that "slot" went to the process, and its
+        answer had us kill the host forker, which ended the command template and every
+        session's running command."""
         info = child_stat(pid)
-        return info is not None and info[0] == self.pid and pid not in self.inits and pid not in self.host_of and pid not in self.slot_of
+        if info is None or info[0] != self.pid or pid in self.inits or pid in self.host_of or pid in self.slot_of:
+            return False
+        if pid in self.forker_pids():
+            return False
+        # (NSpid lists a pid in each namespace from ours down: one more for Y. Its ns/pid
+        # link needs ptrace access, which an unprivileged template lacks to a Y it made.)
+        levels = pid_levels(pid)
+        return levels is not None and levels > (pid_levels(os.getpid()) or 0)
+
+    def forker_pids(self):
+        return {f[0] for f in (self.forker, self.host_forker) if f is not None}
 
     def unqueue(self, box, req):
         queue = self.queued.get(box)
@@ -2244,6 +2270,19 @@ class Zygote:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
+
+def pid_levels(pid):
+    """How many pid namespaces `pid` has a number in, as /proc/<pid>/status says (NSpid);
+    None when it is gone or the line is missing."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"NSpid:"):
+                    return len(line.split()) - 1
+    except OSError:
+        pass
+    return None
 
 
 def kill_child(pid):

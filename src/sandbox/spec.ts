@@ -383,6 +383,7 @@ export const SECCOMP_CHECKS: Readonly<Record<string, string>> = {
   'clone3()': 'ENOSYS',
   'bpf()': 'EPERM',
   'userfaultfd()': 'EPERM',
+  'memfd_secret()': 'EPERM',
   'ptrace(PEEKDATA, 1)': 'EPERM',
   'pidfd_getfd(init, 0)': 'EPERM',
   'io_uring_setup()': 'EPERM',

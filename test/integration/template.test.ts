@@ -10,7 +10,7 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, rmdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, rmdirSync, rmSync } from 'node:fs';
 import { readdir, readFile, readlink } from 'node:fs/promises';
 import { startServer, api, createSession, py, sh, waitFor, type TestServer } from '../helpers/server.js';
 
@@ -444,6 +444,7 @@ describe('interpreters forked from the template', () => {
       assert.equal(r.return_code, 0, r.stderr);
       // (its own box's name is there: what it was built from; no other)
       assert.equal(r.stdout, own, `box names in the memory of ${own}'s interpreter: ${r.stdout}`);
+      await api(server, 'DELETE', `/sessions/${id}`);
     }
   });
 
@@ -483,6 +484,67 @@ describe('interpreters forked from the template', () => {
     const [remnants, own] = out.split(' ').map(Number);
     assert.ok(own! > 0, `the host's memory was read: ${out}`);
     assert.equal(remnants, 0, `another session's command in the host's memory: ${out}`);
+    for (const s of [other, id]) await api(server, 'DELETE', `/sessions/${s}`);
+  });
+
+  it("take no process but a new slot for a box's slot, whatever its command host says (red team of 2026-12-03: a process of the box's uid named the host forker through the host's socket, got the next command, and had the template kill the forker, ending every session's command)", async () => {
+    const attacker = await createSession(server);
+    const victim = await createSession(server);
+    assert.equal((await sh(server, attacker, 'echo first')).stdout, 'first\n', 'the box has its command host');
+    const uid = await hostUid(server, attacker);
+    const host = await commandHostOf(server, uid);
+    assert.ok(host, "the attacker's command host");
+    const zygote = await templatePid(server, 'commands');
+    assert.ok(zygote, 'the command template runs');
+    // The host forker: the command template's root child in its own pid namespace.
+    let forker = 0;
+    for (const child of (await readFile(`/proc/${zygote}/task/${zygote}/children`, 'utf8')).trim().split(/\s+/).filter(Boolean)) {
+      const status = await readFile(`/proc/${child}/status`, 'utf8').catch(() => '');
+      if (Number(/^Uid:\s+(\d+)/m.exec(status)?.[1]) === 0 && (await readlink(`/proc/${child}/ns/pid`).catch(() => '')) === (await readlink(`/proc/${zygote}/ns/pid`))) forker = Number(child);
+    }
+    assert.ok(forker > 0, 'the host forker');
+    // As the box's uid, in the host's namespaces: the host's socket, taken with
+    // pidfd_getfd, carries an answer naming the forker, with a socket of ours as the slot's;
+    // then whatever reaches that socket within 20 s is printed.
+    const code = [
+      'import ctypes, json, os, socket, sys',
+      'host, forker, uid = map(int, sys.argv[1:4])',
+      'os.setgroups([]); os.setresgid(uid, uid, uid); os.setresuid(uid, uid, uid)',
+      'libc = ctypes.CDLL(None, use_errno=True)',
+      "n = next(int(f) for f in os.listdir(f'/proc/{host}/fd') if os.readlink(f'/proc/{host}/fd/{f}').startswith('socket:'))",
+      'fd = libc.syscall(438, os.pidfd_open(host), n, 0)',
+      "assert fd >= 0, 'pidfd_getfd'",
+      'mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)',
+      "socket.send_fds(socket.socket(fileno=fd), [json.dumps({'pid': forker}).encode()], [theirs.fileno()])",
+      'theirs.close()',
+      "print('sent', flush=True)",
+      'mine.settimeout(20)',
+      'try:',
+      '    data, fds, _, _ = socket.recv_fds(mine, 64, 3)',
+      "    print('received', data, len(fds)) if data or fds else print('nothing')  # (closed: nothing)",
+      'except OSError:',
+      "    print('nothing')",
+    ].join('\n');
+    const { spawn } = await import('node:child_process');
+    const attack = spawn('/usr/bin/python3', ['-c', code, String(host), String(forker), String(uid)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    attack.stdout.on('data', (c: Buffer) => (out += c.toString()));
+    const attackEnded = new Promise<void>((r) => attack.once('exit', () => r()));
+    assert.ok(await waitFor(async () => out.includes('sent'), 30_000), `the forged answer was sent: ${out}`);
+    const victimCall = sh(server, victim, 'sleep 2; echo victim-done');
+    // The attacker's next command needs a new slot (its interpreter was restarted).
+    await py(server, attacker, 'import os\nos._exit(3)');
+    const second = await sh(server, attacker, 'echo second');
+    const v = await victimCall;
+    await attackEnded;
+    assert.equal(v.stdout, 'victim-done\n', `the victim's command: ${JSON.stringify(v)}`);
+    assert.match(out, /nothing/, `the forged slot got: ${out}`);
+    assert.equal(await templatePid(server, 'commands'), zygote, 'the command template still runs');
+    assert.ok(existsSync(`/proc/${forker}`), 'the host forker still runs');
+    // (the attacker's own command failed or ran; the next one runs in a new slot)
+    assert.ok(second.return_code === 0 || second.return_code === 1, JSON.stringify(second));
+    assert.equal((await sh(server, attacker, 'echo third')).stdout, 'third\n');
+    for (const s of [attacker, victim]) await api(server, 'DELETE', `/sessions/${s}`);
   });
 
   it("serve other sessions' commands while a box's command host does not answer (one session cannot starve the others), and drop such a host at its deadline", async (t) => {
