@@ -2011,7 +2011,7 @@ class Zygote:
             self.drop_host(box, "")  # dead or stuck: the next command makes a new one
         pid = answer.get("pid")
         sock = None
-        if isinstance(pid, int) and len(fds) == 1 and self.claim(start, pid) is None and self.fresh_child(pid):
+        if isinstance(pid, int) and len(fds) == 1 and self.claim(start, pid) is None and self.fresh_child(pid, ids_of(start.req)[0]):
             try:
                 sock = socket.socket(fileno=fds[0])  # (raises unless it is a socket)
             except OSError:
@@ -2035,7 +2035,7 @@ class Zygote:
         why = "the command's init died" if isinstance(pid, int) else "the box's command host did not answer"
         self.failed(start.req, str(answer.get("error", why)))
 
-    def fresh_child(self, pid):
+    def fresh_child(self, pid, uid=-1):
         """`pid` is a child of ours that is no init, host or slot yet, in a pid namespace
         that is not ours (a new slot's Y is the init of its own). A box's host, which says
         the pid, is dumpable as the box's uid: red team of 2026-12-03, a process of that uid
@@ -2048,10 +2048,15 @@ class Zygote:
             return False
         if pid in self.forker_pids():
             return False
-        # (NSpid lists a pid in each namespace from ours down: one more for Y. Its ns/pid
-        # link needs ptrace access, which an unprivileged template lacks to a Y it made.)
-        levels = pid_levels(pid)
-        return levels is not None and levels > (pid_levels(os.getpid()) or 0)
+        # Y is pid 1 of a namespace one below ours (NSpid lists a pid in each namespace
+        # from ours down; its ns/pid link would need ptrace access, which an unprivileged
+        # template lacks), of the box's uid when it has one: another box's Y, in the
+        # moment it is ours and no slot yet, cannot be named (red team of 2026-12-03).
+        own = nspid(os.getpid())
+        theirs = nspid(pid)
+        if own is None or theirs is None or len(theirs[0]) != len(own[0]) + 1 or theirs[0][-1] != b"1":
+            return False
+        return uid < 0 or theirs[1] == uid
 
     def forker_pids(self):
         return {f[0] for f in (self.forker, self.host_forker) if f is not None}
@@ -2075,7 +2080,11 @@ class Zygote:
             view = memoryview(json.dumps({k: req[k] for k in ("argv", "script", "spec")}).encode())
             while view:
                 view = view[os.write(memfd, view):]
-            socket.send_fds(slot.sock, [b"c"], fds)
+            # (MSG_DONTWAIT on every call on a slot's socket: it came from the box's host,
+            # and whoever else holds it can clear O_NONBLOCK; red team of 2026-12-03: the
+            # template then blocked in a send, and every session's commands stalled)
+            # (sendmsg itself: socket.send_fds drops its flags argument in Python 3.11)
+            slot.sock.sendmsg([b"c"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))], socket.MSG_DONTWAIT)
         except OSError as e:
             slot.sock.close()
             os.close(slot.pidfd)
@@ -2094,7 +2103,7 @@ class Zygote:
         """A slot's socket is readable: "started", why not, or its end (Y died)."""
         start = self.commands[box]
         try:
-            data = start.sock.recv(4096)
+            data = start.sock.recv(4096, socket.MSG_DONTWAIT)
         except BlockingIOError:
             return
         except OSError:
@@ -2122,7 +2131,7 @@ class Zygote:
         slot again: the box's next command needs no new one."""
         slot = self.busy[self.running[fd]]
         try:
-            data = slot.sock.recv(64)
+            data = slot.sock.recv(64, socket.MSG_DONTWAIT)
         except BlockingIOError:
             return  # (nothing after all: its "started" was what this loop saw)
         except OSError:
@@ -2272,17 +2281,20 @@ class Zygote:
                     pass
 
 
-def pid_levels(pid):
-    """How many pid namespaces `pid` has a number in, as /proc/<pid>/status says (NSpid);
-    None when it is gone or the line is missing."""
+def nspid(pid):
+    """(`pid`'s number in each pid namespace from ours down, its real uid), from
+    /proc/<pid>/status; None when it is gone or a line is missing."""
+    ids, uid = None, None
     try:
         with open(f"/proc/{pid}/status", "rb") as f:
             for line in f:
                 if line.startswith(b"NSpid:"):
-                    return len(line.split()) - 1
-    except OSError:
-        pass
-    return None
+                    ids = line.split()[1:]
+                elif line.startswith(b"Uid:"):
+                    uid = int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None if ids is None or uid is None else (ids, uid)
 
 
 def kill_child(pid):

@@ -85,3 +85,52 @@ test("a report counts only with its spawn's token, and no line on the report pip
   );
   assert.equal(out, "[2] {'id': 2, 'ok': True, 'token': 'secret-2'}\n", 'only the report with its own token is taken; the forged ones and the garbage are dropped');
 });
+
+test("a command is handed to its slot without ever blocking the command template, whoever else holds the slot's socket (red team: a process of the box's uid that shared it cleared O_NONBLOCK and filled it, and the template stopped in a send: every session's commands stalled)", () => {
+  const out = execFileSync(
+    '/usr/bin/python3',
+    [
+      '-I',
+      '-c',
+      [
+        'import fcntl, importlib.util, json, os, select, signal, socket, sys, tempfile',
+        's = importlib.util.spec_from_file_location("z", sys.argv[1]); z = importlib.util.module_from_spec(s); s.loader.exec_module(z)',
+        'zy = z.Zygote()',
+        'zy.send = lambda msg: print(msg["t"], msg.get("error", "")[:40])',
+        'pid = os.fork()',
+        'if pid == 0:',
+        '    os.closerange(0, 3)',
+        '    signal.pause()',
+        'pidfd = os.pidfd_open(pid)',
+        'mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)',
+        'mine.setblocking(False)',
+        // (the other holder of Zc's socket: the same open file description, blocking again)
+        'other = os.dup(mine.fileno())',
+        'fcntl.fcntl(other, fcntl.F_SETFL, fcntl.fcntl(other, fcntl.F_GETFL) & ~os.O_NONBLOCK)',
+        'while True:',
+        '    try:',
+        '        mine.send(b"x", socket.MSG_DONTWAIT)',
+        '    except BlockingIOError:',
+        '        break',
+        'd = tempfile.mkdtemp()',
+        'paths = [f"{d}/out", f"{d}/err"]',
+        'readers = []',
+        'for p in paths:',
+        '    os.mkfifo(p)',
+        '    readers.append(os.open(p, os.O_RDONLY | os.O_NONBLOCK))',
+        'zy.slots["box"] = z.Slot(pid, mine, ("init",), pidfd)',
+        'zy.poller.register(pidfd, select.POLLIN)',
+        // (a send that blocks never returns: the alarm then ends this process, and the test fails)
+        'signal.alarm(30)',
+        'zy.hand_off("box", {"id": 1, "box": "box", "argv": ["/bin/true"], "script": None, "spec": {}, "stdout": paths[0], "stderr": paths[1]})',
+        'signal.alarm(0)',
+        'print("returned", "box" in zy.busy)',
+        'os.kill(pid, signal.SIGKILL)',
+        'os.waitpid(pid, 0)',
+      ].join('\n'),
+      zygote,
+    ],
+    { encoding: 'utf8' },
+  );
+  assert.match(out, /^failed BlockingIOError.*\nreturned False\n$/, out);
+});
