@@ -1591,24 +1591,41 @@ class Zygote:
             self.reports, self.report_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
             os.set_blocking(self.report_w, True)
             self.poller.register(self.reports, select.POLLIN)
-        pid = os.fork()
+        # (nothing of the zygote's: the server's channel, pidfds of spawners)
+        pid = self.fork_server({0, 1, 2, theirs.fileno(), self.report_w, CTL_PATH_FD})
         if pid == 0:
-            try:
-                signal.set_wakeup_fd(-1)
-                signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # (S has no children: each B is ours)
-                prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-                if os.getppid() != self.pid:
-                    os._exit(0)
-                # (nothing of the zygote's: the server's channel, pidfds of spawners)
-                close_except({0, 1, 2, theirs.fileno(), self.report_w, CTL_PATH_FD})
-            except BaseException:  # noqa: BLE001
-                os._exit(1)
             serve_forks(theirs, self.report_w, self.pid)
             os._exit(0)
         theirs.close()
         # (a spawn request is one message: room for the largest S takes)
         mine.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2 * SPAWN_MAX_BYTES)
         self.forker = (pid, mine)
+
+    def fork_server(self, keep, quiet=False):
+        """Forks one of the zygote's servers (S, F): it dies with the zygote, has no child
+        of its own (each process it makes is the zygote's), and keeps no descriptor but
+        `keep`; `quiet`: stdio on /dev/null, and never the OOM killer's pick (it holds
+        nothing). Returns its pid, 0 in it."""
+        pid = os.fork()
+        if pid == 0:
+            try:
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+                prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+                if os.getppid() != self.pid:
+                    os._exit(0)
+                if quiet:
+                    try:
+                        write_file("/proc/self/oom_score_adj", "-1000")
+                    except OSError:
+                        pass
+                    null = os.open("/dev/null", os.O_RDWR)
+                    for fd in (0, 1, 2):
+                        os.dup2(null, fd)
+                close_except(keep)
+            except BaseException:  # noqa: BLE001
+                os._exit(1)
+        return pid
 
     def drop_forker(self):
         """S died (or stopped answering): the next spawn starts a new one."""
@@ -1624,24 +1641,8 @@ class Zygote:
         holds remnants of them), and its death ends the zygote (see reap), which the
         server then starts anew."""
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = os.fork()
+        pid = self.fork_server({0, 1, 2, theirs.fileno()}, quiet=True)
         if pid == 0:
-            try:
-                signal.set_wakeup_fd(-1)
-                signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # (F has no children: each H is ours)
-                prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-                if os.getppid() != self.pid:
-                    os._exit(0)
-                try:
-                    write_file("/proc/self/oom_score_adj", "-1000")  # (it holds nothing)
-                except OSError:
-                    pass
-                null = os.open("/dev/null", os.O_RDWR)
-                for fd in (0, 1, 2):
-                    os.dup2(null, fd)
-                close_except({0, 1, 2, theirs.fileno()})
-            except BaseException:  # noqa: BLE001
-                os._exit(1)
             serve_hosts(theirs, self.pid)
             os._exit(0)
         theirs.close()

@@ -87,6 +87,18 @@ async function commandHostOf(server: TestServer, uid: number): Promise<number | 
   return null;
 }
 
+/** Two sessions, the first with its command host made (by a first command): its box's
+ * host uid and that host's pid. */
+async function attackerAndVictim(server: TestServer): Promise<{ attacker: string; victim: string; uid: number; host: number }> {
+  const attacker = await createSession(server);
+  const victim = await createSession(server);
+  assert.equal((await sh(server, attacker, 'echo first')).stdout, 'first\n', 'the box has its command host');
+  const uid = await hostUid(server, attacker);
+  const host = await commandHostOf(server, uid);
+  assert.ok(host, "the attacker's command host");
+  return { attacker, victim, uid, host };
+}
+
 /** The command slots of a box (zygote.py "Y"): children of the command template in a pid
  * namespace of their own (a command's or a slot's) as the box's host uid. Between two
  * commands of the box, that is its ready slot. */
@@ -488,12 +500,7 @@ describe('interpreters forked from the template', () => {
   });
 
   it("take no process but a new slot for a box's slot, whatever its command host says (red team of 2026-12-03: a process of the box's uid named the host forker through the host's socket, got the next command, and had the template kill the forker, ending every session's command)", async () => {
-    const attacker = await createSession(server);
-    const victim = await createSession(server);
-    assert.equal((await sh(server, attacker, 'echo first')).stdout, 'first\n', 'the box has its command host');
-    const uid = await hostUid(server, attacker);
-    const host = await commandHostOf(server, uid);
-    assert.ok(host, "the attacker's command host");
+    const { attacker, victim, uid, host } = await attackerAndVictim(server);
     const zygote = await templatePid(server, 'commands');
     assert.ok(zygote, 'the command template runs');
     // The host forker: the command template's root child in its own pid namespace.
@@ -548,12 +555,7 @@ describe('interpreters forked from the template', () => {
   });
 
   it("serve other sessions' commands while a box's command host does not answer (one session cannot starve the others), and drop such a host at its deadline", async (t) => {
-    const attacker = await createSession(server);
-    const victim = await createSession(server);
-    assert.equal((await sh(server, attacker, 'echo first')).stdout, 'first\n', 'the box has its command host');
-    const uid = await hostUid(server, attacker);
-    const host = await commandHostOf(server, uid);
-    assert.ok(host, "the attacker's command host");
+    const { attacker, victim, uid, host } = await attackerAndVictim(server);
     t.after(() => {
       try {
         process.kill(host, 'SIGCONT');
