@@ -1781,7 +1781,7 @@ class Zygote:
             if pid in self.inits:
                 self.report_exit(pid, status)
             elif pid in self.host_of:
-                self.drop_host(self.host_of[pid], "the box's command host died")
+                self.drop_host(self.host_of[pid], "the box's command host died", reaped=True)
             elif pid in self.slot_of:
                 self.drop_slot(self.slot_of[pid], kill=False)
             elif self.forker is not None and pid == self.forker[0]:
@@ -2238,9 +2238,10 @@ class Zygote:
             self.host_of[pid] = box
         return host
 
-    def drop_host(self, box, why):
-        """Kills the box's host. The slot it was making, if a command waits for it, fails
-        that command with `why`."""
+    def drop_host(self, box, why, reaped=False):
+        """Kills the box's host (`reaped`: it is dead and reaped, its pid no longer ours to
+        signal: red team of 2026-12-03). The slot it was making, if a command waits for
+        it, fails that command with `why`."""
         start = self.preparing.pop(box, None)
         host = self.hosts.pop(box, None)
         if host is not None:
@@ -2248,7 +2249,8 @@ class Zygote:
             if start is not None:
                 self.poller.unregister(start.fd)
             host["sock"].close()
-            kill_child(host["pid"])
+            if not reaped:
+                kill_child(host["pid"])
         if start is not None:
             os.close(start.pidfd)
             self.unqueue(box, start.req)
