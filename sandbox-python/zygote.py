@@ -68,6 +68,7 @@ import socket
 import stat
 import struct
 import sys
+import termios
 import time
 
 # Shared with sandbox-host/devpts-cap.py. The server registers this module before it runs
@@ -1058,9 +1059,9 @@ def serve_forks(sock, reports, zygote_pid):
 #   Zc  the command zygote (a second zygote.py with nothing preloaded: forks are cheap)
 #   └─ H  the box's command host, made at its first command: enter_box once (joining a
 #      │   cgroup costs milliseconds, tens under load: never per command), then one fork
-#      │   per command slot; requests come from Zc on a socket pair (the namespaces to
-#      │   join); it runs as the box's uid in the host's namespaces, where session code
-#      │   cannot name it; killed with the box
+#      │   per command slot; requests come from Zc on a socket (the namespaces to join,
+#      │   the slot's channels), answers go back on a pipe; it runs as the box's uid in
+#      │   the host's namespaces, where session code cannot name it; killed with the box
 #      └─ X  joins the user namespace of the session's
 #         │   sandbox and its mount, network, ipc, uts and cgroup namespaces (those of a
 #         │   process of the running interpreter, found, checked and opened by Zc in
@@ -1070,11 +1071,12 @@ def serve_forks(sock, reports, zygote_pid):
 #         └─ Y  pid 1 of that pid namespace: a /proc of that namespace over the
 #            │   interpreter's; the sandbox user's namespace (the interpreter's second one);
 #            │   no capabilities, not dumpable, the spec's rlimits, umask, the seccomp
-#            │   filter. A command slot: it waits for a command on a socket that H hands to
-#            │   Zc; then its cwd; starts the command and reaps until it ends; then sends
-#            │   SIGKILL to every process the command left (setsid, nohup, double forks:
-#            │   kill(-1) from the namespace's init) and reaps them all, and only then tells
-#            │   Zc the command's status (end_leftovers); then waits for the next one
+#            │   filter. A command slot: it waits for a command on a socket Zc made (its
+#            │   end came down through H and X); then its cwd; starts the command and reaps
+#            │   until it ends; then sends SIGKILL to every process the command left
+#            │   (setsid, nohup, double forks: kill(-1) from the namespace's init) and reaps
+#            │   them all, and only then tells Zc the command's status (end_leftovers), on a
+#            │   pipe Zc made; then waits for the next one
 #            └─ the command (posix_spawn: a new session, default signal dispositions, an
 #               empty signal mask, stdin /dev/null, stdout/stderr the server's pipes, a long
 #               script on fd 3), in the spec's environment
@@ -1091,6 +1093,15 @@ def serve_forks(sock, reports, zygote_pid):
 # for another init (the interpreter was restarted) or other rlimits, or when a command in
 # it is killed (a timeout, the client gone: Y dies with it); the next command then makes
 # a new one.
+#
+# Channels: Zc receives nothing on a socket that a process of a box's uid can write to.
+# H's answers and Y's reports come on pipes, which carry no descriptors; every socket Zc
+# writes to (H's requests, Y's commands) is one it made, shut for reading at its end
+# before the other end leaves it, so no one can queue a message there. A descriptor
+# passed to a process is released in that process when it is its last holder, in the
+# kernel's close, which a peer can make block: third red team of 2026-12-03, a process of
+# the box's uid took H's socket, answered with a TCP socket lingering on unsent data, and
+# Zc's close of it blocked every session's commands for as long as the peer chose.
 
 
 # The namespaces a command shares with its session's interpreter, after the user one.
@@ -1192,8 +1203,9 @@ def serve_hosts(sock, zygote_pid):
     zygote's does: the requests it parsed, freed but not cleared; H, when the zygote
     forked it, inherited them, readable by a process of the box's uid in the host's
     namespaces: second red team of 2026-12-03). Each request, a message on `sock`
-    (SOCK_SEQPACKET), is HOST_HEAD with H's end of its socket pair and the box's
-    cgroup.procs descriptors, which the zygote opened; F parses nothing (its memory gains
+    (SOCK_SEQPACKET), is HOST_HEAD with H's end of its request socket, the write end of
+    its answer pipe and the box's cgroup.procs descriptors, which the zygote opened; F
+    parses nothing (its memory gains
     nothing of any box). The answer is H's pid (4 bytes; negative: an errno). H is cloned
     with CLONE_PARENT: the zygote's child, as if it had forked it (it reaps H and kills it
     by pid; H's death signal is tied to it)."""
@@ -1205,7 +1217,7 @@ def serve_hosts(sock, zygote_pid):
             os._exit(1)
         if n == 0 and not fds:
             os._exit(0)  # the zygote is gone
-        if cut or n != HOST_HEAD.size or not fds:
+        if cut or n != HOST_HEAD.size or len(fds) < 2:
             os._exit(1)  # (only the zygote speaks here)
         # (no try around the clone: H must not run F's clean-up on its way out)
         pid = libc.syscall(SYSCALLS["clone"], CLONE_PARENT | signal.SIGCHLD, 0, 0, 0, 0)
@@ -1214,7 +1226,7 @@ def serve_hosts(sock, zygote_pid):
             for fd in (0, 1, 2):
                 os.dup2(null, fd)
             close_except({0, 1, 2, *fds})
-            run_command_host(HOST_HEAD.unpack(buf), fds[1:], socket.socket(fileno=fds[0]), zygote_pid)
+            run_command_host(HOST_HEAD.unpack(buf), fds[2:], socket.socket(fileno=fds[0]), fds[1], zygote_pid)
             os._exit(1)
         if pid < 0:
             pid = -(ctypes.get_errno() or errno.EAGAIN)
@@ -1223,10 +1235,11 @@ def serve_hosts(sock, zygote_pid):
         sock.send(pid.to_bytes(4, "little", signed=True))
 
 
-def run_command_host(ids, cgroup_fds, sock, zygote_pid):
+def run_command_host(ids, cgroup_fds, sock, answers, zygote_pid):
     """H: see the diagram above. Each request on `sock` asks for a command slot and carries
-    the descriptors of the namespaces of the session's sandbox (NS_FDS); the answer is
-    {"pid": Y} with a descriptor of the slot's socket, or {"error": why}."""
+    the descriptors of the namespaces of the session's sandbox (NS_FDS), then Y's end of
+    the slot's socket and the write end of its report pipe (both made by Zc); the answer,
+    one line on the pipe `answers`, is {"pid": Y} or {"error": why}."""
     try:
         # (never picked by the OOM killer: it holds nothing but the box's next slot)
         enter_box(ids, cgroup_fds, oom_score_adj="-1000")
@@ -1234,25 +1247,23 @@ def run_command_host(ids, cgroup_fds, sock, zygote_pid):
         if os.getppid() != zygote_pid:
             os._exit(0)  # the zygote died before the death signal was armed
         while True:
-            limits, fds, _, _ = socket.recv_fds(sock, 1 << 16, len(NS_FDS))
-            if len(fds) != len(NS_FDS):
+            limits, fds, _, _ = socket.recv_fds(sock, 1 << 16, len(NS_FDS) + 2)
+            if len(fds) != len(NS_FDS) + 2:
                 os._exit(0)  # the zygote is gone (or spoke nonsense)
-            slot = None
+            for fd in fds:
+                os.set_inheritable(fd, False)  # (received without close-on-exec)
             try:
-                answer, slot = make_slot(json.loads(limits), dict(zip(NS_FDS, fds, strict=True)), sock, zygote_pid)
+                ns = dict(zip(NS_FDS, fds[:-2], strict=True))
+                answer = make_slot(json.loads(limits), ns, fds[-2], fds[-1], (sock.fileno(), answers), zygote_pid)
             except BaseException as e:  # noqa: BLE001
                 answer = {"error": f"{type(e).__name__}: {e}"}
             finally:
                 for fd in fds:
                     os.close(fd)
-            try:
-                if slot is None:
-                    sock.send(json.dumps(answer).encode())
-                else:
-                    socket.send_fds(sock, [json.dumps(answer).encode()], [slot])
-            finally:
-                if slot is not None:
-                    os.close(slot)
+            line = json.dumps(answer)
+            if len(line) >= STATUS_LINE_MAX // 2:  # (one line, one write: json.dumps escapes to ASCII)
+                line = json.dumps({"error": str(answer.get("error"))[: STATUS_LINE_MAX // 16]})
+            os.write(answers, (line + "\n").encode())
     except BaseException:  # noqa: BLE001
         os._exit(1)
 
@@ -1264,43 +1275,37 @@ def read_fd(fd):
     return b"".join(parts)
 
 
-def make_slot(rlimits, ns, sock, zygote_pid):
-    """H: forks X for one slot and waits for its report: ({"pid": Y}, the descriptor of
-    Zc's end of Y's socket), or ({"error": why}, None)."""
-    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+def make_slot(rlimits, ns, sock, status, host_fds, zygote_pid):
+    """H: forks X for one slot (`sock`: Y's end of its socket, `status`: the write end of
+    its report pipe) and waits for its report: {"pid": Y} or {"error": why}. `host_fds`:
+    H's own channels, closed in X."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        for fd in host_fds:
+            os.close(fd)  # (H's socket is of the host's network namespace: never into the sandbox)
+        run_command_spawner(w, zygote_pid, rlimits, ns, socket.socket(fileno=sock), status)
+        os._exit(1)
+    os.close(w)
     try:
-        r, w = os.pipe2(os.O_CLOEXEC)
-        pid = os.fork()
-        if pid == 0:
-            os.close(r)
-            sock.close()  # (a socket of the host's network namespace: never into the sandbox)
-            mine.close()
-            run_command_spawner(w, zygote_pid, rlimits, ns, theirs)
-            os._exit(1)
-        os.close(w)
-        theirs.close()
-        try:
-            data = read_fd(r) if readable(r, 10) else b""
-        finally:
-            os.close(r)
-        if not data:
-            os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        try:
-            answer = json.loads(data)
-        except ValueError:
-            answer = {"error": "the command's spawner did not answer"}
-        if not isinstance(answer, dict) or not isinstance(answer.get("pid"), int):
-            return answer if isinstance(answer, dict) else {}, None
-        return answer, mine.detach()
+        data = read_fd(r) if readable(r, 10) else b""
     finally:
-        mine.close()
-        theirs.close()
+        os.close(r)
+    if not data:
+        os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        answer = {"error": "the command's spawner did not answer"}
+    return answer if isinstance(answer, dict) else {}
 
 
-def run_command_spawner(report_fd, zygote_pid, rlimits, ns, sock):
+def run_command_spawner(report_fd, zygote_pid, rlimits, ns, sock, status):
     """X: see the diagram above. `ns`: descriptors of the namespaces to join (NS_FDS);
-    `sock`: the slot's end of its socket, for Y."""
+    `sock`: the slot's end of its socket, `status`: the write end of its report pipe, for
+    Y."""
     try:
         try:
             write_file("/proc/self/oom_score_adj", "0")  # (H's is not for session processes)
@@ -1317,7 +1322,7 @@ def run_command_spawner(report_fd, zygote_pid, rlimits, ns, sock):
         if pid == 0:
             os.close(report_fd)
             os.close(ready_r)
-            run_command_init(sock, rlimits, ns["inner"], own_pidfd, zygote_pidfd, ready_w)
+            run_command_init(sock, status, rlimits, ns["inner"], own_pidfd, zygote_pidfd, ready_w)
         os.close(ready_w)
         # Y says whether it is ready: a sandbox that could not be entered is a failure to
         # start (the server then uses bubblewrap), never the command's status.
@@ -1333,10 +1338,11 @@ def run_command_spawner(report_fd, zygote_pid, rlimits, ns, sock):
             os._exit(1)
 
 
-def run_command_init(sock, rlimits, inner, a_pidfd, zygote_pidfd, ready_fd):
+def run_command_init(sock, status, rlimits, inner, a_pidfd, zygote_pidfd, ready_fd):
     """Y: see the diagram above. Writes "ready" or why not on `ready_fd`, then waits for
-    its command on `sock`. The rlimits, umask and seccomp filter are in force before it
-    waits (all it does after is allowed to session code too)."""
+    its command on `sock` and tells Zc of it on `status` (tell). The rlimits, umask and
+    seccomp filter are in force before it waits (all it does after is allowed to session
+    code too)."""
     try:
         signal.pthread_sigmask(signal.SIG_BLOCK, ALL_SIGNALS)
         prctl(PR_SET_CHILD_SUBREAPER, 0)
@@ -1348,7 +1354,7 @@ def run_command_init(sock, rlimits, inner, a_pidfd, zygote_pidfd, ready_fd):
         os.umask(0o022)
         load_seccomp(SECCOMP)
         # (nothing of H's or X's: the namespaces' descriptors, H's socket, X's report pipe)
-        close_except({sock.fileno(), a_pidfd, zygote_pidfd, ready_fd})
+        close_except({sock.fileno(), status, a_pidfd, zygote_pidfd, ready_fd})
     except BaseException as e:  # noqa: BLE001
         try:
             os.write(ready_fd, f"{type(e).__name__}: {e}".encode())
@@ -1360,8 +1366,8 @@ def run_command_init(sock, rlimits, inner, a_pidfd, zygote_pidfd, ready_fd):
         tie_to_zygote(a_pidfd, zygote_pidfd)
         inherited = slot_attributes()
         while True:
-            child = start_in_slot(sock)
-            status = reap_command(child)
+            child = start_in_slot(sock, status)
+            code = reap_command(child)
             end_leftovers()
             # Only now, with nothing of the command left, does Zc hear of its end; the
             # slot then waits for the box's next command, unless the command changed what
@@ -1370,7 +1376,7 @@ def run_command_init(sock, rlimits, inner, a_pidfd, zygote_pidfd, ready_fd):
             # unprivileged process cannot undo some of them): then it reports the end as
             # its last and exits.
             intact = slot_attributes() == inherited
-            sock.send(b"exit %d" % status if intact else b"exit %d last" % status)
+            tell(status, f"exit {code}" if intact else f"exit {code} last")
             if not intact:
                 os._exit(0)
     except BaseException:  # noqa: BLE001
@@ -1420,7 +1426,14 @@ def above_stdio(fd):
     return copy
 
 
-def start_in_slot(sock):
+def tell(status, what):
+    """Y: one line to Zc on the slot's report pipe."""
+    data = what.encode(errors="replace").replace(b"\n", b" ")[:STATUS_LINE_MAX - 1] + b"\n"
+    while data:
+        data = data[os.write(status, data):]
+
+
+def start_in_slot(sock, status):
     """Y: waits for its command: a descriptor of the request (JSON: argv, script, spec),
     then the command's stdout and stderr; starts it and answers "started", or why not.
     Returns the command's pid. A socket closed by Zc (the slot is dropped) ends Y."""
@@ -1454,16 +1467,16 @@ def start_in_slot(sock):
         if script is not None:
             script = above_stdio(script)
             actions.append((os.POSIX_SPAWN_DUP2, script, 3))
-        close_except({null, *stdio, *([] if script is None else [script]), sock.fileno()})
+        close_except({null, *stdio, *([] if script is None else [script]), sock.fileno(), status})
         argv = [str(a) for a in req["argv"]]
         child = os.posix_spawn(argv[0], argv, dict(spec["env"]), file_actions=actions, setsid=True, setsigmask=(), setsigdef=ALL_SIGNALS)
     except BaseException as e:  # noqa: BLE001
         try:
-            sock.send(f"{type(e).__name__}: {e}".encode())
+            tell(status, f"{type(e).__name__}: {e}")
         finally:
             os._exit(71)
-    sock.send(b"started")
-    close_except({sock.fileno()})  # (close-on-exec: the command never had it)
+    tell(status, "started")
+    close_except({sock.fileno(), status})  # (close-on-exec: the command never had them)
     return child
 
 
@@ -1483,6 +1496,8 @@ START_WAIT_S = 30
 UNCLAIMED_MAX = 4096
 # Commands of one box waiting for its host to finish the one it is starting.
 BOX_QUEUE_MAX = 4
+# The longest line on a host's answer pipe or a slot's report pipe (one atomic write).
+STATUS_LINE_MAX = select.PIPE_BUF
 
 
 class Start:
@@ -1492,25 +1507,79 @@ class Start:
     `sock`: its socket) waiting for its answer. `since`: the zygote's reap count when it
     began (only children reaped after that can be the ones it reports)."""
 
-    __slots__ = ("req", "deadline", "since", "pid", "fd", "init", "pidfd", "sock")
+    __slots__ = ("req", "deadline", "since", "pid", "fd", "init", "pidfd", "slot")
 
     def __init__(self, req, since, pid=-1, fd=-1):
         self.req, self.deadline, self.since = req, time.monotonic() + START_WAIT_S, since
         self.pid, self.fd = pid, fd
         self.init: tuple[tuple[int, int], bytes] | None = None
         self.pidfd = -1
-        self.sock: socket.socket | None = None
+        self.slot: Slot | None = None
 
 
 class Slot:
-    """A box's command slot, ready: Y (`pid`, our child), its socket, what it was made for
-    (slot_key: the interpreter init's pid and start time, the rlimits), and a pidfd of that
-    init."""
+    """A box's command slot: Y (`pid`, our child), Zc's end of its socket (`sock`, shut
+    for reading), the read end of its report pipe (`status`, non-blocking) with what was
+    read of it and not taken yet (`buf`), what it was made for (`init`: slot_key, the
+    interpreter init's pid and start time and the rlimits), and a pidfd of that init."""
 
-    __slots__ = ("pid", "sock", "init", "pidfd")
+    __slots__ = ("pid", "sock", "status", "buf", "init", "pidfd")
 
-    def __init__(self, pid, sock, init, pidfd):
-        self.pid, self.sock, self.init, self.pidfd = pid, sock, init, pidfd
+    def __init__(self, sock, status, init, pidfd):
+        self.pid, self.sock, self.status, self.buf, self.init, self.pidfd = -1, sock, status, b"", init, pidfd
+
+    def close(self):
+        """Closes Zc's ends (its own socket and pipe: nothing a peer sent is in them)."""
+        self.sock.close()
+        os.close(self.status)
+        os.close(self.pidfd)
+
+    def line(self):
+        """The next line Y wrote (without its newline); b"" when the pipe's end was reached
+        with nothing more (Y died); None for nothing yet. Longer than a line can be: the end
+        of the slot (b"")."""
+        while b"\n" not in self.buf:
+            try:
+                chunk = os.read(self.status, STATUS_LINE_MAX)
+            except BlockingIOError:
+                return None
+            except OSError:
+                chunk = b""
+            if not chunk or len(self.buf) + len(chunk) > STATUS_LINE_MAX:
+                self.buf = b""
+                return b""
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line
+
+
+def send_rights(sock, data, fds):
+    """One message with descriptors on a socket of Zc's, never blocking (MSG_DONTWAIT;
+    socket.send_fds drops its flags argument in Python 3.11)."""
+    sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))], socket.MSG_DONTWAIT)
+
+
+def pipe_for_peer():
+    """(read end, write end): the read end non-blocking (Zc's alone), the write end
+    blocking (a peer's)."""
+    r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    os.set_blocking(w, True)
+    return r, w
+
+
+def send_only_pair():
+    """(Zc's end, the peer's end) of a new SOCK_SEQPACKET pair; Zc's is shut for reading
+    (a send to it fails: no one can queue a message, or a descriptor, for Zc there) and
+    non-blocking (its file is Zc's alone: no other holder can change that)."""
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    mine.shutdown(socket.SHUT_RD)
+    mine.setblocking(False)
+    return mine, theirs
+
+
+def unread(sock):
+    """The bytes Zc sent on `sock` that its peer has not read yet (SIOCOUTQ)."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
 
 
 def init_key(init):
@@ -1779,7 +1848,14 @@ class Zygote:
             if self.host_forker is not None and pid == self.host_forker[0]:
                 os._exit(1)  # (start_host_forker: the server starts a new command template)
             if pid in self.inits:
-                self.report_exit(pid, status)
+                box = self.busy_box(pid)
+                if box is not None:
+                    # A slot that died running a command: the end it reported, if any, is
+                    # read first (its pipe may have no end yet: a process of the box's uid
+                    # can hold a copy of its write end).
+                    self.command_ended(self.busy[box].status, died=True)
+                if pid in self.inits:
+                    self.report_exit(pid, status)
             elif pid in self.host_of:
                 self.drop_host(self.host_of[pid], "the box's command host died", reaped=True)
             elif pid in self.slot_of:
@@ -1968,70 +2044,81 @@ class Zygote:
 
     def prepare(self, box, req):
         """Asks the box's host for a slot in the sandbox of the interpreter req["init"],
-        whose namespaces are opened here (see session_namespaces). Returns why not, or
-        None: host_answered() finishes it."""
+        whose namespaces are opened here (see session_namespaces), with the slot's channels,
+        made here (see "Channels" above). Returns why not, or None: host_answered()
+        finishes it."""
         pidfd = -1
         fds = []
+        slot = None
         try:
             host = self.host_for(req)
+            if unread(host["sock"]):
+                # Its last request is unread: a host that answered without reading it is
+                # not itself (a process of the box's uid can write on its answer pipe), and
+                # each unread request holds descriptors of ours. A new host takes this one.
+                self.drop_host(box, "")
+                host = self.host_for(req)
             # (before the check of its start time: then the pidfd is of the process checked)
             pidfd = os.pidfd_open(int(req["init"]["pid"]))
             ns = session_namespaces(req["init"])
             fds = [ns[name] for name in NS_FDS]
+            sock, theirs = send_only_pair()
+            fds.append(theirs.detach())
+            status, status_w = pipe_for_peer()
+            fds.append(status_w)
+            slot, pidfd = Slot(sock, status, slot_key(req), pidfd), -1
             try:
-                socket.send_fds(host["sock"], [slot_limits(req)], fds)
+                send_rights(host["sock"], slot_limits(req), fds)
             except BlockingIOError:
                 # (its socket is full: it reads no requests; the next command makes a new one)
                 self.drop_host(box, "")
                 raise OSError(errno.EAGAIN, "the box's command host takes no more requests") from None
         except OSError as e:
+            if slot is not None:
+                slot.close()
             if pidfd >= 0:
                 os.close(pidfd)
             return f"{type(e).__name__}: {e}"
         finally:
             for fd in fds:
                 os.close(fd)
-        start = self.preparing[box] = Start(req, self.reaped, fd=host["sock"].fileno())
-        start.init, start.pidfd = slot_key(req), pidfd
+        start = self.preparing[box] = Start(req, self.reaped, fd=host["answers"])
+        start.slot = slot
         self.poller.register(start.fd, select.POLLIN)
         return None
 
     def host_answered(self, box):
-        """The box's host socket is readable: a slot (or why not), or its end (it died)."""
+        """The box's host's answer pipe is readable: Y's pid (or why not), or its end (the
+        host died)."""
         host = self.hosts[box]
         try:
-            data, fds, _, _ = socket.recv_fds(host["sock"], 4096, 1)
+            data = os.read(host["answers"], STATUS_LINE_MAX)
         except BlockingIOError:
             return  # (nothing after all)
         except OSError:
-            data, fds = b"", []
+            data = b""
         start = self.preparing.pop(box)
         self.poller.unregister(start.fd)
-        answer = parse_answer(data)
+        slot = start.slot
+        assert slot is not None
+        # (one answer per request, one line each: anything after it is not the host's)
+        answer = parse_answer(data.split(b"\n", 1)[0])
         if not answer:
             self.drop_host(box, "")  # dead or stuck: the next command makes a new one
         pid = answer.get("pid")
-        sock = None
-        if isinstance(pid, int) and len(fds) == 1 and self.claim(start, pid) is None and self.fresh_child(pid, ids_of(start.req)[0]):
-            try:
-                sock = socket.socket(fileno=fds[0])  # (raises unless it is a socket)
-            except OSError:
-                sock = None
-        if sock is not None:
-            sock.setblocking(False)
-            self.slots[box] = Slot(pid, sock, start.init, start.pidfd)
+        if isinstance(pid, int) and self.claim(start, pid) is None and self.fresh_child(pid, ids_of(start.req)[0]):
+            slot.pid = pid
+            self.slots[box] = slot
             self.slot_of[pid] = box
-            self.watch[start.pidfd] = box
-            self.poller.register(start.pidfd, select.POLLIN)
+            self.watch[slot.pidfd] = box
+            self.poller.register(slot.pidfd, select.POLLIN)
             return
-        for fd in fds:
-            os.close(fd)  # (Y, if any, then sees the end of its socket and exits)
+        slot.close()  # (Y, if any, then sees the end of its socket and exits)
         if isinstance(pid, int):
             # A pid that is no new slot of ours: the host is out of step or not itself
-            # (a process of the box's uid can write on its socket); the next command of
+            # (a process of the box's uid can write on its pipe); the next command of
             # this box makes a new one.
             self.drop_host(box, "")
-        os.close(start.pidfd)
         self.unqueue(box, start.req)
         why = "the command's init died" if isinstance(pid, int) else "the box's command host did not answer"
         self.failed(start.req, str(answer.get("error", why)))
@@ -2071,9 +2158,13 @@ class Zygote:
         """Gives the command to the box's slot: a descriptor of what Y needs of the request,
         and the write ends of the server's FIFOs (opened here, so the server can unlink them
         once it hears "spawned"; closed here at once). slot_answered() finishes it."""
-        slot = self.take_slot(box, keep_pidfd=True)
+        slot = self.take_slot(box)
         fds = []
         try:
+            if unread(slot.sock):
+                # (Y reads each command before it starts it: one still unread was not read
+                # by Y, or Y is stuck)
+                raise OSError(errno.EAGAIN, "the command's init did not take the last command")
             for path in (req["stdout"], req["stderr"]):
                 fds.append(open_fifo(path))
             memfd = os.memfd_create("request", os.MFD_CLOEXEC)
@@ -2081,14 +2172,9 @@ class Zygote:
             view = memoryview(json.dumps({k: req[k] for k in ("argv", "script", "spec")}).encode())
             while view:
                 view = view[os.write(memfd, view):]
-            # (MSG_DONTWAIT on every call on a slot's socket: it came from the box's host,
-            # and whoever else holds it can clear O_NONBLOCK; red team of 2026-12-03: the
-            # template then blocked in a send, and every session's commands stalled)
-            # (sendmsg itself: socket.send_fds drops its flags argument in Python 3.11)
-            slot.sock.sendmsg([b"c"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))], socket.MSG_DONTWAIT)
+            send_rights(slot.sock, b"c", fds)
         except OSError as e:
-            slot.sock.close()
-            os.close(slot.pidfd)
+            slot.close()
             kill_child(slot.pid)  # (not reaped: it was a ready slot until now)
             self.failed(req, f"{type(e).__name__}: {e}")
             return
@@ -2096,51 +2182,51 @@ class Zygote:
             for fd in fds:
                 os.close(fd)
         self.busy[box] = slot
-        start = self.commands[box] = Start(req, self.reaped, pid=slot.pid, fd=slot.sock.fileno())
-        start.sock = slot.sock
+        start = self.commands[box] = Start(req, self.reaped, pid=slot.pid, fd=slot.status)
+        start.slot = slot
         self.poller.register(start.fd, select.POLLIN)
 
     def slot_answered(self, box):
-        """A slot's socket is readable: "started", why not, or its end (Y died)."""
+        """A slot's report pipe is readable: "started", why not, or its end (Y died)."""
         start = self.commands[box]
-        try:
-            data = start.sock.recv(4096, socket.MSG_DONTWAIT)
-        except BlockingIOError:
+        assert start.slot is not None
+        line = start.slot.line()
+        if line is None:
             return
-        except OSError:
-            data = b""
         del self.commands[box]
         self.poller.unregister(start.fd)
-        if data == b"started":
-            # Y reports the command's end on the same socket (see command_ended).
+        if line == b"started":
+            # Y reports the command's end on the same pipe (see command_ended).
             self.running[start.fd] = box
             self.poller.register(start.fd, select.POLLIN)
             self.started(start, start.pid)
+            self.command_ended(start.fd)  # (its end may have come in the same read)
             return
         self.release_busy(box)
-        if not data and not start.req.get("retried"):
+        if not line and not start.req.get("retried"):
             # Y died before it took the command (nothing ran): once more, with a new slot.
             start.req["retried"] = True
             self.queued.setdefault(box, []).insert(0, start.req)
         else:
-            self.failed(start.req, data.decode(errors="replace") or "the command's init died")
+            self.failed(start.req, line.decode(errors="replace") or "the command's init died")
 
-    def command_ended(self, fd):
+    def command_ended(self, fd, died=False):
         """A started command's Y wrote its status (the command ended and every process it
-        left is gone: end_leftovers), or closed its socket (it died). Its exit is reported,
-        and Y, alive and still in the sandbox of the box's interpreter, is the box's ready
-        slot again: the box's next command needs no new one."""
-        slot = self.busy[self.running[fd]]
-        try:
-            data = slot.sock.recv(64, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return  # (nothing after all: its "started" was what this loop saw)
-        except OSError:
-            data = b""
-        box = self.running.pop(fd)
+        left is gone: end_leftovers), or its pipe ended (it died; `died`: it has been
+        reaped). Its exit is reported, and Y, alive and still in the sandbox of the box's
+        interpreter, is the box's ready slot again: the box's next command needs no new
+        one."""
+        box = self.running[fd]
+        slot = self.busy[box]
+        line = slot.line()
+        if line is None:
+            if not died:
+                return  # (nothing yet)
+            line = b""
+        del self.running[fd]
         self.poller.unregister(fd)
         del self.busy[box]
-        words = data.split()
+        words = line.split()
         # (an exit status: 0 to 255; anything else is no end of a command)
         status_ok = len(words) in (2, 3) and words[1].isdigit() and len(words[1]) <= 3 and int(words[1]) <= 255
         ended = status_ok and words[0] == b"exit" and slot.pid in self.inits
@@ -2148,29 +2234,31 @@ class Zygote:
             self.report_exit(slot.pid, int(words[1]) << 8)  # (a wait status: exited with that code)
             interpreter_gone = readable(slot.pidfd, 0)
             # ("last": the command changed the slot's limits or priority; it exits)
-            if box not in self.slots and not interpreter_gone and len(words) == 2:
+            if box not in self.slots and not interpreter_gone and len(words) == 2 and not died:
                 self.slots[box] = slot
                 self.slot_of[slot.pid] = box
                 self.watch[slot.pidfd] = box
                 self.poller.register(slot.pidfd, select.POLLIN)
                 return
-        slot.sock.close()
-        os.close(slot.pidfd)
-        if ended:
+        slot.close()
+        if ended and not died:
             kill_child(slot.pid)  # (not reaped: its end was just reported)
 
+    def busy_box(self, pid):
+        """The box whose command runs in the slot `pid`, if any."""
+        return next((box for box, slot in self.busy.items() if slot.pid == pid), None)
+
     def release_busy(self, box):
-        """The box's Y that ran (or was handed) a command is not taken back: its socket and
-        the pidfd of its interpreter's init are closed (Y sees the end of its socket and
-        exits, if it has not died already; its death is reaped as any init's)."""
+        """The box's Y that ran (or was handed) a command is not taken back: Zc's ends of
+        its channels and the pidfd of its interpreter's init are closed (Y sees the end of
+        its socket and exits, if it has not died already; its death is reaped as any
+        init's)."""
         slot = self.busy.pop(box, None)
         if slot is None:
             return
-        fd = slot.sock.fileno()
-        if self.running.pop(fd, None) is not None:
-            self.poller.unregister(fd)
-        slot.sock.close()
-        os.close(slot.pidfd)
+        if self.running.pop(slot.status, None) is not None:
+            self.poller.unregister(slot.status)
+        slot.close()
 
     def drop_command(self, box, why):
         """The command handed to the box's slot fails: its Y is killed."""
@@ -2179,20 +2267,17 @@ class Zygote:
             return
         self.poller.unregister(start.fd)
         self.release_busy(box)
-        start.sock.close()
         entry = self.unclaimed.get(start.pid)
         if entry is None or entry[0] <= start.since:
             kill_child(start.pid)  # (not reaped since it was handed the command: still our Y)
         self.failed(start.req, why)
 
-    def take_slot(self, box, keep_pidfd=False):
+    def take_slot(self, box):
         """The box's ready slot, no longer ready (a command takes it, or it is dropped)."""
         slot = self.slots.pop(box)
         self.slot_of.pop(slot.pid, None)
         self.watch.pop(slot.pidfd, None)
         self.poller.unregister(slot.pidfd)
-        if not keep_pidfd:
-            os.close(slot.pidfd)
         return slot
 
     def drop_slot(self, box, kill=True):
@@ -2201,7 +2286,7 @@ class Zygote:
         if box not in self.slots:
             return
         slot = self.take_slot(box)
-        slot.sock.close()
+        slot.close()
         if kill:
             kill_child(slot.pid)
 
@@ -2214,27 +2299,28 @@ class Zygote:
             if self.host_forker is None:
                 raise OSError(errno.EPIPE, "the command template has no host forker")
             fds = open_procs(req.get("cgroup_procs"))
-            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            mine, theirs = send_only_pair()
+            answers, answers_w = pipe_for_peer()
             try:
                 head = HOST_HEAD.pack(*ids_of(req), int(req.get("nice") or 0))
-                socket.send_fds(self.host_forker[1], [head], [theirs.fileno(), *fds])
+                socket.send_fds(self.host_forker[1], [head], [theirs.fileno(), answers_w, *fds])
                 answer = self.host_forker[1].recv(8)
             except OSError:
                 answer = b""
             finally:
                 theirs.close()
+                os.close(answers_w)
                 for fd in fds:
                     os.close(fd)
-            if len(answer) != 4:
+            pid = int.from_bytes(answer, "little", signed=True) if len(answer) == 4 else 0
+            if pid <= 0:
                 mine.close()
-                kill_child(self.host_forker[0])  # (a late answer would be the next one's: see reap)
-                raise OSError(errno.EPIPE, "the command template's host forker did not answer")
-            pid = int.from_bytes(answer, "little", signed=True)
-            if pid < 0:
-                mine.close()
-                raise OSError(-pid, os.strerror(-pid))
-            mine.setblocking(False)  # (a host that reads nothing never holds the zygote)
-            host = self.hosts[box] = {"pid": pid, "sock": mine}
+                os.close(answers)
+                if len(answer) != 4:
+                    kill_child(self.host_forker[0])  # (a late answer would be the next one's: see reap)
+                    raise OSError(errno.EPIPE, "the command template's host forker did not answer")
+                raise OSError(-pid or errno.EIO, os.strerror(-pid or errno.EIO))
+            host = self.hosts[box] = {"pid": pid, "sock": mine, "answers": answers}
             self.host_of[pid] = box
         return host
 
@@ -2249,10 +2335,12 @@ class Zygote:
             if start is not None:
                 self.poller.unregister(start.fd)
             host["sock"].close()
+            os.close(host["answers"])
             if not reaped:
                 kill_child(host["pid"])
         if start is not None:
-            os.close(start.pidfd)
+            assert start.slot is not None
+            start.slot.close()
             self.unqueue(box, start.req)
             self.failed(start.req, why or "the box's command host did not answer")
 

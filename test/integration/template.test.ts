@@ -396,7 +396,7 @@ describe('interpreters forked from the template', () => {
     );
   });
 
-  it("hold no descriptor of the command template in a box's command host: only its socket (a FIFO kept there once delayed every session's first command)", async () => {
+  it("hold no descriptor of the command template in a box's command host: only its request socket and answer pipe (a FIFO kept there once delayed every session's first command)", async () => {
     const id = await createSession(server);
     const first = await sh(server, id, 'echo first');
     assert.equal(first.stdout, 'first\n', first.stderr);
@@ -411,6 +411,9 @@ describe('interpreters forked from the template', () => {
     for (const child of (await readFile(`/proc/${zygote}/task/${zygote}/children`, 'utf8')).trim().split(/\s+/).filter(Boolean)) {
       // (a host is in the template's pid namespace; a running command's init has its own)
       // (and at rest: a host making a slot holds that sandbox's namespaces for a moment)
+      // (and of a box's uid: the template's host forker is in its namespace too)
+      const uidOf = async (pid: string | number) => Number(/^Uid:\s+(\d+)/m.exec(await readFile(`/proc/${pid}/status`, 'utf8').catch(() => ''))?.[1]);
+      if ((await uidOf(child)) === (await uidOf(zygote))) continue;
       if ((await readlink(`/proc/${child}/ns/pid`).catch(() => '')) === (await readlink(`/proc/${zygote}/ns/pid`)) && (await hostAtRest(Number(child)))) hosts.push(child);
     }
     assert.ok(hosts.includes(String(own)), 'a command host per box that ran a command');
@@ -418,11 +421,11 @@ describe('interpreters forked from the template', () => {
       const targets: string[] = [];
       for (const fd of await readdir(`/proc/${host}/fd`).catch(() => [])) {
         const target = await readlink(`/proc/${host}/fd/${fd}`).catch(() => 'gone');
-        targets.push(target.startsWith('socket:') ? 'socket' : target);
+        targets.push(target.replace(/^(socket|pipe):.*/, '$1'));
       }
       assert.deepEqual(
-        targets.filter((t) => t !== '/dev/null' && t !== 'gone'),
-        ['socket'],
+        targets.filter((t) => t !== '/dev/null' && t !== 'gone').sort(),
+        ['pipe', 'socket'],
         `host ${host}: ${targets.join(', ')}`,
       );
     }
@@ -510,24 +513,28 @@ describe('interpreters forked from the template', () => {
       if (Number(/^Uid:\s+(\d+)/m.exec(status)?.[1]) === 0 && (await readlink(`/proc/${child}/ns/pid`).catch(() => '')) === (await readlink(`/proc/${zygote}/ns/pid`))) forker = Number(child);
     }
     assert.ok(forker > 0, 'the host forker');
-    // As the box's uid, in the host's namespaces: the host's socket, taken with
-    // pidfd_getfd, carries an answer naming the forker, with a socket of ours as the slot's;
-    // then whatever reaches that socket within 20 s is printed.
+    // As the box's uid, in the host's namespaces: the host's request socket and answer
+    // pipe, taken with pidfd_getfd; the host stopped, the process takes the next request
+    // itself (Y's end of the new slot's socket with it), answers that the slot is the
+    // forker, and prints whatever reaches that slot's socket within 20 s.
     const code = [
-      'import ctypes, json, os, socket, sys',
+      'import ctypes, json, os, signal, socket, sys',
       'host, forker, uid = map(int, sys.argv[1:4])',
       'os.setgroups([]); os.setresgid(uid, uid, uid); os.setresuid(uid, uid, uid)',
       'libc = ctypes.CDLL(None, use_errno=True)',
-      "n = next(int(f) for f in os.listdir(f'/proc/{host}/fd') if os.readlink(f'/proc/{host}/fd/{f}').startswith('socket:'))",
-      'fd = libc.syscall(438, os.pidfd_open(host), n, 0)',
-      "assert fd >= 0, 'pidfd_getfd'",
-      'mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)',
-      "socket.send_fds(socket.socket(fileno=fd), [json.dumps({'pid': forker}).encode()], [theirs.fileno()])",
-      'theirs.close()',
-      "print('sent', flush=True)",
-      'mine.settimeout(20)',
+      'pidfd = os.pidfd_open(host)',
+      "def take(kind): return next(libc.syscall(438, pidfd, int(f), 0) for f in os.listdir(f'/proc/{host}/fd') if os.readlink(f'/proc/{host}/fd/{f}').startswith(kind))",
+      "requests, answers = socket.socket(fileno=take('socket:')), take('pipe:')",
+      'os.kill(host, signal.SIGSTOP)',
+      "print('ready', flush=True)",
+      'requests.settimeout(30)',
+      '_, fds, _, _ = socket.recv_fds(requests, 1 << 16, 16)',
+      "os.write(answers, json.dumps({'pid': forker}).encode() + b'\\n')",
+      "print('sent', len(fds), flush=True)",
+      'slot = socket.socket(fileno=fds[-2])',
+      'slot.settimeout(20)',
       'try:',
-      '    data, fds, _, _ = socket.recv_fds(mine, 64, 3)',
+      '    data, fds, _, _ = socket.recv_fds(slot, 64, 3)',
       "    print('received', data, len(fds)) if data or fds else print('nothing')  # (closed: nothing)",
       'except OSError:',
       "    print('nothing')",
@@ -537,11 +544,12 @@ describe('interpreters forked from the template', () => {
     let out = '';
     attack.stdout.on('data', (c: Buffer) => (out += c.toString()));
     const attackEnded = new Promise<void>((r) => attack.once('exit', () => r()));
-    assert.ok(await waitFor(async () => out.includes('sent'), 30_000), `the forged answer was sent: ${out}`);
+    assert.ok(await waitFor(async () => out.includes('ready'), 30_000), `the host's channels were taken: ${out}`);
     const victimCall = sh(server, victim, 'sleep 2; echo victim-done');
     // The attacker's next command needs a new slot (its interpreter was restarted).
     await py(server, attacker, 'import os\nos._exit(3)');
     const second = await sh(server, attacker, 'echo second');
+    assert.match(out, /sent \d+/, `the request was taken and the forged answer sent: ${out}`);
     const v = await victimCall;
     await attackEnded;
     assert.equal(v.stdout, 'victim-done\n', `the victim's command: ${JSON.stringify(v)}`);
@@ -550,6 +558,75 @@ describe('interpreters forked from the template', () => {
     assert.ok(existsSync(`/proc/${forker}`), 'the host forker still runs');
     // (the attacker's own command failed or ran; the next one runs in a new slot)
     assert.ok(second.return_code === 0 || second.return_code === 1, JSON.stringify(second));
+    assert.equal((await sh(server, attacker, 'echo third')).stdout, 'third\n');
+    for (const s of [attacker, victim]) await api(server, 'DELETE', `/sessions/${s}`);
+  });
+
+  it("take no descriptor from a box's process on any channel of the command template (third red team of 2026-12-03: a TCP socket lingering on unsent data, passed in a host's answer, made the template's close of it block, and every session's commands failed)", async () => {
+    const { attacker, victim, uid, host } = await attackerAndVictim(server);
+    const zygote = await templatePid(server, 'commands');
+    assert.ok(zygote, 'the command template runs');
+    // As the box's uid, in the host's namespaces: a TCP socket whose last close waits up to
+    // 90 s for a listener that never reads, offered to the template on every socket the
+    // process can reach: the host's request socket (taken with pidfd_getfd) and, taking the
+    // next request itself while the host is stopped, the new slot's socket. Then an answer
+    // on the host's pipe, which can carry no descriptor.
+    const code = [
+      'import ctypes, errno, os, signal, socket, struct, sys',
+      'host, uid = map(int, sys.argv[1:3])',
+      'os.setgroups([]); os.setresgid(uid, uid, uid); os.setresuid(uid, uid, uid)',
+      'libc = ctypes.CDLL(None, use_errno=True)',
+      'pidfd = os.pidfd_open(host)',
+      "def take(kind): return next(libc.syscall(438, pidfd, int(f), 0) for f in os.listdir(f'/proc/{host}/fd') if os.readlink(f'/proc/{host}/fd/{f}').startswith(kind))",
+      "requests, answers = socket.socket(fileno=take('socket:')), take('pipe:')",
+      "listener = socket.create_server(('127.0.0.1', 0))",
+      'tcp = socket.create_connection(listener.getsockname())',
+      'tcp.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 90))',
+      'tcp.setblocking(False)',
+      'try:',
+      '    while True:',
+      "        tcp.send(b'x' * 65536)",
+      'except BlockingIOError:',
+      '    pass',
+      'results = []',
+      'def offer(sock, name):',
+      '    try:',
+      "        sock.sendmsg([b'{}'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack('i', tcp.fileno()))], socket.MSG_DONTWAIT)",
+      "        results.append(name + ':sent')",
+      '    except OSError as e:',
+      "        results.append(name + ':' + errno.errorcode[e.errno])",
+      "offer(requests, 'request')",
+      'os.kill(host, signal.SIGSTOP)',
+      "print('ready', flush=True)",
+      'requests.settimeout(30)',
+      '_, fds, _, _ = socket.recv_fds(requests, 1 << 16, 16)',
+      "offer(socket.socket(fileno=fds[-2]), 'slot')",
+      'os.write(answers, b\'{"error": "the attacker answered"}\\n\')',
+      'os.kill(host, signal.SIGCONT)',
+      "print(' '.join(results), flush=True)",
+      // (held until the test is done with the victim, then closed at once)
+      'sys.stdin.read()',
+      'tcp.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))',
+    ].join('\n');
+    const { spawn } = await import('node:child_process');
+    const attack = spawn('/usr/bin/python3', ['-c', code, String(host), String(uid)], { stdio: ['pipe', 'pipe', 'inherit'] });
+    let out = '';
+    attack.stdout.on('data', (c: Buffer) => (out += c.toString()));
+    const attackEnded = new Promise<void>((r) => attack.once('exit', () => r()));
+    assert.ok(await waitFor(async () => out.includes('ready'), 30_000), `the host's channels were taken: ${out}`);
+    // The attacker's next command needs a new slot (its interpreter was restarted).
+    await py(server, attacker, 'import os\nos._exit(3)');
+    const second = await sh(server, attacker, 'echo second');
+    assert.ok(await waitFor(async () => out.includes('slot:'), 30_000), `the slot's socket was offered: ${out}`);
+    assert.match(out, /^ready\nrequest:EPIPE slot:EPIPE\n$/, `what the template took: ${out}`);
+    // (the attacker's own command failed, as its forged answer said, or ran)
+    assert.ok(second.return_code === 0 || second.return_code === 1, JSON.stringify(second));
+    // (the attacker's TCP socket lingers on in its own process until now: gone with it)
+    const v = await sh(server, victim, 'echo victim');
+    assert.equal(v.stdout, 'victim\n', `the victim's command: ${JSON.stringify(v)}`);
+    attack.stdin!.end();
+    await attackEnded;
+    assert.equal(await templatePid(server, 'commands'), zygote, 'the command template still runs');
     assert.equal((await sh(server, attacker, 'echo third')).stdout, 'third\n');
     for (const s of [attacker, victim]) await api(server, 'DELETE', `/sessions/${s}`);
   });

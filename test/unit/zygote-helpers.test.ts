@@ -118,7 +118,9 @@ test("a command is handed to its slot without ever blocking the command template
         'for p in paths:',
         '    os.mkfifo(p)',
         '    readers.append(os.open(p, os.O_RDONLY | os.O_NONBLOCK))',
-        'zy.slots["box"] = z.Slot(pid, mine, ("init",), pidfd)',
+        'status, _ = z.pipe_for_peer()',
+        'zy.slots["box"] = slot = z.Slot(mine, status, ("init",), pidfd)',
+        'slot.pid = pid',
         'zy.poller.register(pidfd, select.POLLIN)',
         // (a send that blocks never returns: the alarm then ends this process, and the test fails)
         'signal.alarm(30)',
@@ -133,4 +135,44 @@ test("a command is handed to its slot without ever blocking the command template
     { encoding: 'utf8' },
   );
   assert.match(out, /^failed BlockingIOError.*\nreturned False\n$/, out);
+});
+
+test("the command template's channels to a box's processes: a socket it writes to takes no message from the other end (so no descriptor: third red team, a lingering TCP socket passed to the template blocked its close), and a report pipe is read line by line, never past a line's length", () => {
+  const out = execFileSync(
+    '/usr/bin/python3',
+    [
+      '-I',
+      '-c',
+      [
+        'import importlib.util, os, socket, sys',
+        's = importlib.util.spec_from_file_location("z", sys.argv[1]); z = importlib.util.module_from_spec(s); s.loader.exec_module(z)',
+        'mine, theirs = z.send_only_pair()',
+        'for what in ("message", "descriptor"):',
+        '    try:',
+        '        socket.send_fds(theirs, [b"x"], [0] if what == "descriptor" else [])',
+        '        print(what, "taken")',
+        '    except BrokenPipeError:',
+        '        print(what, "refused")',
+        'z.send_rights(mine, b"c", [0])',
+        'print("unread", z.unread(mine) > 0)',
+        'data, fds, _, _ = socket.recv_fds(theirs, 16, 4)',
+        'print("read", data, len(fds), z.unread(mine))',
+        'r, w = z.pipe_for_peer()',
+        'slot = z.Slot(None, r, None, -1)',
+        'print(slot.line())',
+        'os.write(w, b"started\\nexit 0\\nex")',
+        'print(slot.line(), slot.line(), slot.line())',
+        'os.write(w, b"it 3\\n")',
+        'print(slot.line())',
+        'os.write(w, b"x" * (z.STATUS_LINE_MAX + 1))',
+        'print(slot.line(), slot.buf)',
+        'os.write(w, b"exit 1")',
+        'os.close(w)',
+        'print(slot.line())',
+      ].join('\n'),
+      zygote,
+    ],
+    { encoding: 'utf8' },
+  );
+  assert.equal(out, ['message refused', 'descriptor refused', 'unread True', "read b'c' 1 0", 'None', "b'started' b'exit 0' None", "b'exit 3'", "b'' b''", "b''", ''].join('\n'));
 });
