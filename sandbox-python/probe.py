@@ -233,6 +233,31 @@ def init_memory() -> str:
         return "refused"
 
 
+def oom_lower() -> str:
+    """Whether this process can lower its OOM score adjustment: "refused" (EACCES), or
+    "allowed" (then put back). The kernel lets an unprivileged process return to the lowest
+    value a write with CAP_SYS_RESOURCE gave it or an ancestor; a session process able to
+    reach -1000 would be one the OOM killer never picks."""
+    path = "/proc/self/oom_score_adj"
+    try:
+        now = int(read(path))
+    except ValueError:
+        return "unreadable"
+    if now <= -1000:
+        return "at -1000"
+    try:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, str(now - 1).encode())
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, str(now).encode())
+        finally:
+            os.close(fd)
+    except OSError as e:
+        return "refused" if e.errno in (errno.EACCES, errno.EPERM) else errno_name(e.errno or 0)
+    return "allowed"
+
+
 def fcntl_checks() -> dict[str, str]:
     """dnotify and leases (seccomp-gen.py) on a folder and a file of this sandbox."""
     d = os.open("/tmp", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -437,6 +462,7 @@ def main() -> None:
         "max_user_namespaces": read("/proc/sys/user/max_user_namespaces"),
         "cgroup": read("/proc/self/cgroup"),
         "oom_score_adj": read("/proc/self/oom_score_adj"),
+        "oom_lower": oom_lower(),
     }
     sys.stdout.write(json.dumps(report))
     sys.stdout.flush()

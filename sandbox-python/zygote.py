@@ -1241,8 +1241,13 @@ def run_command_host(ids, cgroup_fds, sock, answers, zygote_pid):
     the slot's socket and the write end of its report pipe (both made by Zc); the answer,
     one line on the pipe `answers`, is {"pid": Y} or {"error": why}."""
     try:
-        # (never picked by the OOM killer: it holds nothing but the box's next slot)
-        enter_box(ids, cgroup_fds, oom_score_adj="-1000")
+        # 0, as any session process: set while H is still root, this is also the lowest
+        # its descendants may go back to. Set to -1000 (as it once was), with
+        # CAP_SYS_RESOURCE, it let every command of the box set its own -1000 (the kernel
+        # lets a process return to the lowest value a privileged write gave its
+        # ancestors): processes the OOM killer never picks. Checked by the start-up probe
+        # in every kind (probe.py oom_lower).
+        enter_box(ids, cgroup_fds)
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != zygote_pid:
             os._exit(0)  # the zygote died before the death signal was armed
@@ -1307,10 +1312,6 @@ def run_command_spawner(report_fd, zygote_pid, rlimits, ns, sock, status):
     `sock`: the slot's end of its socket, `status`: the write end of its report pipe, for
     Y."""
     try:
-        try:
-            write_file("/proc/self/oom_score_adj", "0")  # (H's is not for session processes)
-        except OSError:
-            pass
         setns(ns["user"], CLONE_NEWUSER)  # root of the box's namespace: owner of the others
         for name, kind in JOINED:
             setns(ns[name], kind)

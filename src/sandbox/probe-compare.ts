@@ -288,6 +288,7 @@ export function expectedDump(spec: SandboxSpec, host: HostFacts, reported: Dump)
     pids: [1, 2],
     init_environ: [],
     init_memory: 'refused',
+    oom_lower: 'refused',
     host_path_visible: false,
     writable: { '/': false, '/usr': false, '/etc': false, [spec.cwd]: true },
     proc_writable: { '/proc/sys': false, '/proc/sysrq-trigger': false, '/proc/irq': false, '/proc/bus': false },

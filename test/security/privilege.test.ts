@@ -51,6 +51,23 @@ print(sorted(set(res.values())), res)`;
   await finishCase(S, a);
 });
 
+test('#32b the OOM score adjustment cannot be lowered (a process the OOM killer never picks), from the interpreter or a command', async (t) => {
+  // (the kernel lets a process go back down to the lowest value a privileged write gave it
+  // or an ancestor: the command host once set -1000 for itself, as root; needs
+  // CAP_SYS_RESOURCE, which this machine's bounding set may lack: the start-up probe checks
+  // the same in every kind, `oom_lower`)
+  const a = await attacker(S, t);
+  const p = await py(
+    S.server,
+    a.id,
+    "import os\nout = []\nfor v in ('-1', '-500', '-1000'):\n    try:\n        fd = os.open('/proc/self/oom_score_adj', os.O_WRONLY)\n        try:\n            os.write(fd, v.encode())\n        finally:\n            os.close(fd)\n        out.append(v + ':LOWERED')\n    except OSError as e:\n        out.append(v + ':' + str(e.errno))\nprint(' '.join(out), open('/proc/self/oom_score_adj').read().strip())",
+  );
+  assert.equal(p.stdout.trim(), '-1:13 -500:13 -1000:13 0', p.stdout + p.stderr);
+  const b = await sh(S.server, a.id, 'for v in -1 -500 -1000; do echo $v > /proc/self/oom_score_adj 2>/dev/null; echo "$v:$?"; done; cat /proc/self/oom_score_adj');
+  assert.equal(b.stdout, '-1:1\n-500:1\n-1000:1\n0\n', b.stdout + b.stderr);
+  await finishCase(S, a);
+});
+
 test('#33 setuid binaries give no privilege: copied bash with u+s, su, sudo, mount; NoNewPrivs=1; nosuid mounts', async (t) => {
   const a = await attacker(S, t);
   const r = await sh(
