@@ -972,14 +972,18 @@ def clone_box(uid, gid, cgroups):
             write_file(f"/proc/{pid}/setgroups", "deny")
             write_file(f"/proc/{pid}/uid_map", f"0 {uid} 1\n")
             write_file(f"/proc/{pid}/gid_map", f"0 {gid} 1\n")
-            # (the template's own value, lowered so the OOM killer picks a session's
-            # process first, is not the sessions'; written here, not by B: a process of
-            # the box's uid attached to B once it is dumpable could skip it: red team)
+            restore_ids(as_box)
+            # The template's own value, lowered so the OOM killer picks a session's process
+            # first, is not the sessions'. Written here, not by B (a process of the box's
+            # uid attached to B once it is dumpable could skip it: red team), and as root
+            # again: a write with CAP_SYS_RESOURCE also sets the lowest value B and its
+            # descendants may go back to (0); one without it, with the box's uid as the
+            # effective one, left the template's, and session code could lower its own to
+            # it (found in review; the start-up probe checks it: probe.py oom_lower).
             write_file(f"/proc/{pid}/oom_score_adj", "0")
         except OSError:
             kill_child(pid)  # (the zygote reaps it; it has not reported)
             raise
-        restore_ids(as_box)
         os.write(go_w, b"g")
         return pid, -1, []
     finally:
