@@ -1057,6 +1057,42 @@ def serve_forks(sock, reports, zygote_pid):
         sock.send(pid.to_bytes(4, "little", signed=True))
 
 
+def serve_fork_servers(sock, reports, zygote_pid):
+    """M, the fork servers' maker: clones a new S when the zygote's S has died. Forked by
+    the zygote before it reads its first request, as the first S is, so a new S holds
+    nothing of any request either: forked from the zygote, it would hold what the zygote
+    parsed (other boxes' names, host paths, spawn tokens), freed but not cleared, and so
+    would every interpreter forked from it. Each request on `sock` (SOCK_SEQPACKET) is one
+    byte with S's end of its socket pair; M parses nothing, clones S with CLONE_PARENT (the
+    zygote's child, as if it had forked it) and answers its pid (4 bytes; negative: an
+    errno). S keeps M's own descriptors but `sock`: the report pipe and the server's
+    socket path."""
+    buf = bytearray(1)
+    while True:
+        try:
+            n, fds, cut = receive_into(sock, memoryview(buf), 1)
+        except OSError:
+            os._exit(1)
+        if n == 0 and not fds:
+            os._exit(0)  # the zygote is gone
+        if cut or n != 1 or len(fds) != 1:
+            os._exit(1)  # (only the zygote speaks here)
+        # (no try around the clone, nor in S: an interpreter, a copy of S, leaves S's
+        # frames by an exception, BecomeSandboxed, on its way to the top level)
+        pid = libc.syscall(SYSCALLS["clone"], CLONE_PARENT | signal.SIGCHLD, 0, 0, 0, 0)
+        if pid == 0:
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != zygote_pid:
+                os._exit(0)
+            sock.close()
+            serve_forks(socket.socket(fileno=fds[0]), reports, zygote_pid)
+            os._exit(0)
+        if pid < 0:
+            pid = -(ctypes.get_errno() or errno.EAGAIN)
+        os.close(fds[0])
+        sock.send(pid.to_bytes(4, "little", signed=True))
+
+
 # ---------------------------------------------------------------- commands --------------
 # A bash command runs in the sandbox of its session's interpreter, without building one:
 #
@@ -1619,7 +1655,9 @@ class Zygote:
         self.init_of = {}  # spawn id -> pid
         self.pending = []  # requests read but not handled yet
         self.spawns = {}  # pid of B (our child) -> Start, until B reports or dies
-        self.forker = None  # S (serve_forks): its pid, request pipe and answer pipe
+        self.forker = None  # S (serve_forks): its pid and socket
+        self.forker_maker = None  # M (serve_fork_servers): its pid and socket
+        self.forkers_started = 0
         self.reports = self.report_w = -1  # the pipe every B reports on
         self.report_buf = b""
         self.reported = {}  # spawn id -> B's report, for the spawns under way
@@ -1659,21 +1697,59 @@ class Zygote:
     # -------------------------------------------------------------- spawns --------------
 
     def start_forker(self):
-        """Forks S (serve_forks), which forks the spawners from then on."""
+        """Forks S (serve_forks), which forks the spawners from then on; and, the first
+        time (before any request is read), M, which makes each S after it. With M gone (only
+        root, or the OOM killer, ends it), an S is forked from here, as it once always was:
+        it then holds remnants of the requests read so far (see serve_fork_servers)."""
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         if self.reports < 0:
             self.reports, self.report_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
             os.set_blocking(self.report_w, True)
             self.poller.register(self.reports, select.POLLIN)
-        # (nothing of the zygote's: the server's channel, pidfds of spawners)
-        pid = self.fork_server({0, 1, 2, theirs.fileno(), self.report_w, CTL_PATH_FD})
-        if pid == 0:
-            serve_forks(theirs, self.report_w, self.pid)
-            os._exit(0)
+            maker, maker_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            # (nothing of the zygote's: the server's channel, pidfds of spawners)
+            pid = self.fork_server({0, 1, 2, maker_theirs.fileno(), self.report_w, CTL_PATH_FD})
+            if pid == 0:
+                serve_fork_servers(maker_theirs, self.report_w, self.pid)
+                os._exit(0)
+            maker_theirs.close()
+            maker.settimeout(HOST_FORK_TIMEOUT_S)
+            self.forker_maker = (pid, maker)
+        pid = self.made_forker(theirs) if self.forkers_started and self.forker_maker is not None else -1
+        self.forkers_started += 1
+        if pid == -1:
+            pid = self.fork_server({0, 1, 2, theirs.fileno(), self.report_w, CTL_PATH_FD})
+            if pid == 0:
+                serve_forks(theirs, self.report_w, self.pid)
+                os._exit(0)
         theirs.close()
         # (a spawn request is one message: room for the largest S takes)
         mine.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2 * SPAWN_MAX_BYTES)
         self.forker = (pid, mine)
+
+    def made_forker(self, theirs):
+        """A new S, cloned by M with `theirs` as its socket: its pid, or -1 when M did not
+        make one (M is dropped if it did not answer: a late answer would be the next
+        one's)."""
+        assert self.forker_maker is not None
+        sock = self.forker_maker[1]
+        try:
+            socket.send_fds(sock, [b"s"], [theirs.fileno()])
+            answer = sock.recv(8)
+        except OSError:
+            answer = b""
+        if len(answer) != 4:
+            self.drop_forker_maker()
+            return -1
+        return max(-1, int.from_bytes(answer, "little", signed=True))
+
+    def drop_forker_maker(self, reaped=False):
+        if self.forker_maker is not None:
+            pid, sock = self.forker_maker
+            self.forker_maker = None
+            if not reaped:
+                kill_child(pid)
+            sock.close()
 
     def fork_server(self, keep, quiet=False):
         """Forks one of the zygote's servers (S, F): it dies with the zygote, has no child
@@ -1701,12 +1777,14 @@ class Zygote:
                 os._exit(1)
         return pid
 
-    def drop_forker(self):
-        """S died (or stopped answering): the next spawn starts a new one."""
+    def drop_forker(self, reaped=False):
+        """S died (`reaped`: and was reaped, its pid no longer ours to signal) or stopped
+        answering: the next spawn starts a new one."""
         if self.forker is not None:
             pid, sock = self.forker
             self.forker = None
-            kill_child(pid)
+            if not reaped:
+                kill_child(pid)
             sock.close()
 
     def start_host_forker(self):
@@ -1866,7 +1944,9 @@ class Zygote:
             elif pid in self.slot_of:
                 self.drop_slot(self.slot_of[pid], kill=False)
             elif self.forker is not None and pid == self.forker[0]:
-                self.drop_forker()
+                self.drop_forker(reaped=True)
+            elif self.forker_maker is not None and pid == self.forker_maker[0]:
+                self.drop_forker_maker(reaped=True)
             elif pid in self.spawns:
                 self.spawn_died(pid, status)
             elif self.spawns or self.commands or self.preparing:
@@ -2152,7 +2232,7 @@ class Zygote:
         return uid < 0 or theirs[1] == uid
 
     def forker_pids(self):
-        return {f[0] for f in (self.forker, self.host_forker) if f is not None}
+        return {f[0] for f in (self.forker, self.forker_maker, self.host_forker) if f is not None}
 
     def unqueue(self, box, req):
         queue = self.queued.get(box)

@@ -878,16 +878,24 @@ describe('interpreters forked from the template', () => {
     assert.equal((await py(server, id, "print(8, 'zygote' in open('/proc/1/cmdline').read())")).stdout, '8 True');
   });
 
-  it("fork spawners from the template's fork server, which holds nothing of the server's channel, and start a new one when it dies", async () => {
+  it("fork spawners from the template's fork server, which holds nothing of the server's channel, and start a new one when it dies, made by a process that has read no request (with nothing of other sessions' spawns in the interpreters it makes)", async () => {
     const template = (await templatePid(server))!;
-    const forkerOf = async () => {
+    // The fork server S and its maker M: the template's children in its pid namespace; S
+    // holds a pidfd (of the template), M none.
+    const forkersOf = async () => {
       const ns = await readlink(`/proc/${template}/ns/pid`);
+      const found: { server: number | null; maker: number | null } = { server: null, maker: null };
       for (const child of (await readFile(`/proc/${template}/task/${template}/children`, 'utf8')).trim().split(/\s+/).filter(Boolean)) {
         const state = /^State:\s+(\S)/m.exec(await readFile(`/proc/${child}/status`, 'utf8').catch(() => ''))?.[1];
-        if ((await readlink(`/proc/${child}/ns/pid`).catch(() => '')) === ns && state !== 'Z') return Number(child);
+        if ((await readlink(`/proc/${child}/ns/pid`).catch(() => '')) !== ns || state === 'Z') continue;
+        const fds = await Promise.all((await readdir(`/proc/${child}/fd`).catch(() => [])).map((fd) => readlink(`/proc/${child}/fd/${fd}`).catch(() => '')));
+        found[fds.some((l) => l.includes('pidfd')) ? 'server' : 'maker'] = Number(child);
       }
-      return null;
+      return found;
     };
+    const forkerOf = async () => (await forkersOf()).server;
+    const maker = (await forkersOf()).maker;
+    assert.ok(maker, "the fork server's maker runs");
     const forker = await forkerOf();
     assert.ok(forker, 'the fork server runs');
     const links = async (pid: number) => Promise.all((await readdir(`/proc/${pid}/fd`)).map((fd) => readlink(`/proc/${pid}/fd/${fd}`).catch(() => '')));
@@ -902,8 +910,40 @@ describe('interpreters forked from the template', () => {
     assert.equal(crash.interpreter_restarted, true, crash.stderr);
     const r = await py(server, id, 'print(7)');
     assert.equal(r.stdout, '7', r.stderr);
-    const again = await forkerOf();
-    assert.ok(again && again !== forker, 'a new fork server');
+    const again = await forkersOf();
+    assert.ok(again.server && again.server !== forker, 'a new fork server');
+    assert.equal(again.maker, maker, 'made by the same maker');
+    // Interpreters made by the new S hold no other session's box name (an S forked from
+    // the template would hold the spawns it had read: this suite has made dozens).
+    const code = [
+      'import re',
+      'found = set()',
+      "with open('/proc/self/maps') as maps, open('/proc/self/mem', 'rb', 0) as mem:",
+      '    for line in maps:',
+      "        m = re.match(r'([0-9a-f]+)-([0-9a-f]+) r', line)",
+      "        if not m or '[v' in line:",
+      '            continue',
+      '        try:',
+      '            mem.seek(int(m.group(1), 16))',
+      '            data = mem.read(int(m.group(2), 16) - int(m.group(1), 16))',
+      '        except OSError:',
+      '            continue',
+      "        found.update(n.decode() for n in re.findall(rb'box_[0-9a-f]{24}', data))",
+      "print(' '.join(sorted(found)))",
+    ].join('\n');
+    for (let i = 0; i < 2; i++) {
+      const s = await createSession(server);
+      // (a new interpreter for the box, spawned by the new S: the pool's were made before)
+      assert.equal((await py(server, s, 'import os\nos._exit(3)')).interpreter_restarted, true);
+      const marker = `own_box_after_${i}_${Math.random().toString(36).slice(2)}`;
+      assert.equal((await py(server, s, `open('/workspace/${marker}', 'w').close()`)).return_code, 0);
+      const own = /box_[0-9a-f]{24}/.exec(inNs(server, '/bin/sh', '-c', `ls -d "$0"/box_*/workspace/${marker}`, server.sessionsRoot))?.[0];
+      assert.ok(own, 'the session has a box');
+      const m = await py(server, s, code);
+      assert.equal(m.return_code, 0, m.stderr);
+      assert.equal(m.stdout, own, `box names in the memory of ${own}'s interpreter, made by a new fork server: ${m.stdout}`);
+      await api(server, 'DELETE', `/sessions/${s}`);
+    }
   });
 
   it("start a command in the interpreter's sandbox also when the interpreter made itself not dumpable (the template opens its namespaces)", async () => {
