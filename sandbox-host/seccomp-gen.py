@@ -58,6 +58,13 @@ for name in (
 ):
     deny(name)
 
+# sync and syncfs write out every dirty page of a file system, the host's whole one for
+# sync (a session looping it slowed other processes' fsync ~10-fold: red team of
+# 2026-12-03). EPERM: sync() returns nothing, so callers (coreutils sync, os.sync) go on;
+# fsync of the session's own files stays.
+for name in ("sync", "syncfs"):
+    deny(name)
+
 # clone3 passes its flags in a struct seccomp cannot read: ENOSYS makes glibc use clone.
 deny("clone3", seccomp.ERRNO(errno.ENOSYS))
 # clone with any CLONE_NEW* bit (NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET, NEWTIME)

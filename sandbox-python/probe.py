@@ -22,12 +22,12 @@ NR = {
     "x86_64": {
         "keyctl": 250, "clone3": 435, "bpf": 321, "userfaultfd": 323, "io_uring_setup": 425, "io_setup": 206,
         "mincore": 27, "cachestat": 451, "fadvise64": 221, "madvise": 28, "preadv2": 327, "pwritev2": 328,
-        "process_madvise": 440, "pidfd_getfd": 438, "seccomp": 317, "memfd_secret": 447,
+        "process_madvise": 440, "pidfd_getfd": 438, "seccomp": 317, "memfd_secret": 447, "sync": 162, "syncfs": 306,
     },
     "aarch64": {
         "keyctl": 219, "clone3": 435, "bpf": 280, "userfaultfd": 282, "io_uring_setup": 425, "io_setup": 0,
         "mincore": 232, "cachestat": 451, "fadvise64": 223, "madvise": 233, "preadv2": 286, "pwritev2": 287,
-        "process_madvise": 440, "pidfd_getfd": 438, "seccomp": 277, "memfd_secret": 447,
+        "process_madvise": 440, "pidfd_getfd": 438, "seccomp": 277, "memfd_secret": 447, "sync": 81, "syncfs": 267,
     },
 }[platform.machine()]
 FLAGS = ("ro", "nosuid", "nodev", "noexec")
@@ -168,6 +168,8 @@ def seccomp_checks() -> dict[str, str]:
         "bpf()": outcome(lambda: sys_("bpf", 0, 0, 0)),
         "userfaultfd()": outcome(lambda: sys_("userfaultfd", 0)),
         "memfd_secret()": outcome(lambda: sys_("memfd_secret", 0)),
+        "sync()": outcome(lambda: sys_("sync")),
+        "syncfs(0)": outcome(lambda: sys_("syncfs", 0)),
         "ptrace(PEEKDATA, 1)": outcome(lambda: c(libc.ptrace, 2, os.getpid(), 0, 0)),
         "pidfd_getfd(init, 0)": outcome(lambda: init_fd(sys_)),
         "io_uring_setup()": outcome(lambda: sys_("io_uring_setup", 0, 0)),

@@ -384,6 +384,9 @@ export const SECCOMP_CHECKS: Readonly<Record<string, string>> = {
   'bpf()': 'EPERM',
   'userfaultfd()': 'EPERM',
   'memfd_secret()': 'EPERM',
+  // (the host's whole file system written out: its other processes' writes wait)
+  'sync()': 'EPERM',
+  'syncfs(0)': 'EPERM',
   'ptrace(PEEKDATA, 1)': 'EPERM',
   'pidfd_getfd(init, 0)': 'EPERM',
   'io_uring_setup()': 'EPERM',

@@ -321,6 +321,8 @@ test('#35 seccomp deny-list: ptrace, process_vm_*, perf_event_open, bpf, userfau
     migrate_pages: [256, 0, 0, 0, 0],
     move_pages: [279, 0, 0, 0, 0, 0, 0],
     memfd_secret: [447, 0],
+    sync: [162],
+    syncfs: [306, 0],
     'personality(0x0040000)': [135, 0x0040000],
   };
   const script = `import ctypes, errno, json
