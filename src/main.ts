@@ -44,6 +44,16 @@ import { LoopMonitor } from './loop-monitor.js';
 import { EditorWorkers } from './tools/text-editor.js';
 import type { IsolationInfo } from './http/types.js';
 
+// libuv's thread pool (file work the event loop hands off) starts with its first task and
+// reads this then: 16 threads, not 4, unless the environment says otherwise. A session's
+// code can hold its files' locks, so work on its files can wait in a thread for as long
+// as it likes (fourth red team of 2026-12-03: six listings of one workspace held all four
+// threads, and other sessions' bash commands, whose pipes are opened there, waited).
+// Session code alone holds at most one per session (the artifact copy after its call: a
+// session's calls run one at a time); each listing or download of its files that its
+// client runs in parallel can hold another.
+process.env.UV_THREADPOOL_SIZE ??= '16';
+
 const here = (rel: string) => fileURLToPath(new URL(rel, import.meta.url));
 const DRIVER_DIR = here('../../sandbox-python');
 const SECCOMP_GEN = here('../../sandbox-host/seccomp-gen.py');

@@ -22,9 +22,11 @@
  * O_NOFOLLOW (through /proc/self/fd, as workspace-fs.ts), lstat()s files without following
  * them (by plain path, see scan()), and copies a file through WorkspaceFs (copySmallSync or
  * openRead: no link is followed, only a regular file is read), so only workspace files are
- * ever listed. It runs with synchronous calls on the event loop (a scan of a small
- * workspace costs less than one trip through libuv's thread pool), bounded by
- * SANDBOX_ARTIFACTS_SCAN_MAX_ENTRIES names and MAX_DEPTH folder levels (one fd each);
+ * ever listed. It runs with synchronous calls on a thread of its own, never on the event
+ * loop (scan.ts, scan-pool.ts: the session's code can hold its folders' locks for seconds),
+ * bounded by SANDBOX_ARTIFACTS_SCAN_MAX_ENTRIES names and MAX_DEPTH folder levels (one fd
+ * each); a call waits for its scan SCAN_WAIT_MS at most, and then says its files were not
+ * looked at;
  * files of at most 64 KiB are copied with synchronous calls too, larger ones
  * asynchronously. Cost (bench/artifacts.ts, README "Performance"): tens of microseconds
  * for a small workspace, a few microseconds more per file, plus a copy per changed file.
@@ -47,27 +49,19 @@
  * (0700, not mounted in the sandbox): on the session's disk, so they count against its
  * quota (a full disk stops the copying and says so), and they go with the session.
  */
-import { promises as fsp, closeSync, constants as C, lstatSync, openSync, opendirSync, rmSync, type Dir } from 'node:fs';
+import { promises as fsp, rmSync } from 'node:fs';
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import { randomHex } from '../ids.js';
 import { resolveInside } from './paths.js';
-import { SMALL_IO_BYTES, fileSignature, type WorkspaceFs } from './workspace-fs.js';
+import { SMALL_IO_BYTES, type WorkspaceFs } from './workspace-fs.js';
 import { SPILL_DIR } from './spill.js';
+import { FOLDER_COST, MAX_DEPTH, SCAN_MAX_NAME_BYTES, type Scan } from './scan.js';
+import { SCAN_WAIT_MS, scanPool, type ScanPool } from './scan-pool.js';
 
-const DIR_FLAGS = C.O_RDONLY | C.O_DIRECTORY | C.O_NOFOLLOW;
-/** Folder levels the scan descends at most (it holds one fd per level). */
-export const MAX_DEPTH = 32;
-/** Names the scan examines, and small files it copies, between two yields to the event
- * loop: a large workspace never holds the loop for long (a small one never yields). */
-const NAMES_PER_TURN = 256;
+export { FOLDER_COST, MAX_DEPTH, SCAN_MAX_NAME_BYTES };
+
+/** Small files copied between two yields to the event loop. */
 const COPIES_PER_TURN = 16;
-
-const at = (fd: number, name: string) => `/proc/self/fd/${fd}/${name}`;
-
-/** What a folder counts against SANDBOX_ARTIFACTS_SCAN_MAX_ENTRIES: two opens, a read and
- * two closes cost about three to four times a file's lstat (bench: 31 us a folder, 10 us a
- * file, on a loaded 2-core machine). */
-export const FOLDER_COST = 4;
 
 /** Characters of JSON text the names (`filename` and `path`) of one answer's listed files
  * take at most: files past them are not listed in that answer and stderr says so. */
@@ -82,10 +76,6 @@ export const KEEP_NAME_CHARS = 128 * 1024;
 export function entryNameChars(path: string): number {
   return 2 * JSON.stringify(path).length + '/workspace/'.length;
 }
-
-/** Bytes of workspace-relative names one scan looks at, at most (with
- * SANDBOX_ARTIFACTS_SCAN_MAX_ENTRIES, what a call's scan holds and sorts). */
-export const SCAN_MAX_NAME_BYTES = 1024 * 1024;
 
 /** A 53-bit hash (cyrb53) of a path and its signature: what the baseline keeps. */
 function fingerprint(path: string, sig: string): number {
@@ -134,12 +124,6 @@ interface Kept {
   size: number;
 }
 
-interface Scan {
-  files: Map<string, string>;
-  /** The walk stopped at a bound (entries or depth): files past it were not looked at. */
-  truncated: false | 'entries' | 'names' | 'depth';
-}
-
 export class ArtifactStore {
   /** Between calls only a 53-bit hash of each (path, signature): a few bytes a file, however
    * long the names (a workspace of long names would otherwise hold megabytes per session). */
@@ -158,13 +142,19 @@ export class ArtifactStore {
     private readonly fs: WorkspaceFs,
     private readonly limits: ArtifactLimits,
     private readonly mimeOf: (name: string) => string | null,
+    /** Where the scans run (the server's pool by default); `scanKey` names this session in it. */
+    private readonly scans: ScanPool = scanPool(),
+    private readonly scanKey: string = workspaceDir,
   ) {}
 
   /** Before a call: the baseline, unless the one the last call left is still good. */
   async begin(): Promise<void> {
     if (this.baseline !== null && this.baselineGeneration === this.fs.generation) return;
-    this.baselineGeneration = this.fs.generation;
-    this.baseline = fingerprints((await this.scan()).files);
+    const generation = this.fs.generation;
+    const scan = await this.scan();
+    if (scan.truncated === 'stuck') return; // (the baseline stays as it was: collect scans again)
+    this.baselineGeneration = generation;
+    this.baseline = fingerprints(scan.files);
     this.added = 0;
   }
 
@@ -173,6 +163,13 @@ export class ArtifactStore {
   async collect(): Promise<{ files: ArtifactEntry[]; notes: string[] }> {
     const before = this.baseline ?? new Set<number>();
     const scan = await this.scan();
+    if (scan.truncated === 'stuck') {
+      // (the baseline stays: what changed is listed by the next call whose scan answers)
+      return {
+        files: [],
+        notes: [`artifacts: the workspace did not answer within ${SCAN_WAIT_MS / 1000} s (a process of this session holds its folders busy); its files were not looked at`],
+      };
+    }
     this.baseline = fingerprints(scan.files);
     this.baselineGeneration = this.fs.generation;
     this.added = 0;
@@ -207,7 +204,7 @@ export class ArtifactStore {
     const sigs = new Map<string, string>();
     for (const path of new Set(written)) {
       if (!scanned(path)) continue;
-      const sig = this.fs.fileSignatureSync(resolveInside(path));
+      const sig = await this.fs.fileSignature(resolveInside(path)).catch(() => null);
       if (sig !== null && !baseline.has(fingerprint(path, sig))) sigs.set(path, sig);
     }
     for (const [path, sig] of sigs) baseline.add(fingerprint(path, sig));
@@ -300,10 +297,11 @@ export class ArtifactStore {
     const file = this.fileOf(fileId);
     let size: number | null = null;
     if (expected <= SMALL_IO_BYTES) {
-      // Small files (most artifacts) are copied with synchronous calls: a dozen system
-      // calls each, cheaper than a dozen trips through libuv's thread pool.
+      // Small files (most artifacts) are copied with synchronous calls, on the workspace
+      // pool's thread (WorkspaceFs.useThreads): a dozen system calls each, cheaper than a
+      // dozen trips through libuv's thread pool.
       try {
-        size = this.fs.copySmallSync(resolveInside(path), file);
+        size = await this.fs.copySmall(resolveInside(path), file);
       } catch (e) {
         rmSync(file, { force: true });
         const code = (e as NodeJS.ErrnoException).code;
@@ -365,91 +363,10 @@ export class ArtifactStore {
     }
   }
 
-  /** Path -> "mtime_ns:size:ino:ctime_ns" of every regular file the rule lets in. */
-  async scan(): Promise<Scan> {
-    const files = new Map<string, string>();
-    let examined = 0;
-    let turn = 0;
-    let nameBytes = 0;
-    let truncated: Scan['truncated'] = false;
-    const max = this.limits.scanMaxEntries;
-    const walk = async (fd: number, prefix: string, depth: number): Promise<void> => {
-      let dir: Dir;
-      try {
-        dir = opendirSync(`/proc/self/fd/${fd}`);
-      } catch {
-        return;
-      }
-      try {
-        for (let d = dir.readSync(); d !== null; d = dir.readSync()) {
-          if (++examined > max) {
-            truncated = 'entries';
-            return;
-          }
-          if (++turn % NAMES_PER_TURN === 0) await yieldToLoop();
-          const name = d.name;
-          if (name.startsWith('.') && !(depth === 0 && name === SPILL_DIR)) continue;
-          const rel = prefix + name;
-          // What a scan holds is bounded by its names' bytes too, not only their count.
-          nameBytes += rel.length;
-          if (nameBytes > SCAN_MAX_NAME_BYTES) {
-            truncated = 'names';
-            return;
-          }
-          if (d.isDirectory()) {
-            if (depth + 1 >= MAX_DEPTH) {
-              truncated ||= 'depth';
-              continue;
-            }
-            // A folder costs several names' work (FOLDER_COST): counted before it is opened.
-            examined += FOLDER_COST - 1;
-            turn += FOLDER_COST - 1; // (and between yields)
-            if (examined > max) {
-              truncated = 'entries';
-              return;
-            }
-            let sub: number;
-            try {
-              sub = openSync(at(fd, name), DIR_FLAGS);
-            } catch {
-              continue; // replaced by a link since readdir, or gone
-            }
-            try {
-              await walk(sub, `${rel}/`, depth + 1);
-            } finally {
-              closeSync(sub);
-            }
-            if (truncated === 'entries' || truncated === 'names') return;
-          } else if (d.isFile()) {
-            // Through the folder's open handle, never by its path: a folder swapped for a
-            // link since it was opened cannot make the server stat a host file, and a path
-            // too long for the kernel is no error. A name that vanished or changed kind is
-            // skipped. mtime and ctime in ms as doubles keep sub-microsecond precision.
-            let st;
-            try {
-              st = lstatSync(at(fd, name), { throwIfNoEntry: false });
-            } catch {
-              continue;
-            }
-            if (st?.isFile()) files.set(rel, fileSignature(st));
-          }
-        }
-      } finally {
-        dir.closeSync();
-      }
-    };
-    let root: number;
-    try {
-      root = openSync(this.workspaceDir, DIR_FLAGS);
-    } catch {
-      return { files, truncated };
-    }
-    try {
-      await walk(root, '', 0);
-    } finally {
-      closeSync(root);
-    }
-    return { files, truncated };
+  /** Path -> "mtime_ns:size:ino:ctime_ns" of every regular file the rule lets in (scan.ts,
+   * on the scan pool's threads). */
+  scan(): Promise<Scan> {
+    return this.scans.scan(this.scanKey, this.workspaceDir, this.limits.scanMaxEntries);
   }
 }
 

@@ -56,8 +56,12 @@ import { randomBytes } from 'node:crypto';
 import { randomHex } from '../ids.js';
 import { pipeline } from 'node:stream/promises';
 import { Readable } from 'node:stream';
-import { SandboxError } from '../errors.js';
+import { SandboxError, type ErrorCode } from '../errors.js';
 import type { ResolvedPath } from './paths.js';
+import type { ScanPool } from './scan-pool.js';
+
+/** Work of WorkspaceFs that runs on the workspace pool's threads (scan-worker.ts). */
+type ThreadMethod = 'probe' | 'commit' | 'copySmall' | 'signature';
 
 /** Paths of written files WorkspaceFs remembers between two takeWritten() calls. */
 const WRITTEN_MAX = 64;
@@ -274,6 +278,63 @@ export class WorkspaceFs {
     private readonly stagingDir: string,
   ) {}
 
+  /** Where the synchronous small-file work runs; null: on the caller's thread (unit
+   * tests, and the pool's threads themselves). */
+  private threads: { pool: ScanPool; key: string } | null = null;
+
+  /**
+   * Runs the synchronous small-file work (probe, the commit of a small write, small
+   * copies, signatures) on `pool`'s threads, as the session `key`, never on the event
+   * loop: those calls take the kernel's locks on the workspace's folders and files, which
+   * the session's code can hold for seconds (fourth red team of 2026-12-03: a session's
+   * own editor calls, their renames waiting on its locks, held the loop up to 2.8 s at a
+   * time, and every session's calls with it). A session waits alone: one piece of its
+   * work at a time, SCAN_WAIT_MS at most (then SBX_SESSION_BUSY).
+   */
+  useThreads(pool: ScanPool, key: string): void {
+    this.threads = { pool, key };
+  }
+
+  /** On a pool thread (scan-worker.ts): one piece of the synchronous work. */
+  async onThread(method: ThreadMethod, args: unknown[]): Promise<unknown> {
+    const [a, b, c] = args as [ResolvedPath, string, number];
+    switch (method) {
+      case 'probe':
+        return this.probeSync(a, b, c);
+      case 'commit':
+        // (args: the staged file, the path, its display name)
+        this.commitSync(args[0] as string, args[1] as ResolvedPath, args[2] as string);
+        return null;
+      case 'copySmall':
+        return this.copySmallSync(a, b);
+      case 'signature':
+        return this.fileSignatureSync(a);
+    }
+  }
+
+  private async offload(method: ThreadMethod, args: unknown[]): Promise<unknown> {
+    const t = this.threads!;
+    const answer = await t.pool.run(t.key, { op: 'fs', root: this.root, owner: this.owner, stagingDir: this.stagingDir, method, args });
+    if ('value' in answer) return answer.value;
+    if ('stuck' in answer) {
+      throw new SandboxError('SBX_SESSION_BUSY', "the session's workspace did not answer in time: a process of the session holds its files busy");
+    }
+    if (answer.error.sandbox) throw new SandboxError(answer.error.code as ErrorCode, answer.error.message);
+    throw Object.assign(new Error(answer.error.message), { code: answer.error.code });
+  }
+
+  /** fileSignatureSync, off the event loop when threads are in use. */
+  async fileSignature(p: ResolvedPath): Promise<string | null> {
+    if (!this.threads) return this.fileSignatureSync(p);
+    return (await this.offload('signature', [p])) as string | null;
+  }
+
+  /** copySmallSync, off the event loop when threads are in use. */
+  async copySmall(p: ResolvedPath, dest: string): Promise<number | null> {
+    if (!this.threads) return this.copySmallSync(p, dest);
+    return (await this.offload('copySmall', [p, dest])) as number | null;
+  }
+
   private wrote(p: ResolvedPath): void {
     if (this.written !== null && this.written.length < WRITTEN_MAX) this.written.push(p.segments.join('/'));
     else this.written = null;
@@ -385,6 +446,14 @@ export class WorkspaceFs {
    * caller reserves its memory, then reads it with readFile).
    */
   async probe(p: ResolvedPath, display: string, readMaxBytes: number): Promise<Probe> {
+    if (!this.threads) return this.probeSync(p, display, readMaxBytes);
+    const probe = (await this.offload('probe', [p, display, readMaxBytes])) as Probe;
+    // (bytes come back as a Uint8Array of the thread's copy)
+    if (probe.kind === 'file' && probe.bytes) probe.bytes = Buffer.from(probe.bytes.buffer, probe.bytes.byteOffset, probe.bytes.length);
+    return probe;
+  }
+
+  private probeSync(p: ResolvedPath, display: string, readMaxBytes: number): Probe {
     if (p.segments.length === 0) return { kind: 'dir' };
     let dir: number;
     try {
@@ -591,7 +660,13 @@ export class WorkspaceFs {
         rmSync(staged, { force: true });
         fsError(e, display);
       }
-      this.commitSync(staged, p, display);
+      if (this.threads) {
+        this.generation++; // (as commitSync: before the rename)
+        await this.offload('commit', [staged, p, display]);
+        this.wrote(p);
+      } else {
+        this.commitSync(staged, p, display);
+      }
       return;
     }
     try {

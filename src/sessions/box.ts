@@ -27,6 +27,7 @@ import { detectLimit, describeLimit, sandboxRlimits, type LimitKind, type Resour
 import { CappedBuffer } from '../runner/output.js';
 import { WorkspaceFs } from '../files/workspace-fs.js';
 import { ArtifactStore } from '../files/artifacts.js';
+import { scanPool } from '../files/scan-pool.js';
 import { mimeOf } from '../files/mime.js';
 import type { OutputSpill } from '../files/spill.js';
 import type { UidAllocator } from '../sandbox/uids.js';
@@ -122,6 +123,8 @@ export class Box {
     this.undoDir = `${this.dir}/undo`;
     this.background = deps.canRenice && uid !== undefined;
     this.fs = new WorkspaceFs(this.workspaceDir, uid !== undefined && gid !== undefined ? { uid, gid } : null, this.stagingDir);
+    // (the same key as the artifact scan's: one piece of the session's file work at a time)
+    this.fs.useThreads(scanPool(), this.workspaceDir);
     this.artifactsDir = `${this.dir}/artifacts`;
     const c = deps.config;
     this.artifacts = new ArtifactStore(

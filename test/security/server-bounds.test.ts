@@ -1030,3 +1030,43 @@ test('#L1b a log reader that goes away (a closed stdout pipe) neither fails a ca
   srv.proc.kill('SIGTERM');
   assert.equal(await exited, 0, 'it stops on SIGTERM');
 });
+
+test("#S19 a session whose code holds its own workspace's folder and file locks waits alone: other sessions' calls run, and its own answer (fourth red team: the artifact scan on the event loop waited on those locks up to 3.9 s at a time, and every session with it)", async (t) => {
+  const a = await attacker(S, t);
+  const v = await attacker(S, t);
+  // Threads that keep a file's inode lock taken (fallocate punch-holes) and both folders'
+  // locks with it (a rename exchange across them waits for that file's lock while it holds
+  // theirs), for 20 s at most.
+  const hog = [
+    'import ctypes, os, threading, time',
+    'libc = ctypes.CDLL(None)',
+    'libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]',
+    'libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]',
+    "os.makedirs('/workspace/b', exist_ok=True)",
+    "open('/workspace/G', 'w').write('g'); open('/workspace/b/H', 'w').write('h')",
+    "G = os.open('/workspace/G', os.O_RDWR)",
+    'end = time.monotonic() + 20',
+    'def hog():',
+    '    while time.monotonic() < end:',
+    '        libc.fallocate(G, 1, 0, 250 << 20); libc.fallocate(G, 3, 0, 250 << 20)',
+    'def ren():',
+    '    while time.monotonic() < end:',
+    "        libc.renameat2(-100, b'/workspace/G', -100, b'/workspace/b/H', 2)",
+    'for _ in range(12): threading.Thread(target=hog, daemon=True).start()',
+    'threading.Thread(target=ren, daemon=True).start()',
+    "print('holding')",
+  ].join('\n');
+  assert.equal((await py(S.server, a.id, hog)).stdout, 'holding');
+  for (let i = 0; i < 3; i++) {
+    const own = await py(S.server, a.id, 'pass');
+    // (answered: with its files looked at, or a note that its workspace did not answer)
+    assert.equal(own.return_code, 0, own.stderr);
+  }
+  for (let i = 0; i < 20; i++) {
+    const r = await py(S.server, v.id, 'print(1)');
+    assert.equal(r.stdout, '1', `victim call ${i}: ${r.stderr}`);
+  }
+  // (the hog's threads end with the interpreter)
+  await py(S.server, a.id, 'import os\nos._exit(0)');
+  await finishCase(S, a);
+});
