@@ -9,9 +9,9 @@ const STUB = new URL('../helpers/scan-worker-stub.js', import.meta.url);
 test("a session whose workspace does not answer waits alone: its scans run one at a time and give up after the wait, other sessions' scans answer meanwhile, and the event loop never waits (fourth red team: the scan on the loop waited on one session's folder locks for seconds, and every session with it)", async () => {
   // (the wait is what a stuck scan ends with: the stub never answers, so no timing is judged)
   const pool = new ScanPool(3, 300, STUB);
+  let ticks = 0;
+  const ticker = setInterval(() => ticks++, 1);
   try {
-    let ticks = 0;
-    const ticker = setInterval(() => ticks++, 1);
     const stuck = pool.scan('a', 'stuck-a', 100);
     // (the same session again while its scan is stuck: it waits behind it, on no new thread)
     const again = pool.scan('a', 'stuck-a', 100);
@@ -21,7 +21,6 @@ test("a session whose workspace does not answer waits alone: its scans run one a
     assert.equal((await stuck).truncated, 'stuck');
     assert.equal((await again).truncated, 'stuck');
     assert.equal(pool.size, 2, "the stuck session's second scan never started");
-    clearInterval(ticker);
     assert.ok(ticks > 0, 'the event loop ran while the scan was stuck');
     // Every thread stuck (three sessions holding their folders): the others' scans queue
     // and give up after the wait, never hang.
@@ -31,6 +30,7 @@ test("a session whose workspace does not answer waits alone: its scans run one a
     assert.equal(pool.size, 3, 'never more threads than the bound');
     for (const m of more) assert.equal((await m).truncated, 'stuck');
   } finally {
+    clearInterval(ticker);
     await pool.close();
   }
 });
