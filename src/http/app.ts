@@ -213,9 +213,15 @@ export async function buildApp(deps: AppDeps): Promise<App> {
       return reply.code(422).send({ detail, code: 'SBX_VALIDATION' });
     }
     if (fe.code === 'FST_REQ_FILE_TOO_LARGE' || fe.code === 'FST_FILES_LIMIT' || fe.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
-      return reply
-        .code(413)
-        .send({ detail: fe.code === 'FST_ERR_CTP_BODY_TOO_LARGE' ? 'request body too large' : uploadTooLarge(deps.config.maxUploadBytes), code: 'SBX_FILE_TOO_LARGE' });
+      return reply.code(413).send({
+        detail:
+          fe.code === 'FST_ERR_CTP_BODY_TOO_LARGE'
+            ? 'request body too large'
+            : fe.code === 'FST_FILES_LIMIT'
+              ? 'one file per upload: the request has more than one file part'
+              : uploadTooLarge(deps.config.maxUploadBytes),
+        code: 'SBX_FILE_TOO_LARGE',
+      });
     }
     const status = typeof fe.statusCode === 'number' && fe.statusCode >= 400 && fe.statusCode < 500 ? fe.statusCode : 500;
     if (status === 500) {

@@ -314,3 +314,13 @@ test('list and download: names that are members of Object.prototype are plain na
     assert.equal(d.bytes.toString(), 'ok');
   }
 });
+
+test('an upload of two file parts is refused, and says so (it said the file exceeded the size limit: red team)', async () => {
+  const form = new FormData();
+  form.append('file', new Blob([new Uint8Array([1])]), 'a.bin');
+  form.append('file', new Blob([new Uint8Array([2])]), 'b.bin');
+  const res = await fetch(`${server.url}/sessions/${id}/files`, { method: 'POST', body: form });
+  const body = (await res.json()) as { detail: string };
+  assert.equal(res.status, 413);
+  assert.match(body.detail, /one file per upload/);
+});
