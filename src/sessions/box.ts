@@ -477,9 +477,11 @@ export class Box {
     // A lone surrogate (valid JSON) becomes U+FFFD, as Node's spawn makes it for a bubblewrap
     // command: the command template's encoding refused it, so the command never ran.
     command = command.replace(LONE_SURROGATE, '\uFFFD');
-    const long = Buffer.byteLength(command) > ARGV_COMMAND_MAX;
     // A long script is read from fd 3, then fd 3 is closed so the script's own processes
-    // do not inherit it.
+    // do not inherit it. So is one with a NUL byte, which no argument can hold (it was
+    // refused by the template, and the call said to restart the interpreter: red team);
+    // bash then drops the NULs and says so, as from any file.
+    const long = Buffer.byteLength(command) > ARGV_COMMAND_MAX || command.includes('\0');
     const argv = long
       ? ['/bin/bash', '--noprofile', '--norc', '-c', '__sbx_script=$(cat <&3); exec 3<&-; eval "$__sbx_script"']
       : ['/bin/bash', '--noprofile', '--norc', '-c', command];

@@ -90,6 +90,14 @@ test('a command with a lone UTF-16 surrogate (valid JSON) runs, the surrogate wr
   assert.equal(r.stdout, '\ufffd hi\n\ufffd\n');
 });
 
+test('a command with a NUL byte runs, as bash runs such a file: the NUL dropped, with a warning (it was refused, and the call said to restart the interpreter: red team)', async () => {
+  const r = await sh(server, id, 'echo a\u0000b; echo next');
+  assert.equal(r.return_code, 0, r.stderr);
+  assert.equal(r.stdout, 'ab\nnext\n');
+  assert.match(r.stderr, /null byte/);
+  assert.equal((await sh(server, id, 'echo after')).stdout, 'after\n');
+});
+
 test('the working directory is /workspace, shared with Python', async () => {
   assert.equal((await sh(server, id, 'pwd')).stdout, '/workspace\n');
   await sh(server, id, 'echo from-bash > shared.txt');
