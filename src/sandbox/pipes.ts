@@ -10,16 +10,17 @@
  * them at once: from then on they are anonymous pipes that nothing else can open.
  *
  * The end a sandbox gets is opened blocking (programs expect that); the server's end is
- * non-blocking and wrapped in a net.Socket, which libuv drives as a pipe.
+ * non-blocking and wrapped in a net.Socket, which libuv drives as a pipe. Opens and unlinks
+ * are synchronous calls on the server's own folder, where nothing waits (each end's
+ * counterpart is open before it): a start never queues behind libuv's thread pool, which
+ * a session's file work can hold (docs/threat-model.md, rule 3).
  */
-import { constants, promises as fsp, close, open } from 'node:fs';
+import { constants, promises as fsp, close, closeSync, openSync, unlinkSync } from 'node:fs';
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { Socket } from 'node:net';
 import { promisify } from 'node:util';
 
-const openFd = promisify(open);
-const closeFd = promisify(close);
 const execFileP = promisify(execFile);
 const { O_RDONLY, O_WRONLY, O_NONBLOCK } = constants;
 
@@ -112,18 +113,20 @@ export class Pipes {
     await fsp.rm(this.dir, { recursive: true, force: true }).catch(() => {});
   }
 
-  /** The sandbox writes, the server reads. */
+  /** The sandbox writes, the server reads. (Synchronous calls, as outNamed.) */
   async out(): Promise<OutPipe> {
     const path = await this.take();
-    const serverFd = await openFd(path, O_RDONLY | O_NONBLOCK);
     try {
-      const childFd = await openFd(path, O_WRONLY); // a reader exists: does not block
-      return { childFd, server: new Socket({ fd: serverFd, readable: true, writable: false }) };
-    } catch (e) {
-      await closeFd(serverFd).catch(() => {});
-      throw e;
+      const serverFd = openSync(path, O_RDONLY | O_NONBLOCK);
+      try {
+        const childFd = openSync(path, O_WRONLY); // a reader exists: does not block
+        return { childFd, server: new Socket({ fd: serverFd, readable: true, writable: false }) };
+      } catch (e) {
+        closeSync(serverFd);
+        throw e;
+      }
     } finally {
-      await fsp.unlink(path).catch(() => {});
+      unlinkQuietly(path);
     }
   }
 
@@ -154,17 +157,20 @@ export class Pipes {
     }
   }
 
-  /** Another process (the command zygote) opens the write end by its path. */
+  /** Another process (the command zygote) opens the write end by its path. Opened and
+   * unlinked with synchronous calls: a FIFO of the server's own folder, non-blocking, so
+   * they never wait (a few microseconds each), and a bash command's start never waits for
+   * libuv's thread pool, which a session's file work can hold (threat model, rule 3). */
   async outNamed(): Promise<NamedOutPipe> {
     const path = await this.take();
     let serverFd = -1;
     let holdFd = -1;
     try {
-      serverFd = await openFd(path, O_RDONLY | O_NONBLOCK);
-      holdFd = await openFd(path, O_WRONLY | O_NONBLOCK); // a reader exists: does not block
+      serverFd = openSync(path, O_RDONLY | O_NONBLOCK);
+      holdFd = openSync(path, O_WRONLY | O_NONBLOCK); // a reader exists: does not block
     } catch (e) {
-      if (serverFd >= 0) await closeFd(serverFd).catch(() => {});
-      await fsp.unlink(path).catch(() => {});
+      if (serverFd >= 0) closeSync(serverFd);
+      unlinkQuietly(path);
       throw e;
     }
     let held = true;
@@ -174,8 +180,8 @@ export class Pipes {
       release: () => {
         if (!held) return;
         held = false;
-        close(holdFd, () => {});
-        fsp.unlink(path).catch(() => {});
+        closeSync(holdFd);
+        unlinkQuietly(path);
       },
     };
   }
@@ -185,17 +191,24 @@ export class Pipes {
     const path = await this.take();
     // A reader first (a write end cannot be opened without one), then the write end, then
     // the sandbox's blocking read end (a writer exists: does not block).
-    const opener = await openFd(path, O_RDONLY | O_NONBLOCK);
+    // (Synchronous calls, as outNamed.)
     try {
-      const serverFd = await openFd(path, O_WRONLY | O_NONBLOCK);
-      const childFd = await openFd(path, O_RDONLY).catch(async (e: unknown) => {
-        await closeFd(serverFd).catch(() => {});
-        throw e;
-      });
-      return { childFd, server: new Socket({ fd: serverFd, readable: false, writable: true }) };
+      const opener = openSync(path, O_RDONLY | O_NONBLOCK);
+      try {
+        const serverFd = openSync(path, O_WRONLY | O_NONBLOCK);
+        let childFd: number;
+        try {
+          childFd = openSync(path, O_RDONLY);
+        } catch (e) {
+          closeSync(serverFd);
+          throw e;
+        }
+        return { childFd, server: new Socket({ fd: serverFd, readable: false, writable: true }) };
+      } finally {
+        closeSync(opener);
+      }
     } finally {
-      await closeFd(opener).catch(() => {});
-      await fsp.unlink(path).catch(() => {});
+      unlinkQuietly(path);
     }
   }
 }
@@ -209,4 +222,12 @@ function discardNamed(p: NamedOutPipe): void {
 /** Closes descriptors the child has its own copies of. */
 export function closeChildFds(fds: number[]): void {
   for (const fd of fds) close(fd, () => {});
+}
+
+function unlinkQuietly(path: string): void {
+  try {
+    unlinkSync(path);
+  } catch {
+    /* gone already */
+  }
 }
