@@ -62,6 +62,9 @@ export interface SessionBox {
   destroy(): Promise<void>;
 }
 
+/** A session's file requests (downloads, listings, upload commits) running at once, at most. */
+export const FILE_REQUESTS_PER_SESSION = 2;
+
 export class Session<B extends SessionBox = Box> {
   readonly createdAt: number;
   lastActivityAt: number;
@@ -195,6 +198,31 @@ export class Session<B extends SessionBox = Box> {
    * failure (its folder gone, its process killed), is reported as the session being gone
    * (404), never as a server failure.
    */
+  /** File requests of this session running now (fileRequest). */
+  private fileRequests = 0;
+
+  /**
+   * Runs one of the session's file requests (a download, a listing, an upload's commit):
+   * at most FILE_REQUESTS_PER_SESSION at once, past them SBX_SESSION_BUSY (429). Their
+   * calls wait on libuv's thread pool, which all sessions share, and the session's own code
+   * can make each of them wait there for as long as it likes by holding its folders' locks
+   * (fifth red team of 2026-12-03: 24 parallel downloads of one such session held all 16
+   * threads, and every other session's downloads, listings and uploads waited 17 s).
+   */
+  async fileRequest<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.fileRequests >= FILE_REQUESTS_PER_SESSION) {
+      throw new SandboxError('SBX_SESSION_BUSY', `this session already has ${FILE_REQUESTS_PER_SESSION} file requests running; try again when one has ended`, {
+        headers: { 'retry-after': '1' },
+      });
+    }
+    this.fileRequests++;
+    try {
+      return await this.guard(fn);
+    } finally {
+      this.fileRequests--;
+    }
+  }
+
   async guard<T>(fn: () => Promise<T>): Promise<T> {
     if (this.closed) throw this.gone();
     let value: T;

@@ -95,7 +95,7 @@ export const fileRoutes: RoutePlugin<FileRoutesOptions> = (app, deps, done) => {
         if (!staged) throw new SandboxError('SBX_VALIDATION', [{ type: 'missing', loc: ['body', 'file'], msg: 'Field required', input: null }]);
         const dest = path || staged.filename || 'upload.bin';
         const resolved = resolveInside(dest);
-        await session.guard(() => fs.commit(staged!.staged, resolved, dest));
+        await session.fileRequest(() => fs.commit(staged!.staged, resolved, dest));
         session.touch();
         return reply.code(201).send({ path: resolved.rel, size_bytes: staged.size });
       } catch (e) {
@@ -137,7 +137,7 @@ export const fileRoutes: RoutePlugin<FileRoutesOptions> = (app, deps, done) => {
       const display = req.query.path;
       const resolved = resolveInside(display);
       const { stream, size } = await session.guard(async () => {
-        const opened = await session.box.fs.streamFile(resolved, display, deps.config.maxDownloadBytes, () => session.closed);
+        const opened = await session.fileRequest(() => session.box.fs.streamFile(resolved, display, deps.config.maxDownloadBytes, () => session.closed));
         if (session.closed && opened.stream instanceof Readable) opened.stream.destroy();
         return opened;
       });
@@ -238,7 +238,9 @@ export const fileRoutes: RoutePlugin<FileRoutesOptions> = (app, deps, done) => {
       const reservation = deps.budget.reserve(listReserveBytes(limits), 'a file listing');
       let handedOver = false;
       try {
-        const listing = await session.guard(() => session.box.fs.list(resolved, display, { recursive: req.query.recursive, ...limits, cancelled: () => session.closed }, mimeOf));
+        const listing = await session.fileRequest(() =>
+          session.box.fs.list(resolved, display, { recursive: req.query.recursive, ...limits, cancelled: () => session.closed }, mimeOf),
+        );
         const { entries, truncated } = listing;
         // From here on it holds what it found, not what it might have: a small listing
         // that a client reads slowly keeps a small share of the budget.
