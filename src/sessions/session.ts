@@ -62,8 +62,11 @@ export interface SessionBox {
   destroy(): Promise<void>;
 }
 
-/** A session's file requests (downloads, listings, upload commits) running at once, at most. */
+/** A session's file requests (downloads, listings, upload commits) running at once, at
+ * most; more wait their turn, FILE_REQUEST_WAIT_MS and FILE_REQUESTS_WAITING_MAX at most. */
 export const FILE_REQUESTS_PER_SESSION = 2;
+export const FILE_REQUEST_WAIT_MS = 30_000;
+export const FILE_REQUESTS_WAITING_MAX = 64;
 
 export class Session<B extends SessionBox = Box> {
   readonly createdAt: number;
@@ -198,28 +201,48 @@ export class Session<B extends SessionBox = Box> {
    * failure (its folder gone, its process killed), is reported as the session being gone
    * (404), never as a server failure.
    */
-  /** File requests of this session running now (fileRequest). */
+  /** File requests of this session running now, and those waiting for a place (fileRequest). */
   private fileRequests = 0;
+  private readonly fileWaiters: (() => void)[] = [];
 
   /**
-   * Runs one of the session's file requests (a download, a listing, an upload's commit):
-   * at most FILE_REQUESTS_PER_SESSION at once, past them SBX_SESSION_BUSY (429). Their
-   * calls wait on libuv's thread pool, which all sessions share, and the session's own code
-   * can make each of them wait there for as long as it likes by holding its folders' locks
-   * (fifth red team of 2026-12-03: 24 parallel downloads of one such session held all 16
-   * threads, and every other session's downloads, listings and uploads waited 17 s).
+   * Runs one of the session's file requests (a download's open, a listing, an upload's
+   * commit): at most FILE_REQUESTS_PER_SESSION at once; the next ones wait their turn (up to
+   * FILE_REQUEST_WAIT_MS, FILE_REQUESTS_WAITING_MAX of them; past that SBX_SESSION_BUSY,
+   * 429). Their calls wait on libuv's thread pool, which all sessions share, and the
+   * session's own code can make each of them wait there for as long as it likes by holding
+   * its folders' locks (fifth red team of 2026-12-03: 24 parallel downloads of one such
+   * session held all 16 threads, and every other session's downloads, listings and uploads
+   * waited 17 s). A waiting request holds no thread.
    */
   async fileRequest<T>(fn: () => Promise<T>): Promise<T> {
     if (this.fileRequests >= FILE_REQUESTS_PER_SESSION) {
-      throw new SandboxError('SBX_SESSION_BUSY', `this session already has ${FILE_REQUESTS_PER_SESSION} file requests running; try again when one has ended`, {
-        headers: { 'retry-after': '1' },
+      const busy = () =>
+        new SandboxError('SBX_SESSION_BUSY', `this session's file requests are busy (${FILE_REQUESTS_PER_SESSION} at once); try again`, { headers: { 'retry-after': '1' } });
+      if (this.fileWaiters.length >= FILE_REQUESTS_WAITING_MAX) throw busy();
+      const placed = await new Promise<boolean>((resolve) => {
+        const turn = () => {
+          clearTimeout(timer);
+          resolve(true);
+        };
+        const timer = setTimeout(() => {
+          const at = this.fileWaiters.indexOf(turn);
+          if (at >= 0) this.fileWaiters.splice(at, 1);
+          resolve(false);
+        }, FILE_REQUEST_WAIT_MS);
+        this.fileWaiters.push(turn);
       });
+      if (!placed) throw busy();
+      // (a request that ended handed its place to this one: the count is unchanged)
+    } else {
+      this.fileRequests++;
     }
-    this.fileRequests++;
     try {
       return await this.guard(fn);
     } finally {
-      this.fileRequests--;
+      const next = this.fileWaiters.shift();
+      if (next) next();
+      else this.fileRequests--;
     }
   }
 
