@@ -5,9 +5,10 @@
  * up to 3.9 s at a time, and every session with it). Here a session whose code holds them
  * waits alone:
  *  - a session (its box: `key`) has at most one scan running; its next ones wait for it;
- *  - at most `maxThreads` threads, made when needed and kept: a stuck scan holds one
- *    thread, so that many sessions would have to hold their folders at once to make
- *    anyone else's scans queue;
+ *  - at most `maxThreads` threads, made when needed; a stuck scan holds one thread, so
+ *    that many sessions would have to hold their folders at once to make anyone else's
+ *    scans queue. A thread idle for `idleMs` ends (each holds a few MB and 4 descriptors);
+
  *  - a caller waits at most `waitMs` for its scan's answer, queued or running, and then
  *    gets `truncated: 'stuck'` (the call's result says its files were not looked at); the
  *    scan itself goes on, and its answer, when it comes, is dropped.
@@ -20,6 +21,8 @@ import type { Scan } from './scan.js';
 export const SCAN_WAIT_MS = 5000;
 /** Threads scanning at once, at most (each mostly idle: a few MB). */
 export const SCAN_THREADS_MAX = 8;
+/** A thread that did nothing for this long ends. */
+export const SCAN_THREAD_IDLE_MS = 30_000;
 
 /** What a thread answers (scan-worker.ts), or `stuck` when the wait passed first. */
 export type ThreadAnswer = { stuck: true } | { error: { code?: string; message: string; sandbox?: boolean } } | { value: unknown };
@@ -36,6 +39,8 @@ const STUCK: ThreadAnswer = { stuck: true };
 
 export class ScanPool {
   private readonly idle: Worker[] = [];
+  /** For each idle thread, its end when nothing takes it first. */
+  private readonly idleTimers = new Map<Worker, NodeJS.Timeout>();
   private readonly running = new Map<Worker, Job>();
   private readonly busy = new Set<string>();
   private queue: Job[] = [];
@@ -46,6 +51,7 @@ export class ScanPool {
     private readonly maxThreads = SCAN_THREADS_MAX,
     private readonly waitMs = SCAN_WAIT_MS,
     private readonly script: URL = new URL('./scan-worker.js', import.meta.url),
+    private readonly idleMs = SCAN_THREAD_IDLE_MS,
   ) {}
 
   /** The files of `dir` (see scan.ts), or none with truncated 'stuck'. */
@@ -80,6 +86,8 @@ export class ScanPool {
     this.queue = [];
     const all = [...this.idle, ...this.running.keys()];
     this.idle.length = 0;
+    for (const timer of this.idleTimers.values()) clearTimeout(timer);
+    this.idleTimers.clear();
     await Promise.all(all.map((w) => w.terminate().catch(() => 0)));
   }
 
@@ -100,7 +108,7 @@ export class ScanPool {
         i++;
         continue;
       }
-      const worker = this.idle.pop() ?? (this.threads < this.maxThreads ? this.spawn() : null);
+      const worker = this.takeIdle() ?? (this.threads < this.maxThreads ? this.spawn() : null);
       if (!worker) return;
       this.queue.splice(i, 1);
       this.busy.add(job.key);
@@ -108,6 +116,29 @@ export class ScanPool {
       worker.ref(); // (a scan under way keeps the process alive, as any pending I/O)
       worker.postMessage(job.msg);
     }
+  }
+
+  /** The thread idle the shortest (the others are the first to end). */
+  private takeIdle(): Worker | null {
+    const worker = this.idle.pop();
+    if (!worker) return null;
+    clearTimeout(this.idleTimers.get(worker));
+    this.idleTimers.delete(worker);
+    return worker;
+  }
+
+  private putIdle(worker: Worker): void {
+    this.idle.push(worker);
+    const timer = setTimeout(() => {
+      this.idleTimers.delete(worker);
+      const at = this.idle.indexOf(worker);
+      if (at < 0) return;
+      this.idle.splice(at, 1);
+      // (counted until its 'exit', as any thread)
+      void worker.terminate().catch(() => 0);
+    }, this.idleMs);
+    timer.unref();
+    this.idleTimers.set(worker, timer);
   }
 
   private spawn(): Worker {
@@ -119,7 +150,7 @@ export class ScanPool {
       this.running.delete(worker);
       this.busy.delete(job.key);
       worker.unref();
-      this.idle.push(worker);
+      this.putIdle(worker);
       this.settle(job, m);
       this.pump();
     });
@@ -128,6 +159,8 @@ export class ScanPool {
       this.running.delete(worker);
       const at = this.idle.indexOf(worker);
       if (at >= 0) this.idle.splice(at, 1);
+      clearTimeout(this.idleTimers.get(worker));
+      this.idleTimers.delete(worker);
       if (job) {
         this.busy.delete(job.key);
         this.settle(job, { error: { message: 'the thread ended' } });

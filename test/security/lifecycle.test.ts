@@ -8,6 +8,9 @@
 import { before, after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdir, readFile, stat } from 'node:fs/promises';
+import { once } from 'node:events';
+import { Worker } from 'node:worker_threads';
+import { SCAN_THREADS_MAX } from '../../src/files/scan-pool.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 import {
   api,
@@ -84,6 +87,17 @@ async function fdCount(server: TestServer): Promise<number> {
   return n;
 }
 
+/** The descriptors a worker thread holds in this Node (its event loop's), measured here. */
+async function fdsPerThread(): Promise<number> {
+  const count = async () => (await readdir('/proc/self/fd')).length;
+  const before = await count();
+  const worker = new Worker('setInterval(() => {}, 1000)', { eval: true });
+  await once(worker, 'online');
+  const during = await count();
+  await worker.terminate();
+  return during - before;
+}
+
 test('create and delete 100 sessions: no leftover processes, folders, mounts, cgroups; fds and RSS back near baseline', async (t) => {
   const { server } = S;
   const seenBoxes = new Set<string>();
@@ -93,6 +107,7 @@ test('create and delete 100 sessions: no leftover processes, folders, mounts, cg
   await py(server, warm, 'print(1)');
   await api(server, 'DELETE', `/sessions/${warm}`);
   const fd0 = await fdCount(server);
+  const threads0 = (await api(server, 'GET', '/health')).body.workspace_threads as number;
   const rss0 = await serverRssKb(server);
   const t0 = performance.now();
   for (let batch = 0; batch < 10; batch++) {
@@ -159,11 +174,15 @@ test('create and delete 100 sessions: no leftover processes, folders, mounts, cg
     100,
   );
   const fd1 = await fdCount(server);
+  const threads1 = (await api(server, 'GET', '/health')).body.workspace_threads as number;
   const rss1 = await serverRssKb(server);
-  t.diagnostic(`server fds ${fd0} -> ${fd1}; RSS ${rss0} -> ${rss1} kB`);
+  t.diagnostic(`server fds ${fd0} -> ${fd1}; workspace threads ${threads0} -> ${threads1}; RSS ${rss0} -> ${rss1} kB`);
+  assert.ok(threads1 <= SCAN_THREADS_MAX, `${threads1} workspace threads`);
   // The ten parallel clients leave up to ten idle keep-alive connections open on the
-  // server (not a leak); anything past that is.
-  assert.ok(fd1 <= fd0 + 10 + 4, `server descriptors grew from ${fd0} to ${fd1}`);
+  // server (not a leak), and the workspace threads made meanwhile (at most
+  // SCAN_THREADS_MAX; they end when idle) hold a few each; anything past that is.
+  const threadFds = Math.max(0, threads1 - threads0) * (await fdsPerThread());
+  assert.ok(fd1 <= fd0 + 10 + 4 + threadFds, `server descriptors grew from ${fd0} to ${fd1} (${threadFds} for ${threads1 - threads0} new workspace threads)`);
   assert.ok(rss1 - rss0 < 100 * 1024, `server RSS grew by ${rss1 - rss0} kB`);
   await postChecks(S);
 });

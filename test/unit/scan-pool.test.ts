@@ -56,3 +56,22 @@ test('the real scan thread lists a workspace: regular files, hidden ones skipped
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('a thread idle for the idle time ends, and the pool makes one again when work comes (kept threads held 4 descriptors each: the 100-session lifecycle test saw the server grow by 16)', async () => {
+  const dir = mkdtempSync(`${tmpdir()}/scan-pool-`);
+  const pool = new ScanPool(2, 30_000, undefined, 50);
+  try {
+    writeFileSync(`${dir}/a.txt`, 'a');
+    const [x, y] = await Promise.all([pool.scan('x', dir, 10), pool.scan('y', dir, 10)]);
+    assert.deepEqual([[...x.files.keys()], [...y.files.keys()]], [['a.txt'], ['a.txt']]);
+    assert.equal(pool.size, 2, 'two sessions at once: two threads');
+    // (an event, not a clock: the pool's count falls once both threads have exited)
+    while (pool.size > 0) await new Promise((r) => setTimeout(r, 20));
+    const again = await pool.scan('x', dir, 10);
+    assert.deepEqual([...again.files.keys()], ['a.txt'], 'work after the idle end gets a new thread');
+    assert.equal(pool.size, 1);
+  } finally {
+    await pool.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

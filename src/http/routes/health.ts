@@ -1,6 +1,7 @@
 import Type from 'typebox';
 import { parseTokens, type Config } from '../../config.js';
 import type { MemoryBudget } from '../../budget.js';
+import { scanPool } from '../../files/scan-pool.js';
 import type { LoopStats } from '../../loop-monitor.js';
 import type { IsolationInfo, RoutePlugin, SessionStore } from '../types.js';
 
@@ -28,6 +29,7 @@ const HealthBody = Type.Object(
     sessions_cleaning: Type.Optional(Type.Integer()),
     event_loop: Type.Optional(Type.Unknown()),
     memory_budget: Type.Optional(Type.Unknown()),
+    workspace_threads: Type.Optional(Type.Integer()),
     auth: Type.Optional(Type.String()),
     replica: Type.Optional(Type.String()),
   },
@@ -83,6 +85,8 @@ export const healthRoutes: RoutePlugin<HealthRoutesOptions> = (app, deps, done) 
     sessions_cleaning: deps.sessions.cleaning,
     event_loop: deps.loopStats?.(),
     memory_budget: { used_bytes: deps.budget.usedBytes, total_bytes: deps.budget.totalBytes },
+    // The threads that look at workspaces off the event loop (scan-pool.ts), now.
+    workspace_threads: scanPool().size,
     // The name in this server's session ids, by which a proxy routes to it.
     replica: deps.sessions.replica,
     // Whether the API needs a bearer token (SANDBOX_API_TOKEN); never the token.
