@@ -49,11 +49,11 @@
  * (0700, not mounted in the sandbox): on the session's disk, so they count against its
  * quota (a full disk stops the copying and says so), and they go with the session.
  */
-import { promises as fsp, rmSync } from 'node:fs';
+import { promises as fsp, rmSync, writeFileSync } from 'node:fs';
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import { randomHex } from '../ids.js';
 import { resolveInside } from './paths.js';
-import { SMALL_IO_BYTES, type WorkspaceFs } from './workspace-fs.js';
+import { SMALL_IO_BYTES, type WorkspaceFs, type Written } from './workspace-fs.js';
 import { SPILL_DIR } from './spill.js';
 import { FOLDER_COST, MAX_DEPTH, SCAN_MAX_NAME_BYTES, type Scan } from './scan.js';
 import { SCAN_WAIT_MS, scanPool, type ScanPool } from './scan-pool.js';
@@ -198,20 +198,27 @@ export class ArtifactStore {
    * per written file until the next scan replaces it; past SANDBOX_ARTIFACTS_SCAN_MAX_ENTRIES
    * additions the next call scans anew.
    */
-  async collectWritten(written: string[]): Promise<{ files: ArtifactEntry[]; notes: string[] }> {
+  async collectWritten(written: Written[]): Promise<{ files: ArtifactEntry[]; notes: string[] }> {
     if (this.baseline === null) return this.collect();
     const baseline = this.baseline;
+    // (a path written twice: its last write)
+    const last = new Map(written.map((w) => [w.path, w]));
     const sigs = new Map<string, string>();
-    for (const path of new Set(written)) {
+    const contents = new Map<string, Buffer>();
+    for (const [path, w] of last) {
       if (!scanned(path)) continue;
-      const sig = await this.fs.fileSignature(resolveInside(path)).catch(() => null);
-      if (sig !== null && !baseline.has(fingerprint(path, sig))) sigs.set(path, sig);
+      // A small write's signature came with its rename, and its bytes are the file's: no
+      // second look at the workspace (each is a trip to a workspace thread).
+      const sig = w.sig !== undefined ? w.sig : await this.fs.fileSignature(resolveInside(path)).catch(() => null);
+      if (sig === null || baseline.has(fingerprint(path, sig))) continue;
+      sigs.set(path, sig);
+      if (w.sig !== undefined && w.bytes && w.bytes.length === sizeOf(sig)) contents.set(path, w.bytes);
     }
     for (const [path, sig] of sigs) baseline.add(fingerprint(path, sig));
     this.added += sigs.size;
     if (this.added > this.limits.scanMaxEntries) this.baseline = null;
     else this.baselineGeneration = this.fs.generation;
-    return this.keepChanged([...sigs.keys()], (path) => sizeOf(sigs.get(path)!), []);
+    return this.keepChanged([...sigs.keys()], (path) => sizeOf(sigs.get(path)!), [], contents);
   }
 
   /** Baseline entries added by collectWritten since the last scan. */
@@ -219,7 +226,12 @@ export class ArtifactStore {
 
   /** Copies the changed files (the first by path, within the per-call bounds) and returns
    * their entries, with lines for stderr about what was left out added to `notes`. */
-  private async keepChanged(changed: string[], sizeOfPath: (path: string) => number, notes: string[]): Promise<{ files: ArtifactEntry[]; notes: string[] }> {
+  private async keepChanged(
+    changed: string[],
+    sizeOfPath: (path: string) => number,
+    notes: string[],
+    contents?: Map<string, Buffer>,
+  ): Promise<{ files: ArtifactEntry[]; notes: string[] }> {
     if (changed.length === 0) return { files: [], notes };
     changed.sort();
     const files: ArtifactEntry[] = [];
@@ -246,7 +258,7 @@ export class ArtifactStore {
         continue;
       }
       nameChars += names;
-      const copied = await this.keep(path, size);
+      const copied = await this.keep(path, size, contents?.get(path));
       if (copied === 'disk full') {
         notes.push(`artifacts: the session's disk is full; ${changed.length - i} changed files were not kept (SANDBOX_WORKSPACE_MB)`);
         break;
@@ -289,14 +301,25 @@ export class ArtifactStore {
     };
   }
 
-  /** Copies one file into the store: the entry, null if it is no longer a regular file,
-   * or 'disk full'. */
-  private async keep(path: string, expected: number): Promise<ArtifactEntry | 'disk full' | null> {
+  /** Copies one file into the store (or writes `bytes`, the content the server itself
+   * wrote there in this call): the entry, null if it is no longer a regular file, or 'disk
+   * full'. */
+  private async keep(path: string, expected: number, bytes?: Buffer): Promise<ArtifactEntry | 'disk full' | null> {
     this.evictFor(expected, path.length);
     const fileId = `file_${randomHex(12)}`;
     const file = this.fileOf(fileId);
     let size: number | null = null;
-    if (expected <= SMALL_IO_BYTES) {
+    if (bytes && bytes.length <= SMALL_IO_BYTES) {
+      // (the store is the server's own folder: no process of the session holds its locks)
+      try {
+        writeFileSync(file, bytes, { flag: 'wx', mode: 0o600 });
+        size = bytes.length;
+      } catch (e) {
+        rmSync(file, { force: true });
+        const code = (e as NodeJS.ErrnoException).code;
+        return code === 'ENOSPC' || code === 'EDQUOT' ? 'disk full' : null;
+      }
+    } else if (expected <= SMALL_IO_BYTES) {
       // Small files (most artifacts) are copied with synchronous calls, on the workspace
       // pool's thread (WorkspaceFs.useThreads): a dozen system calls each, cheaper than a
       // dozen trips through libuv's thread pool.

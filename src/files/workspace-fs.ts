@@ -262,13 +262,22 @@ function fsError(e: unknown, display: string): never {
   throw e;
 }
 
+/** A file written through WorkspaceFs (takeWritten): its workspace-relative path and, for a
+ * small write, its signature right after the rename (null: not a regular file by then) and
+ * the bytes written, so that the artifact store need not look at it again. */
+export interface Written {
+  path: string;
+  sig?: string | null;
+  bytes?: Buffer;
+}
+
 export class WorkspaceFs {
   /** Bumped by every write through this class (uploads, editor writes, spill files): the
    * artifact scan (artifacts.ts) takes a new baseline when it moved between calls. */
   generation = 0;
-  /** Workspace-relative paths of the files written through this class since takeWritten()
-   * (WRITTEN_MAX at most; null past them). */
-  private written: string[] | null = [];
+  /** The files written through this class since takeWritten() (WRITTEN_MAX at most; null
+   * past them). */
+  private written: Written[] | null = [];
 
   constructor(
     private readonly root: string,
@@ -303,8 +312,7 @@ export class WorkspaceFs {
         return this.probeSync(a, b, c);
       case 'commit':
         // (args: the staged file, the path, its display name)
-        this.commitSync(args[0] as string, args[1] as ResolvedPath, args[2] as string);
-        return null;
+        return this.commitSync(args[0] as string, args[1] as ResolvedPath, args[2] as string);
       case 'copySmall':
         return this.copySmallSync(a, b);
       case 'signature':
@@ -335,14 +343,14 @@ export class WorkspaceFs {
     return (await this.offload('copySmall', [p, dest])) as number | null;
   }
 
-  private wrote(p: ResolvedPath): void {
-    if (this.written !== null && this.written.length < WRITTEN_MAX) this.written.push(p.segments.join('/'));
+  private wrote(p: ResolvedPath, sig?: string | null, bytes?: Buffer): void {
+    if (this.written !== null && this.written.length < WRITTEN_MAX) this.written.push({ path: p.segments.join('/'), sig, bytes });
     else this.written = null;
   }
 
-  /** The files written through this class since the last call (workspace-relative paths;
-   * null when more than WRITTEN_MAX were), and a fresh start. */
-  takeWritten(): string[] | null {
+  /** The files written through this class since the last call (null when more than
+   * WRITTEN_MAX were), and a fresh start. */
+  takeWritten(): Written[] | null {
     const w = this.written;
     this.written = [];
     return w;
@@ -660,13 +668,14 @@ export class WorkspaceFs {
         rmSync(staged, { force: true });
         fsError(e, display);
       }
+      let sig: string | null;
       if (this.threads) {
         this.generation++; // (as commitSync: before the rename)
-        await this.offload('commit', [staged, p, display]);
-        this.wrote(p);
+        sig = (await this.offload('commit', [staged, p, display])) as string | null;
       } else {
-        this.commitSync(staged, p, display);
+        sig = this.commitSync(staged, p, display);
       }
+      this.wrote(p, sig, bytes);
       return;
     }
     try {
@@ -685,19 +694,26 @@ export class WorkspaceFs {
   }
 
   /** commit with synchronous calls. rename() over a folder fails (EISDIR) and replaces a
-   * planted link or file without following it. */
-  private commitSync(staged: string, p: ResolvedPath, display: string): void {
+   * planted link or file without following it. Returns the file's signature once renamed
+   * (fileSignatureSync). */
+  private commitSync(staged: string, p: ResolvedPath, display: string): string | null {
     let dir: number | undefined;
     try {
       dir = this.openDirSync(p.segments.slice(0, -1), display, true);
       this.generation++;
-      renameSync(staged, at(dir, p.segments.at(-1)!));
-      this.wrote(p);
+      const dest = at(dir, p.segments.at(-1)!);
+      renameSync(staged, dest);
+      try {
+        const st = lstatSync(dest, { throwIfNoEntry: false });
+        return st?.isFile() ? fileSignature(st) : null;
+      } catch {
+        return null;
+      }
     } catch (e) {
       rmSync(staged, { force: true });
       if ((e as NodeJS.ErrnoException).code === 'EISDIR') throw new SandboxError('SBX_NOT_A_FILE', `is a directory: ${display}`);
       if ((e as SandboxError).name === 'SandboxError') throw e;
-      fsError(e, display);
+      return fsError(e, display);
     } finally {
       if (dir !== undefined) closeSync(dir);
     }

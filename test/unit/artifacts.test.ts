@@ -1,6 +1,6 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { ArtifactStore } from '../../src/files/artifacts.js';
 import { WorkspaceFs } from '../../src/files/workspace-fs.js';
@@ -21,6 +21,13 @@ test('a session of editor calls only scans its workspace once per SANDBOX_ARTIFA
     scans++;
     return scan();
   };
+  // A small write's signature and bytes come with it: the store looks at the file no
+  // more (each look is a trip to a workspace thread; four per editor call doubled its time).
+  let looks = 0;
+  const signature = fs.fileSignature.bind(fs);
+  const copySmall = fs.copySmall.bind(fs);
+  fs.fileSignature = (p) => (looks++, signature(p));
+  fs.copySmall = (p, dest) => (looks++, copySmall(p, dest));
   const calls = 40;
   for (let i = 0; i < calls; i++) {
     // As ExecService.runWithArtifacts runs an editor call.
@@ -34,7 +41,9 @@ test('a session of editor calls only scans its workspace once per SANDBOX_ARTIFA
       [path],
       `call ${i} lists the file it wrote`,
     );
+    assert.equal(readFileSync(store.get(files[0]!.file_id)!.file, 'utf8'), `text ${i}\n`, 'the kept copy holds what was written');
   }
+  assert.equal(looks, 0, 'no second look at a file the call wrote');
   // The first call's baseline, then one every scanMaxEntries + 1 additions.
   assert.ok(scans <= 1 + Math.ceil(calls / (scanMaxEntries + 1)), `${scans} scans in ${calls} editor calls`);
 });
